@@ -1,0 +1,265 @@
+"""The signed envelope: build, sign, add hop records, and open (verify first, parse second).
+
+Wire form (one JSON object, UTF-8; ``docs/PROTOCOL.md`` is the normative text)::
+
+    {"header": B64U(canonical header JSON), "hops": [{"record": B64U(..), "signature": B64U(..)}],
+     "mlanet": 1, "payload": B64U(payload bytes), "signature": B64U(origin signature)}
+
+Origin signing input: ``b"mlanet-v1:origin:" + header_b64 + b"." + payload_b64``.
+Hop signing input:    ``b"mlanet-v1:hop:" + record_b64``.
+Link digest of a signature: ``SHA-256(signing_input + b"." + signature_b64)``; a hop record's
+``prev`` is the link digest of the signature before it (the origin's for the first hop).
+The content hash (dedupe, receipts) is ``SHA-256(origin signing input)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from broker.errors import Reason, RefusedMessage
+from broker.keys import SigningKey, TrustStore, b64u_decode, b64u_encode
+from broker.strictjson import canonical_bytes, loads_strict
+from schemas import FORMAT_VERSION, Header, HopRecord, WireModel, payload_model
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "SignedHop",
+    "SignedMessage",
+    "add_hop",
+    "decode_payload",
+    "open_envelope",
+    "sign_message",
+]
+
+DEFAULT_MAX_BYTES = 256 * 1024
+MAX_HEADER_BYTES = 2048
+MAX_HOPS = 16
+ORIGIN_CONTEXT = b"mlanet-v1:origin:"
+HOP_CONTEXT = b"mlanet-v1:hop:"
+_ENVELOPE_KEYS = {"mlanet", "header", "payload", "signature", "hops"}
+_HOP_KEYS = {"record", "signature"}
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHop:
+    record: HopRecord
+    record_b64: str
+    signature_b64: str
+
+    @property
+    def signing_input(self) -> bytes:
+        return HOP_CONTEXT + self.record_b64.encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedMessage:
+    """A message as signed by its origin, with the hop records relays added."""
+
+    header: Header
+    header_b64: str
+    payload_b64: str
+    signature_b64: str
+    hops: tuple[SignedHop, ...] = ()
+
+    @property
+    def signing_input(self) -> bytes:
+        return (
+            ORIGIN_CONTEXT
+            + self.header_b64.encode("ascii")
+            + b"."
+            + self.payload_b64.encode("ascii")
+        )
+
+    @property
+    def content_sha256(self) -> str:
+        """b64url SHA-256 of what the origin signed: equal iff header and payload are equal."""
+        return b64u_encode(hashlib.sha256(self.signing_input).digest())
+
+    @property
+    def payload_bytes(self) -> bytes:
+        return b64u_decode(self.payload_b64)
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        """The networks the message passed through, origin first."""
+        return (self.header.origin.network, *(hop.record.network for hop in self.hops))
+
+    @property
+    def last_sender(self) -> str:
+        """The network that should have handed this message to us."""
+        return self.path[-1]
+
+    def last_link_digest(self) -> str:
+        if self.hops:
+            last = self.hops[-1]
+            return _link_digest(last.signing_input, last.signature_b64)
+        return _link_digest(self.signing_input, self.signature_b64)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "mlanet": FORMAT_VERSION,
+            "header": self.header_b64,
+            "payload": self.payload_b64,
+            "signature": self.signature_b64,
+            "hops": [{"record": h.record_b64, "signature": h.signature_b64} for h in self.hops],
+        }
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes(self.to_wire())
+
+
+def _link_digest(signing_input: bytes, signature_b64: str) -> str:
+    return b64u_encode(
+        hashlib.sha256(signing_input + b"." + signature_b64.encode("ascii")).digest()
+    )
+
+
+def _canonical_model(model: WireModel) -> bytes:
+    return canonical_bytes(model.model_dump(mode="json", exclude_none=True))
+
+
+def sign_message(header: Header, payload: WireModel | bytes, key: SigningKey) -> SignedMessage:
+    """The origin signs ``header`` and ``payload`` (a model, or bytes sent as they are)."""
+    if header.origin.network != key.network or header.key_id != key.key_id:
+        raise ValueError("header origin and key id must name the signing key")
+    payload_bytes = payload if isinstance(payload, bytes) else _canonical_model(payload)
+    header_b64 = b64u_encode(_canonical_model(header))
+    payload_b64 = b64u_encode(payload_bytes)
+    unsigned = SignedMessage(header, header_b64, payload_b64, "")
+    return replace(unsigned, signature_b64=b64u_encode(key.sign(unsigned.signing_input)))
+
+
+def add_hop(message: SignedMessage, key: SigningKey, *, to: str, at: datetime) -> SignedMessage:
+    """A relay appends its signed hop record; the origin's signature is untouched."""
+    record = HopRecord(
+        network=key.network, key_id=key.key_id, at=at, to=to, prev=message.last_link_digest()
+    )
+    record_b64 = b64u_encode(_canonical_model(record))
+    hop = SignedHop(record, record_b64, "")
+    hop = replace(hop, signature_b64=b64u_encode(key.sign(hop.signing_input)))
+    return replace(message, hops=(*message.hops, hop))
+
+
+# --- opening: verify first, parse second -------------------------------------------------------
+
+
+def _b64_field(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise RefusedMessage(Reason.BAD_ENVELOPE, f"{name} must be a string")
+    return value
+
+
+def _signed_json(b64: str, name: str) -> tuple[bytes, dict[str, Any]]:
+    """Decode a base64url JSON part, strictly, and insist on its canonical form."""
+    if len(b64) > MAX_HEADER_BYTES * 4 // 3 + 4:
+        raise RefusedMessage(Reason.OVERSIZED, f"{name} too large")
+    raw = b64u_decode(b64)
+    value = loads_strict(raw, max_bytes=MAX_HEADER_BYTES, max_depth=4)
+    if not isinstance(value, dict):
+        raise RefusedMessage(Reason.BAD_ENVELOPE, f"{name} is not an object")
+    if canonical_bytes(value) != raw:
+        raise RefusedMessage(Reason.NON_CANONICAL_HEADER, f"{name} is not in canonical form")
+    return raw, value
+
+
+def _signer(value: dict[str, Any], network: object, name: str) -> tuple[str, str]:
+    key_id = value.get("key_id")
+    if not isinstance(network, str) or not isinstance(key_id, str):
+        raise RefusedMessage(Reason.SCHEMA_INVALID, f"{name} does not name its signer")
+    return network, key_id
+
+
+def _validate(model: type[WireModel], value: Any, name: str) -> Any:
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        # Field locations and error types only: never the offending input.
+        where = ", ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}:{err['type']}"
+            for err in exc.errors(include_input=False, include_url=False)[:5]
+        )
+        raise RefusedMessage(Reason.SCHEMA_INVALID, f"{name}: {where}") from None
+
+
+def open_envelope(
+    data: bytes,
+    trust: TrustStore,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    now: datetime | None = None,
+) -> SignedMessage:
+    """Check the exact bytes received and return the message, or raise RefusedMessage.
+
+    Order: size cap, strict JSON of the frame, the header's canonical bytes, the origin
+    signature (before any header field is trusted), the header schema, then every hop record
+    (signature, schema, chain). The payload is not parsed here: see :func:`decode_payload`.
+    With ``now``, every signing key must also be inside its validity window at that time.
+    """
+    frame = loads_strict(data, max_bytes=max_bytes, max_depth=4)
+    if not isinstance(frame, dict) or set(frame) != _ENVELOPE_KEYS:
+        raise RefusedMessage(
+            Reason.BAD_ENVELOPE, "envelope must hold exactly " + ",".join(sorted(_ENVELOPE_KEYS))
+        )
+    if frame["mlanet"] != FORMAT_VERSION or type(frame["mlanet"]) is not int:
+        raise RefusedMessage(Reason.UNSUPPORTED_VERSION, "only format 1 is understood")
+    header_b64 = _b64_field(frame["header"], "header")
+    payload_b64 = _b64_field(frame["payload"], "payload")
+    signature_b64 = _b64_field(frame["signature"], "signature")
+    hops = frame["hops"]
+    if not isinstance(hops, list) or len(hops) > MAX_HOPS:
+        raise RefusedMessage(Reason.BAD_ENVELOPE, f"hops must be a list of at most {MAX_HOPS}")
+
+    _, raw_header = _signed_json(header_b64, "header")
+    origin = raw_header.get("origin")
+    network, key_id = _signer(
+        raw_header, origin.get("network") if isinstance(origin, dict) else None, "header"
+    )
+    b64u_decode(payload_b64)  # the payload must at least be well-formed base64url
+    signing_input = ORIGIN_CONTEXT + header_b64.encode("ascii") + b"." + payload_b64.encode("ascii")
+    trust.verify(
+        network,
+        key_id,
+        b64u_decode(signature_b64),
+        signing_input,
+        reason=Reason.BAD_SIGNATURE,
+        at=now,
+    )
+
+    header = _validate(Header, raw_header, "header")
+    message = SignedMessage(header, header_b64, payload_b64, signature_b64)
+
+    prev = message.last_link_digest()
+    signed_hops: list[SignedHop] = []
+    for index, hop in enumerate(hops):
+        if not isinstance(hop, dict) or set(hop) != _HOP_KEYS:
+            raise RefusedMessage(Reason.BAD_ENVELOPE, f"hop {index} must hold record,signature")
+        record_b64 = _b64_field(hop["record"], f"hop {index}")
+        hop_sig_b64 = _b64_field(hop["signature"], f"hop {index} signature")
+        _, raw_record = _signed_json(record_b64, f"hop {index}")
+        hop_network, hop_key = _signer(raw_record, raw_record.get("network"), f"hop {index}")
+        trust.verify(
+            hop_network,
+            hop_key,
+            b64u_decode(hop_sig_b64),
+            HOP_CONTEXT + record_b64.encode("ascii"),
+            reason=Reason.BAD_HOP_SIGNATURE,
+            at=now,
+        )
+        record = _validate(HopRecord, raw_record, f"hop {index}")
+        if record.prev != prev:
+            raise RefusedMessage(Reason.HOP_CHAIN_BROKEN, f"hop {index} does not follow the chain")
+        signed = SignedHop(record, record_b64, hop_sig_b64)
+        prev = _link_digest(signed.signing_input, hop_sig_b64)
+        signed_hops.append(signed)
+    return replace(message, hops=tuple(signed_hops))
+
+
+def decode_payload(message: SignedMessage, *, max_bytes: int = DEFAULT_MAX_BYTES) -> WireModel:
+    """Strictly parse and validate the payload against the model of the header's kind."""
+    value = loads_strict(message.payload_bytes, max_bytes=max_bytes)
+    return _validate(payload_model(message.header.kind), value, "payload")  # type: ignore[no-any-return]

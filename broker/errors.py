@@ -1,0 +1,97 @@
+"""mlanet's errors and the reason codes a refused message carries.
+
+The tree::
+
+    MlanetError                    root of everything mlanet raises on purpose
+    ├── RefusedMessage             a message is refused; carries a Reason (a wire reason code)
+    ├── KeyRefused                 a key file or public key cannot be used (carries a Reason)
+    ├── ConfigError                a node's configuration is invalid
+    └── TransportError             the broker could not do what was asked (transient)
+
+What a peer or an operator is told is the reason code and a short fixed text; never a traceback
+and never case content. ``detail`` strings are built by mlanet from metadata only.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "ConfigError",
+    "KeyRefused",
+    "MlanetError",
+    "Reason",
+    "RefusedMessage",
+    "TransportError",
+]
+
+
+class Reason(StrEnum):
+    """Why a message (or a key) was refused. The values are the wire reason codes."""
+
+    # size and encoding
+    OVERSIZED = "oversized"
+    NOT_UTF8 = "not_utf8"
+    BYTE_ORDER_MARK = "byte_order_mark"
+    LONE_SURROGATE = "lone_surrogate"
+    # JSON syntax and numbers
+    INVALID_JSON = "invalid_json"
+    DUPLICATE_KEY = "duplicate_key"
+    TOO_DEEP = "too_deep"
+    NON_FINITE_NUMBER = "non_finite_number"
+    NUMBER_TOO_LONG = "number_too_long"
+    # envelope structure
+    BAD_ENVELOPE = "bad_envelope"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    BAD_BASE64 = "bad_base64"
+    NON_CANONICAL_HEADER = "non_canonical_header"
+    # signatures and keys
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    BAD_HOP_SIGNATURE = "bad_hop_signature"
+    HOP_CHAIN_BROKEN = "hop_chain_broken"
+    MALFORMED_KEY = "malformed_key"
+    WEAK_KEY = "weak_key"
+    # schema and policy
+    SCHEMA_INVALID = "schema_invalid"
+    UNAUTHORISED = "unauthorised"
+    WRONG_SENDER = "wrong_sender"
+    CLOCK_SKEW = "clock_skew"
+    EXPIRED = "expired"
+    EQUIVOCATION = "equivocation"
+    HOP_LIMIT_EXCEEDED = "hop_limit_exceeded"
+    LOOP_DETECTED = "loop_detected"
+    NO_ROUTE = "no_route"
+    BAD_TRANSPORT = "bad_transport"
+    UNDELIVERABLE = "undeliverable"
+    RELEASED_BY_OPERATOR = "released_by_operator"
+
+
+class MlanetError(Exception):
+    """Root of every error mlanet raises on purpose."""
+
+
+class RefusedMessage(MlanetError):
+    """A message is refused. ``reason`` is the wire code; ``detail`` is metadata-only text."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+
+
+class KeyRefused(MlanetError):
+    """A key file or a public key cannot be used."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+
+
+class ConfigError(MlanetError):
+    """A node's configuration is invalid."""
+
+
+class TransportError(MlanetError):
+    """The broker could not do what was asked; the caller may retry."""

@@ -1,0 +1,221 @@
+"""Ed25519 signing keys, their files, and the trust store of peer networks' public keys.
+
+A network signs with one private key at a time; its key id is ``ed25519:<n>``. Private key files
+are JSON, written owner-only (0600) and refused when group or others can read them. Public keys
+enter the trust store only after :func:`broker.curve.check_public_point` accepts them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from broker.curve import PointCheck, check_public_point
+from broker.errors import KeyRefused, Reason, RefusedMessage
+
+__all__ = [
+    "PublicKeyInfo",
+    "SigningKey",
+    "TrustStore",
+    "TrustedKey",
+    "b64u_decode",
+    "b64u_encode",
+    "generate_key_files",
+    "load_public_key_file",
+    "load_signing_key",
+    "parse_public_key",
+]
+
+_KEY_ID = re.compile(r"^ed25519:(?:0|[1-9][0-9]{0,8})$")
+_NETWORK = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+_B64U = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+def b64u_encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def b64u_decode(text: str | bytes, *, reason: Reason = Reason.BAD_BASE64) -> bytes:
+    """Strict unpadded base64url: alphabet, length and canonical trailing bits all checked."""
+    raw_text = text.encode("ascii", errors="replace") if isinstance(text, str) else text
+    if not _B64U.match(raw_text.decode("ascii", errors="replace")) or len(raw_text) % 4 == 1:
+        raise RefusedMessage(reason, "not unpadded base64url")
+    decoded = base64.urlsafe_b64decode(raw_text + b"=" * (-len(raw_text) % 4))
+    if b64u_encode(decoded).encode("ascii") != raw_text:
+        raise RefusedMessage(reason, "non-canonical base64url")
+    return decoded
+
+
+def _check_key_id(key_id: str) -> str:
+    if not _KEY_ID.match(key_id):
+        raise KeyRefused(Reason.MALFORMED_KEY, "key id must look like ed25519:<n>")
+    return key_id
+
+
+def parse_public_key(encoded: str) -> Ed25519PublicKey:
+    """Decode a b64url public key and refuse malformed or weak ones."""
+    try:
+        raw = b64u_decode(encoded)
+    except RefusedMessage:
+        raise KeyRefused(Reason.MALFORMED_KEY, "public key is not base64url") from None
+    if len(raw) != 32:
+        raise KeyRefused(Reason.MALFORMED_KEY, f"public key has {len(raw)} bytes, not 32")
+    verdict = check_public_point(raw)
+    if verdict in (PointCheck.NON_CANONICAL, PointCheck.NOT_ON_CURVE):
+        raise KeyRefused(Reason.MALFORMED_KEY, f"public key is {verdict.value}")
+    if verdict is not PointCheck.OK:
+        raise KeyRefused(Reason.WEAK_KEY, f"public key is {verdict.value}")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A network's private signing key."""
+
+    network: str
+    key_id: str
+    private: Ed25519PrivateKey = field(repr=False)
+
+    @classmethod
+    def from_seed(cls, network: str, key_id: str, seed: bytes) -> SigningKey:
+        return cls(network, _check_key_id(key_id), Ed25519PrivateKey.from_private_bytes(seed))
+
+    def sign(self, data: bytes) -> bytes:
+        return self.private.sign(data)
+
+    def public_b64(self) -> str:
+        return b64u_encode(self.private.public_key().public_bytes_raw())
+
+
+@dataclass(frozen=True)
+class PublicKeyInfo:
+    network: str
+    key_id: str
+    public_key: str
+
+
+def generate_key_files(
+    directory: Path, network: str, key_id: str = "ed25519:1"
+) -> tuple[Path, Path]:
+    """Write a new key pair: ``<network>.<n>.key`` (0600) and ``<network>.<n>.pub``."""
+    if not _NETWORK.match(network):
+        raise KeyRefused(Reason.MALFORMED_KEY, "network id must look like 'seajust'")
+    _check_key_id(key_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{network}.{key_id.split(':')[1]}"
+    key_path, pub_path = directory / f"{stem}.key", directory / f"{stem}.pub"
+    private = Ed25519PrivateKey.generate()
+    secret = {
+        "network": network,
+        "key_id": key_id,
+        "seed": b64u_encode(private.private_bytes_raw()),
+    }
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        json.dump(secret, out)
+    public = {
+        "network": network,
+        "key_id": key_id,
+        "public_key": b64u_encode(private.public_key().public_bytes_raw()),
+    }
+    pub_path.write_text(json.dumps(public, indent=2) + "\n", encoding="ascii")
+    return key_path, pub_path
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """Load a private key file, refusing one that group or others may read."""
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyRefused(Reason.MALFORMED_KEY, f"{path.name} is readable by others; chmod 600")
+        data = json.loads(path.read_text(encoding="ascii"))
+        seed = b64u_decode(data["seed"])
+        if len(seed) != 32:
+            raise KeyRefused(Reason.MALFORMED_KEY, "seed must be 32 bytes")
+        return SigningKey.from_seed(data["network"], data["key_id"], seed)
+    except (OSError, ValueError, KeyError, TypeError, RefusedMessage) as exc:
+        raise KeyRefused(Reason.MALFORMED_KEY, f"cannot load {path.name}") from exc
+
+
+def load_public_key_file(path: Path) -> PublicKeyInfo:
+    try:
+        data = json.loads(path.read_text(encoding="ascii"))
+        info = PublicKeyInfo(data["network"], _check_key_id(data["key_id"]), data["public_key"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KeyRefused(Reason.MALFORMED_KEY, f"cannot load {path.name}") from exc
+    parse_public_key(info.public_key)
+    return info
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    network: str
+    key_id: str
+    public: Ed25519PublicKey = field(repr=False)
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+
+
+class TrustStore:
+    """Public keys of the networks this node trusts, by (network, key id)."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], TrustedKey] = {}
+
+    def add(
+        self,
+        network: str,
+        key_id: str,
+        public_key: str,
+        *,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+    ) -> None:
+        """Add a key after checking it is well formed and not weak (raises KeyRefused)."""
+        if not _NETWORK.match(network):
+            raise KeyRefused(Reason.MALFORMED_KEY, "network id must look like 'seajust'")
+        public = parse_public_key(public_key)
+        self._keys[(network, _check_key_id(key_id))] = TrustedKey(
+            network, key_id, public, not_before, not_after
+        )
+
+    def add_signing_key(self, key: SigningKey) -> None:
+        self.add(key.network, key.key_id, key.public_b64())
+
+    def networks(self) -> set[str]:
+        return {network for network, _ in self._keys}
+
+    def verify(
+        self,
+        network: str,
+        key_id: str,
+        signature: bytes,
+        data: bytes,
+        *,
+        reason: Reason,
+        at: datetime | None = None,
+    ) -> None:
+        """Raise RefusedMessage(UNKNOWN_KEY or ``reason``) unless the signature verifies."""
+        trusted = self._keys.get((network, key_id))
+        if trusted is None:
+            raise RefusedMessage(Reason.UNKNOWN_KEY, f"no trusted key {key_id} for {network}")
+        if at is not None and (
+            (trusted.not_before is not None and at < trusted.not_before)
+            or (trusted.not_after is not None and at > trusted.not_after)
+        ):
+            raise RefusedMessage(Reason.EXPIRED, f"key {key_id} of {network} not valid then")
+        try:
+            trusted.public.verify(signature, data)
+        except InvalidSignature:
+            raise RefusedMessage(
+                reason, f"signature by {network} {key_id} does not verify"
+            ) from None

@@ -1,0 +1,3 @@
+"""mlanet's runtime and operator surfaces: the node, the CLI, the local federation."""
+
+__all__: list[str] = []

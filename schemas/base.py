@@ -1,0 +1,128 @@
+"""The shared base of every wire model, and the identifier grammars.
+
+Every model that crosses a network boundary derives from :class:`WireModel`: strict, frozen,
+unknown fields refused, NaN and Infinity refused. Identifiers are tight ASCII grammars so that
+they can be logged, used in queue names and compared byte for byte without normalisation.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
+
+__all__ = [
+    "CaseReference",
+    "ContactPointId",
+    "CountryCode",
+    "Date",
+    "KeyId",
+    "LanguageCode",
+    "LongText",
+    "MessageId",
+    "NetworkId",
+    "ShortText",
+    "Timestamp",
+    "WireModel",
+    "format_timestamp",
+    "parse_timestamp",
+]
+
+
+class WireModel(BaseModel):
+    """Strict, frozen base for everything on the wire."""
+
+    model_config = ConfigDict(
+        strict=True,
+        frozen=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        str_strip_whitespace=False,
+        validate_default=True,
+    )
+
+
+def _ascii(pattern: str, max_length: int) -> Any:
+    return Annotated[str, StringConstraints(pattern=pattern, max_length=max_length)]
+
+
+# A network id: lowercase ASCII, starts with a letter ("seajust", "casc", "ejn").
+NetworkId = _ascii(r"^[a-z][a-z0-9-]{1,31}$", 32)
+# ISO 3166-1 alpha-2, upper case.
+CountryCode = _ascii(r"^[A-Z]{2}$", 2)
+# A contact point: the member country in lower case, a dash, then a short local name.
+ContactPointId = _ascii(r"^[a-z]{2}-[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$", 35)
+# A signing key of a network: "ed25519:<n>", n without leading zeros.
+KeyId = _ascii(r"^ed25519:(?:0|[1-9][0-9]{0,8})$", 17)
+# A message id: a lower-case canonical UUID.
+MessageId = _ascii(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", 36)
+# A case reference as the requesting authority writes it: "KH-MLA-2020-0042".
+CaseReference = _ascii(r"^[A-Z0-9][A-Z0-9/._-]{2,63}$", 64)
+# ISO 639-1 language code, lower case.
+LanguageCode = _ascii(r"^[a-z]{2}$", 2)
+
+# Human text: no control characters but newline and tab, bounded.
+_TEXT = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
+ShortText = Annotated[str, StringConstraints(pattern=_TEXT, min_length=1, max_length=200)]
+LongText = Annotated[str, StringConstraints(pattern=_TEXT, min_length=1, max_length=4000)]
+
+TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
+_TIMESTAMP_RE = re.compile(TIMESTAMP_PATTERN)
+
+
+def format_timestamp(value: datetime) -> str:
+    """The one text form of a timestamp: UTC, milliseconds, a literal ``Z``."""
+    if value.tzinfo is None or value.utcoffset() != UTC.utcoffset(None):
+        raise ValueError("timestamp must be timezone-aware UTC")
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Accept the one text form (or an aware UTC datetime) and nothing else."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() != UTC.utcoffset(None):
+            raise ValueError("timestamp must be timezone-aware UTC")
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    if not isinstance(value, str) or not _TIMESTAMP_RE.match(value):
+        raise ValueError("timestamp must look like 2026-01-31T12:00:00.000Z")
+    return datetime.strptime(value[:-1], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(parse_timestamp),
+    PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": TIMESTAMP_PATTERN, "maxLength": 24}),
+]
+
+
+def parse_date(value: object) -> date:
+    """A calendar date as ``YYYY-MM-DD`` and nothing else."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise ValueError("date must look like 2026-01-31")
+    return date.fromisoformat(value)
+
+
+Date = Annotated[
+    date,
+    BeforeValidator(parse_date),
+    PlainSerializer(date.isoformat, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "maxLength": 10}),
+]
+
+
+# Lists on the wire are bounded too; this helper keeps the bounds next to the field.
+def bounded(max_items: int, min_items: int = 0) -> Any:
+    return Field(min_length=min_items, max_length=max_items)

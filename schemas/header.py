@@ -1,0 +1,123 @@
+"""The signed header: everything that drives routing and authorisation.
+
+Relays read the header and never need the payload. The origin network's signature covers the
+header's exact bytes together with the payload's exact bytes (see ``docs/PROTOCOL.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from schemas.base import (
+    ContactPointId,
+    CountryCode,
+    KeyId,
+    MessageId,
+    NetworkId,
+    Timestamp,
+    WireModel,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KINDS",
+    "Destination",
+    "Header",
+    "HopRecord",
+    "Kind",
+    "Origin",
+    "Urgency",
+]
+
+FORMAT_VERSION: Literal[1] = 1
+
+Kind = Literal[
+    "facilitation_request",
+    "receipt",
+    "status_update",
+    "information_request",
+    "information_response",
+    "meeting_request",
+    "directory_update",
+    "notice",
+]
+KINDS: tuple[Kind, ...] = (
+    "facilitation_request",
+    "receipt",
+    "status_update",
+    "information_request",
+    "information_response",
+    "meeting_request",
+    "directory_update",
+    "notice",
+)
+Urgency = Literal["normal", "urgent"]
+
+
+class Origin(WireModel):
+    """Who sends: always a network; a member country and contact point when one is behind it."""
+
+    network: NetworkId
+    country: CountryCode | None = None
+    contact_point: ContactPointId | None = None
+
+    @model_validator(mode="after")
+    def _contact_point_in_country(self) -> Self:
+        _check_contact_point(self.country, self.contact_point)
+        return self
+
+
+class Destination(WireModel):
+    """Where to: a country (its network is looked up), a network, or a contact point."""
+
+    network: NetworkId | None = None
+    country: CountryCode | None = None
+    contact_point: ContactPointId | None = None
+
+    @model_validator(mode="after")
+    def _names_somewhere(self) -> Self:
+        if self.network is None and self.country is None:
+            raise ValueError("destination needs a network or a country")
+        _check_contact_point(self.country, self.contact_point)
+        return self
+
+
+def _check_contact_point(country: str | None, contact_point: str | None) -> None:
+    if contact_point is None:
+        return
+    if country is None:
+        raise ValueError("a contact point needs its country")
+    if contact_point[:2] != country.lower():
+        raise ValueError("a contact point id starts with its country code")
+
+
+class Header(WireModel):
+    """The origin-signed header of every message."""
+
+    format: Literal[1] = FORMAT_VERSION
+    kind: Kind
+    message_id: MessageId
+    origin: Origin
+    destination: Destination
+    created_at: Timestamp
+    hop_limit: int = Field(default=6, ge=1, le=16)
+    key_id: KeyId
+    urgency: Urgency = "normal"
+    in_reply_to: MessageId | None = None
+    content: Literal["json"] = "json"
+
+
+class HopRecord(WireModel):
+    """A relay's signed statement: "I, ``network``, received this at ``at`` and sent it to ``to``".
+
+    ``prev`` is the b64url SHA-256 link digest of the previous signature in the chain (the
+    origin's for the first hop), so a hop record cannot be moved to another message or reordered.
+    """
+
+    network: NetworkId
+    key_id: KeyId
+    at: Timestamp
+    to: NetworkId
+    prev: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$", min_length=43, max_length=43)

@@ -1,0 +1,162 @@
+"""The payload of every message kind the networks exchange.
+
+Payloads carry case content. Only the origin and the destination read them; relays route on the
+header alone. Every list and string is bounded; free text refuses control characters.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.base import (
+    CaseReference,
+    ContactPointId,
+    CountryCode,
+    Date,
+    LanguageCode,
+    LongText,
+    MessageId,
+    NetworkId,
+    ShortText,
+    Timestamp,
+    WireModel,
+)
+from schemas.header import Urgency
+
+__all__ = [
+    "ContactPointChange",
+    "DirectoryUpdate",
+    "FacilitationRequest",
+    "InformationRequest",
+    "InformationResponse",
+    "MeetingRequest",
+    "Notice",
+    "Receipt",
+    "StatusUpdate",
+]
+
+Offence = Literal[
+    "drug_trafficking",
+    "cybercrime",
+    "corruption",
+    "asset_recovery",
+    "terrorism",
+    "trafficking_in_persons",
+    "smuggling_of_migrants",
+    "firearms_trafficking",
+    "money_laundering",
+    "organised_crime",
+    "other",
+]
+Measure = Literal[
+    "evidence",
+    "asset_freezing",
+    "e_evidence_preservation",
+    "hearing",
+    "service_of_documents",
+    "search_and_seizure",
+    "confiscation",
+    "other",
+]
+CaseStatus = Literal[
+    "received",
+    "in_progress",
+    "information_needed",
+    "executed",
+    "refused",
+    "withdrawn",
+    "closed",
+]
+# A b64url SHA-256 digest without padding.
+Digest = Field(pattern=r"^[A-Za-z0-9_-]{43}$", min_length=43, max_length=43)
+ReasonCode = Field(pattern=r"^[a-z][a-z_]{1,39}$", max_length=40)
+
+
+class FacilitationRequest(WireModel):
+    """Ask a counterpart network to help move a pending MLA matter."""
+
+    case_ref: CaseReference
+    requesting_country: CountryCode
+    requested_country: CountryCode
+    offence_categories: list[Offence] = Field(min_length=1, max_length=5)
+    measures_sought: list[Measure] = Field(min_length=1, max_length=8)
+    urgency: Urgency = "normal"
+    deadline: Date | None = None
+    mla_request_sent_on: Date | None = None
+    languages: list[LanguageCode] = Field(min_length=1, max_length=5)
+    summary: LongText
+
+
+class Receipt(WireModel):
+    """Signed proof that the destination received a message (the header's ``in_reply_to``)."""
+
+    receipt_for: MessageId
+    content_sha256: str = Digest
+    received_at: Timestamp
+    received_by: Literal["node", "contact_point"] = "node"
+    delivered_to: ContactPointId | None = None
+
+
+class StatusUpdate(WireModel):
+    """Where an MLA matter stands at the requested side."""
+
+    case_ref: CaseReference
+    status: CaseStatus
+    regarding: MessageId | None = None
+    note: LongText | None = None
+
+
+class InformationRequest(WireModel):
+    """Questions that clarify a matter."""
+
+    case_ref: CaseReference
+    questions: list[LongText] = Field(min_length=1, max_length=20)
+    respond_by: Date | None = None
+
+
+class InformationResponse(WireModel):
+    """Answers to an information request (the header's ``in_reply_to``)."""
+
+    case_ref: CaseReference
+    answers: list[LongText] = Field(min_length=1, max_length=20)
+
+
+class MeetingRequest(WireModel):
+    """Ask for a bilateral meeting to speed up or resolve a matter."""
+
+    case_ref: CaseReference
+    purpose: LongText
+    meeting_format: Literal["in_person", "video", "phone"]
+    proposed_slots: list[Timestamp] = Field(min_length=1, max_length=5)
+    participant_countries: list[CountryCode] = Field(min_length=2, max_length=10)
+
+
+class ContactPointChange(WireModel):
+    """One contact point appointed, replaced or retired."""
+
+    action: Literal["appointed", "replaced", "retired"]
+    network: NetworkId
+    country: CountryCode
+    contact_point: ContactPointId
+    successor: ContactPointId | None = None
+    role: ShortText
+    effective_at: Timestamp
+
+
+class DirectoryUpdate(WireModel):
+    """Changes to contact points and memberships."""
+
+    changes: list[ContactPointChange] = Field(min_length=1, max_length=100)
+
+
+class Notice(WireModel):
+    """Plenaries, trainings and working groups; also a node's notice about a message it refused."""
+
+    topic: Literal["plenary", "training", "working_group", "delivery", "general"]
+    title: ShortText
+    body: LongText | None = None
+    event_date: Date | None = None
+    regarding: MessageId | None = None
+    reason: str | None = ReasonCode

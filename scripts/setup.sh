@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Sets up everything mlanet needs on a Debian machine with Python 3.11:
+#   RabbitMQ (installed from Debian's packages when missing, started when down, with the
+#   management and shovel plugins enabled) and a virtual environment with mlanet installed.
+# Idempotent: run it as often as you like. Sourced by scripts/run and scripts/test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+rabbit_answers() {
+  "$PYTHON" - <<'PY'
+import socket, sys
+try:
+    with socket.create_connection(("127.0.0.1", 5672), timeout=2) as s:
+        s.sendall(b"AMQP\x00\x00\x09\x01")
+        sys.exit(0 if s.recv(1) else 1)
+except OSError:
+    sys.exit(1)
+PY
+}
+
+if ! command -v rabbitmq-server >/dev/null 2>&1 && ! rabbit_answers; then
+  log "installing rabbitmq-server from Debian's packages"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rabbitmq-server >/dev/null
+fi
+
+if ! rabbit_answers; then
+  log "starting RabbitMQ"
+  $SUDO rabbitmq-server -detached || true
+  for _ in $(seq 1 90); do rabbit_answers && break; sleep 1; done
+fi
+rabbit_answers || { log "RabbitMQ does not answer on 127.0.0.1:5672; start it with: rabbitmq-server -detached"; exit 1; }
+
+# mlanet's links are RabbitMQ shovels and its status uses the management API.
+if command -v rabbitmq-plugins >/dev/null 2>&1; then
+  $SUDO rabbitmq-plugins enable --quiet rabbitmq_management rabbitmq_shovel rabbitmq_shovel_management >/dev/null
+fi
+for _ in $(seq 1 60); do
+  curl -fsS -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null 2>&1 && break
+  sleep 1
+done
+curl -fsS -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null \
+  || { log "the RabbitMQ management API does not answer on 127.0.0.1:15672"; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating the virtual environment"
+  "$PYTHON" -m venv .venv
+fi
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+  log "installing mlanet and its development tools"
+  .venv/bin/pip install --quiet --upgrade pip >/dev/null
+  .venv/bin/pip install --quiet -e '.[dev]'
+  touch .venv/.installed
+fi
