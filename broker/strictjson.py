@@ -21,7 +21,8 @@ MAX_DEPTH = 16
 MAX_NUMBER_CHARS = 32
 
 # A JSON string literal (escapes included), so that brackets inside strings are not counted.
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# Possessive, and an unterminated string runs to the end: the scan stays linear on hostile input.
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
