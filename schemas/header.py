@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas.base import (
     ContactPointId,
@@ -107,6 +107,14 @@ class Header(WireModel):
     urgency: Urgency = "normal"
     in_reply_to: MessageId | None = None
     content: Literal["json"] = "json"
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format_is_the_integer_1(cls, value: object) -> object:
+        # Literal[1] alone also takes true and 1.0, which JSON Schema's "const": 1 would not.
+        if type(value) is not int:
+            raise ValueError("format must be the integer 1")
+        return value
 
 
 class HopRecord(WireModel):
