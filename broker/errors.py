@@ -64,6 +64,8 @@ class Reason(StrEnum):
     NO_ROUTE = "no_route"
     BAD_TRANSPORT = "bad_transport"
     UNDELIVERABLE = "undeliverable"
+    DELIVERY_LIMIT = "delivery_limit"
+    UNROUTABLE = "unroutable"
     RELEASED_BY_OPERATOR = "released_by_operator"
 
 

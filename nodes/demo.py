@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker import RefusedMessage, SigningKey, TrustStore, decode_payload, open_envelope, sign_message
+from broker import (
+    RefusedMessage,
+    SigningKey,
+    TrustStore,
+    decode_payload,
+    open_envelope,
+    sign_message,
+)
 from schemas import Destination, FacilitationRequest, Header, Origin
 
 
@@ -36,7 +43,9 @@ def run_signing_demo(say: Callable[[str], None]) -> None:
     wire = sign_message(header, payload, key).to_bytes()
     say(f"signed {header.kind} {header.message_id}: {len(wire)} bytes, key {key.key_id}")
     message = open_envelope(wire, trust)
-    say(f"verified: origin {message.header.origin.network}, to {message.header.destination.country}")
+    say(
+        f"verified: origin {message.header.origin.network}, to {message.header.destination.country}"
+    )
     say(f"payload kind {type(decode_payload(message)).__name__} validates")
     tampered = bytearray(wire)
     tampered[len(wire) // 2] ^= 0x01

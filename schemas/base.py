@@ -52,24 +52,30 @@ class WireModel(BaseModel):
     )
 
 
-def _ascii(pattern: str, max_length: int) -> Any:
-    return Annotated[str, StringConstraints(pattern=pattern, max_length=max_length)]
-
-
 # A network id: lowercase ASCII, starts with a letter ("seajust", "casc", "ejn").
-NetworkId = _ascii(r"^[a-z][a-z0-9-]{1,31}$", 32)
+NetworkId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,31}$", max_length=32)]
 # ISO 3166-1 alpha-2, upper case.
-CountryCode = _ascii(r"^[A-Z]{2}$", 2)
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$", max_length=2)]
 # A contact point: the member country in lower case, a dash, then a short local name.
-ContactPointId = _ascii(r"^[a-z]{2}-[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$", 35)
+ContactPointId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z]{2}-[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$", max_length=35),
+]
 # A signing key of a network: "ed25519:<n>", n without leading zeros.
-KeyId = _ascii(r"^ed25519:(?:0|[1-9][0-9]{0,8})$", 17)
+KeyId = Annotated[str, StringConstraints(pattern=r"^ed25519:(?:0|[1-9][0-9]{0,8})$", max_length=17)]
 # A message id: a lower-case canonical UUID.
-MessageId = _ascii(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", 36)
+MessageId = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", max_length=36
+    ),
+]
 # A case reference as the requesting authority writes it: "KH-MLA-2020-0042".
-CaseReference = _ascii(r"^[A-Z0-9][A-Z0-9/._-]{2,63}$", 64)
+CaseReference = Annotated[
+    str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9/._-]{2,63}$", max_length=64)
+]
 # ISO 639-1 language code, lower case.
-LanguageCode = _ascii(r"^[a-z]{2}$", 2)
+LanguageCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$", max_length=2)]
 
 # Human text: no control characters but newline and tab, bounded.
 _TEXT = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"

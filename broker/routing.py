@@ -1,0 +1,161 @@
+"""Routing: a pure function of (message header, path, directory, rules, this network).
+
+Decisions, in order:
+
+1. loop: this network is already on the path -> ``loop_detected``;
+2. the target network: the destination's network, else the network that serves its country
+   (this network first when it is a member);
+3. an explicit rule (first match by kind, country, network, urgency) names the next hop;
+4. otherwise the target itself when linked, else the first step of a shortest path through
+   linked networks that avoids every network already on the path;
+5. forwarding would exceed the origin's hop limit -> ``hop_limit_exceeded``;
+6. nothing found -> ``no_route``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.errors import Reason
+from schemas import Header
+from schemas.directory import Directory
+
+__all__ = ["Deliver", "Forward", "Refuse", "RouteRule", "Routing", "route"]
+
+
+class RouteRule(BaseModel):
+    """Send matching messages through ``via``. Empty match lists match everything."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    via: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    kinds: tuple[str, ...] = ()
+    countries: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    urgency: str | None = None
+
+    def matches(self, header: Header, target: str | None) -> bool:
+        return (
+            (not self.kinds or header.kind in self.kinds)
+            and (not self.countries or header.destination.country in self.countries)
+            and (not self.networks or target in self.networks)
+            and (self.urgency is None or header.urgency == self.urgency)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Deliver locally to these contact points."""
+
+    contact_points: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Hand the message to this linked peer network."""
+
+    peer: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    reason: Reason
+    detail: str
+
+
+Routing = Deliver | Forward | Refuse
+
+
+def _target(header: Header, directory: Directory, self_network: str) -> str | None:
+    destination = header.destination
+    if destination.network is not None:
+        return destination.network
+    assert destination.country is not None  # the Destination model guarantees one of the two
+    serving = directory.serving(destination.country)
+    if self_network in serving:
+        return self_network
+    return serving[0] if serving else None
+
+
+def _local(header: Header, directory: Directory, self_network: str) -> Routing:
+    me = directory.network(self_network)
+    destination = header.destination
+    if me is None:
+        return Refuse(Reason.NO_ROUTE, f"{self_network} is not in the directory")
+    known = {cp.id for cp in me.contact_points}
+    if destination.contact_point is not None:
+        if destination.contact_point in known:
+            return Deliver((destination.contact_point,))
+        return Refuse(Reason.NO_ROUTE, f"no contact point {destination.contact_point} here")
+    if destination.country is not None:
+        found = me.contact_points_of(destination.country)
+        if found:
+            return Deliver((found[0],))
+        return Refuse(Reason.NO_ROUTE, f"no contact point for {destination.country} here")
+    return (
+        Deliver(tuple(cp.id for cp in me.contact_points))
+        if known
+        else Refuse(Reason.NO_ROUTE, f"{self_network} has no contact points")
+    )
+
+
+def _first_step(directory: Directory, start: str, goal: str, avoid: set[str]) -> str | None:
+    """First hop of a shortest path start -> goal through links, never entering ``avoid``."""
+    previous: dict[str, str] = {}
+    queue = deque([start])
+    seen = {start} | avoid
+    while queue:
+        here = queue.popleft()
+        for neighbour in directory.neighbours(here):
+            if neighbour in seen:
+                continue
+            previous[neighbour] = here
+            if neighbour == goal:
+                step = neighbour
+                while previous[step] != start:
+                    step = previous[step]
+                return step
+            seen.add(neighbour)
+            queue.append(neighbour)
+    return None
+
+
+def route(
+    header: Header,
+    path: tuple[str, ...],
+    directory: Directory,
+    rules: tuple[RouteRule, ...],
+    self_network: str,
+) -> Routing:
+    """Decide what this network does with a message that has travelled ``path``.
+
+    ``path`` lists the networks that already handled the message, origin first; it is empty
+    for a message this network originates.
+    """
+    if self_network in path:
+        return Refuse(Reason.LOOP_DETECTED, f"{self_network} is already on the path")
+    target = _target(header, directory, self_network)
+    if target == self_network:
+        return _local(header, directory, self_network)
+    if target is None or directory.network(target) is None:
+        return Refuse(Reason.NO_ROUTE, "no network serves the destination")
+
+    # A relay adds one hop record when it forwards; the origin adds none. So after this
+    # network forwards, the message carries len(path) hop records.
+    if len(path) > header.hop_limit:
+        return Refuse(Reason.HOP_LIMIT_EXCEEDED, f"hop limit {header.hop_limit} reached")
+
+    linked = set(directory.neighbours(self_network))
+    for rule in rules:
+        if rule.matches(header, target) and rule.via in linked and rule.via not in path:
+            return Forward(rule.via, target)
+    if target in linked and target not in path:
+        return Forward(target, target)
+    step = _first_step(directory, self_network, target, set(path))
+    if step is None:
+        return Refuse(Reason.NO_ROUTE, f"no link path from {self_network} to {target}")
+    return Forward(step, target)

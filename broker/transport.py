@@ -1,0 +1,254 @@
+"""The AMQP edge: the only module that imports aio_pika.
+
+A :class:`Transport` holds one robust connection to a network's own broker, declares the node's
+topology idempotently, publishes with publisher confirms and mandatory routing (a message the
+broker could not route raises, it is never treated as sent), and consumes with manual acks.
+Everything else in mlanet sees :class:`Incoming` and plain bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from pamqp.common import Arguments
+
+from broker.errors import TransportError
+
+__all__ = [
+    "CONTENT_TYPE",
+    "Incoming",
+    "Topology",
+    "Transport",
+    "deliver_queue",
+    "inbox_exchange",
+    "out_queue",
+]
+
+_CHANNEL_GONE = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, RuntimeError)
+CONTENT_TYPE = "application/vnd.mlanet+json; v=1"
+INBOX = "mlanet.inbox"
+SUBMIT = "mlanet.submit"
+QUARANTINE = "mlanet.quarantine"
+UNROUTABLE = "mlanet.unroutable"
+
+
+def inbox_exchange(sender: str) -> str:
+    """The exchange a peer network publishes into (the only resource its user may write)."""
+    return f"mlanet.inbox.from.{sender}"
+
+
+def out_queue(peer: str) -> str:
+    """The store-and-forward queue towards a peer (drained by the link's shovel)."""
+    return f"mlanet.out.{peer}"
+
+
+def deliver_queue(contact_point: str) -> str:
+    return f"mlanet.deliver.{contact_point}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What a node declares on its own broker."""
+
+    peers: tuple[str, ...]
+    contact_points: tuple[str, ...]
+    delivery_limit: int = 5
+
+    def queues(self) -> list[str]:
+        return [
+            INBOX,
+            SUBMIT,
+            QUARANTINE,
+            *(out_queue(peer) for peer in self.peers),
+            *(deliver_queue(cp) for cp in self.contact_points),
+        ]
+
+
+@dataclass
+class Incoming:
+    """A delivery, transport-agnostic. ``ack``/``reject`` never raise on a dead channel."""
+
+    body: bytes
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    delivery_count: int
+    headers: Mapping[str, Any]
+    content_type: str | None
+    _raw: AbstractIncomingMessage = field(repr=False)
+
+    async def ack(self) -> None:
+        # If the channel is gone the broker redelivers, and dedupe makes that harmless.
+        with contextlib.suppress(*_CHANNEL_GONE):
+            await self._raw.ack()
+
+    async def requeue(self) -> None:
+        with contextlib.suppress(*_CHANNEL_GONE):
+            await self._raw.nack(requeue=True)
+
+
+Handler = Callable[[Incoming], Awaitable[None]]
+
+
+class Transport:
+    """One node's connection to its own broker."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._connection: AbstractRobustConnection | None = None
+        self._publish: aio_pika.abc.AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def connect(self) -> None:
+        try:
+            self._connection = await aio_pika.connect_robust(self._url, reconnect_interval=1)
+            self._publish = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+        except (OSError, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
+            raise TransportError(f"cannot connect to the broker ({type(exc).__name__})") from exc
+
+    async def aclose(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+    def _channel(self) -> aio_pika.abc.AbstractChannel:
+        if self._publish is None:
+            raise TransportError("transport is not connected")
+        return self._publish
+
+    async def declare(self, topology: Topology) -> None:
+        """Declare exchanges and queues idempotently (durable quorum queues)."""
+        channel = self._channel()
+        quorum: Arguments = {"x-queue-type": "quorum"}
+        unroutable = await channel.declare_exchange(
+            UNROUTABLE, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        quarantine = await channel.declare_queue(QUARANTINE, durable=True, arguments=quorum)
+        await quarantine.bind(unroutable)
+        # Inbox and submit: a message that keeps failing is dead-lettered to quarantine.
+        poison: Arguments = {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": topology.delivery_limit,
+            "x-dead-letter-exchange": UNROUTABLE,
+        }
+        inbox = await channel.declare_queue(INBOX, durable=True, arguments=poison)
+        await channel.declare_queue(SUBMIT, durable=True, arguments=poison)
+        for peer in topology.peers:
+            exchange = await channel.declare_exchange(
+                inbox_exchange(peer),
+                aio_pika.ExchangeType.FANOUT,
+                durable=True,
+                arguments={"alternate-exchange": UNROUTABLE},
+            )
+            await inbox.bind(exchange)
+            await channel.declare_queue(out_queue(peer), durable=True, arguments=quorum)
+        for contact_point in topology.contact_points:
+            await channel.declare_queue(
+                deliver_queue(contact_point), durable=True, arguments=quorum
+            )
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str,
+        kind: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish persistently to ``queue``; return only once the broker confirmed it."""
+        message = aio_pika.Message(
+            body,
+            content_type=CONTENT_TYPE,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            type=kind,
+            app_id="mlanet",
+            headers=dict(headers or {}),
+        )
+        try:
+            confirmation = await self._channel().default_exchange.publish(
+                message, routing_key=queue, mandatory=True, timeout=30
+            )
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise TransportError(f"broker could not route to {queue}") from exc
+        except (
+            TimeoutError,
+            aio_pika.exceptions.AMQPError,
+            aiormq.exceptions.AMQPError,
+            RuntimeError,
+        ) as exc:
+            raise TransportError(f"publish to {queue} failed ({type(exc).__name__})") from exc
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise TransportError(f"broker did not confirm the publish to {queue}")
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> None:
+        """Start consuming ``queue`` on a channel of its own; ``handler`` runs per delivery."""
+        if self._connection is None:
+            raise TransportError("transport is not connected")
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        declared = await channel.get_queue(queue, ensure=False)
+
+        async def on_message(raw: AbstractIncomingMessage) -> None:
+            headers = dict(raw.headers or {})
+            count = headers.get("x-delivery-count", 0)
+            await handler(
+                Incoming(
+                    body=raw.body,
+                    exchange=raw.exchange or "",
+                    routing_key=raw.routing_key or "",
+                    redelivered=bool(raw.redelivered),
+                    delivery_count=count if isinstance(count, int) else 0,
+                    headers=headers,
+                    content_type=raw.content_type,
+                    _raw=raw,
+                )
+            )
+
+        await declared.consume(on_message, no_ack=False)
+
+    async def get(self, queue: str) -> Incoming | None:
+        """Fetch one message (for CLI readers); None when the queue is empty."""
+        channel = self._channel()
+        declared = await channel.get_queue(queue, ensure=False)
+        raw = await declared.get(no_ack=False, fail=False)
+        if raw is None:
+            return None
+        return Incoming(
+            raw.body,
+            raw.exchange or "",
+            raw.routing_key or "",
+            bool(raw.redelivered),
+            0,
+            dict(raw.headers or {}),
+            raw.content_type,
+            raw,
+        )
+
+    async def queue_depth(self, queue: str) -> int:
+        channel = self._channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)

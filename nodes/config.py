@@ -1,0 +1,160 @@
+"""A node's configuration: one TOML file, validated once at the entry point, then passed down.
+
+Secrets are file paths (broker passwords, the signing key); relative paths are resolved against
+the directory of the config file. Example: ``nodes/examples/node.toml``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Self
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from broker.errors import ConfigError
+from broker.routing import RouteRule
+from schemas import KINDS, Kind
+from schemas.directory import BrokerAddress, Directory
+
+__all__ = ["BrokerConfig", "Limits", "NodeConfig", "PeerConfig", "Receipts", "load_config"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BrokerConfig(_Config):
+    """This network's own broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 5672
+    vhost: str
+    user: str
+    password_file: Path
+    management_url: str = "http://127.0.0.1:15672"
+    heartbeat: int = Field(default=15, ge=1, le=600)
+
+
+class PeerConfig(_Config):
+    """A linked peer network: our credentials at its broker, and what it may send us."""
+
+    network: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    user: str
+    password_file: Path
+    kinds: tuple[Kind, ...] = KINDS
+
+
+class Limits(_Config):
+    max_message_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_clock_skew_seconds: int = Field(default=300, ge=0)
+    max_age_seconds: int = Field(default=30 * 86400, ge=60)
+    prefetch: int = Field(default=64, ge=1, le=5000)
+    delivery_limit: int = Field(default=5, ge=1, le=100)
+
+
+class Receipts(_Config):
+    retry_after_seconds: float = Field(default=60.0, gt=0)
+    undeliverable_after_seconds: float = Field(default=86400.0, gt=0)
+    check_every_seconds: float = Field(default=5.0, gt=0)
+
+
+class NodeConfig(_Config):
+    network: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    signing_key: Path
+    directory: Path
+    state_dir: Path
+    broker: BrokerConfig
+    peers: tuple[PeerConfig, ...] = ()
+    routes: tuple[RouteRule, ...] = ()
+    limits: Limits = Limits()
+    receipts: Receipts = Receipts()
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _routes_use_peers(self) -> Self:
+        peers = {peer.network for peer in self.peers}
+        for rule in self.routes:
+            if rule.via not in peers:
+                raise ValueError(f"route via {rule.via} names no configured peer")
+        return self
+
+    def peer(self, network: str) -> PeerConfig | None:
+        for peer in self.peers:
+            if peer.network == network:
+                return peer
+        return None
+
+    def amqp_url(self) -> str:
+        return _amqp_url(
+            self.broker.host,
+            self.broker.port,
+            self.broker.vhost,
+            self.broker.user,
+            _read_secret(self.broker.password_file),
+            self.broker.heartbeat,
+        )
+
+    def peer_amqp_url(self, peer: PeerConfig, address: BrokerAddress) -> str:
+        return _amqp_url(
+            address.host,
+            address.port,
+            address.vhost,
+            peer.user,
+            _read_secret(peer.password_file),
+            self.broker.heartbeat,
+        )
+
+    def load_directory(self) -> Directory:
+        try:
+            return Directory.model_validate_json(self.directory.read_bytes(), strict=False)
+        except (OSError, ValidationError) as exc:
+            raise ConfigError(f"directory {self.directory.name} cannot be loaded") from exc
+
+
+def _amqp_url(host: str, port: int, vhost: str, user: str, password: str, heartbeat: int) -> str:
+    return (
+        f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
+        f"{quote(vhost, safe='')}?heartbeat={heartbeat}"
+    )
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"secret file {path.name} cannot be read") from exc
+
+
+def _resolve(value: object, base: Path, keys: set[str]) -> object:
+    if isinstance(value, dict):
+        return {
+            k: (
+                str(base / v)
+                if k in keys and isinstance(v, str) and not Path(v).is_absolute()
+                else _resolve(v, base, keys)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_resolve(v, base, keys) for v in value]
+    return value
+
+
+_PATH_KEYS = {"signing_key", "directory", "state_dir", "password_file"}
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and validate a node's TOML file (raises ConfigError with a readable reason)."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    try:
+        return NodeConfig.model_validate(_resolve(raw, path.parent.resolve(), _PATH_KEYS))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path.name}: {problems}") from exc

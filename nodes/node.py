@@ -1,0 +1,546 @@
+"""The running node of one network: consumes its inbox and local submissions, delivers,
+forwards, quarantines, sends receipts and resends what was not acknowledged.
+
+Delivery guarantees (see ``docs/OPERATIONS.md``):
+- a delivery is acked only after everything it caused is broker-confirmed or committed;
+- a refused message is published to quarantine (confirmed) before it is acked, never dropped;
+- a transient failure requeues; a message that keeps failing is dead-lettered to quarantine by
+  the queue's delivery limit, so one bad message never blocks the ones behind it;
+- the destination dedupes on (origin, message id) + content hash; relays forward repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+
+import structlog
+from pydantic import ValidationError
+from structlog.contextvars import bound_contextvars
+
+from broker import (
+    Reason,
+    RefusedMessage,
+    SignedMessage,
+    TransportError,
+    TrustStore,
+    add_hop,
+    canonical_bytes,
+    decode_payload,
+    load_signing_key,
+    loads_strict,
+    open_envelope,
+    sign_message,
+)
+from broker.keys import SigningKey
+from broker.management import Management, ManagementEndpoint, ShovelSpec
+from broker.routing import Deliver, Forward, Refuse, route
+from broker.transport import (
+    QUARANTINE,
+    SUBMIT,
+    Incoming,
+    Topology,
+    Transport,
+    deliver_queue,
+    inbox_exchange,
+    out_queue,
+)
+from nodes.config import NodeConfig, _read_secret
+from nodes.pipeline import Accepted, receive
+from nodes.store import Store
+from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
+from schemas.directory import Directory
+from schemas.submission import Submission
+
+__all__ = ["Node", "trust_from_directory"]
+
+log = structlog.get_logger("mlanet.node")
+
+RECEIPTED = {
+    "facilitation_request",
+    "status_update",
+    "information_request",
+    "information_response",
+    "meeting_request",
+    "directory_update",
+}
+
+
+def trust_from_directory(directory: Directory) -> TrustStore:
+    trust = TrustStore()
+    for network in directory.networks:
+        for key in network.keys:
+            trust.add(
+                network.id,
+                key.key_id,
+                key.public_key,
+                not_before=key.not_before,
+                not_after=key.not_after,
+            )
+    return trust
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Node:
+    """One network's node. ``run()`` until ``stop()``."""
+
+    def __init__(self, config: NodeConfig, *, clock: Callable[[], datetime] = _now) -> None:
+        self.config = config
+        self.clock = clock
+        self.key: SigningKey = load_signing_key(config.signing_key)
+        if self.key.network != config.network:
+            raise RefusedMessage(Reason.MALFORMED_KEY, "signing key belongs to another network")
+        self.directory = config.load_directory()
+        self.trust = trust_from_directory(self.directory)
+        me = self.directory.network(config.network)
+        if me is None:
+            raise RefusedMessage(Reason.NO_ROUTE, f"{config.network} is not in the directory")
+        self.contact_points = tuple(cp.id for cp in me.contact_points)
+        self.store = Store(config.state_dir / "node.sqlite3")
+        self.transport = Transport(config.amqp_url())
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.transport)
+            stack.callback(self.store.close)
+            await self.transport.declare(
+                Topology(
+                    peers=tuple(peer.network for peer in self.config.peers),
+                    contact_points=self.contact_points,
+                    delivery_limit=self.config.limits.delivery_limit,
+                )
+            )
+            await self.ensure_links()
+            prefetch = self.config.limits.prefetch
+            await self.transport.consume("mlanet.inbox", self.on_inbox, prefetch=prefetch)
+            await self.transport.consume(SUBMIT, self.on_submit, prefetch=prefetch)
+            log.info(
+                "node_started",
+                network=self.config.network,
+                peers=[p.network for p in self.config.peers],
+            )
+            self.ready.set()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._resend_loop())
+                await self._stop.wait()
+            log.info("node_stopped", network=self.config.network)
+
+    async def ensure_links(self) -> None:
+        """Declare one on-confirm shovel per peer: out.<peer> here -> inbox.from.<us> there."""
+        broker = self.config.broker
+        endpoint = ManagementEndpoint(
+            broker.management_url, broker.user, _read_secret(broker.password_file)
+        )
+        async with Management(endpoint) as management:
+            for peer in self.config.peers:
+                entry = self.directory.network(peer.network)
+                if entry is None:
+                    log.warning("peer_not_in_directory", peer=peer.network)
+                    continue
+                await management.put_shovel(
+                    ShovelSpec(
+                        name=f"mlanet-link-{peer.network}",
+                        vhost=broker.vhost,
+                        src_uri=self.config.amqp_url(),
+                        src_queue=out_queue(peer.network),
+                        dest_uri=self.config.peer_amqp_url(peer, entry.broker),
+                        dest_exchange=inbox_exchange(self.config.network),
+                    )
+                )
+
+    # --- from peers -------------------------------------------------------------------------
+    async def on_inbox(self, incoming: Incoming) -> None:
+        try:
+            accepted = receive(
+                incoming.body,
+                incoming.exchange,
+                config=self.config,
+                trust=self.trust,
+                directory=self.directory,
+                store=self.store,
+                now=self.clock(),
+            )
+        except RefusedMessage as refused:
+            await self._settle(incoming, self.quarantine(incoming.body, refused, incoming.exchange))
+            return
+        header = accepted.message.header
+        with bound_contextvars(
+            message_id=header.message_id,
+            origin=header.origin.network,
+            destination=_describe(header.destination),
+            kind=header.kind,
+        ):
+            await self._settle(incoming, self._act(accepted))
+
+    async def _act(self, accepted: Accepted) -> None:
+        message, routing = accepted.message, accepted.routing
+        header = message.header
+        try:
+            if isinstance(routing, Refuse):
+                raise RefusedMessage(routing.reason, routing.detail)
+            if isinstance(routing, Forward):
+                await self.forward(message, routing)
+                return
+            if header.kind == "receipt":
+                self.on_receipt(message, accepted.payload)
+                self.store.remember(
+                    header.origin.network, header.message_id, message.content_sha256, "consumed"
+                )
+                return
+            if header.kind == "notice":
+                self.on_notice(accepted.payload)
+            if accepted.duplicate is None:
+                await self.deliver(message, routing)
+            else:
+                log.info("duplicate_not_delivered_again")
+            if header.kind in RECEIPTED:
+                await self.send_receipt(message, routing)
+        except RefusedMessage as refused:
+            await self.quarantine(message.to_bytes(), refused, inbox_exchange(accepted.sender))
+            if refused.reason is Reason.NO_ROUTE:
+                await self.notify_origin(message, refused)
+
+    async def _settle(self, incoming: Incoming, work: Awaitable[None]) -> None:
+        """Ack once the work is durable; requeue on a transient failure; never crash."""
+        try:
+            await work
+        except TransportError as exc:
+            log.warning("transient_failure_requeued", error=str(exc))
+            await asyncio.sleep(0.5)
+            await incoming.requeue()
+            return
+        except Exception as exc:  # a defect must not stop the node; the delivery limit applies
+            log.error("unexpected_failure_requeued", error_type=type(exc).__name__)
+            await incoming.requeue()
+            return
+        await incoming.ack()
+
+    # --- actions ----------------------------------------------------------------------------
+    async def forward(self, message: SignedMessage, routing: Forward) -> None:
+        header = message.header
+        outgoing = message
+        if header.origin.network != self.config.network:
+            outgoing = add_hop(message, self.key, to=routing.peer, at=self.clock())
+        await self.transport.publish(
+            out_queue(routing.peer),
+            outgoing.to_bytes(),
+            message_id=header.message_id,
+            kind=header.kind,
+        )
+        self.store.remember(
+            header.origin.network,
+            header.message_id,
+            message.content_sha256,
+            "forwarded",
+            f"forwarded to {routing.peer} (for {routing.target})",
+        )
+        log.info("message_forwarded", peer=routing.peer, target=routing.target)
+
+    async def deliver(self, message: SignedMessage, routing: Deliver) -> None:
+        header = message.header
+        for contact_point in routing.contact_points:
+            await self.transport.publish(
+                deliver_queue(contact_point),
+                message.to_bytes(),
+                message_id=header.message_id,
+                kind=header.kind,
+            )
+        self.store.remember(
+            header.origin.network,
+            header.message_id,
+            message.content_sha256,
+            "delivered",
+            "delivered to " + ",".join(routing.contact_points),
+        )
+        log.info("message_delivered", contact_points=list(routing.contact_points))
+
+    async def quarantine(self, body: bytes, refused: RefusedMessage, via: str) -> None:
+        await self.transport.publish(
+            QUARANTINE,
+            body,
+            message_id=str(uuid.uuid4()),
+            kind="refused",
+            headers={
+                "x-mlanet-reason": refused.reason.value,
+                "x-mlanet-detail": refused.detail,
+                "x-mlanet-via": via,
+                "x-mlanet-at": datetime.now(UTC).isoformat(),
+            },
+        )
+        self.store.event(
+            "-", "quarantined", f"{refused.reason.value}: {refused.detail} (via {via})"
+        )
+        log.warning(
+            "message_quarantined", reason=refused.reason.value, detail=refused.detail, via=via
+        )
+        if refused.reason is Reason.EQUIVOCATION:
+            log.error("equivocation_detected", via=via)
+
+    def _sign(
+        self,
+        kind: str,
+        destination: Destination,
+        payload: WireModel,
+        *,
+        in_reply_to: str | None = None,
+        country: str | None = None,
+        contact_point: str | None = None,
+        urgency: str = "normal",
+        hop_limit: int = 6,
+        message_id: str | None = None,
+    ) -> SignedMessage:
+        header = Header.model_validate(
+            {
+                "kind": kind,
+                "message_id": message_id or str(uuid.uuid4()),
+                "origin": Origin(
+                    network=self.config.network, country=country, contact_point=contact_point
+                ),
+                "destination": destination,
+                "created_at": self.clock(),
+                "hop_limit": hop_limit,
+                "key_id": self.key.key_id,
+                "urgency": urgency,
+                "in_reply_to": in_reply_to,
+            }
+        )
+        return sign_message(header, payload, self.key)
+
+    async def send_receipt(self, message: SignedMessage, routing: Deliver) -> None:
+        header = message.header
+        receipt = Receipt(
+            receipt_for=header.message_id,
+            content_sha256=message.content_sha256,
+            received_at=self.clock(),
+            received_by="node",
+            delivered_to=routing.contact_points[0] if routing.contact_points else None,
+        )
+        back = self._sign("receipt", _reply_to(header), receipt, in_reply_to=header.message_id)
+        await self._send_own(back)
+
+    async def notify_origin(self, message: SignedMessage, refused: RefusedMessage) -> None:
+        header = message.header
+        if header.kind in ("receipt", "notice"):
+            return  # never a notice about a notice or a receipt: no storms
+        notice = Notice(
+            topic="delivery",
+            title="Message could not be routed",
+            regarding=header.message_id,
+            reason=refused.reason.value,
+        )
+        back = self._sign("notice", _reply_to(header), notice, in_reply_to=header.message_id)
+        try:
+            await self._send_own(back)
+        except RefusedMessage as again:
+            log.warning("notice_not_routable", reason=again.reason.value)
+
+    async def _send_own(self, message: SignedMessage) -> None:
+        """Route and send a message this node signed (receipts, notices)."""
+        routing = route(message.header, (), self.directory, self.config.routes, self.config.network)
+        if isinstance(routing, Refuse):
+            raise RefusedMessage(routing.reason, routing.detail)
+        if isinstance(routing, Forward):
+            await self.forward(message, routing)
+        else:
+            await self._deliver_own(message, routing)
+
+    async def _deliver_own(self, message: SignedMessage, routing: Deliver) -> None:
+        """A message whose origin and destination are both here."""
+        header = message.header
+        payload = decode_payload(message)
+        if header.kind == "receipt":
+            self.on_receipt(message, payload)
+            return
+        if header.kind == "notice":
+            self.on_notice(payload)
+        await self.deliver(message, routing)
+        if header.kind in RECEIPTED and self.store.outbox_get(header.message_id) is not None:
+            self.store.outbox_update(
+                header.message_id, "delivered", "delivered locally", target=self.config.network
+            )
+
+    # --- receipts and notices for our own messages -------------------------------------------
+    def on_receipt(self, message: SignedMessage, payload: WireModel) -> None:
+        assert isinstance(payload, Receipt)
+        entry = self.store.outbox_get(payload.receipt_for)
+        if entry is None:
+            raise RefusedMessage(
+                Reason.UNAUTHORISED, "receipt for a message this node did not send"
+            )
+        signer = message.header.origin.network
+        if entry.target not in (None, signer) or entry.content_sha256 != payload.content_sha256:
+            raise RefusedMessage(Reason.UNAUTHORISED, f"receipt from {signer} does not match")
+        if entry.state != "delivered":
+            self.store.outbox_update(
+                payload.receipt_for,
+                "delivered",
+                f"receipt from {signer} ({payload.delivered_to or 'node'})",
+            )
+            log.info("receipt_received", receipt_for=payload.receipt_for, by=signer)
+
+    def on_notice(self, payload: WireModel) -> None:
+        assert isinstance(payload, Notice)
+        if payload.regarding is None or payload.reason is None:
+            return
+        entry = self.store.outbox_get(payload.regarding)
+        if entry is not None and entry.state not in ("delivered", "failed"):
+            self.store.outbox_update(payload.regarding, "failed", payload.reason)
+
+    # --- local submissions ------------------------------------------------------------------
+    async def on_submit(self, incoming: Incoming) -> None:
+        await self._settle(incoming, self._submit(incoming.body))
+
+    async def _submit(self, body: bytes) -> None:
+        try:
+            raw = loads_strict(body, max_bytes=self.config.limits.max_message_bytes)
+            submission = Submission.model_validate(raw)
+            payload = payload_model(submission.kind).model_validate(submission.payload)
+        except RefusedMessage as refused:
+            await self.quarantine(body, refused, SUBMIT)
+            return
+        except ValidationError as exc:  # locations only, never the input
+            errors = exc.errors(include_input=False, include_url=False)
+            where = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[:5])
+            await self.quarantine(body, RefusedMessage(Reason.SCHEMA_INVALID, where), SUBMIT)
+            return
+        with bound_contextvars(
+            message_id=submission.message_id,
+            origin=self.config.network,
+            destination=_describe(submission.destination),
+            kind=submission.kind,
+        ):
+            if submission.sender not in self.contact_points:
+                await self.quarantine(
+                    body,
+                    RefusedMessage(
+                        Reason.UNAUTHORISED, f"{submission.sender} is not a contact point here"
+                    ),
+                    SUBMIT,
+                )
+                return
+            entry = self.store.outbox_get(submission.message_id)
+            if entry is None:
+                message = self._sign(
+                    submission.kind,
+                    submission.destination,
+                    payload,
+                    in_reply_to=submission.in_reply_to,
+                    country=submission.sender[:2].upper(),
+                    contact_point=submission.sender,
+                    urgency=submission.urgency,
+                    hop_limit=submission.hop_limit,
+                    message_id=submission.message_id,
+                )
+                self.store.outbox_add(
+                    message_id=submission.message_id,
+                    kind=submission.kind,
+                    sender=submission.sender,
+                    destination=_describe(submission.destination),
+                    content_sha256=message.content_sha256,
+                    wire=message.to_bytes(),
+                    next_attempt=time.time() + self.config.receipts.retry_after_seconds,
+                )
+                log.info("message_queued")
+            elif entry.state != "queued":
+                log.info("submission_repeated", state=entry.state)
+                return
+            await self.send_from_outbox(submission.message_id)
+
+    async def send_from_outbox(self, message_id: str) -> None:
+        entry = self.store.outbox_get(message_id)
+        assert entry is not None
+        message = open_envelope(entry.wire, self.trust)
+        routing = route(message.header, (), self.directory, self.config.routes, self.config.network)
+        retry_at = time.time() + self.config.receipts.retry_after_seconds * 2 ** min(
+            entry.attempts, 5
+        )
+        if isinstance(routing, Refuse):
+            self.store.outbox_update(message_id, "failed", routing.reason.value)
+            log.warning("message_not_routable", reason=routing.reason.value)
+            notice = Notice(
+                topic="delivery",
+                title="Message could not be routed",
+                regarding=message_id,
+                reason=routing.reason.value,
+            )
+            if entry.sender is not None:
+                await self.deliver(
+                    self._sign(
+                        "notice",
+                        Destination(
+                            network=self.config.network,
+                            country=entry.sender[:2].upper(),
+                            contact_point=entry.sender,
+                        ),
+                        notice,
+                        in_reply_to=message_id,
+                    ),
+                    Deliver((entry.sender,)),
+                )
+            return
+        if isinstance(routing, Forward):
+            await self.transport.publish(
+                out_queue(routing.peer), entry.wire, message_id=message_id, kind=entry.kind
+            )
+            self.store.outbox_update(
+                message_id,
+                "forwarded",
+                f"to {routing.peer}",
+                target=routing.target,
+                next_attempt=retry_at,
+                attempt=True,
+            )
+            log.info("message_forwarded", peer=routing.peer, target=routing.target)
+        else:
+            await self._deliver_own(message, routing)
+
+    async def _resend_loop(self) -> None:
+        receipts = self.config.receipts
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), receipts.check_every_seconds)
+            if self._stop.is_set():
+                return
+            now = time.time()
+            for entry in self.store.outbox_due(now):
+                with bound_contextvars(message_id=entry.message_id, kind=entry.kind):
+                    try:
+                        if now - entry.created_at > receipts.undeliverable_after_seconds:
+                            self.store.outbox_update(
+                                entry.message_id, "undeliverable", "no receipt in time"
+                            )
+                            log.warning("message_undeliverable", attempts=entry.attempts)
+                            continue
+                        log.info("message_resent", attempt=entry.attempts + 1)
+                        await self.send_from_outbox(entry.message_id)
+                    except (TransportError, RefusedMessage) as exc:
+                        log.warning("resend_failed", error=str(exc))
+
+
+def _reply_to(header: Header) -> Destination:
+    origin = header.origin
+    return Destination(
+        network=origin.network, country=origin.country, contact_point=origin.contact_point
+    )
+
+
+def _describe(destination: Destination) -> str:
+    return destination.contact_point or destination.country or destination.network or "?"
+
+
+def submission_bytes(submission: Submission) -> bytes:
+    return canonical_bytes(submission.model_dump(mode="json", exclude_none=True))

@@ -1,0 +1,115 @@
+"""The receiving pipeline, as named steps a reader can follow.
+
+    size_cap -> sender_of -> verify -> validate -> authorise -> dedupe -> route
+
+Each step either returns what the next one needs or raises :class:`RefusedMessage` with a
+reason code. :func:`receive` runs them in order; the node then delivers, forwards or
+quarantines (``nodes/node.py``). Nothing here touches AMQP or writes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from broker import Reason, RefusedMessage, SignedMessage, TrustStore, decode_payload, open_envelope
+from broker.routing import Routing, route
+from nodes.config import NodeConfig
+from nodes.store import Seen, Store
+from schemas import WireModel
+from schemas.directory import Directory
+
+__all__ = ["Accepted", "receive"]
+
+_INBOX_PREFIX = "mlanet.inbox.from."
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    message: SignedMessage
+    payload: WireModel
+    sender: str
+    routing: Routing
+    duplicate: Seen | None
+
+
+def size_cap(body: bytes, config: NodeConfig) -> None:
+    if len(body) > config.limits.max_message_bytes:
+        raise RefusedMessage(
+            Reason.OVERSIZED, f"{len(body)} bytes > {config.limits.max_message_bytes}"
+        )
+
+
+def sender_of(exchange: str, config: NodeConfig) -> str:
+    """The peer that handed us the message: only its user may write its inbox exchange."""
+    if not exchange.startswith(_INBOX_PREFIX):
+        raise RefusedMessage(Reason.BAD_TRANSPORT, "message did not arrive through a peer inbox")
+    sender = exchange.removeprefix(_INBOX_PREFIX)
+    if config.peer(sender) is None:
+        raise RefusedMessage(Reason.UNAUTHORISED, f"{sender} is not a configured peer")
+    return sender
+
+
+def verify(body: bytes, trust: TrustStore, config: NodeConfig, now: datetime) -> SignedMessage:
+    return open_envelope(body, trust, max_bytes=config.limits.max_message_bytes, now=now)
+
+
+def validate(message: SignedMessage, config: NodeConfig) -> WireModel:
+    return decode_payload(message, max_bytes=config.limits.max_message_bytes)
+
+
+def authorise(
+    message: SignedMessage, sender: str, config: NodeConfig, directory: Directory, now: datetime
+) -> None:
+    header = message.header
+    if message.last_sender != sender:
+        raise RefusedMessage(
+            Reason.WRONG_SENDER, f"handed over by {sender}, last signed by {message.last_sender}"
+        )
+    if message.hops and message.hops[-1].record.to != config.network:
+        raise RefusedMessage(Reason.WRONG_SENDER, "the last hop was addressed to another network")
+    peer = config.peer(sender)
+    if peer is None or header.kind not in peer.kinds:
+        raise RefusedMessage(Reason.UNAUTHORISED, f"{sender} may not send {header.kind}")
+    if len(message.hops) > header.hop_limit:
+        raise RefusedMessage(Reason.HOP_LIMIT_EXCEEDED, f"{len(message.hops)} hops")
+    if directory.network(header.origin.network) is None:
+        raise RefusedMessage(
+            Reason.UNAUTHORISED, f"{header.origin.network} is not in the directory"
+        )
+    skew = timedelta(seconds=config.limits.max_clock_skew_seconds)
+    if header.created_at > now + skew:
+        raise RefusedMessage(Reason.CLOCK_SKEW, "created in the future beyond the allowed skew")
+    if header.created_at < now - timedelta(seconds=config.limits.max_age_seconds):
+        raise RefusedMessage(Reason.EXPIRED, "older than the maximum message age")
+
+
+def dedupe(message: SignedMessage, store: Store) -> Seen | None:
+    """None for a new message; the earlier record for a repeat; equivocation when it differs."""
+    seen = store.seen(message.header.origin.network, message.header.message_id)
+    if seen is not None and seen.content_sha256 != message.content_sha256:
+        raise RefusedMessage(
+            Reason.EQUIVOCATION, "same origin and message id with different content"
+        )
+    return seen
+
+
+def receive(
+    body: bytes,
+    exchange: str,
+    *,
+    config: NodeConfig,
+    trust: TrustStore,
+    directory: Directory,
+    store: Store,
+    now: datetime,
+) -> Accepted:
+    """Run every step of the receiving pipeline on one delivery from a peer."""
+    size_cap(body, config)
+    sender = sender_of(exchange, config)
+    message = verify(body, trust, config, now)
+    payload = validate(message, config)
+    authorise(message, sender, config, directory, now)
+    duplicate = dedupe(message, store)
+    routing = route(message.header, message.path, directory, config.routes, config.network)
+    return Accepted(message, payload, sender, routing, duplicate)

@@ -1,0 +1,258 @@
+"""The node's embedded state (SQLite, WAL): dedupe records, its own messages' states, events.
+
+Survives a restart or a SIGKILL of the node (WAL with ``synchronous=NORMAL`` loses no committed
+transaction when the process dies; an operating-system crash can lose the last ones, see
+``docs/OPERATIONS.md``). Holds metadata and the signed bytes of messages this node originated
+(for resending); it never writes case content anywhere else. One writer: the node process;
+the CLI opens it read-only except for a contact point's inbox archive.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["OutboxEntry", "Seen", "Store", "TrackEvent"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (
+    origin TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (origin, message_id)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    sender TEXT,
+    destination TEXT NOT NULL,
+    target TEXT,
+    state TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    wire BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, next_attempt);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    message_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_message ON events (message_id);
+CREATE TABLE IF NOT EXISTS inbox (
+    contact_point TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    wire BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (contact_point, origin, message_id)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    content_sha256: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    message_id: str
+    kind: str
+    sender: str | None
+    destination: str
+    target: str | None
+    state: str
+    content_sha256: str
+    wire: bytes
+    created_at: float
+    updated_at: float
+    attempts: int
+    next_attempt: float
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrackEvent:
+    at: float
+    event: str
+    detail: str
+
+
+class Store:
+    """SQLite state of one node. Not thread-safe; used from the node's event loop."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if readonly:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        self._db.execute("PRAGMA busy_timeout=5000")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- dedupe ---------------------------------------------------------------------------------
+    def seen(self, origin: str, message_id: str) -> Seen | None:
+        row = self._db.execute(
+            "SELECT content_sha256, outcome FROM seen WHERE origin=? AND message_id=?",
+            (origin, message_id),
+        ).fetchone()
+        return Seen(row[0], row[1]) if row else None
+
+    def remember(
+        self, origin: str, message_id: str, content_sha256: str, outcome: str, event: str = ""
+    ) -> None:
+        """Record the outcome of a message (and its tracking event) in one transaction."""
+        now = time.time()
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO seen (origin, message_id, content_sha256, outcome, at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin, message_id) DO UPDATE SET "
+                "outcome=excluded.outcome WHERE seen.content_sha256=excluded.content_sha256",
+                (origin, message_id, content_sha256, outcome, now),
+            )
+            if event:
+                self._event(now, message_id, outcome, event)
+
+    # --- messages this node originated ------------------------------------------------------------
+    def outbox_get(self, message_id: str) -> OutboxEntry | None:
+        row = self._db.execute("SELECT * FROM outbox WHERE message_id=?", (message_id,)).fetchone()
+        return OutboxEntry(*row) if row else None
+
+    def outbox_add(
+        self,
+        *,
+        message_id: str,
+        kind: str,
+        sender: str | None,
+        destination: str,
+        content_sha256: str,
+        wire: bytes,
+        next_attempt: float,
+    ) -> None:
+        now = time.time()
+        with self._tx():
+            self._db.execute(
+                "INSERT OR IGNORE INTO outbox (message_id, kind, sender, destination, target,"
+                " state, content_sha256, wire, created_at, updated_at, attempts, next_attempt) "
+                "VALUES (?, ?, ?, ?, NULL, 'queued', ?, ?, ?, ?, 0, ?)",
+                (
+                    message_id,
+                    kind,
+                    sender,
+                    destination,
+                    content_sha256,
+                    wire,
+                    now,
+                    now,
+                    next_attempt,
+                ),
+            )
+            self._event(now, message_id, "queued", f"signed, to {destination}")
+
+    def outbox_update(
+        self,
+        message_id: str,
+        state: str,
+        detail: str = "",
+        *,
+        target: str | None = None,
+        next_attempt: float | None = None,
+        attempt: bool = False,
+    ) -> None:
+        now = time.time()
+        with self._tx():
+            self._db.execute(
+                "UPDATE outbox SET state=?, detail=?, updated_at=?, target=COALESCE(?, target),"
+                " next_attempt=COALESCE(?, next_attempt), attempts=attempts+? WHERE message_id=?",
+                (state, detail, now, target, next_attempt, 1 if attempt else 0, message_id),
+            )
+            self._event(now, message_id, state, detail)
+
+    def outbox_due(self, now: float) -> list[OutboxEntry]:
+        rows = self._db.execute(
+            "SELECT * FROM outbox WHERE state IN ('queued', 'forwarded') AND next_attempt <= ?"
+            " ORDER BY next_attempt LIMIT 500",
+            (now,),
+        ).fetchall()
+        return [OutboxEntry(*row) for row in rows]
+
+    def outbox_states(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        return {state: count for state, count in rows}
+
+    # --- tracking ---------------------------------------------------------------------------------
+    def event(self, message_id: str, event: str, detail: str = "") -> None:
+        with self._tx():
+            self._event(time.time(), message_id, event, detail)
+
+    def events(self, message_id: str) -> list[TrackEvent]:
+        rows = self._db.execute(
+            "SELECT at, event, detail FROM events WHERE message_id=? ORDER BY id", (message_id,)
+        ).fetchall()
+        return [TrackEvent(*row) for row in rows]
+
+    # --- a contact point's archive of delivered messages ---------------------------------
+    def inbox_add(
+        self,
+        contact_point: str,
+        origin: str,
+        message_id: str,
+        content_sha256: str,
+        kind: str,
+        wire: bytes,
+    ) -> bool:
+        """Archive a delivered message; False when it was already there (a duplicate)."""
+        with self._tx():
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (contact_point, origin, message_id, content_sha256, kind, wire, time.time()),
+            )
+        return cursor.rowcount == 1
+
+    def inbox(self, contact_point: str) -> Iterator[tuple[str, str, str, bytes, float]]:
+        yield from self._db.execute(
+            "SELECT origin, message_id, kind, wire, received_at FROM inbox WHERE contact_point=?"
+            " ORDER BY received_at",
+            (contact_point,),
+        )
+
+    # --- internals ---------------------------------------------------------------------
+    def _event(self, at: float, message_id: str, event: str, detail: str) -> None:
+        self._db.execute(
+            "INSERT INTO events (at, message_id, event, detail) VALUES (?, ?, ?, ?)",
+            (at, message_id, event, detail),
+        )
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
