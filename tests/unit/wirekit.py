@@ -64,7 +64,7 @@ def sample_payloads() -> dict[Kind, WireModel]:
             deadline=date(2026, 6, 30),
             mla_request_sent_on=date(2025, 11, 3),
             languages=["en", "ru"],
-            summary="Test summary: no real case content. Caf\u00e9 \u2013 \u0442\u0435\u0441\u0442.",
+            summary="Test summary, no real case: Caf\u00e9 \u2013 \u0442\u0435\u0441\u0442.",
         ),
         "receipt": Receipt(
             receipt_for=OTHER_ID,
