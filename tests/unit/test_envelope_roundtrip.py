@@ -61,9 +61,8 @@ def test_final_verifier_checks_origin_and_every_hop_end_to_end() -> None:
     message = open_envelope(signed(hops=2).to_bytes(), trust_store())
     keys = {"seajust": SEAJUST, "casc": CASC, "wacap": WACAP}
 
-    origin_input = (
-        b"mlanet-v1:origin:" + f"{message.header_b64}.{message.payload_b64}".encode("ascii")
-    )
+    parts = f"{message.header_b64}.{message.payload_b64}"
+    origin_input = b"mlanet-v1:origin:" + parts.encode("ascii")
     assert message.signing_input == origin_input
     SEAJUST.private.public_key().verify(b64u_decode(message.signature_b64), origin_input)
 
@@ -99,9 +98,10 @@ def test_wire_form_is_the_documented_frame() -> None:
     assert wire["mlanet"] == 1
     assert sorted(wire["hops"][0]) == ["record", "signature"]
     header = b64u_decode(wire["header"])
-    assert header == json.dumps(
+    canonical = json.dumps(
         json.loads(header), sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    ).encode()
+    )
+    assert header == canonical.encode("ascii")
     assert len(b64u_decode(wire["signature"])) == 64
 
 
