@@ -248,7 +248,20 @@ class Transport:
             raw,
         )
 
+    async def _passive(self, queue: str) -> tuple[int, int]:
+        """(messages ready, consumers) of a queue; TransportError if it does not exist."""
+        if self._connection is None:
+            raise TransportError("transport is not connected")
+        try:
+            async with self._connection.channel() as channel:
+                declared = await channel.declare_queue(queue, passive=True)
+        except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
+            raise TransportError(f"queue {queue} is not there") from exc
+        result = declared.declaration_result
+        return int(result.message_count or 0), int(result.consumer_count or 0)
+
     async def queue_depth(self, queue: str) -> int:
-        channel = self._channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
+        return (await self._passive(queue))[0]
+
+    async def consumer_count(self, queue: str) -> int:
+        return (await self._passive(queue))[1]

@@ -2,21 +2,55 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
-from broker import KeyRefused, generate_key_files
-from schemas import write_json_schemas
+from broker import ConfigError, KeyRefused, MlanetError, generate_key_files
+from broker.management import ManagementEndpoint
+from nodes.config import NodeConfig, load_config
+from nodes.logs import configure_logging
+from schemas import Destination, write_json_schemas
+from schemas.submission import Submission
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys.")
 schemas_app = typer.Typer(no_args_is_help=True, help="The message catalogue's JSON Schemas.")
+node_app = typer.Typer(no_args_is_help=True, help="Run a network's node.")
+federation_app = typer.Typer(no_args_is_help=True, help="A local federation on one RabbitMQ.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(node_app, name="node")
+app.add_typer(federation_app, name="federation")
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The node's TOML file.")]
+AdminUser = Annotated[str, typer.Option(help="Broker administrator for provisioning.")]
+AdminPassword = Annotated[str, typer.Option(help="Its password.", envvar="MLANET_ADMIN_PASSWORD")]
+# RabbitMQ's own default account, which Debian's package creates for localhost only.
+DEFAULT_ADMIN = "guest"
+ManagementUrl = Annotated[str, typer.Option(help="RabbitMQ management API.")]
 
 
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"mlanet: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _config(path: Path) -> NodeConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+# --- keys and schemas ------------------------------------------------------------------------
 @keys_app.command("generate")
 def keys_generate(
     network: Annotated[str, typer.Option(help="Network id, e.g. seajust.")],
@@ -27,11 +61,9 @@ def keys_generate(
     try:
         key_path, pub_path = generate_key_files(out, network, key_id)
     except KeyRefused as exc:
-        typer.echo(f"refused: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(f"refused: {exc}") from None
     except FileExistsError:
-        typer.echo("refused: a key file with that id exists; choose another --key-id", err=True)
-        raise typer.Exit(2) from None
+        raise _fail("refused: a key file with that id exists; choose another --key-id") from None
     typer.echo(f"private key: {key_path} (owner-only)")
     typer.echo(f"public key:  {pub_path}")
 
@@ -41,17 +73,229 @@ def schemas_write(
     out: Annotated[Path | None, typer.Option(help="Directory (default: schemas/json).")] = None,
 ) -> None:
     """Regenerate the JSON Schema files from the models."""
-    paths = write_json_schemas(out) if out else write_json_schemas()
-    for path in paths:
+    for path in write_json_schemas(out) if out else write_json_schemas():
         typer.echo(str(path))
 
 
-@app.command("demo")
-def demo() -> None:
-    """Sign a facilitation request, verify it, and show it refused once tampered with."""
-    from nodes.demo import run_signing_demo
+# --- the node --------------------------------------------------------------------------------
+@node_app.command("run")
+def node_run(config: ConfigOption) -> None:
+    """Run the node until SIGINT or SIGTERM."""
+    from nodes.node import Node
 
-    run_signing_demo(typer.echo)
+    cfg = _config(config)
+    configure_logging(cfg.log_level)
+
+    async def main() -> None:
+        node = Node(cfg)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        await node.run()
+
+    try:
+        asyncio.run(main())
+    except MlanetError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+# --- contact points --------------------------------------------------------------------------
+@app.command("send")
+def send(
+    config: ConfigOption,
+    sender: Annotated[str, typer.Option("--from", help="Sending contact point, e.g. kh-cp-1.")],
+    to_country: Annotated[str | None, typer.Option(help="Destination country (ISO 3166).")] = None,
+    to_contact_point: Annotated[str | None, typer.Option(help="Destination contact point.")] = None,
+    to_network: Annotated[str | None, typer.Option(help="Destination network.")] = None,
+    kind: Annotated[str, typer.Option(help="Message kind.")] = "facilitation_request",
+    file: Annotated[Path | None, typer.Option(help="Payload JSON file for the kind.")] = None,
+    case_ref: Annotated[str | None, typer.Option(help="Case reference.")] = None,
+    offence: Annotated[list[str] | None, typer.Option(help="Offence category.")] = None,
+    measure: Annotated[list[str] | None, typer.Option(help="Measure sought.")] = None,
+    language: Annotated[list[str] | None, typer.Option(help="Working language.")] = None,
+    summary: Annotated[str | None, typer.Option(help="Summary of the matter.")] = None,
+    urgency: Annotated[str, typer.Option(help="normal or urgent.")] = "normal",
+    in_reply_to: Annotated[str | None, typer.Option(help="Message this one answers.")] = None,
+) -> None:
+    """Send a message (a facilitation request by default) from a file or from flags."""
+    from nodes.contact import submit
+
+    cfg = _config(config)
+    country = to_country or (to_contact_point[:2].upper() if to_contact_point else None)
+    payload: dict[str, Any]
+    if file is not None:
+        payload = json.loads(file.read_text(encoding="utf-8"))
+    elif kind == "facilitation_request":
+        sender_country = sender[:2].upper()
+        payload = {
+            "case_ref": case_ref,
+            "requesting_country": sender_country,
+            "requested_country": country,
+            "offence_categories": offence or ["other"],
+            "measures_sought": measure or ["evidence"],
+            "languages": language or ["en"],
+            "summary": summary,
+            "urgency": urgency,
+        }
+    else:
+        raise _fail(f"--file is needed for a {kind}")
+    try:
+        submission = Submission.model_validate(
+            {
+                "message_id": str(uuid.uuid4()),
+                "kind": kind,
+                "sender": sender,
+                "destination": Destination(
+                    network=to_network, country=country, contact_point=to_contact_point
+                ),
+                "urgency": urgency,
+                "in_reply_to": in_reply_to,
+                "payload": payload,
+            }
+        )
+        message_id = asyncio.run(submit(cfg, submission))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise _fail(f"invalid message: {problems}") from None
+    except MlanetError as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(message_id)
+
+
+@app.command("inbox")
+def inbox(
+    config: ConfigOption,
+    contact_point: Annotated[str, typer.Option(help="Whose delivered messages to read.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Read a contact point's delivered messages (verified end to end, deduplicated)."""
+    from nodes.contact import read_inbox
+
+    cfg = _config(config)
+    try:
+        items = asyncio.run(read_inbox(cfg, contact_point))
+    except MlanetError as exc:
+        raise _fail(str(exc), 1) from None
+    for item in items:
+        header = item.message.header
+        record = {
+            "message_id": header.message_id,
+            "kind": header.kind,
+            "from": header.origin.contact_point or header.origin.network,
+            "path": list(item.message.path),
+            "created_at": header.created_at.isoformat(),
+            "new": item.new,
+            "payload": item.payload.model_dump(mode="json", exclude_none=True),
+        }
+        if as_json:
+            typer.echo(json.dumps(record, sort_keys=True))
+        else:
+            mark = "*" if item.new else " "
+            typer.echo(
+                f"{mark} {header.message_id} {header.kind} from {record['from']} "
+                f"via {' > '.join(item.message.path)}"
+            )
+            typer.echo("    " + json.dumps(record["payload"], ensure_ascii=False))
+
+
+@app.command("track")
+def track(
+    message_id: Annotated[str, typer.Argument(help="The message id that send printed.")],
+    config: ConfigOption,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Where a message is: its state at this node and the history of what happened to it."""
+    from nodes.contact import track as track_message
+
+    cfg = _config(config)
+    found = track_message(cfg, message_id)
+    if found.entry is None and not found.events:
+        raise _fail(f"{message_id} is not known at {cfg.network}", 1)
+    state = found.entry.state if found.entry else "relayed"
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "message_id": message_id,
+                    "state": state,
+                    "attempts": found.entry.attempts if found.entry else 0,
+                    "events": [
+                        {"at": e.at, "event": e.event, "detail": e.detail} for e in found.events
+                    ],
+                }
+            )
+        )
+        return
+    typer.echo(f"{message_id}: {state}")
+    for event in found.events:
+        at = datetime.fromtimestamp(event.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"  {at}  {event.event:<13} {event.detail}")
+
+
+# --- the local federation --------------------------------------------------------------------
+@federation_app.command("init")
+def federation_init(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write it.")] = Path(
+        "federation"
+    ),
+    prefix: Annotated[str, typer.Option(help="Prefix of vhosts and users.")] = "mlanet",
+    admin_user: AdminUser = "guest",
+    admin_password: AdminPassword = DEFAULT_ADMIN,
+    management_url: ManagementUrl = "http://127.0.0.1:15672",
+) -> None:
+    """Write keys, directory and node configs for the five example networks; provision them."""
+    from nodes import federation
+
+    fed = federation.build(directory, prefix=prefix, management_url=management_url)
+    admin = ManagementEndpoint(management_url, admin_user, admin_password)
+    try:
+        asyncio.run(federation.provision(fed, admin))
+    except MlanetError as exc:
+        raise _fail(str(exc), 1) from None
+    for network in fed.networks:
+        typer.echo(f"{network}: mlanet node run --config {fed.config_path(network)}")
+
+
+@federation_app.command("down")
+def federation_down(
+    directory: Annotated[Path, typer.Option("--dir", help="The federation's folder.")] = Path(
+        "federation"
+    ),
+    prefix: Annotated[str, typer.Option(help="Prefix of vhosts and users.")] = "mlanet",
+    admin_user: AdminUser = "guest",
+    admin_password: AdminPassword = DEFAULT_ADMIN,
+    management_url: ManagementUrl = "http://127.0.0.1:15672",
+) -> None:
+    """Remove the federation's vhosts, queues, links and users from the broker."""
+    from nodes import federation
+
+    fed = federation.Federation(
+        directory, prefix, tuple(federation.EXAMPLE_NETWORKS), tuple(federation.EXAMPLE_LINKS)
+    )
+    asyncio.run(
+        federation.teardown(fed, ManagementEndpoint(management_url, admin_user, admin_password))
+    )
+    typer.echo("removed")
+
+
+@app.command("demo")
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Federation folder.")] = Path(
+        "federation"
+    ),
+    keep: Annotated[bool, typer.Option(help="Leave the federation on the broker.")] = False,
+) -> None:
+    """Start the five example networks and send the Cambodia -> Uzbekistan journey."""
+    from nodes.demo import fresh_folder, run_demo
+
+    fresh_folder(directory)
+    try:
+        asyncio.run(run_demo(directory, say=typer.echo, keep=keep))
+    except MlanetError as exc:
+        raise _fail(str(exc), 1) from None
 
 
 def main() -> None:

@@ -1,57 +1,142 @@
-"""The README's main job: what a person sees mlanet do."""
+"""The README's main job: a local federation of the five example networks, and the seed's
+journey through it: a Cambodian contact point asks the Uzbek one for help with a pending MLA
+matter; SEAJust routes it to CASC, CASC delivers it, a signed receipt comes back, and the Uzbek
+side answers with a status update. Then a three-network journey (Cambodia -> France via CASC)."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from broker.management import ManagementEndpoint
+from nodes import federation
+from nodes.config import load_config
+from nodes.contact import read_inbox, submit, track
+from schemas.submission import Submission
 
-from broker import (
-    RefusedMessage,
-    SigningKey,
-    TrustStore,
-    decode_payload,
-    open_envelope,
-    sign_message,
-)
-from schemas import Destination, FacilitationRequest, Header, Origin
+__all__ = ["run_demo"]
+
+ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 
 
-def run_signing_demo(say: Callable[[str], None]) -> None:
-    key = SigningKey("seajust", "ed25519:1", Ed25519PrivateKey.generate())
-    trust = TrustStore()
-    trust.add_signing_key(key)
-    header = Header(
-        kind="facilitation_request",
-        message_id=str(uuid.uuid4()),
-        origin=Origin(network="seajust", country="KH", contact_point="kh-ago-1"),
-        destination=Destination(country="UZ"),
-        created_at=datetime.now(UTC),
-        key_id=key.key_id,
+def _request(sender: str, country: str, case_ref: str) -> Submission:
+    return Submission.model_validate(
+        {
+            "message_id": str(uuid.uuid4()),
+            "kind": "facilitation_request",
+            "sender": sender,
+            "destination": {"country": country},
+            "payload": {
+                "case_ref": case_ref,
+                "requesting_country": sender[:2].upper(),
+                "requested_country": country,
+                "offence_categories": ["drug_trafficking", "money_laundering"],
+                "measures_sought": ["evidence", "asset_freezing"],
+                "languages": ["en", "ru"],
+                "summary": "Demonstration request: no real case content.",
+            },
+        }
     )
-    payload = FacilitationRequest(
-        case_ref="KH-MLA-2020-0042",
-        requesting_country="KH",
-        requested_country="UZ",
-        offence_categories=["drug_trafficking"],
-        measures_sought=["evidence", "asset_freezing"],
-        languages=["en", "ru"],
-        summary="Demo request: no real case content.",
-    )
-    wire = sign_message(header, payload, key).to_bytes()
-    say(f"signed {header.kind} {header.message_id}: {len(wire)} bytes, key {key.key_id}")
-    message = open_envelope(wire, trust)
-    say(
-        f"verified: origin {message.header.origin.network}, to {message.header.destination.country}"
-    )
-    say(f"payload kind {type(decode_payload(message)).__name__} validates")
-    tampered = bytearray(wire)
-    tampered[len(wire) // 2] ^= 0x01
+
+
+async def _follow(
+    fed: federation.Federation,
+    network: str,
+    message_id: str,
+    say: Callable[[str], None],
+    until: str = "delivered",
+) -> None:
+    config = load_config(fed.config_path(network))
+    shown = 0
+    for _ in range(300):
+        found = track(config, message_id)
+        for event in found.events[shown:]:
+            say(f"    [{network}] {event.event:<10} {event.detail}")
+        shown = len(found.events)
+        if found.entry is not None and found.entry.state in (until, "failed", "undeliverable"):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{message_id} did not reach '{until}' in time")
+
+
+async def _inbox(
+    fed: federation.Federation, network: str, contact_point: str, say: Callable[[str], None]
+) -> None:
+    config = load_config(fed.config_path(network))
+    for _ in range(100):
+        items = [item for item in await read_inbox(config, contact_point) if item.new]
+        if items:
+            for item in items:
+                header = item.message.header
+                path = " > ".join((*item.message.path, network))
+                say(
+                    f"    [{contact_point}] {header.kind} {header.message_id[:8]} verified end to"
+                    f" end: origin signature and {len(item.message.hops)} hop record(s), {path}"
+                )
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing reached {contact_point}")
+
+
+def fresh_folder(root: Path) -> None:
+    if root.exists():
+        shutil.rmtree(root)
+
+
+async def run_demo(root: Path, *, say: Callable[[str], None], keep: bool = False) -> None:
+    fed = federation.build(root, prefix="mlanet-demo", receipts={"retry_after_seconds": 10.0})
+    await federation.provision(fed, ADMIN)
+    say(f"federation of {', '.join(fed.networks)} provisioned on the local RabbitMQ")
+    say("links: " + ", ".join(f"{a}-{b}" for a, b in fed.links))
+    nodes = federation.NodeProcesses(fed, ADMIN)
     try:
-        open_envelope(bytes(tampered), trust)
-    except RefusedMessage as exc:
-        say(f"tampered copy refused: {exc.reason.value}")
-    else:  # pragma: no cover - would be a signing defect
-        raise SystemExit("tampered message was accepted")
+        for network in fed.networks:
+            nodes.start(network)
+        await nodes.wait_ready()
+        say("all five nodes are running\n")
+
+        seajust = load_config(fed.config_path("seajust"))
+        say("1. kh-cp-1 (Cambodia, SEAJust) sends a facilitation request to Uzbekistan (CASC)")
+        request = _request("kh-cp-1", "UZ", "KH-MLA-2020-0042")
+        await submit(seajust, request)
+        await _follow(fed, "seajust", request.message_id, say)
+        await _inbox(fed, "casc", "uz-cp-1", say)
+
+        say("\n2. uz-cp-1 answers with a status update; it travels back the same way")
+        casc = load_config(fed.config_path("casc"))
+        update = Submission.model_validate(
+            {
+                "message_id": str(uuid.uuid4()),
+                "kind": "status_update",
+                "sender": "uz-cp-1",
+                "destination": {"country": "KH", "contact_point": "kh-cp-1"},
+                "in_reply_to": request.message_id,
+                "payload": {
+                    "case_ref": "KH-MLA-2020-0042",
+                    "status": "in_progress",
+                    "regarding": request.message_id,
+                },
+            }
+        )
+        await submit(casc, update)
+        await _follow(fed, "casc", update.message_id, say)
+        await _inbox(fed, "seajust", "kh-cp-1", say)
+
+        say("\n3. kh-cp-1 asks France (EJN): no direct link, so CASC relays it")
+        relayed = _request("kh-cp-1", "FR", "KH-MLA-2021-0007")
+        await submit(seajust, relayed)
+        await _follow(fed, "seajust", relayed.message_id, say)
+        for event in track(load_config(fed.config_path("casc")), relayed.message_id).events:
+            say(f"    [casc] {event.event:<10} {event.detail}")
+        await _inbox(fed, "ejn", "fr-cp-1", say)
+        say(
+            "\ndone: every message was signed at its origin, verified at every hop, delivered once"
+            " and acknowledged by a signed receipt"
+        )
+    finally:
+        nodes.stop_all()
+        if not keep:
+            await federation.teardown(fed, ADMIN)

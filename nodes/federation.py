@@ -1,0 +1,325 @@
+"""A local federation of the five example networks on one RabbitMQ.
+
+One vhost and one user per network; each user may do anything in its own vhost and, in each
+linked peer's vhost, only write its own inbox exchange (``mlanet.inbox.from.<network>``).
+``build`` writes keys, secrets, the directory and one node config per network; ``provision``
+creates the vhosts, users and permissions through the management API; ``teardown`` removes them.
+Used by ``mlanet federation``, the demo, the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+from broker.errors import TransportError
+from broker.keys import generate_key_files, load_public_key_file
+from broker.management import Management, ManagementEndpoint
+from broker.transport import Transport
+from schemas.base import format_timestamp
+
+__all__ = [
+    "EXAMPLE_LINKS",
+    "EXAMPLE_NETWORKS",
+    "Federation",
+    "NodeProcesses",
+    "build",
+    "provision",
+    "teardown",
+]
+
+EU = [
+    "AT",
+    "BE",
+    "BG",
+    "HR",
+    "CY",
+    "CZ",
+    "DK",
+    "EE",
+    "FI",
+    "FR",
+    "DE",
+    "GR",
+    "HU",
+    "IE",
+    "IT",
+    "LV",
+    "LT",
+    "LU",
+    "MT",
+    "NL",
+    "PL",
+    "PT",
+    "RO",
+    "SK",
+    "SI",
+    "ES",
+    "SE",
+]
+EXAMPLE_NETWORKS: dict[str, tuple[str, list[str]]] = {
+    "seajust": (
+        "South East Asia Justice Network",
+        ["BN", "KH", "LA", "MM", "SG", "TH", "TL", "VN"],
+    ),
+    "casc": (
+        "Central Asia and Southern Caucasus Network",
+        ["AM", "AZ", "GE", "KZ", "KG", "TJ", "TM", "UZ"],
+    ),
+    "wacap": (
+        "West African Network of Central Authorities and Prosecutors",
+        [
+            "BJ",
+            "BF",
+            "CV",
+            "CI",
+            "GM",
+            "GH",
+            "GN",
+            "GW",
+            "LR",
+            "ML",
+            "NE",
+            "NG",
+            "SN",
+            "SL",
+            "TG",
+            "MR",
+        ],
+    ),
+    "gljc": (
+        "Great Lakes Judicial Cooperation Network",
+        ["AO", "BI", "CF", "CG", "CD", "KE", "RW", "SS", "SD", "TZ", "UG", "ZM"],
+    ),
+    "ejn": ("European Judicial Network", EU),
+}
+# SEAJust and CASC are linked (the seed's Uzbekistan matter); EJN bridges to Africa.
+EXAMPLE_LINKS: list[tuple[str, str]] = [
+    ("seajust", "casc"),
+    ("casc", "ejn"),
+    ("ejn", "wacap"),
+    ("wacap", "gljc"),
+    ("ejn", "gljc"),
+]
+
+
+@dataclass(frozen=True)
+class Federation:
+    root: Path
+    prefix: str
+    networks: tuple[str, ...]
+    links: tuple[tuple[str, str], ...]
+    host: str = "127.0.0.1"
+    port: int = 5672
+
+    def vhost(self, network: str) -> str:
+        return f"{self.prefix}-{network}"
+
+    def user(self, network: str) -> str:
+        return f"{self.prefix}-{network}"
+
+    def config_path(self, network: str) -> Path:
+        return self.root / network / "node.toml"
+
+    def password(self, network: str) -> str:
+        return (self.root / network / "broker.password").read_text(encoding="ascii").strip()
+
+    def peers(self, network: str) -> list[str]:
+        return sorted(
+            {b for a, b in self.links if a == network} | {a for a, b in self.links if b == network}
+        )
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(value + "\n")
+
+
+def _contact_point(country: str) -> dict[str, str]:
+    return {"id": f"{country.lower()}-cp-1", "country": country, "role": "contact point"}
+
+
+def build(
+    root: Path,
+    *,
+    prefix: str = "mlanet",
+    networks: dict[str, tuple[str, list[str]]] | None = None,
+    links: list[tuple[str, str]] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5672,
+    management_url: str = "http://127.0.0.1:15672",
+    receipts: dict[str, float] | None = None,
+) -> Federation:
+    """Write keys, passwords, ``directory.json`` and ``<network>/node.toml`` under ``root``."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,20}", prefix):
+        raise ValueError("prefix must be short lower-case ASCII")
+    networks = networks or EXAMPLE_NETWORKS
+    links = links or EXAMPLE_LINKS
+    federation = Federation(root, prefix, tuple(networks), tuple(links), host, port)
+    entries = []
+    for network, (name, members) in networks.items():
+        folder = root / network
+        folder.mkdir(parents=True, exist_ok=True)
+        key_path = folder / f"{network}.1.key"
+        if not key_path.exists():
+            generate_key_files(folder, network, "ed25519:1")
+        public = load_public_key_file(folder / f"{network}.1.pub")
+        if not (folder / "broker.password").exists():
+            _write_secret(folder / "broker.password", secrets.token_urlsafe(24))
+        entries.append(
+            {
+                "id": network,
+                "name": name,
+                "members": members,
+                "contact_points": [_contact_point(country) for country in members],
+                "keys": [{"key_id": public.key_id, "public_key": public.public_key}],
+                "broker": {"host": host, "port": port, "vhost": federation.vhost(network)},
+            }
+        )
+    directory = {
+        "version": 1,
+        "issued_at": format_timestamp(datetime.now(UTC)),
+        "networks": entries,
+        "links": [list(link) for link in links],
+    }
+    (root / "directory.json").write_text(json.dumps(directory, indent=2) + "\n", encoding="utf-8")
+    receipt_lines = "".join(f"{k} = {v}\n" for k, v in (receipts or {}).items())
+    for network in networks:
+        peers = "".join(
+            f'\n[[peers]]\nnetwork = "{peer}"\nuser = "{federation.user(network)}"\n'
+            'password_file = "broker.password"\n'
+            for peer in federation.peers(network)
+        )
+        federation.config_path(network).write_text(
+            f'network = "{network}"\n'
+            f'signing_key = "{network}.1.key"\n'
+            'directory = "../directory.json"\n'
+            'state_dir = "state"\n\n'
+            "[broker]\n"
+            f'host = "{host}"\nport = {port}\n'
+            f'vhost = "{federation.vhost(network)}"\n'
+            f'user = "{federation.user(network)}"\n'
+            'password_file = "broker.password"\n'
+            f'management_url = "{management_url}"\n'
+            f"{peers}\n[receipts]\n{receipt_lines}",
+            encoding="utf-8",
+        )
+    return federation
+
+
+async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
+    """Create each network's vhost and user, and the peers' write-only inbox permissions."""
+    async with Management(admin) as management:
+        for network in federation.networks:
+            vhost, user = federation.vhost(network), federation.user(network)
+            await management.put_vhost(vhost)
+            await management.put_user(user, federation.password(network), "policymaker,monitoring")
+            await management.put_permissions(vhost, user, configure=".*", write=".*", read=".*")
+            # admin keeps access for operators' tools and tests
+            await management.put_permissions(
+                vhost, admin.user, configure=".*", write=".*", read=".*"
+            )
+        for network in federation.networks:
+            for peer in federation.peers(network):
+                await management.put_permissions(
+                    federation.vhost(peer),
+                    federation.user(network),
+                    configure="^$",
+                    write=rf"^mlanet\.inbox\.from\.{re.escape(network)}$",
+                    read="^$",
+                )
+
+
+async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
+    """Delete the federation's vhosts (their queues and shovels go with them) and users."""
+    async with Management(admin) as management:
+        for network in federation.networks:
+            await management.delete_vhost(federation.vhost(network))
+            await management.delete_user(federation.user(network))
+
+
+class NodeProcesses:
+    """One ``mlanet node run`` process per network, logs in ``<root>/<network>/node.log``."""
+
+    def __init__(self, federation: Federation, admin: ManagementEndpoint) -> None:
+        self.federation = federation
+        self.admin = admin
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, network: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.federation.root / network / "node.log").open("ab")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nodes",
+                "node",
+                "run",
+                "--config",
+                str(self.federation.config_path(network)),
+            ],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **(env or {})},
+        )
+        log.close()
+        self.processes[network] = process
+        return process
+
+    def kill(self, network: str) -> None:
+        """SIGKILL: no chance to clean up, as in a crash."""
+        process = self.processes.pop(network)
+        process.kill()
+        process.wait()
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+    async def wait_ready(self, networks: list[str] | None = None, within: float = 60.0) -> None:
+        """Wait until each node consumes its inbox (or fail, naming the node and its log)."""
+        waiting = set(networks or self.federation.networks)
+        deadline = asyncio.get_running_loop().time() + within
+        while waiting:
+            for network in sorted(waiting):
+                process = self.processes.get(network)
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(f"node {network} exited; see {network}/node.log")
+                if await inbox_consumers(self.federation, network, self.admin) > 0:
+                    waiting.discard(network)
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"nodes not ready: {sorted(waiting)}")
+            if waiting:
+                await asyncio.sleep(0.2)
+
+
+def admin_amqp_url(federation: Federation, network: str, admin: ManagementEndpoint) -> str:
+    return (
+        f"amqp://{quote(admin.user, safe='')}:{quote(admin.password, safe='')}@"
+        f"{federation.host}:{federation.port}/{quote(federation.vhost(network), safe='')}"
+    )
+
+
+async def inbox_consumers(federation: Federation, network: str, admin: ManagementEndpoint) -> int:
+    try:
+        async with Transport(admin_amqp_url(federation, network, admin)) as transport:
+            return await transport.consumer_count("mlanet.inbox")
+    except TransportError:
+        return 0
