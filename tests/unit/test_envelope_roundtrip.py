@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-from wirekit import CASC, SEAJUST, T1, T2, WACAP, make_header, sample_payloads, signed, trust_store
 
 from broker import (
     Reason,
@@ -19,6 +18,17 @@ from broker import (
 )
 from broker.keys import b64u_decode, b64u_encode
 from schemas import KINDS, PAYLOADS, Kind
+from tests.unit.wirekit import (
+    CASC,
+    SEAJUST,
+    T1,
+    T2,
+    WACAP,
+    make_header,
+    sample_payloads,
+    signed,
+    trust_store,
+)
 
 
 def test_sample_payloads_cover_every_kind_with_its_model() -> None:

@@ -12,17 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from wirekit import (
-    DIGEST,
-    SEAJUST,
-    header_dict,
-    make_header,
-    sign_hop,
-    sign_parts,
-    signed,
-    trust_store,
-    wire_bytes,
-)
 
 from broker import (
     DEFAULT_MAX_BYTES,
@@ -36,6 +25,17 @@ from broker import (
 )
 from broker.keys import b64u_encode
 from schemas import Kind
+from tests.unit.wirekit import (
+    DIGEST,
+    SEAJUST,
+    header_dict,
+    make_header,
+    sign_hop,
+    sign_parts,
+    signed,
+    trust_store,
+    wire_bytes,
+)
 
 _TRUST = trust_store()
 VALID = signed(hops=1).to_bytes()

@@ -9,7 +9,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from wirekit import (
+
+from broker import MlanetError, Reason, RefusedMessage, TrustStore, add_hop, open_envelope
+from broker.curve import L
+from broker.keys import b64u_decode, b64u_encode
+from broker.strictjson import canonical_bytes, loads_strict
+from tests.unit.wirekit import (
     CASC,
     SEAJUST,
     STRANGER,
@@ -26,11 +31,6 @@ from wirekit import (
     trust_store,
     wire_bytes,
 )
-
-from broker import MlanetError, Reason, RefusedMessage, TrustStore, add_hop, open_envelope
-from broker.curve import L
-from broker.keys import b64u_decode, b64u_encode
-from broker.strictjson import canonical_bytes, loads_strict
 
 # Replacement strategies for one byte: bit flips, and characters that matter to JSON and base64.
 _FLIPS = (0x01, 0x02, 0x20, 0x80)
