@@ -206,6 +206,7 @@ class Node:
             if accepted.duplicate is None:
                 await self.deliver(message, routing)
             else:
+                self.store.event(header.message_id, "duplicate", "already delivered; not again")
                 log.info("duplicate_not_delivered_again")
             if header.kind in RECEIPTED:
                 await self.send_receipt(message, routing)

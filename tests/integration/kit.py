@@ -1,0 +1,178 @@
+"""Test kit for integration tests: a federation on the real RabbitMQ under a unique prefix,
+nodes run in-process or as processes, and a misbehaving peer that publishes straight into a
+node's inbox. Nothing here mocks the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import aio_pika
+
+from broker import SignedMessage, SigningKey, load_signing_key, sign_message
+from broker.management import ManagementEndpoint
+from broker.transport import CONTENT_TYPE
+from nodes.config import NodeConfig, load_config
+from nodes.federation import Federation
+from nodes.node import Node
+from nodes.store import Store
+from schemas import Destination, FacilitationRequest, Header, Origin
+
+ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
+
+
+def amqp(fed: Federation, network: str, *, user: str = "guest", password: str = "guest") -> str:
+    return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:5672/" + quote(
+        fed.vhost(network), safe=""
+    )
+
+
+def config(fed: Federation, network: str) -> NodeConfig:
+    return load_config(fed.config_path(network))
+
+
+def key(fed: Federation, network: str) -> SigningKey:
+    return load_signing_key(fed.root / network / f"{network}.1.key")
+
+
+def facilitation(
+    fed: Federation,
+    origin: str,
+    sender: str,
+    to_country: str,
+    *,
+    message_id: str | None = None,
+    summary: str = "Test request: no real case content.",
+    created_at: datetime | None = None,
+    signer: SigningKey | None = None,
+    hop_limit: int = 6,
+) -> SignedMessage:
+    """A facilitation request signed by ``origin`` as its node would sign it."""
+    signing = signer or key(fed, origin)
+    header = Header(
+        kind="facilitation_request",
+        message_id=message_id or str(uuid.uuid4()),
+        origin=Origin(network=origin, country=sender[:2].upper(), contact_point=sender),
+        destination=Destination(country=to_country),
+        created_at=created_at or datetime.now(UTC),
+        key_id=signing.key_id,
+        hop_limit=hop_limit,
+    )
+    payload = FacilitationRequest(
+        case_ref="KH-MLA-2020-0042",
+        requesting_country=sender[:2].upper(),
+        requested_country=to_country,
+        offence_categories=["drug_trafficking"],
+        measures_sought=["evidence"],
+        languages=["en"],
+        summary=summary,
+    )
+    return sign_message(header, payload, signing)
+
+
+async def inject(fed: Federation, receiver: str, sender: str, body: bytes, **props: Any) -> None:
+    """Publish ``body`` into ``receiver``'s inbox as peer ``sender`` would (its own user)."""
+    connection = await aio_pika.connect(
+        amqp(fed, receiver, user=fed.user(sender), password=fed.password(sender))
+    )
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(f"mlanet.inbox.from.{sender}", ensure=False)
+        props.setdefault("content_type", CONTENT_TYPE)
+        props.setdefault("delivery_mode", aio_pika.DeliveryMode.PERSISTENT)
+        await exchange.publish(aio_pika.Message(body, **props), routing_key="")
+
+
+@dataclass
+class Drained:
+    body: bytes
+    headers: dict[str, Any]
+    message_id: str | None
+
+
+async def drain(fed: Federation, network: str, queue: str) -> list[Drained]:
+    """Take every message out of a queue of ``network`` (as the broker administrator)."""
+    out: list[Drained] = []
+    connection = await aio_pika.connect(amqp(fed, network))
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.get_queue(queue, ensure=False)
+        while (message := await declared.get(no_ack=False, fail=False)) is not None:
+            out.append(Drained(message.body, dict(message.headers or {}), message.message_id))
+            await message.ack()
+    return out
+
+
+async def depth(fed: Federation, network: str, queue: str) -> int:
+    connection = await aio_pika.connect(amqp(fed, network))
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count or 0)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, within: float = 30.0, every: float = 0.1
+) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(every)
+
+
+def outbox_state(fed: Federation, network: str, message_id: str) -> str | None:
+    store = Store(config(fed, network).state_dir / "node.sqlite3")
+    try:
+        entry = store.outbox_get(message_id)
+        return entry.state if entry else None
+    finally:
+        store.close()
+
+
+@dataclass
+class InProcessNodes:
+    """Nodes running as tasks of the test's event loop."""
+
+    fed: Federation
+    nodes: dict[str, Node] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    async def start(self, *networks: str) -> None:
+        for network in networks:
+            node = Node(config(self.fed, network))
+            self.nodes[network] = node
+            self.tasks[network] = asyncio.create_task(node.run(), name=f"node-{network}")
+        for network in networks:
+            ready = asyncio.create_task(self.nodes[network].ready.wait())
+            done, _ = await asyncio.wait(
+                {ready, self.tasks[network]}, timeout=30, return_when=asyncio.FIRST_COMPLETED
+            )
+            if ready not in done:
+                ready.cancel()
+                if self.tasks[network].done():
+                    self.tasks[network].result()  # raises the node's error
+                raise AssertionError(f"node {network} not ready")
+
+    async def stop(self, *networks: str) -> None:
+        for network in networks or tuple(self.nodes):
+            node, task = self.nodes.pop(network), self.tasks.pop(network)
+            node.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=20)
+
+
+@contextlib.asynccontextmanager
+async def running(fed: Federation, *networks: str) -> AsyncIterator[InProcessNodes]:
+    nodes = InProcessNodes(fed)
+    try:
+        await nodes.start(*networks)
+        yield nodes
+    finally:
+        await nodes.stop()
