@@ -1,0 +1,342 @@
+"""docs/PROTOCOL.md and the code cannot drift apart.
+
+The worked example is extracted from the document (fenced blocks after an
+``<!-- mlanet-example: NAME -->`` marker) and verified twice: by an independent verifier written
+here from the document's steps alone (``json``, ``hashlib``, ``base64`` and ``cryptography``;
+nothing from ``broker``), and by the reference ``broker.open_envelope``. Other tests compare the
+document's tables (reason codes, limits, AMQP names) with the reference's constants.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from jsonschema import Draft202012Validator
+
+ROOT = Path(__file__).parents[2]
+DOC = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+SCHEMAS = ROOT / "schemas" / "json"
+_BLOCK = re.compile(r"<!-- mlanet-example: (\w+) -->\n```\w*\n(.*?)\n```\n", re.DOTALL)
+
+
+def _examples() -> dict[str, str]:
+    blocks: dict[str, str] = {}
+    for name, text in _BLOCK.findall(DOC):
+        assert name not in blocks, f"two example blocks named {name}"
+        blocks[name] = text
+    return blocks
+
+
+EXAMPLES = _examples()
+
+
+# --- an independent verifier, from the document's steps -------------------------------------
+
+
+class Refused(Exception):
+    """The independent verifier refuses; ``args[0]`` is the documented reason code."""
+
+
+_B64U = re.compile(r"[A-Za-z0-9_-]*\Z")
+
+
+def b64u_decode(text: object) -> bytes:
+    """Section 3.2: unpadded base64url, alphabet, length and canonical trailing bits."""
+    if not isinstance(text, str) or not _B64U.match(text) or len(text) % 4 == 1:
+        raise Refused("bad_base64")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64u_encode(raw) != text:
+        raise Refused("bad_base64")
+    return raw
+
+
+def b64u_encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise Refused("duplicate_key")
+    return dict(pairs)
+
+
+def _refuse_constant(_: str) -> Any:
+    raise Refused("non_finite_number")
+
+
+def strict_json(raw: bytes, cap: int) -> Any:
+    """Section 4, the rules this example can exercise (size, BOM, UTF-8, duplicates, NaN)."""
+    if len(raw) > cap:
+        raise Refused("oversized")
+    if raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        raise Refused("byte_order_mark")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused("not_utf8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+    except json.JSONDecodeError:
+        raise Refused("invalid_json") from None
+
+
+def canonical(value: Any) -> bytes:
+    """Section 3.3."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def signed_part(b64: object, name: str) -> tuple[bytes, dict[str, Any]]:
+    """Section 9 step 3: decode, strict JSON (2048 bytes), an object, canonical."""
+    raw = b64u_decode(b64)
+    value = strict_json(raw, 2048)
+    if not isinstance(value, dict):
+        raise Refused("bad_envelope")
+    if canonical(value) != raw:
+        raise Refused("non_canonical_header")
+    _schema(name).validate(value)
+    return raw, value
+
+
+def _schema(name: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text(encoding="utf-8")))
+
+
+def ed25519_verify(
+    keys: dict[tuple[str, str], str], signer: tuple[str, str], sig: bytes, data: bytes, reason: str
+) -> None:
+    """Section 7: the signer must be trusted, then Ed25519 over the signing input."""
+    if signer not in keys:
+        raise Refused("unknown_key")
+    try:
+        Ed25519PublicKey.from_public_bytes(b64u_decode(keys[signer])).verify(sig, data)
+    except InvalidSignature:
+        raise Refused(reason) from None
+
+
+def link_digest(signing_input: bytes, signature_b64: str) -> str:
+    """Section 7.3."""
+    return b64u_encode(hashlib.sha256(signing_input + b"." + signature_b64.encode()).digest())
+
+
+def verify_as_documented(wire: bytes, keys: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """Sections 5 to 9, in order. Returns what a node would learn from the message."""
+    frame = strict_json(wire, 262144)
+    if not isinstance(frame, dict) or set(frame) != {
+        "mlanet",
+        "header",
+        "payload",
+        "signature",
+        "hops",
+    }:
+        raise Refused("bad_envelope")
+    if type(frame["mlanet"]) is not int or frame["mlanet"] != 1:
+        raise Refused("unsupported_version")
+    if not all(isinstance(frame[m], str) for m in ("header", "payload", "signature")):
+        raise Refused("bad_envelope")
+    if not isinstance(frame["hops"], list) or len(frame["hops"]) > 16:
+        raise Refused("bad_envelope")
+
+    header_raw, header = signed_part(frame["header"], "header")
+    payload_raw = b64u_decode(frame["payload"])
+    origin_input = f"mlanet-v1:origin:{frame['header']}.{frame['payload']}".encode("ascii")
+    signer = (header["origin"]["network"], header["key_id"])
+    ed25519_verify(keys, signer, b64u_decode(frame["signature"]), origin_input, "bad_signature")
+
+    path = [header["origin"]["network"]]
+    records = []
+    prev = link_digest(origin_input, frame["signature"])
+    origin_link = prev
+    for hop in frame["hops"]:
+        if not isinstance(hop, dict) or set(hop) != {"record", "signature"}:
+            raise Refused("bad_envelope")
+        record_raw, record = signed_part(hop["record"], "hop_record")
+        hop_input = f"mlanet-v1:hop:{hop['record']}".encode("ascii")
+        hop_signer = (record["network"], record["key_id"])
+        signature = b64u_decode(hop["signature"])
+        ed25519_verify(keys, hop_signer, signature, hop_input, "bad_hop_signature")
+        if record["prev"] != prev:
+            raise Refused("hop_chain_broken")
+        prev = link_digest(hop_input, hop["signature"])
+        path.append(record["network"])
+        records.append(record_raw)
+
+    payload = strict_json(payload_raw, 262144)
+    _schema(header["kind"]).validate(payload)
+    return {
+        "header_bytes": header_raw,
+        "payload_bytes": payload_raw,
+        "records": records,
+        "path": path,
+        "origin_link_digest": origin_link,
+        "content_sha256": b64u_encode(hashlib.sha256(origin_input).digest()),
+        "origin_input": origin_input,
+    }
+
+
+def _keys() -> dict[tuple[str, str], str]:
+    listed = json.loads(EXAMPLES["keys"])
+    return {(network, entry["key_id"]): entry["public_key"] for network, entry in listed.items()}
+
+
+# --- the worked example -------------------------------------------------------------------------
+
+
+def test_the_document_has_every_example_block() -> None:
+    assert set(EXAMPLES) == {
+        "keys",
+        "wire",
+        "header_bytes",
+        "origin_link_digest",
+        "record_bytes",
+        "payload_bytes",
+        "content_sha256",
+    }
+
+
+def test_the_example_verifies_by_the_documented_steps_alone() -> None:
+    learned = verify_as_documented(EXAMPLES["wire"].encode("ascii"), _keys())
+    assert learned["header_bytes"] == EXAMPLES["header_bytes"].encode("ascii")
+    assert learned["payload_bytes"] == EXAMPLES["payload_bytes"].encode("ascii")
+    assert learned["records"] == [EXAMPLES["record_bytes"].encode("ascii")]
+    assert learned["path"] == ["seajust", "casc"]
+    assert learned["origin_link_digest"] == EXAMPLES["origin_link_digest"]
+    assert learned["content_sha256"] == EXAMPLES["content_sha256"]
+
+
+def _swap(text: str, at: int) -> str:
+    """``text`` with one base64url character replaced by another (still valid base64url)."""
+    return text[:at] + ("B" if text[at] == "A" else "A") + text[at + 1 :]
+
+
+def _other_hop_signature(wire: dict[str, Any]) -> dict[str, Any]:
+    return {**wire, "hops": [{**wire["hops"][0], "signature": wire["signature"]}]}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda w: {**w, "payload": _swap(w["payload"], 20)}, "bad_signature"),
+        (lambda w: {**w, "signature": _swap(w["signature"], 5)}, "bad_signature"),
+        (_other_hop_signature, "bad_hop_signature"),
+        (lambda w: {**w, "mlanet": 2}, "unsupported_version"),
+        (lambda w: {**w, "extra": 1}, "bad_envelope"),
+        (lambda w: {**w, "header": w["header"] + "="}, "bad_base64"),
+    ],
+    ids=["payload", "signature", "hop-signature", "version", "extra-member", "padding"],
+)
+def test_the_independent_verifier_refuses_tampered_copies(change: Any, reason: str) -> None:
+    """The reimplementation is not vacuous: it refuses what the reference refuses, for the same
+    reason."""
+    import broker
+
+    wire = json.dumps(change(json.loads(EXAMPLES["wire"]))).encode()
+    with pytest.raises(Refused) as refused:
+        verify_as_documented(wire, _keys())
+    assert refused.value.args[0] == reason
+    trust = broker.TrustStore()
+    for (network, key_id), public in _keys().items():
+        trust.add(network, key_id, public)
+    with pytest.raises(broker.RefusedMessage) as reference:
+        broker.open_envelope(wire, trust)
+    assert reference.value.reason.value == reason
+
+
+def test_the_example_opens_with_the_reference_implementation() -> None:
+    import broker
+
+    trust = broker.TrustStore()
+    for (network, key_id), public in _keys().items():
+        trust.add(network, key_id, public)
+    message = broker.open_envelope(EXAMPLES["wire"].encode("ascii"), trust)
+    learned = verify_as_documented(EXAMPLES["wire"].encode("ascii"), _keys())
+    assert message.signing_input == learned["origin_input"]
+    assert message.content_sha256 == EXAMPLES["content_sha256"]
+    assert message.path == ("seajust", "casc")
+    assert message.hops[0].signing_input == b"mlanet-v1:hop:" + message.hops[0].record_b64.encode()
+    assert message.hops[0].record.prev == EXAMPLES["origin_link_digest"]
+    payload = broker.decode_payload(message)
+    assert broker.canonical_bytes(payload.model_dump(mode="json", exclude_none=True)) == (
+        EXAMPLES["payload_bytes"].encode("ascii")
+    )
+
+
+def test_the_example_is_the_golden_vector() -> None:
+    golden = json.loads((ROOT / "tests" / "vectors" / "golden.json").read_text(encoding="ascii"))
+    assert EXAMPLES["wire"] == golden["wire"]
+    assert EXAMPLES["header_bytes"] == golden["header_bytes"]
+    assert EXAMPLES["payload_bytes"] == golden["payload_bytes"]
+    assert EXAMPLES["record_bytes"] == golden["hop"]["record_bytes"]
+    assert EXAMPLES["content_sha256"] == golden["content_sha256"]
+    assert _keys() == {
+        (network, entry["key_id"]): entry["public_key"] for network, entry in golden["keys"].items()
+    }
+    assert f"one line, {len(golden['wire'])} bytes" in DOC
+
+
+# --- the document's tables against the reference ------------------------------------------------
+
+
+def _table_rows(heading: str) -> list[list[str]]:
+    """The rows of the first table after ``heading``, as lists of cell texts."""
+    section = DOC[DOC.index(heading) :]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+        elif rows:
+            break
+    return rows[2:]  # without the heading row and the separator
+
+
+def test_the_reason_code_table_lists_exactly_the_reason_codes() -> None:
+    from broker import Reason
+
+    listed = [row[0].strip("`") for row in _table_rows("## 11. Reason codes")]
+    assert len(listed) == len(set(listed))
+    assert set(listed) == {reason.value for reason in Reason}, (
+        "docs/PROTOCOL.md section 11 must list every broker.errors.Reason, one line each"
+    )
+
+
+def test_the_limits_table_states_the_reference_limits() -> None:
+    from broker import envelope, strictjson
+
+    limits = {row[0]: row[1] for row in _table_rows("\nLimits:")}
+
+    def number(label: str) -> int:
+        (value,) = [v for k, v in limits.items() if k.startswith(label)]
+        return int(value.split()[0])
+
+    assert number("message size cap") == envelope.DEFAULT_MAX_BYTES
+    assert number("header size cap") == envelope.MAX_HEADER_BYTES
+    assert number("hop record size cap") == envelope.MAX_HEADER_BYTES
+    assert number("depth cap of the payload") == strictjson.MAX_DEPTH
+    assert number("longest number literal") == strictjson.MAX_NUMBER_CHARS
+    assert number("most hop records") == envelope.MAX_HOPS
+    assert envelope.ORIGIN_CONTEXT.decode() in DOC
+    assert envelope.HOP_CONTEXT.decode() in DOC
+    assert f"longer than {envelope.MAX_HEADER_BYTES * 4 // 3 + 4} characters" in DOC
+
+
+def test_the_amqp_section_uses_the_transport_names() -> None:
+    from broker import transport
+
+    section = DOC[DOC.index("## 12. The AMQP layer") : DOC.index("## 13.")]
+    assert f"`content_type` = `{transport.CONTENT_TYPE}`" in section
+    for name in (
+        transport.INBOX,
+        transport.SUBMIT,
+        transport.QUARANTINE,
+        transport.inbox_exchange("<peer>"),
+        transport.out_queue("<peer>"),
+        transport.deliver_queue("<contact_point>"),
+    ):
+        assert f"`{name}`" in section, name
