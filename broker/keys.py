@@ -47,7 +47,8 @@ def b64u_encode(raw: bytes) -> str:
 def b64u_decode(text: str | bytes, *, reason: Reason = Reason.BAD_BASE64) -> bytes:
     """Strict unpadded base64url: alphabet, length and canonical trailing bits all checked."""
     raw_text = text.encode("ascii", errors="replace") if isinstance(text, str) else text
-    if not _B64U.match(raw_text.decode("ascii", errors="replace")) or len(raw_text) % 4 == 1:
+    # fullmatch: "$" alone would also match before a trailing newline.
+    if not _B64U.fullmatch(raw_text.decode("ascii", errors="replace")) or len(raw_text) % 4 == 1:
         raise RefusedMessage(reason, "not unpadded base64url")
     decoded = base64.urlsafe_b64decode(raw_text + b"=" * (-len(raw_text) % 4))
     if b64u_encode(decoded).encode("ascii") != raw_text:
@@ -56,7 +57,7 @@ def b64u_decode(text: str | bytes, *, reason: Reason = Reason.BAD_BASE64) -> byt
 
 
 def _check_key_id(key_id: str) -> str:
-    if not _KEY_ID.match(key_id):
+    if not _KEY_ID.fullmatch(key_id):
         raise KeyRefused(Reason.MALFORMED_KEY, "key id must look like ed25519:<n>")
     return key_id
 
@@ -107,7 +108,7 @@ def generate_key_files(
     directory: Path, network: str, key_id: str = "ed25519:1"
 ) -> tuple[Path, Path]:
     """Write a new key pair: ``<network>.<n>.key`` (0600) and ``<network>.<n>.pub``."""
-    if not _NETWORK.match(network):
+    if not _NETWORK.fullmatch(network):
         raise KeyRefused(Reason.MALFORMED_KEY, "network id must look like 'seajust'")
     _check_key_id(key_id)
     directory.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,7 @@ class TrustStore:
         not_after: datetime | None = None,
     ) -> None:
         """Add a key after checking it is well formed and not weak (raises KeyRefused)."""
-        if not _NETWORK.match(network):
+        if not _NETWORK.fullmatch(network):
             raise KeyRefused(Reason.MALFORMED_KEY, "network id must look like 'seajust'")
         public = parse_public_key(public_key)
         self._keys[(network, _check_key_id(key_id))] = TrustedKey(
