@@ -202,7 +202,14 @@ def test_many_generated_keys_are_classified_ok() -> None:
 
 @pytest.mark.parametrize(
     ("network", "key_id"),
-    [("CASC", "ed25519:1"), ("c", "ed25519:1"), ("casc", "ed25519:01"), ("casc", "rsa:1")],
+    [
+        ("CASC", "ed25519:1"),
+        ("c", "ed25519:1"),
+        ("casc", "ed25519:01"),
+        ("casc", "rsa:1"),
+        ("casc\n", "ed25519:1"),
+        ("casc", "ed25519:1\n"),
+    ],
 )
 def test_bad_network_or_key_id_is_malformed(network: str, key_id: str) -> None:
     with pytest.raises(KeyRefused) as refused:
@@ -291,9 +298,12 @@ def test_a_public_key_file_with_a_weak_key_is_refused(tmp_path: Path) -> None:
     assert refused.value.reason is Reason.WEAK_KEY
 
 
-def test_generate_refuses_a_bad_network_id(tmp_path: Path) -> None:
+def test_generate_refuses_a_bad_network_or_key_id(tmp_path: Path) -> None:
+    for network, key_id in (("Bad Network", "ed25519:1"), ("casc\n", "ed25519:1")):
+        with pytest.raises(KeyRefused):
+            generate_key_files(tmp_path, network, key_id)
     with pytest.raises(KeyRefused):
-        generate_key_files(tmp_path, "Bad Network")
+        generate_key_files(tmp_path, "casc", "ed25519:1\n")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -163,6 +163,41 @@ def test_json_level_mutations_of_a_valid_envelope_are_refused_cleanly(
     _open_and_decode(_dumps(holder[0]))
 
 
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64ISH = st.text(alphabet=_B64_ALPHABET + "=+/ \t\n\r.\u00e9\x00", max_size=12)
+
+
+@_SETTINGS
+@given(
+    st.sampled_from(_WIRES),
+    st.sampled_from(["header", "payload", "signature", "record", "hop-signature"]),
+    st.one_of(
+        _B64ISH,
+        st.tuples(st.integers(min_value=0, max_value=200), _B64ISH),
+    ),
+)
+def test_hostile_base64url_members_are_refused_cleanly(
+    wire: bytes, member: str, change: str | tuple[int, str]
+) -> None:
+    """Replace a base64url member, or splice text into it, with near-base64 characters."""
+    frame = json.loads(wire)
+    if member in ("record", "hop-signature"):
+        if not frame["hops"]:
+            frame["hops"] = [{"record": "", "signature": ""}]
+        holder, key = frame["hops"][0], "record" if member == "record" else "signature"
+    else:
+        holder, key = frame, member
+    if isinstance(change, tuple):
+        at, text = change
+        original = holder[key]
+        holder[key] = (
+            original[: at % (len(original) + 1)] + text + original[at % (len(original) + 1) :]
+        )
+    else:
+        holder[key] = change
+    _open_and_decode(_dumps(frame))
+
+
 @_SETTINGS
 @given(st.sampled_from(KINDS), st.binary(max_size=512))
 def test_validly_signed_arbitrary_payload_bytes_decode_or_are_refused(
