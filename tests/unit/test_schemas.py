@@ -240,7 +240,18 @@ _GRAMMARS: list[tuple[Any, list[str], list[str]]] = [
     (
         NetworkId,
         ["seajust", "casc", "ejn", "gl-jc", "a1", "a" * 32],
-        ["", "a", "SEAJUST", "1net", "-net", "net_work", "a" * 33, "caf\u00e9", "net work"],
+        [
+            "",
+            "a",
+            "SEAJUST",
+            "1net",
+            "-net",
+            "net_work",
+            "a" * 33,
+            "caf\u00e9",
+            "net work",
+            "ejn\n",
+        ],
     ),
     (CountryCode, ["UZ", "KH"], ["uz", "U", "UZB", "U1", "\u00dcZ", ""]),
     (
@@ -251,7 +262,7 @@ _GRAMMARS: list[tuple[Any, list[str], list[str]]] = [
     (
         KeyId,
         ["ed25519:0", "ed25519:1", "ed25519:123456789"],
-        ["ed25519:01", "ed25519:", "Ed25519:1", "ed25519:1234567890", "rsa:1", "ed25519:-1"],
+        ["ed25519:01", "ed25519:", "Ed25519:1", "ed25519:1234567890", "rsa:1", "ed25519:1\n"],
     ),
     (
         MessageId,
