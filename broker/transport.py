@@ -210,7 +210,9 @@ class Transport:
             raise TransportError("transport is not connected")
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        declared = await channel.get_queue(queue, ensure=False)
+        # A passive declare through the robust channel registers the queue, so that the
+        # consumer is restored after a reconnection (get_queue would not be).
+        declared = await channel.declare_queue(queue, passive=True)
 
         async def on_message(raw: AbstractIncomingMessage) -> None:
             headers = dict(raw.headers or {})

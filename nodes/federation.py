@@ -295,7 +295,7 @@ class NodeProcesses:
 
     async def wait_ready(self, networks: list[str] | None = None, within: float = 60.0) -> None:
         """Wait until each node consumes its inbox (or fail, naming the node and its log)."""
-        waiting = set(networks or self.federation.networks)
+        waiting = set(networks or self.processes)
         deadline = asyncio.get_running_loop().time() + within
         while waiting:
             for network in sorted(waiting):

@@ -176,3 +176,19 @@ async def running(fed: Federation, *networks: str) -> AsyncIterator[InProcessNod
         yield nodes
     finally:
         await nodes.stop()
+
+
+async def close_connections(fed: Federation, network: str) -> None:
+    """Force-close every connection of a network's vhost (nodes and shovels alike)."""
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl",
+        "-q",
+        "close_all_connections",
+        "--vhost",
+        fed.vhost(network),
+        "mlanet fault test",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 0, err.decode(errors="replace")

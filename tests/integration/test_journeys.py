@@ -224,8 +224,12 @@ async def test_a_redelivered_message_reaches_the_contact_point_once(fed: Federat
         message = facilitation(fed, "seajust", "kh-cp-1", "UZ")
         for _ in range(3):
             await inject(fed, "casc", "seajust", message.to_bytes())
-        await eventually(lambda: _is(_handled(fed, "casc", message.header.message_id),
-                                     ["delivered", "duplicate", "duplicate"]))
+        await eventually(
+            lambda: _is(
+                _handled(fed, "casc", message.header.message_id),
+                ["delivered", "duplicate", "duplicate"],
+            )
+        )
         assert await _delivered(fed, "casc", "uz-cp-1") == [message.header.message_id]
         assert await depth(fed, "casc", "mlanet.deliver.uz-cp-1") == 0
         assert await depth(fed, "casc", "mlanet.quarantine") == 0
