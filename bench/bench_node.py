@@ -1,0 +1,575 @@
+"""Benchmark: a node's forwarding rate against the raw aio-pika ceiling, and journey latencies.
+
+Three measurements, all in one run on the local RabbitMQ (127.0.0.1:5672, management API on
+:15672, guest/guest), so that the ratios compare like with like:
+
+(a) raw ceiling: on a fresh vhost, a Python store-and-forward hop with aio-pika alone: consume
+    queue A (manual ack, prefetch 500), publish each message to queue B with a publisher confirm
+    (handlers run concurrently, as aio-pika runs consumer callbacks), ack A after the confirm.
+    Durable quorum queues, persistent messages of the size of a signed envelope (~1.3 KB).
+(b) node forwarding rate: a 3-network federation (seajust - casc - ejn) under a unique prefix;
+    N messages signed by seajust for France are pre-loaded into casc's inbox (published into
+    ``mlanet.inbox.from.seajust`` as the seajust user, with confirms) while casc is down. The
+    casc node then starts in-process, without its links, so its forwards pile up in
+    ``mlanet.out.ejn``; the clock runs from the node being ready until that queue holds N: per
+    message, receive, verify, validate, route, sign a hop, publish with confirm, record, ack.
+(c) end-to-end latency at a fixed offered rate, all three nodes in-process with their links:
+    submissions are published into seajust's ``mlanet.submit`` and timed until they appear in
+    the destination's ``mlanet.deliver.<cp>`` queue: KH -> UZ (seajust -> casc) and KH -> FR
+    (seajust -> casc -> ejn). The raw one-hop latency at the same rate is printed beside them.
+
+The federation and the raw vhost are always removed at the end. Usage: ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from broker import SignedMessage, SigningKey, canonical_bytes, load_signing_key, sign_message
+from broker.management import Management, ManagementEndpoint
+from broker.transport import Topology, Transport, deliver_queue, inbox_exchange, out_queue
+from nodes import federation
+from nodes.config import load_config
+from nodes.logs import configure_logging
+from nodes.node import Node
+from schemas import Destination, FacilitationRequest, Header, Origin
+from schemas.submission import Submission
+
+ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
+HOST, PORT = "127.0.0.1", 5672
+QUORUM = {"x-queue-type": "quorum"}
+NETWORKS = {name: federation.EXAMPLE_NETWORKS[name] for name in ("seajust", "casc", "ejn")}
+LINKS = [("seajust", "casc"), ("casc", "ejn")]
+# About 330 bytes of summary make a signed facilitation request of ~1.3 KB on the wire.
+SUMMARY = "Benchmark request: no real case content. " * 8
+
+
+def amqp_url(vhost: str, user: str = ADMIN.user, password: str = ADMIN.password) -> str:
+    return (
+        f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{HOST}:{PORT}/"
+        f"{quote(vhost, safe='')}"
+    )
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+@dataclass(frozen=True)
+class Throughput:
+    rate: float  # messages per second
+    cpu: float  # process CPU seconds per message
+
+
+@dataclass
+class Latency:
+    name: str
+    sent: int
+    received: list[float]  # seconds
+
+    def line(self) -> str:
+        if not self.received:
+            return f"  {self.name:<34} sent {self.sent}, received 0"
+        ms = [value * 1000 for value in self.received]
+        return (
+            f"  {self.name:<34} p50 {percentile(ms, 0.50):7.2f} ms   p99 "
+            f"{percentile(ms, 0.99):7.2f} ms   max {max(ms):7.2f} ms   "
+            f"({len(ms)}/{self.sent} received)"
+        )
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+async def publish_confirmed(
+    channel: AbstractChannel,
+    routing_key: str,
+    bodies: list[bytes],
+    *,
+    exchange: str = "",
+    outstanding: int = 500,
+) -> None:
+    """Publish persistently with confirms, ``outstanding`` at a time (not one by one)."""
+    target = (
+        channel.default_exchange
+        if not exchange
+        else await channel.get_exchange(exchange, ensure=False)
+    )
+    for start in range(0, len(bodies), outstanding):
+        await asyncio.gather(
+            *(
+                target.publish(
+                    aio_pika.Message(
+                        body,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message_id=str(uuid.uuid4()),
+                    ),
+                    routing_key=routing_key,
+                )
+                for body in bodies[start : start + outstanding]
+            )
+        )
+
+
+async def queue_depth(channel: AbstractChannel, queue: str) -> int:
+    declared = await channel.declare_queue(queue, passive=True)
+    return int(declared.declaration_result.message_count or 0)
+
+
+async def wait_depth(
+    channel: AbstractChannel, queue: str, count: int, *, within: float, every: float = 0.01
+) -> float:
+    """Poll until ``queue`` holds ``count`` messages; the time it was first seen there."""
+    deadline = time.perf_counter() + within
+    while (depth := await queue_depth(channel, queue)) < count:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{queue} holds {depth} of {count} after {within:.0f} s")
+        await asyncio.sleep(every)
+    return time.perf_counter()
+
+
+def _cpu(seconds: float, elapsed: float, messages: int) -> str:
+    return (
+        f"process CPU {seconds / messages * 1e6:,.0f} us/msg, "
+        f"{seconds / elapsed:.0%} of one core over the phase"
+    )
+
+
+class Hop:
+    """The raw Python hop: consume ``source``, publish to ``dest`` with confirm, then ack."""
+
+    def __init__(self, expected: int = 0) -> None:
+        self.done = 0
+        self.expected = expected
+        self.finished = asyncio.Event()
+        self._queue: AbstractQueue | None = None
+        self._tag = ""
+
+    async def start(
+        self, connection: AbstractRobustConnection, source: str, dest: str, prefetch: int
+    ) -> None:
+        publish = await connection.channel(publisher_confirms=True)
+        consume = await connection.channel()
+        await consume.set_qos(prefetch_count=prefetch)
+        self._queue = await consume.get_queue(source, ensure=False)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await publish.default_exchange.publish(
+                aio_pika.Message(
+                    message.body,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=message.message_id,
+                ),
+                routing_key=dest,
+            )
+            await message.ack()
+            self.done += 1
+            if self.done == self.expected:
+                self.finished.set()
+
+        self._tag = await self._queue.consume(on_message, no_ack=False)
+
+    async def stop(self) -> None:
+        if self._queue is not None:
+            await self._queue.cancel(self._tag)
+
+
+async def paced(rate: float, duration: float, send: Callable[[int], Awaitable[None]]) -> int:
+    """Call ``send(i)`` at ``rate`` per second for ``duration`` seconds; the number sent."""
+    total = round(rate * duration)
+    start = time.perf_counter()
+    for index in range(total):
+        delay = start + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await send(index)
+    return total
+
+
+class Arrivals:
+    """Consumes delivery queues and records arrival times by AMQP message id."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.arrived = asyncio.Event()
+        self.expected = 0
+
+    def reset(self, expected: int) -> None:
+        self.sent.clear()
+        self.latencies = []
+        self.expected = expected
+        self.arrived.clear()
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        now = time.perf_counter()
+        sent = self.sent.pop(message.message_id or "", None)
+        if sent is not None:
+            self.latencies.append(now - sent)
+            if len(self.latencies) >= self.expected:
+                self.arrived.set()
+
+    async def wait(self, within: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.arrived.wait(), within)
+
+
+# --- (a) raw ceiling ---------------------------------------------------------------------------
+
+
+async def raw_phase(
+    args: argparse.Namespace, body: bytes, report: TextIO
+) -> tuple[Throughput, Latency]:
+    vhost = f"bench-raw-{uuid.uuid4().hex[:10]}"
+    async with Management(ADMIN) as management:
+        await management.put_vhost(vhost)
+        await management.put_permissions(vhost, ADMIN.user, configure=".*", write=".*", read=".*")
+    try:
+        connection = await aio_pika.connect_robust(amqp_url(vhost))
+        async with connection:
+            control = await connection.channel(publisher_confirms=True)
+            for name in ("raw.a", "raw.b", "lat.a", "lat.b"):
+                await control.declare_queue(name, durable=True, arguments=QUORUM)
+            await publish_confirmed(control, "raw.a", [body] * args.messages)
+            hop = Hop(expected=args.messages)
+            start, cpu = time.perf_counter(), time.process_time()
+            await hop.start(connection, "raw.a", "raw.b", args.raw_prefetch)
+            await hop.finished.wait()
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+            await hop.stop()
+            rate = args.messages / elapsed
+            print(
+                f"(a) raw ceiling: {args.messages} msgs of {len(body)} B through one Python hop "
+                f"(prefetch {args.raw_prefetch}) in {elapsed:.2f} s = {rate:,.0f} msg/s",
+                file=report,
+            )
+            print(f"    {_cpu(cpu, elapsed, args.messages)}", file=report)
+            latency = await raw_latency(connection, control, body, args)
+        return Throughput(rate, cpu / args.messages), latency
+    finally:
+        async with Management(ADMIN) as management:
+            await management.delete_vhost(vhost)
+
+
+async def raw_latency(
+    connection: AbstractRobustConnection,
+    control: AbstractChannel,
+    body: bytes,
+    args: argparse.Namespace,
+) -> Latency:
+    """One raw hop (lat.a -> lat.b) at the offered rate, timed from publish to consume."""
+    await Hop().start(connection, "lat.a", "lat.b", args.raw_prefetch)
+    arrivals = Arrivals()
+    reader = await connection.channel()
+    await (await reader.get_queue("lat.b", ensure=False)).consume(arrivals.on_message, no_ack=True)
+
+    async def send(_: int) -> None:
+        message_id = str(uuid.uuid4())
+        arrivals.sent[message_id] = time.perf_counter()
+        await control.default_exchange.publish(
+            aio_pika.Message(
+                body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=message_id
+            ),
+            routing_key="lat.a",
+        )
+
+    arrivals.reset(round(args.rate * args.duration))
+    sent = await paced(args.rate, args.duration, send)
+    await arrivals.wait(10.0)
+    return Latency("raw one hop (aio-pika)", sent, arrivals.latencies)
+
+
+# --- the federation ----------------------------------------------------------------------------
+
+
+class _Unlinked(Node):
+    """The node under test, minus its links: nothing drains ``mlanet.out.<peer>``."""
+
+    async def ensure_links(self) -> None:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def running(nodes: list[Node]) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(node.run()) for node in nodes]
+    try:
+        ready = asyncio.ensure_future(asyncio.gather(*(node.ready.wait() for node in nodes)))
+        waiting: set[asyncio.Future[Any]] = {ready, *tasks}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()  # no-op once every node is ready
+        for task in tasks:
+            if task in done:
+                task.result()  # a node that stopped before it was ready: raise its error
+        yield
+    finally:
+        for node in nodes:
+            node.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def signed_requests(key: SigningKey, count: int, country: str) -> list[SignedMessage]:
+    payload = FacilitationRequest(
+        case_ref="KH-MLA-2020-0042",
+        requesting_country="KH",
+        requested_country=country,
+        offence_categories=["drug_trafficking", "money_laundering"],
+        measures_sought=["evidence", "asset_freezing"],
+        languages=["en", "fr"],
+        summary=SUMMARY,
+    )
+    now = datetime.now(UTC)
+    return [
+        sign_message(
+            Header(
+                kind="facilitation_request",
+                message_id=str(uuid.uuid4()),
+                origin=Origin(network=key.network, country="KH", contact_point="kh-cp-1"),
+                destination=Destination(country=country),
+                created_at=now,
+                key_id=key.key_id,
+            ),
+            payload,
+            key,
+        )
+        for _ in range(count)
+    ]
+
+
+async def node_phase(
+    fed: federation.Federation, args: argparse.Namespace, report: TextIO
+) -> Throughput:
+    """(b): pre-load casc's inbox while casc is down, then time the node draining it."""
+    casc = load_config(fed.config_path("casc"))
+    admin_casc = amqp_url(fed.vhost("casc"))
+    async with Transport(admin_casc) as transport:  # what the node declares when it starts
+        await transport.declare(
+            Topology(peers=tuple(fed.peers("casc")), contact_points=_contact_points("casc"))
+        )
+    key = load_signing_key(fed.root / "seajust" / "seajust.1.key")
+    bodies = [m.to_bytes() for m in signed_requests(key, args.messages, "FR")]
+    as_seajust = amqp_url(fed.vhost("casc"), fed.user("seajust"), fed.password("seajust"))
+    async with await aio_pika.connect(as_seajust) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await publish_confirmed(
+            channel, "", bodies, exchange=inbox_exchange("seajust"), outstanding=500
+        )
+
+    async with await aio_pika.connect(admin_casc) as watcher:
+        channel = await watcher.channel()
+        if (loaded := await queue_depth(channel, "mlanet.inbox")) != args.messages:
+            raise RuntimeError(f"casc's inbox holds {loaded} messages, not {args.messages}")
+        node = _Unlinked(casc)
+        profile = cProfile.Profile() if args.profile else None
+        async with running([node]):
+            start, cpu = time.perf_counter(), time.process_time()
+            if profile is not None:
+                profile.enable()
+            end = await wait_depth(channel, out_queue("ejn"), args.messages, within=300)
+            if profile is not None:
+                profile.disable()
+            cpu = time.process_time() - cpu
+        rate = float(args.messages / (end - start))
+        print(
+            f"(b) node forwarding: casc relayed {args.messages} msgs seajust -> ejn "
+            f"(prefetch {casc.limits.prefetch}) in {end - start:.2f} s = {rate:,.0f} msg/s",
+            file=report,
+        )
+        print(f"    {_cpu(cpu, end - start, args.messages)}", file=report)
+        measured = Throughput(rate, cpu / args.messages)
+        # Phase (c) starts with an empty link: drop what (b) left in casc's queue to ejn.
+        await (await channel.get_queue(out_queue("ejn"), ensure=False)).purge()
+    if profile is not None:
+        profile.dump_stats(args.profile)
+        stats = pstats.Stats(args.profile, stream=report)
+        print(f"    cProfile of the node phase written to {args.profile}; top 25 by self time:")
+        stats.sort_stats("tottime").print_stats(25)
+    return measured
+
+
+def _contact_points(network: str) -> tuple[str, ...]:
+    return tuple(f"{country.lower()}-cp-1" for country in NETWORKS[network][1])
+
+
+def submission(sender: str, country: str) -> tuple[str, bytes]:
+    """A facilitation request as ``mlanet send`` hands it to the node: (message id, body)."""
+    value = Submission.model_validate(
+        {
+            "message_id": str(uuid.uuid4()),
+            "kind": "facilitation_request",
+            "sender": sender,
+            "destination": {"country": country},
+            "payload": {
+                "case_ref": "KH-MLA-2020-0042",
+                "requesting_country": sender[:2].upper(),
+                "requested_country": country,
+                "offence_categories": ["drug_trafficking", "money_laundering"],
+                "measures_sought": ["evidence", "asset_freezing"],
+                "languages": ["en", "fr"],
+                "summary": SUMMARY,
+            },
+        }
+    )
+    return value.message_id, canonical_bytes(value.model_dump(mode="json", exclude_none=True))
+
+
+async def receipts_settled(origin: Node, within: float) -> str:
+    """Wait until every message ``origin`` sent has its signed receipt back (so that no work
+    is in flight when the nodes stop); describe the outbox states."""
+    deadline = time.perf_counter() + within
+    while set(states := origin.store.outbox_states()) - {"delivered"}:
+        if time.perf_counter() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # the last receipts' acks
+    return ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+
+
+async def latency_phase(
+    fed: federation.Federation, args: argparse.Namespace
+) -> tuple[list[Latency], str]:
+    """(c): the three nodes in-process with their links; submissions timed to delivery."""
+    nodes = [Node(load_config(fed.config_path(network))) for network in NETWORKS]
+    journeys = [
+        ("seajust -> casc (KH -> UZ)", "casc", "UZ"),
+        ("seajust -> casc -> ejn (KH -> FR)", "ejn", "FR"),
+    ]
+    results = []
+    async with running(nodes), contextlib.AsyncExitStack() as stack:
+        submit = await stack.enter_async_context(
+            await aio_pika.connect(amqp_url(fed.vhost("seajust")))
+        )
+        channel = await submit.channel(publisher_confirms=True)
+        arrivals = Arrivals()
+        for _name, network, country in journeys:
+            reader = await stack.enter_async_context(
+                await aio_pika.connect(amqp_url(fed.vhost(network)))
+            )
+            queue = await (await reader.channel()).get_queue(
+                deliver_queue(f"{country.lower()}-cp-1"), ensure=False
+            )
+            await queue.consume(arrivals.on_message, no_ack=True)
+
+        for name, _network, country in journeys:
+
+            async def send(_: int, country: str = country) -> None:
+                message_id, body = submission("kh-cp-1", country)
+                arrivals.sent[message_id] = time.perf_counter()
+                await channel.default_exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message_id=message_id,
+                    ),
+                    routing_key="mlanet.submit",
+                )
+
+            arrivals.reset(1)  # one warm-up message: the links must be up
+            await send(0)
+            await arrivals.wait(30.0)
+            if not arrivals.latencies:
+                raise RuntimeError(f"warm-up message for {name} did not arrive")
+            arrivals.reset(round(args.rate * args.duration))
+            sent = await paced(args.rate, args.duration, send)
+            await arrivals.wait(15.0)
+            results.append(Latency(name, sent, list(arrivals.latencies)))
+        outbox = await receipts_settled(nodes[0], within=30.0)
+    return results, outbox
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> None:
+    report = sys.stdout
+    print(
+        f"mlanet node benchmark: {args.messages} messages for throughput, "
+        f"{args.rate:g} msg/s for {args.duration:g} s for latency",
+        file=report,
+    )
+    key = SigningKey.from_seed("seajust", "ed25519:1", os.urandom(32))
+    body = signed_requests(key, 1, "FR")[0].to_bytes()
+    raw, raw_latency_result = (None, None) if args.skip_raw else await raw_phase(args, body, report)
+
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlanet-bench-")))
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        fed = federation.build(folder, prefix=prefix, networks=NETWORKS, links=LINKS)
+        if args.node_prefetch is not None:
+            for network in NETWORKS:
+                with fed.config_path(network).open("a", encoding="utf-8") as config:
+                    config.write(f"\n[limits]\nprefetch = {args.node_prefetch}\n")
+        log_path = folder / "nodes.log"
+        log = stack.enter_context(log_path.open("w", encoding="utf-8"))
+        with contextlib.redirect_stderr(log):
+            configure_logging("info")  # as the entry point does, into a file
+        try:
+            await federation.provision(fed, ADMIN)
+            node = await node_phase(fed, args, report)
+            if raw is not None:
+                print(
+                    f"    ratio node / raw = {node.rate / raw.rate:.2f}  (by CPU per message: "
+                    f"{raw.cpu / node.cpu:.2f}; baseline of a simulated node: 0.60)",
+                    file=report,
+                )
+            latencies, outbox = ([], "") if args.skip_latency else await latency_phase(fed, args)
+        finally:
+            await federation.teardown(fed, ADMIN)
+            log.flush()
+            log_lines = len(log_path.read_bytes().splitlines())
+    if not args.skip_latency:
+        print(
+            f"(c) end-to-end latency at {args.rate:g} msg/s for {args.duration:g} s "
+            "(submit -> mlanet.deliver.<cp>):",
+            file=report,
+        )
+        for result in latencies:
+            print(result.line(), file=report)
+        if raw_latency_result is not None:
+            print(raw_latency_result.line(), file=report)
+        print(f"    seajust outbox after the journeys: {outbox} (receipts back)", file=report)
+    print(f"    ({log_lines} node log lines written)", file=report)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=5000, help="messages for (a) and (b)")
+    parser.add_argument("--raw-prefetch", type=int, default=500)
+    parser.add_argument(
+        "--node-prefetch", type=int, default=None, help="override the nodes' limits.prefetch"
+    )
+    parser.add_argument("--rate", type=float, default=50.0, help="offered rate for (c), msg/s")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per journey in (c)")
+    parser.add_argument("--skip-latency", action="store_true", help="run (a) and (b) only")
+    parser.add_argument("--skip-raw", action="store_true", help="skip (a): no ceiling, no ratio")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="cProfile the node phase (b) into FILE and summarise it"
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
