@@ -51,6 +51,7 @@ from broker.transport import (
     out_queue,
 )
 from nodes.config import NodeConfig, _read_secret
+from nodes.observe import Flow, Observers
 from nodes.pipeline import Accepted, receive
 from nodes.store import Store
 from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
@@ -108,6 +109,7 @@ class Node:
         self.transport = Transport(config.amqp_url())
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+        self.observe = Observers()  # metrics, dashboard flow and audit trail watch here
 
     # --- lifecycle ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -164,6 +166,7 @@ class Node:
 
     # --- from peers -------------------------------------------------------------------------
     async def on_inbox(self, incoming: Incoming) -> None:
+        started = time.perf_counter()
         try:
             accepted = receive(
                 incoming.body,
@@ -173,11 +176,13 @@ class Node:
                 directory=self.directory,
                 store=self.store,
                 now=self.clock(),
+                timing=self.observe.timing,
             )
         except RefusedMessage as refused:
             await self._settle(incoming, self.quarantine(incoming.body, refused, incoming.exchange))
             return
         header = accepted.message.header
+        self.observe.received(accepted.sender, Flow.of(header))
         with bound_contextvars(
             message_id=header.message_id,
             origin=header.origin.network,
@@ -185,6 +190,7 @@ class Node:
             kind=header.kind,
         ):
             await self._settle(incoming, self._act(accepted))
+        self.observe.timing("handle", time.perf_counter() - started)
 
     async def _act(self, accepted: Accepted) -> None:
         message, routing = accepted.message, accepted.routing
@@ -211,7 +217,9 @@ class Node:
             if header.kind in RECEIPTED:
                 await self.send_receipt(message, routing)
         except RefusedMessage as refused:
-            await self.quarantine(message.to_bytes(), refused, inbox_exchange(accepted.sender))
+            await self.quarantine(
+                message.to_bytes(), refused, inbox_exchange(accepted.sender), Flow.of(header)
+            )
             if refused.reason is Reason.NO_ROUTE:
                 await self.notify_origin(message, refused)
 
@@ -250,6 +258,7 @@ class Node:
             f"forwarded to {routing.peer} (for {routing.target})",
         )
         log.info("message_forwarded", peer=routing.peer, target=routing.target)
+        self.observe.forwarded(routing.peer, Flow.of(header))
 
     async def deliver(self, message: SignedMessage, routing: Deliver) -> None:
         header = message.header
@@ -268,8 +277,11 @@ class Node:
             "delivered to " + ",".join(routing.contact_points),
         )
         log.info("message_delivered", contact_points=list(routing.contact_points))
+        self.observe.delivered(routing.contact_points, Flow.of(header))
 
-    async def quarantine(self, body: bytes, refused: RefusedMessage, via: str) -> None:
+    async def quarantine(
+        self, body: bytes, refused: RefusedMessage, via: str, flow: Flow | None = None
+    ) -> None:
         await self.transport.publish(
             QUARANTINE,
             body,
@@ -290,6 +302,7 @@ class Node:
         )
         if refused.reason is Reason.EQUIVOCATION:
             log.error("equivocation_detected", via=via)
+        self.observe.refused(refused.reason.value, via, flow)
 
     def _sign(
         self,
@@ -392,6 +405,7 @@ class Node:
                 f"receipt from {signer} ({payload.delivered_to or 'node'})",
             )
             log.info("receipt_received", receipt_for=payload.receipt_for, by=signer)
+            self.observe.receipt(payload.receipt_for, signer, time.time() - entry.created_at)
 
     def on_notice(self, payload: WireModel) -> None:
         assert isinstance(payload, Notice)
@@ -403,7 +417,9 @@ class Node:
 
     # --- local submissions ------------------------------------------------------------------
     async def on_submit(self, incoming: Incoming) -> None:
+        started = time.perf_counter()
         await self._settle(incoming, self._submit(incoming.body))
+        self.observe.timing("submit", time.perf_counter() - started)
 
     async def _submit(self, body: bytes) -> None:
         try:
@@ -456,6 +472,7 @@ class Node:
                     next_attempt=time.time() + self.config.receipts.retry_after_seconds,
                 )
                 log.info("message_queued")
+                self.observe.submitted(submission.sender, Flow.of(message.header))
             elif entry.state != "queued":
                 log.info("submission_repeated", state=entry.state)
                 return
@@ -506,6 +523,7 @@ class Node:
                 attempt=True,
             )
             log.info("message_forwarded", peer=routing.peer, target=routing.target)
+            self.observe.forwarded(routing.peer, Flow.of(message.header))
         else:
             await self._deliver_own(message, routing)
 
@@ -525,6 +543,7 @@ class Node:
                                 entry.message_id, "undeliverable", "no receipt in time"
                             )
                             log.warning("message_undeliverable", attempts=entry.attempts)
+                            self.observe.undeliverable(entry.message_id)
                             continue
                         log.info("message_resent", attempt=entry.attempts + 1)
                         await self.send_from_outbox(entry.message_id)
