@@ -320,7 +320,10 @@ async def running(nodes: list[Node]) -> AsyncIterator[None]:
         ready = asyncio.ensure_future(asyncio.gather(*(node.ready.wait() for node in nodes)))
         waiting: set[asyncio.Future[Any]] = {ready, *tasks}
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()  # no-op once every node is ready
+        if not ready.done():
+            ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ready
         for task in tasks:
             if task in done:
                 task.result()  # a node that stopped before it was ready: raise its error
