@@ -18,7 +18,16 @@ from broker.routing import RouteRule
 from schemas import KINDS, Kind
 from schemas.directory import BrokerAddress, Directory
 
-__all__ = ["BrokerConfig", "Limits", "NodeConfig", "PeerConfig", "Receipts", "load_config"]
+__all__ = [
+    "Alerts",
+    "BrokerConfig",
+    "Limits",
+    "NodeConfig",
+    "OperatorConfig",
+    "PeerConfig",
+    "Receipts",
+    "load_config",
+]
 
 
 class _Config(BaseModel):
@@ -60,6 +69,32 @@ class Receipts(_Config):
     check_every_seconds: float = Field(default=5.0, gt=0)
 
 
+class Alerts(_Config):
+    """Thresholds past which status, metrics and the dashboard raise an alert."""
+
+    link_down_seconds: float = Field(default=60.0, ge=0)  # link down or stalled this long
+    backlog_messages: int = Field(default=1000, ge=1)  # messages waiting in mlanet.out.<peer>
+    oldest_waiting_seconds: float = Field(default=600.0, gt=0)  # oldest of them waited this long
+    receipt_overdue_seconds: float = Field(default=3600.0, gt=0)  # sent, no receipt this long
+    key_expiry_days: float = Field(default=30.0, ge=0)  # a key expires within this many days
+    directory_max_age_days: float = Field(default=180.0, gt=0)  # a directory is stale after
+    directory_expiry_days: float = Field(default=14.0, ge=0)  # warn this long before that
+
+
+class OperatorConfig(_Config):
+    """The node's HTTP surface for operators: /metrics and a read-only dashboard."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)  # 0: any free port (see state_dir)
+    password_file: Path | None = None  # scrypt hash (mlanet operator password); no file: no login
+    session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
+    secure_cookie: bool = False  # set when a TLS proxy serves the dashboard
+    login_attempts_per_minute: int = Field(default=5, ge=1, le=1000)
+    poll_seconds: float = Field(default=5.0, ge=0.2, le=3600)
+    alerts: Alerts = Alerts()
+
+
 class NodeConfig(_Config):
     network: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
     signing_key: Path
@@ -70,6 +105,7 @@ class NodeConfig(_Config):
     routes: tuple[RouteRule, ...] = ()
     limits: Limits = Limits()
     receipts: Receipts = Receipts()
+    operator: OperatorConfig = OperatorConfig()
     log_level: str = "info"
 
     @model_validator(mode="after")
