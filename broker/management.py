@@ -7,6 +7,7 @@ to :class:`TransportError` at this edge; credentials never appear in an error te
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -16,7 +17,7 @@ import httpx
 
 from broker.errors import TransportError
 
-__all__ = ["Management", "ManagementEndpoint", "ShovelSpec"]
+__all__ = ["Management", "ManagementEndpoint", "QueueFigures", "ShovelSpec", "ShovelState"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,64 @@ class ShovelSpec:
                 "src-delete-after": "never",
             }
         }
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    """One queue as the management API reports it. A figure is None until the broker has
+    collected it (a few seconds after the queue was declared)."""
+
+    name: str
+    messages: int | None
+    ready: int | None
+    unacked: int | None
+    consumers: int | None
+    rate_in: float | None  # publishes per second
+    rate_out: float | None  # acknowledgements per second
+    acked: int | None  # acknowledgements since the broker started counting for this queue
+
+    @classmethod
+    def from_api(cls, raw: dict[str, Any]) -> QueueFigures:
+        stats = raw.get("message_stats") or {}
+        return cls(
+            name=str(raw.get("name", "")),
+            messages=_int(raw.get("messages")),
+            ready=_int(raw.get("messages_ready")),
+            unacked=_int(raw.get("messages_unacknowledged")),
+            consumers=_int(raw.get("consumers")),
+            rate_in=_rate(stats.get("publish_details")),
+            rate_out=_rate(stats.get("ack_details")),
+            acked=_int(stats.get("ack")),
+        )
+
+
+@dataclass(frozen=True)
+class ShovelState:
+    """A dynamic shovel's runtime state: ``running``, ``starting`` or ``terminated``."""
+
+    name: str
+    state: str
+    reason: str | None  # why it terminated, credentials removed
+    since: str | None  # the broker's timestamp of the state
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _rate(details: object) -> float | None:
+    if isinstance(details, dict) and isinstance(details.get("rate"), int | float):
+        return float(details["rate"])
+    return None
+
+
+_URI_CREDENTIALS = re.compile(r"(amqps?://)[^@/\s\"']*@")
+
+
+def _redact(text: object) -> str | None:
+    if text is None:
+        return None
+    return _URI_CREDENTIALS.sub(r"\1", str(text))[:300]
 
 
 def _q(name: str) -> str:
@@ -133,10 +192,35 @@ class Management:
         found = await self._request("GET", f"/shovels/{_q(vhost)}")
         return list(found or [])
 
+    async def shovel_names(self, vhost: str) -> list[str]:
+        """The shovels declared in ``vhost`` (whether or not they run)."""
+        found = await self._request("GET", f"/parameters/shovel/{_q(vhost)}")
+        return sorted(str(item.get("name", "")) for item in found or [])
+
+    async def shovel_states(self, vhost: str) -> dict[str, ShovelState]:
+        """The runtime state of each shovel that the broker is running or retrying."""
+        states = {}
+        for item in await self.shovels(vhost):
+            name = str(item.get("name", ""))
+            states[name] = ShovelState(
+                name=name,
+                state=str(item.get("state", "unknown")),
+                reason=_redact(item.get("reason")),
+                since=str(item["timestamp"]) if item.get("timestamp") else None,
+            )
+        return states
+
     # --- figures ----------------------------------------------------------------------------------
     async def queues(self, vhost: str) -> list[dict[str, Any]]:
         found = await self._request("GET", f"/queues/{_q(vhost)}")
         return list(found or [])
+
+    async def queue_figures(self, vhost: str) -> list[QueueFigures]:
+        """Depth, consumers and rates of every queue in ``vhost``, by name."""
+        return sorted(
+            (QueueFigures.from_api(raw) for raw in await self.queues(vhost)),
+            key=lambda q: q.name,
+        )
 
     async def overview(self) -> dict[str, Any]:
         return dict(await self._request("GET", "/overview") or {})
