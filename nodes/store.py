@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_message ON events (message_id);
+CREATE INDEX IF NOT EXISTS events_kind ON events (event, id);
 CREATE TABLE IF NOT EXISTS inbox (
     contact_point TEXT NOT NULL,
     origin TEXT NOT NULL,
@@ -200,10 +201,36 @@ class Store:
         rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
         return {state: count for state, count in rows}
 
+    def outbox_awaiting(self, sent_before: float) -> tuple[int, float | None, int]:
+        """Messages still waiting for a receipt: (how many, oldest created_at, how many of
+        them were created before ``sent_before``)."""
+        row = self._db.execute(
+            "SELECT COUNT(*), MIN(created_at), COALESCE(SUM(created_at < ?), 0) FROM outbox"
+            " WHERE state IN ('queued', 'forwarded')",
+            (sent_before,),
+        ).fetchone()
+        return int(row[0]), row[1], int(row[2])
+
     # --- tracking ---------------------------------------------------------------------------------
     def event(self, message_id: str, event: str, detail: str = "") -> None:
         with self._tx():
             self._event(time.time(), message_id, event, detail)
+
+    def recent_events(self, event: str, limit: int = 50) -> list[TrackEvent]:
+        """The latest ``limit`` events of one kind (e.g. ``quarantined``), newest first."""
+        rows = self._db.execute(
+            "SELECT at, event, detail FROM events WHERE event=? ORDER BY id DESC LIMIT ?",
+            (event, limit),
+        ).fetchall()
+        return [TrackEvent(*row) for row in rows]
+
+    def quarantine_reasons(self) -> dict[str, int]:
+        """How many messages this node quarantined, by reason code (all recorded time)."""
+        rows = self._db.execute(
+            "SELECT substr(detail, 1, instr(detail, ':') - 1) AS reason, COUNT(*) FROM events"
+            " WHERE event='quarantined' GROUP BY reason"
+        ).fetchall()
+        return {reason: count for reason, count in rows if reason}
 
     def events(self, message_id: str) -> list[TrackEvent]:
         rows = self._db.execute(
