@@ -50,6 +50,7 @@ from broker.transport import (
     inbox_exchange,
     out_queue,
 )
+from nodes import crashpoints
 from nodes.config import NodeConfig, _read_secret
 from nodes.observe import Flow, Observers
 from nodes.pipeline import Accepted, receive
@@ -181,6 +182,7 @@ class Node:
         except RefusedMessage as refused:
             await self._settle(incoming, self.quarantine(incoming.body, refused, incoming.exchange))
             return
+        crashpoints.reached("after_receive_before_forward")
         header = accepted.message.header
         self.observe.received(accepted.sender, Flow.of(header))
         with bound_contextvars(
@@ -244,12 +246,16 @@ class Node:
         outgoing = message
         if header.origin.network != self.config.network:
             outgoing = add_hop(message, self.key, to=routing.peer, at=self.clock())
-        await self.transport.publish(
-            out_queue(routing.peer),
-            outgoing.to_bytes(),
-            message_id=header.message_id,
-            kind=header.kind,
+        await crashpoints.in_flight(
+            "after_forward_before_confirm",
+            self.transport.publish(
+                out_queue(routing.peer),
+                outgoing.to_bytes(),
+                message_id=header.message_id,
+                kind=header.kind,
+            ),
         )
+        crashpoints.reached("after_confirm_before_ack")
         self.store.remember(
             header.origin.network,
             header.message_id,
@@ -269,6 +275,7 @@ class Node:
                 message_id=header.message_id,
                 kind=header.kind,
             )
+        crashpoints.reached("after_delivery_before_ack")
         self.store.remember(
             header.origin.network,
             header.message_id,
@@ -472,6 +479,7 @@ class Node:
                     next_attempt=time.time() + self.config.receipts.retry_after_seconds,
                 )
                 log.info("message_queued")
+                crashpoints.reached("after_sign_before_forward")
                 self.observe.submitted(submission.sender, Flow.of(message.header))
             elif entry.state != "queued":
                 log.info("submission_repeated", state=entry.state)
@@ -514,6 +522,7 @@ class Node:
             await self.transport.publish(
                 out_queue(routing.peer), entry.wire, message_id=message_id, kind=entry.kind
             )
+            crashpoints.reached("after_forward_before_record")
             self.store.outbox_update(
                 message_id,
                 "forwarded",
