@@ -118,8 +118,8 @@ class Node:
 
     async def run(self) -> None:
         async with AsyncExitStack() as stack:
+            stack.callback(self.store.close)  # closed last: after the consumers are gone
             await stack.enter_async_context(self.transport)
-            stack.callback(self.store.close)
             await self.transport.declare(
                 Topology(
                     peers=tuple(peer.network for peer in self.config.peers),
@@ -167,6 +167,9 @@ class Node:
 
     # --- from peers -------------------------------------------------------------------------
     async def on_inbox(self, incoming: Incoming) -> None:
+        await self._settle(incoming, self._inbox(incoming))
+
+    async def _inbox(self, incoming: Incoming) -> None:
         started = time.perf_counter()
         try:
             accepted = receive(
@@ -180,7 +183,7 @@ class Node:
                 timing=self.observe.timing,
             )
         except RefusedMessage as refused:
-            await self._settle(incoming, self.quarantine(incoming.body, refused, incoming.exchange))
+            await self.quarantine(incoming.body, refused, incoming.exchange)
             return
         crashpoints.reached("after_receive_before_forward")
         header = accepted.message.header
@@ -191,7 +194,7 @@ class Node:
             destination=_describe(header.destination),
             kind=header.kind,
         ):
-            await self._settle(incoming, self._act(accepted))
+            await self._act(accepted)
         self.observe.timing("handle", time.perf_counter() - started)
 
     async def _act(self, accepted: Accepted) -> None:
