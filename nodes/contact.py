@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker import RefusedMessage, SignedMessage, canonical_bytes, decode_payload, open_envelope
+from broker import (
+    RefusedMessage,
+    SignedMessage,
+    TrustStore,
+    canonical_bytes,
+    decode_payload,
+    open_envelope,
+)
 from broker.transport import SUBMIT, Transport, deliver_queue
 from nodes.config import NodeConfig
 from nodes.node import trust_from_directory
@@ -13,17 +20,29 @@ from nodes.store import OutboxEntry, Store, TrackEvent
 from schemas import WireModel, payload_model
 from schemas.submission import Submission
 
-__all__ = ["InboxItem", "Tracking", "read_inbox", "submit", "track"]
+__all__ = [
+    "InboxItem",
+    "Taken",
+    "Tracking",
+    "read_inbox",
+    "submit",
+    "submit_on",
+    "take_delivered",
+    "track",
+]
 
 
 async def submit(config: NodeConfig, submission: Submission) -> str:
     """Validate locally, then hand the submission to the node (broker-confirmed)."""
+    async with Transport(config.amqp_url()) as transport:
+        return await submit_on(transport, submission)
+
+
+async def submit_on(transport: Transport, submission: Submission) -> str:
+    """:func:`submit` on a connection the caller keeps open (for clients that send a lot)."""
     payload_model(submission.kind).model_validate(submission.payload)
     body = canonical_bytes(submission.model_dump(mode="json", exclude_none=True))
-    async with Transport(config.amqp_url()) as transport:
-        await transport.publish(
-            SUBMIT, body, message_id=submission.message_id, kind=submission.kind
-        )
+    await transport.publish(SUBMIT, body, message_id=submission.message_id, kind=submission.kind)
     return submission.message_id
 
 
@@ -41,28 +60,10 @@ async def read_inbox(config: NodeConfig, contact_point: str) -> list[InboxItem]:
     """
     trust = trust_from_directory(config.load_directory())
     store = Store(config.state_dir / "node.sqlite3")
-    fresh: set[tuple[str, str]] = set()
     try:
         async with Transport(config.amqp_url()) as transport:
-            while (incoming := await transport.get(deliver_queue(contact_point))) is not None:
-                try:
-                    message = open_envelope(
-                        incoming.body, trust, max_bytes=config.limits.max_message_bytes
-                    )
-                except RefusedMessage:
-                    await incoming.requeue()  # the node delivered it: keep it for an operator
-                    raise
-                header = message.header
-                if store.inbox_add(
-                    contact_point,
-                    header.origin.network,
-                    header.message_id,
-                    message.content_sha256,
-                    header.kind,
-                    incoming.body,
-                ):
-                    fresh.add((header.origin.network, header.message_id))
-                await incoming.ack()
+            taken = await take_delivered(config, contact_point, transport, store, trust)
+        fresh = {(t.origin, t.message_id) for t in taken if t.new}
         items = []
         for origin, message_id, _kind, wire, _at in store.inbox(contact_point):
             message = open_envelope(wire, trust, max_bytes=config.limits.max_message_bytes)
@@ -70,6 +71,46 @@ async def read_inbox(config: NodeConfig, contact_point: str) -> list[InboxItem]:
         return items
     finally:
         store.close()
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A message moved from a contact point's delivery queue into its archive."""
+
+    origin: str
+    message_id: str
+    kind: str
+    new: bool  # False: the archive held it already (a repeat in the delivery queue)
+
+
+async def take_delivered(
+    config: NodeConfig,
+    contact_point: str,
+    transport: Transport,
+    store: Store,
+    trust: TrustStore,
+) -> list[Taken]:
+    """Move every delivered message into the contact point's archive (deduplicated on origin
+    and message id), each verified end to end first and acked only once archived."""
+    taken = []
+    while (incoming := await transport.get(deliver_queue(contact_point))) is not None:
+        try:
+            message = open_envelope(incoming.body, trust, max_bytes=config.limits.max_message_bytes)
+        except RefusedMessage:
+            await incoming.requeue()  # the node delivered it: keep it for an operator
+            raise
+        header = message.header
+        new = store.inbox_add(
+            contact_point,
+            header.origin.network,
+            header.message_id,
+            message.content_sha256,
+            header.kind,
+            incoming.body,
+        )
+        await incoming.ack()
+        taken.append(Taken(header.origin.network, header.message_id, header.kind, new))
+    return taken
 
 
 @dataclass(frozen=True)
