@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -24,6 +24,7 @@ from broker.errors import TransportError
 
 __all__ = [
     "CONTENT_TYPE",
+    "Held",
     "Incoming",
     "Topology",
     "Transport",
@@ -84,6 +85,7 @@ class Incoming:
     headers: Mapping[str, Any]
     content_type: str | None
     _raw: AbstractIncomingMessage = field(repr=False)
+    message_id: str | None = None
 
     async def ack(self) -> None:
         # If the channel is gone the broker redelivers, and dedupe makes that harmless.
@@ -96,6 +98,38 @@ class Incoming:
 
 
 Handler = Callable[[Incoming], Awaitable[None]]
+
+
+def _incoming(raw: AbstractIncomingMessage) -> Incoming:
+    headers = dict(raw.headers or {})
+    count = headers.get("x-delivery-count", 0)
+    return Incoming(
+        body=raw.body,
+        exchange=raw.exchange or "",
+        routing_key=raw.routing_key or "",
+        redelivered=bool(raw.redelivered),
+        delivery_count=count if isinstance(count, int) else 0,
+        headers=headers,
+        content_type=raw.content_type,
+        _raw=raw,
+        message_id=raw.message_id,
+    )
+
+
+@dataclass
+class Held:
+    """Every message of a queue, held unacked by one consumer (see :meth:`Transport.holding`)."""
+
+    messages: list[Incoming]
+    taken: list[Incoming] = field(default_factory=list)
+
+    async def take(self, incoming: Incoming) -> None:
+        """Ack one held message: it leaves the queue (confirmed when the holding ends)."""
+        try:
+            await incoming._raw.ack()
+        except _CHANNEL_GONE as exc:
+            raise TransportError(f"could not remove the message ({type(exc).__name__})") from exc
+        self.taken.append(incoming)
 
 
 class Transport:
@@ -177,8 +211,13 @@ class Transport:
         message_id: str,
         kind: str,
         headers: Mapping[str, str] | None = None,
+        exchange: str | None = None,
     ) -> None:
-        """Publish persistently to ``queue``; return only once the broker confirmed it."""
+        """Publish persistently to ``queue``; return only once the broker confirmed it.
+
+        With ``exchange``, publish through that exchange instead (``queue`` is then only named
+        in errors), e.g. a peer's inbox exchange so that the receiving pipeline sees the sender.
+        """
         message = aio_pika.Message(
             body,
             content_type=CONTENT_TYPE,
@@ -189,8 +228,14 @@ class Transport:
             headers=dict(headers or {}),
         )
         try:
-            confirmation = await self._channel().default_exchange.publish(
-                message, routing_key=queue, mandatory=True, timeout=30
+            channel = self._channel()
+            target = (
+                channel.default_exchange
+                if exchange is None
+                else await channel.get_exchange(exchange, ensure=False)
+            )
+            confirmation = await target.publish(
+                message, routing_key=queue if exchange is None else "", mandatory=True, timeout=30
             )
         except aio_pika.exceptions.DeliveryError as exc:
             raise TransportError(f"broker could not route to {queue}") from exc
@@ -215,20 +260,7 @@ class Transport:
         declared = await channel.declare_queue(queue, passive=True)
 
         async def on_message(raw: AbstractIncomingMessage) -> None:
-            headers = dict(raw.headers or {})
-            count = headers.get("x-delivery-count", 0)
-            await handler(
-                Incoming(
-                    body=raw.body,
-                    exchange=raw.exchange or "",
-                    routing_key=raw.routing_key or "",
-                    redelivered=bool(raw.redelivered),
-                    delivery_count=count if isinstance(count, int) else 0,
-                    headers=headers,
-                    content_type=raw.content_type,
-                    _raw=raw,
-                )
-            )
+            await handler(_incoming(raw))
 
         await declared.consume(on_message, no_ack=False)
 
@@ -239,16 +271,68 @@ class Transport:
         raw = await declared.get(no_ack=False, fail=False)
         if raw is None:
             return None
-        return Incoming(
-            raw.body,
-            raw.exchange or "",
-            raw.routing_key or "",
-            bool(raw.redelivered),
-            0,
-            dict(raw.headers or {}),
-            raw.content_type,
-            raw,
-        )
+        return _incoming(raw)
+
+    @contextlib.asynccontextmanager
+    async def holding(self, queue: str, *, lock: str, within: float = 30.0) -> AsyncIterator[Held]:
+        """Hold every message of ``queue`` unacked, on a connection of its own, while the
+        caller takes (acks) some of them; the rest go back in their order when the block ends.
+
+        ``lock`` names an exclusive queue declared on that connection first: a second holder
+        fails with TransportError instead of seeing only part of the queue, and the lock goes
+        with the connection if the process dies (unacked messages go back to the queue then).
+        Nothing is lost or duplicated: a message is either taken (acked) or returned.
+        """
+        try:
+            connection = await aio_pika.connect(self._url)
+        except (OSError, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
+            raise TransportError(f"cannot connect to the broker ({type(exc).__name__})") from exc
+        async with connection:
+            try:
+                locking = await connection.channel()
+                await locking.declare_queue(lock, exclusive=True, auto_delete=True)
+            except _CHANNEL_GONE as exc:
+                raise TransportError(f"{queue} is being worked on elsewhere; try again") from exc
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=0)
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+            except _CHANNEL_GONE as exc:
+                raise TransportError(f"queue {queue} is not there") from exc
+            ready = int(declared.declaration_result.message_count or 0)
+            received: list[Incoming] = []
+            arrived = asyncio.Event()
+
+            async def on_message(raw: AbstractIncomingMessage) -> None:
+                received.append(_incoming(raw))
+                arrived.set()
+
+            tag = await declared.consume(on_message, no_ack=False)
+            try:
+                while len(received) < ready:
+                    arrived.clear()
+                    await asyncio.wait_for(arrived.wait(), within)
+            except TimeoutError as exc:
+                raise TransportError(f"could not read all of {queue} in time") from exc
+            finally:
+                await declared.cancel(tag)
+            held = Held(list(received))
+            try:
+                yield held
+            finally:
+                with contextlib.suppress(*_CHANNEL_GONE):
+                    # back in their order; anything delivered after the count goes back too
+                    for incoming in received:
+                        if not any(incoming is taken for taken in held.taken):
+                            await incoming._raw.nack(requeue=True)
+            # A clean channel close means the broker processed every ack sent before it.
+            confirmed = not channel.is_closed
+            try:
+                await channel.close()
+            except _CHANNEL_GONE:
+                confirmed = False
+            if held.taken and not confirmed:
+                raise TransportError("could not confirm that the message was removed")
 
     async def _passive(self, queue: str) -> tuple[int, int]:
         """(messages ready, consumers) of a queue; TransportError if it does not exist."""

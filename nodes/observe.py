@@ -4,13 +4,16 @@ The node calls one :class:`Observers` fan-out at fixed points; operator surfaces
 dashboard's recent flow, the audit trail) subclass :class:`Observer` and override the points
 they need. Observers get metadata only (:class:`Flow`: ids, networks, kind), never a payload.
 An observer that raises is logged and skipped: watching must never stop the node or change
-what it does with a message.
+what it does with a message. The one exception is an observer added with ``required=True``
+(the audit trail): its error propagates, so the node does not ack a delivery whose record could
+not be written (the delivery is retried instead).
 
 The points, with stable names (``node`` = ``nodes/node.py``)::
 
     received(sender, flow)           a peer's message passed the receiving pipeline
     submitted(contact_point, flow)   a local submission was signed and queued for sending
     refused(reason, via, flow)       a message was quarantined with a reason code
+    quarantined(id, reason, detail, via, flow)  the same, with the quarantine entry's id
     forwarded(peer, flow)            a message was broker-confirmed into the link to ``peer``
     delivered(contact_points, flow)  a message was broker-confirmed into contact points' queues
     receipt(for_id, by, waited)      a receipt for one of our messages arrived (``waited`` s)
@@ -64,6 +67,14 @@ class Observer:
     def refused(self, reason: str, via: str, flow: Flow | None) -> None:
         """A message was published to quarantine; ``flow`` is None when it could not be read."""
 
+    def quarantined(
+        self, quarantine_id: str, reason: str, detail: str, via: str, flow: Flow | None
+    ) -> None:
+        """Called with ``refused``: the quarantine entry's id and its metadata-only detail.
+
+        ``flow`` is what the message claims (unverified) when it was refused before its
+        signature could be checked; None when not even that could be read."""
+
     def forwarded(self, peer: str, flow: Flow) -> None:
         """A message was confirmed into the store-and-forward queue towards ``peer``."""
 
@@ -85,13 +96,18 @@ class Observers(Observer):
 
     def __init__(self) -> None:
         self._observers: list[Observer] = []
+        self._required: list[Observer] = []
 
-    def add(self, observer: Observer) -> None:
+    def add(self, observer: Observer, *, required: bool = False) -> None:
+        """Add an observer; a ``required`` one's errors propagate to the node (see above)."""
         self._observers.append(observer)
+        if required:
+            self._required.append(observer)
 
     def remove(self, observer: Observer) -> None:
         if observer in self._observers:
             self._observers.remove(observer)
+        self._required = [kept for kept in self._required if kept is not observer]
 
     def _each(self, point: str, *args: object) -> None:
         for observer in tuple(self._observers):
@@ -104,6 +120,8 @@ class Observers(Observer):
                     point=point,
                     error_type=type(exc).__name__,
                 )
+                if any(observer is required for required in self._required):
+                    raise
 
     def received(self, sender: str, flow: Flow) -> None:
         self._each("received", sender, flow)
@@ -113,6 +131,11 @@ class Observers(Observer):
 
     def refused(self, reason: str, via: str, flow: Flow | None) -> None:
         self._each("refused", reason, via, flow)
+
+    def quarantined(
+        self, quarantine_id: str, reason: str, detail: str, via: str, flow: Flow | None
+    ) -> None:
+        self._each("quarantined", quarantine_id, reason, detail, via, flow)
 
     def forwarded(self, peer: str, flow: Flow) -> None:
         self._each("forwarded", peer, flow)
