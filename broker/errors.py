@@ -67,6 +67,12 @@ class Reason(StrEnum):
     DELIVERY_LIMIT = "delivery_limit"
     UNROUTABLE = "unroutable"
     RELEASED_BY_OPERATOR = "released_by_operator"
+    # the federation directory
+    KEY_REVOKED = "key_revoked"
+    UNSIGNED_DIRECTORY = "unsigned_directory"
+    STALE_DIRECTORY = "stale_directory"
+    DIRECTORY_EXPIRED = "directory_expired"
+    NOT_FOR_OBSERVERS = "not_for_observers"
 
 
 class MlanetError(Exception):

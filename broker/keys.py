@@ -164,6 +164,7 @@ class TrustedKey:
     public: Ed25519PublicKey = field(repr=False)
     not_before: datetime | None = None
     not_after: datetime | None = None
+    revoked: bool = False
 
 
 class TrustStore:
@@ -180,13 +181,17 @@ class TrustStore:
         *,
         not_before: datetime | None = None,
         not_after: datetime | None = None,
+        revoked: bool = False,
     ) -> None:
-        """Add a key after checking it is well formed and not weak (raises KeyRefused)."""
+        """Add a key after checking it is well formed and not weak (raises KeyRefused).
+
+        A revoked key stays known (what it signed earlier can still be read from an archive)
+        but every check made with a time refuses it as ``key_revoked``."""
         if not _NETWORK.fullmatch(network):
             raise KeyRefused(Reason.MALFORMED_KEY, "network id must look like 'seajust'")
         public = parse_public_key(public_key)
         self._keys[(network, _check_key_id(key_id))] = TrustedKey(
-            network, key_id, public, not_before, not_after
+            network, key_id, public, not_before, not_after, revoked
         )
 
     def add_signing_key(self, key: SigningKey) -> None:
@@ -209,6 +214,8 @@ class TrustStore:
         trusted = self._keys.get((network, key_id))
         if trusted is None:
             raise RefusedMessage(Reason.UNKNOWN_KEY, f"no trusted key {key_id} for {network}")
+        if at is not None and trusted.revoked:
+            raise RefusedMessage(Reason.KEY_REVOKED, f"key {key_id} of {network} was revoked")
         if at is not None and (
             (trusted.not_before is not None and at < trusted.not_before)
             or (trusted.not_after is not None and at > trusted.not_after)

@@ -170,6 +170,29 @@ class Management:
     async def delete_user(self, user: str) -> None:
         await self._request("DELETE", f"/users/{_q(user)}")
 
+    async def user(self, user: str) -> dict[str, Any] | None:
+        """The user's record (name, tags, ...), or None when there is no such user."""
+        found = await self._request("GET", f"/users/{_q(user)}")
+        return dict(found) if isinstance(found, dict) else None
+
+    async def put_user_hash(self, user: str, password_hash: str, algorithm: str, tags: str) -> None:
+        """Create or update a user from a salted password hash (the password stays unknown)."""
+        await self._request(
+            "PUT",
+            f"/users/{_q(user)}",
+            {"password_hash": password_hash, "hashing_algorithm": algorithm, "tags": tags},
+        )
+
+    async def permissions(self, vhost: str, user: str) -> dict[str, Any] | None:
+        found = await self._request("GET", f"/permissions/{_q(vhost)}/{_q(user)}")
+        return dict(found) if isinstance(found, dict) else None
+
+    async def delete_permissions(self, vhost: str, user: str) -> None:
+        await self._request("DELETE", f"/permissions/{_q(vhost)}/{_q(user)}")
+
+    async def vhost_exists(self, vhost: str) -> bool:
+        return await self._request("GET", f"/vhosts/{_q(vhost)}") is not None
+
     async def put_permissions(
         self, vhost: str, user: str, *, configure: str, write: str, read: str
     ) -> None:

@@ -27,7 +27,6 @@ from schemas.header import (
     Urgency,
 )
 from schemas.payloads import (
-    ContactPointChange,
     DirectoryUpdate,
     FacilitationRequest,
     InformationRequest,
@@ -43,7 +42,6 @@ __all__ = [
     "KINDS",
     "PAYLOADS",
     "CaseReference",
-    "ContactPointChange",
     "ContactPointId",
     "CountryCode",
     "Destination",

@@ -1,13 +1,20 @@
 """The federation directory: networks, their members, contact points, keys, brokers and links.
 
-Every node routes by the directory and takes its trust store from it. Today each node reads it
-from a file its operator installs; the directory is plain data so that it can be signed and
-distributed over the federation without changing its shape.
+Every node routes by the directory and takes its trust store from it. The coordinator signs it
+(:class:`SignedDirectory`, ``broker/directory_signing.py``) and distributes it over the
+federation; nodes refuse one that is older than what they hold, unsigned, or signed by a key
+that is not the coordinator's. Networks ask to join, and to rotate their keys, with signed
+requests (:class:`JoinRequest`, :class:`KeyRotationRequest`).
+
+Time-dependent parts (contact points' validity windows and handovers) are resolved by
+:meth:`Directory.as_of`, which gives the directory as it stands at one instant; routing works on
+that view and stays a pure function.
 """
 
 from __future__ import annotations
 
-from typing import Self
+from datetime import datetime
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -21,26 +28,79 @@ from schemas.base import (
     WireModel,
 )
 
-__all__ = ["BrokerAddress", "ContactPointEntry", "Directory", "NetworkEntry", "NetworkKey"]
+__all__ = [
+    "BrokerAddress",
+    "ContactPointEntry",
+    "Directory",
+    "JoinRequest",
+    "KeyRotationRequest",
+    "LinkUser",
+    "NetworkEntry",
+    "NetworkKey",
+    "SignedDirectory",
+    "SignedRequest",
+    "SignedRequestSignature",
+]
+
+_B64U_SIGNATURE = r"^[A-Za-z0-9_-]{86}$"
+# A signed directory document fits a message (the 256 KiB cap) with room for the envelope.
+MAX_DOCUMENT_CHARS = 240_000
+_MAX_SUCCESSORS = 8
 
 
 class ContactPointEntry(WireModel):
+    """A contact point: its country and role, when it serves, and who stands in for it.
+
+    ``successor`` names the contact point that replaces this one from ``not_after`` (at once when
+    ``not_after`` is absent); ``alternates`` stand in when this one's window has passed without
+    a successor.
+    """
+
     id: ContactPointId
     country: CountryCode
     role: ShortText = "contact point"
+    not_before: Timestamp | None = None
+    not_after: Timestamp | None = None
+    successor: ContactPointId | None = None
+    alternates: list[ContactPointId] = Field(default_factory=list, max_length=8)
 
     @model_validator(mode="after")
     def _prefix(self) -> Self:
         if self.id[:2] != self.country.lower():
             raise ValueError("a contact point id starts with its country code")
+        if self.successor == self.id or self.id in self.alternates:
+            raise ValueError("a contact point cannot stand in for itself")
+        if self.not_before and self.not_after and self.not_after <= self.not_before:
+            raise ValueError("a contact point's window must end after it starts")
         return self
+
+    def active(self, at: datetime) -> bool:
+        return (self.not_before is None or self.not_before <= at) and (
+            self.not_after is None or at < self.not_after
+        )
 
 
 class NetworkKey(WireModel):
+    """A public key with its validity window; a revoked key is refused from then on."""
+
     key_id: KeyId
     public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
     not_before: Timestamp | None = None
     not_after: Timestamp | None = None
+    revoked_at: Timestamp | None = None
+
+
+class LinkUser(WireModel):
+    """The broker user a network's links log in as at its peers' brokers.
+
+    Only a salted hash of the password is published (RabbitMQ's
+    ``rabbit_password_hashing_sha256``: base64 of a 4-byte salt and SHA-256(salt + password));
+    the password itself is a 192-bit random secret that never leaves its network.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    password_hash: str = Field(pattern=r"^[A-Za-z0-9+/]{48}$")
+    hashing_algorithm: Literal["rabbit_password_hashing_sha256"] = "rabbit_password_hashing_sha256"
 
 
 class BrokerAddress(WireModel):
@@ -52,28 +112,108 @@ class BrokerAddress(WireModel):
 
 
 class NetworkEntry(WireModel):
+    """A network: members and observer countries, contact points, keys, broker, link user.
+
+    ``role`` is ``observer`` for a network that attends the federation as an observer: it
+    receives notices only, and never a message marked ``members_only``.
+    """
+
     id: NetworkId
     name: ShortText
+    role: Literal["member", "observer"] = "member"
     members: list[CountryCode] = Field(max_length=100)
     observers: list[CountryCode] = Field(default_factory=list, max_length=100)
     contact_points: list[ContactPointEntry] = Field(max_length=1000)
     keys: list[NetworkKey] = Field(min_length=1, max_length=8)
     broker: BrokerAddress
+    link_user: LinkUser | None = None
 
     @model_validator(mode="after")
     def _contact_points_are_members(self) -> Self:
+        ids = {contact_point.id for contact_point in self.contact_points}
+        if len(ids) != len(self.contact_points):
+            raise ValueError("a contact point is listed twice")
         for contact_point in self.contact_points:
-            if contact_point.country not in self.members:
+            if contact_point.country not in self.members + self.observers:
                 raise ValueError(f"contact point {contact_point.id} is not in a member country")
+            for other in (contact_point.successor, *contact_point.alternates):
+                if other is not None and other not in ids:
+                    raise ValueError(f"contact point {contact_point.id} names an unknown one")
+        if set(self.members) & set(self.observers):
+            raise ValueError("a country is either a member or an observer of a network")
+        key_ids = [key.key_id for key in self.keys]
+        if len(set(key_ids)) != len(key_ids):
+            raise ValueError("a key id is listed twice")
         return self
 
     def contact_points_of(self, country: str) -> list[str]:
-        return [cp.id for cp in self.contact_points if cp.country == country]
+        """The contact points serving ``country`` now (not replaced), in directory order."""
+        return [
+            cp.id for cp in self.contact_points if cp.country == country and cp.successor is None
+        ]
+
+    def contact_point(self, contact_point_id: str) -> ContactPointEntry | None:
+        for contact_point in self.contact_points:
+            if contact_point.id == contact_point_id:
+                return contact_point
+        return None
+
+    def active_contact_points(self) -> list[str]:
+        return [cp.id for cp in self.contact_points if cp.successor is None]
+
+    def resolve(self, contact_point_id: str) -> str | None:
+        """The contact point that receives what is addressed to ``contact_point_id``: itself,
+        or its successor (followed to the end of the chain); None when unknown or circular."""
+        current = self.contact_point(contact_point_id)
+        for _ in range(_MAX_SUCCESSORS):
+            if current is None:
+                return None
+            if current.successor is None:
+                return current.id
+            current = self.contact_point(current.successor)
+        return None
+
+    def is_observer(self, country: str) -> bool:
+        """An observer country of this network (or any country of an observer network)."""
+        return self.role == "observer" or (
+            country in self.observers and country not in self.members
+        )
+
+    def as_of(self, at: datetime) -> NetworkEntry:
+        """This entry at ``at``: a contact point whose window has passed hands over to its
+        successor (or its first active alternate); one not yet appointed is left out."""
+        by_id = {cp.id: cp for cp in self.contact_points}
+        out: list[ContactPointEntry] = []
+        for cp in self.contact_points:
+            if cp.not_before is not None and at < cp.not_before:
+                continue
+            ended = cp.not_after is not None and at >= cp.not_after
+            if cp.successor is not None and not ended and cp.not_after is not None:
+                out.append(cp.model_copy(update={"successor": None}))  # handover not yet due
+            elif ended and cp.successor is None:
+                standing_in = [a for a in cp.alternates if by_id[a].active(at)]
+                if standing_in:
+                    out.append(cp.model_copy(update={"successor": standing_in[0]}))
+            else:
+                out.append(cp)
+        # A handover to someone not (or no longer) serving leads nowhere: leave it out too.
+        while dangling := [cp for cp in out if cp.successor not in {None, *(c.id for c in out)}]:
+            out = [cp for cp in out if cp not in dangling]
+        return self.model_copy(update={"contact_points": out})
 
 
 class Directory(WireModel):
+    """The federation directory, as the coordinator signs it.
+
+    ``coordinator`` names the network whose keys (``coordinator_keys``) sign the directory;
+    ``valid_until`` is when a node stops trusting this version for new messages.
+    """
+
     version: int = Field(ge=1)
     issued_at: Timestamp
+    valid_until: Timestamp | None = None
+    coordinator: NetworkId | None = None
+    coordinator_keys: list[NetworkKey] = Field(default_factory=list, max_length=8)
     networks: list[NetworkEntry] = Field(min_length=1, max_length=200)
     links: list[tuple[NetworkId, NetworkId]] = Field(max_length=2000)
 
@@ -85,7 +225,19 @@ class Directory(WireModel):
         for a, b in self.links:
             if a not in ids or b not in ids or a == b:
                 raise ValueError(f"link {a}-{b} names an unknown network or itself")
+        if self.valid_until is not None and self.valid_until <= self.issued_at:
+            raise ValueError("valid_until must be after issued_at")
+        if self.coordinator_keys and self.coordinator is None:
+            raise ValueError("coordinator keys need the coordinator's id")
         return self
+
+    def as_of(self, at: datetime) -> Directory:
+        """The directory as it stands at ``at`` (see :meth:`NetworkEntry.as_of`)."""
+        return self.model_copy(update={"networks": [n.as_of(at) for n in self.networks]})
+
+    def observing(self, country: str) -> list[str]:
+        """The networks that have ``country`` as an observer, in id order."""
+        return sorted(network.id for network in self.networks if country in network.observers)
 
     def network(self, network_id: str) -> NetworkEntry | None:
         for network in self.networks:
@@ -101,3 +253,55 @@ class Directory(WireModel):
     def serving(self, country: str) -> list[str]:
         """The networks that have ``country`` as a member, in id order."""
         return sorted(network.id for network in self.networks if country in network.members)
+
+
+class SignedDirectory(WireModel):
+    """A directory as the coordinator signed it: ``document`` is B64U of the directory's JSON
+    bytes, ``signature`` B64U of Ed25519 over ``mlanet-v1:directory:`` + ``document``."""
+
+    mlanet_directory: Literal[1]
+    signer: NetworkId
+    key_id: KeyId
+    document: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=MAX_DOCUMENT_CHARS)
+    signature: str = Field(pattern=_B64U_SIGNATURE)
+
+
+class JoinRequest(WireModel):
+    """A new network asks the coordinator to be listed: its entry as it proposes it (one key,
+    its broker, its link user) and the networks it asks to be linked to."""
+
+    type: Literal["join"]
+    network: NetworkEntry
+    links: list[NetworkId] = Field(max_length=50)
+    requested_at: Timestamp
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Self:
+        if len(self.network.keys) != 1 or self.network.link_user is None:
+            raise ValueError("a join request carries exactly one key and its link user")
+        return self
+
+
+class KeyRotationRequest(WireModel):
+    """A network asks for a new key; signed by its current key and by the new one."""
+
+    type: Literal["key_rotation"]
+    network: NetworkId
+    current_key_id: KeyId
+    new_key: NetworkKey
+    requested_at: Timestamp
+
+
+class SignedRequestSignature(WireModel):
+    key_id: KeyId
+    signature: str = Field(pattern=_B64U_SIGNATURE)
+
+
+class SignedRequest(WireModel):
+    """A join or key rotation request: ``request`` is B64U of its JSON bytes; each signature is
+    Ed25519 over ``mlanet-v1:request:`` + ``request`` by the requesting network's key."""
+
+    mlanet_request: Literal[1]
+    network: NetworkId
+    request: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=65536)
+    signatures: list[SignedRequestSignature] = Field(min_length=1, max_length=2)

@@ -107,6 +107,8 @@ class Header(WireModel):
     urgency: Urgency = "normal"
     in_reply_to: MessageId | None = None
     content: Literal["json"] = "json"
+    # true: never delivered to, or routed through, an observer country or network.
+    members_only: Literal[True] | None = None
 
     @field_validator("format", mode="before")
     @classmethod

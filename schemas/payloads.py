@@ -18,15 +18,14 @@ from schemas.base import (
     LanguageCode,
     LongText,
     MessageId,
-    NetworkId,
     ShortText,
     Timestamp,
     WireModel,
 )
+from schemas.directory import SignedDirectory
 from schemas.header import Urgency
 
 __all__ = [
-    "ContactPointChange",
     "DirectoryUpdate",
     "FacilitationRequest",
     "InformationRequest",
@@ -133,22 +132,13 @@ class MeetingRequest(WireModel):
     participant_countries: list[CountryCode] = Field(min_length=2, max_length=10)
 
 
-class ContactPointChange(WireModel):
-    """One contact point appointed, replaced or retired."""
-
-    action: Literal["appointed", "replaced", "retired"]
-    network: NetworkId
-    country: CountryCode
-    contact_point: ContactPointId
-    successor: ContactPointId | None = None
-    role: ShortText
-    effective_at: Timestamp
-
-
 class DirectoryUpdate(WireModel):
-    """Changes to contact points and memberships."""
+    """A new version of the federation directory, exactly as the coordinator signed it.
 
-    changes: list[ContactPointChange] = Field(min_length=1, max_length=100)
+    Nodes pass it on to their linked peers; each checks the coordinator's signature itself, so a
+    relay cannot change it. See ``docs/PROTOCOL.md`` (the directory)."""
+
+    directory: SignedDirectory
 
 
 class Notice(WireModel):

@@ -7,7 +7,7 @@ builds the header, signs and routes. The payload is validated against the kind's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -25,4 +25,5 @@ class Submission(WireModel):
     urgency: Urgency = "normal"
     in_reply_to: MessageId | None = None
     hop_limit: int = Field(default=6, ge=1, le=16)
+    members_only: Literal[True] | None = None
     payload: dict[str, Any]

@@ -12,9 +12,9 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from broker import SignedMessage, SigningKey, TrustStore, add_hop, canonical_bytes, sign_message
+from broker.directory_signing import sign_directory
 from broker.keys import b64u_encode
 from schemas import (
-    ContactPointChange,
     Destination,
     DirectoryUpdate,
     FacilitationRequest,
@@ -29,6 +29,7 @@ from schemas import (
     StatusUpdate,
     WireModel,
 )
+from schemas.directory import Directory
 
 SEAJUST = SigningKey.from_seed("seajust", "ed25519:1", bytes(range(32)))
 CASC = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32, 64)))
@@ -42,6 +43,39 @@ T2 = datetime(2026, 3, 2, 9, 31, 7, 0, tzinfo=UTC)
 MESSAGE_ID = "5b0c2f1e-8d3a-4c6b-9e7f-0a1b2c3d4e5f"
 OTHER_ID = "0f9e8d7c-6b5a-4a39-8271-605f4e3d2c1b"
 DIGEST = b64u_encode(hashlib.sha256(b"example").digest())
+
+
+# The coordinator's directory key (a fixed seed too).
+COORDINATOR = SigningKey.from_seed("unodc", "ed25519:1", bytes(range(128, 160)))
+
+
+def sample_directory() -> Any:
+    """A small directory signed by COORDINATOR (a broker.directory_signing.VerifiedDirectory)."""
+    directory = Directory.model_validate(
+        {
+            "version": 3,
+            "issued_at": "2026-03-02T09:00:00.000Z",
+            "valid_until": "2026-04-01T09:00:00.000Z",
+            "coordinator": "unodc",
+            "coordinator_keys": [{"key_id": "ed25519:1", "public_key": COORDINATOR.public_b64()}],
+            "networks": [
+                {
+                    "id": "casc",
+                    "name": "CASC",
+                    "members": ["UZ"],
+                    "contact_points": [
+                        {"id": "uz-gpo-1", "country": "UZ", "successor": "uz-gpo-2"},
+                        {"id": "uz-gpo-2", "country": "UZ", "role": "Prosecutor"},
+                    ],
+                    "keys": [{"key_id": "ed25519:1", "public_key": CASC.public_b64()}],
+                    "broker": {"host": "127.0.0.1", "vhost": "casc"},
+                }
+            ],
+            "links": [],
+        },
+        strict=False,
+    )
+    return sign_directory(directory, COORDINATOR)
 
 
 def trust_store() -> TrustStore:
@@ -91,19 +125,7 @@ def sample_payloads() -> dict[Kind, WireModel]:
             proposed_slots=[T1, T2],
             participant_countries=["KH", "UZ"],
         ),
-        "directory_update": DirectoryUpdate(
-            changes=[
-                ContactPointChange(
-                    action="replaced",
-                    network="casc",
-                    country="UZ",
-                    contact_point="uz-gpo-1",
-                    successor="uz-gpo-2",
-                    role="Prosecutor, international cooperation",
-                    effective_at=T0,
-                )
-            ]
-        ),
+        "directory_update": DirectoryUpdate(directory=sample_directory().signed),
         "notice": Notice(
             topic="plenary",
             title="Annual plenary",

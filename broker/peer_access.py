@@ -1,0 +1,90 @@
+"""Peer access on a network's own broker, from the directory: who may write which inbox.
+
+Every network names, in the directory, the broker user its links log in as at its peers'
+brokers, with a salted hash of that user's password (``schemas.directory.LinkUser``). A node
+that applies a directory linking it to a peer gives the peer's user, on its own broker, write
+permission on exactly one resource: ``mlanet.inbox.from.<peer>``. The user is created from the
+published hash when it does not exist (tagged ``mlanet-peer``), so the password never leaves
+the peer. A user that exists and was not created this way (a local account, an operator, the
+node's own user) is never changed: it only gets the write permission when it has no
+permission in this vhost yet. Needs an administrator account on the broker (creating users and
+permissions is reserved to administrators); see ``docs/JOINING.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from broker.management import Management
+from schemas.directory import LinkUser
+
+__all__ = ["PEER_TAG", "grant_peer", "inbox_write_pattern", "rabbit_password_hash", "revoke_peer"]
+
+PEER_TAG = "mlanet-peer"
+NONE = "^$"
+
+
+def rabbit_password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + SHA-256(salt + password))."""
+    salt = os.urandom(4) if salt is None else salt
+    if len(salt) != 4:
+        raise ValueError("the salt is 4 bytes")
+    digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
+    return base64.b64encode(salt + digest).decode("ascii")
+
+
+def inbox_write_pattern(peer: str) -> str:
+    return rf"^mlanet\.inbox\.from\.{re.escape(peer)}$"
+
+
+def _tags(user: dict[str, Any]) -> set[str]:
+    tags = user.get("tags", [])
+    if isinstance(tags, str):
+        return {tag.strip() for tag in tags.split(",") if tag.strip()}
+    return {str(tag) for tag in tags}
+
+
+async def grant_peer(
+    management: Management,
+    vhost: str,
+    peer: str,
+    link_user: LinkUser,
+    *,
+    protected: Iterable[str] = (),
+) -> str:
+    """Let ``peer``'s link user write its inbox exchange in ``vhost``; returns what was done:
+    ``granted``, ``unchanged`` or ``kept`` (a local user with other rights, left alone)."""
+    if link_user.name in set(protected):
+        return "kept"
+    existing = await management.user(link_user.name)
+    ours = existing is None or PEER_TAG in _tags(existing)
+    if existing is None or (ours and existing.get("password_hash") != link_user.password_hash):
+        await management.put_user_hash(
+            link_user.name, link_user.password_hash, link_user.hashing_algorithm, PEER_TAG
+        )
+    write = inbox_write_pattern(peer)
+    current = await management.permissions(vhost, link_user.name)
+    if current is not None and (
+        current.get("configure"),
+        current.get("write"),
+        current.get("read"),
+    ) == (NONE, write, NONE):
+        return "unchanged"
+    if current is not None and not ours:
+        return "kept"
+    await management.put_permissions(vhost, link_user.name, configure=NONE, write=write, read=NONE)
+    return "granted"
+
+
+async def revoke_peer(management: Management, vhost: str, peer: str, user: str) -> bool:
+    """Take back a former peer's write permission (only the one :func:`grant_peer` gives)."""
+    current = await management.permissions(vhost, user)
+    if current is None or current.get("write") != inbox_write_pattern(peer):
+        return False
+    await management.delete_permissions(vhost, user)
+    return True
