@@ -10,6 +10,12 @@ Decisions, in order:
    linked networks that avoids every network already on the path;
 5. forwarding would exceed the origin's hop limit -> ``hop_limit_exceeded``;
 6. nothing found -> ``no_route``.
+
+Contact points that were replaced hand over to their successor (the directory given is the
+view at the current time, ``Directory.as_of``). Observers (observer countries of a network,
+and observer networks) are entitled to notices (and receipts for what they sent) only, never
+to a message marked ``members_only``: anything else for them is ``not_for_observers``, and no
+path goes through an observer network.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.errors import Reason
 from schemas import Header
-from schemas.directory import Directory
+from schemas.directory import Directory, NetworkEntry
 
 __all__ = ["Deliver", "Forward", "Refuse", "RouteRule", "Routing", "route"]
 
@@ -70,12 +76,25 @@ class Refuse:
 Routing = Deliver | Forward | Refuse
 
 
+OBSERVER_KINDS = frozenset({"notice", "receipt"})
+
+
+def entitled(header: Header, network: NetworkEntry, country: str | None) -> bool:
+    """May this message reach ``country`` of ``network`` (or the network as a whole)?"""
+    observer = network.role == "observer" or (country is not None and network.is_observer(country))
+    return not observer or (header.kind in OBSERVER_KINDS and header.members_only is None)
+
+
+def _not_for_observers(where: str) -> Refuse:
+    return Refuse(Reason.NOT_FOR_OBSERVERS, f"{where} is an observer: notices only")
+
+
 def _target(header: Header, directory: Directory, self_network: str) -> str | None:
     destination = header.destination
     if destination.network is not None:
         return destination.network
     assert destination.country is not None  # the Destination model guarantees one of the two
-    serving = directory.serving(destination.country)
+    serving = directory.serving(destination.country) or directory.observing(destination.country)
     if self_network in serving:
         return self_network
     return serving[0] if serving else None
@@ -86,21 +105,28 @@ def _local(header: Header, directory: Directory, self_network: str) -> Routing:
     destination = header.destination
     if me is None:
         return Refuse(Reason.NO_ROUTE, f"{self_network} is not in the directory")
-    known = {cp.id for cp in me.contact_points}
     if destination.contact_point is not None:
-        if destination.contact_point in known:
-            return Deliver((destination.contact_point,))
-        return Refuse(Reason.NO_ROUTE, f"no contact point {destination.contact_point} here")
+        resolved = me.resolve(destination.contact_point)
+        entry = me.contact_point(resolved) if resolved is not None else None
+        if entry is None:
+            return Refuse(Reason.NO_ROUTE, f"no contact point {destination.contact_point} here")
+        if not entitled(header, me, entry.country):
+            return _not_for_observers(entry.id)
+        return Deliver((entry.id,))
     if destination.country is not None:
         found = me.contact_points_of(destination.country)
+        if found and not entitled(header, me, destination.country):
+            return _not_for_observers(destination.country)
         if found:
             return Deliver((found[0],))
         return Refuse(Reason.NO_ROUTE, f"no contact point for {destination.country} here")
-    return (
-        Deliver(tuple(cp.id for cp in me.contact_points))
-        if known
-        else Refuse(Reason.NO_ROUTE, f"{self_network} has no contact points")
-    )
+    active = [cp for cp in me.contact_points if cp.successor is None]
+    recipients = tuple(cp.id for cp in active if entitled(header, me, cp.country))
+    if recipients:
+        return Deliver(recipients)
+    if active:
+        return _not_for_observers(self_network)
+    return Refuse(Reason.NO_ROUTE, f"{self_network} has no contact points")
 
 
 def _first_step(directory: Directory, start: str, goal: str, avoid: set[str]) -> str | None:
@@ -141,8 +167,11 @@ def route(
     target = _target(header, directory, self_network)
     if target == self_network:
         return _local(header, directory, self_network)
-    if target is None or directory.network(target) is None:
+    entry = directory.network(target) if target is not None else None
+    if target is None or entry is None:
         return Refuse(Reason.NO_ROUTE, "no network serves the destination")
+    if not entitled(header, entry, header.destination.country):
+        return _not_for_observers(header.destination.country or target)
 
     # A relay adds one hop record when it forwards; the origin adds none. So after this
     # network forwards, the message carries len(path) hop records.
@@ -150,12 +179,14 @@ def route(
         return Refuse(Reason.HOP_LIMIT_EXCEEDED, f"hop limit {header.hop_limit} reached")
 
     linked = set(directory.neighbours(self_network))
+    # No path goes through an observer network: it only ever receives what it is entitled to.
+    avoid = set(path) | {n.id for n in directory.networks if n.role == "observer"} - {target}
     for rule in rules:
-        if rule.matches(header, target) and rule.via in linked and rule.via not in path:
+        if rule.matches(header, target) and rule.via in linked and rule.via not in avoid:
             return Forward(rule.via, target)
     if target in linked and target not in path:
         return Forward(target, target)
-    step = _first_step(directory, self_network, target, set(path))
+    step = _first_step(directory, self_network, target, avoid)
     if step is None:
         return Refuse(Reason.NO_ROUTE, f"no link path from {self_network} to {target}")
     return Forward(step, target)
