@@ -207,12 +207,14 @@ class Node:
                 await self.forward(message, routing)
                 return
             if header.kind == "receipt":
+                assert accepted.payload is not None  # validated: this node is the destination
                 self.on_receipt(message, accepted.payload)
                 self.store.remember(
                     header.origin.network, header.message_id, message.content_sha256, "consumed"
                 )
                 return
             if header.kind == "notice":
+                assert accepted.payload is not None
                 self.on_notice(accepted.payload)
             if accepted.duplicate is None:
                 await self.deliver(message, routing)

@@ -1,6 +1,10 @@
 """The receiving pipeline, as named steps a reader can follow.
 
-    size_cap -> sender_of -> verify -> validate -> authorise -> dedupe -> route
+    size_cap -> sender_of -> verify -> authorise -> dedupe -> route -> validate
+
+``verify`` checks the signatures over the exact bytes and validates the header and hop records
+strictly; ``validate`` checks the payload against its kind's schema at the destination only
+(relays route on the signed header and never read case content).
 
 Each step either returns what the next one needs or raises :class:`RefusedMessage` with a
 reason code. :func:`receive` runs them in order; the node then delivers, forwards or
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from broker import Reason, RefusedMessage, SignedMessage, TrustStore, decode_payload, open_envelope
-from broker.routing import Routing, route
+from broker.routing import Deliver, Routing, route
 from nodes.config import NodeConfig
 from nodes.store import Seen, Store
 from schemas import WireModel
@@ -29,7 +33,7 @@ _INBOX_PREFIX = "mlanet.inbox.from."
 @dataclass(frozen=True, slots=True)
 class Accepted:
     message: SignedMessage
-    payload: WireModel
+    payload: WireModel | None  # None when this node only relays the message
     sender: str
     routing: Routing
     duplicate: Seen | None
@@ -125,11 +129,13 @@ def receive(
     sender = sender_of(exchange, config)
     message = verify(body, trust, config, now)
     timed("verify")
-    payload = validate(message, config)
-    timed("validate")
     authorise(message, sender, config, directory, now)
     duplicate = dedupe(message, store)
     timed("authorise")
     routing = route(message.header, message.path, directory, config.routes, config.network)
     timed("route")
+    # The payload is validated where it is read: at the destination. A relay routes on the
+    # origin-signed header (validated strictly by verify) and never needs the case content.
+    payload = validate(message, config) if isinstance(routing, Deliver) else None
+    timed("validate")
     return Accepted(message, payload, sender, routing, duplicate)
