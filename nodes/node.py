@@ -51,9 +51,11 @@ from broker.transport import (
     out_queue,
 )
 from nodes import crashpoints
+from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.observe import Flow, Observers
 from nodes.pipeline import Accepted, receive
+from nodes.quarantine import claim, log_context
 from nodes.store import Store
 from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
 from schemas.directory import Directory
@@ -111,6 +113,9 @@ class Node:
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.observe = Observers()  # metrics, dashboard flow and audit trail watch here
+        # the audit record of a delivery is committed before its ack, or it is not acked
+        self.audit = AuditLog(config.state_dir / AUDIT_FILE, self.key)
+        self.observe.add(AuditTrail(self.audit), required=True)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -119,6 +124,7 @@ class Node:
     async def run(self) -> None:
         async with AsyncExitStack() as stack:
             stack.callback(self.store.close)  # closed last: after the consumers are gone
+            stack.callback(self.audit.close)
             await stack.enter_async_context(self.transport)
             await self.transport.declare(
                 Topology(
@@ -294,27 +300,34 @@ class Node:
     async def quarantine(
         self, body: bytes, refused: RefusedMessage, via: str, flow: Flow | None = None
     ) -> None:
-        await self.transport.publish(
-            QUARANTINE,
-            body,
-            message_id=str(uuid.uuid4()),
-            kind="refused",
-            headers={
-                "x-mlanet-reason": refused.reason.value,
-                "x-mlanet-detail": refused.detail,
-                "x-mlanet-via": via,
-                "x-mlanet-at": datetime.now(UTC).isoformat(),
-            },
+        entry_id = str(uuid.uuid4())  # the quarantine entry's id (mlanet quarantine show ID)
+        # Refused before it could be verified: bind what it claims (identifiers only).
+        seen = flow or claim(body, max_bytes=self.config.limits.max_message_bytes).flow(
+            origin=self.config.network if via == SUBMIT else None
         )
-        self.store.event(
-            "-", "quarantined", f"{refused.reason.value}: {refused.detail} (via {via})"
-        )
-        log.warning(
-            "message_quarantined", reason=refused.reason.value, detail=refused.detail, via=via
-        )
-        if refused.reason is Reason.EQUIVOCATION:
-            log.error("equivocation_detected", via=via)
-        self.observe.refused(refused.reason.value, via, flow)
+        with bound_contextvars(quarantine_id=entry_id, **log_context(seen)):
+            await self.transport.publish(
+                QUARANTINE,
+                body,
+                message_id=entry_id,
+                kind="refused",
+                headers={
+                    "x-mlanet-reason": refused.reason.value,
+                    "x-mlanet-detail": refused.detail,
+                    "x-mlanet-via": via,
+                    "x-mlanet-at": datetime.now(UTC).isoformat(),
+                },
+            )
+            self.store.event(
+                "-", "quarantined", f"{refused.reason.value}: {refused.detail} (via {via})"
+            )
+            log.warning(
+                "message_quarantined", reason=refused.reason.value, detail=refused.detail, via=via
+            )
+            if refused.reason is Reason.EQUIVOCATION:
+                log.error("equivocation_detected", via=via)
+            self.observe.refused(refused.reason.value, via, flow)
+            self.observe.quarantined(entry_id, refused.reason.value, refused.detail, via, seen)
 
     def _sign(
         self,
@@ -561,7 +574,7 @@ class Node:
                             continue
                         log.info("message_resent", attempt=entry.attempts + 1)
                         await self.send_from_outbox(entry.message_id)
-                    except (TransportError, RefusedMessage) as exc:
+                    except (TransportError, RefusedMessage, AuditError) as exc:
                         log.warning("resend_failed", error=str(exc))
 
 

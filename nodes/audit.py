@@ -1,0 +1,443 @@
+"""The node's audit trail: an append-only, hash-chained log where the node signs every record.
+
+Each record is a canonical JSON object::
+
+    {"at": "...Z", "event": "forwarded", "key_id": "ed25519:1", "meta": {...},
+     "network": "casc", "prev": "<sha-256 of the previous record>", "seq": 42}
+
+stored with its SHA-256 and an Ed25519 signature by the network's signing key over
+``AUDIT_CONTEXT + record`` (a context no message signature uses). ``meta`` holds metadata only
+(message id, origin, destination, kind, peer, reason, quarantine id, operator), never case
+content. A signed *head* (last seq and hash) is rewritten in the same transaction as each
+append, so that cutting records off the end is noticed too.
+
+The log is a table in ``<state_dir>/audit.sqlite3`` (WAL, ``synchronous=NORMAL`` like the node's
+state: a committed record survives the death of the process). The node appends before it acks
+the delivery the record is about; the ``mlanet quarantine`` commands append operator actions
+from another process (``BEGIN IMMEDIATE`` serialises the writers).
+
+:func:`verify_audit` walks the chain and names the first record that was altered, removed or
+reordered; :class:`AuditTrail` is the observer (``nodes/observe.py``) that writes the node's
+records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from broker import MlanetError, RefusedMessage, SigningKey, TrustStore, canonical_bytes
+from broker.errors import Reason
+from broker.keys import b64u_decode, b64u_encode
+from broker.strictjson import loads_strict
+from nodes.observe import Flow, Observer
+from schemas.base import format_timestamp
+
+__all__ = [
+    "AUDIT_CONTEXT",
+    "AUDIT_FILE",
+    "HEAD_CONTEXT",
+    "AuditError",
+    "AuditLog",
+    "AuditRecord",
+    "AuditTrail",
+    "Verdict",
+    "verify_audit",
+]
+
+log = structlog.get_logger("mlanet.audit")
+
+AUDIT_FILE = "audit.sqlite3"
+AUDIT_CONTEXT = b"mlanet-v1:audit:"
+HEAD_CONTEXT = b"mlanet-v1:audit-head:"
+GENESIS = "0" * 64
+_MAX_RECORD_BYTES = 16 * 1024
+
+MetaValue = str | int | float | bool | None | Sequence[str]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    record TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    event TEXT NOT NULL,
+    message_id TEXT,
+    quarantine_id TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_quarantine ON audit (quarantine_id);
+CREATE INDEX IF NOT EXISTS audit_message ON audit (message_id);
+CREATE TABLE IF NOT EXISTS audit_head (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+"""
+
+
+class AuditError(MlanetError):
+    """The audit trail cannot be written or read."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    at: str
+    event: str
+    network: str
+    key_id: str
+    meta: dict[str, Any]
+    prev: str
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "event": self.event,
+            "network": self.network,
+            "meta": self.meta,
+            "hash": self.hash,
+        }
+
+
+def _digest(record: bytes) -> str:
+    return hashlib.sha256(record).hexdigest()
+
+
+def _head_input(network: str, seq: int, digest: str) -> bytes:
+    return HEAD_CONTEXT + f"{network}:{seq}:{digest}".encode("ascii")
+
+
+def _clean(meta: Mapping[str, MetaValue]) -> dict[str, Any]:
+    """Drop empty values; keep lists as lists of strings; round floats to milliseconds."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if value is None or value == "":
+            continue
+        if isinstance(value, float):
+            out[key] = round(value, 3)
+        elif isinstance(value, str | int | bool):
+            out[key] = value
+        else:
+            out[key] = [str(item) for item in value]
+    return out
+
+
+class AuditLog:
+    """The audit table of one node. ``key`` is needed to append, not to read."""
+
+    def __init__(self, path: Path, key: SigningKey | None = None, *, readonly: bool = False):
+        self.path = path
+        self._key = key
+        try:
+            if readonly:
+                if not path.exists():
+                    raise AuditError(f"no audit trail at {path.name}")
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+            self._db.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot open the audit trail ({type(exc).__name__})") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing ----------------------------------------------------------------------------
+    def append(self, event: str, meta: Mapping[str, MetaValue]) -> AuditRecord:
+        """Append one signed record and move the signed head, in one committed transaction."""
+        key = self._key
+        if key is None:
+            raise AuditError("the audit trail was opened without the signing key")
+        clean = _clean(meta)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT seq, hash FROM audit_head").fetchone()
+                seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+                at = format_timestamp(datetime.now(UTC))
+                body = {
+                    "at": at,
+                    "event": event,
+                    "key_id": key.key_id,
+                    "meta": clean,
+                    "network": key.network,
+                    "prev": prev,
+                    "seq": seq,
+                }
+                record = canonical_bytes(body)
+                digest = _digest(record)
+                signature = b64u_encode(key.sign(AUDIT_CONTEXT + record))
+                head_signature = b64u_encode(key.sign(_head_input(key.network, seq, digest)))
+                self._db.execute(
+                    "INSERT INTO audit (seq, record, hash, signature, event, message_id,"
+                    " quarantine_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        seq,
+                        record.decode("ascii"),
+                        digest,
+                        signature,
+                        event,
+                        clean.get("message_id"),
+                        clean.get("quarantine_id"),
+                    ),
+                )
+                self._db.execute(
+                    "INSERT INTO audit_head (one, seq, hash, key_id, signature)"
+                    " VALUES (1, ?, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET seq=excluded.seq,"
+                    " hash=excluded.hash, key_id=excluded.key_id, signature=excluded.signature",
+                    (seq, digest, key.key_id, head_signature),
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot append to the audit trail ({type(exc).__name__})") from exc
+        return AuditRecord(seq, at, event, key.network, key.key_id, clean, prev, digest)
+
+    # --- reading ----------------------------------------------------------------------------
+    def records(self, *, last: int | None = None, event: str | None = None) -> list[AuditRecord]:
+        """Records in order (the last ``last`` of them), parsed without verification."""
+        where, args = ("WHERE event=?", [event]) if event else ("", [])
+        limit = f"LIMIT {int(last)}" if last is not None else ""
+        rows = self._db.execute(
+            f"SELECT record, hash FROM (SELECT seq, record, hash FROM audit {where}"  # noqa: S608 - fixed fragments
+            f" ORDER BY seq DESC {limit}) ORDER BY seq",
+            args,
+        ).fetchall()
+        return [_parse(record, digest) for record, digest in rows]
+
+    def about_quarantine(self, quarantine_id: str) -> list[AuditRecord]:
+        rows = self._db.execute(
+            "SELECT record, hash FROM audit WHERE quarantine_id=? ORDER BY seq",
+            (quarantine_id,),
+        ).fetchall()
+        return [_parse(record, digest) for record, digest in rows]
+
+    def head(self) -> tuple[int, str] | None:
+        row = self._db.execute("SELECT seq, hash FROM audit_head").fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def raw_rows(self) -> Iterator[tuple[Any, Any, Any, Any]]:
+        """(seq, record, hash, signature) as stored, in seq order, for verification."""
+        yield from self._db.execute("SELECT seq, record, hash, signature FROM audit ORDER BY seq")
+
+    def raw_head(self) -> tuple[Any, Any, Any, Any] | None:
+        """(seq, hash, key id, signature) of the signed head as stored."""
+        row = self._db.execute("SELECT seq, hash, key_id, signature FROM audit_head").fetchone()
+        return tuple(row) if row else None
+
+
+def _parse(record: str, digest: str) -> AuditRecord:
+    body = loads_strict(record.encode("utf-8"), max_bytes=_MAX_RECORD_BYTES, max_depth=4)
+    return AuditRecord(
+        int(body["seq"]),
+        str(body["at"]),
+        str(body["event"]),
+        str(body["network"]),
+        str(body["key_id"]),
+        dict(body["meta"]),
+        str(body["prev"]),
+        digest,
+    )
+
+
+# --- verification ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of :func:`verify_audit`. ``first_bad`` names the first record in doubt."""
+
+    records: int
+    head: tuple[int, str] | None
+    first_bad: int | None = None
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+_FIELDS = {"at", "event", "key_id", "meta", "network", "prev", "seq"}
+
+
+def _check_record(
+    record: str, digest: str, signature: str, trust: TrustStore, network: str
+) -> tuple[dict[str, Any] | None, str]:
+    """The record's body when it is intact (hash, form, signature), else a problem."""
+    raw = record.encode("utf-8", errors="replace")
+    if _digest(raw) != digest:
+        return None, "altered: its content does not match its hash"
+    try:
+        body = loads_strict(raw, max_bytes=_MAX_RECORD_BYTES, max_depth=4)
+    except RefusedMessage:
+        return None, "altered: it is not a well-formed record"
+    if (
+        not isinstance(body, dict)
+        or set(body) != _FIELDS
+        or canonical_bytes(body) != raw
+        or type(body["seq"]) is not int
+        or not isinstance(body["key_id"], str)
+        or not isinstance(body["prev"], str)
+    ):
+        return None, "altered: it is not a well-formed record"
+    if body["network"] != network:
+        return None, f"altered: it names network {body['network']!s:.32}, not {network}"
+    try:
+        trust.verify(
+            network,
+            body["key_id"],
+            b64u_decode(signature),
+            AUDIT_CONTEXT + raw,
+            reason=Reason.BAD_SIGNATURE,
+        )
+    except RefusedMessage as exc:
+        return None, f"altered: its signature does not verify ({exc.reason.value})"
+    return body, ""
+
+
+def _claimed_seq(record: object) -> int | None:
+    try:
+        seq = loads_strict(str(record).encode("utf-8"), max_bytes=_MAX_RECORD_BYTES)["seq"]
+    except (RefusedMessage, TypeError, KeyError):
+        return None
+    return seq if type(seq) is int else None
+
+
+def verify_audit(
+    audit: AuditLog, trust: TrustStore, network: str, *, anchor: tuple[int, str] | None = None
+) -> Verdict:
+    """Walk the whole chain: every record intact, signed, in order and linked, up to the signed
+    head (and through ``anchor``, a (seq, hash) an operator kept elsewhere).
+
+    The first problem found is reported with the number of the record it concerns: the record
+    that was altered, the first one that was removed, the place where the order breaks.
+    """
+    rows = list(audit.raw_rows())
+    stored = audit.raw_head()
+    head = (int(stored[0]), str(stored[1])) if stored else None
+    claimed = {_claimed_seq(row[1]) for row in rows}
+    expected, prev = 1, GENESIS
+    hashes: dict[int, str] = {}
+
+    def bad(seq: int, problem: str) -> Verdict:
+        return Verdict(len(hashes), head, seq, f"record {seq} {problem}")
+
+    for row_seq, record, digest, signature in rows:
+        body, problem = _check_record(str(record), str(digest), str(signature), trust, network)
+        if body is None:
+            return bad(min(int(row_seq), expected), problem)
+        seq = body["seq"]
+        if seq != expected or int(row_seq) != expected:
+            if seq > expected and expected not in claimed:
+                return bad(expected, f"was removed (the chain jumps from {expected - 1} to {seq})")
+            return bad(expected, f"was reordered (record {seq} is in its place)")
+        if body["prev"] != prev:
+            return bad(expected, f"does not follow record {expected - 1} (the chain is broken)")
+        prev = hashes[seq] = str(digest)
+        expected += 1
+
+    last = expected - 1
+    if stored is None:
+        return Verdict(len(hashes), None, None, "the signed head is missing" if rows else "")
+    head_seq, head_hash, head_key, head_sig = int(stored[0]), str(stored[1]), stored[2], stored[3]
+    try:
+        trust.verify(
+            network,
+            str(head_key),
+            b64u_decode(str(head_sig)),
+            _head_input(network, head_seq, head_hash),
+            reason=Reason.BAD_SIGNATURE,
+        )
+    except RefusedMessage:
+        return Verdict(
+            len(hashes), head, None, "the head is altered: its signature does not verify"
+        )
+    if last < head_seq:
+        return bad(
+            last + 1,
+            f"was removed: the log ends at {last} but its signed head is at {head_seq} "
+            "(the log was truncated)",
+        )
+    if last > head_seq:
+        return bad(head_seq + 1, f"is not covered by the signed head (at {head_seq})")
+    if hashes.get(head_seq) != head_hash:
+        return bad(head_seq, "altered: it does not match the signed head")
+    if anchor is not None and hashes.get(anchor[0]) != anchor[1]:
+        return bad(anchor[0], "does not match the anchor kept elsewhere (altered or removed)")
+    return Verdict(len(hashes), head)
+
+
+# --- the node's records, through the observer seam -----------------------------------------
+def _flow(flow: Flow | None) -> dict[str, MetaValue]:
+    if flow is None:
+        return {}
+    return {
+        "message_id": flow.message_id,
+        "origin": flow.origin,
+        "destination": flow.destination,
+        "kind": flow.kind,
+    }
+
+
+class AuditTrail(Observer):
+    """Appends a record for every accept, refusal, forward, delivery and receipt.
+
+    Registered as a *required* observer: a record that cannot be written raises, so the node
+    does not ack the delivery it is about (it is redelivered and the record written then).
+    """
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    def received(self, sender: str, flow: Flow) -> None:
+        self.audit.append("accepted", {**_flow(flow), "from": sender})
+
+    def submitted(self, contact_point: str, flow: Flow) -> None:
+        self.audit.append("accepted", {**_flow(flow), "from": contact_point, "via": "submit"})
+
+    def quarantined(
+        self, quarantine_id: str, reason: str, detail: str, via: str, flow: Flow | None
+    ) -> None:
+        self.audit.append(
+            "refused",
+            {
+                **_flow(flow),
+                "quarantine_id": quarantine_id,
+                "reason": reason,
+                "detail": detail,
+                "via": via,
+            },
+        )
+
+    def forwarded(self, peer: str, flow: Flow) -> None:
+        self.audit.append("forwarded", {**_flow(flow), "to": peer})
+
+    def delivered(self, contact_points: tuple[str, ...], flow: Flow) -> None:
+        self.audit.append("delivered", {**_flow(flow), "to": list(contact_points)})
+
+    def receipt(self, for_id: str, by: str, waited: float) -> None:
+        self.audit.append("receipt", {"message_id": for_id, "by": by, "waited_s": waited})
+
+    def undeliverable(self, for_id: str) -> None:
+        self.audit.append("undeliverable", {"message_id": for_id})
