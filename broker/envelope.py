@@ -24,7 +24,15 @@ from pydantic import ValidationError
 from broker.errors import Reason, RefusedMessage
 from broker.keys import SigningKey, TrustStore, b64u_decode, b64u_encode
 from broker.strictjson import canonical_bytes, loads_strict
-from schemas import FORMAT_VERSION, Header, HopRecord, WireModel, payload_model
+from schemas import (
+    FORMAT_VERSION,
+    Header,
+    HopRecord,
+    WireModel,
+    format_timestamp,
+    parse_timestamp,
+    payload_model,
+)
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -136,10 +144,17 @@ def sign_message(header: Header, payload: WireModel | bytes, key: SigningKey) ->
 
 def add_hop(message: SignedMessage, key: SigningKey, *, to: str, at: datetime) -> SignedMessage:
     """A relay appends its signed hop record; the origin's signature is untouched."""
-    record = HopRecord(
-        network=key.network, key_id=key.key_id, at=at, to=to, prev=message.last_link_digest()
-    )
-    record_b64 = b64u_encode(_canonical_model(record))
+    # Built directly (no validation round trip: every field is this node's own, on the hot
+    # path of every relay); the canonical bytes are what _canonical_model would produce.
+    fields = {
+        "at": format_timestamp(at),
+        "key_id": key.key_id,
+        "network": key.network,
+        "prev": message.last_link_digest(),
+        "to": to,
+    }
+    record = HopRecord.model_construct(**{**fields, "at": parse_timestamp(fields["at"])})
+    record_b64 = b64u_encode(canonical_bytes(fields))
     hop = SignedHop(record, record_b64, "")
     hop = replace(hop, signature_b64=b64u_encode(key.sign(hop.signing_input)))
     return replace(message, hops=(*message.hops, hop))

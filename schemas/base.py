@@ -100,9 +100,19 @@ def parse_timestamp(value: object) -> datetime:
         if value.tzinfo is None or value.utcoffset() != UTC.utcoffset(None):
             raise ValueError("timestamp must be timezone-aware UTC")
         return value.replace(microsecond=value.microsecond // 1000 * 1000)
-    if not isinstance(value, str) or not _TIMESTAMP_RE.match(value):
+    if not isinstance(value, str) or not _TIMESTAMP_RE.fullmatch(value):
         raise ValueError("timestamp must look like 2026-01-31T12:00:00.000Z")
-    return datetime.strptime(value[:-1], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+    # The regex fixed every position; datetime() checks the ranges (month 13 -> ValueError).
+    return datetime(
+        int(value[0:4]),
+        int(value[5:7]),
+        int(value[8:10]),
+        int(value[11:13]),
+        int(value[14:16]),
+        int(value[17:19]),
+        int(value[20:23]) * 1000,
+        tzinfo=UTC,
+    )
 
 
 Timestamp = Annotated[
