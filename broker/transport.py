@@ -20,6 +20,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from pamqp.common import Arguments
 
+from broker.amqp_decode import harden
 from broker.errors import TransportError
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "inbox_exchange",
     "out_queue",
 ]
+
+harden()  # a peer's property bytes must never break the connection: broker/amqp_decode.py
 
 _CHANNEL_GONE = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, RuntimeError)
 CONTENT_TYPE = "application/vnd.mlanet+json; v=1"
