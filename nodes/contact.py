@@ -78,6 +78,7 @@ class Taken:
     """A message moved from a contact point's delivery queue into its archive."""
 
     origin: str
+    sender: str | None  # the origin's contact point; None for a message its node signed
     message_id: str
     kind: str
     new: bool  # False: the archive held it already (a repeat in the delivery queue)
@@ -109,7 +110,10 @@ async def take_delivered(
             incoming.body,
         )
         await incoming.ack()
-        taken.append(Taken(header.origin.network, header.message_id, header.kind, new))
+        origin = header.origin
+        taken.append(
+            Taken(origin.network, origin.contact_point, header.message_id, header.kind, new)
+        )
     return taken
 
 
