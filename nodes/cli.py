@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from broker import ConfigError, KeyRefused, MlanetError, generate_key_files
 from broker.management import ManagementEndpoint
+from nodes.cli_quarantine import audit_app, quarantine_app
 from nodes.config import NodeConfig, load_config
 from nodes.logs import configure_logging
 from schemas import Destination, write_json_schemas
@@ -29,6 +30,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(node_app, name="node")
 app.add_typer(federation_app, name="federation")
+app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(audit_app, name="audit")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The node's TOML file.")]
 AdminUser = Annotated[str, typer.Option(help="Broker administrator for provisioning.")]
