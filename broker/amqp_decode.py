@@ -21,7 +21,7 @@ lengths, flags for properties that are not there) keeps its body size and gets e
 properties, so the delivery still reaches the node, which refuses it for its missing content
 type. Other frames that cannot be read still raise: those are framing errors of the broker. The
 node never trusts properties (``docs/PROTOCOL.md`` section 12); the pipeline compares the few it
-checks (``content_type``, ``message_id``, ``type``) with exact strings, which a replaced value
+checks (``content_type``, ``content_encoding``) with exact values, which a replaced value
 never equals.
 """
 

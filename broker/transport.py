@@ -89,6 +89,8 @@ class Incoming:
     content_type: str | None
     _raw: AbstractIncomingMessage = field(repr=False)
     message_id: str | None = None
+    content_encoding: str | None = None
+    expires: bool = False  # the publisher set an AMQP ``expiration``
 
     async def ack(self) -> None:
         # If the channel is gone the broker redelivers, and dedupe makes that harmless.
@@ -116,6 +118,8 @@ def _incoming(raw: AbstractIncomingMessage) -> Incoming:
         content_type=raw.content_type,
         _raw=raw,
         message_id=raw.message_id,
+        content_encoding=raw.content_encoding,
+        expires=raw.expiration is not None,
     )
 
 
@@ -205,6 +209,12 @@ class Transport:
             await channel.declare_queue(
                 deliver_queue(contact_point), durable=True, arguments=quorum
             )
+
+    async def declare_queue(self, queue: str) -> None:
+        """Declare one more durable quorum queue of the node's own (idempotent)."""
+        await self._channel().declare_queue(
+            queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
 
     async def publish(
         self,

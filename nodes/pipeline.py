@@ -1,6 +1,6 @@
 """The receiving pipeline, as named steps a reader can follow.
 
-    size_cap -> sender_of -> verify -> authorise -> dedupe -> route -> validate
+    size_cap -> sender_of -> transport -> verify -> authorise -> dedupe -> route -> validate
 
 ``verify`` checks the signatures over the exact bytes and validates the header and hop records
 strictly; ``validate`` checks the payload against its kind's schema at the destination only
@@ -20,12 +20,13 @@ from datetime import datetime, timedelta
 
 from broker import Reason, RefusedMessage, SignedMessage, TrustStore, decode_payload, open_envelope
 from broker.routing import Deliver, Routing, route
+from broker.transport import CONTENT_TYPE
 from nodes.config import NodeConfig
 from nodes.store import Seen, Store
 from schemas import WireModel
 from schemas.directory import Directory
 
-__all__ = ["Accepted", "receive"]
+__all__ = ["Accepted", "Properties", "receive"]
 
 _INBOX_PREFIX = "mlanet.inbox.from."
 
@@ -37,6 +38,18 @@ class Accepted:
     sender: str
     routing: Routing
     duplicate: Seen | None
+
+
+@dataclass(frozen=True, slots=True)
+class Properties:
+    """The AMQP properties of a delivery that the pipeline checks; all others are ignored.
+
+    The defaults are what mlanet's own transport sets.
+    """
+
+    content_type: str | None = CONTENT_TYPE
+    content_encoding: str | None = None
+    expires: bool = False
 
 
 def size_cap(body: bytes, config: NodeConfig) -> None:
@@ -54,6 +67,18 @@ def sender_of(exchange: str, config: NodeConfig) -> str:
     if config.peer(sender) is None:
         raise RefusedMessage(Reason.UNAUTHORISED, f"{sender} is not a configured peer")
     return sender
+
+
+def transport(properties: Properties) -> None:
+    """The body is an mlanet envelope as it is: no other content type, no content encoding, and
+    no expiration (a message that expired in our queue would leave without a reason code).
+    The peer's values are never echoed: they are text the peer chose."""
+    if properties.content_type != CONTENT_TYPE:
+        raise RefusedMessage(Reason.BAD_TRANSPORT, "content type is not " + CONTENT_TYPE)
+    if properties.content_encoding is not None:
+        raise RefusedMessage(Reason.BAD_TRANSPORT, "a content encoding is set")
+    if properties.expires:
+        raise RefusedMessage(Reason.BAD_TRANSPORT, "an expiration is set")
 
 
 def verify(body: bytes, trust: TrustStore, config: NodeConfig, now: datetime) -> SignedMessage:
@@ -109,6 +134,7 @@ def receive(
     directory: Directory,
     store: Store,
     now: datetime,
+    properties: Properties,
     timing: Callable[[str, float], None] | None = None,
 ) -> Accepted:
     """Run every step of the receiving pipeline on one delivery from a peer.
@@ -127,6 +153,7 @@ def receive(
 
     size_cap(body, config)
     sender = sender_of(exchange, config)
+    transport(properties)
     message = verify(body, trust, config, now)
     timed("verify")
     authorise(message, sender, config, directory, now)
