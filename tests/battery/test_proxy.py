@@ -36,6 +36,14 @@ async def _roundtrip(
     return await asyncio.wait_for(reader.readexactly(len(data)), timeout=5)
 
 
+async def _connect_and_roundtrip(
+    port: int, data: bytes, opened: list[asyncio.StreamWriter]
+) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    opened.append(writer)
+    return await _roundtrip(reader, writer, data)
+
+
 async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(ConnectionError):
@@ -49,14 +57,16 @@ async def test_bytes_pass_and_a_cut_resets_until_healed(echo_port: int) -> None:
         assert proxy.cut() == 1
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
             await _roundtrip(reader, writer, b"after the cut")
-        refused_reader, refused_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        refused: list[asyncio.StreamWriter] = []
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            refused_reader, refused_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            refused.append(refused_writer)
             await _roundtrip(refused_reader, refused_writer, b"while cut")
         proxy.heal()
         healed_reader, healed_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         assert await _roundtrip(healed_reader, healed_writer, b"healed") == b"healed"
         assert proxy.resets == 1
-        for each in (writer, refused_writer, healed_writer):
+        for each in (writer, *refused, healed_writer):
             await _close(each)
 
 
