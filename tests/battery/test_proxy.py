@@ -59,9 +59,7 @@ async def test_bytes_pass_and_a_cut_resets_until_healed(echo_port: int) -> None:
             await _roundtrip(reader, writer, b"after the cut")
         refused: list[asyncio.StreamWriter] = []
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
-            refused_reader, refused_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-            refused.append(refused_writer)
-            await _roundtrip(refused_reader, refused_writer, b"while cut")
+            await _connect_and_roundtrip(proxy.port, b"while cut", refused)
         proxy.heal()
         healed_reader, healed_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         assert await _roundtrip(healed_reader, healed_writer, b"healed") == b"healed"
