@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from broker import ConfigError, KeyRefused, MlanetError, generate_key_files
 from broker.management import ManagementEndpoint
+from nodes.cli_operator import operator_app, status_app
 from nodes.cli_quarantine import audit_app, quarantine_app
 from nodes.config import NodeConfig, load_config
 from nodes.logs import configure_logging
@@ -32,6 +33,8 @@ app.add_typer(node_app, name="node")
 app.add_typer(federation_app, name="federation")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(audit_app, name="audit")
+app.add_typer(status_app, name="status", help="One node at a glance (--json for scripts).")
+app.add_typer(operator_app, name="operator")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The node's TOML file.")]
 AdminUser = Annotated[str, typer.Option(help="Broker administrator for provisioning.")]

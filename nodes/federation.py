@@ -25,6 +25,7 @@ from broker.errors import TransportError
 from broker.keys import generate_key_files, load_public_key_file
 from broker.management import Management, ManagementEndpoint
 from broker.transport import Transport
+from nodes.operator.auth import hash_password
 from schemas.base import format_timestamp
 
 __all__ = [
@@ -159,8 +160,15 @@ def build(
     port: int = 5672,
     management_url: str = "http://127.0.0.1:15672",
     receipts: dict[str, float] | None = None,
+    operator_port: int = 0,
 ) -> Federation:
-    """Write keys, passwords, ``directory.json`` and ``<network>/node.toml`` under ``root``."""
+    """Write keys, passwords, ``directory.json`` and ``<network>/node.toml`` under ``root``.
+
+    Each node's operator HTTP surface gets port ``operator_port + i`` (the i-th network), or any
+    free port when ``operator_port`` is 0 (the node writes its URL to ``state/operator.json``).
+    One operator password for the whole local federation: ``operator.secret`` holds it,
+    ``operator.password`` its hash.
+    """
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,20}", prefix):
         raise ValueError("prefix must be short lower-case ASCII")
     networks = networks or EXAMPLE_NETWORKS
@@ -194,7 +202,15 @@ def build(
     }
     (root / "directory.json").write_text(json.dumps(directory, indent=2) + "\n", encoding="utf-8")
     receipt_lines = "".join(f"{k} = {v}\n" for k, v in (receipts or {}).items())
-    for network in networks:
+    if not (root / "operator.password").exists():
+        operator_secret = secrets.token_urlsafe(18)
+        _write_secret(root / "operator.secret", operator_secret)
+        _write_secret(root / "operator.password", hash_password(operator_secret))
+    for index, network in enumerate(networks):
+        operator = (
+            f"\n[operator]\nport = {operator_port + index if operator_port else 0}\n"
+            'password_file = "../operator.password"\n'
+        )
         peers = "".join(
             f'\n[[peers]]\nnetwork = "{peer}"\nuser = "{federation.user(network)}"\n'
             'password_file = "broker.password"\n'
@@ -211,7 +227,7 @@ def build(
             f'user = "{federation.user(network)}"\n'
             'password_file = "broker.password"\n'
             f'management_url = "{management_url}"\n'
-            f"{peers}\n[receipts]\n{receipt_lines}",
+            f"{peers}\n[receipts]\n{receipt_lines}{operator}",
             encoding="utf-8",
         )
     return federation

@@ -54,7 +54,8 @@ from nodes import crashpoints
 from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.observe import Flow, Observers
-from nodes.pipeline import Accepted, Properties, receive
+from nodes.operator import OperatorSurface
+from nodes.pipeline import Accepted, receive
 from nodes.quarantine import claim, log_context
 from nodes.store import Store
 from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
@@ -113,6 +114,7 @@ class Node:
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.observe = Observers()  # metrics, dashboard flow and audit trail watch here
+        self.operator: OperatorSurface | None = None  # /metrics and the dashboard, while running
         # the audit record of a delivery is committed before its ack, or it is not acked
         self.audit = AuditLog(config.state_dir / AUDIT_FILE, self.key)
         self.observe.add(AuditTrail(self.audit), required=True)
@@ -137,6 +139,8 @@ class Node:
             prefetch = self.config.limits.prefetch
             await self.transport.consume("mlanet.inbox", self.on_inbox, prefetch=prefetch)
             await self.transport.consume(SUBMIT, self.on_submit, prefetch=prefetch)
+            if self.config.operator.enabled:
+                self.operator = await stack.enter_async_context(OperatorSurface(self))
             log.info(
                 "node_started",
                 network=self.config.network,
@@ -186,11 +190,6 @@ class Node:
                 directory=self.directory,
                 store=self.store,
                 now=self.clock(),
-                properties=Properties(
-                    content_type=incoming.content_type,
-                    content_encoding=incoming.content_encoding,
-                    expires=incoming.expires,
-                ),
                 timing=self.observe.timing,
             )
         except RefusedMessage as refused:

@@ -1,0 +1,252 @@
+"""The node's Prometheus metrics: counters and histograms fed by the observer seam, gauges set
+from each status poll. One registry per node (several nodes may share a process in tests).
+
+Labels are bounded: peers come from the node's config, reasons from the reason-code enum,
+kinds from the catalogue, queues from the node's own vhost. No label ever carries case content
+or a message id.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+from broker import Reason
+from nodes.observe import Flow, Observer
+from nodes.operator.status import NodeStatus
+from schemas import KINDS
+
+__all__ = ["STEPS", "NodeMetrics"]
+
+STEPS = ("verify", "validate", "authorise", "route", "handle", "submit")
+_STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_RECEIPT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+class NodeMetrics(Observer):
+    """Everything ``/metrics`` exposes for one node."""
+
+    def __init__(self, network: str, peers: tuple[str, ...]) -> None:
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        self.received_total = Counter(
+            "mlanet_messages_received",
+            "Messages from peers that passed the pipeline.",
+            ["peer"],
+            registry=r,
+        )
+        self.submitted_total = Counter(
+            "mlanet_messages_submitted",
+            "Submissions of local contact points, signed.",
+            ["kind"],
+            registry=r,
+        )
+        self.forwarded_total = Counter(
+            "mlanet_messages_forwarded",
+            "Messages confirmed into the link to a peer.",
+            ["peer"],
+            registry=r,
+        )
+        self.delivered_total = Counter(
+            "mlanet_messages_delivered",
+            "Messages delivered to local contact points.",
+            ["kind"],
+            registry=r,
+        )
+        self.quarantined_total = Counter(
+            "mlanet_messages_quarantined",
+            "Messages refused into quarantine.",
+            ["reason"],
+            registry=r,
+        )
+        self.receipts_total = Counter(
+            "mlanet_receipts_received", "Receipts for this node's own messages.", registry=r
+        )
+        self.undeliverable_total = Counter(
+            "mlanet_messages_undeliverable",
+            "Own messages given up on (no receipt in time).",
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "mlanet_step_seconds",
+            "Time a step of handling a message took.",
+            ["step"],
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+        self.receipt_wait = Histogram(
+            "mlanet_receipt_wait_seconds",
+            "From sending an own message to its receipt.",
+            buckets=_RECEIPT_BUCKETS,
+            registry=r,
+        )
+        self.running = Gauge(
+            "mlanet_node_running", "1 while the node consumes its inbox.", registry=r
+        )
+        self.management = Gauge(
+            "mlanet_management_api_up",
+            "1 when the management API answered the last poll.",
+            registry=r,
+        )
+        self.started = Gauge(
+            "mlanet_node_start_timestamp_seconds", "When the node started.", registry=r
+        )
+        self.queue_messages = Gauge(
+            "mlanet_queue_messages",
+            "Messages in a queue of the node's vhost.",
+            ["queue"],
+            registry=r,
+        )
+        self.queue_consumers = Gauge(
+            "mlanet_queue_consumers",
+            "Consumers of a queue of the node's vhost.",
+            ["queue"],
+            registry=r,
+        )
+        self.link_up = Gauge(
+            "mlanet_link_up", "1 when the link to a peer is up.", ["peer"], registry=r
+        )
+        self.link_backlog = Gauge(
+            "mlanet_link_backlog_messages",
+            "Messages waiting for the link to a peer.",
+            ["peer"],
+            registry=r,
+        )
+        self.link_oldest = Gauge(
+            "mlanet_link_oldest_waiting_seconds",
+            "Age of the oldest message waiting for the link (0 when none wait).",
+            ["peer"],
+            registry=r,
+        )
+        self.link_success = Gauge(
+            "mlanet_link_last_success_timestamp_seconds",
+            "When the link last handed a message to the peer (0: not seen since start).",
+            ["peer"],
+            registry=r,
+        )
+        self.quarantine_depth = Gauge(
+            "mlanet_quarantine_messages", "Messages waiting in mlanet.quarantine.", registry=r
+        )
+        self.awaiting = Gauge(
+            "mlanet_receipts_awaiting_messages", "Own messages awaiting a receipt.", registry=r
+        )
+        self.overdue = Gauge(
+            "mlanet_receipts_overdue_messages",
+            "Own messages awaiting a receipt past the alert threshold.",
+            registry=r,
+        )
+        self.awaiting_oldest = Gauge(
+            "mlanet_receipts_oldest_waiting_seconds",
+            "How long the oldest own message has awaited its receipt.",
+            registry=r,
+        )
+        self.key_expiry = Gauge(
+            "mlanet_key_expiry_timestamp_seconds",
+            "When the last key of this network or a peer expires (absent: no expiry).",
+            ["network"],
+            registry=r,
+        )
+        self.directory_issued = Gauge(
+            "mlanet_directory_issued_timestamp_seconds",
+            "When the directory was issued.",
+            registry=r,
+        )
+        self.directory_stale = Gauge(
+            "mlanet_directory_stale_timestamp_seconds",
+            "When the directory becomes stale (issued + directory_max_age_days).",
+            registry=r,
+        )
+        self.alerts = Gauge("mlanet_alerts", "Active alerts by severity.", ["severity"], registry=r)
+        self.alert_active = Gauge(
+            "mlanet_alert_active", "1 for each active alert.", ["code", "subject"], registry=r
+        )
+        self.network = network
+        self.started.set(time.time())
+        for peer in peers:
+            self.received_total.labels(peer)
+            self.forwarded_total.labels(peer)
+        for kind in KINDS:
+            self.submitted_total.labels(kind)
+            self.delivered_total.labels(kind)
+        for reason in Reason:
+            self.quarantined_total.labels(reason.value)
+        for step in STEPS:
+            self.step_seconds.labels(step)
+        for severity in ("warning", "critical"):
+            self.alerts.labels(severity)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # --- the observer seam ---------------------------------------------------------------------
+    def received(self, sender: str, flow: Flow) -> None:
+        self.received_total.labels(sender).inc()
+
+    def submitted(self, contact_point: str, flow: Flow) -> None:
+        self.submitted_total.labels(flow.kind).inc()
+
+    def refused(self, reason: str, via: str, flow: Flow | None) -> None:
+        self.quarantined_total.labels(reason).inc()
+
+    def forwarded(self, peer: str, flow: Flow) -> None:
+        self.forwarded_total.labels(peer).inc()
+
+    def delivered(self, contact_points: tuple[str, ...], flow: Flow) -> None:
+        self.delivered_total.labels(flow.kind).inc()
+
+    def receipt(self, for_id: str, by: str, waited: float) -> None:
+        self.receipts_total.inc()
+        self.receipt_wait.observe(max(0.0, waited))
+
+    def undeliverable(self, for_id: str) -> None:
+        self.undeliverable_total.inc()
+
+    def timing(self, step: str, seconds: float) -> None:
+        if step in STEPS:
+            self.step_seconds.labels(step).observe(seconds)
+
+    # --- each status poll ----------------------------------------------------------------------
+
+    def update(self, status: NodeStatus) -> None:
+        """Set every gauge from one status poll."""
+        self.running.set(1 if status.node_running else 0)
+        self.management.set(1 if status.management else 0)
+        self.queue_messages.clear()
+        self.queue_consumers.clear()
+        for queue in status.queues:
+            if queue.messages is not None:
+                self.queue_messages.labels(queue.name).set(queue.messages)
+            if queue.consumers is not None:
+                self.queue_consumers.labels(queue.name).set(queue.consumers)
+        for link in status.links:
+            self.link_up.labels(link.peer).set(1 if link.state == "up" else 0)
+            if link.backlog is not None:
+                self.link_backlog.labels(link.peer).set(link.backlog)
+            self.link_oldest.labels(link.peer).set(link.oldest_waiting or 0)
+            self.link_success.labels(link.peer).set(link.last_success or 0)
+        self.quarantine_depth.set(status.quarantine.depth or 0)
+        if status.receipts is not None:
+            self.awaiting.set(status.receipts.awaiting)
+            self.overdue.set(status.receipts.overdue)
+            self.awaiting_oldest.set(status.receipts.oldest_age or 0)
+        self.key_expiry.clear()
+        for network, expires in status.expiry.network_keys.items():
+            if expires is not None:
+                self.key_expiry.labels(network).set(expires)
+        self.directory_issued.set(status.expiry.directory_issued)
+        self.directory_stale.set(status.expiry.directory_expires)
+        self.alert_active.clear()
+        counts = {"warning": 0, "critical": 0}
+        for alert in status.alerts:
+            counts[alert.severity] = counts.get(alert.severity, 0) + 1
+            self.alert_active.labels(alert.code, alert.subject).set(1)
+        for severity, count in counts.items():
+            self.alerts.labels(severity).set(count)

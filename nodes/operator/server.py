@@ -1,0 +1,334 @@
+"""The node's HTTP surface for operators (aiohttp), started and stopped with the node:
+
+    GET  /metrics        Prometheus exposition (no login; bound to localhost by default)
+    GET  /healthz        200 when the node consumes its queues, else 503
+    GET  /login          the login form;  POST /login  checks the password
+    POST /logout         ends the session
+    GET  /               the dashboard (login required)
+    GET  /status.json    the same status as ``mlanet status --json`` (login required)
+
+Read-only: nothing here changes a queue, a message or the node's state. The only forms are
+login and logout; they are refused unless the browser's Origin (or Referer) names this host,
+and the session cookie is SameSite=Strict and HttpOnly. Every response forbids framing and
+scripts (Content-Security-Policy). A status poll every ``poll_seconds`` refreshes the gauges,
+the dashboard and ``<state_dir>/operator.json`` (for ``mlanet status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+from urllib.parse import urlsplit
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from broker.errors import ConfigError
+from broker.transport import out_queue
+from nodes.operator.auth import LoginLimiter, Sessions, read_password_line, verify_password
+from nodes.operator.dashboard import STYLESHEET, dashboard_page, login_page
+from nodes.operator.flow import FlowLog
+from nodes.operator.links import LinkTracker
+from nodes.operator.metrics import NodeMetrics
+from nodes.operator.status import (
+    NodeStatus,
+    broker_view,
+    build_status,
+    link_name,
+    write_snapshot,
+)
+
+if TYPE_CHECKING:
+    from nodes.node import Node
+
+__all__ = ["COOKIE", "OperatorSurface"]
+
+log = structlog.get_logger("mlanet.operator")
+
+COOKIE = "mlanet_session"
+_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers["Content-Security-Policy"] = _CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A browser's form post names its page's origin; it must be this host. Clients that send
+    neither header are not browsers, so no other site can make them post."""
+    origin = request.headers.get("Origin") or request.headers.get("Referer")
+    if origin is None:
+        return True
+    return origin != "null" and urlsplit(origin).netloc == request.host
+
+
+class OperatorSurface:
+    """Metrics, dashboard and status polling for one running node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.config = node.config
+        self.settings = node.config.operator
+        self.peers = tuple(peer.network for peer in node.config.peers)
+        self.metrics = NodeMetrics(node.config.network, self.peers)
+        self.flow = FlowLog()
+        self.links = LinkTracker(self.peers, started=time.time())
+        self.sessions = Sessions(self.settings.session_minutes * 60.0)
+        self.limiter = LoginLimiter(self.settings.login_attempts_per_minute)
+        self.status: NodeStatus | None = None
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._poll_lock = asyncio.Lock()
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/"
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        for observer in (self.metrics, self.links, self.flow):
+            self.node.observe.add(observer)
+        sock = self._bind()
+        self.port = int(sock.getsockname()[1])
+        app = web.Application(middlewares=[_headers], client_max_size=16 * 1024)
+        app.add_routes(
+            [
+                web.get("/metrics", self._metrics),
+                web.get("/healthz", self._health),
+                web.get("/dashboard.css", self._css),
+                web.get("/login", self._login_form),
+                web.post("/login", self._login),
+                web.post("/logout", self._logout),
+                web.get("/", self._dashboard),
+                web.get("/status.json", self._status_json),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+        await self.poll()
+        self._poller = asyncio.create_task(self._poll_loop(), name="operator-poll")
+        log.info(
+            "operator_http_started", url=self.url, login=self.settings.password_file is not None
+        )
+
+    def _bind(self) -> socket.socket:
+        host, port = self.settings.host, self.settings.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"operator HTTP {host}:{port} cannot be bound ({exc.strerror}); "
+                "set [operator] port (0 picks a free one) or enabled = false"
+            ) from exc
+        sock.listen(64)
+        sock.setblocking(False)
+        return sock
+
+    async def aclose(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        for observer in (self.metrics, self.links, self.flow):
+            self.node.observe.remove(observer)
+
+    # --- polling --------------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_seconds)
+            try:
+                await self.poll()
+            except Exception as exc:  # a failed poll must not stop the node; the next one retries
+                log.warning("operator_poll_failed", error_type=type(exc).__name__)
+
+    async def poll(self) -> NodeStatus:
+        """Gather the status now, update the gauges and write the snapshot."""
+        async with self._poll_lock:
+            now = time.time()
+            view = await broker_view(self.config, self.node.transport)
+            links = []
+            for peer in self.peers:
+                shovel = None
+                reason = None
+                if view.shovels is not None:
+                    state = view.shovels.get(link_name(peer))
+                    shovel = state.state if state else "missing"
+                    reason = state.reason if state else None
+                figures = view.queues.get(out_queue(peer))
+                links.append(
+                    self.links.update(
+                        peer,
+                        shovel=shovel,
+                        reason=reason,
+                        backlog=figures.messages if figures else None,
+                        acked=figures.acked if figures else None,
+                        now=now,
+                    )
+                )
+            status = build_status(
+                self.config,
+                self.node.directory,
+                view,
+                self.node.store,
+                links,
+                now,
+                running=True,
+            )
+            self.status = status
+            self.metrics.update(status)
+            write_snapshot(self.config.state_dir, status, self.url)
+            return status
+
+    # --- handlers -------------------------------------------------------------------------------
+    async def _metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self.metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def _health(self, request: web.Request) -> web.Response:
+        ready = self.node.ready.is_set()
+        return web.json_response(
+            {"network": self.config.network, "ready": ready}, status=200 if ready else 503
+        )
+
+    async def _css(self, request: web.Request) -> web.Response:
+        response = web.Response(text=STYLESHEET, content_type="text/css")
+        response.headers["Cache-Control"] = "max-age=300"
+        return response
+
+    def _logged_in(self, request: web.Request) -> bool:
+        return self.sessions.valid(request.cookies.get(COOKIE))
+
+    async def _login_form(self, request: web.Request) -> web.Response:
+        if self._logged_in(request):
+            raise web.HTTPSeeOther("/")
+        enabled = self.settings.password_file is not None
+        return web.Response(
+            text=login_page(self.config.network, enabled=enabled), content_type="text/html"
+        )
+
+    async def _login(self, request: web.Request) -> web.Response:
+        network = self.config.network
+        client = request.remote or "?"
+        if not _same_origin(request):
+            log.warning("operator_login_refused", client=client, why="cross-origin form")
+            return web.Response(text="cross-origin form refused", status=403)
+        password_file = self.settings.password_file
+        if password_file is None:
+            return web.Response(
+                text=login_page(network, enabled=False), content_type="text/html", status=403
+            )
+        wait = self.limiter.retry_after(client)
+        if wait > 0:
+            response = web.Response(
+                text=login_page(network, error="Too many failed attempts: wait a minute."),
+                content_type="text/html",
+                status=429,
+            )
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
+        form = await request.post()
+        password = form.get("password")
+        stored = read_password_line(password_file)
+        ok = (
+            isinstance(password, str)
+            and stored is not None
+            and await asyncio.to_thread(verify_password, password, stored)
+        )
+        if not ok:
+            self.limiter.failed(client)
+            log.warning("operator_login_failed", client=client)
+            return web.Response(
+                text=login_page(network, error="Wrong password."),
+                content_type="text/html",
+                status=401,
+            )
+        self.limiter.succeeded(client)
+        log.info("operator_login", client=client)
+        response = web.HTTPSeeOther("/")
+        response.set_cookie(
+            COOKIE,
+            self.sessions.open(),
+            max_age=self.settings.session_minutes * 60,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self.settings.secure_cookie,
+        )
+        raise response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        if not _same_origin(request):
+            return web.Response(text="cross-origin form refused", status=403)
+        self.sessions.close(request.cookies.get(COOKIE))
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(COOKIE, path="/")
+        raise response
+
+    async def _current(self) -> NodeStatus:
+        return self.status if self.status is not None else await self.poll()
+
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        if not self._logged_in(request):
+            raise web.HTTPSeeOther("/login")
+        status = await self._current()
+        page = dashboard_page(
+            status,
+            self.node.directory,
+            self.flow.by_network(),
+            refresh=max(5, round(self.settings.poll_seconds)),
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _status_json(self, request: web.Request) -> web.Response:
+        if not self._logged_in(request):
+            return web.json_response({"error": "login required"}, status=401)
+        status = await self._current()
+        return web.json_response(
+            {
+                **status.to_json(),
+                "flow": [asdict(event) for event in self.flow.recent(100)],
+            }
+        )

@@ -1,0 +1,607 @@
+"""One node's status as operators see it: queues, links, quarantine, receipts, expiry, alerts.
+
+The same :class:`NodeStatus` feeds ``mlanet status`` (text or ``--json``), the metrics and the
+dashboard. Sources, and what is shown when one is missing:
+
+- the RabbitMQ **management API** (queue depths, rates, consumers, shovel states). Without it,
+  depths and consumers of the node's own queues come from AMQP passive declares and the status
+  says plainly that rates, unacknowledged counts and link states cannot be shown;
+- the node's **SQLite state** (messages awaiting a receipt, quarantine reasons), read-only;
+- the **directory** (key and directory expiry);
+- the **running node's link tracker** (last success, oldest waiting message; see
+  ``nodes/operator/links.py``), which the node writes to ``<state_dir>/operator.json`` each poll.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from broker.errors import TransportError
+from broker.management import Management, ManagementEndpoint, QueueFigures, ShovelState
+from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
+from nodes.config import Alerts, NodeConfig, _read_secret
+from nodes.operator.links import LinkView
+from nodes.store import Store
+from schemas.directory import Directory, NetworkKey
+
+__all__ = [
+    "SNAPSHOT",
+    "Alert",
+    "BrokerView",
+    "ExpiryView",
+    "NodeStatus",
+    "QuarantineEntry",
+    "QuarantineView",
+    "ReceiptView",
+    "broker_view",
+    "build_status",
+    "collect",
+    "compute_alerts",
+    "link_name",
+    "read_snapshot",
+    "render_text",
+    "write_snapshot",
+]
+
+SNAPSHOT = "operator.json"
+
+
+def link_name(peer: str) -> str:
+    """The shovel a node declares for its link to ``peer``."""
+    return f"mlanet-link-{peer}"
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    at: float
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class QuarantineView:
+    depth: int | None  # messages in mlanet.quarantine now
+    by_reason: dict[str, int]  # messages this node quarantined, by reason code (all recorded)
+    recent: list[QuarantineEntry]
+
+
+@dataclass(frozen=True)
+class ReceiptView:
+    awaiting: int  # own messages sent and not yet acknowledged by a receipt
+    oldest_age: float | None
+    overdue: int  # of them, waiting longer than the alert threshold
+    states: dict[str, int]  # all own messages by state
+
+
+@dataclass(frozen=True)
+class ExpiryView:
+    network_keys: dict[str, float | None]  # network -> latest key expiry (None: no expiry)
+    directory_version: int
+    directory_issued: float
+    directory_expires: float  # its valid_until, else issued + directory_max_age_days
+    directory_expiry_signed: bool  # the coordinator set valid_until
+
+
+@dataclass(frozen=True)
+class Alert:
+    code: str  # node_down, link_down, link_backlog, receipts_overdue, key_expiry, ...
+    severity: str  # warning, critical
+    subject: str  # the peer, network or queue concerned ("" for the node)
+    text: str
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    network: str
+    at: float
+    node_running: bool | None  # the node consumes its inbox; None: cannot tell
+    management: bool  # the management API answered
+    queues: list[QueueFigures]
+    links: list[LinkView]
+    quarantine: QuarantineView
+    receipts: ReceiptView | None  # None: the node's state cannot be read
+    expiry: ExpiryView
+    alerts: list[Alert]
+    unavailable: list[str] = field(default_factory=list)  # what cannot be shown, and why
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form: timestamps as ISO 8601 UTC, durations in seconds."""
+        raw = asdict(self)
+        raw["at"] = _iso(self.at)
+        for link in raw["links"]:
+            link["last_success"] = _iso(link["last_success"])
+            link["down_since"] = _iso(link["down_since"])
+        for entry in raw["quarantine"]["recent"]:
+            entry["at"] = _iso(entry["at"])
+        expiry = raw["expiry"]
+        expiry["network_keys"] = {k: _iso(v) for k, v in expiry["network_keys"].items()}
+        expiry["directory_issued"] = _iso(expiry["directory_issued"])
+        expiry["directory_expires"] = _iso(expiry["directory_expires"])
+        return raw
+
+
+def _iso(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- the broker -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BrokerView:
+    queues: dict[str, QueueFigures]
+    shovels: dict[str, ShovelState] | None  # None: the management API did not answer
+    problem: str | None  # why the management API did not answer
+
+
+def management_endpoint(config: NodeConfig) -> ManagementEndpoint:
+    broker = config.broker
+    return ManagementEndpoint(
+        broker.management_url, broker.user, _read_secret(broker.password_file)
+    )
+
+
+def core_queues(config: NodeConfig) -> list[str]:
+    return [INBOX, SUBMIT, QUARANTINE, *(out_queue(peer.network) for peer in config.peers)]
+
+
+async def broker_view(config: NodeConfig, transport: Transport | None = None) -> BrokerView:
+    """Figures from the management API; depths from AMQP where it has none (yet)."""
+    queues: dict[str, QueueFigures] = {}
+    shovels: dict[str, ShovelState] | None = None
+    problem: str | None = None
+    try:
+        async with Management(management_endpoint(config), timeout=5.0) as management:
+            queues = {q.name: q for q in await management.queue_figures(config.broker.vhost)}
+            shovels = await management.shovel_states(config.broker.vhost)
+    except TransportError as exc:
+        problem = str(exc)
+        queues = {}
+    missing = [name for name in core_queues(config) if queues.get(name, _EMPTY).messages is None]
+    if missing:
+        queues.update(await _passive(config, transport, missing))
+    return BrokerView(queues, shovels, problem)
+
+
+_EMPTY = QueueFigures("", None, None, None, None, None, None, None)
+
+
+async def _passive(
+    config: NodeConfig, transport: Transport | None, names: list[str]
+) -> dict[str, QueueFigures]:
+    """Ready messages and consumers by AMQP passive declare (exact, but no rates)."""
+    found: dict[str, QueueFigures] = {}
+
+    async def each(t: Transport) -> None:
+        for name in names:
+            try:
+                ready = await t.queue_depth(name)
+                consumers = await t.consumer_count(name)
+            except TransportError:
+                continue
+            found[name] = QueueFigures(name, ready, ready, None, consumers, None, None, None)
+
+    try:
+        if transport is not None:
+            await each(transport)
+        else:
+            async with Transport(config.amqp_url()) as own:
+                await each(own)
+    except TransportError:
+        pass  # the broker itself is unreachable: the status says so
+    return found
+
+
+# --- the node's state and the directory -----------------------------------------------------
+def receipt_view(store: Store, alerts: Alerts, now: float) -> ReceiptView:
+    awaiting, oldest, overdue = store.outbox_awaiting(now - alerts.receipt_overdue_seconds)
+    return ReceiptView(
+        awaiting=awaiting,
+        oldest_age=None if oldest is None else max(0.0, now - oldest),
+        overdue=overdue,
+        states=store.outbox_states(),
+    )
+
+
+def quarantine_view(store: Store | None, depth: int | None, recent: int = 20) -> QuarantineView:
+    if store is None:
+        return QuarantineView(depth, {}, [])
+    entries = []
+    for event in store.recent_events("quarantined", recent):
+        reason, _, detail = event.detail.partition(": ")
+        entries.append(QuarantineEntry(event.at, reason, detail))
+    return QuarantineView(depth, store.quarantine_reasons(), entries)
+
+
+def _key_end(key: NetworkKey) -> float | None:
+    ends = [at.timestamp() for at in (key.not_after, key.revoked_at) if at is not None]
+    return min(ends) if ends else None
+
+
+def expiry_view(directory: Directory, alerts: Alerts) -> ExpiryView:
+    """When each network's last key stops being valid (expiry or revocation), and when the
+    directory does (the coordinator's ``valid_until``, else the operator's maximum age)."""
+    keys: dict[str, float | None] = {}
+    for network in directory.networks:
+        ends = [_key_end(key) for key in network.keys]
+        keys[network.id] = None if any(end is None for end in ends) else max(e for e in ends if e)
+    issued = directory.issued_at.timestamp()
+    valid_until = directory.valid_until
+    return ExpiryView(
+        network_keys=keys,
+        directory_version=directory.version,
+        directory_issued=issued,
+        directory_expires=(
+            valid_until.timestamp()
+            if valid_until is not None
+            else issued + alerts.directory_max_age_days * 86400
+        ),
+        directory_expiry_signed=valid_until is not None,
+    )
+
+
+def build_status(
+    config: NodeConfig,
+    directory: Directory,
+    view: BrokerView,
+    store: Store | None,
+    links: Iterable[LinkView],
+    now: float,
+    unavailable: Iterable[str] = (),
+    *,
+    running: bool | None = None,
+) -> NodeStatus:
+    """Assemble the status and its alerts from what was gathered. ``running`` is given by the
+    node itself; from outside, the node runs when its inbox has a consumer."""
+    thresholds = config.operator.alerts
+    notes = list(unavailable)
+    if view.shovels is None:
+        notes.append(
+            f"RabbitMQ management API not available ({view.problem}): queue rates, "
+            "unacknowledged counts, delivery-queue depths and link states cannot be shown; "
+            "depths and consumers of the node's own queues come from AMQP"
+        )
+    inbox = view.queues.get(INBOX)
+    if running is None and inbox is not None and inbox.consumers is not None:
+        running = inbox.consumers > 0
+    receipts = receipt_view(store, thresholds, now) if store is not None else None
+    if store is None:
+        notes.append("the node's state database cannot be read: receipts and quarantine reasons")
+    quarantine = view.queues.get(QUARANTINE)
+    queues = sorted(view.queues.values(), key=lambda q: (_queue_rank(q.name), q.name))
+    linked = sorted(links, key=lambda link: link.peer)
+    expiry = expiry_view(directory, thresholds)
+    status = NodeStatus(
+        network=config.network,
+        at=now,
+        node_running=running,
+        management=view.shovels is not None,
+        queues=queues,
+        links=linked,
+        quarantine=quarantine_view(store, quarantine.messages if quarantine else None),
+        receipts=receipts,
+        expiry=expiry,
+        alerts=[],
+        unavailable=notes,
+    )
+    return replace(status, alerts=compute_alerts(status, config, now))
+
+
+def _queue_rank(name: str) -> int:
+    order = {INBOX: 0, SUBMIT: 1, QUARANTINE: 2}
+    if name in order:
+        return order[name]
+    return 3 if name.startswith("mlanet.out.") else 4
+
+
+# --- alerts ------------------------------------------------------------------------------------
+def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[Alert]:
+    """Every threshold in ``[operator.alerts]`` that the status crosses, most severe first."""
+    limits = config.operator.alerts
+    found: list[Alert] = []
+    if status.node_running is False:
+        found.append(
+            Alert("node_down", "critical", "", "nobody consumes mlanet.inbox: the node is down")
+        )
+    for link in status.links:
+        if link.state in ("down", "stalled"):
+            down_for = None if link.down_since is None else now - link.down_since
+            if down_for is None or down_for >= limits.link_down_seconds:
+                why = f"shovel {link.shovel}" if link.state == "down" else "nothing handed over"
+                if link.reason:
+                    why += f": {link.reason}"
+                since = "" if down_for is None else f" for {human_duration(down_for)}"
+                found.append(
+                    Alert("link_down", "critical", link.peer, f"link {link.state}{since} ({why})")
+                )
+        if link.backlog is not None and link.backlog >= limits.backlog_messages:
+            found.append(
+                Alert(
+                    "link_backlog",
+                    "warning",
+                    link.peer,
+                    f"{link.backlog} messages waiting (threshold {limits.backlog_messages})",
+                )
+            )
+        elif (
+            link.oldest_waiting is not None and link.oldest_waiting >= limits.oldest_waiting_seconds
+        ):
+            found.append(
+                Alert(
+                    "link_backlog",
+                    "warning",
+                    link.peer,
+                    f"oldest message waiting {'at least ' if link.oldest_at_least else ''}"
+                    f"{human_duration(link.oldest_waiting)}",
+                )
+            )
+    if status.receipts is not None and status.receipts.overdue:
+        found.append(
+            Alert(
+                "receipts_overdue",
+                "warning",
+                "",
+                f"{status.receipts.overdue} messages waiting more than "
+                f"{human_duration(limits.receipt_overdue_seconds)} for a receipt",
+            )
+        )
+    relevant = [config.network, *(peer.network for peer in config.peers)]
+    for network in relevant:
+        if network not in status.expiry.network_keys:
+            continue
+        expires = status.expiry.network_keys[network]
+        if expires is None:
+            continue
+        whose = "our signing key" if network == config.network else f"{network}'s keys"
+        if expires <= now:
+            found.append(Alert("key_expiry", "critical", network, f"{whose} expired"))
+        elif expires - now <= limits.key_expiry_days * 86400:
+            found.append(
+                Alert(
+                    "key_expiry",
+                    "critical" if network == config.network else "warning",
+                    network,
+                    f"{whose} expire in {human_duration(expires - now)}",
+                )
+            )
+    left = status.expiry.directory_expires - now
+    if left <= 0:
+        found.append(
+            Alert(
+                "directory_expiry",
+                "critical",
+                "",
+                f"directory version {status.expiry.directory_version} "
+                + (
+                    "has expired (valid_until passed)"
+                    if status.expiry.directory_expiry_signed
+                    else f"is stale (older than {limits.directory_max_age_days:g} days)"
+                ),
+            )
+        )
+    elif left <= limits.directory_expiry_days * 86400:
+        found.append(
+            Alert(
+                "directory_expiry",
+                "warning",
+                "",
+                f"directory version {status.expiry.directory_version} "
+                + ("expires" if status.expiry.directory_expiry_signed else "goes stale")
+                + f" in {human_duration(left)}",
+            )
+        )
+    return sorted(found, key=lambda alert: alert.severity != "critical")
+
+
+def human_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+# --- the running node's snapshot ---------------------------------------------------------------
+def write_snapshot(state_dir: Path, status: NodeStatus, url: str | None) -> None:
+    """Write the status where ``mlanet status`` finds it (atomically: write, then rename)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    target = state_dir / SNAPSHOT
+    temporary = state_dir / f".{SNAPSHOT}.{os.getpid()}"
+    temporary.write_text(
+        json.dumps({"url": url, "written_at": status.at, "status": status.to_json()}),
+        encoding="utf-8",
+    )
+    temporary.replace(target)
+
+
+def read_snapshot(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        raw = json.loads((state_dir / SNAPSHOT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+# --- from outside the node (mlanet status) -------------------------------------------------------
+def _snapshot_links(snapshot: dict[str, Any] | None, now: float, poll: float) -> dict[str, Any]:
+    """The running node's link views, if its snapshot is fresh (written within three polls)."""
+    if snapshot is None:
+        return {}
+    written = snapshot.get("written_at")
+    if not isinstance(written, int | float) or now - written > max(3 * poll, 15.0):
+        return {}
+    links = snapshot.get("status", {}).get("links", [])
+    return {link["peer"]: link for link in links if isinstance(link, dict) and "peer" in link}
+
+
+def _epoch(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def outside_links(
+    config: NodeConfig, view: BrokerView, snapshot: dict[str, Any] | None, now: float
+) -> tuple[list[LinkView], list[str]]:
+    tracked = _snapshot_links(snapshot, now, config.operator.poll_seconds)
+    notes = []
+    if config.peers and not tracked:
+        notes.append(
+            "last success and the oldest waiting message of each link are tracked by the "
+            f"running node; there is no fresh snapshot of it in {SNAPSHOT} in the state folder"
+        )
+    links = []
+    for peer in config.peers:
+        shovel_state = None if view.shovels is None else view.shovels.get(link_name(peer.network))
+        shovel = (
+            None if view.shovels is None else (shovel_state.state if shovel_state else "missing")
+        )
+        figures = view.queues.get(out_queue(peer.network))
+        backlog = figures.messages if figures else None
+        known = tracked.get(peer.network)
+        if known is not None:
+            state = str(known.get("state", "unknown"))
+            links.append(
+                LinkView(
+                    peer=peer.network,
+                    state=state if shovel in (None, "running") or state != "up" else "down",
+                    shovel=shovel,
+                    reason=shovel_state.reason if shovel_state else None,
+                    backlog=backlog,
+                    last_success=_epoch(known.get("last_success")),
+                    oldest_waiting=known.get("oldest_waiting"),
+                    oldest_at_least=bool(known.get("oldest_at_least")),
+                    down_since=_epoch(known.get("down_since")),
+                )
+            )
+            continue
+        state = "unknown" if shovel is None else ("up" if shovel == "running" else "down")
+        links.append(
+            LinkView(
+                peer=peer.network,
+                state=state,
+                shovel=shovel,
+                reason=shovel_state.reason if shovel_state else None,
+                backlog=backlog,
+                last_success=None,
+                oldest_waiting=None,
+                oldest_at_least=False,
+                down_since=None,
+            )
+        )
+    return links, notes
+
+
+async def collect(config: NodeConfig, now: float) -> NodeStatus:
+    """Everything ``mlanet status`` shows, gathered from outside the node process."""
+    view = await broker_view(config)
+    directory = config.load_directory()
+    database = config.state_dir / "node.sqlite3"
+    store = Store(database, readonly=True) if database.exists() else None
+    try:
+        links, notes = outside_links(config, view, read_snapshot(config.state_dir), now)
+        return build_status(config, directory, view, store, links, now, notes)
+    finally:
+        if store is not None:
+            store.close()
+
+
+# --- text ----------------------------------------------------------------------------------------
+def _ago(at: float | None, now: float) -> str:
+    return "never seen" if at is None else f"{human_duration(now - at)} ago"
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def render_text(status: NodeStatus) -> str:
+    """The terminal view of ``mlanet status``."""
+    now = status.at
+    running = {True: "running", False: "NOT RUNNING", None: "unknown"}[status.node_running]
+    lines = [f"mlanet node {status.network}: {running}   ({_iso(now)})", ""]
+    lines.append("ALERTS" if status.alerts else "ALERTS: none")
+    for alert in status.alerts:
+        subject = f"{alert.subject}: " if alert.subject else ""
+        lines.append(f"  {alert.severity.upper():<8} {alert.code:<17} {subject}{alert.text}")
+    lines += ["", "LINKS"]
+    if not status.links:
+        lines.append("  (no peers configured)")
+    else:
+        lines.append(
+            f"  {'peer':<16} {'state':<8} {'shovel':<11} {'backlog':>7}  "
+            f"{'last success':<14} oldest waiting"
+        )
+    for link in status.links:
+        oldest = "-"
+        if link.oldest_waiting is not None:
+            oldest = ("≥ " if link.oldest_at_least else "") + human_duration(link.oldest_waiting)
+        lines.append(
+            f"  {link.peer:<16} {link.state:<8} {link.shovel or '?':<11} "
+            f"{_num(link.backlog):>7}  {_ago(link.last_success, now):<14} {oldest}"
+        )
+        if link.reason:
+            lines.append(f"      reason: {link.reason}")
+    lines += ["", "QUEUES"]
+    lines.append(
+        f"  {'queue':<34} {'depth':>7} {'ready':>7} {'unacked':>7} {'in/s':>7} {'out/s':>7} "
+        f"{'consumers':>9}"
+    )
+    for queue in status.queues:
+        lines.append(
+            f"  {queue.name:<34} {_num(queue.messages):>7} {_num(queue.ready):>7} "
+            f"{_num(queue.unacked):>7} {_num(queue.rate_in, 1):>7} {_num(queue.rate_out, 1):>7} "
+            f"{_num(queue.consumers):>9}"
+        )
+    quarantine = status.quarantine
+    lines += ["", f"QUARANTINE: {_num(quarantine.depth)} messages waiting in mlanet.quarantine"]
+    if quarantine.by_reason:
+        lines.append("  refused by this node, by reason (all recorded):")
+        for reason, count in sorted(quarantine.by_reason.items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {reason:<24} {count}")
+    lines.append("")
+    if status.receipts is None:
+        lines.append("RECEIPTS: unknown (the node's state cannot be read)")
+    else:
+        receipts = status.receipts
+        oldest = (
+            "" if receipts.oldest_age is None else f", oldest {human_duration(receipts.oldest_age)}"
+        )
+        lines.append(
+            f"RECEIPTS: {receipts.awaiting} messages awaiting a receipt{oldest}; "
+            f"{receipts.overdue} overdue"
+        )
+        if receipts.states:
+            states = ", ".join(f"{k} {v}" for k, v in sorted(receipts.states.items()))
+            lines.append(f"  own messages by state: {states}")
+    expiry = status.expiry
+    lines += ["", "KEYS AND DIRECTORY"]
+    mine = expiry.network_keys.get(status.network)
+    lines.append(
+        "  our signing key: "
+        + (
+            "no expiry set"
+            if mine is None
+            else f"expires {_iso(mine)} (in {human_duration(mine - now)})"
+        )
+    )
+    lines.append(
+        f"  directory version {expiry.directory_version}, issued {_iso(expiry.directory_issued)}, "
+        + ("valid until " if expiry.directory_expiry_signed else "stale after ")
+        + f"{_iso(expiry.directory_expires)} (in {human_duration(expiry.directory_expires - now)})"
+    )
+    if status.unavailable:
+        lines += ["", "NOT SHOWN"]
+        lines += [f"  - {note}" for note in status.unavailable]
+    return "\n".join(lines) + "\n"
