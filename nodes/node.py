@@ -55,7 +55,7 @@ from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
-from nodes.pipeline import Accepted, receive
+from nodes.pipeline import Accepted, Properties, receive
 from nodes.quarantine import claim, log_context
 from nodes.store import Store
 from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
@@ -190,6 +190,11 @@ class Node:
                 directory=self.directory,
                 store=self.store,
                 now=self.clock(),
+                properties=Properties(
+                    content_type=incoming.content_type,
+                    content_encoding=incoming.content_encoding,
+                    expires=incoming.expires,
+                ),
                 timing=self.observe.timing,
             )
         except RefusedMessage as refused:
