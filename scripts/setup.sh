@@ -48,6 +48,14 @@ done
 curl -fsS -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null \
   || { log "the RabbitMQ management API does not answer on 127.0.0.1:15672"; exit 1; }
 
+# The dashboard's end-to-end test drives Debian's headless Chromium (through Playwright, which
+# uses this binary; no browser download).
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium from Debian's packages (for the dashboard test)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
   log "creating the virtual environment"
   "$PYTHON" -m venv .venv
