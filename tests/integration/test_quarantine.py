@@ -1,0 +1,336 @@
+"""Operators and the quarantine, end to end on the real RabbitMQ through the ``mlanet`` command:
+refused messages are listed with their reasons and stable ids, shown without their content,
+released through the way they came in (a corrected config then accepts them) or dropped, and
+nothing else in the queue is lost, duplicated or reordered. Every action is in the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+
+from broker import SigningKey, canonical_bytes
+from broker.keys import b64u_encode
+from broker.transport import QUARANTINE, Topology, Transport
+from nodes.audit import AUDIT_FILE, AuditLog
+from nodes.contact import read_inbox
+from nodes.federation import Federation
+from tests.integration.kit import amqp, config, depth, eventually, facilitation, inject, running
+
+MARK = "QUARANTINE-TEST-CONTENT-7Q2X"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.splitlines() if line.strip()]
+
+
+async def mlanet(fed: Federation, network: str, *args: str) -> Result:
+    """Run the real command line against ``network``'s node config."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodes",
+        *args,
+        "--config",
+        str(fed.config_path(network)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+async def _depth_is(fed: Federation, network: str, queue: str, expected: int) -> bool:
+    return await depth(fed, network, queue) == expected
+
+
+def _audit_events(fed: Federation, network: str) -> list[tuple[str, dict[str, Any]]]:
+    with AuditLog(config(fed, network).state_dir / AUDIT_FILE, readonly=True) as audit:
+        return [(record.event, record.meta) for record in audit.records()]
+
+
+def _tampered(fed: Federation) -> bytes:
+    message = facilitation(fed, "seajust", "kh-cp-1", "UZ", summary=f"Tampered {MARK}")
+    payload = bytearray(message.payload_bytes)
+    payload[payload.index(b"Tampered")] = ord("t")
+    return message.to_bytes().replace(
+        message.payload_b64.encode(), b64u_encode(bytes(payload)).encode()
+    )
+
+
+async def test_refused_messages_are_listed_shown_and_dropped_and_nothing_else_moves(
+    fed: Federation,
+) -> None:
+    """Three refused messages: list gives each its reason and a stable id (twice the same, in
+    the same order, none lost); show prints metadata only unless --payload; drop removes
+    exactly the one named; the audit trail holds every action and still verifies."""
+    stranger = SigningKey.from_seed("seajust", "ed25519:7", bytes(range(32)))
+    async with running(fed, "casc"):
+        unknown = facilitation(fed, "seajust", "kh-cp-1", "UZ", signer=stranger, summary=MARK)
+        good = facilitation(fed, "seajust", "kh-cp-1", "UZ")
+        for body in (_tampered(fed), unknown.to_bytes(), b'{"not": "an envelope"', good.to_bytes()):
+            await inject(fed, "casc", "seajust", body)
+        await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 3), within=60)
+
+        listed = await mlanet(fed, "casc", "quarantine", "list", "--json")
+        assert listed.code == 0, listed.err
+        entries = listed.json_lines()
+        assert sorted(e["reason"] for e in entries) == [
+            "bad_signature",
+            "invalid_json",
+            "unknown_key",
+        ]
+        assert len({e["id"] for e in entries}) == 3
+        assert all(e["via"] == "mlanet.inbox.from.seajust" for e in entries)
+        assert MARK not in listed.out
+        again = await mlanet(fed, "casc", "quarantine", "list", "--json")
+        assert [e["id"] for e in again.json_lines()] == [e["id"] for e in entries]
+        assert await depth(fed, "casc", QUARANTINE) == 3
+
+        target = next(e for e in entries if e["reason"] == "unknown_key")
+        shown = await mlanet(fed, "casc", "quarantine", "show", target["id"])
+        assert shown.code == 0, shown.err
+        assert "unknown_key" in shown.out
+        assert unknown.header.message_id in shown.out  # the claimed id, marked unverified
+        assert MARK not in shown.out
+        with_payload = await mlanet(fed, "casc", "quarantine", "show", target["id"], "--payload")
+        assert MARK in with_payload.out
+
+        dropped = await mlanet(fed, "casc", "quarantine", "drop", target["id"], "--yes")
+        assert dropped.code == 0, dropped.err
+        left = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+        assert [e["id"] for e in left] == [e["id"] for e in entries if e is not target]
+        assert await depth(fed, "casc", QUARANTINE) == 2
+        missing = await mlanet(fed, "casc", "quarantine", "drop", target["id"], "--yes")
+        assert missing.code == 1
+        assert f"no quarantined message has the id {target['id']}" in missing.err
+
+    events = _audit_events(fed, "casc")
+    refused = {meta["quarantine_id"]: meta for event, meta in events if event == "refused"}
+    assert set(refused) == {e["id"] for e in entries}
+    assert refused[target["id"]]["reason"] == "unknown_key"
+    operator = [(event, meta) for event, meta in events if event.startswith("quarantine_")]
+    assert [event for event, _ in operator] == [
+        "quarantine_listed",
+        "quarantine_listed",
+        "quarantine_shown",
+        "quarantine_shown",
+        "quarantine_dropped",
+        "quarantine_listed",
+    ]
+    assert [meta.get("payload") for event, meta in operator if event == "quarantine_shown"] == [
+        False,
+        True,
+    ]
+    assert all(meta["operator"] for _, meta in operator)
+    assert ("delivered", good.header.message_id) in {
+        (event, meta.get("message_id")) for event, meta in events
+    }
+    verified = await mlanet(fed, "casc", "audit", "verify")
+    assert verified.code == 0, verified.out + verified.err
+    assert all(MARK not in json.dumps(meta) for _, meta in events)
+
+
+def _restrict(fed: Federation, network: str, peer: str, kinds: list[str] | None) -> None:
+    """Change which kinds ``network`` accepts from ``peer`` (None: every kind)."""
+    path = fed.config_path(network)
+    text = path.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.startswith("kinds = ")]
+    at = lines.index(f'network = "{peer}"', lines.index("[[peers]]"))
+    if kinds is not None:
+        lines.insert(at + 1, f"kinds = {json.dumps(kinds)}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+async def test_a_release_after_a_config_fix_is_delivered_with_its_original_sender(
+    fed: Federation,
+) -> None:
+    """CASC does not yet accept facilitation requests from SEAJust: the request is quarantined
+    as unauthorised. The operator corrects the config, restarts, and releases it: it goes
+    through the whole pipeline again through SEAJust's inbox exchange and is delivered. A
+    tampered audit record is then named by ``mlanet audit verify``."""
+    _restrict(fed, "casc", "seajust", ["status_update", "receipt", "notice"])
+    request = facilitation(fed, "seajust", "kh-cp-1", "UZ")
+    async with running(fed, "casc"):
+        await inject(fed, "casc", "seajust", request.to_bytes())
+        await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 1), within=60)
+    entries = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+    assert [(e["reason"], e["claimed"]["message_id"]) for e in entries] == [
+        ("unauthorised", request.header.message_id)
+    ]
+    _restrict(fed, "casc", "seajust", None)
+    async with running(fed, "casc"):
+        released = await mlanet(fed, "casc", "quarantine", "release", entries[0]["id"])
+        assert released.code == 0, released.err
+        assert "mlanet.inbox.from.seajust" in released.out
+
+        async def delivered() -> bool:
+            items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+            return [i.message.header.message_id for i in items] == [request.header.message_id]
+
+        await eventually(delivered, within=60)
+        items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        assert items[0].message.path == ("seajust",)
+        assert await depth(fed, "casc", QUARANTINE) == 0
+        again = await mlanet(fed, "casc", "quarantine", "release", entries[0]["id"])
+        assert again.code == 1
+
+    events = [event for event, meta in _audit_events(fed, "casc")]
+    assert events[0] == "refused"  # the pipeline refused it before accepting it
+    start = events.index("quarantine_release")
+    assert events[start : start + 4] == [
+        "quarantine_release",
+        "quarantine_released",
+        "accepted",
+        "delivered",
+    ]
+    assert (await mlanet(fed, "casc", "audit", "verify")).code == 0
+    shown = await mlanet(fed, "casc", "audit", "show", "--last", "3")
+    assert "delivered" in shown.out
+
+    db = sqlite3.connect(config(fed, "casc").state_dir / AUDIT_FILE)
+    with db:  # make the refusal look like a different one
+        db.execute("UPDATE audit SET record=replace(record, 'unauthorised', 'bad_signature')")
+    db.close()
+    tampered = await mlanet(fed, "casc", "audit", "verify")
+    assert tampered.code == 1
+    assert "FAILED: record 1 altered" in tampered.out
+
+
+async def _dead_letter(fed: Federation, network: str, limit: int) -> None:
+    """Be a consumer that keeps failing on the inbox's only message until it is dead-lettered."""
+    connection = await aio_pika.connect(amqp(fed, network))
+    async with connection:
+        channel = await connection.channel()
+        inbox = await channel.get_queue("mlanet.inbox", ensure=False)
+        for _ in range(limit + 1):
+            message = await inbox.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            await message.nack(requeue=True)
+        assert await inbox.get(no_ack=False, fail=False) is None
+
+
+async def test_dead_lettered_and_unroutable_messages_are_released_through_their_exchange(
+    fed: Federation,
+) -> None:
+    """A message dead-lettered by the inbox's delivery limit shows as delivery_limit and one the
+    alternate exchange caught as unroutable; each is released through the exchange it was
+    first published to, so the pipeline sees the right sender and delivers both."""
+    cfg = config(fed, "casc")
+    async with Transport(amqp(fed, "casc")) as transport:
+        await transport.declare(
+            Topology(
+                peers=tuple(peer.network for peer in cfg.peers),
+                contact_points=("uz-cp-1",),
+                delivery_limit=cfg.limits.delivery_limit,
+            )
+        )
+    poison = facilitation(fed, "seajust", "kh-cp-1", "UZ")
+    await inject(fed, "casc", "seajust", poison.to_bytes())
+    await _dead_letter(fed, "casc", cfg.limits.delivery_limit)
+    connection = await aio_pika.connect(amqp(fed, "casc"))
+    async with connection:
+        channel = await connection.channel()
+        inbox = await channel.get_queue("mlanet.inbox", ensure=False)
+        await inbox.unbind("mlanet.inbox.from.ejn")
+    stray = facilitation(fed, "ejn", "fr-cp-1", "UZ")
+    await inject(fed, "casc", "ejn", stray.to_bytes())
+    await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 2), within=30)
+
+    entries = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+    by_reason = {e["reason"]: e for e in entries}
+    assert set(by_reason) == {"delivery_limit", "unroutable"}
+    assert by_reason["delivery_limit"]["via"] == "mlanet.inbox.from.seajust"
+    assert by_reason["delivery_limit"]["id"].startswith("dl-")
+    assert by_reason["unroutable"]["via"] == "mlanet.inbox.from.ejn"
+    assert by_reason["unroutable"]["claimed"]["origin"] == "ejn"
+
+    async with running(fed, "casc"):  # the node binds the inbox exchanges again
+        for entry in entries:
+            released = await mlanet(fed, "casc", "quarantine", "release", entry["id"])
+            assert released.code == 0, released.err
+
+        async def both() -> bool:
+            items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+            found = {i.message.header.message_id for i in items}
+            return found == {poison.header.message_id, stray.header.message_id}
+
+        await eventually(both, within=60)
+        assert await depth(fed, "casc", QUARANTINE) == 0
+
+
+async def test_a_released_submission_goes_back_through_submit_and_strays_are_not_released(
+    fed: Federation,
+) -> None:
+    """A submission from someone who is no contact point here is refused; released, it goes
+    into mlanet.submit again and is refused again under a new id. A message that came in by no
+    legitimate way cannot be released (it would lose its sender); it stays until dropped."""
+    submission = canonical_bytes(
+        {
+            "message_id": str(uuid.uuid4()),
+            "kind": "status_update",
+            "sender": "zz-cp-1",
+            "destination": {"country": "KH"},
+            "payload": {"case_ref": "KH-MLA-2020-0042", "status": "received"},
+        }
+    )
+    async with running(fed, "casc"):
+        async with Transport(amqp(fed, "casc")) as transport:
+            await transport.publish("mlanet.submit", submission, message_id="s", kind="x")
+            await transport.publish("mlanet.inbox", b"{}", message_id="d", kind="x")
+        await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 2), within=60)
+        first = {
+            e["via"]: e
+            for e in (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+        }
+        assert set(first) == {"mlanet.submit", ""}
+        assert first["mlanet.submit"]["reason"] == "unauthorised"
+        assert first[""]["reason"] == "bad_transport"
+
+        stray = await mlanet(fed, "casc", "quarantine", "release", first[""]["id"])
+        assert stray.code == 1
+        assert "drop it instead" in stray.err
+        released = await mlanet(fed, "casc", "quarantine", "release", first["mlanet.submit"]["id"])
+        assert released.code == 0, released.err
+
+        async def refused_again() -> bool:
+            entries = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+            ids = {e["id"] for e in entries if e["via"] == "mlanet.submit"}
+            return len(entries) == 2 and bool(ids) and first["mlanet.submit"]["id"] not in ids
+
+        await eventually(refused_again, within=60, every=0.5)
+
+
+async def test_two_operators_never_each_see_half_the_quarantine(fed: Federation) -> None:
+    """While one session holds the quarantine, another is told to try again; afterwards every
+    message is still there, in order."""
+    async with running(fed, "casc"):
+        for n in range(3):
+            await inject(fed, "casc", "seajust", b"not json %d" % n)
+        await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 3), within=60)
+        transport = Transport(amqp(fed, "casc"))
+        async with (
+            transport,
+            transport.holding(QUARANTINE, lock="mlanet.quarantine.lock") as held,
+        ):
+            assert len(held.messages) == 3
+            busy = await mlanet(fed, "casc", "quarantine", "list")
+            assert busy.code == 1
+            assert "being worked on elsewhere" in busy.err
+        entries = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+        assert len(entries) == 3
+        assert await depth(fed, "casc", QUARANTINE) == 3
