@@ -1,0 +1,355 @@
+"""Operator surfaces without a broker: link tracking, alerts, login, rendering, metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker.management import QueueFigures, ShovelState, _redact
+from nodes.config import NodeConfig
+from nodes.observe import Flow
+from nodes.operator.auth import LoginLimiter, Sessions, hash_password, verify_password
+from nodes.operator.dashboard import dashboard_page, login_page
+from nodes.operator.flow import FlowLog
+from nodes.operator.links import STALL_SECONDS, LinkTracker, LinkView
+from nodes.operator.metrics import NodeMetrics
+from nodes.operator.status import (
+    BrokerView,
+    NodeStatus,
+    QuarantineEntry,
+    QuarantineView,
+    ReceiptView,
+    build_status,
+    compute_alerts,
+    render_text,
+)
+from schemas.base import format_timestamp
+from schemas.directory import Directory
+
+FLOW = Flow("6f1c0e4e-0000-4000-8000-000000000001", "seajust", "facilitation_request", "UZ")
+NOW = 1_800_000_000.0
+
+
+def _config(tmp_path: Path, **alerts: float) -> NodeConfig:
+    return NodeConfig.model_validate(
+        {
+            "network": "seajust",
+            "signing_key": str(tmp_path / "k"),
+            "directory": str(tmp_path / "d"),
+            "state_dir": str(tmp_path / "state"),
+            "broker": {"vhost": "v", "user": "u", "password_file": str(tmp_path / "p")},
+            "peers": [{"network": "casc", "user": "u", "password_file": str(tmp_path / "p")}],
+            "operator": {"alerts": alerts},
+        }
+    )
+
+
+def _directory(valid_until: datetime | None = None, key_end: datetime | None = None) -> Directory:
+    issued = datetime.fromtimestamp(NOW, UTC) - timedelta(days=1)
+    key = {"key_id": "ed25519:1", "public_key": "A" * 43}
+    if key_end is not None:
+        key["not_after"] = format_timestamp(key_end)
+    networks = [
+        {
+            "id": network,
+            "name": network.upper(),
+            "members": [country],
+            "contact_points": [{"id": f"{country.lower()}-cp-1", "country": country}],
+            "keys": [key],
+            "broker": {"host": "127.0.0.1", "vhost": f"v-{network}"},
+        }
+        for network, country in (("seajust", "KH"), ("casc", "UZ"), ("ejn", "FR"))
+    ]
+    raw = {
+        "version": 3,
+        "issued_at": format_timestamp(issued),
+        "networks": networks,
+        "links": [["seajust", "casc"], ["casc", "ejn"]],
+    }
+    if valid_until is not None:
+        raw["valid_until"] = format_timestamp(valid_until)
+    return Directory.model_validate(raw, strict=False)
+
+
+def _link(**changes: object) -> LinkView:
+    base = LinkView("casc", "up", "running", None, 0, NOW - 5, None, False, None)
+    return replace(base, **changes)
+
+
+def _status(config: NodeConfig, links: list[LinkView], **kwargs: object) -> NodeStatus:
+    view = BrokerView(
+        {"mlanet.inbox": QueueFigures("mlanet.inbox", 0, 0, 0, 1, 0.0, 0.0, 0)},
+        {"mlanet-link-casc": ShovelState("mlanet-link-casc", "running", None, None)},
+        None,
+    )
+    status = build_status(config, kwargs.pop("directory", _directory()), view, None, links, NOW)
+    return replace(status, **kwargs)
+
+
+# --- link tracking ------------------------------------------------------------------------------
+def test_link_is_up_while_the_shovel_runs_and_hands_messages_over() -> None:
+    tracker = LinkTracker(("casc",), started=NOW - 100)
+    first = tracker.update("casc", shovel="running", reason=None, backlog=0, acked=10, now=NOW)
+    assert first.state == "up"
+    assert first.last_success is None  # no progress seen yet
+    later = tracker.update("casc", shovel="running", reason=None, backlog=0, acked=12, now=NOW + 5)
+    assert later.last_success == NOW + 5
+    assert later.oldest_waiting is None
+
+
+def test_link_is_down_when_the_shovel_does_not_run_and_says_since_when() -> None:
+    tracker = LinkTracker(("casc",), started=NOW)
+    view = tracker.update(
+        "casc", shovel="terminated", reason="refused", backlog=3, acked=0, now=NOW
+    )
+    assert (view.state, view.down_since, view.reason) == ("down", NOW, "refused")
+    again = tracker.update("casc", shovel="starting", reason=None, backlog=3, acked=0, now=NOW + 9)
+    assert again.down_since == NOW
+    back = tracker.update("casc", shovel="running", reason=None, backlog=0, acked=3, now=NOW + 20)
+    assert (back.state, back.down_since, back.last_success) == ("up", None, NOW + 20)
+
+
+def test_link_stalls_when_messages_wait_and_nothing_is_handed_over() -> None:
+    tracker = LinkTracker(("casc",), started=NOW)
+    tracker.update("casc", shovel="running", reason=None, backlog=2, acked=0, now=NOW)
+    early = tracker.update("casc", shovel="running", reason=None, backlog=2, acked=0, now=NOW + 10)
+    assert early.state == "up"
+    stalled = tracker.update(
+        "casc", shovel="running", reason=None, backlog=2, acked=0, now=NOW + STALL_SECONDS
+    )
+    assert (stalled.state, stalled.down_since) == ("stalled", NOW)
+
+
+def test_oldest_waiting_is_the_nth_newest_send_or_a_lower_bound_before_start() -> None:
+    tracker = LinkTracker(("casc",), started=time.time() - 50)
+    for _ in range(3):
+        tracker.forwarded("casc", FLOW)
+    now = time.time() + 7
+    two = tracker.update("casc", shovel="running", reason=None, backlog=2, acked=0, now=now)
+    assert two.oldest_waiting is not None
+    assert 6.5 < two.oldest_waiting < 9
+    assert two.oldest_at_least is False
+    more = tracker.update("casc", shovel="running", reason=None, backlog=5, acked=0, now=now)
+    assert more.oldest_at_least is True
+    assert more.oldest_waiting is not None
+    assert more.oldest_waiting >= 6.5
+    none = tracker.update("casc", shovel="running", reason=None, backlog=0, acked=5, now=now)
+    assert none.oldest_waiting is None
+
+
+def test_link_state_is_unknown_without_the_management_api() -> None:
+    tracker = LinkTracker(("casc",), started=NOW)
+    view = tracker.update("casc", shovel=None, reason=None, backlog=4, acked=None, now=NOW)
+    assert view.state == "unknown"
+    assert view.backlog == 4
+
+
+# --- alerts -------------------------------------------------------------------------------------
+def test_no_alert_for_a_healthy_node(tmp_path: Path) -> None:
+    status = _status(_config(tmp_path), [_link()])
+    assert status.alerts == []
+
+
+def test_link_down_alerts_only_after_the_threshold(tmp_path: Path) -> None:
+    config = _config(tmp_path, link_down_seconds=60)
+    recent = _status(config, [_link(state="down", shovel="terminated", down_since=NOW - 30)])
+    assert recent.alerts == []
+    old = _status(config, [_link(state="down", shovel="terminated", down_since=NOW - 61)])
+    assert [(a.code, a.severity, a.subject) for a in old.alerts] == [
+        ("link_down", "critical", "casc")
+    ]
+    assert "for 61s" in old.alerts[0].text
+
+
+def test_backlog_and_oldest_waiting_past_thresholds_alert(tmp_path: Path) -> None:
+    config = _config(tmp_path, backlog_messages=100, oldest_waiting_seconds=60)
+    deep = _status(config, [_link(backlog=100)])
+    assert [a.code for a in deep.alerts] == ["link_backlog"]
+    slow = _status(config, [_link(backlog=3, oldest_waiting=61.0, oldest_at_least=True)])
+    assert [a.code for a in slow.alerts] == ["link_backlog"]
+    assert "at least" in slow.alerts[0].text
+    fine = _status(config, [_link(backlog=3, oldest_waiting=59.0)])
+    assert fine.alerts == []
+
+
+def test_overdue_receipts_alert(tmp_path: Path) -> None:
+    config = _config(tmp_path, receipt_overdue_seconds=600)
+    status = _status(config, [_link()], receipts=ReceiptView(4, 900.0, 2, {"forwarded": 4}))
+    alerts = compute_alerts(status, config, NOW)
+    assert [(a.code, a.severity) for a in alerts] == [("receipts_overdue", "warning")]
+    assert alerts[0].text.startswith("2 messages")
+
+
+def test_key_expiry_alerts_for_our_key_and_a_peers_key(tmp_path: Path) -> None:
+    config = _config(tmp_path, key_expiry_days=30)
+    soon = datetime.fromtimestamp(NOW, UTC) + timedelta(days=10)
+    status = _status(config, [_link()], directory=_directory(key_end=soon))
+    found = {(a.code, a.subject, a.severity) for a in status.alerts}
+    assert found == {("key_expiry", "seajust", "critical"), ("key_expiry", "casc", "warning")}
+    later = datetime.fromtimestamp(NOW, UTC) + timedelta(days=40)
+    assert _status(config, [_link()], directory=_directory(key_end=later)).alerts == []
+    past = datetime.fromtimestamp(NOW, UTC) - timedelta(minutes=1)
+    expired = _status(config, [_link()], directory=_directory(key_end=past))
+    assert {a.text for a in expired.alerts} == {"our signing key expired", "casc's keys expired"}
+
+
+def test_directory_expiry_from_valid_until_or_the_operators_maximum_age(tmp_path: Path) -> None:
+    config = _config(tmp_path, directory_expiry_days=14, directory_max_age_days=180)
+    near = datetime.fromtimestamp(NOW, UTC) + timedelta(days=3)
+    signed = _status(config, [_link()], directory=_directory(valid_until=near))
+    assert [(a.code, a.severity) for a in signed.alerts] == [("directory_expiry", "warning")]
+    assert "expires in 3d" in signed.alerts[0].text
+    stale = _status(_config(tmp_path, directory_max_age_days=0.5), [_link()])
+    assert [(a.code, a.severity) for a in stale.alerts] == [("directory_expiry", "critical")]
+
+
+def test_a_node_nobody_runs_is_a_critical_alert(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    view = BrokerView(
+        {"mlanet.inbox": QueueFigures("mlanet.inbox", 0, 0, 0, 0, None, None, None)}, {}, None
+    )
+    status = build_status(config, _directory(), view, None, [], NOW)
+    assert status.node_running is False
+    assert status.alerts[0].code == "node_down"
+
+
+def test_without_the_management_api_the_status_says_what_it_cannot_show(tmp_path: Path) -> None:
+    view = BrokerView({}, None, "management API unreachable (ConnectError)")
+    status = build_status(_config(tmp_path), _directory(), view, None, [], NOW)
+    text = render_text(status)
+    assert "NOT SHOWN" in text
+    assert "management API not available" in text
+    assert "state database cannot be read" in text
+
+
+# --- login ---------------------------------------------------------------------------------------
+def test_password_hash_verifies_only_the_right_password() -> None:
+    line = hash_password("correct horse battery")
+    assert line.startswith("scrypt$")
+    assert "correct horse" not in line
+    assert verify_password("correct horse battery", line)
+    assert not verify_password("correct horse batterY", line)
+    assert hash_password("correct horse battery") != line  # salted
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "",
+        "correct horse battery",  # a plain password in the file logs nobody in
+        "scrypt$16384$8$1$c2FsdA$",
+        "scrypt$99999999$8$1$c2FsdA$" + "A" * 43,  # absurd cost refused, not computed
+        "scrypt$x$8$1$c2FsdA$AAAA",
+        "bcrypt$whatever",
+    ],
+)
+def test_malformed_password_lines_log_nobody_in(stored: str) -> None:
+    assert not verify_password("correct horse battery", stored)
+
+
+def test_sessions_expire_and_close() -> None:
+    sessions = Sessions(lifetime_seconds=60)
+    token = sessions.open()
+    assert sessions.valid(token)
+    assert not sessions.valid(token + "x")
+    assert not sessions.valid(None)
+    sessions.close(token)
+    assert not sessions.valid(token)
+    short = Sessions(lifetime_seconds=-1)
+    assert not short.valid(short.open())
+
+
+def test_sessions_are_bounded() -> None:
+    sessions = Sessions(lifetime_seconds=60, limit=3)
+    tokens = [sessions.open() for _ in range(5)]
+    assert [sessions.valid(t) for t in tokens] == [False, False, True, True, True]
+
+
+def test_login_attempts_are_limited_per_client_and_in_total() -> None:
+    limiter = LoginLimiter(per_minute=3)
+    for _ in range(3):
+        assert limiter.retry_after("10.0.0.1") == 0
+        limiter.failed("10.0.0.1")
+    assert 0 < limiter.retry_after("10.0.0.1") <= 60
+    assert limiter.retry_after("10.0.0.2") == 0
+    for i in range(30):
+        limiter.failed(f"10.0.1.{i}")
+    assert limiter.retry_after("10.0.0.3") > 0  # thirty failures a minute close it for all
+    fast = LoginLimiter(per_minute=1, window=0.0)
+    fast.failed("a")
+    assert fast.retry_after("a") == 0  # the window passed
+
+
+# --- rendering and metrics ---------------------------------------------------------------------
+def test_dashboard_escapes_everything_it_shows(tmp_path: Path) -> None:
+    hostile = '<script>alert("x")</script>'
+    status = _status(
+        _config(tmp_path),
+        [_link(reason=hostile)],
+        quarantine=QuarantineView(1, {hostile: 1}, [QuarantineEntry(NOW, "invalid_json", hostile)]),
+    )
+    flow = FlowLog()
+    flow.refused("invalid_json", "mlanet.inbox.from.casc", Flow(hostile, hostile, hostile, hostile))
+    page = dashboard_page(status, _directory(), flow.by_network(), refresh=5)
+    assert "<script>" not in page
+    assert "&lt;script&gt;" in page
+    assert "<script>" not in login_page(hostile, error=hostile)
+
+
+def test_status_json_is_plain_json_with_iso_timestamps(tmp_path: Path) -> None:
+    status = _status(_config(tmp_path), [_link()])
+    raw = json.loads(json.dumps(status.to_json()))
+    assert raw["network"] == "seajust"
+    assert raw["links"][0]["last_success"].endswith("Z")
+    assert raw["expiry"]["directory_expires"].endswith("Z")
+
+
+def test_metrics_count_observer_points_with_bounded_labels(tmp_path: Path) -> None:
+    metrics = NodeMetrics("seajust", ("casc",))
+    metrics.received("casc", FLOW)
+    metrics.forwarded("casc", FLOW)
+    metrics.delivered(("uz-cp-1",), FLOW)
+    metrics.refused("bad_signature", "mlanet.inbox.from.casc", None)
+    metrics.receipt(FLOW.message_id, "casc", 2.0)
+    metrics.timing("verify", 0.0002)
+    metrics.timing("not-a-step", 1.0)  # ignored: labels stay bounded
+    metrics.update(_status(_config(tmp_path), [_link(backlog=7)]))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for s in family.samples
+    }
+    assert samples[("mlanet_messages_received_total", (("peer", "casc"),))] == 1
+    assert samples[("mlanet_messages_quarantined_total", (("reason", "bad_signature"),))] == 1
+    assert samples[("mlanet_messages_quarantined_total", (("reason", "invalid_json"),))] == 0
+    assert samples[("mlanet_step_seconds_count", (("step", "verify"),))] == 1
+    assert samples[("mlanet_receipt_wait_seconds_count", ())] == 1
+    assert samples[("mlanet_link_backlog_messages", (("peer", "casc"),))] == 7
+    assert samples[("mlanet_link_up", (("peer", "casc"),))] == 1
+    assert not any("not-a-step" in str(key) for key in samples)
+    assert not any(FLOW.message_id in str(key) for key in samples)
+
+
+def test_queue_figures_and_shovel_reasons_from_the_management_api() -> None:
+    figures = QueueFigures.from_api(
+        {
+            "name": "mlanet.out.casc",
+            "messages": 3,
+            "messages_ready": 1,
+            "messages_unacknowledged": 2,
+            "consumers": 1,
+            "message_stats": {"ack": 9, "publish_details": {"rate": 2.5}},
+        }
+    )
+    assert figures == QueueFigures("mlanet.out.casc", 3, 1, 2, 1, 2.5, None, 9)
+    assert QueueFigures.from_api({"name": "q"}).messages is None
+    reason = _redact('{auth_failure,"amqp://mlanet-seajust:pa%2Fss@10.0.0.9:5672/casc"}')
+    assert reason is not None
+    assert "pa%2Fss" not in reason
+    assert "mlanet-seajust" not in reason
