@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from broker.errors import ConfigError
 from broker.routing import RouteRule
+from nodes.directory_config import CoordinatorConfig, LinkConfig, ProvisioningConfig
 from schemas import KINDS, Kind
 from schemas.directory import BrokerAddress, Directory
 
@@ -106,10 +107,15 @@ class NodeConfig(_Config):
     limits: Limits = Limits()
     receipts: Receipts = Receipts()
     operator: OperatorConfig = OperatorConfig()
+    coordinator: CoordinatorConfig | None = None
+    link: LinkConfig | None = None
+    provisioning: ProvisioningConfig | None = None
     log_level: str = "info"
 
     @model_validator(mode="after")
     def _routes_use_peers(self) -> Self:
+        if self.link is not None:
+            return self  # peers come from the directory's links (routing checks them)
         peers = {peer.network for peer in self.peers}
         for rule in self.routes:
             if rule.via not in peers:
@@ -143,10 +149,11 @@ class NodeConfig(_Config):
         )
 
     def load_directory(self) -> Directory:
-        try:
-            return Directory.model_validate_json(self.directory.read_bytes(), strict=False)
-        except (OSError, ValidationError) as exc:
-            raise ConfigError(f"directory {self.directory.name} cannot be loaded") from exc
+        """The directory this node trusts now: the newest valid signed one it holds (its state
+        or the file named by ``directory``), as it stands now (``nodes/directory.py``)."""
+        from nodes.directory import DirectoryBook  # the book reads this config
+
+        return DirectoryBook.load(self).view()
 
 
 def _amqp_url(host: str, port: int, vhost: str, user: str, password: str, heartbeat: int) -> str:

@@ -5,30 +5,36 @@ linked peer's vhost, only write its own inbox exchange (``mlanet.inbox.from.<net
 ``build`` writes keys, secrets, the directory and one node config per network; ``provision``
 creates the vhosts, users and permissions through the management API; ``teardown`` removes them.
 Used by ``mlanet federation``, the demo, the tests and the benchmarks.
+
+The coordinator (``unodc``) has a node too, linked to the first network: it signs the directory
+with a key of its own (``<root>/unodc/coordinator/unodc.1.key``) and publishes updates through
+its node. ``directory.json`` is the signed version 1; every config pins the coordinator's key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+from broker.directory_signing import sign_directory
 from broker.errors import TransportError
-from broker.keys import generate_key_files, load_public_key_file
+from broker.keys import generate_key_files, load_public_key_file, load_signing_key
 from broker.management import Management, ManagementEndpoint
+from broker.peer_access import rabbit_password_hash
 from broker.transport import Transport
 from nodes.operator.auth import hash_password
-from schemas.base import format_timestamp
+from schemas.directory import Directory
 
 __all__ = [
+    "COORDINATOR",
     "EXAMPLE_LINKS",
     "EXAMPLE_NETWORKS",
     "Federation",
@@ -103,6 +109,8 @@ EXAMPLE_NETWORKS: dict[str, tuple[str, list[str]]] = {
     ),
     "ejn": ("European Judicial Network", EU),
 }
+COORDINATOR = "unodc"
+COORDINATOR_NAME = "United Nations Office on Drugs and Crime (coordinator)"
 # SEAJust and CASC are linked (the seed's Uzbekistan matter); EJN bridges to Africa.
 EXAMPLE_LINKS: list[tuple[str, str]] = [
     ("seajust", "casc"),
@@ -121,6 +129,17 @@ class Federation:
     links: tuple[tuple[str, str], ...]
     host: str = "127.0.0.1"
     port: int = 5672
+    coordinator: str | None = COORDINATOR
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every network with a node here: the member networks and the coordinator."""
+        return (*self.networks, *((self.coordinator,) if self.coordinator else ()))
+
+    def coordinator_key(self) -> Path:
+        """The coordinator's directory signing key (not its node's message key)."""
+        assert self.coordinator is not None
+        return self.root / self.coordinator / "coordinator" / f"{self.coordinator}.1.key"
 
     def vhost(self, network: str) -> str:
         return f"{self.prefix}-{network}"
@@ -161,8 +180,15 @@ def build(
     management_url: str = "http://127.0.0.1:15672",
     receipts: dict[str, float] | None = None,
     operator_port: int = 0,
+    coordinator: str | None = COORDINATOR,
+    admin: ManagementEndpoint | None = None,
+    valid_for: timedelta = timedelta(days=30),
 ) -> Federation:
     """Write keys, passwords, ``directory.json`` and ``<network>/node.toml`` under ``root``.
+
+    With ``admin``, each node gets a ``[provisioning]`` account (the broker's administrator, its
+    password in ``<root>/broker-admin.password``) so that it grants new peers their inbox
+    permission when a directory update links them.
 
     Each node's operator HTTP surface gets port ``operator_port + i`` (the i-th network), or any
     free port when ``operator_port`` is 0 (the node writes its URL to ``state/operator.json``).
@@ -172,10 +198,16 @@ def build(
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,20}", prefix):
         raise ValueError("prefix must be short lower-case ASCII")
     networks = networks or EXAMPLE_NETWORKS
-    links = links or EXAMPLE_LINKS
-    federation = Federation(root, prefix, tuple(networks), tuple(links), host, port)
+    links = list(links or EXAMPLE_LINKS)
+    nodes = dict(networks)
+    if coordinator is not None:
+        nodes[coordinator] = (COORDINATOR_NAME, [])
+        links.append((coordinator, next(iter(networks))))
+    federation = Federation(
+        root, prefix, tuple(networks), tuple(links), host, port, coordinator=coordinator
+    )
     entries = []
-    for network, (name, members) in networks.items():
+    for network, (name, members) in nodes.items():
         folder = root / network
         folder.mkdir(parents=True, exist_ok=True)
         key_path = folder / f"{network}.1.key"
@@ -192,30 +224,64 @@ def build(
                 "contact_points": [_contact_point(country) for country in members],
                 "keys": [{"key_id": public.key_id, "public_key": public.public_key}],
                 "broker": {"host": host, "port": port, "vhost": federation.vhost(network)},
+                "link_user": {
+                    "name": federation.user(network),
+                    "password_hash": rabbit_password_hash(federation.password(network)),
+                },
             }
         )
-    directory = {
-        "version": 1,
-        "issued_at": format_timestamp(datetime.now(UTC)),
-        "networks": entries,
-        "links": [list(link) for link in links],
-    }
-    (root / "directory.json").write_text(json.dumps(directory, indent=2) + "\n", encoding="utf-8")
+    pins = ""
+    if coordinator is not None:
+        key_folder = root / coordinator / "coordinator"
+        if not federation.coordinator_key().exists():
+            generate_key_files(key_folder, coordinator, "ed25519:1")
+        directory_key = load_signing_key(federation.coordinator_key())
+        now = datetime.now(UTC)
+        directory = Directory.model_validate(
+            {
+                "version": 1,
+                "issued_at": now,
+                "valid_until": now + valid_for,
+                "coordinator": coordinator,
+                "coordinator_keys": [
+                    {"key_id": directory_key.key_id, "public_key": directory_key.public_b64()}
+                ],
+                "networks": entries,
+                "links": [list(link) for link in links],
+            },
+            strict=False,
+        )
+        (root / "directory.json").write_bytes(sign_directory(directory, directory_key).to_bytes())
+        pins = (
+            f'\n[coordinator]\nnetwork = "{coordinator}"\n'
+            f'keys = [{{ key_id = "{directory_key.key_id}", '
+            f'public_key = "{directory_key.public_b64()}" }}]\n'
+        )
+    if admin is not None:
+        _write_secret(root / "broker-admin.password", admin.password)
     receipt_lines = "".join(f"{k} = {v}\n" for k, v in (receipts or {}).items())
     if not (root / "operator.password").exists():
         operator_secret = secrets.token_urlsafe(18)
         _write_secret(root / "operator.secret", operator_secret)
         _write_secret(root / "operator.password", hash_password(operator_secret))
-    for index, network in enumerate(networks):
+    for index, network in enumerate(nodes):
         operator = (
             f"\n[operator]\nport = {operator_port + index if operator_port else 0}\n"
             'password_file = "../operator.password"\n'
         )
-        peers = "".join(
-            f'\n[[peers]]\nnetwork = "{peer}"\nuser = "{federation.user(network)}"\n'
-            'password_file = "broker.password"\n'
-            for peer in federation.peers(network)
+        # Peers come from the directory's links; [link] is our user at their brokers.
+        peers = (
+            f'\n[link]\nuser = "{federation.user(network)}"\npassword_file = "broker.password"\n'
         )
+        peers += pins
+        if network == coordinator:
+            peers += f'signing_key = "coordinator/{coordinator}.1.key"\n'
+        if admin is not None:
+            peers += (
+                f'\n[provisioning]\nuser = "{admin.user}"\n'
+                'password_file = "../broker-admin.password"\n'
+                f'management_url = "{admin.url}"\n'
+            )
         federation.config_path(network).write_text(
             f'network = "{network}"\n'
             f'signing_key = "{network}.1.key"\n'
@@ -236,7 +302,7 @@ def build(
 async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
     """Create each network's vhost and user, and the peers' write-only inbox permissions."""
     async with Management(admin) as management:
-        for network in federation.networks:
+        for network in federation.nodes:
             vhost, user = federation.vhost(network), federation.user(network)
             await management.put_vhost(vhost)
             await management.put_user(user, federation.password(network), "policymaker,monitoring")
@@ -245,7 +311,7 @@ async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
             await management.put_permissions(
                 vhost, admin.user, configure=".*", write=".*", read=".*"
             )
-        for network in federation.networks:
+        for network in federation.nodes:
             for peer in federation.peers(network):
                 await management.put_permissions(
                     federation.vhost(peer),
@@ -259,7 +325,7 @@ async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
 async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
     """Delete the federation's vhosts (their queues and shovels go with them) and users."""
     async with Management(admin) as management:
-        for network in federation.networks:
+        for network in federation.nodes:
             await management.delete_vhost(federation.vhost(network))
             await management.delete_user(federation.user(network))
 

@@ -32,7 +32,6 @@ from broker import (
     add_hop,
     canonical_bytes,
     decode_payload,
-    load_signing_key,
     loads_strict,
     open_envelope,
     sign_message,
@@ -53,6 +52,7 @@ from broker.transport import (
 from nodes import crashpoints
 from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
+from nodes.directory_runtime import DirectoryKeeper
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
 from nodes.pipeline import Accepted, Properties, receive
@@ -72,7 +72,6 @@ RECEIPTED = {
     "information_request",
     "information_response",
     "meeting_request",
-    "directory_update",
 }
 
 
@@ -86,6 +85,7 @@ def trust_from_directory(directory: Directory) -> TrustStore:
                 key.public_key,
                 not_before=key.not_before,
                 not_after=key.not_after,
+                revoked=key.revoked_at is not None,
             )
     return trust
 
@@ -98,17 +98,17 @@ class Node:
     """One network's node. ``run()`` until ``stop()``."""
 
     def __init__(self, config: NodeConfig, *, clock: Callable[[], datetime] = _now) -> None:
-        self.config = config
         self.clock = clock
-        self.key: SigningKey = load_signing_key(config.signing_key)
+        # The newest valid signed directory: peers, trust, routes and contact points follow it,
+        # and follow its updates while the node runs (nodes/directory_runtime.py).
+        self.keeper = DirectoryKeeper(config, clock)
+        self.config = self.keeper.config
+        self.key: SigningKey = self.keeper.signing_key()
         if self.key.network != config.network:
             raise RefusedMessage(Reason.MALFORMED_KEY, "signing key belongs to another network")
-        self.directory = config.load_directory()
-        self.trust = trust_from_directory(self.directory)
-        me = self.directory.network(config.network)
-        if me is None:
-            raise RefusedMessage(Reason.NO_ROUTE, f"{config.network} is not in the directory")
-        self.contact_points = tuple(cp.id for cp in me.contact_points)
+        self.directory = self.keeper.view
+        self.trust = self.keeper.trust
+        self.contact_points = self.keeper.contact_points
         self.store = Store(config.state_dir / "node.sqlite3")
         self.transport = Transport(config.amqp_url())
         self._stop = asyncio.Event()
@@ -139,6 +139,7 @@ class Node:
             prefetch = self.config.limits.prefetch
             await self.transport.consume("mlanet.inbox", self.on_inbox, prefetch=prefetch)
             await self.transport.consume(SUBMIT, self.on_submit, prefetch=prefetch)
+            await self.keeper.start(self)
             if self.config.operator.enabled:
                 self.operator = await stack.enter_async_context(OperatorSurface(self))
             log.info(
@@ -149,6 +150,7 @@ class Node:
             self.ready.set()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._resend_loop())
+                group.create_task(self.keeper.maintain(self, self._stop))
                 await self._stop.wait()
             log.info("node_stopped", network=self.config.network)
 
@@ -198,6 +200,9 @@ class Node:
                 timing=self.observe.timing,
             )
         except RefusedMessage as refused:
+            if await self.keeper.salvage(self, incoming.body, refused):
+                await self._inbox(incoming)  # a newer directory came with it: try again
+                return
             await self.quarantine(incoming.body, refused, incoming.exchange)
             return
         crashpoints.reached("after_receive_before_forward")
@@ -216,6 +221,10 @@ class Node:
         message, routing = accepted.message, accepted.routing
         header = message.header
         try:
+            if await self.keeper.on_update(self, accepted):
+                return
+            if (closed := self.keeper.closed()) is not None:
+                raise closed  # the directory is too old to trust: fail closed
             if isinstance(routing, Refuse):
                 raise RefusedMessage(routing.reason, routing.detail)
             if isinstance(routing, Forward):
@@ -482,6 +491,9 @@ class Node:
                     ),
                     SUBMIT,
                 )
+                return
+            if (closed := self.keeper.closed()) is not None:
+                await self.keeper.refuse_submission(self, body, submission, closed)
                 return
             entry = self.store.outbox_get(submission.message_id)
             if entry is None:

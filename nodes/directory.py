@@ -1,0 +1,346 @@
+"""The directory a node trusts, and what follows from it: trust store, peers, signing key, expiry.
+
+A node holds one signed directory at a time (:class:`DirectoryBook`). At start it takes the
+newest valid one among its state (``<state_dir>/directory.json``) and the file its
+configuration names (``directory``); afterwards only a directory update can replace it, and
+only with a newer version signed by the coordinator (:meth:`DirectoryBook.consider`):
+
+- unsigned -> ``unsigned_directory``; signed by a key that is not the coordinator's ->
+  ``unknown_key``; forged or altered -> ``bad_signature``; a coordinator key revoked or out of its
+  window -> ``key_revoked`` / ``expired``;
+- an older version, or one already past its ``valid_until`` -> ``stale_directory``;
+- the same version with other content -> ``equivocation`` (the same content is a no-op).
+
+The coordinator keys a node accepts are the ones pinned in ``[coordinator]`` and those the held
+directory lists (so the coordinator can rotate its own key through the directory). A held
+directory past its expiry (``valid_until``, else ``issued_at`` + ``max_directory_age_seconds``)
+makes the node fail closed: :meth:`DirectoryBook.closed` gives the ``directory_expired`` refusal
+for every new message until a newer directory arrives.
+
+Nothing here touches AMQP; ``nodes/directory_runtime.py`` applies a directory to the running node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+from broker.directory_signing import VerifiedDirectory, coordinator_trust, open_directory
+from broker.errors import ConfigError, KeyRefused, Reason, RefusedMessage
+from broker.keys import SigningKey, TrustStore, b64u_decode, load_signing_key
+from broker.strictjson import loads_strict
+from nodes.config import NodeConfig, PeerConfig
+from schemas.base import format_timestamp
+from schemas.directory import Directory, NetworkKey
+
+__all__ = [
+    "STATE_FILE",
+    "DirectoryBook",
+    "ExpiryWarning",
+    "OlderDirectory",
+    "Outcome",
+    "effective_config",
+    "message_trust",
+]
+
+log = structlog.get_logger("mlanet.directory")
+
+STATE_FILE = "directory.json"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class OlderDirectory(RefusedMessage):
+    """A valid directory, but older than the one held (``stale_directory``)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What considering a directory did: ``applied`` (newer, now held) or ``same``."""
+
+    state: Literal["applied", "same"]
+    verified: VerifiedDirectory
+
+
+@dataclass(frozen=True)
+class ExpiryWarning:
+    subject: str
+    at: datetime
+
+    def text(self) -> str:
+        return f"{self.subject} expires at {format_timestamp(self.at)}"
+
+
+def message_trust(directory: Directory) -> TrustStore:
+    """The networks' keys, with their windows and revocations, as the directory lists them."""
+    trust = TrustStore()
+    for network in directory.networks:
+        for key in network.keys:
+            trust.add(
+                network.id,
+                key.key_id,
+                key.public_key,
+                not_before=key.not_before,
+                not_after=key.not_after,
+                revoked=key.revoked_at is not None,
+            )
+    return trust
+
+
+def effective_config(config: NodeConfig, directory: Directory) -> NodeConfig:
+    """The configuration with its peers taken from the directory's links.
+
+    A ``[[peers]]`` table for a linked network still applies (its own credentials, the kinds it
+    may send); any other linked network is reached with the ``[link]`` user. A network that is
+    not linked in the directory is no peer, whatever the file says.
+    """
+    static = {peer.network: peer for peer in config.peers}
+    peers: list[PeerConfig] = []
+    for network in directory.neighbours(config.network):
+        if network in static:
+            peers.append(static[network])
+        elif config.link is not None:
+            peers.append(
+                PeerConfig(
+                    network=network,
+                    user=config.link.user,
+                    password_file=config.link.password_file,
+                )
+            )
+        else:
+            log.warning("peer_credentials_missing", peer=network)
+    return config.model_copy(update={"peers": tuple(peers)})
+
+
+def _active(key: NetworkKey, at: datetime) -> bool:
+    return (
+        key.revoked_at is None
+        and (key.not_before is None or key.not_before <= at)
+        and (key.not_after is None or at < key.not_after)
+    )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _self_listed(data: bytes) -> list[tuple[str, str]]:
+    """The coordinator keys a signed directory lists about itself (read before verifying, for
+    the node's own state file only: it was verified when it was written)."""
+    try:
+        frame = loads_strict(data, max_bytes=len(data) + 1, max_depth=8)
+        document = Directory.model_validate_json(b64u_decode(frame["document"]))
+    except (RefusedMessage, KeyError, TypeError, ValueError):
+        return []
+    return [(key.key_id, key.public_key) for key in document.coordinator_keys]
+
+
+class DirectoryBook:
+    """The signed directory one node holds."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        held: VerifiedDirectory,
+        *,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.held = held
+
+    # --- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls, config: NodeConfig, *, clock: Callable[[], datetime] = _now, persist: bool = True
+    ) -> DirectoryBook:
+        """The newest valid directory among the node's state and its configured file."""
+        coordinator = config.coordinator
+        if coordinator is None:
+            raise ConfigError(
+                "no [coordinator] table: the node has no key to check a directory against"
+            )
+        pinned = [(key.key_id, key.public_key) for key in coordinator.keys]
+        now = clock()
+        state_path = config.state_dir / STATE_FILE
+        found: list[tuple[VerifiedDirectory, str]] = []
+        problems: list[str] = []
+        held: VerifiedDirectory | None = None
+        for path, source in ((state_path, "state"), (config.directory, "config")):
+            try:
+                data = path.read_bytes()
+            except OSError:
+                if source == "config" and held is None:
+                    problems.append(f"{path.name}: not readable")
+                continue
+            keys = pinned + (_self_listed(data) if source == "state" else [])
+            trust = coordinator_trust(
+                coordinator.network, keys, held.directory if held is not None else None
+            )
+            try:
+                verified = open_directory(data, trust, now=now)
+            except RefusedMessage as refused:
+                problems.append(f"{path.name} ({source}): {refused}")
+                continue
+            found.append((verified, source))
+            held = held if held is not None and held.version >= verified.version else verified
+        if not found or held is None:
+            raise ConfigError("no valid directory: " + "; ".join(problems))
+        for problem in problems:
+            log.warning("directory_file_refused", problem=problem)
+        if held.directory.network(config.network) is None:
+            raise ConfigError(f"{config.network} is not in directory version {held.version}")
+        if persist and not any(v is held and s == "state" for v, s in found):
+            _write_atomically(state_path, held.to_bytes())
+        return cls(config, held, clock=clock)
+
+    # --- accepting a newer one -------------------------------------------------------------------
+    def coordinator_trust(self) -> TrustStore:
+        assert self.config.coordinator is not None  # load() insists on it
+        pinned = [(key.key_id, key.public_key) for key in self.config.coordinator.keys]
+        return coordinator_trust(self.config.coordinator.network, pinned, self.held.directory)
+
+    def check(self, data: bytes | VerifiedDirectory, now: datetime) -> Outcome | VerifiedDirectory:
+        """Verify ``data`` against what this node holds, without applying it: the same
+        directory (an Outcome ``same``), or the newer one to apply; raises RefusedMessage."""
+        if isinstance(data, VerifiedDirectory):
+            data = data.to_bytes()
+        verified = open_directory(data, self.coordinator_trust(), now=now)
+        directory = verified.directory
+        if not any(key.key_id == verified.signed.key_id for key in directory.coordinator_keys):
+            raise RefusedMessage(
+                Reason.UNAUTHORISED, "the directory does not list the key that signed it"
+            )
+        if directory.version < self.held.version:
+            raise OlderDirectory(
+                Reason.STALE_DIRECTORY,
+                f"version {directory.version} is older than the version {self.held.version} held",
+            )
+        if directory.version == self.held.version:
+            if verified.digest != self.held.digest:
+                raise RefusedMessage(
+                    Reason.EQUIVOCATION, f"another directory with version {directory.version}"
+                )
+            return Outcome("same", self.held)
+        if directory.valid_until is not None and directory.valid_until <= now:
+            raise RefusedMessage(
+                Reason.STALE_DIRECTORY,
+                f"version {directory.version} expired at {format_timestamp(directory.valid_until)}",
+            )
+        if directory.network(self.config.network) is None:
+            raise RefusedMessage(
+                Reason.UNAUTHORISED, f"version {directory.version} no longer lists this network"
+            )
+        return verified
+
+    def consider(self, data: bytes | VerifiedDirectory, now: datetime | None = None) -> Outcome:
+        """Check ``data`` and, when it is newer, hold it (persisted before this returns)."""
+        checked = self.check(data, now or self.clock())
+        if isinstance(checked, Outcome):
+            return checked
+        _write_atomically(self.config.state_dir / STATE_FILE, checked.to_bytes())
+        self.held = checked
+        return Outcome("applied", checked)
+
+    # --- what follows from it --------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.held.version
+
+    def view(self, now: datetime | None = None) -> Directory:
+        """The directory as it stands now (handovers due, contact points' windows applied)."""
+        return self.held.directory.as_of(now or self.clock())
+
+    def message_trust(self) -> TrustStore:
+        return message_trust(self.held.directory)
+
+    def effective_config(self) -> NodeConfig:
+        return effective_config(self.config, self.held.directory)
+
+    def expires_at(self) -> datetime:
+        directory = self.held.directory
+        if directory.valid_until is not None:
+            return directory.valid_until
+        assert self.config.coordinator is not None
+        return directory.issued_at + timedelta(
+            seconds=self.config.coordinator.max_directory_age_seconds
+        )
+
+    def closed(self, now: datetime | None = None) -> RefusedMessage | None:
+        """The refusal for new messages when the held directory is too old to trust."""
+        expires = self.expires_at()
+        if (now or self.clock()) < expires:
+            return None
+        return RefusedMessage(
+            Reason.DIRECTORY_EXPIRED,
+            f"directory version {self.version} expired at {format_timestamp(expires)}; new"
+            " messages are refused until a newer directory arrives",
+        )
+
+    def warnings(self, now: datetime | None = None) -> list[ExpiryWarning]:
+        """Keys and the directory itself that expire within the warning window."""
+        assert self.config.coordinator is not None
+        now = now or self.clock()
+        horizon = now + timedelta(seconds=self.config.coordinator.warn_before_seconds)
+        found: list[ExpiryWarning] = []
+        expires = self.expires_at()
+        if now < expires <= horizon:
+            found.append(ExpiryWarning(f"directory version {self.version}", expires))
+        directory = self.held.directory
+        for key in directory.coordinator_keys:
+            if _active(key, now) and key.not_after is not None and key.not_after <= horizon:
+                found.append(ExpiryWarning(f"coordinator key {key.key_id}", key.not_after))
+        for network in directory.networks:
+            for key in network.keys:
+                if _active(key, now) and key.not_after is not None and key.not_after <= horizon:
+                    found.append(ExpiryWarning(f"key {key.key_id} of {network.id}", key.not_after))
+        return found
+
+    def signing_key(self, now: datetime | None = None) -> SigningKey:
+        """The key this node signs with now: the newest of its key files (``<network>.<n>.key``
+        beside ``signing_key``) that the directory lists as valid now; else ``signing_key``."""
+        now = now or self.clock()
+        network = self.config.network
+        entry = self.held.directory.network(network)
+        usable = {key.key_id for key in entry.keys if _active(key, now)} if entry else set()
+        best: tuple[int, SigningKey] | None = None
+        folder = self.config.signing_key.parent
+        for path in sorted(folder.glob(f"{network}.*.key")):
+            match = re.fullmatch(rf"{re.escape(network)}\.(0|[1-9][0-9]{{0,8}})\.key", path.name)
+            if match is None or f"ed25519:{match.group(1)}" not in usable:
+                continue
+            try:
+                key = load_signing_key(path)
+            except KeyRefused as refused:
+                log.warning("signing_key_file_refused", file=path.name, reason=refused.reason.value)
+                continue
+            if key.network == network and key.key_id in usable and entry is not None:
+                listed = next(k for k in entry.keys if k.key_id == key.key_id)
+                if listed.public_key == key.public_b64() and (
+                    best is None or int(match.group(1)) > best[0]
+                ):
+                    best = (int(match.group(1)), key)
+        if best is not None:
+            return best[1]
+        return load_signing_key(self.config.signing_key)

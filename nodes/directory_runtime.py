@@ -1,0 +1,441 @@
+"""The directory in the running node: apply a newer one without a restart, pass it on, catch up.
+
+:class:`DirectoryKeeper` owns the node's :class:`~nodes.directory.DirectoryBook` and everything
+that follows from the held directory: the trust store, the peers (the directory's links), the
+contact points and their handovers, the key the node signs with. When a newer directory is
+accepted it
+
+1. persists it (the book), then swaps the node's trust store, routes, peers and signing key;
+2. declares the topology for new peers and contact points, puts shovels for new links and
+   removes those of links that are gone, gives new peers' link users write access to their
+   inbox exchange (with ``[provisioning]``; otherwise it says what the operator must do);
+3. moves messages waiting for a replaced contact point to its successor;
+4. passes the signed directory on to every linked peer but the one it came from, as a
+   ``directory_update`` message (each peer checks the coordinator's signature itself).
+
+Sources of directories: ``directory_update`` messages from peers, and the node's local queue
+``mlanet.directory``, where ``mlanet directory publish`` (and, at the coordinator, ``mlanet
+directory approve``) put a signed directory. At start the node announces what it holds to its
+peers; a peer that holds an older version applies it, a peer that holds a newer one answers with
+it, so a node that was offline catches up when it returns. A message whose signer is unknown
+because the node's directory is behind is looked at once more: when it is itself a
+``directory_update`` carrying a newer valid directory, that directory is applied and the message
+is received again.
+
+A maintenance loop re-derives the time-dependent parts (handovers that fall due, a new key
+that becomes active, expiry) and warns ahead of expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import structlog
+from pydantic import ValidationError
+
+from broker.directory_signing import VerifiedDirectory
+from broker.envelope import open_envelope
+from broker.errors import Reason, RefusedMessage, TransportError
+from broker.keys import SigningKey, TrustStore, b64u_decode
+from broker.management import Management, ManagementEndpoint
+from broker.peer_access import grant_peer, revoke_peer
+from broker.routing import Deliver
+from broker.strictjson import canonical_bytes, loads_strict
+from broker.transport import SUBMIT, Incoming, Topology, deliver_queue, out_queue
+from nodes.config import NodeConfig, _read_secret
+from nodes.directory import DirectoryBook, OlderDirectory, Outcome
+from schemas import Destination, DirectoryUpdate, Notice
+from schemas.directory import BrokerAddress, Directory, SignedDirectory
+from schemas.submission import Submission
+
+if TYPE_CHECKING:
+    from nodes.node import Node
+    from nodes.pipeline import Accepted
+
+__all__ = ["DIRECTORY_QUEUE", "DirectoryKeeper"]
+
+log = structlog.get_logger("mlanet.directory")
+
+# Where an operator (or the coordinator's approve) hands the node a signed directory.
+DIRECTORY_QUEUE = "mlanet.directory"
+_REPEAT_WARNINGS_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class _Links:
+    """What the links were before a change: peers and their link users and brokers."""
+
+    peers: frozenset[str]
+    users: dict[str, str]
+    brokers: dict[str, BrokerAddress]
+
+
+class DirectoryKeeper:
+    """The node's directory, and how it follows changes while the node runs."""
+
+    def __init__(self, config: NodeConfig, clock: Callable[[], datetime]) -> None:
+        self.base = config
+        self.clock = clock
+        self.book = DirectoryBook.load(config, clock=clock)
+        self._lock = asyncio.Lock()
+        self._pending_flood: tuple[VerifiedDirectory, str | None] | None = None
+        self._reconciled = True
+        self._warned: dict[str, float] = {}
+        self._was_closed = False
+        self._derive()
+
+    # --- derived state -----------------------------------------------------------------------
+    def _derive(self) -> None:
+        self.view: Directory = self.book.view(self.clock())
+        self.trust: TrustStore = self.book.message_trust()
+        self.config: NodeConfig = self.book.effective_config()
+        me = self.view.network(self.base.network)
+        self.contact_points: tuple[str, ...] = tuple(me.active_contact_points()) if me else ()
+        self.handovers: dict[str, str] = {}
+        if me is not None:
+            for contact_point in me.contact_points:
+                if contact_point.successor is not None:
+                    successor = me.resolve(contact_point.id)
+                    if successor is not None:
+                        self.handovers[contact_point.id] = successor
+
+    def signing_key(self) -> SigningKey:
+        return self.book.signing_key(self.clock())
+
+    def closed(self) -> RefusedMessage | None:
+        """The refusal for new messages while the held directory is too old to trust."""
+        return self.book.closed(self.clock())
+
+    def _adopt(self, node: Node) -> None:
+        node.config = self.config
+        node.directory = self.view
+        node.trust = self.trust
+        node.contact_points = self.contact_points
+        key = self.signing_key()
+        if key.key_id != node.key.key_id:
+            log.info("signing_key_changed", previous=node.key.key_id, key_id=key.key_id)
+        node.key = key
+
+    def _links(self) -> _Links:
+        peers = frozenset(peer.network for peer in self.config.peers)
+        users, brokers = {}, {}
+        for peer in peers:
+            entry = self.view.network(peer)
+            if entry is not None:
+                brokers[peer] = entry.broker
+                if entry.link_user is not None:
+                    users[peer] = entry.link_user.name
+        return _Links(peers, users, brokers)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self, node: Node) -> None:
+        """Once the node's own topology is there: the local directory queue, peer access,
+        handovers, and an announcement of what this node holds to its peers."""
+        await node.transport.declare_queue(DIRECTORY_QUEUE)
+
+        async def on_local(incoming: Incoming) -> None:
+            await node._settle(incoming, self._local(node, incoming))
+
+        await node.transport.consume(DIRECTORY_QUEUE, on_local, prefetch=1)
+        await self._reconcile(node, None)
+        self._pending_flood = (self.book.held, None)
+        await self._flush_flood(node)
+        self._report()
+
+    async def maintain(self, node: Node, stop: asyncio.Event) -> None:
+        """Re-check the time-dependent parts until ``stop`` is set."""
+        assert self.base.coordinator is not None
+        every = self.base.coordinator.check_every_seconds
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            if stop.is_set():
+                return
+            try:
+                await self.tick(node)
+            except (TransportError, RefusedMessage) as exc:
+                log.warning("directory_maintenance_failed", error=str(exc))
+
+    async def tick(self, node: Node) -> None:
+        async with self._lock:
+            view = self.book.view(self.clock())
+            key = self.signing_key()
+            if view != self.view or key.key_id != node.key.key_id:
+                before = self._links()
+                self._derive()
+                self._adopt(node)
+                self._reconciled = False
+                await self._reconcile(node, before)
+            elif not self._reconciled:
+                await self._reconcile(node, self._links())
+            await self._flush_flood(node)
+            await self._hand_over(node)
+        self._report()
+
+    # --- applying ------------------------------------------------------------------------------
+    async def apply(self, node: Node, data: bytes | SignedDirectory, source: str | None) -> Outcome:
+        """Consider a signed directory; when it is newer, hold it and apply it to the node."""
+        raw = data if isinstance(data, bytes) else _signed_bytes(data)
+        async with self._lock:
+            outcome = self.book.consider(raw, self.clock())
+            if outcome.state == "same":
+                return outcome
+            before = self._links()
+            self._derive()
+            self._adopt(node)
+            log.info(
+                "directory_applied", version=outcome.verified.version, source=source or "local"
+            )
+            node.store.event(
+                "-", "directory_applied", f"version {outcome.verified.version} from {source}"
+            )
+            self._pending_flood = (outcome.verified, source)
+            self._reconciled = False
+            await self._reconcile(node, before)
+            await self._flush_flood(node)
+        self._report()
+        return outcome
+
+    async def on_update(self, node: Node, accepted: Accepted) -> bool:
+        """A ``directory_update`` for this node from a peer; False when it is not for us."""
+        message = accepted.message
+        header = message.header
+        if header.kind != "directory_update" or header.destination.network != node.config.network:
+            return False
+        payload = accepted.payload
+        assert isinstance(payload, DirectoryUpdate)
+        node.store.remember(
+            header.origin.network, header.message_id, message.content_sha256, "consumed"
+        )
+        try:
+            await self.apply(node, payload.directory, accepted.sender)
+        except OlderDirectory as refused:
+            # A peer that is behind (it announced what it holds): not applied; it gets ours.
+            # Anything else (forged, unsigned, another with our version) is quarantined.
+            log.info("directory_not_newer", peer=accepted.sender, reason=refused.reason.value)
+            node.store.event(header.message_id, "directory_refused", str(refused))
+            async with self._lock:
+                await self._send(node, self.book.held, accepted.sender)
+        return True
+
+    async def _local(self, node: Node, incoming: Incoming) -> None:
+        """A signed directory handed to this node by its operator (or the coordinator)."""
+        try:
+            outcome = await self.apply(node, incoming.body, None)
+        except RefusedMessage as refused:
+            await node.quarantine(incoming.body, refused, DIRECTORY_QUEUE)
+            return
+        if outcome.state == "same":  # published again: pass it on again
+            async with self._lock:
+                self._pending_flood = (outcome.verified, None)
+                await self._flush_flood(node)
+
+    async def salvage(self, node: Node, body: bytes, refused: RefusedMessage) -> bool:
+        """True when ``body``, refused because this node's trust is behind, carried a newer
+        directory that is now applied (the caller then receives the message again)."""
+        if refused.reason not in (Reason.UNKNOWN_KEY, Reason.EXPIRED, Reason.KEY_REVOKED):
+            return False
+        signed = _carried_directory(body, node.config.limits.max_message_bytes)
+        if signed is None:
+            return False
+        try:
+            outcome = await self.apply(node, signed, "a message not yet verifiable")
+        except RefusedMessage:
+            return False
+        return outcome.state == "applied"
+
+    # --- fail closed ---------------------------------------------------------------------------
+    async def refuse_submission(
+        self, node: Node, body: bytes, submission: Submission, refused: RefusedMessage
+    ) -> None:
+        """A new message while the directory is too old to trust: quarantined, the reason
+        recorded for ``mlanet track`` and sent to the submitting contact point as a notice."""
+        await node.quarantine(body, refused, SUBMIT)
+        node.store.event(submission.message_id, "failed", str(refused))
+        notice = Notice(
+            topic="delivery",
+            title="Message refused: the node's directory is too old to trust",
+            regarding=submission.message_id,
+            reason=refused.reason.value,
+        )
+        sender = submission.sender
+        await node.deliver(
+            node._sign(
+                "notice",
+                Destination(
+                    network=node.config.network, country=sender[:2].upper(), contact_point=sender
+                ),
+                notice,
+                in_reply_to=submission.message_id,
+            ),
+            Deliver((sender,)),
+        )
+
+    def _report(self) -> None:
+        closed = self.closed()
+        if closed is not None and not self._was_closed:
+            log.error("directory_expired", detail=closed.detail)
+        elif closed is None and self._was_closed:
+            log.info("directory_trusted_again", version=self.book.version)
+        self._was_closed = closed is not None
+        now = time.monotonic()
+        for warning in self.book.warnings(self.clock()):
+            last = self._warned.get(warning.subject)
+            if last is None or now - last > _REPEAT_WARNINGS_SECONDS:
+                self._warned[warning.subject] = now
+                log.warning("expiry_warning", subject=warning.subject, detail=warning.text())
+
+    # --- the broker side -----------------------------------------------------------------------
+    async def _reconcile(self, node: Node, before: _Links | None) -> None:
+        """Make the broker match the held directory (idempotent; retried by the loop)."""
+        now = self._links()
+        await node.transport.declare(
+            Topology(
+                peers=tuple(sorted(now.peers)),
+                contact_points=self.contact_points,
+                delivery_limit=node.config.limits.delivery_limit,
+            )
+        )
+        if before is not None and (before.peers != now.peers or before.brokers != now.brokers):
+            await node.ensure_links()
+        await self._remove_links(node, now.peers)
+        await self._peer_access(node, before, now)
+        await self._hand_over(node)
+        self._reconciled = True
+
+    def _endpoint(self, admin: bool) -> ManagementEndpoint | None:
+        broker = self.base.broker
+        if not admin:
+            return ManagementEndpoint(
+                broker.management_url, broker.user, _read_secret(broker.password_file)
+            )
+        provisioning = self.base.provisioning
+        if provisioning is None:
+            return None
+        return ManagementEndpoint(
+            provisioning.management_url or broker.management_url,
+            provisioning.user,
+            _read_secret(provisioning.password_file),
+        )
+
+    async def _remove_links(self, node: Node, peers: frozenset[str]) -> None:
+        endpoint = self._endpoint(admin=False)
+        assert endpoint is not None
+        async with Management(endpoint) as management:
+            for name in await management.shovel_names(self.base.broker.vhost):
+                peer = name.removeprefix("mlanet-link-")
+                if name.startswith("mlanet-link-") and peer not in peers:
+                    await management.delete_shovel(self.base.broker.vhost, name)
+                    log.info("link_removed", peer=peer)
+
+    async def _peer_access(self, node: Node, before: _Links | None, now: _Links) -> None:
+        endpoint = self._endpoint(admin=True)
+        if endpoint is None:
+            new = sorted(now.peers - (before.peers if before else now.peers))
+            for peer in new:
+                log.warning(
+                    "peer_access_needs_operator",
+                    peer=peer,
+                    user=now.users.get(peer),
+                    detail="run mlanet directory provision (no [provisioning] account)",
+                )
+            return
+        vhost = self.base.broker.vhost
+        protected = {self.base.broker.user, endpoint.user}
+        async with Management(endpoint) as management:
+            for peer in sorted(now.peers):
+                entry = self.view.network(peer)
+                if entry is None or entry.link_user is None:
+                    continue
+                done = await grant_peer(
+                    management, vhost, peer, entry.link_user, protected=protected
+                )
+                if done == "granted":
+                    log.info("peer_access_granted", peer=peer, user=entry.link_user.name)
+            if before is not None:
+                for peer in sorted(before.peers - now.peers):
+                    user = before.users.get(peer)
+                    if user is not None and user not in protected:
+                        await revoke_peer(management, vhost, peer, user)
+                        log.info("peer_access_revoked", peer=peer, user=user)
+
+    async def _hand_over(self, node: Node) -> None:
+        """Move what waits for a replaced contact point to its successor; nothing is lost:
+        each message is published (confirmed) to the successor before it leaves the old queue."""
+        for old, successor in sorted(self.handovers.items()):
+            try:
+                waiting = await node.transport.queue_depth(deliver_queue(old))
+            except TransportError:
+                continue  # never declared here: nothing can be waiting
+            moved = 0
+            while waiting and (incoming := await node.transport.get(deliver_queue(old))):
+                try:
+                    header = open_envelope(incoming.body, self.trust).header
+                except RefusedMessage as refused:
+                    await node.quarantine(incoming.body, refused, deliver_queue(old))
+                    await incoming.ack()
+                    continue
+                await node.transport.publish(
+                    deliver_queue(successor),
+                    incoming.body,
+                    message_id=header.message_id,
+                    kind=header.kind,
+                )
+                await incoming.ack()
+                node.store.event(header.message_id, "handed_over", f"from {old} to {successor}")
+                moved += 1
+            if moved:
+                log.info(
+                    "contact_point_handed_over", previous=old, successor=successor, moved=moved
+                )
+
+    # --- passing it on -------------------------------------------------------------------------
+    async def _flush_flood(self, node: Node) -> None:
+        if self._pending_flood is None:
+            return
+        verified, source = self._pending_flood
+        if verified.version != self.book.version:
+            self._pending_flood = None  # a newer one replaced it (and has its own flood)
+            return
+        for peer in sorted(p.network for p in node.config.peers):
+            if peer != source:
+                await self._send(node, verified, peer)
+        self._pending_flood = None
+        log.info("directory_passed_on", version=verified.version)
+
+    async def _send(self, node: Node, verified: VerifiedDirectory, peer: str) -> None:
+        message = node._sign(
+            "directory_update",
+            Destination(network=peer),
+            DirectoryUpdate(directory=verified.signed),
+        )
+        await node.transport.publish(
+            out_queue(peer),
+            message.to_bytes(),
+            message_id=message.header.message_id,
+            kind="directory_update",
+        )
+
+
+def _signed_bytes(signed: SignedDirectory) -> bytes:
+    return canonical_bytes(signed.model_dump(mode="json"))
+
+
+def _carried_directory(body: bytes, max_bytes: int) -> SignedDirectory | None:
+    """The signed directory a ``directory_update`` envelope carries, read without verifying
+    the envelope: only the coordinator's signature over the directory will count."""
+    try:
+        frame = loads_strict(body, max_bytes=max_bytes, max_depth=4)
+        header = loads_strict(b64u_decode(frame["header"]), max_bytes=4096, max_depth=4)
+        if header.get("kind") != "directory_update":
+            return None
+        payload = loads_strict(b64u_decode(frame["payload"]), max_bytes=max_bytes, max_depth=8)
+        return DirectoryUpdate.model_validate(payload).directory
+    except (RefusedMessage, KeyError, TypeError, AttributeError, ValidationError):
+        return None
