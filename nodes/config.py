@@ -153,7 +153,7 @@ class NodeConfig(_Config):
         or the file named by ``directory``), as it stands now (``nodes/directory.py``)."""
         from nodes.directory import DirectoryBook  # the book reads this config
 
-        return DirectoryBook.load(self).view()
+        return DirectoryBook.load(self, persist=False).view()
 
 
 def _amqp_url(host: str, port: int, vhost: str, user: str, password: str, heartbeat: int) -> str:

@@ -3,7 +3,11 @@ submit a message, read delivered messages, and track a message's state."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
 
 from broker import (
     RefusedMessage,
@@ -13,7 +17,7 @@ from broker import (
     decode_payload,
     open_envelope,
 )
-from broker.transport import SUBMIT, Transport, deliver_queue
+from broker.transport import QUARANTINE, SUBMIT, Transport, deliver_queue
 from nodes.config import NodeConfig
 from nodes.node import trust_from_directory
 from nodes.store import OutboxEntry, Store, TrackEvent
@@ -30,6 +34,8 @@ __all__ = [
     "take_delivered",
     "track",
 ]
+
+log = structlog.get_logger("mlanet.contact")
 
 
 async def submit(config: NodeConfig, submission: Submission) -> str:
@@ -92,14 +98,39 @@ async def take_delivered(
     trust: TrustStore,
 ) -> list[Taken]:
     """Move every delivered message into the contact point's archive (deduplicated on origin
-    and message id), each verified end to end first and acked only once archived."""
+    and message id), each verified end to end first and acked only once archived.
+
+    Verification is against the node's directory now: a message whose signing key was revoked
+    (or expired) since the node delivered it is not handed over; it goes to quarantine with its
+    reason (published with a confirm before it leaves the delivery queue)."""
     taken = []
-    while (incoming := await transport.get(deliver_queue(contact_point))) is not None:
+    queue = deliver_queue(contact_point)
+    while (incoming := await transport.get(queue)) is not None:
         try:
-            message = open_envelope(incoming.body, trust, max_bytes=config.limits.max_message_bytes)
-        except RefusedMessage:
-            await incoming.requeue()  # the node delivered it: keep it for an operator
-            raise
+            message = open_envelope(
+                incoming.body,
+                trust,
+                max_bytes=config.limits.max_message_bytes,
+                now=datetime.now(UTC),
+            )
+        except RefusedMessage as refused:
+            await transport.publish(
+                QUARANTINE,
+                incoming.body,
+                message_id=str(uuid.uuid4()),
+                kind="refused",
+                headers={
+                    "x-mlanet-reason": refused.reason.value,
+                    "x-mlanet-detail": refused.detail,
+                    "x-mlanet-via": queue,
+                    "x-mlanet-at": datetime.now(UTC).isoformat(),
+                },
+            )
+            await incoming.ack()
+            if incoming.message_id:
+                store.event(incoming.message_id, "quarantined", f"at delivery: {refused}")
+            log.warning("refused_at_delivery", reason=refused.reason.value, via=queue)
+            continue
         header = message.header
         new = store.inbox_add(
             contact_point,
