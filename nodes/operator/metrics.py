@@ -8,6 +8,7 @@ or a message id.
 
 from __future__ import annotations
 
+import math
 import time
 
 from prometheus_client import (
@@ -150,7 +151,7 @@ class NodeMetrics(Observer):
         )
         self.key_expiry = Gauge(
             "mlanet_key_expiry_timestamp_seconds",
-            "When the last key of this network or a peer expires (absent: no expiry).",
+            "When the last key of this network or a peer expires (+Inf: a key without expiry).",
             ["network"],
             registry=r,
         )
@@ -169,6 +170,7 @@ class NodeMetrics(Observer):
             "mlanet_alert_active", "1 for each active alert.", ["code", "subject"], registry=r
         )
         self.network = network
+        self._watched = {network, *peers}  # our key and our peers' keys
         self.started.set(time.time())
         for peer in peers:
             self.received_total.labels(peer)
@@ -239,8 +241,8 @@ class NodeMetrics(Observer):
             self.awaiting_oldest.set(status.receipts.oldest_age or 0)
         self.key_expiry.clear()
         for network, expires in status.expiry.network_keys.items():
-            if expires is not None:
-                self.key_expiry.labels(network).set(expires)
+            if network in self._watched:
+                self.key_expiry.labels(network).set(math.inf if expires is None else expires)
         self.directory_issued.set(status.expiry.directory_issued)
         self.directory_stale.set(status.expiry.directory_expires)
         self.alert_active.clear()

@@ -85,12 +85,12 @@ class OperatorSurface:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.config = node.config
         self.settings = node.config.operator
-        self.peers = tuple(peer.network for peer in node.config.peers)
-        self.metrics = NodeMetrics(node.config.network, self.peers)
+        self.network = node.config.network
+        peers = tuple(peer.network for peer in node.config.peers)
+        self.metrics = NodeMetrics(self.network, peers)
         self.flow = FlowLog()
-        self.links = LinkTracker(self.peers, started=time.time())
+        self.links = LinkTracker(peers, started=time.time())
         self.sessions = Sessions(self.settings.session_minutes * 60.0)
         self.limiter = LoginLimiter(self.settings.login_attempts_per_minute)
         self.status: NodeStatus | None = None
@@ -187,9 +187,10 @@ class OperatorSurface:
         """Gather the status now, update the gauges and write the snapshot."""
         async with self._poll_lock:
             now = time.time()
-            view = await broker_view(self.config, self.node.transport)
+            config = self.node.config  # peers follow the directory while the node runs
+            view = await broker_view(config, self.node.transport)
             links = []
-            for peer in self.peers:
+            for peer in (peer.network for peer in config.peers):
                 shovel = None
                 reason = None
                 if view.shovels is not None:
@@ -208,7 +209,7 @@ class OperatorSurface:
                     )
                 )
             status = build_status(
-                self.config,
+                config,
                 self.node.directory,
                 view,
                 self.node.store,
@@ -218,7 +219,7 @@ class OperatorSurface:
             )
             self.status = status
             self.metrics.update(status)
-            write_snapshot(self.config.state_dir, status, self.url)
+            write_snapshot(config.state_dir, status, self.url)
             return status
 
     # --- handlers -------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ class OperatorSurface:
     async def _health(self, request: web.Request) -> web.Response:
         ready = self.node.ready.is_set()
         return web.json_response(
-            {"network": self.config.network, "ready": ready}, status=200 if ready else 503
+            {"network": self.network, "ready": ready}, status=200 if ready else 503
         )
 
     async def _css(self, request: web.Request) -> web.Response:
@@ -246,11 +247,11 @@ class OperatorSurface:
             raise web.HTTPSeeOther("/")
         enabled = self.settings.password_file is not None
         return web.Response(
-            text=login_page(self.config.network, enabled=enabled), content_type="text/html"
+            text=login_page(self.network, enabled=enabled), content_type="text/html"
         )
 
     async def _login(self, request: web.Request) -> web.Response:
-        network = self.config.network
+        network = self.network
         client = request.remote or "?"
         if not _same_origin(request):
             log.warning("operator_login_refused", client=client, why="cross-origin form")

@@ -26,6 +26,7 @@ from broker.errors import TransportError
 from broker.management import Management, ManagementEndpoint, QueueFigures, ShovelState
 from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
 from nodes.config import Alerts, NodeConfig, _read_secret
+from nodes.directory import DirectoryBook, effective_config
 from nodes.operator.links import LinkView
 from nodes.store import Store
 from schemas.directory import Directory, NetworkKey
@@ -503,8 +504,10 @@ def outside_links(
 
 async def collect(config: NodeConfig, now: float) -> NodeStatus:
     """Everything ``mlanet status`` shows, gathered from outside the node process."""
+    book = DirectoryBook.load(config, persist=False)  # read-only: the node owns its state
+    directory = book.view(datetime.fromtimestamp(now, UTC))
+    config = effective_config(config, directory)  # peers are the directory's links
     view = await broker_view(config)
-    directory = config.load_directory()
     database = config.state_dir / "node.sqlite3"
     store = Store(database, readonly=True) if database.exists() else None
     try:
