@@ -259,15 +259,23 @@ class Node:
         try:
             await work
         except TransportError as exc:
-            log.warning("transient_failure_requeued", error=str(exc))
+            with bound_contextvars(**self._about(incoming)):
+                log.warning("transient_failure_requeued", error=str(exc))
             await asyncio.sleep(0.5)
             await incoming.requeue()
             return
         except Exception as exc:  # a defect must not stop the node; the delivery limit applies
-            log.error("unexpected_failure_requeued", error_type=type(exc).__name__)
+            with bound_contextvars(**self._about(incoming)):
+                log.error("unexpected_failure_requeued", error_type=type(exc).__name__)
             await incoming.requeue()
             return
         await incoming.ack()
+
+    def _about(self, incoming: Incoming) -> dict[str, str]:
+        """What a failed delivery claims to be, for its log lines (read on failure only)."""
+        own = self.config.network if incoming.routing_key == SUBMIT else None
+        found = claim(incoming.body, max_bytes=self.config.limits.max_message_bytes)
+        return log_context(found.flow(origin=own))
 
     # --- actions ----------------------------------------------------------------------------
     async def forward(self, message: SignedMessage, routing: Forward) -> None:
@@ -292,7 +300,8 @@ class Node:
             "forwarded",
             f"forwarded to {routing.peer} (for {routing.target})",
         )
-        log.info("message_forwarded", peer=routing.peer, target=routing.target)
+        with bound_contextvars(**_context(header)):  # a receipt or notice names itself
+            log.info("message_forwarded", peer=routing.peer, target=routing.target)
         self.observe.forwarded(routing.peer, Flow.of(header))
 
     async def deliver(self, message: SignedMessage, routing: Deliver) -> None:
@@ -312,7 +321,8 @@ class Node:
             "delivered",
             "delivered to " + ",".join(routing.contact_points),
         )
-        log.info("message_delivered", contact_points=list(routing.contact_points))
+        with bound_contextvars(**_context(header)):
+            log.info("message_delivered", contact_points=list(routing.contact_points))
         self.observe.delivered(routing.contact_points, Flow.of(header))
 
     async def quarantine(
@@ -584,7 +594,12 @@ class Node:
                 return
             now = time.time()
             for entry in self.store.outbox_due(now):
-                with bound_contextvars(message_id=entry.message_id, kind=entry.kind):
+                with bound_contextvars(
+                    message_id=entry.message_id,
+                    origin=self.config.network,
+                    destination=entry.destination,
+                    kind=entry.kind,
+                ):
                     try:
                         if now - entry.created_at > receipts.undeliverable_after_seconds:
                             self.store.outbox_update(
@@ -604,6 +619,19 @@ def _reply_to(header: Header) -> Destination:
     return Destination(
         network=origin.network, country=origin.country, contact_point=origin.contact_point
     )
+
+
+def _context(header: Header) -> dict[str, str]:
+    """What every log line about this message binds."""
+    bound = {
+        "message_id": header.message_id,
+        "origin": header.origin.network,
+        "destination": _describe(header.destination),
+        "kind": header.kind,
+    }
+    if header.in_reply_to:
+        bound["in_reply_to"] = header.in_reply_to
+    return bound
 
 
 def _describe(destination: Destination) -> str:

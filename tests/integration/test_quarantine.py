@@ -144,15 +144,20 @@ async def test_refused_messages_are_listed_shown_and_dropped_and_nothing_else_mo
     assert all(MARK not in json.dumps(meta) for _, meta in events)
 
 
+_BLOCK = "# kinds restricted by the test\n"
+
+
 def _restrict(fed: Federation, network: str, peer: str, kinds: list[str] | None) -> None:
-    """Change which kinds ``network`` accepts from ``peer`` (None: every kind)."""
+    """Change which kinds ``network`` accepts from ``peer`` (None: every kind), as an operator
+    would: a ``[[peers]]`` table for that peer in the node's config."""
     path = fed.config_path(network)
-    text = path.read_text(encoding="utf-8")
-    lines = [line for line in text.splitlines() if not line.startswith("kinds = ")]
-    at = lines.index(f'network = "{peer}"', lines.index("[[peers]]"))
+    text = path.read_text(encoding="utf-8").split(_BLOCK)[0]
     if kinds is not None:
-        lines.insert(at + 1, f"kinds = {json.dumps(kinds)}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        text += (
+            f'{_BLOCK}[[peers]]\nnetwork = "{peer}"\nuser = "{fed.user(network)}"\n'
+            f'password_file = "broker.password"\nkinds = {json.dumps(kinds)}\n'
+        )
+    path.write_text(text, encoding="utf-8")
 
 
 async def test_a_release_after_a_config_fix_is_delivered_with_its_original_sender(
@@ -190,13 +195,10 @@ async def test_a_release_after_a_config_fix_is_delivered_with_its_original_sende
 
     events = [event for event, meta in _audit_events(fed, "casc")]
     assert events[0] == "refused"  # the pipeline refused it before accepting it
-    start = events.index("quarantine_release")
-    assert events[start : start + 4] == [
-        "quarantine_release",
-        "quarantine_released",
-        "accepted",
-        "delivered",
-    ]
+    after = events[events.index("quarantine_release") + 1 :]
+    # the node may accept the copy before the command has recorded the confirmed release
+    assert sorted(after[:3]) == ["accepted", "delivered", "quarantine_released"]
+    assert after.index("accepted") < after.index("delivered")
     assert (await mlanet(fed, "casc", "audit", "verify")).code == 0
     shown = await mlanet(fed, "casc", "audit", "show", "--last", "3")
     assert "delivered" in shown.out
@@ -234,7 +236,7 @@ async def test_dead_lettered_and_unroutable_messages_are_released_through_their_
     async with Transport(amqp(fed, "casc")) as transport:
         await transport.declare(
             Topology(
-                peers=tuple(peer.network for peer in cfg.peers),
+                peers=tuple(fed.peers("casc")),
                 contact_points=("uz-cp-1",),
                 delivery_limit=cfg.limits.delivery_limit,
             )
