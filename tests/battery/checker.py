@@ -66,6 +66,7 @@ class Verdict:
     latencies: list[float] = field(default_factory=list)
     window: float = 0.0  # first submission to last delivery, seconds
     faults: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the run observed besides the history
 
     @property
     def passed(self) -> bool:
@@ -94,6 +95,7 @@ class Verdict:
         ]
         if self.faults:
             lines.append("  faults: " + "; ".join(self.faults))
+        lines.extend(f"  {note}" for note in self.notes)
         for name in ("lost", "duplicated", "unexpected", "misquarantined"):
             found: list[str] = getattr(self, name)
             if found:

@@ -1,0 +1,234 @@
+"""One battery run: a federation of node processes on a broker, clients submitting at a steady
+rate, readers archiving deliveries, a collector reading quarantines, a fault script, a drain
+period, and the checker's verdict.
+
+    async with Battery("relay killed", tmp_path, broker=SharedBroker(ADMIN)) as battery:
+        await battery.start(lanes, crash_at={"casc": "after_confirm_before_ack:20"})
+        verdict = await battery.run(Load(lanes, rate=15, duration=8), faults=None)
+    assert verdict.passed, verdict.table()
+
+Every verdict is also kept in :data:`REPORT`, which the battery's ``conftest.py`` prints at the
+end of the pytest run (the tables, the load figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from nodes.federation import EXAMPLE_NETWORKS, Federation, build, provision, teardown
+from nodes.store import Store
+from tests.battery.checker import Verdict, check
+from tests.battery.faults import BrokerControl, Supervisor, tune
+from tests.battery.history import History, OpType
+from tests.battery.proxy import FaultProxy
+from tests.battery.workload import Client, Collector, Lane, Load, Reader, node_url, until
+from tests.integration.kit import config
+
+__all__ = ["REPORT", "Battery", "Plan", "ScenarioBroker"]
+
+REPORT: list[Verdict] = []
+
+
+class ScenarioBroker(BrokerControl, Protocol):
+    amqp_port: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The federation of a run. Defaults: SEAJust - CASC - EJN in a line (CASC relays between
+    the other two), receipts retried after 5 s, a 5 s AMQP heartbeat (so a dead link is
+    noticed within seconds; the node's default is 15 s)."""
+
+    networks: tuple[str, ...] = ("seajust", "casc", "ejn")
+    links: tuple[tuple[str, str], ...] = (("seajust", "casc"), ("casc", "ejn"))
+    receipts: Mapping[str, float] = field(
+        default_factory=lambda: {"retry_after_seconds": 5.0, "check_every_seconds": 0.5}
+    )
+    heartbeat: int | None = 5
+    limits: Mapping[str, int] = field(default_factory=dict)
+
+
+FaultScript = Callable[["Battery"], Awaitable[None]]
+
+
+class Battery:
+    def __init__(
+        self, name: str, root: Path, *, broker: ScenarioBroker, plan: Plan | None = None
+    ) -> None:
+        self.name = name
+        self.root = root
+        self.broker = broker
+        self.admin = broker.admin
+        self.plan = plan or Plan()
+        self.history = History(root / "history.jsonl")
+        self.proxies: list[FaultProxy] = []
+        self.clients: dict[str, Client] = {}
+        self._stop = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self._t0 = 0.0
+        self.fed: Federation
+        self.supervisor: Supervisor
+        self.collector: Collector
+        self.readers: list[Reader] = []
+
+    # --- set-up and tear-down ------------------------------------------------------------------
+    async def __aenter__(self) -> Battery:
+        self.fed = build(
+            self.root / "federation",
+            prefix="b" + uuid.uuid4().hex[:10],
+            networks={network: EXAMPLE_NETWORKS[network] for network in self.plan.networks},
+            links=list(self.plan.links),
+            port=self.broker.amqp_port,
+            management_url=self.admin.url,
+            receipts=dict(self.plan.receipts),
+        )
+        for network in self.plan.networks:
+            tune(self.fed, network, heartbeat=self.plan.heartbeat, limits=self.plan.limits)
+        await provision(self.fed, self.admin)
+        self.supervisor = Supervisor(self.fed, self.admin, self.history)
+        self.collector = Collector(self.fed, list(self.plan.networks), self.admin, self.history)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        for task in self._background:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 30)
+        for client in self.clients.values():
+            await client.__aexit__()
+        await self.supervisor.aclose()
+        for proxy in self.proxies:
+            proxy.close()
+        with contextlib.suppress(Exception):  # a killed scratch broker goes away with its data
+            await teardown(self.fed, self.admin)
+
+    def proxy(self, port: int | None = None, name: str = "proxy") -> FaultProxy:
+        """A started fault proxy to the run's broker (closed at the end of the run)."""
+        proxy = FaultProxy(self.fed.host, port or self.broker.amqp_port, name=name).start()
+        self.proxies.append(proxy)
+        return proxy
+
+    async def start(
+        self,
+        lanes: Sequence[Lane],
+        *,
+        crash_at: Mapping[str, str] | None = None,
+        client_ports: Mapping[str, int] | None = None,
+    ) -> None:
+        """Start every node (a crash point armed where asked), wait until they consume, then the
+        readers of the destination networks, the collector and one client per origin."""
+        for network in self.plan.networks:
+            self.supervisor.start(network, crash_at=(crash_at or {}).get(network))
+        await self.supervisor.wait_ready()
+        self.supervisor.supervise()
+        destinations: dict[str, set[str]] = {}
+        for lane in lanes:
+            destinations.setdefault(lane.network, set()).add(lane.contact_point)
+        for network, contact_points in sorted(destinations.items()):
+            reader = Reader(self.fed, network, sorted(contact_points), self.history)
+            self.readers.append(reader)
+            self._background.append(asyncio.create_task(reader.run(self._stop)))
+        self._background.append(asyncio.create_task(self.collector.run(self._stop)))
+        for origin in sorted({lane.origin for lane in lanes}):
+            port = (client_ports or {}).get(origin)
+            client = Client(
+                self.fed, origin, self.history, url=node_url(self.fed, origin, port=port)
+            )
+            self.clients[origin] = await client.__aenter__()
+
+    # --- the run -------------------------------------------------------------------------------
+    def fault(self, what: str) -> None:
+        """Note a fault (or its healing) in the history."""
+        self.history.add("fault", "faults", reason=what)
+
+    async def at(self, seconds: float) -> None:
+        """Sleep until ``seconds`` after the load started."""
+        delay = self._t0 + seconds - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def run(
+        self,
+        load: Load,
+        faults: FaultScript | None = None,
+        *,
+        drain: float = 120.0,
+        receipts_within: float = 30.0,
+    ) -> Verdict:
+        """Run the load and the fault script together; when both are done (every fault healed),
+        drain until every accepted message is delivered or quarantined as expected (at most
+        ``drain`` seconds), wait for the receipts (at most ``receipts_within``), then judge."""
+        self._t0 = asyncio.get_running_loop().time()
+        jobs: list[Awaitable[object]] = [load.run(self.clients)]
+        if faults is not None:
+            jobs.append(faults(self))
+        await asyncio.gather(*jobs)
+        drained = await until(self._settled, within=drain, every=0.5)
+        receipted = await until(self._receipted, within=receipts_within, every=0.5)
+        await asyncio.sleep(1.0)  # late repeats, if any, show up now
+        self._stop.set()
+        for task in self._background:
+            await asyncio.wait_for(task, 60)
+        self._background.clear()
+        verdict = check(self.name, self.history.ops)
+        verdict.notes.extend(self._notes(drained, receipted))
+        REPORT.append(verdict)
+        print("\n" + verdict.table())
+        return verdict
+
+    def _settled(self) -> bool:
+        """Every accepted message delivered, or quarantined when that is what is expected."""
+
+        def keys(op_type: OpType) -> set[tuple[str | None, str | None]]:
+            return {(op.origin, op.message_id) for op in self.history.of(op_type)}
+
+        expected = {(op.origin, op.message_id): op.expect for op in self.history.of("submitted")}
+        arrived, refused = keys("delivered"), keys("quarantined")
+        for key in keys("accepted"):
+            wanted = arrived if expected.get(key) == "deliver" else refused
+            if key not in wanted:
+                return False
+        return True
+
+    def _outbox(self) -> dict[str, int]:
+        """States of the submitted messages in their origins' outboxes."""
+        states: dict[str, int] = {}
+        by_origin: dict[str, list[str]] = {}
+        for op in self.history.of("submitted"):
+            if op.expect == "deliver" and op.origin and op.message_id:
+                by_origin.setdefault(op.origin, []).append(op.message_id)
+        for origin, ids in by_origin.items():
+            store = Store(config(self.fed, origin).state_dir / "node.sqlite3")
+            try:
+                for message_id in ids:
+                    entry = store.outbox_get(message_id)
+                    state = entry.state if entry else "missing"
+                    states[state] = states.get(state, 0) + 1
+            finally:
+                store.close()
+        return states
+
+    def _receipted(self) -> bool:
+        states = self._outbox()
+        return set(states) <= {"delivered"}
+
+    def _notes(self, drained: bool, receipted: bool) -> list[str]:
+        notes = []
+        if not drained:
+            notes.append("drain period ended before every accepted message arrived")
+        states = ", ".join(f"{n} {state}" for state, n in sorted(self._outbox().items()))
+        notes.append(f"origin outbox states: {states or 'none'}" + ("" if receipted else " (!)"))
+        if self.supervisor.crashed:
+            notes.append("crash points reached: " + "; ".join(self.supervisor.crashed))
+        if self.supervisor.unexpected:
+            notes.append("UNEXPECTED node exits: " + "; ".join(self.supervisor.unexpected))
+        errors = sum(reader.errors for reader in self.readers) + self.collector.errors
+        if errors:
+            notes.append(f"reader/collector reconnections: {errors}")
+        return notes

@@ -1,0 +1,42 @@
+"""The fault battery's fast tier: representative scenarios at small scale, each judged by the
+checker (nothing lost, duplicated, forged or wrongly refused). The long tier is in
+``test_battery_long.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.battery.faults import SharedBroker
+from tests.battery.scenario import Battery
+from tests.battery.workload import Lane, Load
+from tests.integration.kit import ADMIN
+
+pytestmark = pytest.mark.integration
+
+# SEAJust <-> CASC <-> EJN: two-network journeys both ways and three-network ones through CASC.
+LANES = [
+    Lane("seajust", "kh-cp-1", "casc", "UZ"),
+    Lane("seajust", "th-cp-1", "ejn", "FR"),
+    Lane("casc", "kz-cp-1", "seajust", "VN"),
+    Lane("ejn", "de-cp-1", "seajust", "KH"),
+    Lane("ejn", "it-cp-1", "casc", "GE"),
+]
+
+
+@pytest.mark.timeout(300)
+async def test_a_relay_crashing_between_confirm_and_ack_loses_and_repeats_nothing(
+    tmp_path: Path,
+) -> None:
+    """CASC relays for SEAJust and EJN and dies (os._exit) on its 15th forward, after the
+    broker confirmed the publish and before it recorded or acked anything; restarted, it gets
+    the unacked deliveries again and forwards them again: every message arrives once."""
+    async with Battery(
+        "relay crashes after confirm, before ack", tmp_path, broker=SharedBroker(ADMIN)
+    ) as battery:
+        await battery.start(LANES, crash_at={"casc": "after_confirm_before_ack:15"})
+        verdict = await battery.run(Load(LANES, rate=10, duration=8))
+    assert battery.supervisor.crashed == ["casc: after_confirm_before_ack:15"]
+    assert verdict.delivered == 80
+    assert verdict.passed, verdict.table()

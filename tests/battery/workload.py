@@ -1,0 +1,391 @@
+"""The processes of a battery run that are not nodes: clients that submit at a steady rate,
+readers that archive what reaches the contact points, and the collector that reads the
+quarantines. Each appends to the run's :class:`History`.
+
+- A :class:`Client` submits for one network as its contact points would (``submit_on``, broker
+  confirmed). An attempt that is not confirmed is retried with the same message id until it is
+  (the node dedupes submissions by id), so a lost confirm is resent, never forgotten.
+- A :class:`Reader` does what ``mlanet inbox`` does for its network's contact points
+  (``take_delivered``: verify, archive in the node's store, ack) in a loop, and records each
+  message as ``delivered`` (new in the archive) or ``repeat`` (already archived).
+- The :class:`Collector` takes what lands in each node's ``mlanet.quarantine`` and records the
+  message id and the reason code (``x-mlanet-reason``; ``delivery_limit`` for a message the
+  queue dead-lettered; ``unroutable`` for one an exchange could not route).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aio_pika
+import aiormq
+
+from broker import MlanetError, TrustStore
+from broker.management import ManagementEndpoint
+from broker.transport import QUARANTINE, Transport
+from nodes.contact import submit_on, take_delivered
+from nodes.federation import Federation
+from nodes.node import trust_from_directory
+from nodes.store import Store
+from schemas.submission import Submission
+from tests.battery.history import History
+from tests.integration.kit import config
+
+__all__ = [
+    "Client",
+    "Collector",
+    "Lane",
+    "Load",
+    "Reader",
+    "admin_url",
+    "node_url",
+    "request",
+]
+
+# What a failed broker operation may raise at the test's edge (the node translates the same).
+BROKER_ERRORS = (
+    MlanetError,
+    OSError,
+    TimeoutError,
+    RuntimeError,
+    aio_pika.exceptions.AMQPError,
+    aiormq.exceptions.AMQPError,
+)
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One flow of requests: from a contact point of ``origin`` to the contact point of
+    ``country`` in ``network``."""
+
+    origin: str
+    sender: str
+    network: str
+    country: str
+
+    @property
+    def contact_point(self) -> str:
+        return f"{self.country.lower()}-cp-1"  # the federation's naming (one per country)
+
+
+def node_url(fed: Federation, network: str, *, port: int | None = None) -> str:
+    """The AMQP URL the network's own node uses (its user), optionally through another port."""
+    cfg = config(fed, network)
+    password = cfg.broker.password_file.read_text(encoding="utf-8").strip()
+    return (
+        f"amqp://{quote(cfg.broker.user, safe='')}:{quote(password, safe='')}@"
+        f"{fed.host}:{port or fed.port}/{quote(fed.vhost(network), safe='')}"
+        f"?heartbeat={cfg.broker.heartbeat}"
+    )
+
+
+def admin_url(fed: Federation, network: str, admin: ManagementEndpoint) -> str:
+    return (
+        f"amqp://{quote(admin.user, safe='')}:{quote(admin.password, safe='')}@"
+        f"{fed.host}:{fed.port}/{quote(fed.vhost(network), safe='')}"
+    )
+
+
+_TEXT = (
+    "Test request: no real case content. The requesting authority asks for help with a pending "
+    "matter; this sentence only fills the payload to a realistic size. "
+)
+
+
+def _text(length: int, salt: int) -> str:
+    body = f"[{salt}] " + _TEXT * (length // len(_TEXT) + 1)
+    return body[:length]
+
+
+def request(lane: Lane, size: int, n: int) -> Submission:
+    """A submission whose payload is about ``size`` bytes: a facilitation request up to ~4 KB,
+    an information request with several questions above (each text at most 4000 characters)."""
+    sender_country = lane.sender[:2].upper()
+    case_ref = f"{sender_country}-MLA-2026-{n % 10000:04d}"
+    if size <= 4200:
+        kind = "facilitation_request"
+        payload: dict[str, Any] = {
+            "case_ref": case_ref,
+            "requesting_country": sender_country,
+            "requested_country": lane.country,
+            "offence_categories": ["cybercrime"],
+            "measures_sought": ["e_evidence_preservation"],
+            "languages": ["en"],
+            "summary": _text(max(1, size - 220), n),
+        }
+    else:
+        kind = "information_request"
+        parts = -(-size // 3900)
+        payload = {
+            "case_ref": case_ref,
+            "questions": [_text(size // parts, n * 100 + i) for i in range(parts)],
+        }
+    return Submission.model_validate(
+        {
+            "message_id": str(uuid.uuid4()),
+            "kind": kind,
+            "sender": lane.sender,
+            "destination": {"country": lane.country},
+            "payload": payload,
+        }
+    )
+
+
+class Client:
+    """Submits for one network on one connection; retries an unconfirmed attempt."""
+
+    def __init__(
+        self,
+        fed: Federation,
+        network: str,
+        history: History,
+        *,
+        url: str | None = None,
+        retry_every: float = 1.0,
+        give_up_after: float = 600.0,
+    ) -> None:
+        self.fed = fed
+        self.network = network
+        self.history = history
+        self.process = f"client:{network}"
+        self._url = url or node_url(fed, network)
+        self._transport: Transport | None = None
+        self._retry_every = retry_every
+        self._give_up_after = give_up_after
+
+    async def __aenter__(self) -> Client:
+        self._transport = Transport(self._url)
+        await self._transport.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._transport is not None:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await self._transport.aclose()
+
+    async def send(self, lane: Lane, submission: Submission, expect: str = "deliver") -> bool:
+        """Submit until confirmed (True) or the patience runs out (False: indeterminate)."""
+        assert self._transport is not None, "use the client as an async context manager"
+        assert lane.origin == self.network
+        self.history.add(
+            "submitted",
+            self.process,
+            message_id=submission.message_id,
+            origin=lane.origin,
+            sender=lane.sender,
+            contact_point=lane.contact_point,
+            network=lane.network,
+            kind=submission.kind,
+            expect=expect,
+        )
+        deadline = asyncio.get_running_loop().time() + self._give_up_after
+        while True:
+            try:
+                await submit_on(self._transport, submission)
+            except BROKER_ERRORS as exc:
+                self.history.add(
+                    "submit_failed",
+                    self.process,
+                    message_id=submission.message_id,
+                    origin=lane.origin,
+                    reason=type(exc).__name__,
+                )
+                if asyncio.get_running_loop().time() > deadline:
+                    return False
+                await asyncio.sleep(self._retry_every)
+                continue
+            self.history.add(
+                "accepted", self.process, message_id=submission.message_id, origin=lane.origin
+            )
+            return True
+
+
+@dataclass
+class Load:
+    """A paced workload: ``rate`` submissions per second for ``duration`` seconds, spread over
+    the lanes in turn, payload sizes drawn uniformly from ``sizes`` (bytes)."""
+
+    lanes: list[Lane]
+    rate: float
+    duration: float
+    sizes: tuple[int, int] = (1000, 20000)
+    seed: int = 7
+    expect: Callable[[Lane, int], str] = field(default=lambda lane, n: "deliver")
+
+    @property
+    def count(self) -> int:
+        return round(self.rate * self.duration)
+
+    async def run(self, clients: Mapping[str, Client]) -> list[bool]:
+        """Start each submission on schedule (concurrently: a slow broker does not slow the
+        schedule) and wait for all of them to be confirmed or given up."""
+        shapes = random.Random(self.seed)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tasks: list[asyncio.Task[bool]] = []
+        for n in range(self.count):
+            lane = self.lanes[n % len(self.lanes)]
+            submission = request(lane, shapes.randint(*self.sizes), n)
+            delay = start + n / self.rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            client = clients[lane.origin]
+            tasks.append(asyncio.create_task(client.send(lane, submission, self.expect(lane, n))))
+        return list(await asyncio.gather(*tasks))
+
+
+class Reader:
+    """Archives the deliveries of a network's contact points, as ``mlanet inbox`` would."""
+
+    def __init__(
+        self,
+        fed: Federation,
+        network: str,
+        contact_points: list[str],
+        history: History,
+        *,
+        every: float = 0.05,
+    ) -> None:
+        self.fed = fed
+        self.network = network
+        self.contact_points = contact_points
+        self.history = history
+        self.process = f"reader:{network}"
+        self.every = every
+        self.errors = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = config(self.fed, self.network)
+        trust: TrustStore = trust_from_directory(cfg.load_directory())
+        store = Store(cfg.state_dir / "node.sqlite3")
+        try:
+            while not stop.is_set():
+                try:
+                    async with Transport(node_url(self.fed, self.network)) as transport:
+                        await self._loop(stop, cfg, transport, store, trust)
+                except BROKER_ERRORS:
+                    self.errors += 1  # the broker is away: reconnect, as a person would
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+        finally:
+            store.close()
+
+    async def _loop(
+        self, stop: asyncio.Event, cfg: Any, transport: Transport, store: Store, trust: TrustStore
+    ) -> None:
+        while True:
+            for contact_point in self.contact_points:
+                for taken in await take_delivered(cfg, contact_point, transport, store, trust):
+                    self.history.add(
+                        "delivered" if taken.new else "repeat",
+                        self.process,
+                        message_id=taken.message_id,
+                        origin=taken.origin,
+                        sender=taken.sender,
+                        contact_point=contact_point,
+                        network=self.network,
+                        kind=taken.kind,
+                    )
+            if stop.is_set():
+                return  # one last sweep after the stop was asked: nothing is left behind
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.every)
+
+
+def _identify(body: bytes, network: str) -> tuple[str | None, str | None, str | None]:
+    """(origin network, message id, kind) of a quarantined body, as far as it can be read."""
+    with contextlib.suppress(ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raw = json.loads(body)
+        if isinstance(raw, dict) and isinstance(raw.get("header"), str):
+            encoded = raw["header"]
+            header = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+            origin = header.get("origin", {}).get("network")
+            return origin, header.get("message_id"), header.get("kind")
+        if isinstance(raw, dict) and "sender" in raw:  # a submission refused at its origin
+            return network, raw.get("message_id"), raw.get("kind")
+    return None, None, None
+
+
+def _reason(headers: Mapping[str, Any]) -> str:
+    if isinstance(headers.get("x-mlanet-reason"), str):
+        return str(headers["x-mlanet-reason"])
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping):
+        return str(deaths[0].get("reason", "dead_lettered"))  # e.g. delivery_limit
+    return "unroutable"  # through the alternate exchange: no binding took it
+
+
+class Collector:
+    """Takes what lands in each node's quarantine and records it."""
+
+    def __init__(
+        self, fed: Federation, networks: list[str], admin: ManagementEndpoint, history: History
+    ) -> None:
+        self.fed = fed
+        self.networks = networks
+        self.admin = admin
+        self.history = history
+        self.errors = 0
+
+    async def sweep(self) -> int:
+        found = 0
+        for network in self.networks:
+            try:
+                found += await self._sweep(network)
+            except BROKER_ERRORS:
+                self.errors += 1
+        return found
+
+    async def _sweep(self, network: str) -> int:
+        connection = await aio_pika.connect(admin_url(self.fed, network, self.admin))
+        found = 0
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(QUARANTINE, passive=True)
+            while (message := await queue.get(no_ack=False, fail=False)) is not None:
+                origin, message_id, kind = _identify(message.body, network)
+                self.history.add(
+                    "quarantined",
+                    "collector",
+                    message_id=message_id if isinstance(message_id, str) else None,
+                    origin=origin if isinstance(origin, str) else None,
+                    network=network,
+                    kind=kind if isinstance(kind, str) else None,
+                    reason=_reason(dict(message.headers or {})),
+                )
+                await message.ack()
+                found += 1
+        return found
+
+    async def run(self, stop: asyncio.Event, every: float = 0.5) -> None:
+        while not stop.is_set():
+            await self.sweep()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+        await self.sweep()
+
+
+async def until(
+    check: Callable[[], Awaitable[bool] | bool], within: float, every: float = 0.2
+) -> bool:
+    """Poll ``check`` until it holds (True) or ``within`` seconds passed (False)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return True
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(every)
