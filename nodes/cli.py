@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from broker import ConfigError, KeyRefused, MlanetError, generate_key_files
 from broker.management import ManagementEndpoint
+from nodes.cli_directory import directory_app, init_command, keys_rotate
 from nodes.cli_operator import operator_app, status_app
 from nodes.cli_quarantine import audit_app, quarantine_app
 from nodes.config import NodeConfig, load_config
@@ -35,6 +36,9 @@ app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(audit_app, name="audit")
 app.add_typer(status_app, name="status", help="One node at a glance (--json for scripts).")
 app.add_typer(operator_app, name="operator")
+app.add_typer(directory_app, name="directory")
+app.command("init")(init_command)
+keys_app.command("rotate")(keys_rotate)
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The node's TOML file.")]
 AdminUser = Annotated[str, typer.Option(help="Broker administrator for provisioning.")]
@@ -124,6 +128,9 @@ def send(
     summary: Annotated[str | None, typer.Option(help="Summary of the matter.")] = None,
     urgency: Annotated[str, typer.Option(help="normal or urgent.")] = "normal",
     in_reply_to: Annotated[str | None, typer.Option(help="Message this one answers.")] = None,
+    members_only: Annotated[
+        bool, typer.Option(help="Never to, or through, an observer country or network.")
+    ] = False,
 ) -> None:
     """Send a message (a facilitation request by default) from a file or from flags."""
     from nodes.contact import submit
@@ -158,6 +165,7 @@ def send(
                 ),
                 "urgency": urgency,
                 "in_reply_to": in_reply_to,
+                "members_only": True if members_only else None,
                 "payload": payload,
             }
         )

@@ -369,6 +369,7 @@ class Node:
         urgency: str = "normal",
         hop_limit: int = 6,
         message_id: str | None = None,
+        members_only: bool | None = None,
     ) -> SignedMessage:
         header = Header.model_validate(
             {
@@ -383,6 +384,7 @@ class Node:
                 "key_id": self.key.key_id,
                 "urgency": urgency,
                 "in_reply_to": in_reply_to,
+                "members_only": members_only,
             }
         )
         return sign_message(header, payload, self.key)
@@ -517,6 +519,7 @@ class Node:
                     urgency=submission.urgency,
                     hop_limit=submission.hop_limit,
                     message_id=submission.message_id,
+                    members_only=submission.members_only,
                 )
                 self.store.outbox_add(
                     message_id=submission.message_id,

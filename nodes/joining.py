@@ -1,0 +1,204 @@
+"""What a network's operator does to join the federation, rotate its key, and prepare its broker.
+
+- :func:`init_network` (``mlanet init``): a signing key, the broker secrets, a node config
+  skeleton that pins the coordinator's key, and a join request signed with the new key.
+- :func:`rotation_request` (``mlanet keys rotate``): the next key and a request signed by the
+  current key and the new one.
+- :func:`provision_broker` (``mlanet directory provision``): the node's vhost and user on its
+  own broker, and the peers' inbox permissions the directory calls for.
+
+See ``docs/JOINING.md`` for the whole procedure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from broker.directory_signing import sign_request
+from broker.errors import ConfigError, MlanetError
+from broker.keys import generate_key_files, load_public_key_file, load_signing_key
+from broker.management import Management, ManagementEndpoint
+from broker.peer_access import grant_peer, rabbit_password_hash
+from broker.strictjson import canonical_bytes
+from nodes.config import NodeConfig, _read_secret
+from nodes.directory import DirectoryBook
+from schemas.directory import JoinRequest, KeyRotationRequest, NetworkEntry, NetworkKey
+
+__all__ = ["JoinFiles", "init_network", "provision_broker", "rotation_request"]
+
+JOIN_REQUEST = "join-request.json"
+
+
+@dataclass(frozen=True)
+class JoinFiles:
+    config: Path
+    request: Path
+    key: Path
+
+
+def _secret(path: Path) -> None:
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secrets.token_urlsafe(24) + "\n")
+
+
+def _toml_string(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9 ._:/()@,+-]*", value):
+        raise ConfigError(f"unexpected characters in {value!r}")
+    return f'"{value}"'
+
+
+def init_network(
+    folder: Path,
+    *,
+    network: str,
+    name: str,
+    members: list[str],
+    observers: list[str],
+    contact_points: list[tuple[str, str]],
+    role: str,
+    broker_host: str,
+    broker_port: int,
+    vhost: str,
+    user: str,
+    management_url: str,
+    coordinator_key: Path,
+    links: list[str],
+    link_user: str | None = None,
+    admin_user: str | None = None,
+    admin_password: str | None = None,
+) -> JoinFiles:
+    """Write everything a new network needs to ask to join (see the module docstring)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pinned = load_public_key_file(coordinator_key)
+    key_path = folder / f"{network}.1.key"
+    if key_path.exists():
+        raise ConfigError(f"{key_path.name} exists: this folder was initialised already")
+    key_path, _ = generate_key_files(folder, network, "ed25519:1")
+    key = load_signing_key(key_path)
+    _secret(folder / "broker.password")
+    link_user = link_user or user
+    link_file = "broker.password" if link_user == user else "link.password"
+    _secret(folder / link_file)
+    link_password = (folder / link_file).read_text(encoding="ascii").strip()
+    entry = NetworkEntry.model_validate(
+        {
+            "id": network,
+            "name": name,
+            "role": role,
+            "members": members,
+            "observers": observers,
+            "contact_points": [
+                {"id": cp, "country": cp[:2].upper(), "role": cp_role}
+                for cp, cp_role in contact_points
+            ],
+            "keys": [{"key_id": key.key_id, "public_key": key.public_b64()}],
+            "broker": {"host": broker_host, "port": broker_port, "vhost": vhost},
+            "link_user": {"name": link_user, "password_hash": rabbit_password_hash(link_password)},
+        }
+    )
+    request = JoinRequest(type="join", network=entry, links=links, requested_at=datetime.now(UTC))
+    request_path = folder / JOIN_REQUEST
+    request_path.write_bytes(canonical_bytes(sign_request(request, [key]).model_dump(mode="json")))
+    provisioning = ""
+    if admin_user is not None:
+        fd = os.open(folder / "admin.password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write((admin_password or "") + "\n")
+        provisioning = (
+            f"\n[provisioning]                         # an administrator of your own broker\n"
+            f"user = {_toml_string(admin_user)}\n"
+            'password_file = "admin.password"\n'
+        )
+    config_path = folder / "node.toml"
+    config_path.write_text(
+        f"# {name}: written by mlanet init. The coordinator sends back directory.json once it\n"
+        "# has approved join-request.json; then start the node.\n"
+        f"network = {_toml_string(network)}\n"
+        f'signing_key = "{key_path.name}"\n'
+        'directory = "directory.json"\n'
+        'state_dir = "state"\n\n'
+        "[broker]                               # your own RabbitMQ\n"
+        f"host = {_toml_string(broker_host)}\nport = {broker_port}\n"
+        f"vhost = {_toml_string(vhost)}\nuser = {_toml_string(user)}\n"
+        'password_file = "broker.password"\n'
+        f"management_url = {_toml_string(management_url)}\n\n"
+        "[link]                                 # your user at your peers' brokers\n"
+        f'user = {_toml_string(link_user)}\npassword_file = "{link_file}"\n\n'
+        "[coordinator]                          # the key that signs the directory\n"
+        f"network = {_toml_string(pinned.network)}\n"
+        f'keys = [{{ key_id = "{pinned.key_id}", public_key = "{pinned.public_key}" }}]\n'
+        f"{provisioning}",
+        encoding="utf-8",
+    )
+    return JoinFiles(config_path, request_path, key_path)
+
+
+def rotation_request(config: NodeConfig) -> tuple[Path, Path]:
+    """A new key beside the current one, and the rotation request for the coordinator."""
+    book = DirectoryBook.load(config, persist=False)
+    current = book.signing_key()
+    entry = book.held.directory.network(config.network)
+    listed = [int(key.key_id.split(":")[1]) for key in entry.keys] if entry else []
+    folder = config.signing_key.parent
+    on_disk = [
+        int(m.group(1))
+        for path in folder.glob(f"{config.network}.*.key")
+        if (m := re.fullmatch(rf"{re.escape(config.network)}\.([0-9]+)\.key", path.name))
+    ]
+    number = max([*listed, *on_disk, 0]) + 1
+    key_path, _ = generate_key_files(folder, config.network, f"ed25519:{number}")
+    new = load_signing_key(key_path)
+    request = KeyRotationRequest(
+        type="key_rotation",
+        network=config.network,
+        current_key_id=current.key_id,
+        new_key=NetworkKey(key_id=new.key_id, public_key=new.public_b64()),
+        requested_at=datetime.now(UTC),
+    )
+    path = folder / f"key-rotation-{number}.json"
+    path.write_bytes(canonical_bytes(sign_request(request, [current, new]).model_dump(mode="json")))
+    return key_path, path
+
+
+async def provision_broker(config: NodeConfig, admin: ManagementEndpoint) -> list[str]:
+    """Create this node's vhost and user on its own broker (idempotent), then give the peers
+    the directory links to this network write access to their inbox exchange. Returns what
+    was done, one line each."""
+    broker = config.broker
+    done = []
+    async with Management(admin) as management:
+        await management.put_vhost(broker.vhost)
+        if await management.user(broker.user) is None:
+            await management.put_user(
+                broker.user, _read_secret(broker.password_file), "policymaker,monitoring"
+            )
+            done.append(f"user {broker.user} created")
+        await management.put_permissions(
+            broker.vhost, broker.user, configure=".*", write=".*", read=".*"
+        )
+        await management.put_permissions(
+            broker.vhost, admin.user, configure=".*", write=".*", read=".*"
+        )
+        done.append(f"vhost {broker.vhost} ready for {broker.user}")
+        try:
+            directory = DirectoryBook.load(config, persist=False).held.directory
+        except (ConfigError, MlanetError) as exc:
+            done.append(f"no peers yet ({exc})")
+            return done
+        protected = {broker.user, admin.user}
+        for peer in directory.neighbours(config.network):
+            entry = directory.network(peer)
+            if entry is None or entry.link_user is None:
+                continue
+            result = await grant_peer(
+                management, broker.vhost, peer, entry.link_user, protected=protected
+            )
+            done.append(f"peer {peer} ({entry.link_user.name}): {result}")
+    return done
