@@ -19,6 +19,7 @@ from nodes.coordinator import (
     Coordinator,
     approve_join,
     approve_rotation,
+    change_membership,
     hand_over,
     next_version,
     publish_directory,
@@ -239,6 +240,41 @@ def handover(
 
     def change(base: Directory, now: datetime) -> tuple[list[NetworkEntry], None]:
         return hand_over(base, network, previous, successor, when or now, role), None
+
+    _issue(config, change, valid_for, out)
+
+
+@directory_app.command("membership")
+def membership(
+    config: ConfigOption,
+    network: Annotated[str, typer.Option(help="The network whose membership changes.")],
+    add_member: Annotated[list[str] | None, typer.Option(help="A country joins.")] = None,
+    remove_member: Annotated[list[str] | None, typer.Option(help="A country leaves.")] = None,
+    add_observer: Annotated[list[str] | None, typer.Option(help="An observer country.")] = None,
+    remove_observer: Annotated[list[str] | None, typer.Option(help="An observer leaves.")] = None,
+    contact_point: Annotated[
+        list[str] | None, typer.Option(help="Appoint id[=role] (its country must be listed).")
+    ] = None,
+    valid_for: ValidFor = 30.0,
+    out: Out = None,
+) -> None:
+    """Change a network's member and observer countries and appoint their contact points."""
+    points = [
+        (cp, role or "contact point")
+        for cp, _, role in (text.partition("=") for text in contact_point or [])
+    ]
+
+    def change(base: Directory, now: datetime) -> tuple[list[NetworkEntry], None]:
+        networks = change_membership(
+            base,
+            network,
+            add_members=add_member or [],
+            remove_members=remove_member or [],
+            add_observers=add_observer or [],
+            remove_observers=remove_observer or [],
+            contact_points=points,
+        )
+        return networks, None
 
     _issue(config, change, valid_for, out)
 

@@ -12,6 +12,7 @@ applies it and passes it on to its peers, and they to theirs.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
     "Coordinator",
     "approve_join",
     "approve_rotation",
+    "change_membership",
     "hand_over",
     "next_version",
     "revoke_key",
@@ -211,6 +213,40 @@ def hand_over(
         for cp in points
     ]
     return _replace_network(directory, entry.model_copy(update={"contact_points": points}))
+
+
+def change_membership(
+    directory: Directory,
+    network: str,
+    *,
+    add_members: Sequence[str] = (),
+    remove_members: Sequence[str] = (),
+    add_observers: Sequence[str] = (),
+    remove_observers: Sequence[str] = (),
+    contact_points: Sequence[tuple[str, str]] = (),
+) -> list[NetworkEntry]:
+    """Countries join or leave a network as members or observers; ``contact_points`` (id,
+    role) are appointed for them. A country that leaves takes its contact points with it."""
+    entry = directory.network(network)
+    if entry is None:
+        raise _refuse(f"{network} is not in the directory")
+    members = [c for c in entry.members if c not in remove_members]
+    members += [c for c in add_members if c not in members]
+    observers = [c for c in entry.observers if c not in remove_observers and c not in members]
+    observers += [c for c in add_observers if c not in observers and c not in members]
+    serving = set(members) | set(observers)
+    points = [cp for cp in entry.contact_points if cp.country in serving]
+    for cp_id, role in contact_points:
+        if entry.contact_point(cp_id) is None:
+            points.append(ContactPointEntry(id=cp_id, country=cp_id[:2].upper(), role=role))
+    value = entry.model_dump(mode="json", exclude_none=True)
+    value.update(
+        members=members,
+        observers=observers,
+        contact_points=[cp.model_dump(mode="json", exclude_none=True) for cp in points],
+    )
+    changed = NetworkEntry.model_validate(value, strict=False)
+    return _replace_network(directory, changed)
 
 
 @dataclass
