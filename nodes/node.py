@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,7 +37,8 @@ from broker import (
     open_envelope,
     sign_message,
 )
-from broker.keys import SigningKey
+from broker.errors import error_location
+from broker.keys import SigningKey, b64u_encode
 from broker.management import Management, ManagementEndpoint, ShovelSpec
 from broker.routing import Deliver, Forward, Refuse, route
 from broker.transport import (
@@ -333,10 +335,20 @@ class Node:
         seen = flow or claim(body, max_bytes=self.config.limits.max_message_bytes).flow(
             origin=self.config.network if via == SUBMIT else None
         )
+        kept, truncated = body, {}
+        if len(body) > self.config.limits.max_message_bytes:
+            # Never acceptable at any size: keep the first max_message_bytes, the size and the
+            # digest, so that a peer cannot fill this broker's disk with bodies far above the cap.
+            kept = body[: self.config.limits.max_message_bytes]
+            truncated = {
+                "x-mlanet-truncated": "true",
+                "x-mlanet-size": str(len(body)),
+                "x-mlanet-sha256": b64u_encode(hashlib.sha256(body).digest()),
+            }
         with bound_contextvars(quarantine_id=entry_id, **log_context(seen)):
             await self.transport.publish(
                 QUARANTINE,
-                body,
+                kept,
                 message_id=entry_id,
                 kind="refused",
                 headers={
@@ -344,6 +356,7 @@ class Node:
                     "x-mlanet-detail": refused.detail,
                     "x-mlanet-via": via,
                     "x-mlanet-at": datetime.now(UTC).isoformat(),
+                    **truncated,
                 },
             )
             self.store.event(
@@ -486,7 +499,7 @@ class Node:
             return
         except ValidationError as exc:  # locations only, never the input
             errors = exc.errors(include_input=False, include_url=False)
-            where = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[:5])
+            where = ", ".join(error_location(e) for e in errors[:5])
             await self.quarantine(body, RefusedMessage(Reason.SCHEMA_INVALID, where), SUBMIT)
             return
         with bound_contextvars(

@@ -1,0 +1,182 @@
+"""The hostile-input battery on the real broker: every entry of tests/hostile/corpus.py is sent
+into a running node's inbox by a misbehaving peer (its own broker user, its own inbox exchange
+unless the entry says otherwise, any AMQP property bytes), one after the other.
+
+Each must end exactly as the corpus says: quarantined with its specific ``x-mlanet-reason``,
+refused by the broker (permissions, a forged user id), deduplicated, or (a valid message with
+undecodable properties) delivered once. None may cause a delivery it should not, a forward, a
+crash or a stall: a good message sent after the whole corpus is delivered, and the contact
+point's queue holds exactly the messages that were meant to arrive, each once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from broker import Reason
+from broker.keys import b64u_decode, b64u_encode
+from nodes.federation import Federation
+from nodes.store import Store
+from tests.hostile.corpus import (
+    CONTACT_POINT,
+    CORPUS,
+    HONEST,
+    HOSTILE,
+    RECEIVER,
+    Deduplicated,
+    Delivered,
+    Hostile,
+    Quarantined,
+    Refused,
+    Scene,
+    restrict_kinds,
+)
+from tests.hostile.forge import facilitation_payload, header, sign, wire
+from tests.hostile.harness import rotate
+from tests.hostile.peer import BrokerRefusal, Publication, amqp_url, publish
+from tests.integration.kit import config, depth, drain, eventually, key, running
+
+QUARANTINE = "mlanet.quarantine"
+DELIVER = f"mlanet.deliver.{CONTACT_POINT}"
+
+
+def _message_id(body: bytes) -> str:
+    frame = json.loads(body)
+    return str(json.loads(b64u_decode(frame["header"]))["message_id"])
+
+
+def _events(fed: Federation, message_id: str) -> list[str]:
+    store = Store(config(fed, RECEIVER).state_dir / "node.sqlite3", readonly=True)
+    try:
+        return [event.event for event in store.events(message_id)]
+    finally:
+        store.close()
+
+
+class Battery:
+    """Sends publications as a peer and follows what the receiving node does with them."""
+
+    def __init__(self, fed: Federation) -> None:
+        self.fed = fed
+        self.delivered: list[str] = []  # message ids expected at the contact point, in order
+
+    async def send(self, publication: Publication) -> None:
+        sender = publication.as_network or HOSTILE
+        url = amqp_url(self.fed.user(sender), self.fed.password(sender), self.fed.vhost(RECEIVER))
+        await publish(url, sender, publication)
+
+    async def deliver(self, publication: Publication) -> None:
+        await self.send(publication)
+        self.delivered.append(_message_id(publication.body))
+        await self.until_delivered()
+
+    async def until_delivered(self) -> None:
+        async def arrived() -> bool:
+            return await depth(self.fed, RECEIVER, DELIVER) >= len(self.delivered)
+
+        await eventually(arrived, within=60)
+
+    async def run(self, entry: Hostile, scene: Scene) -> str:
+        """Play one entry; return what happened, in the words of the corpus table."""
+        attack = entry.build(scene)
+        for setup in attack.setup:
+            await self.deliver(setup)
+        expect = entry.expect
+        if isinstance(expect, Refused):
+            with pytest.raises(BrokerRefusal) as refused:
+                await self.send(attack.hostile)
+            assert refused.value.code == expect.code, entry.name
+            return f"refused by the broker ({expect.code})"
+        if isinstance(expect, Delivered):
+            await self.deliver(attack.hostile)
+            return "delivered once (properties ignored)"
+        await self.send(attack.hostile)
+        if isinstance(expect, Deduplicated):
+            message_id = _message_id(attack.hostile.body)
+
+            async def deduplicated() -> bool:
+                return _events(self.fed, message_id) == ["delivered", "duplicate"]
+
+            await eventually(deduplicated, within=60)
+            return "deduplicated"
+        assert isinstance(expect, Quarantined)
+
+        async def quarantined() -> bool:
+            return await depth(self.fed, RECEIVER, QUARANTINE) >= 1
+
+        await eventually(quarantined, within=60)
+        (refused_message,) = await drain(self.fed, RECEIVER, QUARANTINE)
+        reason = refused_message.headers["x-mlanet-reason"]
+        assert reason == expect.reason.value, f"{entry.name}: {reason}"
+        body = attack.hostile.body
+        if expect.reason is Reason.OVERSIZED:  # kept: the first max_bytes, the size, the digest
+            headers = refused_message.headers
+            assert refused_message.body == body[: scene.max_bytes]
+            assert headers["x-mlanet-truncated"] == "true"
+            assert headers["x-mlanet-size"] == str(len(body))
+            assert headers["x-mlanet-sha256"] == b64u_encode(hashlib.sha256(body).digest())
+        else:
+            assert refused_message.body == body, entry.name
+        return str(reason)
+
+
+@pytest.mark.timeout(600)
+async def test_every_hostile_message_gets_its_outcome_and_the_node_keeps_working(
+    fed: Federation,
+) -> None:
+    restrict_kinds(fed.config_path(RECEIVER))
+    now = datetime.now(UTC)
+    rotate(fed, now)
+    scene = Scene(
+        keys={n: key(fed, n) for n in fed.networks if n != fed.coordinator},
+        users={n: fed.user(n) for n in fed.networks},
+        now=now,
+        max_bytes=config(fed, RECEIVER).limits.max_message_bytes,
+    )
+    battery = Battery(fed)
+    outcomes: dict[str, str] = {}
+    async with running(fed, RECEIVER) as nodes:
+        for entry in CORPUS:
+            if entry.big:
+                continue
+            outcomes[entry.name] = await battery.run(entry, scene)
+            assert not nodes.tasks[RECEIVER].done(), f"the node stopped after {entry.name}"
+
+        # After the whole corpus: a good message from each peer is delivered.
+        for peer in (HOSTILE, HONEST):
+            good = sign(
+                header(key(fed, peer), datetime.now(UTC)), facilitation_payload(), key(fed, peer)
+            )
+            await battery.deliver(Publication(wire(good), as_network=peer))
+        await asyncio.sleep(1)  # anything still on its way would show up below
+        assert not nodes.tasks[RECEIVER].done()
+
+    assert len(outcomes) == len([e for e in CORPUS if not e.big])
+    arrived = [_message_id(m.body) for m in await drain(fed, RECEIVER, DELIVER)]
+    assert arrived == battery.delivered, "a hostile message was delivered, or one twice"
+    assert await depth(fed, RECEIVER, QUARANTINE) == 0
+    for peer in (HOSTILE, HONEST):  # receipts go back to the origins; nothing else left
+        for sent in await drain(fed, RECEIVER, f"mlanet.out.{peer}"):
+            kind = json.loads(b64u_decode(json.loads(sent.body)["header"]))["kind"]
+            assert kind == "receipt", f"a {kind} was forwarded to {peer}"
+
+
+@pytest.mark.timeout(300)
+async def test_a_body_at_the_broker_maximum_is_quarantined_as_oversized(fed: Federation) -> None:
+    """A 128 MiB body (RabbitMQ's default max_message_size) from a peer: refused by its size."""
+    (entry,) = [e for e in CORPUS if e.big]
+    scene = Scene(
+        keys={n: key(fed, n) for n in fed.networks if n != fed.coordinator},
+        users={n: fed.user(n) for n in fed.networks},
+        now=datetime.now(UTC),
+        max_bytes=config(fed, RECEIVER).limits.max_message_bytes,
+    )
+    battery = Battery(fed)
+    async with running(fed, RECEIVER) as nodes:
+        assert await battery.run(entry, scene) == "oversized"
+        assert not nodes.tasks[RECEIVER].done()
