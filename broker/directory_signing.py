@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.errors import Reason, RefusedMessage
+from broker.errors import Reason, RefusedMessage, error_location
 from broker.keys import SigningKey, TrustStore, b64u_decode, b64u_encode
 from broker.strictjson import canonical_bytes, loads_strict
 from schemas.directory import (
@@ -84,7 +84,7 @@ class VerifiedDirectory:
 
 def _validation_detail(exc: ValidationError) -> str:
     return ", ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}:{err['type']}"
+        f"{error_location(err)}:{err['type']}"
         for err in exc.errors(include_input=False, include_url=False)[:5]
     )
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.errors import Reason, RefusedMessage
+from broker.errors import Reason, RefusedMessage, error_location
 from broker.keys import SigningKey, TrustStore, b64u_decode, b64u_encode
 from broker.strictjson import canonical_bytes, loads_strict
 from schemas import (
@@ -195,7 +195,7 @@ def _validate(model: type[WireModel], value: Any, name: str) -> Any:
     except ValidationError as exc:
         # Field locations and error types only: never the offending input.
         where = ", ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}:{err['type']}"
+            f"{error_location(err)}:{err['type']}"
             for err in exc.errors(include_input=False, include_url=False)[:5]
         )
         raise RefusedMessage(Reason.SCHEMA_INVALID, f"{name}: {where}") from None

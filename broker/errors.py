@@ -14,7 +14,10 @@ and never case content. ``detail`` strings are built by mlanet from metadata onl
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 __all__ = [
     "ConfigError",
@@ -23,6 +26,7 @@ __all__ = [
     "Reason",
     "RefusedMessage",
     "TransportError",
+    "error_location",
 ]
 
 
@@ -103,3 +107,22 @@ class ConfigError(MlanetError):
 
 class TransportError(MlanetError):
     """The broker could not do what was asked; the caller may retry."""
+
+
+_FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+
+
+def error_location(error: Mapping[str, Any]) -> str:
+    """Where a validation error is, as dotted field names and list indexes, for a ``detail``.
+
+    A location can hold the sender's own text: the name of a field it should not have sent, or a
+    key of a mapping. That is never repeated (it may be case content): an unexpected field shows
+    as ``(unexpected field)`` and any part that is not a plain field name as ``(field)``.
+    """
+    parts = [
+        str(part) if isinstance(part, int) or _FIELD_NAME.fullmatch(str(part)) else "(field)"
+        for part in error["loc"]
+    ]
+    if error.get("type") == "extra_forbidden" and parts:
+        parts[-1] = "(unexpected field)"
+    return ".".join(parts) or "(root)"

@@ -234,7 +234,12 @@ class TrustStore:
         """Raise RefusedMessage(UNKNOWN_KEY or ``reason``) unless the signature verifies."""
         trusted = self._keys.get((network, key_id))
         if trusted is None:
-            raise RefusedMessage(Reason.UNKNOWN_KEY, f"no trusted key {key_id} for {network}")
+            # Unverified text from the sender: repeated only when it is a well-formed id.
+            shown_key = key_id if _KEY_ID.fullmatch(key_id) else "(malformed key id)"
+            shown_network = network if _NETWORK.fullmatch(network) else "(malformed network id)"
+            raise RefusedMessage(
+                Reason.UNKNOWN_KEY, f"no trusted key {shown_key} for {shown_network}"
+            )
         if at is not None and trusted.revoked:
             raise RefusedMessage(Reason.KEY_REVOKED, f"key {key_id} of {network} was revoked")
         if at is not None and (

@@ -1,0 +1,393 @@
+"""Case content never leaves the payload: unique canary strings planted in every case field of
+every kind with free text, sent through a running federation of node processes (delivered ones,
+and refused ones: schema-invalid, tampered, hostile identifiers), appear in no log line, no
+metric, no dashboard, no quarantine header or error text, no state event and no audit record.
+
+Positive controls show that the canaries did travel (the contact points read them; ``mlanet
+quarantine show --payload`` prints one), so the absence elsewhere means something."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from broker import canonical_bytes, sign_message
+from broker.keys import b64u_decode, b64u_encode
+from broker.transport import QUARANTINE, SUBMIT, Transport
+from nodes.audit import AUDIT_FILE
+from nodes.contact import read_inbox, submit
+from nodes.federation import Federation, NodeProcesses
+from schemas.submission import Submission
+from tests.integration.kit import (
+    ADMIN,
+    amqp,
+    config,
+    depth,
+    eventually,
+    facilitation,
+    inject,
+    key,
+)
+from tests.integration.test_quarantine import mlanet
+
+NETWORKS = ["seajust", "casc", "ejn"]
+# Log events about one message: each binds its message id, origin and destination.
+PER_MESSAGE = {
+    "duplicate_not_delivered_again",
+    "equivocation_detected",
+    "notice_not_routable",
+    "receipt_received",
+    "resend_failed",
+    "submission_repeated",
+    "transient_failure_requeued",
+    "unexpected_failure_requeued",
+}
+
+
+class Canaries:
+    """Unique upper-case markers (they fit case references too), one per planted field."""
+
+    def __init__(self) -> None:
+        self.run = secrets.token_hex(4).upper()
+        self.planted: dict[str, str] = {}
+
+    def __call__(self, field: str) -> str:
+        value = (
+            f"CANARY-{self.run}-{field.upper().replace('_', '-')}-{secrets.token_hex(3).upper()}"
+        )
+        self.planted[field] = value
+        return value
+
+    def forms(self) -> Iterator[tuple[str, str]]:
+        """Each canary as it would look inside base64 (both alphabets, all three alignments),
+        so that a logged raw payload would be caught too."""
+        for field, value in self.planted.items():
+            raw = value.encode()
+            for offset in range(3):
+                for encode in (base64.urlsafe_b64encode, base64.standard_b64encode):
+                    encoded = encode(b"\0" * offset + raw).decode().rstrip("=")
+                    yield field, encoded[4 if offset else 0 : -4]
+
+    def found_in(self, text: str) -> list[str]:
+        """The fields whose canary is in ``text``, in any letter case or base64-encoded."""
+        lowered = text.lower()
+        plain = {field for field, value in self.planted.items() if value.lower() in lowered}
+        return sorted(plain | {field for field, form in self.forms() if form in text})
+
+
+def _submission(
+    kind: str, sender: str, destination: dict[str, str], payload: dict[str, Any]
+) -> Submission:
+    return Submission.model_validate(
+        {
+            "message_id": str(uuid.uuid4()),
+            "kind": kind,
+            "sender": sender,
+            "destination": destination,
+            "payload": payload,
+        }
+    )
+
+
+def _journeys(c: Canaries) -> list[tuple[str, Submission, str, str]]:
+    """(submitting network, submission, receiving network, receiving contact point)."""
+    soon = (datetime.now(UTC) + timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return [
+        (
+            "seajust",
+            _submission(
+                "facilitation_request",
+                "kh-cp-1",
+                {"country": "UZ"},
+                {
+                    "case_ref": c("facilitation_case_ref"),
+                    "requesting_country": "KH",
+                    "requested_country": "UZ",
+                    "offence_categories": ["corruption"],
+                    "measures_sought": ["asset_freezing"],
+                    "languages": ["en"],
+                    "summary": f"Summary {c('facilitation_summary')} ends here.",
+                },
+            ),
+            "casc",
+            "uz-cp-1",
+        ),
+        (
+            "casc",
+            _submission(
+                "status_update",
+                "uz-cp-1",
+                {"country": "KH", "contact_point": "kh-cp-1"},
+                {
+                    "case_ref": c("status_case_ref"),
+                    "status": "information_needed",
+                    "note": f"Note {c('status_note')}",
+                },
+            ),
+            "seajust",
+            "kh-cp-1",
+        ),
+        (
+            "seajust",
+            _submission(
+                "information_request",
+                "kh-cp-1",
+                {"country": "FR"},
+                {
+                    "case_ref": c("information_case_ref"),
+                    "questions": [f"First {c('question_one')}?", f"Then {c('question_two')}?"],
+                },
+            ),
+            "ejn",
+            "fr-cp-1",
+        ),
+        (
+            "ejn",
+            _submission(
+                "information_response",
+                "fr-cp-1",
+                {"country": "KH", "contact_point": "kh-cp-1"},
+                {"case_ref": c("response_case_ref"), "answers": [f"Answer {c('answer')}."]},
+            ),
+            "seajust",
+            "kh-cp-1",
+        ),
+        (
+            "casc",
+            _submission(
+                "meeting_request",
+                "uz-cp-1",
+                {"country": "KH", "contact_point": "kh-cp-1"},
+                {
+                    "case_ref": c("meeting_case_ref"),
+                    "purpose": f"Purpose {c('meeting_purpose')}",
+                    "meeting_format": "video",
+                    "proposed_slots": [soon],
+                    "participant_countries": ["UZ", "KH"],
+                },
+            ),
+            "seajust",
+            "kh-cp-1",
+        ),
+        (
+            "seajust",
+            _submission(
+                "notice",
+                "kh-cp-1",
+                {"country": "UZ", "contact_point": "uz-cp-1"},
+                {
+                    "topic": "working_group",
+                    "title": f"Title {c('notice_title')}",
+                    "body": f"Body {c('notice_body')}",
+                },
+            ),
+            "casc",
+            "uz-cp-1",
+        ),
+    ]
+
+
+async def _refused(fed: Federation, c: Canaries) -> None:
+    """Messages that must be refused, each carrying canaries where a careless error text or
+    log line would repeat them."""
+    over_long = {
+        "message_id": str(uuid.uuid4()),
+        "kind": "facilitation_request",
+        "sender": "kh-cp-1",
+        "destination": {"country": "UZ"},
+        "payload": {
+            "case_ref": c("refused_case_ref"),
+            "requesting_country": "KH",
+            "requested_country": "UZ",
+            "offence_categories": ["other"],
+            "measures_sought": ["evidence"],
+            "languages": ["en"],
+            "summary": c("over_long_summary") * 200,  # far over the 4000 characters allowed
+        },
+    }
+    extra = json.loads(json.dumps(over_long)) | {"message_id": str(uuid.uuid4())}
+    extra["payload"]["summary"] = "fine"
+    extra["payload"][c("unexpected_field_name")] = c("unexpected_field_value")
+    async with Transport(config(fed, "seajust").amqp_url()) as transport:
+        for body in (over_long, extra):
+            await transport.publish(
+                SUBMIT, canonical_bytes(body), message_id=body["message_id"], kind="x"
+            )
+
+    tampered = facilitation(fed, "seajust", "kh-cp-1", "UZ", summary=c("tampered_summary"))
+    payload = bytearray(tampered.payload_bytes)
+    payload[payload.index(b"CANARY")] = ord("K")
+    await inject(
+        fed,
+        "casc",
+        "seajust",
+        tampered.to_bytes().replace(
+            tampered.payload_b64.encode(), b64u_encode(bytes(payload)).encode()
+        ),
+    )
+
+    # A header naming a signer that cannot exist, and a case reference that breaks its grammar.
+    honest = facilitation(fed, "seajust", "kh-cp-1", "UZ")
+    header = json.loads(b64u_decode(honest.header_b64))
+    header["key_id"] = c("hostile_key_id")
+    header["origin"]["network"] = c("hostile_network").lower()
+    header_b64 = b64u_encode(canonical_bytes(header))
+    frame = json.loads(honest.to_bytes()) | {"header": header_b64}
+    await inject(fed, "casc", "seajust", canonical_bytes(frame))
+    honest_payload = json.loads(honest.payload_bytes)
+    honest_payload["case_ref"] = c("invalid_case_ref").lower()  # lower case: not a case ref
+    bad = sign_message(honest.header, canonical_bytes(honest_payload), key(fed, "seajust"))
+    await inject(fed, "casc", "seajust", bad.to_bytes())
+
+
+async def _get(client: httpx.AsyncClient, url: str) -> str:
+    response = await client.get(url)
+    assert response.status_code == 200, (url, response.status_code)
+    return response.text
+
+
+def _operator_url(fed: Federation, network: str) -> str:
+    for line in (fed.root / network / "node.log").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("event") == "operator_http_started":
+            return str(record["url"])
+    raise AssertionError(f"{network} logged no operator_http_started")
+
+
+async def _operator_pages(fed: Federation, network: str) -> str:
+    """/metrics (open), and the dashboard and status.json after logging in."""
+    url = _operator_url(fed, network).rstrip("/")
+    secret = (fed.root / "operator.secret").read_text(encoding="ascii").strip()
+    async with httpx.AsyncClient(timeout=30) as client:
+        pages = [await _get(client, f"{url}/metrics")]
+        login = await client.post(
+            f"{url}/login", data={"password": secret}, headers={"Origin": url}
+        )
+        assert login.status_code == 303, login.status_code
+        pages.append(await _get(client, f"{url}/"))
+        pages.append(await _get(client, f"{url}/status.json"))
+    assert "mlanet_" in pages[0]
+    return "\n".join(pages)
+
+
+def _table_text(path: Any, query: str) -> str:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return "\n".join(repr(row) for row in db.execute(query))
+    finally:
+        db.close()
+
+
+async def test_canaries_in_case_fields_reach_contact_points_and_nothing_else(
+    fed: Federation,
+) -> None:
+    c = Canaries()
+    journeys = _journeys(c)
+    processes = NodeProcesses(fed, ADMIN)
+    try:
+        for network in NETWORKS:
+            processes.start(network)
+        await processes.wait_ready(NETWORKS, within=90)
+        for network, submission, _, _ in journeys:
+            await submit(config(fed, network), submission)
+        await _refused(fed, c)
+
+        expected = {
+            (to, cp): {s.message_id for n, s, t, p in journeys if (t, p) == (to, cp)}
+            for _, _, to, cp in journeys
+        }
+        delivered: dict[tuple[str, str], list[Any]] = {}
+
+        async def all_delivered() -> bool:
+            for (network, contact_point), ids in expected.items():
+                items = await read_inbox(config(fed, network), contact_point)
+                delivered[(network, contact_point)] = items
+                if not ids <= {item.message.header.message_id for item in items}:
+                    return False
+            return True
+
+        await eventually(all_delivered, within=120, every=0.5)
+
+        async def quarantined() -> bool:
+            return (
+                await depth(fed, "seajust", QUARANTINE) == 2
+                and await depth(fed, "casc", QUARANTINE) == 3
+            )
+
+        await eventually(quarantined, within=60, every=0.5)
+        pages = "\n".join([await _operator_pages(fed, network) for network in NETWORKS])
+
+        # Positive controls: the canaries really travelled in the payloads.
+        read = "\n".join(
+            json.dumps(item.payload.model_dump(mode="json"))
+            for items in delivered.values()
+            for item in items
+        )
+        delivered_fields = {
+            field
+            for field in c.planted
+            if not field.startswith(("refused", "over_long", "unexpected", "tampered", "hostile"))
+            and field != "invalid_case_ref"
+        }
+        assert set(c.found_in(read)) == delivered_fields
+        wires = b"".join(item.message.to_bytes() for items in delivered.values() for item in items)
+        assert set(c.found_in(wires.decode())) == delivered_fields  # base64 forms are caught
+
+        listed = {
+            network: await mlanet(fed, network, "quarantine", "list", "--json")
+            for network in ("seajust", "casc")
+        }
+        shown = []
+        for network, result in listed.items():
+            assert result.code == 0, result.err
+            for entry in result.json_lines():
+                shown.append(await mlanet(fed, network, "quarantine", "show", entry["id"]))
+        reasons = sorted(e["reason"] for r in listed.values() for e in r.json_lines())
+        assert reasons == [
+            "bad_signature",
+            "schema_invalid",
+            "schema_invalid",
+            "schema_invalid",
+            "unknown_key",
+        ]
+        over_long = next(e for e in listed["seajust"].json_lines() if "summary" in e["detail"])
+        revealed = await mlanet(fed, "seajust", "quarantine", "show", over_long["id"], "--payload")
+        assert "over_long_summary" in c.found_in(revealed.out)
+        async with (
+            Transport(amqp(fed, "casc")) as transport,
+            transport.holding(QUARANTINE, lock="mlanet.quarantine.lock") as held,
+        ):
+            headers = "\n".join(repr(sorted(m.headers.items())) for m in held.messages)
+    finally:
+        processes.stop_all()
+
+    logs = {n: (fed.root / n / "node.log").read_text(encoding="utf-8") for n in NETWORKS}
+    for network, text in logs.items():
+        assert c.found_in(text) == [], f"canary in {network}/node.log"
+        records = [json.loads(line) for line in text.splitlines()]  # one JSON object a line
+        per_message = [
+            r for r in records if r["event"].startswith("message_") or r["event"] in PER_MESSAGE
+        ]
+        assert len(per_message) >= 3, f"{network} logged too few messages"
+        for record in per_message:
+            missing = {"message_id", "origin", "destination"} - set(record)
+            assert not missing, f"{network}: {record['event']} without {sorted(missing)}"
+    assert c.found_in(pages) == [], "canary in metrics, dashboard or status"
+    assert c.found_in(headers) == [], "canary in quarantine headers"
+    cli = "\n".join(r.out + r.err for r in [*listed.values(), *shown])
+    assert c.found_in(cli) == [], "canary in quarantine list/show output"
+    for network in NETWORKS:
+        state = config(fed, network).state_dir
+        audit = _table_text(state / AUDIT_FILE, "SELECT record FROM audit")
+        assert "refused" in audit or network == "ejn"
+        assert c.found_in(audit) == [], f"canary in {network}'s audit trail"
+        events = _table_text(state / "node.sqlite3", "SELECT event, detail FROM events")
+        assert c.found_in(events) == [], f"canary in {network}'s tracking events"
