@@ -153,7 +153,13 @@ def add_hop(message: SignedMessage, key: SigningKey, *, to: str, at: datetime) -
         "prev": message.last_link_digest(),
         "to": to,
     }
-    record = HopRecord.model_construct(**{**fields, "at": parse_timestamp(fields["at"])})
+    record = HopRecord.model_construct(
+        network=key.network,
+        key_id=key.key_id,
+        at=parse_timestamp(fields["at"]),
+        to=to,
+        prev=fields["prev"],
+    )
     record_b64 = b64u_encode(canonical_bytes(fields))
     hop = SignedHop(record, record_b64, "")
     hop = replace(hop, signature_b64=b64u_encode(key.sign(hop.signing_input)))
