@@ -40,7 +40,7 @@ import structlog
 from pydantic import ValidationError
 
 from broker.directory_signing import VerifiedDirectory
-from broker.envelope import open_envelope
+from broker.envelope import decode_payload, open_envelope
 from broker.errors import Reason, RefusedMessage, TransportError
 from broker.keys import SigningKey, TrustStore, b64u_decode
 from broker.management import Management, ManagementEndpoint
@@ -208,8 +208,13 @@ class DirectoryKeeper:
         header = message.header
         if header.kind != "directory_update" or header.destination.network != node.config.network:
             return False
-        payload = accepted.payload
-        assert isinstance(payload, DirectoryUpdate)
+        # Read here also when the pipeline did not (a node without contact points routes
+        # a message for itself nowhere, so it has not parsed the payload).
+        payload = accepted.payload or decode_payload(
+            message, max_bytes=node.config.limits.max_message_bytes
+        )
+        if not isinstance(payload, DirectoryUpdate):
+            raise RefusedMessage(Reason.SCHEMA_INVALID, "not a directory update")
         node.store.remember(
             header.origin.network, header.message_id, message.content_sha256, "consumed"
         )

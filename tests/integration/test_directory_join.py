@@ -95,8 +95,8 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
         assert [i.message.header.message_id for i in at_fiji] == [back.message_id]
         at_samoa = await read_inbox(config(fed, "pilon"), "ws-cp-1")
         assert [i.message.path for i in at_samoa] == [("casc", "seajust")]
-        for network in ("seajust", "casc", "pilon"):
-            assert await quarantine_depth(fed, network) == 0
+        for network in (*fed.nodes, "pilon"):
+            assert await quarantine_depth(fed, network) == 0, f"{network} refused something"
 
         shown = await mlanet("directory", "show", "--config", fed.config_path("casc"))
         assert "directory version 2" in shown.output
