@@ -130,6 +130,8 @@ def quarantine_show(
         return
     for key in ("id", "reason", "detail", "via", "at", "size", "body_sha256", "returns"):
         typer.echo(f"{key + ':':<13} {meta[key]}")
+    if entry.truncated_from is not None:
+        typer.echo(f"{'kept:':<13} only the first {entry.size} of {entry.truncated_from} bytes")
     typer.echo(f"{'claimed:':<13} {_claimed(meta)} (unverified)")
     typer.echo(f"{'history:':<13} {', '.join(history) or '-'}")
     if payload:

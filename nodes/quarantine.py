@@ -172,6 +172,8 @@ class Entry:
     returns: int
     claim: Claim
     body: bytes = field(repr=False)
+    # An oversized body is kept only in part (the node's cap): its full size, else None.
+    truncated_from: int | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -183,6 +185,7 @@ class Entry:
             "size": self.size,
             "body_sha256": self.body_sha256,
             "returns": self.returns,
+            "truncated_from": self.truncated_from,
             "claimed": {
                 "message_id": self.claim.message_id,
                 "origin": self.claim.origin,
@@ -213,6 +216,8 @@ def entry_of(
 ) -> Entry:
     """Interpret one quarantined message's AMQP metadata (see the module docstring)."""
     returns = headers.get("x-delivery-count", 0)
+    size = _text(headers.get("x-mlanet-size"))
+    truncated = _text(headers.get("x-mlanet-truncated")) == "true" and size.isdigit()
 
     def entry(entry_id: str, reason: str, detail: str, via: str, at: str) -> Entry:
         return Entry(
@@ -226,6 +231,7 @@ def entry_of(
             returns=returns if isinstance(returns, int) else 0,
             claim=claim(body),
             body=body,
+            truncated_from=int(size) if truncated else None,
         )
 
     reason = _text(headers.get("x-mlanet-reason"))
@@ -367,6 +373,11 @@ def _find(held: Held, entry_id: str) -> Incoming:
 
 def _way_in(entry: Entry) -> tuple[str | None, str]:
     """(exchange, queue) to republish through: the peer's inbox exchange, or the submit queue."""
+    if entry.truncated_from is not None:
+        raise QuarantineError(
+            f"{entry.id} was kept only in part ({entry.size} of {entry.truncated_from} bytes,"
+            " over the size cap), so it cannot be released; drop it instead"
+        )
     if _INBOX_EXCHANGE.fullmatch(entry.via):
         return entry.via, INBOX
     if entry.via == SUBMIT:

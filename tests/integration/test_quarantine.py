@@ -294,7 +294,16 @@ async def test_a_released_submission_goes_back_through_submit_and_strays_are_not
         async with Transport(amqp(fed, "casc")) as transport:
             await transport.publish("mlanet.submit", submission, message_id="s", kind="x")
             await transport.publish("mlanet.inbox", b"{}", message_id="d", kind="x")
-        await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 2), within=60)
+        oversized = b"{" + b" " * config(fed, "casc").limits.max_message_bytes + b"}"
+        await inject(fed, "casc", "seajust", oversized)
+        await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 3), within=60)
+        kept = await mlanet(fed, "casc", "quarantine", "list", "--json")
+        part = next(e for e in kept.json_lines() if e["reason"] == "oversized")
+        assert part["truncated_from"] == len(oversized)
+        refused_release = await mlanet(fed, "casc", "quarantine", "release", part["id"])
+        assert refused_release.code == 1
+        assert "kept only in part" in refused_release.err
+        assert (await mlanet(fed, "casc", "quarantine", "drop", part["id"], "--yes")).code == 0
         first = {
             e["via"]: e
             for e in (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()

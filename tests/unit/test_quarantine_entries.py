@@ -132,3 +132,16 @@ def test_payload_text_is_the_case_content_for_show_payload_only() -> None:
     assert payload_text(b"\xff raw") == "\\xff raw"
     submission = canonical_bytes({"sender": "kh-cp-1", "payload": {"summary": CANARY}})
     assert CANARY in payload_text(submission)
+
+
+def test_an_oversized_body_kept_in_part_says_so() -> None:
+    headers = {
+        "x-mlanet-reason": "oversized",
+        "x-mlanet-via": "mlanet.inbox.from.seajust",
+        "x-mlanet-truncated": "true",
+        "x-mlanet-size": "9000000",
+    }
+    entry = entry_of(b"x" * 1024, "", ID, headers)
+    assert (entry.size, entry.truncated_from) == (1024, 9000000)
+    assert entry.metadata()["truncated_from"] == 9000000
+    assert entry_of(b"x", "", ID, {"x-mlanet-reason": "oversized"}).truncated_from is None
