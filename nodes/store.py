@@ -98,6 +98,7 @@ class Store:
     """SQLite state of one node. Not thread-safe; used from the node's event loop."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self._grouped = False
         path.parent.mkdir(parents=True, exist_ok=True)
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
@@ -270,16 +271,41 @@ class Store:
             (at, message_id, event, detail),
         )
 
+    # --- group commit ----------------------------------------------------------------------
+    def group_commits(self) -> None:
+        """From now on, writes accumulate in one open transaction until :meth:`commit`.
+
+        The node commits once for all the deliveries handled in one pass of its event loop,
+        and acks none of them before that commit (``Node._durable``). Each write block stays
+        atomic on its own (a savepoint), so a failed one leaves nothing half-written.
+        """
+        self._grouped = True
+
+    def commit(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+
     def _tx(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, grouped=self._grouped)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, *, grouped: bool = False) -> None:
         self._db = db
+        self._grouped = grouped
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        if not self._grouped:
+            self._db.execute("BEGIN IMMEDIATE")
+            return
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("SAVEPOINT write_block")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if not self._grouped:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            return
+        if exc_type is not None:
+            self._db.execute("ROLLBACK TO write_block")
+        self._db.execute("RELEASE write_block")
