@@ -55,9 +55,10 @@ from nodes import crashpoints
 from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper
+from nodes.keyed_lock import KeyedLock
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
-from nodes.pipeline import Accepted, Properties, receive
+from nodes.pipeline import Accepted, Properties, dedupe, receive
 from nodes.quarantine import claim, log_context
 from nodes.store import Store
 from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
@@ -115,6 +116,7 @@ class Node:
         self.transport = Transport(config.amqp_url())
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+        self._handling = KeyedLock()  # copies of one message are handled one at a time
         self.observe = Observers()  # metrics, dashboard flow and audit trail watch here
         self.operator: OperatorSurface | None = None  # /metrics and the dashboard, while running
         # the audit record of a delivery is committed before its ack, or it is not acked
@@ -216,7 +218,8 @@ class Node:
             destination=_describe(header.destination),
             kind=header.kind,
         ):
-            await self._act(accepted)
+            async with self._handling.hold((header.origin.network, header.message_id)):
+                await self._act(accepted)
         self.observe.timing("handle", time.perf_counter() - started)
 
     async def _act(self, accepted: Accepted) -> None:
@@ -227,6 +230,8 @@ class Node:
                 return
             if (closed := self.keeper.closed()) is not None:
                 raise closed  # the directory is too old to trust: fail closed
+            # Again, holding the message's key: a copy handled meanwhile is recorded by now.
+            duplicate = dedupe(message, self.store)
             if isinstance(routing, Refuse):
                 raise RefusedMessage(routing.reason, routing.detail)
             if isinstance(routing, Forward):
@@ -242,7 +247,7 @@ class Node:
             if header.kind == "notice":
                 assert accepted.payload is not None
                 self.on_notice(accepted.payload)
-            if accepted.duplicate is None:
+            if duplicate is None:
                 await self.deliver(message, routing)
             else:
                 self.store.event(header.message_id, "duplicate", "already delivered; not again")

@@ -9,6 +9,7 @@ refusal by the broker (permissions, a forged ``user_id``, a full queue) is seen 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,15 @@ from pamqp.commands import Basic
 
 from broker.transport import CONTENT_TYPE
 
-__all__ = ["BrokerRefusal", "FarTimestamp", "Publication", "RawText", "publish"]
+__all__ = [
+    "BrokerRefusal",
+    "FarTimestamp",
+    "Publication",
+    "RawText",
+    "amqp_url",
+    "publish",
+    "publish_all",
+]
 
 
 class RawText(str):
@@ -101,6 +110,26 @@ async def publish(url: str, sender: str, publication: Publication) -> None:
         except aiormq.exceptions.ChannelClosed as exc:
             raise BrokerRefusal(_reply_code(exc), str(exc)) from None
         if isinstance(confirmation, Basic.Nack):
+            raise BrokerRefusal(NACKED, "nacked")
+    finally:
+        await connection.close()
+
+
+async def publish_all(url: str, sender: str, bodies: list[bytes]) -> None:
+    """Publish valid envelopes back to back on one channel (all confirms awaited together)."""
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        properties = Basic.Properties(content_type=CONTENT_TYPE, delivery_mode=2)
+        confirmations = await asyncio.gather(
+            *(
+                channel.basic_publish(
+                    body, exchange=f"mlanet.inbox.from.{sender}", properties=properties
+                )
+                for body in bodies
+            )
+        )
+        if not all(isinstance(c, Basic.Ack) for c in confirmations):
             raise BrokerRefusal(NACKED, "nacked")
     finally:
         await connection.close()

@@ -38,7 +38,7 @@ from tests.hostile.corpus import (
 )
 from tests.hostile.forge import facilitation_payload, header, sign, wire
 from tests.hostile.harness import rotate
-from tests.hostile.peer import BrokerRefusal, Publication, amqp_url, publish
+from tests.hostile.peer import BrokerRefusal, Publication, amqp_url, publish, publish_all
 from tests.integration.kit import config, depth, drain, eventually, key, running
 
 QUARANTINE = "mlanet.quarantine"
@@ -180,3 +180,47 @@ async def test_a_body_at_the_broker_maximum_is_quarantined_as_oversized(fed: Fed
     async with running(fed, RECEIVER) as nodes:
         assert await battery.run(entry, scene) == "oversized"
         assert not nodes.tasks[RECEIVER].done()
+
+
+@pytest.mark.timeout(300)
+async def test_copies_arriving_together_are_delivered_once_and_equivocation_is_caught(
+    fed: Federation,
+) -> None:
+    """Replays sent back to back (no wait between copies) reach the node while the first copy
+    is still being handled: each message is delivered once, every copy after it is a duplicate,
+    and the same id with other content arriving at the same time is refused as equivocation.
+    (Before the node held a message's key from its dedupe check to its record, every copy was
+    delivered, and both contents of an equivocation were.)"""
+    seajust = key(fed, HOSTILE)
+    now = datetime.now(UTC)
+    replayed = [sign(header(seajust, now), facilitation_payload(), seajust) for _ in range(10)]
+    pairs = []
+    for _ in range(5):
+        first = header(seajust, now)
+        pairs.append(
+            (
+                sign(first, facilitation_payload(), seajust),
+                sign(first, facilitation_payload(summary="Other text, same id."), seajust),
+            )
+        )
+    bodies = [wire(frame) for frame in replayed for _ in range(3)]
+    bodies += [wire(frame) for pair in pairs for frame in pair]
+    url = amqp_url(fed.user(HOSTILE), fed.password(HOSTILE), fed.vhost(RECEIVER))
+    async with running(fed, RECEIVER):
+        await publish_all(url, HOSTILE, bodies)
+
+        async def settled() -> bool:
+            handled = await depth(fed, RECEIVER, DELIVER) + await depth(fed, RECEIVER, QUARANTINE)
+            return handled >= len(replayed) + 2 * len(pairs)
+
+        await eventually(settled, within=120)
+        await asyncio.sleep(1)  # a wrongly delivered extra copy would arrive by now
+        for frame in replayed:
+            assert _events(fed, _message_id(wire(frame))) == ["delivered", "duplicate", "duplicate"]
+    arrived = [_message_id(m.body) for m in await drain(fed, RECEIVER, DELIVER)]
+    assert sorted(arrived) == sorted(
+        _message_id(wire(f)) for f in [*replayed, *(p[0] for p in pairs)]
+    )
+    refused = await drain(fed, RECEIVER, QUARANTINE)
+    assert [r.headers["x-mlanet-reason"] for r in refused] == ["equivocation"] * len(pairs)
+    assert {r.body for r in refused} == {wire(p[1]) for p in pairs}

@@ -1,0 +1,51 @@
+"""KeyedLock: copies under one key are handled one at a time, other keys are not held up, and
+the map forgets a key as soon as nobody holds or waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nodes.keyed_lock import KeyedLock
+
+
+async def test_holders_of_one_key_take_turns_and_other_keys_run_meanwhile() -> None:
+    locks = KeyedLock()
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with locks.hold("a"):
+            order.append("a1 in")
+            await release.wait()
+            order.append("a1 out")
+
+    async def second() -> None:
+        async with locks.hold("a"):
+            order.append("a2 in")
+
+    async def other() -> None:
+        async with locks.hold("b"):
+            order.append("b in")
+
+    tasks = [asyncio.create_task(first())]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(second()), asyncio.create_task(other())]
+    await asyncio.sleep(0.01)
+    assert order == ["a1 in", "b in"]  # a2 waits for a1; b does not
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order == ["a1 in", "b in", "a1 out", "a2 in"]
+    assert len(locks) == 0
+
+
+async def test_a_key_is_forgotten_even_when_its_holder_fails() -> None:
+    locks = KeyedLock()
+    try:
+        async with locks.hold(("seajust", "id")):
+            assert len(locks) == 1
+            raise RuntimeError("handling failed")
+    except RuntimeError:
+        pass
+    assert len(locks) == 0
+    async with locks.hold(("seajust", "id")):  # and it can be taken again
+        pass
