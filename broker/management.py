@@ -83,7 +83,7 @@ class QueueFigures:
             consumers=_int(raw.get("consumers")),
             rate_in=_rate(stats.get("publish_details")),
             rate_out=_rate(stats.get("ack_details")),
-            acked=_int(stats.get("ack")),
+            acked=_int(stats.get("ack", 0)) if stats else None,  # counted: 0 until one
         )
 
 

@@ -349,6 +349,8 @@ def test_queue_figures_and_shovel_reasons_from_the_management_api() -> None:
     )
     assert figures == QueueFigures("mlanet.out.casc", 3, 1, 2, 1, 2.5, None, 9)
     assert QueueFigures.from_api({"name": "q"}).messages is None
+    counted = QueueFigures.from_api({"name": "q", "message_stats": {"publish": 2}})
+    assert counted.acked == 0  # statistics collected, nothing handed over yet
     reason = _redact('{auth_failure,"amqp://mlanet-seajust:pa%2Fss@10.0.0.9:5672/casc"}')
     assert reason is not None
     assert "pa%2Fss" not in reason
