@@ -117,10 +117,10 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
         for message in late:
             await submit(config(fed, "seajust"), message)
 
-        async def waiting_at_casc() -> bool:
-            return await depth(fed, "casc", "mlanet.inbox") >= 3
+        async def on_their_way() -> bool:  # in SEAJust's queue to CASC, or in CASC's inbox
+            return all(outbox_state(fed, "seajust", m.message_id) == "forwarded" for m in late)
 
-        await eventually(waiting_at_casc, within=60)
+        await eventually(on_their_way, within=60)
 
         await mlanet(
             "directory", "revoke", "--config", fed.config_path("unodc"),
@@ -129,6 +129,13 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
         await all_hold(fed, 2, ("unodc", "seajust"))
         await nodes.start("casc")
         await all_hold(fed, 2, ("casc",))  # caught up after its restart
+
+        async def all_handled() -> bool:  # they were ahead of the update in CASC's queue
+            return all(
+                any(e == "delivered" for e, _ in events(fed, "casc", m.message_id)) for m in late
+            )
+
+        await eventually(all_handled, within=120)
 
         items = await read_inbox(config(fed, "casc"), "uz-cp-1")
         assert items == [], "a message signed with the revoked key reached the contact point"
