@@ -50,7 +50,14 @@ from aio_pika.abc import (
 
 from broker import SignedMessage, SigningKey, canonical_bytes, load_signing_key, sign_message
 from broker.management import Management, ManagementEndpoint
-from broker.transport import Topology, Transport, deliver_queue, inbox_exchange, out_queue
+from broker.transport import (
+    Topology,
+    Transport,
+    deliver_queue,
+    inbox_exchange,
+    out_queue,
+    peer_inbox,
+)
 from nodes import federation
 from nodes.config import load_config
 from nodes.logs import configure_logging
@@ -383,7 +390,7 @@ async def node_phase(
 
     async with await aio_pika.connect(admin_casc) as watcher:
         channel = await watcher.channel()
-        if (loaded := await queue_depth(channel, "mlanet.inbox")) != args.messages:
+        if (loaded := await queue_depth(channel, peer_inbox("seajust"))) != args.messages:
             raise RuntimeError(f"casc's inbox holds {loaded} messages, not {args.messages}")
         node = _Unlinked(casc)
         profile = cProfile.Profile() if args.profile else None

@@ -233,6 +233,32 @@ class Management:
             )
         return states
 
+    # --- policies -------------------------------------------------------------------------------
+    async def put_policy(
+        self,
+        vhost: str,
+        name: str,
+        *,
+        pattern: str,
+        definition: dict[str, Any],
+        priority: int = 0,
+        apply_to: str = "queues",
+    ) -> None:
+        await self._request(
+            "PUT",
+            f"/policies/{_q(vhost)}/{_q(name)}",
+            {
+                "pattern": pattern,
+                "definition": definition,
+                "priority": priority,
+                "apply-to": apply_to,
+            },
+        )
+
+    async def policy(self, vhost: str, name: str) -> dict[str, Any] | None:
+        found = await self._request("GET", f"/policies/{_q(vhost)}/{_q(name)}")
+        return dict(found) if found is not None else None
+
     # --- figures ----------------------------------------------------------------------------------
     async def queues(self, vhost: str) -> list[dict[str, Any]]:
         found = await self._request("GET", f"/queues/{_q(vhost)}")

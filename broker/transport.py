@@ -32,6 +32,7 @@ __all__ = [
     "deliver_queue",
     "inbox_exchange",
     "out_queue",
+    "peer_inbox",
 ]
 
 harden()  # a peer's property bytes must never break the connection: broker/amqp_decode.py
@@ -47,6 +48,12 @@ UNROUTABLE = "mlanet.unroutable"
 def inbox_exchange(sender: str) -> str:
     """The exchange a peer network publishes into (the only resource its user may write)."""
     return f"mlanet.inbox.from.{sender}"
+
+
+def peer_inbox(peer: str) -> str:
+    """The queue of one peer's messages (fed by its inbox exchange, bounded, consumed at the
+    peer's own rate so that one peer's flood cannot take another peer's share)."""
+    return f"mlanet.inbox.{peer}"
 
 
 def out_queue(peer: str) -> str:
@@ -71,6 +78,7 @@ class Topology:
             INBOX,
             SUBMIT,
             QUARANTINE,
+            *(peer_inbox(peer) for peer in self.peers),
             *(out_queue(peer) for peer in self.peers),
             *(deliver_queue(cp) for cp in self.contact_points),
         ]
@@ -188,7 +196,7 @@ class Transport:
         )
         quarantine = await channel.declare_queue(QUARANTINE, durable=True, arguments=quorum)
         await quarantine.bind(unroutable)
-        # Inbox and submit: a message that keeps failing is dead-lettered to quarantine.
+        # Inboxes and submit: a message that keeps failing is dead-lettered to quarantine.
         poison: Arguments = {
             "x-queue-type": "quorum",
             "x-delivery-limit": topology.delivery_limit,
@@ -203,7 +211,12 @@ class Transport:
                 durable=True,
                 arguments={"alternate-exchange": UNROUTABLE},
             )
-            await inbox.bind(exchange)
+            # Each peer's exchange feeds that peer's own inbox queue (bounded by a policy the
+            # node puts, nodes/fairness.py); mlanet.inbox only drains what an older version of
+            # the node left there, so its binding is removed.
+            queue = await channel.declare_queue(peer_inbox(peer), durable=True, arguments=poison)
+            await queue.bind(exchange)
+            await inbox.unbind(exchange)
             await channel.declare_queue(out_queue(peer), durable=True, arguments=quorum)
         for contact_point in topology.contact_points:
             await channel.declare_queue(

@@ -26,6 +26,7 @@ __all__ = [
     "NodeConfig",
     "OperatorConfig",
     "PeerConfig",
+    "PeerLimits",
     "Receipts",
     "load_config",
 ]
@@ -47,6 +48,23 @@ class BrokerConfig(_Config):
     heartbeat: int = Field(default=15, ge=1, le=600)
 
 
+class PeerLimits(_Config):
+    """What one peer may cost this node (``docs/OPERATIONS.md``, "A noisy peer").
+
+    Its share of the node: a token bucket of ``rate`` messages per second (``burst`` at once),
+    with at most ``prefetch`` of its messages in the node at a time (default:
+    ``limits.prefetch``). Its inbox queue holds at most ``queue_messages`` messages and
+    ``queue_bytes`` bytes; beyond that the broker refuses the peer's publishes
+    (``reject-publish``), and its link keeps the messages on its side and retries.
+    """
+
+    rate: float = Field(default=1000.0, gt=0, le=1_000_000)
+    burst: int = Field(default=1000, ge=1, le=1_000_000)
+    prefetch: int | None = Field(default=None, ge=1, le=5000)
+    queue_messages: int = Field(default=50_000, ge=1, le=100_000_000)
+    queue_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=2**40)
+
+
 class PeerConfig(_Config):
     """A linked peer network: our credentials at its broker, and what it may send us."""
 
@@ -54,6 +72,7 @@ class PeerConfig(_Config):
     user: str
     password_file: Path
     kinds: tuple[Kind, ...] = KINDS
+    limits: PeerLimits | None = None  # None: [limits.peer]
 
 
 class Limits(_Config):
@@ -62,6 +81,7 @@ class Limits(_Config):
     max_age_seconds: int = Field(default=30 * 86400, ge=60)
     prefetch: int = Field(default=64, ge=1, le=5000)
     delivery_limit: int = Field(default=5, ge=1, le=100)
+    peer: PeerLimits = PeerLimits()  # every peer's, unless its [[peers]] table has [peers.limits]
 
 
 class Receipts(_Config):
@@ -127,6 +147,10 @@ class NodeConfig(_Config):
             if peer.network == network:
                 return peer
         return None
+
+    def peer_limits(self, network: str) -> PeerLimits:
+        peer = self.peer(network)
+        return peer.limits if peer is not None and peer.limits is not None else self.limits.peer
 
     def amqp_url(self) -> str:
         return _amqp_url(

@@ -50,11 +50,13 @@ from broker.transport import (
     deliver_queue,
     inbox_exchange,
     out_queue,
+    peer_inbox,
 )
 from nodes import crashpoints
 from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper
+from nodes.fairness import TokenBucket, bound_inboxes, paced
 from nodes.keyed_lock import KeyedLock
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
@@ -117,6 +119,7 @@ class Node:
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         self._handling = KeyedLock()  # copies of one message are handled one at a time
+        self._consumed_peers: set[str] = set()
         self.observe = Observers()  # metrics, dashboard flow and audit trail watch here
         self.operator: OperatorSurface | None = None  # /metrics and the dashboard, while running
         # the audit record of a delivery is committed before its ack, or it is not acked
@@ -141,6 +144,8 @@ class Node:
             )
             await self.ensure_links()
             prefetch = self.config.limits.prefetch
+            await self.consume_peers()
+            # mlanet.inbox only drains what an older version of the node left there
             await self.transport.consume("mlanet.inbox", self.on_inbox, prefetch=prefetch)
             await self.transport.consume(SUBMIT, self.on_submit, prefetch=prefetch)
             await self.keeper.start(self)
@@ -159,7 +164,8 @@ class Node:
             log.info("node_stopped", network=self.config.network)
 
     async def ensure_links(self) -> None:
-        """Declare one on-confirm shovel per peer: out.<peer> here -> inbox.from.<us> there."""
+        """Declare one on-confirm shovel per peer: out.<peer> here -> inbox.from.<us> there;
+        bound each peer's inbox queue here, and consume the inbox of a peer that is new."""
         broker = self.config.broker
         endpoint = ManagementEndpoint(
             broker.management_url, broker.user, _read_secret(broker.password_file)
@@ -180,6 +186,23 @@ class Node:
                         dest_exchange=inbox_exchange(self.config.network),
                     )
                 )
+            await bound_inboxes(management, self.config)
+        if self.ready.is_set():
+            await self.consume_peers()
+
+    async def consume_peers(self) -> None:
+        """Consume each peer's own inbox queue at that peer's rate (nodes/fairness.py); a peer
+        already consumed is left as it is."""
+        for peer in self.config.peers:
+            if peer.network in self._consumed_peers:
+                continue
+            limits = self.config.peer_limits(peer.network)
+            await self.transport.consume(
+                peer_inbox(peer.network),
+                paced(TokenBucket(limits.rate, limits.burst), self.on_inbox),
+                prefetch=limits.prefetch or self.config.limits.prefetch,
+            )
+            self._consumed_peers.add(peer.network)
 
     # --- from peers -------------------------------------------------------------------------
     async def on_inbox(self, incoming: Incoming) -> None:

@@ -17,7 +17,7 @@ import aio_pika
 
 from broker import SigningKey, canonical_bytes
 from broker.keys import b64u_encode
-from broker.transport import QUARANTINE, Topology, Transport
+from broker.transport import QUARANTINE, Topology, Transport, peer_inbox
 from nodes.audit import AUDIT_FILE, AuditLog
 from nodes.contact import read_inbox
 from nodes.federation import Federation
@@ -213,11 +213,12 @@ async def test_a_release_after_a_config_fix_is_delivered_with_its_original_sende
 
 
 async def _dead_letter(fed: Federation, network: str, limit: int) -> None:
-    """Be a consumer that keeps failing on the inbox's only message until it is dead-lettered."""
+    """Be a consumer that keeps failing on seajust's inbox queue's only message until it is
+    dead-lettered."""
     connection = await aio_pika.connect(amqp(fed, network))
     async with connection:
         channel = await connection.channel()
-        inbox = await channel.get_queue("mlanet.inbox", ensure=False)
+        inbox = await channel.get_queue(peer_inbox("seajust"), ensure=False)
         for _ in range(limit + 1):
             message = await inbox.get(no_ack=False, fail=False)
             if message is None:
@@ -247,7 +248,7 @@ async def test_dead_lettered_and_unroutable_messages_are_released_through_their_
     connection = await aio_pika.connect(amqp(fed, "casc"))
     async with connection:
         channel = await connection.channel()
-        inbox = await channel.get_queue("mlanet.inbox", ensure=False)
+        inbox = await channel.get_queue(peer_inbox("ejn"), ensure=False)
         await inbox.unbind("mlanet.inbox.from.ejn")
     stray = facilitation(fed, "ejn", "fr-cp-1", "UZ")
     await inject(fed, "casc", "ejn", stray.to_bytes())

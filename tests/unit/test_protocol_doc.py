@@ -333,6 +333,7 @@ def test_the_amqp_section_uses_the_transport_names() -> None:
     assert f"`content_type` = `{transport.CONTENT_TYPE}`" in section
     for name in (
         transport.INBOX,
+        transport.peer_inbox("<peer>"),
         transport.SUBMIT,
         transport.QUARANTINE,
         transport.inbox_exchange("<peer>"),

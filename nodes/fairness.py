@@ -1,0 +1,108 @@
+"""A noisy peer must not starve the others: each peer has its own bounded inbox and its own rate.
+
+Each peer's inbox exchange feeds that peer's own quorum queue ``mlanet.inbox.<peer>``
+(``broker/transport.py``). Two limits from the node's config (``nodes.config.PeerLimits``) keep
+one peer's flood to that peer's share:
+
+- **Bound**: a policy per peer queue (``max-length``, ``max-length-bytes``, ``overflow:
+  reject-publish``). When the queue is full the broker refuses the peer's publishes with a
+  nack, never dropping what it already holds (``drop-head`` would drop the oldest, possibly
+  valid, messages). The peer's link, a shovel in on-confirm mode, answers a nack by returning
+  the message to the peer's own ``mlanet.out.<us>`` queue and trying again: the backlog waits
+  on the sender's side, as it does when the link is down, and nothing is lost.
+- **Rate**: the node consumes each peer queue on a channel of its own, with a prefetch of its
+  own, and takes a token from that peer's :class:`TokenBucket` before handling each delivery
+  (valid, invalid or oversized alike). A flooding peer gets its rate; the other peers' queues
+  are consumed independently, so their messages never wait behind the flood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from broker.management import Management
+from broker.transport import Handler, Incoming, peer_inbox
+from nodes.config import NodeConfig, PeerLimits
+
+__all__ = ["INBOX_POLICY_PRIORITY", "TokenBucket", "bound_inboxes", "inbox_policy", "paced"]
+
+# Above a policy an operator might put on every queue (priority 0); see docs/OPERATIONS.md.
+INBOX_POLICY_PRIORITY = 50
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up; :meth:`take` waits for one.
+
+    Waiters are served in turn (one lock), so a burst of deliveries wakes one task per token,
+    not every waiting task.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = float(burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = float(burst)
+        self._at = clock()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    async def take(self) -> None:
+        async with self._lock:
+            self._refill()
+            if self._tokens < 1:
+                await self._sleep((1 - self._tokens) / self.rate)
+                self._refill()
+            self._tokens -= 1
+
+
+def paced(bucket: TokenBucket, handler: Handler) -> Handler:
+    """``handler``, taking a token from ``bucket`` before each delivery."""
+
+    async def handle(incoming: Incoming) -> None:
+        await bucket.take()
+        await handler(incoming)
+
+    return handle
+
+
+def inbox_policy(peer: str, limits: PeerLimits) -> tuple[str, str, dict[str, object]]:
+    """(name, pattern, definition) of the policy that bounds ``peer``'s inbox queue."""
+    return (
+        f"mlanet-inbox-{peer}",
+        f"^{re.escape(peer_inbox(peer))}$",
+        {
+            "max-length": limits.queue_messages,
+            "max-length-bytes": limits.queue_bytes,
+            "overflow": "reject-publish",
+        },
+    )
+
+
+async def bound_inboxes(management: Management, config: NodeConfig) -> None:
+    """Put (or update) the bound of every peer's inbox queue (idempotent)."""
+    for peer in config.peers:
+        name, pattern, definition = inbox_policy(peer.network, config.peer_limits(peer.network))
+        await management.put_policy(
+            config.broker.vhost,
+            name,
+            pattern=pattern,
+            definition=definition,
+            priority=INBOX_POLICY_PRIORITY,
+        )
