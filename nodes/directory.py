@@ -317,6 +317,13 @@ class DirectoryBook:
                     found.append(ExpiryWarning(f"key {key.key_id} of {network.id}", key.not_after))
         return found
 
+    def key_valid(self, key_id: str, now: datetime) -> bool:
+        """Does the directory list this network's key ``key_id`` as valid at ``now``?"""
+        entry = self.held.directory.network(self.config.network)
+        return entry is not None and any(
+            key.key_id == key_id and _active(key, now) for key in entry.keys
+        )
+
     def signing_key(self, now: datetime | None = None) -> SigningKey:
         """The key this node signs with now: the newest of its key files (``<network>.<n>.key``
         beside ``signing_key``) that the directory lists as valid now; else ``signing_key``."""

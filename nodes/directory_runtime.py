@@ -92,7 +92,9 @@ class DirectoryKeeper:
 
     # --- derived state -----------------------------------------------------------------------
     def _derive(self) -> None:
-        self.view: Directory = self.book.view(self.clock())
+        now = self.clock()
+        self.view: Directory = self.book.view(now)
+        self._next_change = _next_change(self.book.held.directory, self.base.network, now)
         self.trust: TrustStore = self.book.message_trust()
         self.config: NodeConfig = self.book.effective_config()
         me = self.view.network(self.base.network)
@@ -120,6 +122,12 @@ class DirectoryKeeper:
         key = self.signing_key()
         if key.key_id != node.key.key_id:
             log.info("signing_key_changed", previous=node.key.key_id, key_id=key.key_id)
+        if not self.book.key_valid(key.key_id, self.clock()):
+            log.error(
+                "no_valid_signing_key",
+                key_id=key.key_id,
+                detail="the directory lists no key of this network as valid now: rotate",
+            )
         node.key = key
 
     def _links(self) -> _Links:
@@ -164,9 +172,8 @@ class DirectoryKeeper:
 
     async def tick(self, node: Node) -> None:
         async with self._lock:
-            view = self.book.view(self.clock())
-            key = self.signing_key()
-            if view != self.view or key.key_id != node.key.key_id:
+            due = self._next_change is not None and self.clock() >= self._next_change
+            if due:  # a handover, a contact point's window or one of our keys changes now
                 before = self._links()
                 self._derive()
                 self._adopt(node)
@@ -426,6 +433,21 @@ class DirectoryKeeper:
             message_id=message.header.message_id,
             kind="directory_update",
         )
+
+
+def _next_change(directory: Directory, network: str, now: datetime) -> datetime | None:
+    """The next instant at which the directory's view or this network's key choice changes."""
+    times = [
+        moment
+        for entry in directory.networks
+        for cp in entry.contact_points
+        for moment in (cp.not_before, cp.not_after)
+        if moment is not None and moment > now
+    ]
+    own = directory.network(network)
+    for key in own.keys if own is not None else ():
+        times += [m for m in (key.not_before, key.not_after) if m is not None and m > now]
+    return min(times, default=None)
 
 
 def _signed_bytes(signed: SignedDirectory) -> bytes:
