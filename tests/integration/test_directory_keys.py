@@ -158,3 +158,39 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
 
         await eventually(refused, within=30)
         assert await quarantined(fed, "casc") == ["key_revoked"]
+
+
+async def test_a_node_away_during_an_immediate_rotation_catches_up_from_the_update_itself(
+    dfed: Federation,
+) -> None:
+    """CASC is down while SEAJust's new key becomes valid at once: the update SEAJust passes on
+    is already signed with the new key, which CASC does not know yet. CASC reads the directory
+    the update carries (the coordinator's signature is checked on its own), applies it, and
+    then accepts the update and SEAJust's new messages; nothing is refused."""
+    fed = dfed
+    async with running(fed, "unodc", "seajust", "casc") as nodes:
+        await nodes.stop("casc")
+        await mlanet("keys", "rotate", "--config", fed.config_path("seajust"))
+        await mlanet(
+            "directory", "approve", fed.root / "seajust" / "key-rotation-2.json",
+            "--config", fed.config_path("unodc"), "--activate-in", "0", "--overlap", "3600",
+        )  # fmt: skip
+        await all_hold(fed, 2, ("unodc", "seajust"))
+        await eventually(lambda: _is_key(nodes.nodes["seajust"].key.key_id, "ed25519:2"))
+        message = request("kh-cp-1", country="UZ")
+        await submit(config(fed, "seajust"), message)
+
+        await nodes.start("casc")
+        await all_hold(fed, 2, ("casc",))
+        await eventually(lambda: _delivered(fed, message.message_id), within=60)
+        (item,) = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        assert item.message.header.key_id == "ed25519:2"
+        assert await quarantine_depth(fed, "casc") == 0
+
+
+async def _is_key(key_id: str, expected: str) -> bool:
+    return key_id == expected
+
+
+async def _delivered(fed: Federation, message_id: str) -> bool:
+    return outbox_state(fed, "seajust", message_id) == "delivered"
