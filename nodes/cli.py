@@ -265,8 +265,9 @@ def federation_init(
     """Write keys, directory and node configs for the five example networks; provision them."""
     from nodes import federation
 
-    fed = federation.build(directory, prefix=prefix, management_url=management_url)
     admin = ManagementEndpoint(management_url, admin_user, admin_password)
+    # admin: each node may then grant new peers their inbox permission (docs/JOINING.md)
+    fed = federation.build(directory, prefix=prefix, management_url=management_url, admin=admin)
     try:
         asyncio.run(federation.provision(fed, admin))
     except MlanetError as exc:
