@@ -6,7 +6,8 @@ it put each message into the queue (the observer's ``forwarded`` point) and sees
 acknowledgement counter grow when the shovel hands messages over (acked on the peer broker's
 confirm). :class:`LinkTracker` joins the two:
 
-- **last success**: the last poll at which the queue's acknowledgement counter had grown;
+- **last success**: the last poll at which the queue's acknowledgement counter had grown (or,
+  at the broker's first figures for the queue, had acknowledged some of what this node sent);
 - **oldest waiting**: the queue is first in, first out, so with ``n`` messages waiting the
   oldest is the ``n``-th newest this node put in. Messages put in before the node started are
   not in its memory: the age is then a lower bound (the node's uptime), marked as such;
@@ -49,6 +50,7 @@ class LinkView:
 @dataclass
 class _Link:
     sent: deque[float] = field(default_factory=deque)
+    sent_total: int = 0  # messages this node put in since it started
     acked: int | None = None
     last_success: float | None = None
     down_since: float | None = None
@@ -68,6 +70,7 @@ class LinkTracker(Observer):
         if link is None:
             return
         link.sent.append(time.time())
+        link.sent_total += 1
         if len(link.sent) > self._keep:
             link.sent.popleft()
 
@@ -85,9 +88,12 @@ class LinkTracker(Observer):
         link = self._links.setdefault(peer, _Link())
         progressed = False
         if acked is not None:
-            if link.acked is not None and acked > link.acked:
+            if link.acked is not None:
+                progressed = acked > link.acked
+            else:  # the broker's first figures: some of what we sent since start went over
+                progressed = acked > 0 and backlog is not None and backlog < link.sent_total
+            if progressed:
                 link.last_success = now
-                progressed = True
             link.acked = acked
         oldest: float | None = None
         at_least = False

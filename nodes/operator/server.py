@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -60,15 +60,27 @@ _CSP = (
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _harden(headers: MutableMapping[str, str]) -> None:
+    headers["Content-Security-Policy"] = _CSP
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["X-Frame-Options"] = "DENY"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers.setdefault("Cache-Control", "no-store")
+
+
 @web.middleware
 async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    response.headers["Content-Security-Policy"] = _CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers.setdefault("Cache-Control", "no-store")
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # 404, 405, 413 answered by aiohttp itself
+        _harden(exc.headers)
+        raise
+    _harden(response.headers)
     return response
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -244,7 +256,7 @@ class OperatorSurface:
 
     async def _login_form(self, request: web.Request) -> web.Response:
         if self._logged_in(request):
-            raise web.HTTPSeeOther("/")
+            return _redirect("/")
         enabled = self.settings.password_file is not None
         return web.Response(
             text=login_page(self.network, enabled=enabled), content_type="text/html"
@@ -288,7 +300,7 @@ class OperatorSurface:
             )
         self.limiter.succeeded(client)
         log.info("operator_login", client=client)
-        response = web.HTTPSeeOther("/")
+        response = _redirect("/")
         response.set_cookie(
             COOKIE,
             self.sessions.open(),
@@ -298,22 +310,22 @@ class OperatorSurface:
             samesite="Strict",
             secure=self.settings.secure_cookie,
         )
-        raise response
+        return response
 
     async def _logout(self, request: web.Request) -> web.Response:
         if not _same_origin(request):
             return web.Response(text="cross-origin form refused", status=403)
         self.sessions.close(request.cookies.get(COOKIE))
-        response = web.HTTPSeeOther("/login")
+        response = _redirect("/login")
         response.del_cookie(COOKIE, path="/")
-        raise response
+        return response
 
     async def _current(self) -> NodeStatus:
         return self.status if self.status is not None else await self.poll()
 
     async def _dashboard(self, request: web.Request) -> web.Response:
         if not self._logged_in(request):
-            raise web.HTTPSeeOther("/login")
+            return _redirect("/login")
         status = await self._current()
         page = dashboard_page(
             status,

@@ -103,6 +103,16 @@ def test_link_is_up_while_the_shovel_runs_and_hands_messages_over() -> None:
     assert later.oldest_waiting is None
 
 
+def test_the_brokers_first_figures_count_a_hand_over_of_what_this_node_sent() -> None:
+    """Queue statistics appear seconds after a queue is declared, acks already counted."""
+    tracker = LinkTracker(("casc", "ejn"), started=NOW)
+    tracker.forwarded("casc", FLOW)
+    sent = tracker.update("casc", shovel="running", reason=None, backlog=0, acked=2, now=NOW)
+    assert sent.last_success == NOW
+    before_start = tracker.update("ejn", shovel="running", reason=None, backlog=0, acked=5, now=NOW)
+    assert before_start.last_success is None  # those were handed over before this node started
+
+
 def test_link_is_down_when_the_shovel_does_not_run_and_says_since_when() -> None:
     tracker = LinkTracker(("casc",), started=NOW)
     view = tracker.update(
