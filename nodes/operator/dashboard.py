@@ -41,6 +41,7 @@ td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 .login input { width: 100%; box-sizing: border-box; margin: 0.3rem 0 0.8rem; padding: 0.4rem; }
 .error { color: #9b1c1c; }
 code { font-size: 0.85rem; }
+td code { white-space: nowrap; }
 """
 
 

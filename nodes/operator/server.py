@@ -64,7 +64,7 @@ def _harden(headers: MutableMapping[str, str]) -> None:
     headers["Content-Security-Policy"] = _CSP
     headers["X-Content-Type-Options"] = "nosniff"
     headers["X-Frame-Options"] = "DENY"
-    headers["Referrer-Policy"] = "no-referrer"
+    headers["Referrer-Policy"] = "same-origin"  # no-referrer would make form posts Origin: null
     headers.setdefault("Cache-Control", "no-store")
 
 
