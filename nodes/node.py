@@ -71,6 +71,8 @@ __all__ = ["Node", "trust_from_directory"]
 
 log = structlog.get_logger("mlanet.node")
 
+COMMIT_EVERY = 0.2  # seconds: the longest a write outside a delivery waits for its commit
+
 RECEIPTED = {
     "facilitation_request",
     "status_update",
@@ -115,6 +117,11 @@ class Node:
         self.trust = self.keeper.trust
         self.contact_points = self.keeper.contact_points
         self.store = Store(config.state_dir / "node.sqlite3")
+        # Group commit: one SQLite commit for every delivery finished in one pass of the event
+        # loop, before any of them is acked (see _durable); a writer outside a delivery is
+        # committed within COMMIT_EVERY seconds by _commit_loop.
+        self.store.group_commits()
+        self._commit: asyncio.Future[None] | None = None
         self.transport = Transport(config.amqp_url())
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
@@ -160,7 +167,9 @@ class Node:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._resend_loop())
                 group.create_task(self.keeper.maintain(self, self._stop))
+                group.create_task(self._commit_loop())
                 await self._stop.wait()
+            self.store.commit()
             log.info("node_stopped", network=self.config.network)
 
     async def ensure_links(self) -> None:
@@ -288,6 +297,7 @@ class Node:
         """Ack once the work is durable; requeue on a transient failure; never crash."""
         try:
             await work
+            await self._durable()
         except TransportError as exc:
             with bound_contextvars(**self._about(incoming)):
                 log.warning("transient_failure_requeued", error=str(exc))
@@ -300,6 +310,30 @@ class Node:
             await incoming.requeue()
             return
         await incoming.ack()
+
+    async def _durable(self) -> None:
+        """Wait until every store write so far is committed; one commit serves all waiters."""
+        if self._commit is None:
+            self._commit = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._flush)
+        await asyncio.shield(self._commit)
+
+    def _flush(self) -> None:
+        done, self._commit = self._commit, None
+        if done is None:
+            return
+        try:
+            self.store.commit()
+        except Exception as exc:  # the waiters requeue: nothing acked without its record
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    async def _commit_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), COMMIT_EVERY)
+            self.store.commit()
 
     def _about(self, incoming: Incoming) -> dict[str, str]:
         """What a failed delivery claims to be, for its log lines (read on failure only)."""
