@@ -92,8 +92,25 @@ def receipt_payload(receipt_for: str, at: datetime) -> dict[str, Any]:
     }
 
 
+def _finite(value: Any) -> bool:
+    try:
+        canonical_bytes(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _loose(value: Any) -> bytes:
+    """Canonical layout, but NaN and Infinity written as the literals a hostile peer would."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True
+    ).encode("ascii")
+
+
 def _bytes(value: dict[str, Any] | bytes) -> bytes:
-    return value if isinstance(value, bytes) else canonical_bytes(value)
+    if isinstance(value, bytes):
+        return value
+    return canonical_bytes(value) if _finite(value) else _loose(value)
 
 
 def origin_signing_input(header_b64: str, payload_b64: str) -> bytes:
@@ -133,10 +150,13 @@ def hop(
     to: str,
     at: datetime,
     signer: SigningKey | None = None,
+    record_changes: dict[str, Any] | None = None,
     **changes: Any,
 ) -> Frame:
     """``frame`` with one more hop record by ``key``'s network (signed by ``signer``, default
-    the same key), chained to the signature before it unless ``prev`` is given."""
+    the same key), chained to the signature before it unless ``prev`` is given. Any member can
+    be set to anything through ``changes`` or ``record_changes`` (``at`` and ``to`` included);
+    the record is then written as canonically as JSON allows (NaN included)."""
     record: dict[str, Any] = {
         "at": format_timestamp(at),
         "key_id": key.key_id,
@@ -145,7 +165,8 @@ def hop(
         "to": to,
     }
     record.update(changes)
-    record_b64 = b64u_encode(canonical_bytes(record))
+    record.update(record_changes or {})
+    record_b64 = b64u_encode(canonical_bytes(record) if _finite(record) else _loose(record))
     signature = (signer or key).sign(HOP_CONTEXT + record_b64.encode("ascii"))
     entry = {"record": record_b64, "signature": b64u_encode(signature)}
     return {**frame, "hops": [*frame["hops"], entry]}
