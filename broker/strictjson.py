@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from array import array
+from itertools import accumulate
 from typing import Any
 
 from broker.errors import Reason, RefusedMessage
@@ -23,7 +25,12 @@ MAX_NUMBER_CHARS = 32
 # A JSON string literal (escapes included), so that brackets inside strings are not counted.
 # Possessive, and an unterminated string runs to the end: the scan stays linear on hostile input.
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
-_BRACKETS = re.compile(rb"[\[\]{}]")
+# The brackets as signed steps (+1 opens, -1 closes), everything else deleted: the deepest
+# nesting is then the largest running sum, computed in C. (A Python loop over regex matches
+# took about 0.25 us a bracket: 50-70 ms of CPU for a 256 KB body of brackets, a peer's cheap
+# way to burn the receiver's CPU at hundreds of times the cost of a valid message.)
+_STEPS = bytes(1 if b in b"[{" else 255 if b in b"]}" else 0 for b in range(256))
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -77,14 +84,8 @@ _DECODER = json.JSONDecoder(
 
 
 def _depth(data: bytes) -> int:
-    depth = deepest = 0
-    for match in _BRACKETS.finditer(_STRING.sub(b'""', data)):
-        if match.group() in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+    steps = array("b", _STRING.sub(b'""', data).translate(_STEPS, _NOT_BRACKETS))
+    return max(0, max(accumulate(steps), default=0))
 
 
 def _has_lone_surrogate(value: Any) -> bool:
