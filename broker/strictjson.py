@@ -47,11 +47,9 @@ class _LongNumber(Exception):
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _Duplicate
-        obj[key] = value
+    obj = dict(pairs)  # in C: this hook runs once for every object in the input
+    if len(obj) != len(pairs):
+        raise _Duplicate
     return obj
 
 
@@ -83,9 +81,15 @@ _DECODER = json.JSONDecoder(
 )
 
 
-def _depth(data: bytes) -> int:
-    steps = array("b", _STRING.sub(b'""', data).translate(_STEPS, _NOT_BRACKETS))
-    return max(0, max(accumulate(steps), default=0))
+def _depth(data: bytes, cap: int | None = None) -> int:
+    """The deepest nesting outside strings; with ``cap``, any value above it once it is sure
+    (cap + 1 opening brackets in a row, not preceded by more closing than opening ones)."""
+    steps = _STRING.sub(b'""', data).translate(_STEPS, _NOT_BRACKETS)
+    if cap is not None:
+        run = steps.find(b"\x01" * (cap + 1))
+        if run >= 0 and (before := sum(array("b", steps[:run]))) >= 0:
+            return before + cap + 1
+    return max(0, max(accumulate(array("b", steps)), default=0))
 
 
 def _has_lone_surrogate(value: Any) -> bool:
@@ -112,7 +116,7 @@ def loads_strict(data: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> 
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise RefusedMessage(Reason.NOT_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
-    if _depth(data) > max_depth:
+    if _depth(data, max_depth) > max_depth:
         raise RefusedMessage(Reason.TOO_DEEP, f"nesting deeper than {max_depth}")
     try:
         start = len(text) - len(text.lstrip(" \t\r\n"))

@@ -44,6 +44,8 @@ _SOUP = st.lists(st.sampled_from(["[", "]", "{", "}", '"', "\\", "a", ",", ":", 
 def test_the_depth_scan_agrees_with_the_definition(parts: list[str]) -> None:
     data = "".join(parts).encode("ascii")
     assert _depth(data) == _reference(data)
+    for cap in range(6):  # with a cap, only "deeper than the cap or not" must agree
+        assert (_depth(data, cap) > cap) == (_reference(data) > cap)
 
 
 @settings(max_examples=200, deadline=None, database=None)
