@@ -48,7 +48,12 @@ async def mlanet(fed: Federation, network: str, *args: str) -> Result:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+    finally:
+        if process.returncode is None:  # timed out: leave no command behind
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
     return Result(process.returncode, out.decode(), err.decode())
 
