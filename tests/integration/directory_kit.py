@@ -37,7 +37,7 @@ async def dfed(tmp_path: Path) -> AsyncIterator[Federation]:
         yield federation
     finally:
         await teardown(federation, ADMIN)
-        async with Management(ADMIN) as management:
+        async with Management(ADMIN, timeout=60) as management:  # slow when the broker is busy
             for folder in federation.root.iterdir():
                 if folder.is_dir() and folder.name not in federation.nodes:
                     await management.delete_vhost(federation.vhost(folder.name))
