@@ -11,9 +11,11 @@ one peer's flood to that peer's share:
   the message to the peer's own ``mlanet.out.<us>`` queue and trying again: the backlog waits
   on the sender's side, as it does when the link is down, and nothing is lost.
 - **Rate**: the node consumes each peer queue on a channel of its own, with a prefetch of its
-  own, and takes a token from that peer's :class:`TokenBucket` before handling each delivery
-  (valid, invalid or oversized alike). A flooding peer gets its rate; the other peers' queues
-  are consumed independently, so their messages never wait behind the flood.
+  own, and takes tokens from that peer's :class:`TokenBucket` before handling each delivery
+  (valid, invalid or oversized alike): one per started :data:`BYTES_PER_TOKEN` of the body, as
+  the cost of refusing a message grows with its size (``bench/bench_hostile.py``: a 220 KB
+  body costs ~50 times a 1 KB valid message). A flooding peer gets its rate; the other peers'
+  queues are consumed independently, so their messages never wait behind the flood.
 """
 
 from __future__ import annotations
@@ -27,17 +29,26 @@ from broker.management import Management
 from broker.transport import Handler, Incoming, peer_inbox
 from nodes.config import NodeConfig, PeerLimits
 
-__all__ = ["INBOX_POLICY_PRIORITY", "TokenBucket", "bound_inboxes", "inbox_policy", "paced"]
+__all__ = [
+    "BYTES_PER_TOKEN",
+    "INBOX_POLICY_PRIORITY",
+    "TokenBucket",
+    "bound_inboxes",
+    "inbox_policy",
+    "paced",
+]
 
 # Above a policy an operator might put on every queue (priority 0); see docs/OPERATIONS.md.
 INBOX_POLICY_PRIORITY = 50
+# A delivery costs one token per started 8 KiB of body (a usual message: one token).
+BYTES_PER_TOKEN = 8192
 
 
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; :meth:`take` waits for one.
+    """``rate`` tokens per second, at most ``burst`` saved up; :meth:`take` waits for them.
 
-    Waiters are served in turn (one lock), so a burst of deliveries wakes one task per token,
-    not every waiting task.
+    Waiters are served in turn (one lock), so a burst of deliveries wakes one task per take,
+    not every waiting task. A take of more than ``burst`` tokens takes ``burst``.
     """
 
     def __init__(
@@ -63,20 +74,22 @@ class TokenBucket:
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
 
-    async def take(self) -> None:
+    async def take(self, tokens: int = 1) -> None:
+        wanted = min(float(tokens), self.burst)
         async with self._lock:
             self._refill()
-            if self._tokens < 1:
-                await self._sleep((1 - self._tokens) / self.rate)
+            if self._tokens < wanted:
+                await self._sleep((wanted - self._tokens) / self.rate)
                 self._refill()
-            self._tokens -= 1
+            self._tokens -= wanted
 
 
 def paced(bucket: TokenBucket, handler: Handler) -> Handler:
-    """``handler``, taking a token from ``bucket`` before each delivery."""
+    """``handler``, taking tokens from ``bucket`` before each delivery (one per started
+    :data:`BYTES_PER_TOKEN` of its body)."""
 
     async def handle(incoming: Incoming) -> None:
-        await bucket.take()
+        await bucket.take(1 + max(len(incoming.body) - 1, 0) // BYTES_PER_TOKEN)
         await handler(incoming)
 
     return handle

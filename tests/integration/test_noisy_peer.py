@@ -44,9 +44,9 @@ from tests.hostile.forge import facilitation_payload, header, sign, wire
 from tests.integration.kit import ADMIN, amqp, depth, drain, eventually, key, running
 
 NOISY, QUIET, RECEIVER = "seajust", "ejn", "casc"
-ALLOWED_RATE = 40.0  # messages per second CASC takes from SEAJust
+ALLOWED_RATE = 60.0  # messages per second CASC takes from SEAJust (one token per 8 KiB)
 FLOOD_RATE = 10 * ALLOWED_RATE
-FLOOD_SECONDS = 2.5
+FLOOD_SECONDS = 1.5
 QUEUE_MESSAGES = 100  # CASC's bound for SEAJust's queue
 # Quorum queues apply the bound approximately: what a publisher has in flight when the queue
 # turns full still gets in. SEAJust's link keeps 100 in flight here (the default is 1000), so
@@ -153,14 +153,19 @@ async def test_a_flooding_peer_gets_its_rate_the_others_are_not_starved_and_noth
     noisy_key, quiet_key = key(fed, NOISY), key(fed, QUIET)
     flood: list[bytes] = []
     valid, forged, garbage, oversized = [], [], [], []
-    for index in range(int(FLOOD_RATE * FLOOD_SECONDS)):  # 6 valid, 2 forged, 1, 1 in 10
+    for index in range(int(FLOOD_RATE * FLOOD_SECONDS)):  # in 20: 12 valid, 4, 3, 1 refused
         frame = sign(header(noisy_key, now), facilitation_payload(), noisy_key)
+        forgery = wire({**frame, "signature": _flip(frame["signature"])})
         kind, body = {
-            0: (forged, wire({**frame, "signature": _flip(frame["signature"])})),
-            1: (forged, wire({**frame, "signature": _flip(frame["signature"])})),
-            2: (garbage, b"not an envelope at all " + str(index).encode()),
-            3: (oversized, wire(frame)[:-1] + b" " * (300 * 1024) + b"}"),
-        }.get(index % 10, (valid, wire(frame)))
+            0: (forged, forgery),
+            1: (forged, forgery),
+            2: (forged, forgery),
+            3: (forged, forgery),
+            4: (garbage, b"not an envelope at all " + str(index).encode()),
+            5: (garbage, b"[" * 100 + str(index).encode()),
+            6: (garbage, b"\xff\xfe" + str(index).encode()),
+            7: (oversized, wire(frame)[:-1] + b" " * (300 * 1024) + b"}"),
+        }.get(index % 20, (valid, wire(frame)))
         kind.append(body)
         flood.append(body)
     quiet = [
@@ -225,7 +230,7 @@ async def test_a_flooding_peer_gets_its_rate_the_others_are_not_starved_and_noth
     reasons = sorted(r.headers["x-mlanet-reason"] for r in refused)
     assert reasons == sorted(
         ["bad_signature"] * len(forged)
-        + ["invalid_json"] * len(garbage)
+        + ["invalid_json", "too_deep", "byte_order_mark"] * (len(garbage) // 3)
         + ["oversized"] * len(oversized)
     )
     assert await depth(fed, NOISY, out_queue(RECEIVER)) == 0  # the shovel delivered it all

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from broker.transport import Incoming
 from nodes.config import NodeConfig, PeerLimits
-from nodes.fairness import TokenBucket, inbox_policy
+from nodes.fairness import BYTES_PER_TOKEN, TokenBucket, inbox_policy, paced
 
 
 class FakeTime:
@@ -109,3 +110,34 @@ def test_a_peer_takes_its_own_limits_or_the_nodes_default() -> None:
     assert config.peer_limits("ejn").rate == 40.0
     assert config.peer_limits("wacap").rate == 40.0  # a peer from the directory's links
     assert config.peer_limits("ejn").prefetch is None  # the node's limits.prefetch applies
+
+
+async def test_a_take_costs_what_is_asked_up_to_the_burst() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(10.0, 3, clock=time.clock, sleep=time.sleep)
+    await bucket.take(2)
+    await bucket.take(2)  # one left: waits for one more
+    assert time.sleeps == pytest.approx([0.1])
+    await bucket.take(50)  # more than the burst: takes the whole burst
+    assert time.sleeps == pytest.approx([0.1, 0.3])
+
+
+async def test_a_delivery_costs_one_token_per_started_block_of_its_body() -> None:
+    taken: list[int] = []
+    handled: list[bytes] = []
+
+    class Recording(TokenBucket):
+        async def take(self, tokens: int = 1) -> None:
+            taken.append(tokens)
+
+    async def handler(incoming: Incoming) -> None:
+        handled.append(incoming.body)
+
+    paced_handler = paced(Recording(1.0, 1), handler)
+    sizes = [0, 1, BYTES_PER_TOKEN, BYTES_PER_TOKEN + 1, 256 * 1024 + 1]
+    for size in sizes:
+        await paced_handler(
+            Incoming(b"x" * size, "mlanet.inbox.from.seajust", "", False, 0, {}, None, None)  # type: ignore[arg-type]
+        )
+    assert taken == [1, 1, 1, 2, 33]
+    assert [len(body) for body in handled] == sizes
