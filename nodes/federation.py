@@ -386,7 +386,7 @@ class NodeProcesses:
                     raise RuntimeError(f"node {network} exited; see {network}/node.log")
                 if await inbox_consumers(self.federation, network, self.admin) > 0:
                     waiting.discard(network)
-            if asyncio.get_running_loop().time() > deadline:
+            if waiting and asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(f"nodes not ready: {sorted(waiting)}")
             if waiting:
                 await asyncio.sleep(0.2)
