@@ -261,19 +261,31 @@ def federation_init(
     admin_user: AdminUser = "guest",
     admin_password: AdminPassword = DEFAULT_ADMIN,
     management_url: ManagementUrl = "http://127.0.0.1:15672",
+    operator_port: Annotated[
+        int, typer.Option(help="First node's dashboard and /metrics port; 0: any free port.")
+    ] = 9471,
 ) -> None:
     """Write keys, directory and node configs for the five example networks; provision them."""
     from nodes import federation
 
     admin = ManagementEndpoint(management_url, admin_user, admin_password)
     # admin: each node may then grant new peers their inbox permission (docs/JOINING.md)
-    fed = federation.build(directory, prefix=prefix, management_url=management_url, admin=admin)
+    fed = federation.build(
+        directory,
+        prefix=prefix,
+        management_url=management_url,
+        admin=admin,
+        operator_port=operator_port,
+    )
     try:
         asyncio.run(federation.provision(fed, admin))
     except MlanetError as exc:
         raise _fail(str(exc), 1) from None
     for network in fed.networks:
-        typer.echo(f"{network}: mlanet node run --config {fed.config_path(network)}")
+        port = load_config(fed.config_path(network)).operator.port
+        dashboard = f"   (dashboard http://127.0.0.1:{port}/)" if port else ""
+        typer.echo(f"{network}: mlanet node run --config {fed.config_path(network)}{dashboard}")
+    typer.echo(f"operator password for the dashboards: {directory / 'operator.secret'}")
 
 
 @federation_app.command("down")

@@ -228,6 +228,7 @@ class OperatorSurface:
                 links,
                 now,
                 running=True,
+                dashboard=self.url,
             )
             self.status = status
             self.metrics.update(status)

@@ -110,6 +110,7 @@ class NodeStatus:
     expiry: ExpiryView
     alerts: list[Alert]
     unavailable: list[str] = field(default_factory=list)  # what cannot be shown, and why
+    dashboard: str | None = None  # the running node's dashboard and /metrics
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form: timestamps as ISO 8601 UTC, durations in seconds."""
@@ -257,6 +258,7 @@ def build_status(
     unavailable: Iterable[str] = (),
     *,
     running: bool | None = None,
+    dashboard: str | None = None,
 ) -> NodeStatus:
     """Assemble the status and its alerts from what was gathered. ``running`` is given by the
     node itself; from outside, the node runs when its inbox has a consumer."""
@@ -290,6 +292,7 @@ def build_status(
         expiry=expiry,
         alerts=[],
         unavailable=notes,
+        dashboard=dashboard,
     )
     return replace(status, alerts=compute_alerts(status, config, now))
 
@@ -433,12 +436,15 @@ def read_snapshot(state_dir: Path) -> dict[str, Any] | None:
 
 
 # --- from outside the node (mlanet status) -------------------------------------------------------
+def _fresh(snapshot: dict[str, Any] | None, now: float, poll: float) -> bool:
+    """The running node wrote the snapshot within its last three polls."""
+    written = None if snapshot is None else snapshot.get("written_at")
+    return isinstance(written, int | float) and now - written <= max(3 * poll, 15.0)
+
+
 def _snapshot_links(snapshot: dict[str, Any] | None, now: float, poll: float) -> dict[str, Any]:
-    """The running node's link views, if its snapshot is fresh (written within three polls)."""
-    if snapshot is None:
-        return {}
-    written = snapshot.get("written_at")
-    if not isinstance(written, int | float) or now - written > max(3 * poll, 15.0):
+    """The running node's link views, if its snapshot is fresh."""
+    if snapshot is None or not _fresh(snapshot, now, poll):
         return {}
     links = snapshot.get("status", {}).get("links", [])
     return {link["peer"]: link for link in links if isinstance(link, dict) and "peer" in link}
@@ -511,8 +517,20 @@ async def collect(config: NodeConfig, now: float) -> NodeStatus:
     database = config.state_dir / "node.sqlite3"
     store = Store(database, readonly=True) if database.exists() else None
     try:
-        links, notes = outside_links(config, view, read_snapshot(config.state_dir), now)
-        return build_status(config, directory, view, store, links, now, notes)
+        snapshot = read_snapshot(config.state_dir)
+        links, notes = outside_links(config, view, snapshot, now)
+        fresh = _fresh(snapshot, now, config.operator.poll_seconds)
+        url = snapshot.get("url") if snapshot is not None and fresh else None
+        return build_status(
+            config,
+            directory,
+            view,
+            store,
+            links,
+            now,
+            notes,
+            dashboard=url if isinstance(url, str) else None,
+        )
     finally:
         if store is not None:
             store.close()
@@ -533,7 +551,10 @@ def render_text(status: NodeStatus) -> str:
     """The terminal view of ``mlanet status``."""
     now = status.at
     running = {True: "running", False: "NOT RUNNING", None: "unknown"}[status.node_running]
-    lines = [f"mlanet node {status.network}: {running}   ({_iso(now)})", ""]
+    lines = [f"mlanet node {status.network}: {running}   ({_iso(now)})"]
+    if status.dashboard:
+        lines.append(f"dashboard and /metrics: {status.dashboard}")
+    lines.append("")
     lines.append("ALERTS" if status.alerts else "ALERTS: none")
     for alert in status.alerts:
         subject = f"{alert.subject}: " if alert.subject else ""

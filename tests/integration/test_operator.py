@@ -262,6 +262,8 @@ async def test_status_without_the_management_api_says_plainly_what_it_cannot_sho
     assert queues["mlanet.inbox"]["consumers"] == 1
     assert queues["mlanet.inbox"]["rate_in"] is None
     assert document["node_running"] is True
+    assert document["dashboard"].startswith("http://127.0.0.1:")  # from the node's snapshot
+    assert document["expiry"]["directory_expiry_signed"] is True  # the coordinator's valid_until
 
 
 async def test_dashboard_login_is_required_limited_and_refuses_cross_origin_forms(

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.management import QueueFigures, ShovelState, _redact
-from nodes.config import NodeConfig
+from nodes.config import NodeConfig, load_config
 from nodes.observe import Flow
 from nodes.operator.auth import LoginLimiter, Sessions, hash_password, verify_password
 from nodes.operator.dashboard import dashboard_page, login_page
@@ -365,3 +365,11 @@ def test_queue_figures_and_shovel_reasons_from_the_management_api() -> None:
     assert reason is not None
     assert "pa%2Fss" not in reason
     assert "mlanet-seajust" not in reason
+
+
+def test_the_example_config_documents_the_operator_table() -> None:
+    example = load_config(Path(__file__).parents[2] / "nodes" / "examples" / "node.toml")
+    assert example.operator.host == "127.0.0.1"
+    assert example.operator.password_file is not None
+    assert example.operator.password_file.is_absolute()
+    assert example.operator.alerts == type(example.operator.alerts)()  # the documented defaults
