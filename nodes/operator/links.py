@@ -88,9 +88,10 @@ class LinkTracker(Observer):
         link = self._links.setdefault(peer, _Link())
         progressed = False
         if acked is not None:
-            if link.acked is not None:
+            if link.acked is not None and acked >= link.acked:
                 progressed = acked > link.acked
-            else:  # the broker's first figures: some of what we sent since start went over
+            else:  # the broker's first figures (or the queue was declared again): some of
+                # what we sent since start went over
                 progressed = acked > 0 and backlog is not None and backlog < link.sent_total
             if progressed:
                 link.last_success = now

@@ -166,8 +166,11 @@ async def broker_view(config: NodeConfig, transport: Transport | None = None) ->
         problem = str(exc)
         queues = {}
     missing = [name for name in core_queues(config) if queues.get(name, _EMPTY).messages is None]
-    if missing:
-        queues.update(await _passive(config, transport, missing))
+    for name, exact in (await _passive(config, transport, missing)).items() if missing else ():
+        known = queues.get(name, _EMPTY)  # keep what the management API did say (acks, rates)
+        queues[name] = replace(
+            exact, rate_in=known.rate_in, rate_out=known.rate_out, acked=known.acked
+        )
     return BrokerView(queues, shovels, problem)
 
 

@@ -113,6 +113,16 @@ def test_the_brokers_first_figures_count_a_hand_over_of_what_this_node_sent() ->
     assert before_start.last_success is None  # those were handed over before this node started
 
 
+def test_a_queue_declared_again_restarts_the_acknowledgement_counter() -> None:
+    tracker = LinkTracker(("casc",), started=NOW)
+    tracker.forwarded("casc", FLOW)
+    tracker.update("casc", shovel="running", reason=None, backlog=1, acked=40, now=NOW)
+    again = tracker.update("casc", shovel="running", reason=None, backlog=0, acked=1, now=NOW + 5)
+    assert again.last_success == NOW + 5
+    later = tracker.update("casc", shovel="running", reason=None, backlog=0, acked=1, now=NOW + 9)
+    assert later.last_success == NOW + 5
+
+
 def test_link_is_down_when_the_shovel_does_not_run_and_says_since_when() -> None:
     tracker = LinkTracker(("casc",), started=NOW)
     view = tracker.update(
