@@ -180,8 +180,8 @@ class NodeMetrics(Observer):
             self.delivered_total.labels(kind)
         for reason in Reason:
             self.quarantined_total.labels(reason.value)
-        for step in STEPS:
-            self.step_seconds.labels(step)
+        self._steps = {step: self.step_seconds.labels(step) for step in STEPS}
+        self._children: dict[tuple[int, str], Counter] = {}
         for severity in ("warning", "critical"):
             self.alerts.labels(severity)
 
@@ -189,20 +189,28 @@ class NodeMetrics(Observer):
         return generate_latest(self.registry)
 
     # --- the observer seam ---------------------------------------------------------------------
+    def _child(self, metric: Counter, label: str) -> Counter:
+        """A labelled child, looked up once (``labels()`` costs several times an ``inc()``)."""
+        key = (id(metric), label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(label)
+        return child
+
     def received(self, sender: str, flow: Flow) -> None:
-        self.received_total.labels(sender).inc()
+        self._child(self.received_total, sender).inc()
 
     def submitted(self, contact_point: str, flow: Flow) -> None:
-        self.submitted_total.labels(flow.kind).inc()
+        self._child(self.submitted_total, flow.kind).inc()
 
     def refused(self, reason: str, via: str, flow: Flow | None) -> None:
-        self.quarantined_total.labels(reason).inc()
+        self._child(self.quarantined_total, reason).inc()
 
     def forwarded(self, peer: str, flow: Flow) -> None:
-        self.forwarded_total.labels(peer).inc()
+        self._child(self.forwarded_total, peer).inc()
 
     def delivered(self, contact_points: tuple[str, ...], flow: Flow) -> None:
-        self.delivered_total.labels(flow.kind).inc()
+        self._child(self.delivered_total, flow.kind).inc()
 
     def receipt(self, for_id: str, by: str, waited: float) -> None:
         self.receipts_total.inc()
@@ -212,8 +220,9 @@ class NodeMetrics(Observer):
         self.undeliverable_total.inc()
 
     def timing(self, step: str, seconds: float) -> None:
-        if step in STEPS:
-            self.step_seconds.labels(step).observe(seconds)
+        child = self._steps.get(step)
+        if child is not None:  # unknown steps are ignored: labels stay bounded
+            child.observe(seconds)
 
     # --- each status poll ----------------------------------------------------------------------
 
