@@ -262,6 +262,23 @@ class DirectoryKeeper:
             return False
         return outcome.state == "applied"
 
+    def may_be_behind(self, body: bytes, refused: RefusedMessage, redelivered: bool) -> bool:
+        """True the first time a message names a key of a listed network that is newer than
+        any this node knows: a directory update listing it may be being applied by another
+        delivery right now (deliveries are handled concurrently), so the message deserves one
+        more try a moment later rather than quarantine. A redelivered copy never does."""
+        if refused.reason is not Reason.UNKNOWN_KEY or redelivered:
+            return False
+        for network, key_id in _claimed_keys(body, self.base.limits.max_message_bytes):
+            entry = self.view.network(network)
+            if entry is None or not key_id.startswith("ed25519:"):
+                continue
+            known = [int(key.key_id.split(":")[1]) for key in entry.keys]
+            number = key_id.split(":")[1]
+            if number.isdigit() and int(number) > max(known, default=-1):
+                return True
+        return False
+
     # --- fail closed ---------------------------------------------------------------------------
     async def refuse_submission(
         self, node: Node, body: bytes, submission: Submission, refused: RefusedMessage
@@ -452,6 +469,22 @@ def _next_change(directory: Directory, network: str, now: datetime) -> datetime 
 
 def _signed_bytes(signed: SignedDirectory) -> bytes:
     return canonical_bytes(signed.model_dump(mode="json"))
+
+
+def _claimed_keys(body: bytes, max_bytes: int) -> list[tuple[str, str]]:
+    """The (network, key id) pairs a message's header and hop records name, unverified."""
+    found: list[tuple[str, str]] = []
+    try:
+        frame = loads_strict(body, max_bytes=max_bytes, max_depth=4)
+        parts = [(frame["header"], "origin"), *((hop["record"], None) for hop in frame["hops"])]
+        for part, origin in parts:
+            value = loads_strict(b64u_decode(part), max_bytes=4096, max_depth=4)
+            network = value["origin"]["network"] if origin else value["network"]
+            if isinstance(network, str) and isinstance(value["key_id"], str):
+                found.append((network, value["key_id"]))
+    except (RefusedMessage, KeyError, TypeError, AttributeError):
+        pass
+    return found
 
 
 def _carried_directory(body: bytes, max_bytes: int) -> SignedDirectory | None:

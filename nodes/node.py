@@ -239,6 +239,8 @@ class Node:
             if await self.keeper.salvage(self, incoming.body, refused):
                 await self._inbox(incoming)  # a newer directory came with it: try again
                 return
+            if self.keeper.may_be_behind(incoming.body, refused, incoming.redelivered):
+                raise TransportError("a newer key than the directory lists: one more try") from None
             await self.quarantine(incoming.body, refused, incoming.exchange)
             return
         crashpoints.reached("after_receive_before_forward")
