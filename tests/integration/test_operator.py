@@ -307,9 +307,19 @@ async def test_dashboard_login_is_required_limited_and_refuses_cross_origin_form
             assert (await client.get("/status.json")).status_code == 401
 
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            huge = await client.post(
+                "/login",
+                content=b"password=" + b"x" * 100_000,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert huge.status_code == 413  # bounded request bodies; not a failed login
+            assert "frame-ancestors 'none'" in huge.headers["content-security-policy"]
+            missing = await client.get("/../../etc/passwd")
+            assert missing.status_code == 404
+            guesses = ["guess 0", "x" * 5000, "guess 2", "guess 3"]  # a long one is not hashed
             codes = [
-                (await client.post("/login", data={"password": f"guess {i}"})).status_code
-                for i in range(4)
+                (await client.post("/login", data={"password": guess})).status_code
+                for guess in guesses
             ]
             assert codes == [401, 401, 401, 429]
             limited = await client.post("/login", data={"password": secret})

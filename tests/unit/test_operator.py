@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
 from broker.management import QueueFigures, ShovelState, _redact
+from nodes.cli import app
 from nodes.config import NodeConfig, load_config
 from nodes.observe import Flow
 from nodes.operator.auth import LoginLimiter, Sessions, hash_password, verify_password
@@ -383,3 +385,28 @@ def test_the_example_config_documents_the_operator_table() -> None:
     assert example.operator.password_file is not None
     assert example.operator.password_file.is_absolute()
     assert example.operator.alerts == type(example.operator.alerts)()  # the documented defaults
+
+
+def test_operator_password_writes_an_owner_only_scrypt_hash(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'network = "seajust"\nsigning_key = "k"\ndirectory = "d"\nstate_dir = "state"\n'
+        '[broker]\nvhost = "v"\nuser = "u"\npassword_file = "p"\n'
+        '[operator]\npassword_file = "secrets/operator.password"\n',
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    short = runner.invoke(
+        app, ["operator", "password", "-c", str(path), "--stdin"], input="short\n"
+    )
+    assert short.exit_code == 2
+    assert not (tmp_path / "secrets" / "operator.password").exists()
+    done = runner.invoke(
+        app, ["operator", "password", "-c", str(path), "--stdin"], input="a long passphrase\n"
+    )
+    assert done.exit_code == 0, done.output
+    written = tmp_path / "secrets" / "operator.password"
+    assert written.stat().st_mode & 0o777 == 0o600
+    line = written.read_text(encoding="ascii")
+    assert verify_password("a long passphrase", line)
+    assert "a long passphrase" not in line + done.output
