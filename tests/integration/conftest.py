@@ -20,8 +20,8 @@ async def fed(tmp_path: Path) -> AsyncIterator[Federation]:
         prefix="t" + uuid.uuid4().hex[:10],
         receipts={"retry_after_seconds": 3.0, "check_every_seconds": 0.5},
     )
-    await provision(federation, ADMIN)
     try:
+        await provision(federation, ADMIN)  # inside: a half-provisioned federation is removed too
         yield federation
     finally:
         await teardown(federation, ADMIN)
