@@ -113,6 +113,43 @@ class Incoming:
 Handler = Callable[[Incoming], Awaitable[None]]
 
 
+class _Declarer:
+    """Declarations on one connection. A queue that exists with other arguments (the broker
+    closes the channel) is named in ``mismatched`` and the work goes on on a new channel."""
+
+    def __init__(self, connection: aio_pika.abc.AbstractConnection, record: dict[str, Arguments]):
+        self._connection = connection
+        self._record = record
+        self._open: aio_pika.abc.AbstractChannel | None = None
+        self.mismatched: list[str] = []
+
+    async def _channel(self) -> aio_pika.abc.AbstractChannel:
+        if self._open is None or self._open.is_closed:
+            self._open = await self._connection.channel()
+        return self._open
+
+    async def exchange(self, name: str, arguments: Arguments | None = None) -> str:
+        channel = await self._channel()
+        await channel.declare_exchange(
+            name, aio_pika.ExchangeType.FANOUT, durable=True, arguments=arguments
+        )
+        return name
+
+    async def queue(self, name: str, arguments: Arguments) -> str:
+        self._record[name] = arguments
+        try:
+            await (await self._channel()).declare_queue(name, durable=True, arguments=arguments)
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            self.mismatched.append(name)
+        return name
+
+    async def bind(self, queue: str, exchange: str, *, unbind: bool = False) -> None:
+        channel = await self._channel()
+        declared = await channel.get_queue(queue, ensure=False)
+        target = await channel.get_exchange(exchange, ensure=False)
+        await (declared.unbind(target) if unbind else declared.bind(target))
+
+
 def _incoming(raw: AbstractIncomingMessage) -> Incoming:
     headers = dict(raw.headers or {})
     count = headers.get("x-delivery-count", 0)
@@ -155,6 +192,7 @@ class Transport:
         self._connection: AbstractRobustConnection | None = None
         self._publish: aio_pika.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
+        self._arguments: dict[str, Arguments] = {}  # queue -> what it was declared with
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -187,47 +225,55 @@ class Transport:
             raise TransportError("transport is not connected")
         return self._publish
 
-    async def declare(self, topology: Topology) -> None:
-        """Declare exchanges and queues idempotently (durable quorum queues)."""
-        channel = self._channel()
+    async def declare(self, topology: Topology) -> list[str]:
+        """Declare exchanges, queues and bindings idempotently (durable quorum queues); return
+        the queues that exist with other arguments than these (kept as they are).
+
+        Declared over a short-lived connection of its own, so that a reconnection does not
+        declare them again: a queue re-created with other arguments meanwhile (a shovel
+        re-creates its deleted source queue as a classic queue) would fail every reconnection.
+        The node calls this again now and then to put back what an operator deleted.
+        """
         quorum: Arguments = {"x-queue-type": "quorum"}
-        unroutable = await channel.declare_exchange(
-            UNROUTABLE, aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        quarantine = await channel.declare_queue(QUARANTINE, durable=True, arguments=quorum)
-        await quarantine.bind(unroutable)
         # Inboxes and submit: a message that keeps failing is dead-lettered to quarantine.
         poison: Arguments = {
             "x-queue-type": "quorum",
             "x-delivery-limit": topology.delivery_limit,
             "x-dead-letter-exchange": UNROUTABLE,
         }
-        inbox = await channel.declare_queue(INBOX, durable=True, arguments=poison)
-        await channel.declare_queue(SUBMIT, durable=True, arguments=poison)
-        for peer in topology.peers:
-            exchange = await channel.declare_exchange(
-                inbox_exchange(peer),
-                aio_pika.ExchangeType.FANOUT,
-                durable=True,
-                arguments={"alternate-exchange": UNROUTABLE},
-            )
-            # Each peer's exchange feeds that peer's own inbox queue (bounded by a policy the
-            # node puts, nodes/fairness.py); mlanet.inbox only drains what an older version of
-            # the node left there, so its binding is removed.
-            queue = await channel.declare_queue(peer_inbox(peer), durable=True, arguments=poison)
-            await queue.bind(exchange)
-            await inbox.unbind(exchange)
-            await channel.declare_queue(out_queue(peer), durable=True, arguments=quorum)
-        for contact_point in topology.contact_points:
-            await channel.declare_queue(
-                deliver_queue(contact_point), durable=True, arguments=quorum
-            )
+        try:
+            connection = await aio_pika.connect(self._url)
+        except (OSError, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
+            raise TransportError(f"cannot connect to the broker ({type(exc).__name__})") from exc
+        try:
+            async with connection:
+                declarer = _Declarer(connection, self._arguments)
+                unroutable = await declarer.exchange(UNROUTABLE)
+                quarantine = await declarer.queue(QUARANTINE, quorum)
+                await declarer.bind(quarantine, unroutable)
+                inbox = await declarer.queue(INBOX, poison)
+                await declarer.queue(SUBMIT, poison)
+                for peer in topology.peers:
+                    exchange = await declarer.exchange(
+                        inbox_exchange(peer), arguments={"alternate-exchange": UNROUTABLE}
+                    )
+                    # Each peer's exchange feeds that peer's own inbox queue (bounded by a
+                    # policy the node puts, nodes/fairness.py); mlanet.inbox only drains what an
+                    # older version of the node left there, so its binding is removed.
+                    queue = await declarer.queue(peer_inbox(peer), poison)
+                    await declarer.bind(queue, exchange)
+                    await declarer.bind(inbox, exchange, unbind=True)
+                    await declarer.queue(out_queue(peer), quorum)
+                for contact_point in topology.contact_points:
+                    await declarer.queue(deliver_queue(contact_point), quorum)
+                return declarer.mismatched
+        except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
+            raise TransportError(f"cannot declare the topology ({type(exc).__name__})") from exc
 
     async def declare_queue(self, queue: str) -> None:
         """Declare one more durable quorum queue of the node's own (idempotent)."""
-        await self._channel().declare_queue(
-            queue, durable=True, arguments={"x-queue-type": "quorum"}
-        )
+        self._arguments[queue] = {"x-queue-type": "quorum"}
+        await self._channel().declare_queue(queue, durable=True, arguments=self._arguments[queue])
 
     async def publish(
         self,
@@ -281,9 +327,15 @@ class Transport:
             raise TransportError("transport is not connected")
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        # A passive declare through the robust channel registers the queue, so that the
-        # consumer is restored after a reconnection (get_queue would not be).
-        declared = await channel.declare_queue(queue, passive=True)
+        # Declared through the robust channel, which registers the queue so that the consumer
+        # is restored after a reconnection (get_queue would not be), and with the arguments the
+        # node declared it with, so that a queue deleted under the node is declared again when
+        # the consumer is restored (a passive declare would fail on every attempt, forever).
+        arguments = self._arguments.get(queue)
+        if arguments is None:
+            declared = await channel.declare_queue(queue, passive=True)
+        else:
+            declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
 
         async def on_message(raw: AbstractIncomingMessage) -> None:
             await handler(_incoming(raw))

@@ -72,6 +72,7 @@ __all__ = ["Node", "trust_from_directory"]
 log = structlog.get_logger("mlanet.node")
 
 COMMIT_EVERY = 0.2  # seconds: the longest a write outside a delivery waits for its commit
+TOPOLOGY_EVERY = 10.0  # seconds between two declarations of the node's queues and bindings
 
 RECEIPTED = {
     "facilitation_request",
@@ -124,6 +125,7 @@ class Node:
         self._commit: asyncio.Future[None] | None = None
         self.transport = Transport(config.amqp_url())
         self._stop = asyncio.Event()
+        self._topology_doubt = asyncio.Event()  # a publish failed: is a queue missing?
         self.ready = asyncio.Event()
         self._handling = KeyedLock()  # copies of one message are handled one at a time
         self._consumed_peers: set[str] = set()
@@ -142,13 +144,7 @@ class Node:
             stack.callback(self.store.close)  # closed last: after the consumers are gone
             stack.callback(self.audit.close)
             await stack.enter_async_context(self.transport)
-            await self.transport.declare(
-                Topology(
-                    peers=tuple(peer.network for peer in self.config.peers),
-                    contact_points=self.contact_points,
-                    delivery_limit=self.config.limits.delivery_limit,
-                )
-            )
+            await self.transport.declare(self.topology())
             await self.ensure_links()
             prefetch = self.config.limits.prefetch
             await self.consume_peers()
@@ -168,9 +164,39 @@ class Node:
                 group.create_task(self._resend_loop())
                 group.create_task(self.keeper.maintain(self, self._stop))
                 group.create_task(self._commit_loop())
+                group.create_task(self._keep_topology())
                 await self._stop.wait()
             self.store.commit()
             log.info("node_stopped", network=self.config.network)
+
+    def topology(self) -> Topology:
+        return Topology(
+            peers=tuple(peer.network for peer in self.config.peers),
+            contact_points=self.contact_points,
+            delivery_limit=self.config.limits.delivery_limit,
+        )
+
+    async def _keep_topology(self) -> None:
+        """Declare the topology again every TOPOLOGY_EVERY seconds, and at once after a publish
+        failed: a queue, exchange or binding deleted under the node comes back (what it held is
+        resent by its origin, which got no receipt) before the delivery limit turns the
+        messages that could not be published into quarantine."""
+        while not self._stop.is_set():
+            doubt = asyncio.ensure_future(self._topology_doubt.wait())
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait(
+                (doubt, stop), timeout=TOPOLOGY_EVERY, return_when=asyncio.FIRST_COMPLETED
+            )
+            doubt.cancel()
+            stop.cancel()
+            self._topology_doubt.clear()
+            if self._stop.is_set():
+                return
+            try:
+                for queue in await self.transport.declare(self.topology()):
+                    log.warning("queue_declared_otherwise", queue=queue)
+            except TransportError as exc:
+                log.warning("topology_check_failed", error=str(exc))
 
     async def ensure_links(self) -> None:
         """Declare one on-confirm shovel per peer: out.<peer> here -> inbox.from.<us> there;
@@ -303,6 +329,7 @@ class Node:
         except TransportError as exc:
             with bound_contextvars(**self._about(incoming)):
                 log.warning("transient_failure_requeued", error=str(exc))
+            self._topology_doubt.set()
             await asyncio.sleep(0.5)
             await incoming.requeue()
             return
@@ -690,7 +717,10 @@ class Node:
                             continue
                         log.info("message_resent", attempt=entry.attempts + 1)
                         await self.send_from_outbox(entry.message_id)
-                    except (TransportError, RefusedMessage, AuditError) as exc:
+                    except TransportError as exc:
+                        log.warning("resend_failed", error=str(exc))
+                        break  # the broker failed us: the rest waits for the next round
+                    except (RefusedMessage, AuditError) as exc:
                         log.warning("resend_failed", error=str(exc))
 
 
