@@ -190,8 +190,8 @@ async def node_phase(root: Path, messages: int) -> None:
     with fed.config_path(RECEIVER).open("a", encoding="utf-8") as out:  # measure, not throttle
         out.write("\n[limits.peer]\nrate = 1000000\nburst = 1000000\n")
     processes = NodeProcesses(fed, ADMIN)
-    await provision(fed, ADMIN)
     try:
+        await provision(fed, ADMIN)  # inside: a half-done provisioning is removed too
         now = datetime.now(UTC)
         rotate(fed, now)
         scene = Scene(

@@ -245,7 +245,7 @@ async def test_a_flooding_peer_gets_its_rate_the_others_are_not_starved_and_noth
     assert noisy_by_then < len(valid) // 2
     latencies = [quiet_arrived[_message_id(body)] - sent_at[body] for body in quiet]
     drain_time = noisy_done - started
-    assert max(latencies) < drain_time / 5, (max(latencies), drain_time)
+    assert max(latencies) < drain_time / 4, (max(latencies), drain_time)
     print(
         f"\nnoisy peer: {len(flood)} msgs offered at {FLOOD_RATE:.0f}/s, allowed "
         f"{ALLOWED_RATE:.0f}/s; its {len(valid)} valid ones delivered in {drain_time:.1f}s "
