@@ -1,16 +1,34 @@
-"""The fault battery's tiers and report.
+"""The fault battery's tiers, its broker and its report.
 
 The fast tier runs with the default test command. The long tier (every scenario at full scale,
-several minutes each) is marked ``battery_long`` and deselected unless the marker expression
-names it: ``./scripts/battery`` runs ``pytest -m battery_long tests/battery``. At the end of a
-run that judged any scenario, the checker's tables are printed.
-"""
+minutes each) is marked ``battery_long`` and deselected unless the marker expression names it:
+``./scripts/battery`` runs ``pytest -m battery_long tests/battery``. Every scenario runs on a
+RabbitMQ node of the battery's own (``rabbit.py``): one for the session, or a fresh one for a
+scenario that kills its broker or raises its alarms; the shared broker on :5672 is never loaded
+or faulted by the battery. At the end of a run that judged any scenario, the checker's tables
+are printed."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+
 import pytest
 
+from tests.battery.rabbit import ScratchBroker
 from tests.battery.scenario import REPORT
+
+
+@pytest.fixture(scope="session")
+def battery_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScratchBroker]:
+    """One RabbitMQ node of the battery's own for the scenarios that do not kill or alarm their
+    broker: the battery's load and faults never touch the shared broker other tests use."""
+    broker = ScratchBroker(tmp_path_factory.mktemp("battery-rabbit"))
+    asyncio.run(broker.start())
+    try:
+        yield broker
+    finally:
+        asyncio.run(broker.stop())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,15 +16,17 @@ from urllib.parse import quote
 
 import httpx
 
+from broker.directory_signing import sign_directory
+from broker.keys import b64u_decode, load_signing_key
 from broker.management import ManagementEndpoint
 from nodes.config import load_config
 from nodes.crashpoints import CLOCK_OFFSET, CRASH_AT, CRASH_EXIT_CODE
 from nodes.federation import Federation, NodeProcesses
+from schemas.directory import Directory, SignedDirectory
 from tests.battery.history import History
 
 __all__ = [
     "BrokerControl",
-    "SharedBroker",
     "Supervisor",
     "delete_binding",
     "delete_queue",
@@ -34,34 +36,12 @@ __all__ = [
 
 
 class BrokerControl(Protocol):
-    """What a fault script may do to the broker a federation lives on."""
+    """What a fault script may do to the broker a federation lives on (a ScratchBroker)."""
 
     admin: ManagementEndpoint
+    amqp_port: int
 
     async def close_all_connections(self, vhost: str) -> None: ...
-
-
-class SharedBroker:
-    """The shared RabbitMQ: only faults scoped to the run's own vhosts are allowed here."""
-
-    def __init__(self, admin: ManagementEndpoint, amqp_port: int = 5672) -> None:
-        self.admin = admin
-        self.amqp_port = amqp_port
-
-    async def close_all_connections(self, vhost: str) -> None:
-        process = await asyncio.create_subprocess_exec(
-            "rabbitmqctl",
-            "-q",
-            "close_all_connections",
-            "--vhost",
-            vhost,
-            "mlanet fault test",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"close_all_connections failed: {err.decode(errors='replace')}")
 
 
 class Supervisor:
@@ -137,13 +117,14 @@ class Supervisor:
         self.processes.stop_all()
 
 
-async def _management(admin: ManagementEndpoint, method: str, path: str) -> None:
+async def _management(admin: ManagementEndpoint, method: str, path: str) -> object:
     async with httpx.AsyncClient(
         base_url=admin.url.rstrip("/") + "/api", auth=(admin.user, admin.password), timeout=10
     ) as client:
         response = await client.request(method, path)
         if response.status_code >= 400:
             raise RuntimeError(f"management API {method} {path}: {response.status_code}")
+        return response.json() if response.content else None
 
 
 async def delete_queue(admin: ManagementEndpoint, vhost: str, queue: str) -> None:
@@ -151,14 +132,16 @@ async def delete_queue(admin: ManagementEndpoint, vhost: str, queue: str) -> Non
     await _management(admin, "DELETE", f"/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}")
 
 
-async def delete_binding(admin: ManagementEndpoint, vhost: str, exchange: str, queue: str) -> None:
-    """Remove the binding ``exchange`` -> ``queue`` (empty routing key, no arguments)."""
-    await _management(
-        admin,
-        "DELETE",
-        f"/bindings/{quote(vhost, safe='')}/e/{quote(exchange, safe='')}/q/"
-        f"{quote(queue, safe='')}/~",
+async def delete_binding(admin: ManagementEndpoint, vhost: str, exchange: str, queue: str) -> int:
+    """Remove every binding ``exchange`` -> ``queue``; how many there were."""
+    path = (
+        f"/bindings/{quote(vhost, safe='')}/e/{quote(exchange, safe='')}/q/{quote(queue, safe='')}"
     )
+    found = await _management(admin, "GET", path)
+    bindings = found if isinstance(found, list) else []
+    for binding in bindings:
+        await _management(admin, "DELETE", f"{path}/{quote(binding['properties_key'], safe='')}")
+    return len(bindings)
 
 
 def tune(
@@ -188,10 +171,13 @@ def tune(
 
 def route_links_through(fed: Federation, network: str, port: int) -> None:
     """Point the directory's broker address of ``network`` at ``port`` (a proxy): every peer's
-    link (shovel) towards ``network`` then goes through it. Do it before the nodes start."""
+    link (shovel) towards ``network`` then goes through it. The directory is signed again with
+    the federation's coordinator key. Do it before the nodes start."""
     path = fed.root / "directory.json"
-    directory = json.loads(path.read_text(encoding="utf-8"))
-    for entry in directory["networks"]:
+    signed = SignedDirectory.model_validate_json(path.read_bytes())
+    raw = json.loads(b64u_decode(signed.document))
+    for entry in raw["networks"]:
         if entry["id"] == network:
             entry["broker"]["port"] = port
-    path.write_text(json.dumps(directory, indent=2) + "\n", encoding="utf-8")
+    directory = Directory.model_validate(raw, strict=False)
+    path.write_bytes(sign_directory(directory, load_signing_key(fed.coordinator_key())).to_bytes())

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from nodes.federation import EXAMPLE_NETWORKS, Federation, build, provision, teardown
 from nodes.store import Store
@@ -30,13 +29,9 @@ from tests.battery.proxy import FaultProxy
 from tests.battery.workload import Client, Collector, Lane, Load, Reader, node_url, until
 from tests.integration.kit import config
 
-__all__ = ["REPORT", "Battery", "Plan", "ScenarioBroker"]
+__all__ = ["REPORT", "Battery", "Plan"]
 
 REPORT: list[Verdict] = []
-
-
-class ScenarioBroker(BrokerControl, Protocol):
-    amqp_port: int
 
 
 @dataclass(frozen=True)
@@ -59,7 +54,7 @@ FaultScript = Callable[["Battery"], Awaitable[None]]
 
 class Battery:
     def __init__(
-        self, name: str, root: Path, *, broker: ScenarioBroker, plan: Plan | None = None
+        self, name: str, root: Path, *, broker: BrokerControl, plan: Plan | None = None
     ) -> None:
         self.name = name
         self.root = root
@@ -196,7 +191,7 @@ class Battery:
                 return False
         return True
 
-    def _outbox(self) -> dict[str, int]:
+    def outbox_states(self) -> dict[str, int]:
         """States of the submitted messages in their origins' outboxes."""
         states: dict[str, int] = {}
         by_origin: dict[str, list[str]] = {}
@@ -215,14 +210,14 @@ class Battery:
         return states
 
     def _receipted(self) -> bool:
-        states = self._outbox()
+        states = self.outbox_states()
         return set(states) <= {"delivered"}
 
     def _notes(self, drained: bool, receipted: bool) -> list[str]:
         notes = []
         if not drained:
             notes.append("drain period ended before every accepted message arrived")
-        states = ", ".join(f"{n} {state}" for state, n in sorted(self._outbox().items()))
+        states = ", ".join(f"{n} {state}" for state, n in sorted(self.outbox_states().items()))
         notes.append(f"origin outbox states: {states or 'none'}" + ("" if receipted else " (!)"))
         if self.supervisor.crashed:
             notes.append("crash points reached: " + "; ".join(self.supervisor.crashed))
