@@ -635,6 +635,9 @@ class Node:
                     next_attempt=time.time() + self.config.receipts.retry_after_seconds,
                 )
                 log.info("message_queued")
+                # Durable before it is published: after a crash the same signed bytes are sent
+                # again, never a second signature of the same message id (an equivocation).
+                await self._durable()
                 crashpoints.reached("after_sign_before_forward")
                 self.observe.submitted(submission.sender, Flow.of(message.header))
             elif entry.state != "queued":

@@ -14,7 +14,9 @@ Definitions (a message is known by its origin network and message id):
   than its destination, or one the test expected to be refused. A notice a node signed itself
   about a submitted message is not unexpected (it is counted as ``node_notices``).
 - **misquarantined**: a message meant to be delivered that sits in a quarantine and was never
-  delivered, or one quarantined for another reason than the one expected.
+  delivered, or one quarantined for another reason than the one expected, or a copy of a
+  delivered message refused as ``equivocation`` (the test's origins are honest: a second,
+  different signature under one id is the node's defect, and its receipt cannot match).
 
 Information only: ``indeterminate`` (submitted, never confirmed: it may or may not arrive),
 ``repeats`` (raw duplicates taken from ``mlanet.deliver.<cp>`` that the archive absorbed),
@@ -67,6 +69,7 @@ class Verdict:
     window: float = 0.0  # first submission to last delivery, seconds
     faults: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the run observed besides the history
+    unreceipted: int = 0  # submitted messages whose origin holds no receipt (set by the run)
 
     @property
     def passed(self) -> bool:
@@ -185,6 +188,8 @@ def check(scenario: str, ops: list[Op]) -> Verdict:
         if key in delivered:
             if refused and sent.expect == "deliver":
                 verdict.quarantine_copies.update(op.reason or "?" for op in refused)
+                if "equivocation" in reasons:  # its honest origin signed it twice, differently
+                    verdict.misquarantined.append(f"{name} (a copy refused as equivocation)")
             continue
         if sent.expect == "deliver":
             if refused:

@@ -173,6 +173,9 @@ class Battery:
         self._background.clear()
         verdict = check(self.name, self.history.ops)
         verdict.notes.extend(self._notes(drained, receipted))
+        verdict.unreceipted = sum(
+            n for state, n in self.outbox_states().items() if state != "delivered"
+        )
         REPORT.append(verdict)
         print("\n" + verdict.table())
         return verdict
@@ -223,6 +226,8 @@ class Battery:
             notes.append("crash points reached: " + "; ".join(self.supervisor.crashed))
         if self.supervisor.unexpected:
             notes.append("UNEXPECTED node exits: " + "; ".join(self.supervisor.unexpected))
+        slowest = max((reader.slowest for reader in self.readers), default=0.0)
+        notes.append(f"slowest archiving pass of a reader: {slowest:.2f} s")
         errors = sum(reader.errors for reader in self.readers) + self.collector.errors
         if errors:
             notes.append(f"reader/collector reconnections: {errors}")

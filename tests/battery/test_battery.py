@@ -40,6 +40,7 @@ async def test_a_relay_crashing_between_confirm_and_ack_loses_and_repeats_nothin
     assert battery.supervisor.crashed == ["casc: after_confirm_before_ack:15"]
     assert verdict.delivered == 80
     assert verdict.passed, verdict.table()
+    assert verdict.unreceipted == 0, verdict.table()
 
 
 @pytest.mark.timeout(400)
@@ -65,3 +66,22 @@ async def test_the_broker_killed_mid_stream_and_restarted_loses_nothing(tmp_path
     assert verdict.submit_failures > 0  # the clients did see the broker go
     assert not battery.supervisor.unexpected, verdict.table()
     assert verdict.passed, verdict.table()
+    assert verdict.unreceipted == 0, verdict.table()
+
+
+@pytest.mark.timeout(300)
+async def test_an_origin_crashing_between_publish_and_record_sends_the_same_bytes_again(
+    tmp_path: Path, battery_broker: ScratchBroker
+) -> None:
+    """SEAJust dies right after the broker confirmed its first request towards CASC, before the
+    outbox says so. Restarted, it gets the submission again and must send the same signed bytes
+    again: a second signature under the same id would be refused as equivocation and its
+    receipt could never match (found by this battery: the outbox row was not yet committed)."""
+    async with Battery(
+        "origin crashes after publish, before record", tmp_path, broker=battery_broker
+    ) as battery:
+        await battery.start(LANES, crash_at={"seajust": "after_forward_before_record:1"})
+        verdict = await battery.run(Load(LANES, rate=5, duration=4))
+    assert battery.supervisor.crashed == ["seajust: after_forward_before_record:1"]
+    assert verdict.passed, verdict.table()
+    assert verdict.unreceipted == 0, verdict.table()

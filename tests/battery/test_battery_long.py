@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from broker.transport import SUBMIT, inbox_exchange, out_queue, peer_inbox
+from tests.battery.checker import Verdict
 from tests.battery.faults import (
     delete_binding,
     delete_queue,
@@ -48,9 +49,14 @@ def seconds(value: float) -> float:
     return value * SCALE
 
 
-def _passed(battery: Battery, verdict_passed: bool, table: str) -> None:
+def _passed(battery: Battery, verdict: Verdict, *, receipted: bool = True) -> None:
+    """The checker's four counts are zero, no node exited on its own, and (unless the scenario
+    keeps receipts from coming home) every origin holds the receipt of everything it sent."""
+    table = verdict.table()
     assert not battery.supervisor.unexpected, table
-    assert verdict_passed, table
+    assert verdict.passed, table
+    if receipted:
+        assert verdict.unreceipted == 0, table
 
 
 # --- load alone ---------------------------------------------------------------------------------
@@ -63,7 +69,7 @@ async def test_steady_load_across_three_networks(
     async with Battery("load alone: 50 msg/s, 60 s", tmp_path, broker=battery_broker) as battery:
         await battery.start(LANES)
         verdict = await battery.run(load())
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
     assert verdict.delivered == load().count
 
 
@@ -89,7 +95,7 @@ async def test_broker_killed_mid_stream_and_restarted(tmp_path: Path) -> None:
                 battery.fault("broker back")
 
         verdict = await battery.run(load(), faults, drain=300)
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 @pytest.mark.timeout(1200)
@@ -117,7 +123,7 @@ async def test_memory_and_disk_alarms(tmp_path: Path) -> None:
             battery.fault("disk alarm cleared")
 
         verdict = await battery.run(load(), faults, drain=300)
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 # --- nodes --------------------------------------------------------------------------------------
@@ -143,7 +149,7 @@ async def test_a_node_crashing_at_each_point(
         await battery.start(LANES, crash_at={network: f"{point}:40"})
         verdict = await battery.run(load(rate=25, duration=20))
     assert battery.supervisor.crashed == [f"{network}: {point}:40"], verdict.table()
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 @pytest.mark.timeout(900)
@@ -164,7 +170,7 @@ async def test_each_node_sigkilled_under_load(
 
         verdict = await battery.run(load(), faults)
     assert battery.supervisor.restarts == 4
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 # --- connections and links ----------------------------------------------------------------------
@@ -183,7 +189,7 @@ async def test_connections_closed_under_load(tmp_path: Path, battery_broker: Scr
                     await battery.broker.close_all_connections(battery.fed.vhost(network))
 
         verdict = await battery.run(load(), faults)
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 @pytest.mark.timeout(900)
@@ -211,7 +217,7 @@ async def test_links_and_a_node_black_holed_longer_than_the_heartbeat(
         verdict = await battery.run(load(), faults)
     assert links.accepted > 2  # the dead connections were replaced
     assert own.accepted > 2
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 @pytest.mark.timeout(900)
@@ -238,7 +244,7 @@ async def test_lost_publisher_confirms_are_resent_and_delivered_once(
 
         verdict = await battery.run(load(), faults)
     assert verdict.submit_failures > 0  # the clients did lose confirms
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 @pytest.mark.timeout(1800)
@@ -265,7 +271,7 @@ async def test_a_peer_unreachable_for_minutes_under_load(
             battery.fault("links into casc healed")
 
         verdict = await battery.run(load(), faults, drain=600, receipts_within=300)
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 @pytest.mark.timeout(900)
@@ -289,7 +295,7 @@ async def test_a_flapping_link(tmp_path: Path, battery_broker: ScratchBroker) ->
 
         verdict = await battery.run(load(), faults)
     assert links.resets > 0
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 # --- topology -----------------------------------------------------------------------------------
@@ -337,7 +343,7 @@ async def test_queues_and_a_binding_deleted_under_the_nodes(
                 await step()
 
         verdict = await battery.run(load(), faults, drain=300, receipts_within=120)
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 # --- routes, receipts, clocks -------------------------------------------------------------------
@@ -378,7 +384,7 @@ async def test_two_routes_to_the_same_destination(
             battery.fault("casc back: its copies flow too")
 
         verdict = await battery.run(Load(lanes, rate=20, duration=max(5.0, 40 * SCALE)), faults)
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
 
 
 @pytest.mark.timeout(900)
@@ -400,7 +406,7 @@ async def test_receipts_lost_for_a_while(tmp_path: Path, battery_broker: Scratch
             battery.fault("links into seajust healed")
 
         verdict = await battery.run(load(), faults, receipts_within=120)
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict)
     assert battery.outbox_states() == {"delivered": verdict.submitted}
 
 
@@ -420,5 +426,5 @@ async def test_clocks_skewed_inside_and_outside_the_window(
             "quarantine:clock_skew" if lane.origin == "ejn" else "deliver"
         )
         verdict = await battery.run(skewed, receipts_within=5)
-    _passed(battery, verdict.passed, verdict.table())
+    _passed(battery, verdict, receipted=False)  # EJN's receipts are refused too
     assert verdict.justly_quarantined == skewed.count // 3

@@ -140,6 +140,19 @@ def test_the_expected_refusal_is_just_and_a_copy_of_a_delivered_message_is_infor
     assert verdict.justly_quarantined == 1
     assert verdict.quarantine_copies == {"unroutable": 1}
     assert verdict.lost == ["seajust/m3 (expected in quarantine: clock_skew)"]
+    assert not verdict.misquarantined
+
+
+def test_a_delivered_message_whose_copy_is_refused_as_equivocation_is_misquarantined() -> None:
+    """An honest origin that signs one id twice with different contents (e.g. re-signing after
+    a crash) is a defect even when the first copy was delivered."""
+    history = History()
+    _submit(history, "m1")
+    _deliver(history, "m1")
+    _quarantine(history, "m1", "equivocation")
+    verdict = check("equivocation", history.ops)
+    assert verdict.misquarantined == ["seajust/m1 (a copy refused as equivocation)"]
+    assert verdict.quarantine_copies == {"equivocation": 1}
 
 
 def test_the_history_file_reads_back_to_the_same_verdict(tmp_path: object) -> None:

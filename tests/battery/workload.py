@@ -21,6 +21,7 @@ import binascii
 import contextlib
 import json
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -263,6 +264,7 @@ class Reader:
         self.process = f"reader:{network}"
         self.every = every
         self.errors = 0
+        self.slowest = 0.0  # the longest one archiving pass took (seconds)
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = config(self.fed, self.network)
@@ -285,7 +287,10 @@ class Reader:
     ) -> None:
         while True:
             for contact_point in self.contact_points:
-                for taken in await take_delivered(cfg, contact_point, transport, store, trust):
+                started = time.monotonic()
+                found = await take_delivered(cfg, contact_point, transport, store, trust)
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                for taken in found:
                     self.history.add(
                         "delivered" if taken.new else "repeat",
                         self.process,
