@@ -7,7 +7,10 @@
     GET  /               the dashboard (login required)
     GET  /status.json    the same status as ``mlanet status --json`` (login required)
 
-Read-only: nothing here changes a queue, a message or the node's state. The only forms are
+When the port cannot be bound the node runs anyway (its work matters more than its dashboard):
+it logs ``operator_http_not_started`` and keeps polling, so the gauges and ``mlanet status``
+stay fresh. Read-only: nothing here changes a queue, a message or the node's state (the only
+file it writes is its own snapshot). The only forms are
 login and logout; they are refused unless the browser's Origin (or Referer) names this host,
 and the session cookie is SameSite=Strict and HttpOnly. Every response forbids framing and
 scripts (Content-Security-Policy). A status poll every ``poll_seconds`` refreshes the gauges,
@@ -28,9 +31,9 @@ from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from broker.errors import ConfigError
 from broker.transport import out_queue
 from nodes.operator.auth import LoginLimiter, Sessions, read_password_line, verify_password
 from nodes.operator.dashboard import STYLESHEET, dashboard_page, login_page
@@ -79,6 +82,26 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
     return response
 
 
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _host_guard(bound_to: str) -> Middleware:
+    """Bound to loopback, answer only requests addressed to a loopback name: a web page whose
+    domain an attacker re-points at 127.0.0.1 (DNS rebinding) gets 421, not the metrics."""
+    loopback = bound_to in _LOOPBACK or bound_to.startswith("127.")
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        name = urlsplit(f"//{request.host}").hostname or ""
+        if loopback and name not in _LOOPBACK and not name.startswith("127."):
+            response = web.Response(text="misdirected request", status=421)
+            _harden(response.headers)
+            return response
+        return await handler(request)
+
+    return guard
+
+
 def _redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
@@ -112,7 +135,10 @@ class OperatorSurface:
         self._poll_lock = asyncio.Lock()
 
     @property
-    def url(self) -> str:
+    def url(self) -> str | None:
+        """Where the dashboard and /metrics answer; None when the port could not be bound."""
+        if self.port is None:
+            return None
         host = self.settings.host
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/"
@@ -133,29 +159,45 @@ class OperatorSurface:
     async def start(self) -> None:
         for observer in (self.metrics, self.links, self.flow):
             self.node.observe.add(observer)
-        sock = self._bind()
-        self.port = int(sock.getsockname()[1])
-        app = web.Application(middlewares=[_headers], client_max_size=16 * 1024)
-        app.add_routes(
-            [
-                web.get("/metrics", self._metrics),
-                web.get("/healthz", self._health),
-                web.get("/dashboard.css", self._css),
-                web.get("/login", self._login_form),
-                web.post("/login", self._login),
-                web.post("/logout", self._logout),
-                web.get("/", self._dashboard),
-                web.get("/status.json", self._status_json),
-            ]
-        )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-        await self.poll()
+        try:
+            sock: socket.socket | None = self._bind()
+        except OSError as exc:  # the node's work matters more than its dashboard: run on
+            sock = None
+            log.error(
+                "operator_http_not_started",
+                host=self.settings.host,
+                port=self.settings.port,
+                error=exc.strerror,
+                hint="set [operator] port (0 picks a free one) or enabled = false",
+            )
+        if sock is not None:
+            self.port = int(sock.getsockname()[1])
+            app = web.Application(
+                middlewares=[_headers, _host_guard(self.settings.host)],
+                client_max_size=16 * 1024,
+            )
+            app.add_routes(
+                [
+                    web.get("/metrics", self._metrics),
+                    web.get("/healthz", self._health),
+                    web.get("/dashboard.css", self._css),
+                    web.get("/login", self._login_form),
+                    web.post("/login", self._login),
+                    web.post("/logout", self._logout),
+                    web.get("/", self._dashboard),
+                    web.get("/status.json", self._status_json),
+                ]
+            )
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            await web.SockSite(self._runner, sock).start()
+            log.info(
+                "operator_http_started",
+                url=self.url,
+                login=self.settings.password_file is not None,
+            )
+        # polls keep the gauges and status's snapshot fresh even without the HTTP surface
         self._poller = asyncio.create_task(self._poll_loop(), name="operator-poll")
-        log.info(
-            "operator_http_started", url=self.url, login=self.settings.password_file is not None
-        )
 
     def _bind(self) -> socket.socket:
         host, port = self.settings.host, self.settings.port
@@ -164,12 +206,9 @@ class OperatorSurface:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError as exc:
+        except OSError:
             sock.close()
-            raise ConfigError(
-                f"operator HTTP {host}:{port} cannot be bound ({exc.strerror}); "
-                "set [operator] port (0 picks a free one) or enabled = false"
-            ) from exc
+            raise
         sock.listen(64)
         sock.setblocking(False)
         return sock
@@ -189,11 +228,11 @@ class OperatorSurface:
     # --- polling --------------------------------------------------------------------------------
     async def _poll_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.poll_seconds)
             try:
                 await self.poll()
             except Exception as exc:  # a failed poll must not stop the node; the next one retries
                 log.warning("operator_poll_failed", error_type=type(exc).__name__)
+            await asyncio.sleep(self.settings.poll_seconds)
 
     async def poll(self) -> NodeStatus:
         """Gather the status now, update the gauges and write the snapshot."""

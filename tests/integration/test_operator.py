@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from broker.management import Management
 from nodes.contact import submit
@@ -316,6 +318,8 @@ async def test_dashboard_login_is_required_limited_and_refuses_cross_origin_form
             assert "frame-ancestors 'none'" in huge.headers["content-security-policy"]
             missing = await client.get("/../../etc/passwd")
             assert missing.status_code == 404
+            rebound = await client.get("/metrics", headers={"Host": "attacker.example:80"})
+            assert rebound.status_code == 421  # DNS rebinding onto localhost gets nothing
             guesses = ["guess 0", "x" * 5000, "guess 2", "guess 3"]  # a long one is not hashed
             codes = [
                 (await client.post("/login", data={"password": guess})).status_code
@@ -325,3 +329,27 @@ async def test_dashboard_login_is_required_limited_and_refuses_cross_origin_form
             limited = await client.post("/login", data={"password": secret})
             assert limited.status_code == 429  # even the right one, until the minute passes
             assert 0 < int(limited.headers["retry-after"]) <= 61
+
+
+async def test_a_taken_operator_port_does_not_stop_the_node(fed: Federation) -> None:
+    """The node's work matters more than its dashboard: with its port taken it still starts,
+    says why there is no dashboard, and keeps status's snapshot fresh."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        text = fed.config_path("seajust").read_text(encoding="utf-8")
+        fed.config_path("seajust").write_text(
+            text.replace("[operator]\nport = 0\n", f"[operator]\nport = {port}\n", 1),
+            encoding="utf-8",
+        )
+        with capture_logs() as logs:
+            async with running(fed, "seajust") as nodes:
+                node = nodes.nodes["seajust"]
+                assert node.operator is not None
+                assert node.operator.url is None
+                _, document = await status_cli(fed.config_path("seajust"))
+    assert [e["port"] for e in logs if e["event"] == "operator_http_not_started"] == [port]
+    assert document["node_running"] is True
+    assert document["dashboard"] is None
+    assert {link["peer"] for link in document["links"]} >= {"casc"}
