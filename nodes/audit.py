@@ -8,13 +8,15 @@ Each record is a canonical JSON object::
 stored with its SHA-256 and an Ed25519 signature by the network's signing key over
 ``AUDIT_CONTEXT + record`` (a context no message signature uses). ``meta`` holds metadata only
 (message id, origin, destination, kind, peer, reason, quarantine id, operator), never case
-content. A signed *head* (last seq and hash) is rewritten in the same transaction as each
-append, so that cutting records off the end is noticed too.
+content. A signed *head* (last seq and hash) is rewritten in the same transaction as the
+records it covers, so that cutting records off the end is noticed too.
 
 The log is a table in ``<state_dir>/audit.sqlite3`` (WAL, ``synchronous=NORMAL`` like the node's
-state: a committed record survives the death of the process). The node appends before it acks
-the delivery the record is about; the ``mlanet quarantine`` commands append operator actions
-from another process (``BEGIN IMMEDIATE`` serialises the writers).
+state: a committed record survives the death of the process). The node appends in group
+commits: records accumulate in one transaction that is committed, with the head signed once,
+before any delivery they are about is acked. The ``mlanet quarantine`` commands append operator
+actions from another process, one committed record at a time (``BEGIN IMMEDIATE`` serialises
+the writers; the node holds the lock for at most one commit interval).
 
 :func:`verify_audit` walks the chain and names the first record that was altered, removed or
 reordered; :class:`AuditTrail` is the observer (``nodes/observe.py``) that writes the node's
@@ -23,6 +25,7 @@ records.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -73,7 +76,6 @@ CREATE TABLE IF NOT EXISTS audit (
     quarantine_id TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_quarantine ON audit (quarantine_id);
-CREATE INDEX IF NOT EXISTS audit_message ON audit (message_id);
 CREATE TABLE IF NOT EXISTS audit_head (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     seq INTEGER NOT NULL,
@@ -139,6 +141,10 @@ class AuditLog:
     def __init__(self, path: Path, key: SigningKey | None = None, *, readonly: bool = False):
         self.path = path
         self._key = key
+        self._readonly = readonly
+        self._grouped = False
+        # (seq, hash) of the last record while this connection holds the write lock
+        self._pending: tuple[int, str] | None = None
         try:
             if readonly:
                 if not path.exists():
@@ -155,7 +161,11 @@ class AuditLog:
             raise AuditError(f"cannot open the audit trail ({type(exc).__name__})") from exc
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            if not self._readonly:
+                self.commit()
+        finally:
+            self._db.close()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -164,57 +174,89 @@ class AuditLog:
         self.close()
 
     # --- writing ----------------------------------------------------------------------------
+    def group_commits(self) -> None:
+        """From now on, appends accumulate in one open transaction until :meth:`commit`, which
+        signs the head once for all of them (the node commits before it acks any delivery
+        whose records are in the batch, see ``Node._durable``)."""
+        self._grouped = True
+
+    def commit(self) -> None:
+        """Sign the head over the last record appended, and commit."""
+        if not self._db.in_transaction:
+            return
+        try:
+            if self._pending is not None:
+                self._write_head(*self._pending)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise AuditError(f"cannot commit the audit trail ({type(exc).__name__})") from exc
+        finally:
+            self._pending = None
+
     def append(self, event: str, meta: Mapping[str, MetaValue]) -> AuditRecord:
-        """Append one signed record and move the signed head, in one committed transaction."""
+        """Append one signed record; without group commits, also sign the head and commit."""
         key = self._key
         if key is None:
             raise AuditError("the audit trail was opened without the signing key")
         clean = _clean(meta)
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")  # the write lock: no other writer until COMMIT
+            if self._pending is None:
                 row = self._db.execute("SELECT seq, hash FROM audit_head").fetchone()
-                seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-                at = format_timestamp(datetime.now(UTC))
-                body = {
-                    "at": at,
-                    "event": event,
-                    "key_id": key.key_id,
-                    "meta": clean,
-                    "network": key.network,
-                    "prev": prev,
-                    "seq": seq,
-                }
-                record = canonical_bytes(body)
-                digest = _digest(record)
-                signature = b64u_encode(key.sign(AUDIT_CONTEXT + record))
-                head_signature = b64u_encode(key.sign(_head_input(key.network, seq, digest)))
-                self._db.execute(
-                    "INSERT INTO audit (seq, record, hash, signature, event, message_id,"
-                    " quarantine_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        seq,
-                        record.decode("ascii"),
-                        digest,
-                        signature,
-                        event,
-                        clean.get("message_id"),
-                        clean.get("quarantine_id"),
-                    ),
-                )
-                self._db.execute(
-                    "INSERT INTO audit_head (one, seq, hash, key_id, signature)"
-                    " VALUES (1, ?, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET seq=excluded.seq,"
-                    " hash=excluded.hash, key_id=excluded.key_id, signature=excluded.signature",
-                    (seq, digest, key.key_id, head_signature),
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._pending = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+            seq, prev = self._pending[0] + 1, self._pending[1]
+            at = format_timestamp(datetime.now(UTC))
+            body = {
+                "at": at,
+                "event": event,
+                "key_id": key.key_id,
+                "meta": clean,
+                "network": key.network,
+                "prev": prev,
+                "seq": seq,
+            }
+            record = canonical_bytes(body)
+            digest = _digest(record)
+            self._db.execute(
+                "INSERT INTO audit (seq, record, hash, signature, event, message_id,"
+                " quarantine_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    seq,
+                    record.decode("ascii"),
+                    digest,
+                    b64u_encode(key.sign(AUDIT_CONTEXT + record)),
+                    event,
+                    clean.get("message_id"),
+                    clean.get("quarantine_id"),
+                ),
+            )
+            self._pending = (seq, digest)
         except sqlite3.Error as exc:
+            if not self._grouped:
+                self._abandon()
             raise AuditError(f"cannot append to the audit trail ({type(exc).__name__})") from exc
+        if not self._grouped:
+            self.commit()
         return AuditRecord(seq, at, event, key.network, key.key_id, clean, prev, digest)
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        key = self._key
+        assert key is not None
+        signature = b64u_encode(key.sign(_head_input(key.network, seq, digest)))
+        self._db.execute(
+            "INSERT INTO audit_head (one, seq, hash, key_id, signature)"
+            " VALUES (1, ?, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET seq=excluded.seq,"
+            " hash=excluded.hash, key_id=excluded.key_id, signature=excluded.signature",
+            (seq, digest, key.key_id, signature),
+        )
+
+    def _abandon(self) -> None:
+        self._pending = None
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
 
     # --- reading ----------------------------------------------------------------------------
     def records(self, *, last: int | None = None, event: str | None = None) -> list[AuditRecord]:

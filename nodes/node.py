@@ -134,6 +134,7 @@ class Node:
         # the audit record of a delivery is committed before its ack, or it is not acked
         self.audit = AuditLog(config.state_dir / AUDIT_FILE, self.key)
         self.observe.add(AuditTrail(self.audit), required=True)
+        self.audit.group_commits()  # committed with the store's group commit (_commit_all)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -166,7 +167,7 @@ class Node:
                 group.create_task(self._commit_loop())
                 group.create_task(self._keep_topology())
                 await self._stop.wait()
-            self.store.commit()
+            self._commit_all()
             log.info("node_stopped", network=self.config.network)
 
     def topology(self) -> Topology:
@@ -340,6 +341,11 @@ class Node:
             return
         await incoming.ack()
 
+    def _commit_all(self) -> None:
+        """Audit records first: committed state never lacks the record of what was done."""
+        self.audit.commit()
+        self.store.commit()
+
     async def _durable(self) -> None:
         """Wait until every store write so far is committed; one commit serves all waiters."""
         if self._commit is None:
@@ -352,7 +358,7 @@ class Node:
         if done is None:
             return
         try:
-            self.store.commit()
+            self._commit_all()
         except Exception as exc:  # the waiters requeue: nothing acked without its record
             done.set_exception(exc)
         else:
@@ -362,7 +368,7 @@ class Node:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), COMMIT_EVERY)
-            self.store.commit()
+            self._commit_all()
 
     def _about(self, incoming: Incoming) -> dict[str, str]:
         """What a failed delivery claims to be, for its log lines (read on failure only)."""

@@ -304,6 +304,7 @@ async def test_a_released_submission_goes_back_through_submit_and_strays_are_not
         await inject(fed, "casc", "seajust", oversized)
         await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 3), within=60)
         kept = await mlanet(fed, "casc", "quarantine", "list", "--json")
+        assert kept.code == 0, kept.err
         part = next(e for e in kept.json_lines() if e["reason"] == "oversized")
         assert part["truncated_from"] == len(oversized)
         refused_release = await mlanet(fed, "casc", "quarantine", "release", part["id"])

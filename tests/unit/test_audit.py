@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -266,3 +268,52 @@ def test_a_required_observer_that_fails_stops_the_node_from_acking() -> None:
     broken = _Broken()
     required.add(broken, required=True)
     required.remove(broken)
+
+
+def test_group_commits_show_nothing_until_committed_and_sign_the_head_once(
+    tmp_path: Path,
+) -> None:
+    """The node's mode: records of a batch become visible together, under one signed head;
+    an operator's command appends between two batches into the same chain."""
+    where = tmp_path / "audit.sqlite3"
+    with AuditLog(where, KEY) as node:
+        node.group_commits()
+        for n in range(3):
+            node.append("forwarded", {"n": n})
+        with AuditLog(where, readonly=True) as reader:
+            assert reader.records() == []
+        node.commit()
+        with AuditLog(where, KEY) as operator:
+            operator.append("quarantine_listed", {"operator": "op"})
+        node.append("accepted", {"n": 3})
+        node.append("delivered", {"n": 4})
+    with AuditLog(where, readonly=True) as audit:  # close() committed the last batch
+        verdict = verify_audit(audit, _trust(), "casc")
+        events = [record.event for record in audit.records()]
+    assert verdict.ok, verdict.problem
+    assert events == ["forwarded"] * 3 + ["quarantine_listed", "accepted", "delivered"]
+
+
+def test_an_uncommitted_batch_is_lost_whole_and_the_chain_stays_valid(tmp_path: Path) -> None:
+    """A node process that dies before its commit loses the batch (whose deliveries it had not
+    acked, so they come again); what was committed still verifies."""
+    where = tmp_path / "audit.sqlite3"
+    with AuditLog(where, KEY) as audit:
+        audit.append("accepted", {"n": 0})
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from broker import SigningKey\n"
+        "from nodes.audit import AuditLog\n"
+        "key = SigningKey.from_seed('casc', 'ed25519:1', bytes(range(32)))\n"
+        "node = AuditLog(Path(sys.argv[1]), key)\n"
+        "node.group_commits()\n"
+        "node.append('forwarded', {'n': 1})\n"
+        "os._exit(9)\n"
+    )
+    died = subprocess.run([sys.executable, "-c", script, str(where)], check=False, timeout=60)
+    assert died.returncode == 9
+    with AuditLog(where, readonly=True) as audit:
+        verdict = verify_audit(audit, _trust(), "casc")
+    assert verdict.ok, verdict.problem
+    assert verdict.records == 1

@@ -1,0 +1,226 @@
+"""Benchmark: what the audit trail costs, against baselines measured in the same run.
+
+(a) per record: ``AuditLog.append`` (canonical JSON, SHA-256, two Ed25519 signatures: the record
+    and the head, one SQLite transaction) beside the node's own per-message state write
+    (``Store.remember``, one SQLite transaction) and a bare Ed25519 signature, on the same disk;
+(b) per message: the casc node relaying N signed messages seajust -> ejn (phase (b) of
+    ``bench_node.py``) with its audit trail, and with the audit trail replaced by an observer
+    that does nothing, alternating runs; medians and the ratio with / without.
+
+Needs the local RabbitMQ like ``bench_node.py``. Usage: ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from unittest import mock
+
+import aio_pika
+import bench_node
+
+from broker import SigningKey, load_signing_key
+from broker.transport import CONTENT_TYPE, inbox_exchange, out_queue
+from nodes import federation
+from nodes.audit import AuditLog
+from nodes.config import load_config
+from nodes.logs import configure_logging
+from nodes.observe import Observer
+from nodes.store import Store
+
+META = {
+    "message_id": "5b0c2f1e-8d3a-4c6b-9e7f-0a1b2c3d4e5f",
+    "origin": "seajust",
+    "destination": "FR",
+    "kind": "facilitation_request",
+    "to": "ejn",
+}
+
+
+def _per_call(action: Callable[[int], object], number: int, repeat: int) -> float:
+    """Median microseconds per call over ``repeat`` loops of ``number`` calls (after a warm-up)."""
+    for n in range(min(number, 200)):
+        action(n)
+    timings = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for n in range(number):
+            action(n)
+        timings.append((time.perf_counter() - start) / number * 1e6)
+    return statistics.median(timings)
+
+
+def records_phase(folder: Path, number: int, repeat: int, batch: int) -> None:
+    """Per record: alone (an operator's command: its own commit and signed head), and in group
+    commits of ``batch`` (the node's way), beside the node's own state write in the same two
+    ways; and a bare Ed25519 signature."""
+    key = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
+    alone, grouped = AuditLog(folder / "a.sqlite3", key), AuditLog(folder / "g.sqlite3", key)
+    grouped.group_commits()
+    store, store_grouped = Store(folder / "s.sqlite3"), Store(folder / "sg.sqlite3")
+    store_grouped.group_commits()
+
+    def remember(into: Store) -> Callable[[int], object]:
+        def write(n: int) -> None:
+            into.remember("seajust", str(uuid.uuid4()), "0" * 43, "forwarded", "to ejn")
+            if into is store_grouped and n % batch == batch - 1:
+                into.commit()
+
+        return write
+
+    def append(n: int) -> None:
+        grouped.append("forwarded", META)
+        if n % batch == batch - 1:
+            grouped.commit()
+
+    try:
+        sign = _per_call(lambda n: key.sign(b"x" * 300), number, repeat)
+        state = _per_call(remember(store), number, repeat)
+        state_grouped = _per_call(remember(store_grouped), number, repeat)
+        record = _per_call(lambda n: alone.append("forwarded", META), number, repeat)
+        record_grouped = _per_call(append, number, repeat)
+    finally:
+        for closing in (alone, grouped, store, store_grouped):
+            closing.close()
+    print(f"(a) per record (median of {repeat} x {number}), same run:")
+    print(f"    audit record alone       {record:7.1f} us   Store.remember alone   {state:7.1f} us")
+    print(
+        f"    audit record, groups of {batch:<3} {record_grouped:6.1f} us   "
+        f"Store.remember grouped {state_grouped:7.1f} us"
+    )
+    print(f"    Ed25519 signature        {sign:7.1f} us")
+    print(
+        f"    ratio audit / state: alone {record / state:.2f}, "
+        f"grouped {record_grouped / state_grouped:.2f}"
+    )
+
+
+class NoAudit(Observer):
+    """Stands in for the audit trail when the node runs without one."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+
+async def _preload(fed: federation.Federation, bodies: list[bytes]) -> None:
+    """Publish into casc's inbox exchange for seajust as seajust's link would (with confirms)."""
+    url = bench_node.amqp_url(fed.vhost("casc"), fed.user("seajust"), fed.password("seajust"))
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(inbox_exchange("seajust"), ensure=False)
+        for start in range(0, len(bodies), 500):
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            body,
+                            content_type=CONTENT_TYPE,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            message_id=str(uuid.uuid4()),
+                        ),
+                        routing_key="",
+                    )
+                    for body in bodies[start : start + 500]
+                )
+            )
+
+
+async def _relay(fed: federation.Federation, messages: int) -> tuple[float, float]:
+    """Time the casc node (without links) relaying ``messages`` preloaded ones to ejn's queue:
+    (messages per second, process CPU seconds per message)."""
+    key = load_signing_key(fed.root / "seajust" / "seajust.1.key")
+    await _preload(fed, [m.to_bytes() for m in bench_node.signed_requests(key, messages, "FR")])
+    async with await aio_pika.connect(bench_node.amqp_url(fed.vhost("casc"))) as watcher:
+        channel = await watcher.channel()
+        node = bench_node._Unlinked(load_config(fed.config_path("casc")))
+        async with bench_node.running([node]):
+            start, cpu = time.perf_counter(), time.process_time()
+            end = await bench_node.wait_depth(channel, out_queue("ejn"), messages, within=600)
+            cpu = time.process_time() - cpu
+        await (await channel.get_queue(out_queue("ejn"), ensure=False)).purge()
+    return messages / (end - start), cpu / messages
+
+
+async def node_phase(messages: int, rounds: int) -> None:
+    with contextlib.ExitStack() as stack:
+        quiet = stack.enter_context(open(os.devnull, "w", encoding="utf-8"))  # noqa: ASYNC230
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlanet-bench-")))
+        fed = federation.build(
+            folder,
+            prefix=f"bench-{uuid.uuid4().hex[:8]}",
+            networks=bench_node.NETWORKS,
+            links=bench_node.LINKS,
+        )
+        with fed.config_path("casc").open("a", encoding="utf-8") as config:
+            # the peer's token bucket must not be what is measured
+            config.write("\n[limits.peer]\nrate = 1000000.0\nburst = 1000000\n")
+        with contextlib.redirect_stderr(quiet):
+            configure_logging("warning")
+        await federation.provision(fed, bench_node.ADMIN)
+        measured: dict[str, list[tuple[float, float]]] = {"with": [], "without": []}
+        try:
+            # a first start declares casc's topology (and is not measured)
+            async with bench_node.running(
+                [bench_node._Unlinked(load_config(fed.config_path("casc")))]
+            ):
+                pass
+            for round_ in range(rounds):  # ABBA: drift over the run hits both alike
+                order = ("with", "without") if round_ % 2 == 0 else ("without", "with")
+                for variant in order:
+                    patch = (
+                        mock.patch("nodes.node.AuditTrail", NoAudit)
+                        if variant == "without"
+                        else contextlib.nullcontext()
+                    )
+                    with patch:
+                        measured[variant].append(await _relay(fed, messages))
+        finally:
+            await federation.teardown(fed, bench_node.ADMIN)
+    rate = {k: statistics.median(r for r, _ in v) for k, v in measured.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in measured.items()}
+    print(f"(b) casc relaying {messages} messages, {rounds} alternating runs each (median):")
+    for variant, runs in measured.items():
+        shown = ", ".join(f"{r:,.0f} ({c * 1e6:,.0f} us)" for r, c in runs)
+        print(f"    runs {variant}: {shown} msg/s (CPU per message)")
+    for variant in ("with", "without"):
+        label = "with the audit trail" if variant == "with" else "without it (same run)"
+        print(
+            f"    {label:<24} {rate[variant]:8,.0f} msg/s   CPU {cpu[variant] * 1e6:6,.0f} us/msg"
+        )
+    pairs = list(zip(measured["with"], measured["without"], strict=True))
+    by_rate = statistics.median(w[0] / wo[0] for w, wo in pairs)
+    by_cpu = statistics.median(wo[1] / w[1] for w, wo in pairs)
+    print(
+        f"    ratio with / without (median of the rounds' ratios) = {by_rate:.2f} by rate, "
+        f"{by_cpu:.2f} by CPU per message"
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="mlanet-bench-") as folder:
+        records_phase(Path(folder), args.number, args.repeat, args.batch)
+    if not args.skip_node:
+        await node_phase(args.messages, args.rounds)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--number", type=int, default=2000, help="calls per timed loop in (a)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed loops in (a)")
+    parser.add_argument("--batch", type=int, default=16, help="records per group commit in (a)")
+    parser.add_argument("--messages", type=int, default=3000, help="messages per run in (b)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each variant in (b)")
+    parser.add_argument("--skip-node", action="store_true", help="run (a) only")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
