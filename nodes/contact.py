@@ -25,9 +25,11 @@ from schemas import WireModel, payload_model
 from schemas.submission import Submission
 
 __all__ = [
+    "ARCHIVE_FILE",
     "InboxItem",
     "Taken",
     "Tracking",
+    "open_archive",
     "read_inbox",
     "submit",
     "submit_on",
@@ -59,13 +61,31 @@ class InboxItem:
     new: bool
 
 
+# The contact points' archive of delivered messages: a database of its own beside the node's,
+# so that reading an inbox never waits for the node's write transactions (which the node holds
+# across a whole batch of deliveries: its group commit). The archive's row is the contact
+# point's dedupe record, written in one transaction with the message.
+ARCHIVE_FILE = "inbox.sqlite3"
+
+
+def open_archive(config: NodeConfig) -> Store:
+    """Open the archive; the first time, adopt what an earlier version archived in the node's
+    own database."""
+    path = config.state_dir / ARCHIVE_FILE
+    fresh = not path.exists()
+    archive = Store(path)
+    if fresh:
+        archive.adopt_inbox(config.state_dir / "node.sqlite3")
+    return archive
+
+
 async def read_inbox(config: NodeConfig, contact_point: str) -> list[InboxItem]:
     """Move delivered messages into the contact point's archive (deduplicated), then list it.
 
     Each message is verified again end to end (origin and every hop) before it is archived.
     """
     trust = trust_from_directory(config.load_directory())
-    store = Store(config.state_dir / "node.sqlite3")
+    store = open_archive(config)
     try:
         async with Transport(config.amqp_url()) as transport:
             taken = await take_delivered(config, contact_point, transport, store, trust)

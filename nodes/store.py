@@ -257,6 +257,26 @@ class Store:
             )
         return cursor.rowcount == 1
 
+    def adopt_inbox(self, older: Path) -> None:
+        """Copy the contact points' archive that an earlier version kept in ``older`` (the
+        node's own database) into this one; what is here already stays as it is. ``older`` is
+        only read: a write lock the node holds on it does not matter."""
+        if not older.exists():
+            return
+        self._db.execute("ATTACH DATABASE ? AS older", (str(older),))
+        try:
+            found = self._db.execute(
+                "SELECT 1 FROM older.sqlite_master WHERE type='table' AND name='inbox'"
+            ).fetchone()
+            rows = self._db.execute("SELECT * FROM older.inbox").fetchall() if found else []
+        finally:
+            self._db.execute("DETACH DATABASE older")
+        if rows:
+            with self._tx():
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                )
+
     def inbox(self, contact_point: str) -> Iterator[tuple[str, str, str, bytes, float]]:
         yield from self._db.execute(
             "SELECT origin, message_id, kind, wire, received_at FROM inbox WHERE contact_point=?"

@@ -34,7 +34,7 @@ import aiormq
 from broker import MlanetError, TrustStore
 from broker.management import ManagementEndpoint
 from broker.transport import QUARANTINE, Transport
-from nodes.contact import submit_on, take_delivered
+from nodes.contact import open_archive, submit_on, take_delivered
 from nodes.federation import Federation
 from nodes.node import trust_from_directory
 from nodes.store import Store
@@ -269,7 +269,7 @@ class Reader:
     async def run(self, stop: asyncio.Event) -> None:
         cfg = config(self.fed, self.network)
         trust: TrustStore = trust_from_directory(cfg.load_directory())
-        store = Store(cfg.state_dir / "node.sqlite3")
+        store = open_archive(cfg)
         try:
             while not stop.is_set():
                 try:
