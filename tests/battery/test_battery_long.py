@@ -185,8 +185,12 @@ async def test_connections_closed_under_load(tmp_path: Path, battery_broker: Scr
             for at in (10, 20, 30, 40):
                 await battery.at(seconds(at))
                 battery.fault("all connections closed")
-                for network in battery.plan.networks:
-                    await battery.broker.close_all_connections(battery.fed.vhost(network))
+                await asyncio.gather(
+                    *(
+                        battery.broker.close_all_connections(battery.fed.vhost(network))
+                        for network in battery.plan.networks
+                    )
+                )
 
         verdict = await battery.run(load(), faults)
     _passed(battery, verdict)
