@@ -64,7 +64,7 @@ async def all_hold(fed: Federation, version: int, networks: tuple[str, ...] | No
     async def check() -> bool:
         return all(held_version(fed, n) >= version for n in networks or fed.nodes)
 
-    await eventually(check, within=60)
+    await eventually(check, within=90)
 
 
 def request(

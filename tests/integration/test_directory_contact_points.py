@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from broker import sign_message
 from nodes.contact import read_inbox, submit
 from nodes.federation import Federation
@@ -25,6 +27,9 @@ from tests.integration.kit import config, depth, eventually, inject, key, outbox
 
 __all__ = ["dfed"]
 
+# Several waits on a busy shared broker: more than the default per-test timeout.
+pytestmark = pytest.mark.timeout(300)
+
 
 async def _state(fed: Federation, network: str, message_id: str, expected: str) -> bool:
     return outbox_state(fed, network, message_id) == expected
@@ -40,7 +45,9 @@ async def test_a_replaced_contact_points_messages_reach_its_successor(dfed: Fede
         for message in pending:
             await submit(config(fed, "seajust"), message)
         for message in pending:
-            await eventually(lambda m=message: _state(fed, "seajust", m.message_id, "delivered"))
+            await eventually(
+                lambda m=message: _state(fed, "seajust", m.message_id, "delivered"), within=90
+            )
         assert await depth(fed, "casc", "mlanet.deliver.uz-cp-1") == 2
 
         await mlanet(
@@ -53,7 +60,7 @@ async def test_a_replaced_contact_points_messages_reach_its_successor(dfed: Fede
         async def moved() -> bool:
             return await depth(fed, "casc", "mlanet.deliver.uz-cp-1") == 0
 
-        await eventually(moved)
+        await eventually(moved, within=90)
         assert "uz-cp-2" in nodes.nodes["casc"].contact_points
         assert "uz-cp-1" not in nodes.nodes["casc"].contact_points
 
@@ -64,7 +71,9 @@ async def test_a_replaced_contact_points_messages_reach_its_successor(dfed: Fede
         for message in later:
             await submit(config(fed, "seajust"), message)
         for message in later:
-            await eventually(lambda m=message: _state(fed, "seajust", m.message_id, "delivered"))
+            await eventually(
+                lambda m=message: _state(fed, "seajust", m.message_id, "delivered"), within=90
+            )
 
         at_successor = await read_inbox(config(fed, "casc"), "uz-cp-2")
         assert sorted(i.message.header.message_id for i in at_successor) == sorted(
@@ -96,14 +105,14 @@ async def test_observers_get_notices_and_never_a_members_only_message(dfed: Fede
         case = request("kh-cp-1", country="MN")
         for message in (plenary, secret, case):
             await submit(config(fed, "seajust"), message)
-        await eventually(lambda: _state(fed, "seajust", secret.message_id, "failed"))
-        await eventually(lambda: _state(fed, "seajust", case.message_id, "failed"))
+        await eventually(lambda: _state(fed, "seajust", secret.message_id, "failed"), within=90)
+        await eventually(lambda: _state(fed, "seajust", case.message_id, "failed"), within=90)
 
         async def notice_arrived() -> bool:
             items = await read_inbox(config(fed, "casc"), "mn-cp-1")
             return [i.message.header.message_id for i in items] == [plenary.message_id]
 
-        await eventually(notice_arrived)
+        await eventually(notice_arrived, within=90)
         told = [
             item.payload
             for item in await read_inbox(config(fed, "seajust"), "kh-cp-1")
@@ -130,7 +139,7 @@ async def test_observers_get_notices_and_never_a_members_only_message(dfed: Fede
             key(fed, "seajust"),
         )
         await inject(fed, "casc", "seajust", forced.to_bytes())
-        await eventually(lambda: _positive(quarantine_depth(fed, "casc")))
+        await eventually(lambda: _positive(quarantine_depth(fed, "casc")), within=90)
         assert await quarantined(fed, "casc") == ["not_for_observers"]
 
         # Broadcasts to the whole network: the observer is left out of the members_only one.
@@ -144,7 +153,7 @@ async def test_observers_get_notices_and_never_a_members_only_message(dfed: Fede
             ids = {i.message.header.message_id for i in at_uz}
             return {everyone.message_id, members.message_id} <= ids
 
-        await eventually(broadcasts_arrived)
+        await eventually(broadcasts_arrived, within=90)
         at_mn = await read_inbox(config(fed, "casc"), "mn-cp-1")
         assert [i.message.header.message_id for i in at_mn] == [
             plenary.message_id,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from nodes.contact import read_inbox, submit
 from nodes.federation import Federation
 from tests.integration.directory_kit import (
@@ -19,6 +21,9 @@ from tests.integration.directory_kit import (
 from tests.integration.kit import ADMIN, config, eventually, outbox_state, running
 
 __all__ = ["dfed"]  # the fixture, imported for pytest
+
+# Several waits on a busy shared broker: more than the default per-test timeout.
+pytestmark = pytest.mark.timeout(300)
 
 
 def _fingerprints(fed: Federation) -> dict[str, str]:
@@ -78,7 +83,7 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
         async def receipted(network: str, message_id: str) -> bool:
             return outbox_state(fed, network, message_id) == "delivered"
 
-        await eventually(lambda: receipted("pilon", outgoing.message_id), within=60)
+        await eventually(lambda: receipted("pilon", outgoing.message_id), within=90)
         delivered = await read_inbox(config(fed, "seajust"), "kh-cp-1")
         assert [(i.message.header.message_id, i.message.path) for i in delivered] == [
             (outgoing.message_id, ("pilon",))
@@ -89,8 +94,8 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
         relayed = request("uz-cp-1", country="WS")
         await submit(config(fed, "seajust"), back)
         await submit(config(fed, "casc"), relayed)
-        await eventually(lambda: receipted("seajust", back.message_id), within=60)
-        await eventually(lambda: receipted("casc", relayed.message_id), within=60)
+        await eventually(lambda: receipted("seajust", back.message_id), within=90)
+        await eventually(lambda: receipted("casc", relayed.message_id), within=90)
         at_fiji = await read_inbox(config(fed, "pilon"), "fj-cp-1")
         assert [i.message.header.message_id for i in at_fiji] == [back.message_id]
         at_samoa = await read_inbox(config(fed, "pilon"), "ws-cp-1")

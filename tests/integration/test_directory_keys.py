@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from broker import open_envelope
 from broker.keys import load_signing_key
 from nodes.contact import read_inbox, submit
 from nodes.federation import Federation
+from nodes.node import trust_from_directory
 from tests.integration.directory_kit import (
     all_hold,
     dfed,
@@ -20,6 +24,7 @@ from tests.integration.directory_kit import (
 from tests.integration.kit import (
     config,
     depth,
+    drain,
     eventually,
     facilitation,
     inject,
@@ -28,6 +33,9 @@ from tests.integration.kit import (
 )
 
 __all__ = ["dfed"]
+
+# Several waits on a busy shared broker: more than the default per-test timeout.
+pytestmark = pytest.mark.timeout(300)
 
 
 async def test_a_key_rotated_while_messages_flow_refuses_none(dfed: Federation) -> None:
@@ -49,7 +57,7 @@ async def test_a_key_rotated_while_messages_flow_refuses_none(dfed: Federation) 
                 await asyncio.sleep(0.1)
 
         sender = asyncio.create_task(flow())
-        await eventually(lambda: _at_least(sent, 5))
+        await eventually(lambda: _at_least(sent, 5), within=90)
         rotated = await mlanet("keys", "rotate", "--config", fed.config_path("seajust"))
         assert "seajust.2.key" in rotated.output
         request_file = fed.root / "seajust" / "key-rotation-2.json"
@@ -66,9 +74,9 @@ async def test_a_key_rotated_while_messages_flow_refuses_none(dfed: Federation) 
         async def switched() -> bool:
             return seajust.key.key_id == "ed25519:2"
 
-        await eventually(switched, within=30)
+        await eventually(switched, within=90)
         after = len(sent)
-        await eventually(lambda: _at_least(sent, after + 5))
+        await eventually(lambda: _at_least(sent, after + 5), within=90)
         stop.set()
         await sender
 
@@ -109,7 +117,7 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
         async def all_delivered() -> bool:
             return all(outbox_state(fed, "seajust", m.message_id) == "delivered" for m in early)
 
-        await eventually(all_delivered, within=60)
+        await eventually(all_delivered, within=90)
         assert await depth(fed, "casc", "mlanet.deliver.uz-cp-1") == 3  # not read yet
 
         await nodes.stop("casc")
@@ -120,7 +128,7 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
         async def on_their_way() -> bool:  # in SEAJust's queue to CASC, or in CASC's inbox
             return all(outbox_state(fed, "seajust", m.message_id) == "forwarded" for m in late)
 
-        await eventually(on_their_way, within=60)
+        await eventually(on_their_way, within=90)
 
         await mlanet(
             "directory", "revoke", "--config", fed.config_path("unodc"),
@@ -139,12 +147,18 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
 
         items = await read_inbox(config(fed, "casc"), "uz-cp-1")
         assert items == [], "a message signed with the revoked key reached the contact point"
-        assert await quarantined(fed, "casc") == ["key_revoked"] * 6
-        for message in (*early, *late):
-            assert any(
-                event == "quarantined" and "key_revoked" in detail
-                for event, detail in events(fed, "casc", message.message_id)
+        refused = await drain(fed, "casc", "mlanet.quarantine")
+        trust = trust_from_directory(config(fed, "casc").load_directory())
+        assert sorted(
+            (
+                open_envelope(r.body, trust).header.message_id,
+                r.headers["x-mlanet-reason"],
+                r.headers["x-mlanet-via"],
             )
+            for r in refused
+        ) == sorted(
+            (m.message_id, "key_revoked", "mlanet.deliver.uz-cp-1") for m in (*early, *late)
+        )
 
         forged_later = facilitation(
             fed, "seajust", "kh-cp-1", "UZ", signer=load_signing_key(
@@ -156,7 +170,7 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
         async def refused() -> bool:
             return await quarantine_depth(fed, "casc") >= 1
 
-        await eventually(refused, within=30)
+        await eventually(refused, within=90)
         assert await quarantined(fed, "casc") == ["key_revoked"]
 
 
@@ -176,13 +190,13 @@ async def test_a_node_away_during_an_immediate_rotation_catches_up_from_the_upda
             "--config", fed.config_path("unodc"), "--activate-in", "0", "--overlap", "3600",
         )  # fmt: skip
         await all_hold(fed, 2, ("unodc", "seajust"))
-        await eventually(lambda: _is_key(nodes.nodes["seajust"].key.key_id, "ed25519:2"))
+        await eventually(lambda: _is_key(nodes.nodes["seajust"].key.key_id, "ed25519:2"), within=90)
         message = request("kh-cp-1", country="UZ")
         await submit(config(fed, "seajust"), message)
 
         await nodes.start("casc")
         await all_hold(fed, 2, ("casc",))
-        await eventually(lambda: _delivered(fed, message.message_id), within=60)
+        await eventually(lambda: _delivered(fed, message.message_id), within=90)
         (item,) = await read_inbox(config(fed, "casc"), "uz-cp-1")
         assert item.message.header.key_id == "ed25519:2"
         assert await quarantine_depth(fed, "casc") == 0
