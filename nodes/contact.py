@@ -4,6 +4,7 @@ submit a message, read delivered messages, and track a message's state."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -116,9 +117,12 @@ async def take_delivered(
     transport: Transport,
     store: Store,
     trust: TrustStore,
+    *,
+    on_taken: Callable[[Taken], None] | None = None,
 ) -> list[Taken]:
     """Move every delivered message into the contact point's archive (deduplicated on origin
     and message id), each verified end to end first and acked only once archived.
+    ``on_taken`` hears of each one at once (the returned list is lost if a later one fails).
 
     Verification is against the node's directory now: a message whose signing key was revoked
     (or expired) since the node delivered it is not handed over; it goes to quarantine with its
@@ -147,8 +151,12 @@ async def take_delivered(
                 },
             )
             await incoming.ack()
-            if incoming.message_id:
-                store.event(incoming.message_id, "quarantined", f"at delivery: {refused}")
+            if incoming.message_id:  # in the node's database, where `mlanet track` reads
+                tracking = Store(config.state_dir / "node.sqlite3")
+                try:
+                    tracking.event(incoming.message_id, "quarantined", f"at delivery: {refused}")
+                finally:
+                    tracking.close()
             log.warning("refused_at_delivery", reason=refused.reason.value, via=queue)
             continue
         header = message.header
@@ -165,6 +173,8 @@ async def take_delivered(
         taken.append(
             Taken(origin.network, origin.contact_point, header.message_id, header.kind, new)
         )
+        if on_taken is not None:
+            on_taken(taken[-1])
     return taken
 
 

@@ -62,8 +62,10 @@ class History:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("", encoding="utf-8")
 
-    def add(self, op_type: OpType, process: str, **fields: str | None) -> Op:
-        op = Op(op_type, process, time.time(), **fields)
+    def add(
+        self, op_type: OpType, process: str, *, at: float | None = None, **fields: str | None
+    ) -> Op:
+        op = Op(op_type, process, time.time() if at is None else at, **fields)
         self.ops.append(op)
         if self._path is not None:
             with self._path.open("a", encoding="utf-8") as out:

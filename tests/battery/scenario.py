@@ -26,7 +26,16 @@ from tests.battery.checker import Verdict, check
 from tests.battery.faults import BrokerControl, Supervisor, tune
 from tests.battery.history import History, OpType
 from tests.battery.proxy import FaultProxy
-from tests.battery.workload import Client, Collector, Lane, Load, Reader, node_url, until
+from tests.battery.workload import (
+    Client,
+    Collector,
+    Lane,
+    Load,
+    Reader,
+    node_url,
+    reconcile,
+    until,
+)
 from tests.integration.kit import config
 
 __all__ = ["REPORT", "Battery", "Plan"]
@@ -171,8 +180,11 @@ class Battery:
         for task in self._background:
             await asyncio.wait_for(task, 60)
         self._background.clear()
+        missed = sum(reconcile(self.fed, reader, self.history) for reader in self.readers)
         verdict = check(self.name, self.history.ops)
         verdict.notes.extend(self._notes(drained, receipted))
+        if missed:
+            verdict.notes.append(f"archived but not recorded by a reader (reconciled): {missed}")
         verdict.unreceipted = sum(
             n for state, n in self.outbox_states().items() if state != "delivered"
         )

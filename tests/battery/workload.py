@@ -34,7 +34,7 @@ import aiormq
 from broker import MlanetError, TrustStore
 from broker.management import ManagementEndpoint
 from broker.transport import QUARANTINE, Transport
-from nodes.contact import open_archive, submit_on, take_delivered
+from nodes.contact import Taken, open_archive, submit_on, take_delivered
 from nodes.federation import Federation
 from nodes.node import trust_from_directory
 from nodes.store import Store
@@ -50,6 +50,7 @@ __all__ = [
     "Reader",
     "admin_url",
     "node_url",
+    "reconcile",
     "request",
 ]
 
@@ -287,10 +288,8 @@ class Reader:
     ) -> None:
         while True:
             for contact_point in self.contact_points:
-                started = time.monotonic()
-                found = await take_delivered(cfg, contact_point, transport, store, trust)
-                self.slowest = max(self.slowest, time.monotonic() - started)
-                for taken in found:
+
+                def record(taken: Taken, contact_point: str = contact_point) -> None:
                     self.history.add(
                         "delivered" if taken.new else "repeat",
                         self.process,
@@ -301,10 +300,52 @@ class Reader:
                         network=self.network,
                         kind=taken.kind,
                     )
+
+                started = time.monotonic()
+                await take_delivered(cfg, contact_point, transport, store, trust, on_taken=record)
+                self.slowest = max(self.slowest, time.monotonic() - started)
             if stop.is_set():
                 return  # one last sweep after the stop was asked: nothing is left behind
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.every)
+
+
+def reconcile(fed: Federation, reader: Reader, history: History) -> int:
+    """Record what the archive of ``reader``'s network holds and the history does not (the
+    archive is the definition of delivered; each should have been recorded when it was taken).
+    Returns how many were missing: the battery notes any, as a gap of its own reader."""
+    recorded = {(op.origin, op.message_id) for op in history.of("delivered")}
+    archive = open_archive(config(fed, reader.network))
+    missing = 0
+    try:
+        for contact_point in reader.contact_points:
+            for origin, message_id, kind, wire, received_at in archive.inbox(contact_point):
+                if (origin, message_id) in recorded:
+                    continue
+                missing += 1
+                history.add(
+                    "delivered",
+                    f"archive:{reader.network}",
+                    at=received_at,
+                    message_id=message_id,
+                    origin=origin,
+                    sender=_sender(wire),
+                    contact_point=contact_point,
+                    network=reader.network,
+                    kind=kind,
+                )
+    finally:
+        archive.close()
+    return missing
+
+
+def _sender(wire: bytes) -> str | None:
+    with contextlib.suppress(ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        encoded = json.loads(wire)["header"]
+        header = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        sender = header.get("origin", {}).get("contact_point")
+        return sender if isinstance(sender, str) else None
+    return None
 
 
 def _identify(body: bytes, network: str) -> tuple[str | None, str | None, str | None]:
