@@ -226,10 +226,12 @@ class Store:
         return [TrackEvent(*row) for row in rows]
 
     def quarantine_reasons(self) -> dict[str, int]:
-        """How many messages this node quarantined, by reason code (all recorded time)."""
+        """How many messages this node quarantined, by reason code (all recorded time); a
+        refusal when a contact point read its delivery is recorded as ``at delivery: <reason>``."""
         rows = self._db.execute(
-            "SELECT substr(detail, 1, instr(detail, ':') - 1) AS reason, COUNT(*) FROM events"
-            " WHERE event='quarantined' GROUP BY reason"
+            "SELECT substr(d, 1, instr(d, ':') - 1) AS reason, COUNT(*) FROM (SELECT CASE WHEN"
+            " detail LIKE 'at delivery: %' THEN substr(detail, 14) ELSE detail END AS d"
+            " FROM events WHERE event='quarantined') GROUP BY reason"
         ).fetchall()
         return {reason: count for reason, count in rows if reason}
 

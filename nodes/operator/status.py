@@ -219,7 +219,7 @@ def quarantine_view(store: Store | None, depth: int | None, recent: int = 20) ->
         return QuarantineView(depth, {}, [])
     entries = []
     for event in store.recent_events("quarantined", recent):
-        reason, _, detail = event.detail.partition(": ")
+        reason, _, detail = event.detail.removeprefix("at delivery: ").partition(": ")
         entries.append(QuarantineEntry(event.at, reason, detail))
     return QuarantineView(depth, store.quarantine_reasons(), entries)
 

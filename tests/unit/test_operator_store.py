@@ -42,7 +42,12 @@ def test_quarantine_reasons_are_counted_from_the_recorded_events(tmp_path: Path)
     store.event("-", "quarantined", "bad_signature: hop 1 (via mlanet.inbox.from.casc)")
     store.event("-", "quarantined", "schema_invalid: payload.summary (via mlanet.submit)")
     store.event("m-1", "delivered", "delivered to uz-cp-1")
-    assert store.quarantine_reasons() == {"bad_signature": 2, "schema_invalid": 1}
+    store.event("m-2", "quarantined", "at delivery: key_revoked: key ed25519:1 of casc")
+    assert store.quarantine_reasons() == {
+        "bad_signature": 2,
+        "schema_invalid": 1,
+        "key_revoked": 1,
+    }
     recent = store.recent_events("quarantined", limit=2)
-    assert [event.detail.split(":")[0] for event in recent] == ["schema_invalid", "bad_signature"]
+    assert [event.detail.split(":")[0] for event in recent] == ["at delivery", "schema_invalid"]
     store.close()
