@@ -51,6 +51,7 @@ from aio_pika.abc import (
 from broker import SignedMessage, SigningKey, canonical_bytes, load_signing_key, sign_message
 from broker.management import Management, ManagementEndpoint
 from broker.transport import (
+    CONTENT_TYPE,
     Topology,
     Transport,
     deliver_queue,
@@ -132,6 +133,7 @@ async def publish_confirmed(
                 target.publish(
                     aio_pika.Message(
                         body,
+                        content_type=CONTENT_TYPE,
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         message_id=str(uuid.uuid4()),
                     ),
