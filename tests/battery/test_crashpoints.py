@@ -125,3 +125,24 @@ def test_a_bad_clock_offset_is_refused(monkeypatch: pytest.MonkeyPatch, value: s
     monkeypatch.setenv(crashpoints.CLOCK_OFFSET, value)
     with pytest.raises(ConfigError):
         crashpoints.clock()
+
+
+def test_a_node_with_a_misspelt_crash_point_does_not_start(tmp_path: object) -> None:
+    """``mlanet node run`` refuses a crash point it does not know before it touches the broker
+    (a fault test must not run with its fault silently disarmed)."""
+    from pathlib import Path
+
+    from nodes.federation import build
+
+    assert isinstance(tmp_path, Path)
+    fed = build(tmp_path / "federation", prefix="crash")
+    result = subprocess.run(
+        [sys.executable, "-m", "nodes", "node", "run", "--config", str(fed.config_path("casc"))],
+        env={"PATH": "/usr/bin:/bin", crashpoints.CRASH_AT: "after_confirm_before_akc:1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "unknown crash point 'after_confirm_before_akc'" in result.stderr
