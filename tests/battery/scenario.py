@@ -2,10 +2,12 @@
 rate, readers archiving deliveries, a collector reading quarantines, a fault script, a drain
 period, and the checker's verdict.
 
-    async with Battery("relay killed", tmp_path, broker=SharedBroker(ADMIN)) as battery:
+    async with Battery("relay crashes", tmp_path, broker=battery_broker) as battery:
         await battery.start(lanes, crash_at={"casc": "after_confirm_before_ack:20"})
         verdict = await battery.run(Load(lanes, rate=15, duration=8), faults=None)
     assert verdict.passed, verdict.table()
+
+``broker`` is a RabbitMQ node of the battery's own (``rabbit.ScratchBroker``).
 
 Every verdict is also kept in :data:`REPORT`, which the battery's ``conftest.py`` prints at the
 end of the pytest run (the tables, the load figures).
@@ -62,6 +64,8 @@ FaultScript = Callable[["Battery"], Awaitable[None]]
 
 
 class Battery:
+    """A run; an async context manager that removes everything it started."""
+
     def __init__(
         self, name: str, root: Path, *, broker: BrokerControl, plan: Plan | None = None
     ) -> None:

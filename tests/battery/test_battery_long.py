@@ -100,8 +100,10 @@ async def test_broker_killed_mid_stream_and_restarted(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(1200)
 async def test_memory_and_disk_alarms(tmp_path: Path) -> None:
-    """A memory alarm, then a disk alarm, 15 s each, under load: publishers (clients, nodes,
-    shovels) are blocked and resume; nothing is lost or delivered twice."""
+    """A memory alarm, then a disk alarm, under load (each raised for 15 s; it lasts until the
+    broker clears it, which can take a minute): publishers (clients, nodes, shovels) are
+    blocked, publishes time out and are retried, and everything resumes; nothing is lost or
+    delivered twice."""
     async with (
         ScratchBroker(tmp_path / "rabbit") as broker,
         Battery("memory and disk alarms", tmp_path, broker=broker) as battery,
