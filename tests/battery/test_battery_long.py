@@ -282,7 +282,8 @@ async def test_a_peer_unreachable_for_minutes_under_load(
 
 @pytest.mark.timeout(900)
 async def test_a_flapping_link(tmp_path: Path, battery_broker: ScratchBroker) -> None:
-    """The links into CASC go down for 2 s and up for 3 s, over and over for 45 s."""
+    """The links into CASC go down for 2 s and up for 3 s, over and over for 45 s, then carry
+    50 ms of extra delay per chunk for 10 s."""
     async with Battery("flapping link", tmp_path, broker=battery_broker) as battery:
         links = battery.proxy(name="links-into-casc")
         route_links_through(battery.fed, "casc", links.port)
@@ -297,6 +298,10 @@ async def test_a_flapping_link(tmp_path: Path, battery_broker: ScratchBroker) ->
                 await asyncio.sleep(2)
                 links.heal()
                 await asyncio.sleep(3)
+            battery.fault("links into casc slow (+50 ms per chunk each way)")
+            links.delay(0.05)
+            await asyncio.sleep(10)
+            links.heal()
             battery.fault("links into casc steady")
 
         verdict = await battery.run(load(), faults)
