@@ -119,14 +119,7 @@ def coordinator_trust(
         trust.add(coordinator, key_id, public_key)
     if held is not None and held.coordinator == coordinator:
         for key in held.coordinator_keys:
-            trust.add(
-                coordinator,
-                key.key_id,
-                key.public_key,
-                not_before=key.not_before,
-                not_after=key.not_after,
-                revoked=key.revoked_at is not None,
-            )
+            trust.add_listed(coordinator, key)
     return trust
 
 

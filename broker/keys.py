@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from broker.curve import PointCheck, check_public_point
 from broker.errors import KeyRefused, Reason, RefusedMessage
+from schemas.directory import NetworkKey
 
 __all__ = [
     "PublicKeyInfo",
@@ -213,6 +214,17 @@ class TrustStore:
         public = parse_public_key(public_key)
         self._keys[(network, _check_key_id(key_id))] = TrustedKey(
             network, key_id, public, not_before, not_after, revoked
+        )
+
+    def add_listed(self, network: str, key: NetworkKey) -> None:
+        """Add a key as a directory lists it: with its validity window and revocation."""
+        self.add(
+            network,
+            key.key_id,
+            key.public_key,
+            not_before=key.not_before,
+            not_after=key.not_after,
+            revoked=key.revoked_at is not None,
         )
 
     def add_signing_key(self, key: SigningKey) -> None:

@@ -212,12 +212,12 @@ def audit_verify(
 ) -> None:
     """Check every record's hash, signature, order and link, and the signed head; name the
     first record that was altered, removed or reordered (exit status 1)."""
-    from nodes.node import trust_from_directory
+    from nodes.directory import message_trust
 
     cfg = _config(config)
     expected = _anchor(anchor)
     try:
-        trust = trust_from_directory(cfg.load_directory())
+        trust = message_trust(cfg.load_directory())
     except MlanetError as exc:
         raise _fail(str(exc), 1) from None
     with _audit(cfg) as log:

@@ -20,7 +20,7 @@ from broker import (
 )
 from broker.transport import QUARANTINE, SUBMIT, Transport, deliver_queue
 from nodes.config import NodeConfig
-from nodes.node import trust_from_directory
+from nodes.directory import message_trust
 from nodes.store import OutboxEntry, Store, TrackEvent
 from schemas import WireModel, payload_model
 from schemas.submission import Submission
@@ -85,7 +85,7 @@ async def read_inbox(config: NodeConfig, contact_point: str) -> list[InboxItem]:
 
     Each message is verified again end to end (origin and every hop) before it is archived.
     """
-    trust = trust_from_directory(config.load_directory())
+    trust = message_trust(config.load_directory())
     store = open_archive(config)
     try:
         async with Transport(config.amqp_url()) as transport:

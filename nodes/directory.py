@@ -85,14 +85,7 @@ def message_trust(directory: Directory) -> TrustStore:
     trust = TrustStore()
     for network in directory.networks:
         for key in network.keys:
-            trust.add(
-                network.id,
-                key.key_id,
-                key.public_key,
-                not_before=key.not_before,
-                not_after=key.not_after,
-                revoked=key.revoked_at is not None,
-            )
+            trust.add_listed(network.id, key)
     return trust
 
 

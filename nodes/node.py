@@ -29,7 +29,6 @@ from broker import (
     RefusedMessage,
     SignedMessage,
     TransportError,
-    TrustStore,
     add_hop,
     canonical_bytes,
     decode_payload,
@@ -64,10 +63,9 @@ from nodes.pipeline import Accepted, Properties, dedupe, receive
 from nodes.quarantine import claim, log_context
 from nodes.store import Store
 from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
-from schemas.directory import Directory
 from schemas.submission import Submission
 
-__all__ = ["Node", "trust_from_directory"]
+__all__ = ["Node"]
 
 log = structlog.get_logger("mlanet.node")
 
@@ -81,21 +79,6 @@ RECEIPTED = {
     "information_response",
     "meeting_request",
 }
-
-
-def trust_from_directory(directory: Directory) -> TrustStore:
-    trust = TrustStore()
-    for network in directory.networks:
-        for key in network.keys:
-            trust.add(
-                network.id,
-                key.key_id,
-                key.public_key,
-                not_before=key.not_before,
-                not_after=key.not_after,
-                revoked=key.revoked_at is not None,
-            )
-    return trust
 
 
 def _now() -> datetime:

@@ -35,8 +35,8 @@ from broker import MlanetError, TrustStore
 from broker.management import ManagementEndpoint
 from broker.transport import QUARANTINE, Transport
 from nodes.contact import Taken, open_archive, submit_on, take_delivered
+from nodes.directory import message_trust
 from nodes.federation import Federation
-from nodes.node import trust_from_directory
 from nodes.store import Store
 from schemas.submission import Submission
 from tests.battery.history import History
@@ -269,7 +269,7 @@ class Reader:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = config(self.fed, self.network)
-        trust: TrustStore = trust_from_directory(cfg.load_directory())
+        trust: TrustStore = message_trust(cfg.load_directory())
         store = open_archive(cfg)
         try:
             while not stop.is_set():

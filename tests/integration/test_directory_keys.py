@@ -10,8 +10,8 @@ import pytest
 from broker import open_envelope
 from broker.keys import load_signing_key
 from nodes.contact import read_inbox, submit
+from nodes.directory import message_trust
 from nodes.federation import Federation
-from nodes.node import trust_from_directory
 from tests.integration.directory_kit import (
     all_hold,
     dfed,
@@ -148,7 +148,7 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
         items = await read_inbox(config(fed, "casc"), "uz-cp-1")
         assert items == [], "a message signed with the revoked key reached the contact point"
         refused = await drain(fed, "casc", "mlanet.quarantine")
-        trust = trust_from_directory(config(fed, "casc").load_directory())
+        trust = message_trust(config(fed, "casc").load_directory())
         assert sorted(
             (
                 open_envelope(r.body, trust).header.message_id,

@@ -8,8 +8,8 @@ import uuid
 
 from broker import open_envelope
 from nodes.contact import read_inbox, submit
+from nodes.directory import message_trust
 from nodes.federation import Federation
-from nodes.node import trust_from_directory
 from nodes.store import Store
 from schemas import Notice
 from schemas.submission import Submission
@@ -258,5 +258,5 @@ async def test_the_same_id_with_other_content_is_refused_as_equivocation(fed: Fe
         delivered = await read_inbox(config(fed, "casc"), "uz-cp-1")
         assert len(delivered) == 1
         assert delivered[0].message.content_sha256 == honest.content_sha256
-        trust = trust_from_directory(config(fed, "casc").load_directory())
+        trust = message_trust(config(fed, "casc").load_directory())
         assert open_envelope(refused[0].body, trust).content_sha256 == other.content_sha256
