@@ -13,12 +13,13 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from broker import ConfigError, KeyRefused, MlanetError, generate_key_files
+from broker import KeyRefused, MlanetError, generate_key_files
 from broker.management import ManagementEndpoint
+from nodes.cli_common import ConfigOption, fail, load_or_exit
 from nodes.cli_directory import directory_app, init_command, keys_rotate
 from nodes.cli_operator import operator_app, status_app
 from nodes.cli_quarantine import audit_app, quarantine_app
-from nodes.config import NodeConfig, load_config
+from nodes.config import load_config
 from nodes.logs import configure_logging
 from schemas import Destination, write_json_schemas
 from schemas.submission import Submission
@@ -40,24 +41,11 @@ app.add_typer(directory_app, name="directory")
 app.command("init")(init_command)
 keys_app.command("rotate")(keys_rotate)
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The node's TOML file.")]
 AdminUser = Annotated[str, typer.Option(help="Broker administrator for provisioning.")]
 AdminPassword = Annotated[str, typer.Option(help="Its password.", envvar="MLANET_ADMIN_PASSWORD")]
 # RabbitMQ's own default account, which Debian's package creates for localhost only.
 DEFAULT_ADMIN = "guest"
 ManagementUrl = Annotated[str, typer.Option(help="RabbitMQ management API.")]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"mlanet: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _config(path: Path) -> NodeConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
 
 
 # --- keys and schemas ------------------------------------------------------------------------
@@ -71,9 +59,9 @@ def keys_generate(
     try:
         key_path, pub_path = generate_key_files(out, network, key_id)
     except KeyRefused as exc:
-        raise _fail(f"refused: {exc}") from None
+        raise fail(f"refused: {exc}") from None
     except FileExistsError:
-        raise _fail("refused: a key file with that id exists; choose another --key-id") from None
+        raise fail("refused: a key file with that id exists; choose another --key-id") from None
     typer.echo(f"private key: {key_path} (owner-only)")
     typer.echo(f"public key:  {pub_path}")
 
@@ -94,7 +82,7 @@ def node_run(config: ConfigOption) -> None:
     from nodes import crashpoints
     from nodes.node import Node
 
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     configure_logging(cfg.log_level)
 
     async def main() -> None:
@@ -108,7 +96,7 @@ def node_run(config: ConfigOption) -> None:
     try:
         asyncio.run(main())
     except MlanetError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
 
 
 # --- contact points --------------------------------------------------------------------------
@@ -135,7 +123,7 @@ def send(
     """Send a message (a facilitation request by default) from a file or from flags."""
     from nodes.contact import submit
 
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     country = to_country or (to_contact_point[:2].upper() if to_contact_point else None)
     payload: dict[str, Any]
     if file is not None:
@@ -153,7 +141,7 @@ def send(
             "urgency": urgency,
         }
     else:
-        raise _fail(f"--file is needed for a {kind}")
+        raise fail(f"--file is needed for a {kind}")
     try:
         submission = Submission.model_validate(
             {
@@ -175,9 +163,9 @@ def send(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
             for e in exc.errors(include_input=False, include_url=False)
         )
-        raise _fail(f"invalid message: {problems}") from None
+        raise fail(f"invalid message: {problems}") from None
     except MlanetError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     typer.echo(message_id)
 
 
@@ -190,11 +178,11 @@ def inbox(
     """Read a contact point's delivered messages (verified end to end, deduplicated)."""
     from nodes.contact import read_inbox
 
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     try:
         items = asyncio.run(read_inbox(cfg, contact_point))
     except MlanetError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     for item in items:
         header = item.message.header
         record = {
@@ -226,10 +214,10 @@ def track(
     """Where a message is: its state at this node and the history of what happened to it."""
     from nodes.contact import track as track_message
 
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     found = track_message(cfg, message_id)
     if found.entry is None and not found.events:
-        raise _fail(f"{message_id} is not known at {cfg.network}", 1)
+        raise fail(f"{message_id} is not known at {cfg.network}", 1)
     state = found.entry.state if found.entry else "relayed"
     if as_json:
         typer.echo(
@@ -280,7 +268,7 @@ def federation_init(
     try:
         asyncio.run(federation.provision(fed, admin))
     except MlanetError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     for network in fed.networks:
         port = load_config(fed.config_path(network)).operator.port
         dashboard = f"   (dashboard http://127.0.0.1:{port}/)" if port else ""
@@ -324,7 +312,7 @@ def demo(
     try:
         asyncio.run(run_demo(directory, say=typer.echo, keep=keep))
     except MlanetError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import typer
 from broker.directory_signing import VerifiedDirectory, open_request
 from broker.errors import MlanetError
 from broker.management import ManagementEndpoint
-from nodes.config import NodeConfig, load_config
+from nodes.cli_common import ConfigOption, fail, load_or_exit
 from nodes.coordinator import (
     Coordinator,
     approve_join,
@@ -35,21 +35,12 @@ __all__ = ["directory_app", "init_command", "keys_rotate"]
 directory_app = typer.Typer(
     no_args_is_help=True, help="The signed federation directory (show, approve, revoke, ...)."
 )
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The node's TOML file.")]
 ValidFor = Annotated[float, typer.Option(help="Days the new version is trusted.")]
 Out = Annotated[Path | None, typer.Option(help="Also write the signed directory here.")]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"mlanet: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _config(path: Path) -> NodeConfig:
-    try:
-        return load_config(path)
-    except MlanetError as exc:
-        raise _fail(str(exc), 2) from None
+    return fail(message, code)
 
 
 def _when(value: datetime | None) -> str:
@@ -95,7 +86,7 @@ def show(
 ) -> None:
     """Print what this node trusts right now: the directory version, its signer and expiry,
     networks, keys, contact points (with handovers due now) and links, and any warnings."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     try:
         book = DirectoryBook.load(cfg, persist=False)
         signing = book.signing_key()
@@ -145,7 +136,7 @@ def _issue(
     out: Path | None,
 ) -> VerifiedDirectory:
     """Build the next version with ``change(base, now)``, sign, record, publish."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     try:
         coordinator = Coordinator.open(cfg)
         base = coordinator.base().directory
@@ -293,7 +284,7 @@ def publish(
 ) -> None:
     """Hand a signed directory to this node: it checks it, applies it when it is newer and
     passes it on to its peers (a refused one goes to quarantine with its reason)."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     try:
         asyncio.run(publish_directory(cfg, file.read_bytes()))
     except (OSError, MlanetError) as exc:
@@ -314,7 +305,7 @@ def provision(
 ) -> None:
     """Prepare your own broker: the node's vhost and user, and write access for each peer the
     directory links to you (what the node does itself when it has a [provisioning] account)."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     endpoint = ManagementEndpoint(
         management_url or cfg.broker.management_url, admin_user, admin_password
     )
@@ -396,7 +387,7 @@ def keys_rotate(config: ConfigOption) -> None:
     """Generate the next signing key and a rotation request (signed by the current key and the
     new one) for the coordinator; the node switches to the new key by itself once the
     directory lists it as valid."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     try:
         key_path, request = rotation_request(cfg)
     except MlanetError as exc:

@@ -9,28 +9,17 @@ import os
 import sys
 import time
 from getpass import getpass
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from broker import ConfigError, MlanetError
-from nodes.config import NodeConfig, load_config
+from broker import MlanetError
+from nodes.cli_common import ConfigOption, load_or_exit
 
 __all__ = ["operator_app", "status_app"]
 
 status_app = typer.Typer(add_completion=False)
 operator_app = typer.Typer(no_args_is_help=True, help="The operator's dashboard login.")
-
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The node's TOML file.")]
-
-
-def _config(path: Path) -> NodeConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        typer.echo(f"mlanet: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 @status_app.callback(invoke_without_command=True)
@@ -45,7 +34,7 @@ def status(
     Exit status: 0 without alerts, 1 with warnings only, 3 with a critical alert."""
     from nodes.operator.status import collect, render_text
 
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     try:
         found = asyncio.run(collect(cfg, time.time()))
     except MlanetError as exc:
@@ -70,7 +59,7 @@ def password(
     password_file (mode 0600). The running node reads it at the next login."""
     from nodes.operator.auth import hash_password
 
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     target = cfg.operator.password_file
     if target is None:
         typer.echo("mlanet: set [operator] password_file in the config first", err=True)

@@ -8,14 +8,14 @@ import getpass
 import json
 import re
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from broker import ConfigError, MlanetError, load_signing_key
+from broker import MlanetError, load_signing_key
 from nodes.audit import AUDIT_FILE, AuditLog, verify_audit
-from nodes.config import NodeConfig, load_config
+from nodes.cli_common import ConfigOption, fail, load_or_exit
+from nodes.config import NodeConfig
 
 __all__ = ["audit_app", "quarantine_app"]
 
@@ -27,25 +27,12 @@ audit_app = typer.Typer(
     no_args_is_help=True, help="The node's signed, hash-chained audit trail: show and verify."
 )
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The node's TOML file.")]
 EntryId = Annotated[str, typer.Argument(help="The quarantine id that list printed.")]
 Operator = Annotated[
     str | None, typer.Option(help="Who is acting, for the audit trail (default: login name).")
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON output.")]
 T = TypeVar("T")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"mlanet: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _config(path: Path) -> NodeConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
 
 
 def _with_quarantine(
@@ -64,7 +51,7 @@ def _with_quarantine(
     try:
         return asyncio.run(main())
     except MlanetError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
 
 
 def _claimed(meta: dict[str, Any]) -> str:
@@ -82,7 +69,7 @@ def quarantine_list(
     config: ConfigOption, operator: Operator = None, as_json: AsJson = False
 ) -> None:
     """Every quarantined message with its reason, oldest first (metadata only)."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     entries = _with_quarantine(cfg, operator, lambda action: action.entries())
     if as_json:
         for entry in entries:
@@ -118,7 +105,7 @@ def quarantine_show(
     """One quarantined message's metadata and audit history; its content only with --payload."""
     from nodes.quarantine import payload_text
 
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     entry, history = _with_quarantine(
         cfg, operator, lambda action: action.show(entry_id, payload=payload)
     )
@@ -142,7 +129,7 @@ def quarantine_show(
 @quarantine_app.command("release")
 def quarantine_release(entry_id: EntryId, config: ConfigOption, operator: Operator = None) -> None:
     """Send a message through the receiving pipeline again, the way it came in (same sender)."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     entry = _with_quarantine(cfg, operator, lambda action: action.release(entry_id))
     typer.echo(f"released {entry.id} through {entry.via}")
 
@@ -155,9 +142,9 @@ def quarantine_drop(
     operator: Operator = None,
 ) -> None:
     """Remove a message for good (its metadata and hash stay in the audit trail)."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     if not yes and not typer.confirm(f"drop {entry_id} from the quarantine for good?"):
-        raise _fail("not dropped", 1)
+        raise fail("not dropped", 1)
     entry = _with_quarantine(cfg, operator, lambda action: action.drop(entry_id))
     typer.echo(f"dropped {entry.id} ({entry.reason})")
 
@@ -167,7 +154,7 @@ def _audit(config: NodeConfig) -> AuditLog:
     try:
         return AuditLog(config.state_dir / AUDIT_FILE, readonly=True)
     except MlanetError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
 
 
 @audit_app.command("show")
@@ -178,7 +165,7 @@ def audit_show(
     as_json: AsJson = False,
 ) -> None:
     """The latest records of the audit trail (not verified: use ``audit verify``)."""
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     with _audit(cfg) as log:
         records = log.records(last=last, event=event)
     for record in records:
@@ -198,7 +185,7 @@ def _anchor(value: str | None) -> tuple[int, str] | None:
         return None
     found = re.fullmatch(r"([1-9][0-9]{0,17}):([0-9a-f]{64})", value)
     if found is None:
-        raise _fail("--anchor must look like SEQ:HASH, as verify printed it")
+        raise fail("--anchor must look like SEQ:HASH, as verify printed it")
     return int(found[1]), found[2]
 
 
@@ -214,12 +201,12 @@ def audit_verify(
     first record that was altered, removed or reordered (exit status 1)."""
     from nodes.directory import message_trust
 
-    cfg = _config(config)
+    cfg = load_or_exit(config)
     expected = _anchor(anchor)
     try:
         trust = message_trust(cfg.load_directory())
     except MlanetError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     with _audit(cfg) as log:
         verdict = verify_audit(log, trust, cfg.network, anchor=expected)
     if not verdict.ok:
