@@ -61,10 +61,10 @@ from broker.transport import (
 )
 from nodes import federation
 from nodes.config import load_config
+from nodes.contact import facilitation_request
 from nodes.logs import configure_logging
 from nodes.node import Node
 from schemas import Destination, FacilitationRequest, Header, Origin
-from schemas.submission import Submission
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 HOST, PORT = "127.0.0.1", 5672
@@ -428,22 +428,13 @@ def _contact_points(network: str) -> tuple[str, ...]:
 
 def submission(sender: str, country: str) -> tuple[str, bytes]:
     """A facilitation request as ``mlanet send`` hands it to the node: (message id, body)."""
-    value = Submission.model_validate(
-        {
-            "message_id": str(uuid.uuid4()),
-            "kind": "facilitation_request",
-            "sender": sender,
-            "destination": {"country": country},
-            "payload": {
-                "case_ref": "KH-MLA-2020-0042",
-                "requesting_country": sender[:2].upper(),
-                "requested_country": country,
-                "offence_categories": ["drug_trafficking", "money_laundering"],
-                "measures_sought": ["evidence", "asset_freezing"],
-                "languages": ["en", "fr"],
-                "summary": SUMMARY,
-            },
-        }
+    value = facilitation_request(
+        sender,
+        country,
+        summary=SUMMARY,
+        offences=("drug_trafficking", "money_laundering"),
+        measures=("evidence", "asset_freezing"),
+        languages=("en", "fr"),
     )
     return value.message_id, canonical_bytes(value.model_dump(mode="json", exclude_none=True))
 

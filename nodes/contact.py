@@ -30,6 +30,7 @@ __all__ = [
     "InboxItem",
     "Taken",
     "Tracking",
+    "facilitation_request",
     "open_archive",
     "read_inbox",
     "submit",
@@ -39,6 +40,36 @@ __all__ = [
 ]
 
 log = structlog.get_logger("mlanet.contact")
+
+
+def facilitation_request(
+    sender: str,
+    country: str,
+    *,
+    case_ref: str = "KH-MLA-2020-0042",
+    summary: str = "Test request: no real case content.",
+    offences: tuple[str, ...] = ("drug_trafficking",),
+    measures: tuple[str, ...] = ("evidence",),
+    languages: tuple[str, ...] = ("en",),
+) -> Submission:
+    """A facilitation request from contact point ``sender`` to ``country``, with a new id."""
+    return Submission.model_validate(
+        {
+            "message_id": str(uuid.uuid4()),
+            "kind": "facilitation_request",
+            "sender": sender,
+            "destination": {"country": country},
+            "payload": {
+                "case_ref": case_ref,
+                "requesting_country": sender[:2].upper(),
+                "requested_country": country,
+                "offence_categories": list(offences),
+                "measures_sought": list(measures),
+                "languages": list(languages),
+                "summary": summary,
+            },
+        }
+    )
 
 
 async def submit(config: NodeConfig, submission: Submission) -> str:

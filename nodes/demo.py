@@ -14,7 +14,7 @@ from pathlib import Path
 from broker.management import ManagementEndpoint
 from nodes import federation
 from nodes.config import load_config
-from nodes.contact import read_inbox, submit, track
+from nodes.contact import facilitation_request, read_inbox, submit, track
 from schemas.submission import Submission
 
 __all__ = ["run_demo"]
@@ -23,22 +23,14 @@ ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 
 
 def _request(sender: str, country: str, case_ref: str) -> Submission:
-    return Submission.model_validate(
-        {
-            "message_id": str(uuid.uuid4()),
-            "kind": "facilitation_request",
-            "sender": sender,
-            "destination": {"country": country},
-            "payload": {
-                "case_ref": case_ref,
-                "requesting_country": sender[:2].upper(),
-                "requested_country": country,
-                "offence_categories": ["drug_trafficking", "money_laundering"],
-                "measures_sought": ["evidence", "asset_freezing"],
-                "languages": ["en", "ru"],
-                "summary": "Demonstration request: no real case content.",
-            },
-        }
+    return facilitation_request(
+        sender,
+        country,
+        case_ref=case_ref,
+        summary="Demonstration request: no real case content.",
+        offences=("drug_trafficking", "money_laundering"),
+        measures=("evidence", "asset_freezing"),
+        languages=("en", "ru"),
     )
 
 

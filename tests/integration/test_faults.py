@@ -4,9 +4,8 @@ connections closed under load, and a node killed with SIGKILL mid-stream."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
-from nodes.contact import read_inbox, submit
+from nodes.contact import facilitation_request, read_inbox, submit
 from nodes.federation import Federation, NodeProcesses
 from nodes.store import Store
 from schemas.submission import Submission
@@ -14,22 +13,13 @@ from tests.integration.kit import ADMIN, close_connections, config, eventually, 
 
 
 def _request(sender: str, country: str, n: int) -> Submission:
-    return Submission.model_validate(
-        {
-            "message_id": str(uuid.uuid4()),
-            "kind": "facilitation_request",
-            "sender": sender,
-            "destination": {"country": country},
-            "payload": {
-                "case_ref": f"KH-MLA-2026-{n:04d}",
-                "requesting_country": sender[:2].upper(),
-                "requested_country": country,
-                "offence_categories": ["cybercrime"],
-                "measures_sought": ["e_evidence_preservation"],
-                "languages": ["en"],
-                "summary": "Test request: no real case content. " * 10,
-            },
-        }
+    return facilitation_request(
+        sender,
+        country,
+        case_ref=f"KH-MLA-2026-{n:04d}",
+        summary="Test request: no real case content. " * 10,
+        offences=("cybercrime",),
+        measures=("e_evidence_preservation",),
     )
 
 

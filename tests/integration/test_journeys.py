@@ -7,7 +7,7 @@ import inspect
 import uuid
 
 from broker import open_envelope
-from nodes.contact import read_inbox, submit
+from nodes.contact import facilitation_request, read_inbox, submit
 from nodes.directory import message_trust
 from nodes.federation import Federation
 from nodes.store import Store
@@ -25,25 +25,8 @@ from tests.integration.kit import (
 )
 
 
-def _request(sender: str, country: str, **extra: object) -> Submission:
-    return Submission.model_validate(
-        {
-            "message_id": str(uuid.uuid4()),
-            "kind": "facilitation_request",
-            "sender": sender,
-            "destination": {"country": country},
-            "payload": {
-                "case_ref": "KH-MLA-2020-0042",
-                "requesting_country": sender[:2].upper(),
-                "requested_country": country,
-                "offence_categories": ["drug_trafficking"],
-                "measures_sought": ["evidence"],
-                "languages": ["en"],
-                "summary": "Test request: no real case content.",
-            },
-            **extra,
-        }
-    )
+def _request(sender: str, country: str) -> Submission:
+    return facilitation_request(sender, country)
 
 
 async def _delivered(fed: Federation, network: str, contact_point: str) -> list[str]:

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from broker.management import Management
-from nodes.contact import submit
+from nodes.contact import facilitation_request, submit
 from nodes.federation import Federation
 from nodes.node import Node
 from nodes.operator.server import COOKIE
@@ -41,24 +41,10 @@ def tune(fed: Federation, network: str, operator: str = "", alerts: str = "") ->
     path.write_text(text, encoding="utf-8")
 
 
-def request(sender: str, country: str, summary: str = "Test request: no real case content."):  # type: ignore[no-untyped-def]
-    return Submission.model_validate(
-        {
-            "message_id": str(uuid.uuid4()),
-            "kind": "facilitation_request",
-            "sender": sender,
-            "destination": {"country": country},
-            "payload": {
-                "case_ref": "KH-MLA-2020-0042",
-                "requesting_country": sender[:2].upper(),
-                "requested_country": country,
-                "offence_categories": ["drug_trafficking"],
-                "measures_sought": ["evidence"],
-                "languages": ["en"],
-                "summary": summary,
-            },
-        }
-    )
+def request(
+    sender: str, country: str, summary: str = "Test request: no real case content."
+) -> Submission:
+    return facilitation_request(sender, country, summary=summary)
 
 
 async def status_cli(config_path: Path) -> tuple[int, dict[str, Any]]:
