@@ -89,9 +89,7 @@ def validate(message: SignedMessage, config: NodeConfig) -> WireModel:
     return decode_payload(message, max_bytes=config.limits.max_message_bytes)
 
 
-def authorise(
-    message: SignedMessage, sender: str, config: NodeConfig, directory: Directory, now: datetime
-) -> None:
+def authorise(message: SignedMessage, sender: str, config: NodeConfig, now: datetime) -> None:
     header = message.header
     if message.last_sender != sender:
         raise RefusedMessage(
@@ -104,10 +102,6 @@ def authorise(
         raise RefusedMessage(Reason.UNAUTHORISED, f"{sender} may not send {header.kind}")
     if len(message.hops) > header.hop_limit:
         raise RefusedMessage(Reason.HOP_LIMIT_EXCEEDED, f"{len(message.hops)} hops")
-    if directory.network(header.origin.network) is None:
-        raise RefusedMessage(
-            Reason.UNAUTHORISED, f"{header.origin.network} is not in the directory"
-        )
     skew = timedelta(seconds=config.limits.max_clock_skew_seconds)
     if header.created_at > now + skew:
         raise RefusedMessage(Reason.CLOCK_SKEW, "created in the future beyond the allowed skew")
@@ -156,7 +150,7 @@ def receive(
     transport(properties)
     message = verify(body, trust, config, now)
     timed("verify")
-    authorise(message, sender, config, directory, now)
+    authorise(message, sender, config, now)
     duplicate = dedupe(message, store)
     timed("authorise")
     routing = route(message.header, message.path, directory, config.routes, config.network)
