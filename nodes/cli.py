@@ -269,7 +269,7 @@ def federation_init(
         asyncio.run(federation.provision(fed, admin))
     except MlanetError as exc:
         raise fail(str(exc), 1) from None
-    for network in fed.networks:
+    for network in fed.nodes:  # the coordinator runs a node too
         port = load_config(fed.config_path(network)).operator.port
         dashboard = f"   (dashboard http://127.0.0.1:{port}/)" if port else ""
         typer.echo(f"{network}: mlanet node run --config {fed.config_path(network)}{dashboard}")
