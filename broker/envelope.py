@@ -30,7 +30,6 @@ from schemas import (
     HopRecord,
     WireModel,
     format_timestamp,
-    parse_timestamp,
     payload_model,
 )
 
@@ -146,23 +145,24 @@ def add_hop(message: SignedMessage, key: SigningKey, *, to: str, at: datetime) -
     """A relay appends its signed hop record; the origin's signature is untouched."""
     # Built directly (no validation round trip: every field is this node's own, on the hot
     # path of every relay); the canonical bytes are what _canonical_model would produce.
-    fields = {
-        "at": format_timestamp(at),
-        "key_id": key.key_id,
-        "network": key.network,
-        "prev": message.last_link_digest(),
-        "to": to,
-    }
-    record = HopRecord.model_construct(
-        network=key.network,
-        key_id=key.key_id,
-        at=parse_timestamp(fields["at"]),
-        to=to,
-        prev=fields["prev"],
+    at = at.replace(microsecond=at.microsecond // 1000 * 1000)  # the wire keeps milliseconds
+    prev = message.last_link_digest()
+    record_b64 = b64u_encode(
+        canonical_bytes(
+            {
+                "at": format_timestamp(at),
+                "key_id": key.key_id,
+                "network": key.network,
+                "prev": prev,
+                "to": to,
+            }
+        )
     )
-    record_b64 = b64u_encode(canonical_bytes(fields))
-    hop = SignedHop(record, record_b64, "")
-    hop = replace(hop, signature_b64=b64u_encode(key.sign(hop.signing_input)))
+    record = HopRecord.model_construct(
+        network=key.network, key_id=key.key_id, at=at, to=to, prev=prev
+    )
+    signature = key.sign(HOP_CONTEXT + record_b64.encode("ascii"))
+    hop = SignedHop(record, record_b64, b64u_encode(signature))
     return replace(message, hops=(*message.hops, hop))
 
 

@@ -1,22 +1,26 @@
-"""The node's audit trail: an append-only, hash-chained log where the node signs every record.
+"""The node's audit trail: an append-only, hash-chained log under the node's signature.
 
 Each record is a canonical JSON object::
 
     {"at": "...Z", "event": "forwarded", "key_id": "ed25519:1", "meta": {...},
      "network": "casc", "prev": "<sha-256 of the previous record>", "seq": 42}
 
-stored with its SHA-256 and an Ed25519 signature by the network's signing key over
-``AUDIT_CONTEXT + record`` (a context no message signature uses). ``meta`` holds metadata only
-(message id, origin, destination, kind, peer, reason, quarantine id, operator), never case
-content. A signed *head* (last seq and hash) is rewritten in the same transaction as the
-records it covers, so that cutting records off the end is noticed too.
+stored with its SHA-256. ``meta`` holds metadata only (message id, origin, destination, kind,
+peer, reason, quarantine id, operator), never case content. Records are written in batches;
+each batch ends with a *checkpoint*: an Ed25519 signature by the network's signing key over
+``HEAD_CONTEXT + "network:seq:hash"`` of its last record (a context no message signature
+uses). Through the hash chain, a checkpoint covers every record before it, so one signature
+per batch proves the whole batch, made when it was written and by the key of that time. The
+latest checkpoint is also kept as the *head*, rewritten in the same transaction, so that
+cutting records off the end is noticed too. (Trails written by earlier versions signed every
+record on its own: those signatures are still checked.)
 
 The log is a table in ``<state_dir>/audit.sqlite3`` (WAL, ``synchronous=NORMAL`` like the node's
 state: a committed record survives the death of the process). The node appends in group
-commits: records accumulate in one transaction that is committed, with the head signed once,
+commits: records accumulate in memory and are written in one transaction, with one checkpoint,
 before any delivery they are about is acked. The ``mlanet quarantine`` commands append operator
 actions from another process, one committed record at a time (``BEGIN IMMEDIATE`` serialises
-the writers; the node holds the lock for at most one commit interval).
+the writers; each holds the lock only while it writes).
 
 :func:`verify_audit` walks the chain and names the first record that was altered, removed or
 reordered; :class:`AuditTrail` is the observer (``nodes/observe.py``) that writes the node's
@@ -28,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +81,12 @@ CREATE TABLE IF NOT EXISTS audit (
     quarantine_id TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_quarantine ON audit (quarantine_id);
+CREATE TABLE IF NOT EXISTS audit_checkpoint (
+    seq INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit_head (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     seq INTEGER NOT NULL,
@@ -143,8 +154,8 @@ class AuditLog:
         self._key = key
         self._readonly = readonly
         self._grouped = False
-        # (seq, hash) of the last record while this connection holds the write lock
-        self._pending: tuple[int, str] | None = None
+        # appended, not yet written: (time, event, cleaned meta)
+        self._buffer: list[tuple[float, str, dict[str, Any]]] = []
         try:
             if readonly:
                 if not path.exists():
@@ -175,88 +186,91 @@ class AuditLog:
 
     # --- writing ----------------------------------------------------------------------------
     def group_commits(self) -> None:
-        """From now on, appends accumulate in one open transaction until :meth:`commit`, which
-        signs the head once for all of them (the node commits before it acks any delivery
+        """From now on, appends accumulate until :meth:`commit`, which writes them in one
+        transaction under one signed checkpoint (the node commits before it acks any delivery
         whose records are in the batch, see ``Node._durable``)."""
         self._grouped = True
 
+    def append(self, event: str, meta: Mapping[str, MetaValue]) -> None:
+        """Append one record; without group commits, also commit it (and sign its head)."""
+        if self._key is None:
+            raise AuditError("the audit trail was opened without the signing key")
+        self._buffer.append((time.time(), event, _clean(meta)))
+        if not self._grouped:
+            self.commit()
+
     def commit(self) -> None:
-        """Sign the head over the last record appended, and commit."""
-        if not self._db.in_transaction:
+        """Write what was appended since the last commit, chained to the records before it,
+        and sign a checkpoint (the new head) over the last one: one signature per batch.
+
+        The write lock is held for this call only (``BEGIN IMMEDIATE``): another writer (an
+        operator's command) appends between two batches. A batch that cannot be written is
+        dropped whole, and AuditError raised: the node then acks none of its deliveries."""
+        if not self._buffer:
             return
+        key = self._key
+        assert key is not None
+        batch, self._buffer = self._buffer, []
         try:
-            if self._pending is not None:
-                self._write_head(*self._pending)
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock: no other writer until COMMIT
+            row = self._db.execute("SELECT seq, hash FROM audit_head").fetchone()
+            seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+            rows = []
+            for at, event, meta in batch:
+                seq += 1
+                record = canonical_bytes(
+                    {
+                        "at": format_timestamp(datetime.fromtimestamp(at, UTC)),
+                        "event": event,
+                        "key_id": key.key_id,
+                        "meta": meta,
+                        "network": key.network,
+                        "prev": prev,
+                        "seq": seq,
+                    }
+                )
+                prev = _digest(record)
+                rows.append(
+                    (
+                        seq,
+                        record.decode("ascii"),
+                        prev,
+                        event,
+                        meta.get("message_id"),
+                        meta.get("quarantine_id"),
+                    )
+                )
+            self._db.executemany(
+                "INSERT INTO audit (seq, record, hash, signature, event, message_id,"
+                " quarantine_id) VALUES (?, ?, ?, '', ?, ?, ?)",
+                rows,
+            )
+            self._write_head(key, seq, prev)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
-            raise AuditError(f"cannot commit the audit trail ({type(exc).__name__})") from exc
-        finally:
-            self._pending = None
+            raise AuditError(f"cannot write the audit trail ({type(exc).__name__})") from exc
 
-    def append(self, event: str, meta: Mapping[str, MetaValue]) -> AuditRecord:
-        """Append one signed record; without group commits, also sign the head and commit."""
-        key = self._key
-        if key is None:
-            raise AuditError("the audit trail was opened without the signing key")
-        clean = _clean(meta)
-        try:
-            if not self._db.in_transaction:
-                self._db.execute("BEGIN IMMEDIATE")  # the write lock: no other writer until COMMIT
-            if self._pending is None:
-                row = self._db.execute("SELECT seq, hash FROM audit_head").fetchone()
-                self._pending = (int(row[0]), str(row[1])) if row else (0, GENESIS)
-            seq, prev = self._pending[0] + 1, self._pending[1]
-            at = format_timestamp(datetime.now(UTC))
-            body = {
-                "at": at,
-                "event": event,
-                "key_id": key.key_id,
-                "meta": clean,
-                "network": key.network,
-                "prev": prev,
-                "seq": seq,
-            }
-            record = canonical_bytes(body)
-            digest = _digest(record)
-            self._db.execute(
-                "INSERT INTO audit (seq, record, hash, signature, event, message_id,"
-                " quarantine_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    seq,
-                    record.decode("ascii"),
-                    digest,
-                    b64u_encode(key.sign(AUDIT_CONTEXT + record)),
-                    event,
-                    clean.get("message_id"),
-                    clean.get("quarantine_id"),
-                ),
-            )
-            self._pending = (seq, digest)
-        except sqlite3.Error as exc:
-            if not self._grouped:
-                self._abandon()
-            raise AuditError(f"cannot append to the audit trail ({type(exc).__name__})") from exc
-        if not self._grouped:
-            self.commit()
-        return AuditRecord(seq, at, event, key.network, key.key_id, clean, prev, digest)
-
-    def _write_head(self, seq: int, digest: str) -> None:
-        key = self._key
-        assert key is not None
-        signature = b64u_encode(key.sign(_head_input(key.network, seq, digest)))
+    def _write_head(self, key: SigningKey, seq: int, digest: str) -> None:
+        """The signed head (the last record), kept also as a checkpoint: every record stays
+        covered by the signature made when it was written, by the key of that time."""
+        head = (
+            seq,
+            digest,
+            key.key_id,
+            b64u_encode(key.sign(_head_input(key.network, seq, digest))),
+        )
         self._db.execute(
             "INSERT INTO audit_head (one, seq, hash, key_id, signature)"
             " VALUES (1, ?, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET seq=excluded.seq,"
             " hash=excluded.hash, key_id=excluded.key_id, signature=excluded.signature",
-            (seq, digest, key.key_id, signature),
+            head,
         )
-
-    def _abandon(self) -> None:
-        self._pending = None
-        with contextlib.suppress(sqlite3.Error):
-            self._db.execute("ROLLBACK")
+        self._db.execute(
+            "INSERT INTO audit_checkpoint (seq, hash, key_id, signature) VALUES (?, ?, ?, ?)",
+            head,
+        )
 
     # --- reading ----------------------------------------------------------------------------
     def records(self, *, last: int | None = None, event: str | None = None) -> list[AuditRecord]:
@@ -284,6 +298,16 @@ class AuditLog:
     def raw_rows(self) -> Iterator[tuple[Any, Any, Any, Any]]:
         """(seq, record, hash, signature) as stored, in seq order, for verification."""
         yield from self._db.execute("SELECT seq, record, hash, signature FROM audit ORDER BY seq")
+
+    def raw_checkpoints(self) -> Iterator[tuple[Any, Any, Any, Any]]:
+        """(seq, hash, key id, signature) of every signed checkpoint, in seq order."""
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit_checkpoint'"
+        ).fetchone()
+        if found:  # a trail written before checkpoints has none
+            yield from self._db.execute(
+                "SELECT seq, hash, key_id, signature FROM audit_checkpoint ORDER BY seq"
+            )
 
     def raw_head(self) -> tuple[Any, Any, Any, Any] | None:
         """(seq, hash, key id, signature) of the signed head as stored."""
@@ -345,17 +369,34 @@ def _check_record(
         return None, "altered: it is not a well-formed record"
     if body["network"] != network:
         return None, f"altered: it names network {body['network']!s:.32}, not {network}"
+    if signature:  # records written before checkpoints were signed one by one
+        try:
+            trust.verify(
+                network,
+                body["key_id"],
+                b64u_decode(signature),
+                AUDIT_CONTEXT + raw,
+                reason=Reason.BAD_SIGNATURE,
+            )
+        except RefusedMessage as exc:
+            return None, f"altered: its signature does not verify ({exc.reason.value})"
+    return body, ""
+
+
+def _signed_by(
+    trust: TrustStore, network: str, key_id: object, signature: object, seq: int, digest: str
+) -> bool:
     try:
         trust.verify(
             network,
-            body["key_id"],
-            b64u_decode(signature),
-            AUDIT_CONTEXT + raw,
+            str(key_id),
+            b64u_decode(str(signature)),
+            _head_input(network, seq, digest),
             reason=Reason.BAD_SIGNATURE,
         )
-    except RefusedMessage as exc:
-        return None, f"altered: its signature does not verify ({exc.reason.value})"
-    return body, ""
+    except RefusedMessage:
+        return False
+    return True
 
 
 def _claimed_seq(record: object) -> int | None:
@@ -394,8 +435,13 @@ def verify_audit(
             if seq > expected and expected not in claimed:
                 return bad(expected, f"was removed (the chain jumps from {expected - 1} to {seq})")
             return bad(expected, f"was reordered (record {seq} is in its place)")
+        if body["prev"] != prev and expected == 1:
+            return bad(1, "altered: it does not start the chain")
         if body["prev"] != prev:
-            return bad(expected, f"does not follow record {expected - 1} (the chain is broken)")
+            return bad(
+                expected - 1,
+                f"altered: its hash is not the one record {expected} was chained to",
+            )
         prev = hashes[seq] = str(digest)
         expected += 1
 
@@ -403,15 +449,7 @@ def verify_audit(
     if stored is None:
         return Verdict(len(hashes), None, None, "the signed head is missing" if rows else "")
     head_seq, head_hash, head_key, head_sig = int(stored[0]), str(stored[1]), stored[2], stored[3]
-    try:
-        trust.verify(
-            network,
-            str(head_key),
-            b64u_decode(str(head_sig)),
-            _head_input(network, head_seq, head_hash),
-            reason=Reason.BAD_SIGNATURE,
-        )
-    except RefusedMessage:
+    if not _signed_by(trust, network, head_key, head_sig, head_seq, head_hash):
         return Verdict(
             len(hashes), head, None, "the head is altered: its signature does not verify"
         )
@@ -425,6 +463,14 @@ def verify_audit(
         return bad(head_seq + 1, f"is not covered by the signed head (at {head_seq})")
     if hashes.get(head_seq) != head_hash:
         return bad(head_seq, "altered: it does not match the signed head")
+    for seq, digest, key_id, signature in audit.raw_checkpoints():
+        seq = int(seq)
+        if not _signed_by(trust, network, key_id, signature, seq, str(digest)):
+            return bad(seq, "is under a checkpoint whose signature does not verify")
+        if seq > last:
+            return bad(last + 1, "was removed: a checkpoint was signed over it")
+        if hashes.get(seq) != str(digest):
+            return bad(seq, "altered: it does not match the checkpoint signed over it")
     if anchor is not None and hashes.get(anchor[0]) != anchor[1]:
         return bad(anchor[0], "does not match the anchor kept elsewhere (altered or removed)")
     return Verdict(len(hashes), head)

@@ -26,12 +26,16 @@ class KeyedLock:
         return len(self._locks)
 
     @asynccontextmanager
-    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+    async def hold(self, key: Hashable) -> AsyncIterator[bool]:
+        """Hold ``key``; the block gets True when it had to wait for another holder (what
+        that holder recorded is new since the block's caller last looked), else False (taking
+        a free lock does not yield to the event loop)."""
         lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
+            waited = lock.locked()
             async with lock:
-                yield
+                yield waited
         finally:
             users[0] -= 1
             if users[0] == 0:

@@ -70,6 +70,7 @@ __all__ = ["Node"]
 log = structlog.get_logger("mlanet.node")
 
 COMMIT_EVERY = 0.2  # seconds: the longest a write outside a delivery waits for its commit
+GROUP_WAIT = 0.005  # seconds: the longest a finished delivery waits for others to share its commit
 TOPOLOGY_EVERY = 10.0  # seconds between two declarations of the node's queues and bindings
 
 RECEIPTED = {
@@ -106,6 +107,8 @@ class Node:
         # committed within COMMIT_EVERY seconds by _commit_loop.
         self.store.group_commits()
         self._commit: asyncio.Future[None] | None = None
+        self._commit_timer: asyncio.TimerHandle | None = None
+        self._working = 0  # deliveries being handled that have not yet asked for their commit
         self.transport = Transport(config.amqp_url())
         self._stop = asyncio.Event()
         self._topology_doubt = asyncio.Event()  # a publish failed: is a queue missing?
@@ -262,20 +265,21 @@ class Node:
             destination=_describe(header.destination),
             kind=header.kind,
         ):
-            async with self._handling.hold((header.origin.network, header.message_id)):
-                await self._act(accepted)
+            async with self._handling.hold((header.origin.network, header.message_id)) as waited:
+                await self._act(accepted, recheck=waited)
         self.observe.timing("handle", time.perf_counter() - started)
 
-    async def _act(self, accepted: Accepted) -> None:
+    async def _act(self, accepted: Accepted, *, recheck: bool = True) -> None:
+        """Deliver, forward or refuse an accepted message, holding its key. ``recheck``: look
+        for an earlier copy again (one was handled while this one waited for the key)."""
         message, routing = accepted.message, accepted.routing
         header = message.header
         try:
+            duplicate = dedupe(message, self.store) if recheck else accepted.duplicate
             if await self.keeper.on_update(self, accepted):
                 return
             if (closed := self.keeper.closed()) is not None:
                 raise closed  # the directory is too old to trust: fail closed
-            # Again, holding the message's key: a copy handled meanwhile is recorded by now.
-            duplicate = dedupe(message, self.store)
             if isinstance(routing, Refuse):
                 raise RefusedMessage(routing.reason, routing.detail)
             if isinstance(routing, Forward):
@@ -307,6 +311,7 @@ class Node:
 
     async def _settle(self, incoming: Incoming, work: Awaitable[None]) -> None:
         """Ack once the work is durable; requeue on a transient failure; never crash."""
+        self._working += 1
         try:
             await work
             await self._durable()
@@ -314,15 +319,23 @@ class Node:
             with bound_contextvars(**self._about(incoming)):
                 log.warning("transient_failure_requeued", error=str(exc))
             self._topology_doubt.set()
+            self._done_working()
             await asyncio.sleep(0.5)
             await incoming.requeue()
             return
         except Exception as exc:  # a defect must not stop the node; the delivery limit applies
             with bound_contextvars(**self._about(incoming)):
                 log.error("unexpected_failure_requeued", error_type=type(exc).__name__)
+            self._done_working()
             await incoming.requeue()
             return
+        self._done_working()
         await incoming.ack()
+
+    def _done_working(self) -> None:
+        self._working -= 1
+        if self._working <= 0 and self._commit is not None:
+            asyncio.get_running_loop().call_soon(self._flush)  # nobody else is coming
 
     def _commit_all(self) -> None:
         """Audit records first: committed state never lacks the record of what was done."""
@@ -330,14 +343,31 @@ class Node:
         self.store.commit()
 
     async def _durable(self) -> None:
-        """Wait until every store write so far is committed; one commit serves all waiters."""
+        """Wait until every store and audit write so far is committed.
+
+        Group commit: one commit (and one audit checkpoint signature) serves every delivery
+        that asks for it meanwhile. It runs as soon as no other delivery is still being
+        handled (a lone message is not kept waiting), else after at most GROUP_WAIT seconds,
+        so that under load the deliveries whose publishes the broker confirmed together share
+        it."""
+        loop = asyncio.get_running_loop()
         if self._commit is None:
-            self._commit = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._flush)
-        await asyncio.shield(self._commit)
+            self._commit = loop.create_future()
+            self._commit_timer = loop.call_later(GROUP_WAIT, self._flush)
+        commit = self._commit
+        self._working -= 1  # waiting now, not working
+        try:
+            if self._working <= 0:
+                loop.call_soon(self._flush)
+            await asyncio.shield(commit)
+        finally:
+            self._working += 1
 
     def _flush(self) -> None:
         done, self._commit = self._commit, None
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
         if done is None:
             return
         try:

@@ -90,8 +90,11 @@ def format_timestamp(value: datetime) -> str:
     """The one text form of a timestamp: UTC, milliseconds, a literal ``Z``."""
     if value.tzinfo is None or value.utcoffset() != UTC.utcoffset(None):
         raise ValueError("timestamp must be timezone-aware UTC")
-    # Not strftime("%Y"): it does not zero-pad years below 1000 on every platform.
-    return f"{value.year:04d}{value:-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}Z"
+    # Not strftime: it does not zero-pad years below 1000 on every platform, and it is slow.
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
+        f"{value.minute:02d}:{value.second:02d}.{value.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_timestamp(value: object) -> datetime:

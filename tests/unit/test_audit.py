@@ -1,5 +1,6 @@
-"""The audit trail: a chain of records the node signs, whose verification names the first record
-that was altered, removed, reordered or cut off; and the seam keeps it before the ack."""
+"""The audit trail: a chain of records under the node's signed checkpoints, whose verification
+names the first record that was altered, removed, reordered or cut off; and the seam keeps it
+before the ack."""
 
 from __future__ import annotations
 
@@ -83,16 +84,77 @@ def test_an_edited_record_is_named_by_its_hash(path: Path) -> None:
     assert _verify(path) == (4, "record 4 altered: its content does not match its hash")
 
 
-def test_an_edited_record_with_a_recomputed_hash_is_named_by_its_signature(path: Path) -> None:
+def test_an_edited_record_with_a_recomputed_hash_is_named_by_the_chain(path: Path) -> None:
     import hashlib
 
     record, _, _ = _row(path, 6)
     forged = record.replace("ejn", "gljc")
     digest = hashlib.sha256(forged.encode()).hexdigest()
     _sql(path, ("UPDATE audit SET record=?, hash=? WHERE seq=6", (forged, digest)))
-    first_bad, problem = _verify(path)
-    assert first_bad == 6
-    assert "signature does not verify" in problem
+    assert _verify(path) == (
+        6,
+        "record 6 altered: its hash is not the one record 7 was chained to",
+    )
+
+
+def test_a_rewritten_tail_is_named_by_the_checkpoint_signed_over_it(path: Path) -> None:
+    """Every record from 8 on edited and re-chained: only the signatures can tell."""
+    import hashlib
+
+    from broker.strictjson import canonical_bytes, loads_strict
+
+    db = sqlite3.connect(path)
+    with db:
+        prev = db.execute("SELECT hash FROM audit WHERE seq=7").fetchone()[0]
+        for seq in range(8, N + 1):
+            body = loads_strict(_row(path, seq)[0].encode(), max_bytes=10_000)
+            body["meta"]["to"], body["prev"] = "gljc", prev
+            forged = canonical_bytes(body)
+            prev = hashlib.sha256(forged).hexdigest()
+            db.execute(
+                "UPDATE audit SET record=?, hash=? WHERE seq=?", (forged.decode(), prev, seq)
+            )
+    db.close()
+    assert _verify(path) == (N, "record 10 altered: it does not match the signed head")
+    _sql(path, ("UPDATE audit_head SET hash=?", (prev,)))
+    assert _verify(path) == (None, "the head is altered: its signature does not verify")
+
+
+def test_a_checkpoint_covers_its_batch_with_the_key_of_its_time(tmp_path: Path) -> None:
+    """One signature per batch: batches written before a key rotation still verify by their
+    own checkpoints, and only with the key that signed them."""
+    where = tmp_path / "audit.sqlite3"
+    newer = SigningKey.from_seed("casc", "ed25519:2", bytes(range(2, 34)))
+    for key, numbers in ((KEY, range(3)), (newer, range(3, 6))):
+        with AuditLog(where, key) as audit:
+            audit.group_commits()
+            for n in numbers:
+                audit.append("forwarded", {"n": n})
+    db = sqlite3.connect(where)
+    checkpoints = db.execute("SELECT seq, key_id FROM audit_checkpoint ORDER BY seq").fetchall()
+    signatures = {row[0] for row in db.execute("SELECT signature FROM audit")}
+    db.close()
+    assert checkpoints == [(3, "ed25519:1"), (6, "ed25519:2")]
+    assert signatures == {""}  # no record is signed on its own
+    assert _verify(where, _trust(KEY, newer)) == (None, "")
+    assert _verify(where, _trust(newer)) == (
+        3,
+        "record 3 is under a checkpoint whose signature does not verify",
+    )
+
+
+def test_a_truncation_to_an_older_head_is_named_by_the_later_checkpoints(path: Path) -> None:
+    db = sqlite3.connect(path)
+    old_head = db.execute(
+        "SELECT seq, hash, key_id, signature FROM audit_checkpoint WHERE seq=7"
+    ).fetchone()
+    db.close()
+    _sql(
+        path,
+        ("DELETE FROM audit WHERE seq>7", ()),
+        ("UPDATE audit_head SET seq=?, hash=?, key_id=?, signature=?", tuple(old_head)),
+    )
+    assert _verify(path) == (8, "record 8 was removed: a checkpoint was signed over it")
 
 
 def test_a_record_re_signed_with_another_key_is_refused(path: Path) -> None:
@@ -174,9 +236,10 @@ def test_a_truncation_to_an_older_signed_head_is_caught_by_an_anchor(tmp_path: P
     _sql(
         where,
         ("DELETE FROM audit WHERE seq>5", ()),
+        ("DELETE FROM audit_checkpoint WHERE seq>5", ()),
         ("UPDATE audit_head SET seq=?, hash=?, key_id=?, signature=?", tuple(old_head)),
     )
-    assert _verify(where) == (None, "")  # a replayed old head alone cannot be told apart
+    assert _verify(where) == (None, "")  # an older state put back whole cannot be told apart
     with AuditLog(where, readonly=True) as audit:
         verdict = verify_audit(audit, _trust(), "casc", anchor=anchor)
     assert verdict.first_bad == 9
@@ -210,8 +273,8 @@ def test_two_writers_keep_one_chain(tmp_path: Path) -> None:
 def test_empty_values_are_left_out_and_a_reader_cannot_append(tmp_path: Path) -> None:
     where = tmp_path / "audit.sqlite3"
     with AuditLog(where, KEY) as audit:
-        record = audit.append("refused", {"reason": "bad_signature", "message_id": "", "x": None})
-    assert record.meta == {"reason": "bad_signature"}
+        audit.append("refused", {"reason": "bad_signature", "message_id": "", "x": None})
+        assert audit.records()[-1].meta == {"reason": "bad_signature"}
     with AuditLog(where) as reader, pytest.raises(AuditError):
         reader.append("accepted", {})
 
