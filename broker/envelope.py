@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker.errors import Reason, RefusedMessage, error_location
-from broker.keys import SigningKey, TrustStore, b64u_decode, b64u_encode
+from broker.keys import SigningKey, TrustStore, b64u_check, b64u_decode, b64u_encode
 from broker.strictjson import canonical_bytes, loads_strict
 from schemas import (
     FORMAT_VERSION,
@@ -240,7 +240,7 @@ def open_envelope(
     network, key_id = _signer(
         raw_header, origin.get("network") if isinstance(origin, dict) else None, "header"
     )
-    b64u_decode(payload_b64)  # the payload must at least be well-formed base64url
+    b64u_check(payload_b64)  # the payload must at least be well-formed base64url
     signing_input = ORIGIN_CONTEXT + header_b64.encode("ascii") + b"." + payload_b64.encode("ascii")
     trust.verify(
         network,
@@ -253,6 +253,8 @@ def open_envelope(
 
     header = _validate(Header, raw_header, "header")
     message = SignedMessage(header, header_b64, payload_b64, signature_b64)
+    if not hops:
+        return message
 
     prev = message.last_link_digest()
     signed_hops: list[SignedHop] = []

@@ -29,6 +29,7 @@ __all__ = [
     "SigningKey",
     "TrustStore",
     "TrustedKey",
+    "b64u_check",
     "b64u_decode",
     "b64u_encode",
     "generate_key_files",
@@ -46,16 +47,27 @@ def b64u_encode(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+# The last character of a canonical encoding leaves its unused low bits zero: 4 of them after
+# 2 characters of a last group, 2 after 3 (RFC 4648, section 3.5).
+_CANONICAL_LAST = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
+
+
+def b64u_check(text: str, *, reason: Reason = Reason.BAD_BASE64) -> None:
+    """Raise unless ``text`` is strict unpadded base64url: alphabet, length, canonical
+    trailing bits (what :func:`b64u_decode` checks, without decoding)."""
+    # fullmatch: "$" alone would also match before a trailing newline.
+    if not _B64U.fullmatch(text) or len(text) % 4 == 1:
+        raise RefusedMessage(reason, "not unpadded base64url")
+    last = _CANONICAL_LAST.get(len(text) % 4)
+    if last is not None and text[-1] not in last:
+        raise RefusedMessage(reason, "non-canonical base64url")
+
+
 def b64u_decode(text: str | bytes, *, reason: Reason = Reason.BAD_BASE64) -> bytes:
     """Strict unpadded base64url: alphabet, length and canonical trailing bits all checked."""
-    raw_text = text.encode("ascii", errors="replace") if isinstance(text, str) else text
-    # fullmatch: "$" alone would also match before a trailing newline.
-    if not _B64U.fullmatch(raw_text.decode("ascii", errors="replace")) or len(raw_text) % 4 == 1:
-        raise RefusedMessage(reason, "not unpadded base64url")
-    decoded = base64.urlsafe_b64decode(raw_text + b"=" * (-len(raw_text) % 4))
-    if b64u_encode(decoded).encode("ascii") != raw_text:
-        raise RefusedMessage(reason, "non-canonical base64url")
-    return decoded
+    as_text = text if isinstance(text, str) else text.decode("ascii", errors="replace")
+    b64u_check(as_text, reason=reason)
+    return base64.urlsafe_b64decode(as_text + "=" * (-len(as_text) % 4))
 
 
 def _check_key_id(key_id: str) -> str:

@@ -116,7 +116,8 @@ def loads_strict(data: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> 
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise RefusedMessage(Reason.NOT_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
-    if _depth(data, max_depth) > max_depth:
+    # No more opening brackets in all than the cap (strings included): no need to scan.
+    if data.count(b"[") + data.count(b"{") > max_depth and _depth(data, max_depth) > max_depth:
         raise RefusedMessage(Reason.TOO_DEEP, f"nesting deeper than {max_depth}")
     try:
         start = len(text) - len(text.lstrip(" \t\r\n"))

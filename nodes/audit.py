@@ -33,7 +33,7 @@ import contextlib
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,6 +156,7 @@ class AuditLog:
         self._grouped = False
         # appended, not yet written: (time, event, cleaned meta)
         self._buffer: list[tuple[float, str, dict[str, Any]]] = []
+        self._before_commit: list[Callable[[], None]] = []
         try:
             if readonly:
                 if not path.exists():
@@ -191,6 +192,10 @@ class AuditLog:
         whose records are in the batch, see ``Node._durable``)."""
         self._grouped = True
 
+    def before_commit(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` at the start of every commit (it may append what it held back)."""
+        self._before_commit.append(hook)
+
     def append(self, event: str, meta: Mapping[str, MetaValue]) -> None:
         """Append one record; without group commits, also commit it (and sign its head)."""
         if self._key is None:
@@ -206,6 +211,8 @@ class AuditLog:
         The write lock is held for this call only (``BEGIN IMMEDIATE``): another writer (an
         operator's command) appends between two batches. A batch that cannot be written is
         dropped whole, and AuditError raised: the node then acks none of its deliveries."""
+        for hook in self._before_commit:
+            hook()
         if not self._buffer:
             return
         key = self._key
@@ -491,15 +498,33 @@ def _flow(flow: Flow | None) -> dict[str, MetaValue]:
 class AuditTrail(Observer):
     """Appends a record for every accept, refusal, forward, delivery and receipt.
 
+    A message accepted from a peer and then forwarded, delivered or refused gets one record,
+    of its outcome, naming the peer it came from (``from``); one whose outcome is not known by
+    the next commit (or that has none of these: a receipt, a repeat) gets an ``accepted``
+    record of its own then.
+
     Registered as a *required* observer: a record that cannot be written raises, so the node
     does not ack the delivery it is about (it is redelivered and the record written then).
     """
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
+        self._accepted: dict[str, dict[str, MetaValue]] = {}  # by message id, not yet written
+        audit.before_commit(self._write_accepted)
+
+    def _write_accepted(self) -> None:
+        accepted, self._accepted = self._accepted, {}
+        for meta in accepted.values():
+            self.audit.append("accepted", meta)
+
+    def _outcome(self, flow: Flow | None) -> dict[str, MetaValue]:
+        if flow is None:
+            return {}
+        accepted = self._accepted.pop(flow.message_id, None)
+        return {**_flow(flow), "from": accepted["from"]} if accepted else _flow(flow)
 
     def received(self, sender: str, flow: Flow) -> None:
-        self.audit.append("accepted", {**_flow(flow), "from": sender})
+        self._accepted[flow.message_id] = {**_flow(flow), "from": sender}
 
     def submitted(self, contact_point: str, flow: Flow) -> None:
         self.audit.append("accepted", {**_flow(flow), "from": contact_point, "via": "submit"})
@@ -510,7 +535,7 @@ class AuditTrail(Observer):
         self.audit.append(
             "refused",
             {
-                **_flow(flow),
+                **self._outcome(flow),
                 "quarantine_id": quarantine_id,
                 "reason": reason,
                 "detail": detail,
@@ -519,10 +544,10 @@ class AuditTrail(Observer):
         )
 
     def forwarded(self, peer: str, flow: Flow) -> None:
-        self.audit.append("forwarded", {**_flow(flow), "to": peer})
+        self.audit.append("forwarded", {**self._outcome(flow), "to": peer})
 
     def delivered(self, contact_points: tuple[str, ...], flow: Flow) -> None:
-        self.audit.append("delivered", {**_flow(flow), "to": list(contact_points)})
+        self.audit.append("delivered", {**self._outcome(flow), "to": list(contact_points)})
 
     def receipt(self, for_id: str, by: str, waited: float) -> None:
         self.audit.append("receipt", {"message_id": for_id, "by": by, "waited_s": waited})

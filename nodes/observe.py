@@ -97,20 +97,32 @@ class Observers(Observer):
     def __init__(self) -> None:
         self._observers: list[Observer] = []
         self._required: list[Observer] = []
+        # per point, the observers that override it (a message passes several points: calling
+        # every observer's do-nothing method for each would cost more than the watching)
+        self._watching: dict[str, tuple[Observer, ...]] = {}
 
     def add(self, observer: Observer, *, required: bool = False) -> None:
         """Add an observer; a ``required`` one's errors propagate to the node (see above)."""
         self._observers.append(observer)
         if required:
             self._required.append(observer)
+        self._watching = {}
 
     def remove(self, observer: Observer) -> None:
         if observer in self._observers:
             self._observers.remove(observer)
         self._required = [kept for kept in self._required if kept is not observer]
+        self._watching = {}
 
     def _each(self, point: str, *args: object) -> None:
-        for observer in tuple(self._observers):
+        watching = self._watching.get(point)
+        if watching is None:
+            base = getattr(Observer, point)
+            watching = tuple(
+                o for o in self._observers if getattr(type(o), point, base) is not base
+            )
+            self._watching[point] = watching
+        for observer in watching:
             try:
                 getattr(observer, point)(*args)
             except Exception as exc:  # watching must never break the node

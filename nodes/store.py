@@ -64,6 +64,14 @@ CREATE TABLE IF NOT EXISTS inbox (
 """
 
 
+_REMEMBER = (
+    "INSERT INTO seen (origin, message_id, content_sha256, outcome, at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin, message_id) DO UPDATE SET "
+    "outcome=excluded.outcome WHERE seen.content_sha256=excluded.content_sha256"
+)
+_EVENT = "INSERT INTO events (at, message_id, event, detail) VALUES (?, ?, ?, ?)"
+
+
 @dataclass(frozen=True, slots=True)
 class Seen:
     content_sha256: str
@@ -99,6 +107,11 @@ class Store:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self._grouped = False
+        # With group commits, the per-message rows wait here and go in with one executemany
+        # each at the commit (readers of this connection see them: _write_pending first).
+        self._seen_rows: list[tuple[str, str, str, str, float]] = []
+        self._seen_pending: dict[tuple[str, str], Seen] = {}
+        self._event_rows: list[tuple[float, str, str, str]] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
@@ -114,6 +127,9 @@ class Store:
 
     # --- dedupe ---------------------------------------------------------------------------------
     def seen(self, origin: str, message_id: str) -> Seen | None:
+        pending = self._seen_pending.get((origin, message_id))
+        if pending is not None:
+            return pending
         row = self._db.execute(
             "SELECT content_sha256, outcome FROM seen WHERE origin=? AND message_id=?",
             (origin, message_id),
@@ -125,13 +141,17 @@ class Store:
     ) -> None:
         """Record the outcome of a message (and its tracking event) in one transaction."""
         now = time.time()
+        if self._grouped:
+            key = (origin, message_id)
+            earlier = self._seen_pending.get(key)
+            if earlier is None or earlier.content_sha256 == content_sha256:
+                self._seen_pending[key] = Seen(content_sha256, outcome)
+            self._seen_rows.append((origin, message_id, content_sha256, outcome, now))
+            if event:
+                self._event(now, message_id, outcome, event)
+            return
         with self._tx():
-            self._db.execute(
-                "INSERT INTO seen (origin, message_id, content_sha256, outcome, at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin, message_id) DO UPDATE SET "
-                "outcome=excluded.outcome WHERE seen.content_sha256=excluded.content_sha256",
-                (origin, message_id, content_sha256, outcome, now),
-            )
+            self._db.execute(_REMEMBER, (origin, message_id, content_sha256, outcome, now))
             if event:
                 self._event(now, message_id, outcome, event)
 
@@ -219,6 +239,7 @@ class Store:
 
     def recent_events(self, event: str, limit: int = 50) -> list[TrackEvent]:
         """The latest ``limit`` events of one kind (e.g. ``quarantined``), newest first."""
+        self._write_pending()
         rows = self._db.execute(
             "SELECT at, event, detail FROM events WHERE event=? ORDER BY id DESC LIMIT ?",
             (event, limit),
@@ -228,6 +249,7 @@ class Store:
     def quarantine_reasons(self) -> dict[str, int]:
         """How many messages this node quarantined, by reason code (all recorded time); a
         refusal when a contact point read its delivery is recorded as ``at delivery: <reason>``."""
+        self._write_pending()
         rows = self._db.execute(
             "SELECT substr(d, 1, instr(d, ':') - 1) AS reason, COUNT(*) FROM (SELECT CASE WHEN"
             " detail LIKE 'at delivery: %' THEN substr(detail, 14) ELSE detail END AS d"
@@ -236,6 +258,7 @@ class Store:
         return {reason: count for reason, count in rows if reason}
 
     def events(self, message_id: str) -> list[TrackEvent]:
+        self._write_pending()
         rows = self._db.execute(
             "SELECT at, event, detail FROM events WHERE message_id=? ORDER BY id", (message_id,)
         ).fetchall()
@@ -288,10 +311,22 @@ class Store:
 
     # --- internals ---------------------------------------------------------------------
     def _event(self, at: float, message_id: str, event: str, detail: str) -> None:
-        self._db.execute(
-            "INSERT INTO events (at, message_id, event, detail) VALUES (?, ?, ?, ?)",
-            (at, message_id, event, detail),
-        )
+        if self._grouped:
+            self._event_rows.append((at, message_id, event, detail))
+        else:
+            self._db.execute(_EVENT, (at, message_id, event, detail))
+
+    def _write_pending(self) -> None:
+        """Write the rows waiting for the group commit, in the order they came."""
+        if not (self._seen_rows or self._event_rows):
+            return
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+        seen_rows, self._seen_rows = self._seen_rows, []
+        event_rows, self._event_rows = self._event_rows, []
+        self._seen_pending = {}
+        self._db.executemany(_REMEMBER, seen_rows)
+        self._db.executemany(_EVENT, event_rows)
 
     # --- group commit ----------------------------------------------------------------------
     def group_commits(self) -> None:
@@ -304,8 +339,11 @@ class Store:
         self._grouped = True
 
     def commit(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("COMMIT")
+        try:
+            self._write_pending()
+        finally:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db, grouped=self._grouped)

@@ -280,12 +280,23 @@ def test_empty_values_are_left_out_and_a_reader_cannot_append(tmp_path: Path) ->
 
 
 FLOW = Flow("00000000-0000-4000-8000-000000000001", "seajust", "facilitation_request", "UZ")
+OTHER_FLOW = Flow("00000000-0000-4000-8000-000000000002", "seajust", "facilitation_request", "FR")
+
+
+def _meta(flow: Flow) -> dict[str, str]:
+    return {
+        "message_id": flow.message_id,
+        "origin": flow.origin,
+        "destination": flow.destination,
+        "kind": flow.kind,
+    }
 
 
 def test_the_trail_records_every_point_of_the_seam(tmp_path: Path) -> None:
     where = tmp_path / "audit.sqlite3"
     observers = Observers()
     with AuditLog(where, KEY) as audit:
+        audit.group_commits()  # as the node does
         observers.add(AuditTrail(audit), required=True)
         observers.received("seajust", FLOW)
         observers.submitted("kh-cp-1", FLOW)
@@ -295,24 +306,31 @@ def test_the_trail_records_every_point_of_the_seam(tmp_path: Path) -> None:
         observers.delivered(("uz-cp-1",), FLOW)
         observers.receipt(FLOW.message_id, "casc", 1.23456)
         observers.undeliverable(FLOW.message_id)
+        observers.received("casc", OTHER_FLOW)  # no outcome by the commit
+        audit.commit()
         events = [(r.event, r.meta) for r in audit.records()]
     assert [event for event, _ in events] == [
-        "accepted",
         "accepted",
         "refused",
         "forwarded",
         "delivered",
         "receipt",
         "undeliverable",
+        "accepted",
     ]
-    assert events[2][1] == {
+    assert events[0][1]["via"] == "submit"
+    assert events[1][1] == {
         "quarantine_id": "q-1",
         "reason": "bad_signature",
         "detail": "sig",
         "via": "mlanet.inbox.from.seajust",
     }
-    assert events[4][1]["to"] == ["uz-cp-1"]
-    assert events[5][1]["waited_s"] == 1.235
+    # accepted from seajust and forwarded: one record of the outcome, naming both peers
+    assert events[2][1] == {**_meta(FLOW), "from": "seajust", "to": "ejn"}
+    assert events[3][1]["to"] == ["uz-cp-1"]
+    assert "from" not in events[3][1]  # its acceptance was recorded with the forward
+    assert events[4][1]["waited_s"] == 1.235
+    assert events[6][1] == {**_meta(OTHER_FLOW), "from": "casc"}
 
 
 class _Broken(Observer):
