@@ -1,8 +1,9 @@
 """Benchmark: what the audit trail costs, against baselines measured in the same run.
 
 (a) per record: ``AuditLog.append`` (canonical JSON, SHA-256, the signed checkpoint of its
-    batch: alone, one signature and one SQLite transaction per record) beside the node's own per-message state write
-    (``Store.remember``, one SQLite transaction) and a bare Ed25519 signature, on the same disk;
+    batch: alone, one signature and one SQLite transaction per record) beside the node's own
+    per-message state write (``Store.remember``, one SQLite transaction) and a bare Ed25519
+    signature, on the same disk;
 (b) per message: the casc node relaying N signed messages seajust -> ejn (phase (b) of
     ``bench_node.py``) with its audit trail, and with the audit trail replaced by an observer
     that does nothing, alternating runs; medians and the ratio with / without.
