@@ -442,12 +442,11 @@ def verify_audit(
             if seq > expected and expected not in claimed:
                 return bad(expected, f"was removed (the chain jumps from {expected - 1} to {seq})")
             return bad(expected, f"was reordered (record {seq} is in its place)")
-        if body["prev"] != prev and expected == 1:
-            return bad(1, "altered: it does not start the chain")
         if body["prev"] != prev:
+            if expected == 1:
+                return bad(1, "altered: it does not start the chain")
             return bad(
-                expected - 1,
-                f"altered: its hash is not the one record {expected} was chained to",
+                expected - 1, f"altered: its hash is not the one record {expected} was chained to"
             )
         prev = hashes[seq] = str(digest)
         expected += 1
@@ -520,8 +519,7 @@ class AuditTrail(Observer):
     def _outcome(self, flow: Flow | None) -> dict[str, MetaValue]:
         if flow is None:
             return {}
-        accepted = self._accepted.pop(flow.message_id, None)
-        return {**_flow(flow), "from": accepted["from"]} if accepted else _flow(flow)
+        return self._accepted.pop(flow.message_id, None) or _flow(flow)
 
     def received(self, sender: str, flow: Flow) -> None:
         self._accepted[flow.message_id] = {**_flow(flow), "from": sender}

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
@@ -311,31 +311,34 @@ class Node:
 
     async def _settle(self, incoming: Incoming, work: Awaitable[None]) -> None:
         """Ack once the work is durable; requeue on a transient failure; never crash."""
-        self._working += 1
         try:
-            await work
-            await self._durable()
+            with self._at_work():
+                await work
+                await self._durable()
         except TransportError as exc:
             with bound_contextvars(**self._about(incoming)):
                 log.warning("transient_failure_requeued", error=str(exc))
             self._topology_doubt.set()
-            self._done_working()
             await asyncio.sleep(0.5)
             await incoming.requeue()
             return
         except Exception as exc:  # a defect must not stop the node; the delivery limit applies
             with bound_contextvars(**self._about(incoming)):
                 log.error("unexpected_failure_requeued", error_type=type(exc).__name__)
-            self._done_working()
             await incoming.requeue()
             return
-        self._done_working()
         await incoming.ack()
 
-    def _done_working(self) -> None:
-        self._working -= 1
-        if self._working <= 0 and self._commit is not None:
-            asyncio.get_running_loop().call_soon(self._flush)  # nobody else is coming
+    @contextlib.contextmanager
+    def _at_work(self) -> Iterator[None]:
+        """Count a delivery being handled; when the last one stops, a waiting commit runs."""
+        self._working += 1
+        try:
+            yield
+        finally:
+            self._working -= 1
+            if self._working <= 0 and self._commit is not None:
+                asyncio.get_running_loop().call_soon(self._flush)  # nobody else is coming
 
     def _commit_all(self) -> None:
         """Audit records first: committed state never lacks the record of what was done."""

@@ -109,8 +109,7 @@ class Store:
         self._grouped = False
         # With group commits, the per-message rows wait here and go in with one executemany
         # each at the commit (readers of this connection see them: _write_pending first).
-        self._seen_rows: list[tuple[str, str, str, str, float]] = []
-        self._seen_pending: dict[tuple[str, str], Seen] = {}
+        self._seen_rows: dict[tuple[str, str], tuple[str, str, str, str, float]] = {}
         self._event_rows: list[tuple[float, str, str, str]] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         if readonly:
@@ -127,9 +126,9 @@ class Store:
 
     # --- dedupe ---------------------------------------------------------------------------------
     def seen(self, origin: str, message_id: str) -> Seen | None:
-        pending = self._seen_pending.get((origin, message_id))
+        pending = self._seen_rows.get((origin, message_id))
         if pending is not None:
-            return pending
+            return Seen(pending[2], pending[3])
         row = self._db.execute(
             "SELECT content_sha256, outcome FROM seen WHERE origin=? AND message_id=?",
             (origin, message_id),
@@ -142,11 +141,15 @@ class Store:
         """Record the outcome of a message (and its tracking event) in one transaction."""
         now = time.time()
         if self._grouped:
-            key = (origin, message_id)
-            earlier = self._seen_pending.get(key)
-            if earlier is None or earlier.content_sha256 == content_sha256:
-                self._seen_pending[key] = Seen(content_sha256, outcome)
-            self._seen_rows.append((origin, message_id, content_sha256, outcome, now))
+            earlier = self._seen_rows.get((origin, message_id))
+            if earlier is None or earlier[2] == content_sha256:  # the first content stays
+                self._seen_rows[(origin, message_id)] = (
+                    origin,
+                    message_id,
+                    content_sha256,
+                    outcome,
+                    now,
+                )
             if event:
                 self._event(now, message_id, outcome, event)
             return
@@ -322,10 +325,9 @@ class Store:
             return
         if not self._db.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
-        seen_rows, self._seen_rows = self._seen_rows, []
+        seen_rows, self._seen_rows = self._seen_rows, {}
         event_rows, self._event_rows = self._event_rows, []
-        self._seen_pending = {}
-        self._db.executemany(_REMEMBER, seen_rows)
+        self._db.executemany(_REMEMBER, seen_rows.values())
         self._db.executemany(_EVENT, event_rows)
 
     # --- group commit ----------------------------------------------------------------------
