@@ -24,6 +24,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from broker.management import Management
 from broker.transport import Handler, Incoming, peer_inbox
@@ -32,9 +33,11 @@ from nodes.config import NodeConfig, PeerLimits
 __all__ = [
     "BYTES_PER_TOKEN",
     "INBOX_POLICY_PRIORITY",
+    "OwnPolicy",
     "TokenBucket",
     "bound_inboxes",
     "inbox_policy",
+    "node_policies",
     "paced",
 ]
 
@@ -108,14 +111,34 @@ def inbox_policy(peer: str, limits: PeerLimits) -> tuple[str, str, dict[str, obj
     )
 
 
-async def bound_inboxes(management: Management, config: NodeConfig) -> None:
-    """Put (or update) the bound of every peer's inbox queue (idempotent)."""
+@dataclass(frozen=True)
+class OwnPolicy:
+    """A policy that the node puts on its own vhost and keeps in place (nodes/node.py repairs it
+    when it was changed or removed under the node)."""
+
+    name: str
+    pattern: str
+    definition: dict[str, object]
+    priority: int
+
+
+def node_policies(config: NodeConfig) -> list[OwnPolicy]:
+    """Every policy the node owns on its vhost: the single list that the node puts, checks and
+    repairs. A policy on the node's queues that is not in this list was set by someone else."""
+    policies = []
     for peer in config.peers:
         name, pattern, definition = inbox_policy(peer.network, config.peer_limits(peer.network))
+        policies.append(OwnPolicy(name, pattern, definition, INBOX_POLICY_PRIORITY))
+    return policies
+
+
+async def bound_inboxes(management: Management, config: NodeConfig) -> None:
+    """Put (or update) every policy the node owns (idempotent)."""
+    for policy in node_policies(config):
         await management.put_policy(
             config.broker.vhost,
-            name,
-            pattern=pattern,
-            definition=definition,
-            priority=INBOX_POLICY_PRIORITY,
+            policy.name,
+            pattern=policy.pattern,
+            definition=policy.definition,
+            priority=policy.priority,
         )
