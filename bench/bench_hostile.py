@@ -156,7 +156,7 @@ async def _measure(
     target: str,
 ) -> tuple[float, float]:
     """(node CPU seconds, wall seconds) to take ``publications`` into ``target``."""
-    sender = _url(fed, RECEIVER, fed.user(HOSTILE), fed.password(HOSTILE))
+    sender = _url(fed, RECEIVER, fed.link_user(HOSTILE), fed.link_password(HOSTILE))
     connection = await aio_pika.connect(sender)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -196,7 +196,7 @@ async def node_phase(root: Path, messages: int) -> None:
         rotate(fed, now)
         scene = Scene(
             keys={n: load_key(fed, n) for n in fed.networks if n != fed.coordinator},
-            users={n: fed.user(n) for n in fed.networks},
+            users={n: fed.link_user(n) for n in fed.networks},
             now=now,
             max_bytes=load_config(fed.config_path(RECEIVER)).limits.max_message_bytes,
         )

@@ -437,7 +437,7 @@ async def node_phase(
         )
     key = load_signing_key(fed.root / "seajust" / "seajust.1.key")
     bodies = [m.to_bytes() for m in signed_requests(key, args.messages, "FR")]
-    as_seajust = amqp_url(fed.vhost("casc"), fed.user("seajust"), fed.password("seajust"))
+    as_seajust = amqp_url(fed.vhost("casc"), fed.link_user("seajust"), fed.link_password("seajust"))
     async with await aio_pika.connect(as_seajust) as connection:
         channel = await connection.channel(publisher_confirms=True)
         await publish_confirmed(

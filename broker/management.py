@@ -7,7 +7,6 @@ to :class:`TransportError` at this edge; credentials never appear in an error te
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -17,7 +16,14 @@ import httpx
 
 from broker.errors import TransportError
 
-__all__ = ["Management", "ManagementEndpoint", "QueueFigures", "ShovelSpec", "ShovelState"]
+__all__ = [
+    "Management",
+    "ManagementEndpoint",
+    "QueueFigures",
+    "ShovelSpec",
+    "ShovelState",
+    "shovel_states",
+]
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class QueueFigures:
     rate_in: float | None  # publishes per second
     rate_out: float | None  # acknowledgements per second
     acked: int | None  # acknowledgements since the broker started counting for this queue
+    policy: str | None = None  # the policy in effect on the queue, by name
+    operator_policy: str | None = None  # an administrator's operator policy in effect
 
     @classmethod
     def from_api(cls, raw: dict[str, Any]) -> QueueFigures:
@@ -84,36 +92,48 @@ class QueueFigures:
             rate_in=_rate(stats.get("publish_details")),
             rate_out=_rate(stats.get("ack_details")),
             acked=_int(stats.get("ack", 0)) if stats else None,  # counted: 0 until one
+            policy=_name(raw.get("policy")),
+            operator_policy=_name(raw.get("operator_policy")),
         )
 
 
 @dataclass(frozen=True)
 class ShovelState:
-    """A dynamic shovel's runtime state: ``running``, ``starting`` or ``terminated``."""
+    """A dynamic shovel's state as a user without the ``monitoring`` tag can see it (that tag
+    would show every vhost, connection and channel of the broker): ``running`` while the
+    shovel consumes its source queue, ``stopped`` while it is declared but does not (starting,
+    retrying or terminated: the broker's log says why)."""
 
     name: str
     state: str
-    reason: str | None  # why it terminated, credentials removed
-    since: str | None  # the broker's timestamp of the state
+    reason: str | None = None
+    since: str | None = None
+
+
+def shovel_states(
+    definitions: dict[str, dict[str, Any]], queues: dict[str, QueueFigures]
+) -> dict[str, ShovelState]:
+    """The state of each declared shovel, from its source queue's consumers."""
+    states = {}
+    for name, value in definitions.items():
+        figures = queues.get(str(value.get("src-queue", "")))
+        consumers = figures.consumers if figures is not None else None
+        states[name] = ShovelState(name, "running" if consumers else "stopped")
+    return states
 
 
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _name(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _rate(details: object) -> float | None:
     if isinstance(details, dict) and isinstance(details.get("rate"), int | float):
         return float(details["rate"])
     return None
-
-
-_URI_CREDENTIALS = re.compile(r"(amqps?://)[^@/\s\"']*@")
-
-
-def _redact(text: object) -> str | None:
-    if text is None:
-        return None
-    return _URI_CREDENTIALS.sub(r"\1", str(text))[:300]
 
 
 _FIGURE_COLUMNS = ",".join(
@@ -123,6 +143,8 @@ _FIGURE_COLUMNS = ",".join(
         "messages_ready",
         "messages_unacknowledged",
         "consumers",
+        "policy",
+        "operator_policy",
         "message_stats.ack",
         "message_stats.publish_details.rate",
         "message_stats.ack_details.rate",
@@ -201,6 +223,28 @@ class Management:
         found = await self._request("GET", f"/permissions/{_q(vhost)}/{_q(user)}")
         return dict(found) if isinstance(found, dict) else None
 
+    async def user_permissions(self, user: str) -> list[dict[str, Any]]:
+        """Every permission entry of ``user`` (vhost, configure, write, read)."""
+        found = await self._request("GET", f"/users/{_q(user)}/permissions")
+        return [dict(item) for item in found or [] if isinstance(item, dict)]
+
+    async def vhost_permissions(self, vhost: str) -> list[dict[str, Any]]:
+        """Every permission entry on ``vhost`` (user, configure, write, read)."""
+        found = await self._request("GET", f"/vhosts/{_q(vhost)}/permissions")
+        return [dict(item) for item in found or [] if isinstance(item, dict)]
+
+    async def set_tags(self, user: str, tags: str) -> None:
+        """Give an existing user exactly ``tags``, keeping its password (by its hash)."""
+        found = await self.user(user)
+        if found is None:
+            raise TransportError(f"no broker user {user}")
+        await self.put_user_hash(
+            user,
+            str(found.get("password_hash", "")),
+            str(found.get("hashing_algorithm", "rabbit_password_hashing_sha256")),
+            tags,
+        )
+
     async def delete_permissions(self, vhost: str, user: str) -> None:
         await self._request("DELETE", f"/permissions/{_q(vhost)}/{_q(user)}")
 
@@ -216,6 +260,13 @@ class Management:
             {"configure": configure, "write": write, "read": read},
         )
 
+    async def exchange_names(self, vhost: str) -> list[str]:
+        found = await self._request("GET", f"/exchanges/{_q(vhost)}?columns=name")
+        return sorted(str(item.get("name", "")) for item in found or [] if isinstance(item, dict))
+
+    async def delete_exchange(self, vhost: str, name: str) -> None:
+        await self._request("DELETE", f"/exchanges/{_q(vhost)}/{_q(name)}")
+
     # --- links ------------------------------------------------------------------------------------
     async def put_shovel(self, spec: ShovelSpec) -> None:
         await self._request(
@@ -225,27 +276,19 @@ class Management:
     async def delete_shovel(self, vhost: str, name: str) -> None:
         await self._request("DELETE", f"/parameters/shovel/{_q(vhost)}/{_q(name)}")
 
-    async def shovels(self, vhost: str) -> list[dict[str, Any]]:
-        found = await self._request("GET", f"/shovels/{_q(vhost)}")
-        return list(found or [])
+    async def shovel_definitions(self, vhost: str) -> dict[str, dict[str, Any]]:
+        """Each shovel declared in ``vhost`` by name: its definition as the broker holds it. It
+        holds credentials: never log or show a definition, compare it."""
+        found = await self._request("GET", f"/parameters/shovel/{_q(vhost)}")
+        return {
+            str(item.get("name", "")): dict(item.get("value") or {})
+            for item in found or []
+            if isinstance(item, dict)
+        }
 
     async def shovel_names(self, vhost: str) -> list[str]:
         """The shovels declared in ``vhost`` (whether or not they run)."""
-        found = await self._request("GET", f"/parameters/shovel/{_q(vhost)}")
-        return sorted(str(item.get("name", "")) for item in found or [])
-
-    async def shovel_states(self, vhost: str) -> dict[str, ShovelState]:
-        """The runtime state of each shovel that the broker is running or retrying."""
-        states = {}
-        for item in await self.shovels(vhost):
-            name = str(item.get("name", ""))
-            states[name] = ShovelState(
-                name=name,
-                state=str(item.get("state", "unknown")),
-                reason=_redact(item.get("reason")),
-                since=str(item["timestamp"]) if item.get("timestamp") else None,
-            )
-        return states
+        return sorted(await self.shovel_definitions(vhost))
 
     # --- policies -------------------------------------------------------------------------------
     async def put_policy(
@@ -268,6 +311,14 @@ class Management:
                 "apply-to": apply_to,
             },
         )
+
+    async def policies(self, vhost: str) -> list[dict[str, Any]]:
+        """Every policy of ``vhost`` (name, pattern, apply-to, definition, priority)."""
+        found = await self._request("GET", f"/policies/{_q(vhost)}")
+        return [dict(item) for item in found or [] if isinstance(item, dict)]
+
+    async def delete_policy(self, vhost: str, name: str) -> None:
+        await self._request("DELETE", f"/policies/{_q(vhost)}/{_q(name)}")
 
     async def policy(self, vhost: str, name: str) -> dict[str, Any] | None:
         found = await self._request("GET", f"/policies/{_q(vhost)}/{_q(name)}")

@@ -14,8 +14,14 @@ import typer
 from pydantic import ValidationError
 
 from broker import KeyRefused, MlanetError, generate_key_files
-from broker.management import ManagementEndpoint
-from nodes.cli_common import ConfigOption, fail, load_or_exit
+from nodes.cli_common import (
+    AdminPasswordFile,
+    AdminUser,
+    ConfigOption,
+    admin_endpoint,
+    fail,
+    load_or_exit,
+)
 from nodes.cli_directory import directory_app, init_command, keys_rotate
 from nodes.cli_operator import operator_app, status_app
 from nodes.cli_quarantine import audit_app, quarantine_app
@@ -41,10 +47,6 @@ app.add_typer(directory_app, name="directory")
 app.command("init")(init_command)
 keys_app.command("rotate")(keys_rotate)
 
-AdminUser = Annotated[str, typer.Option(help="Broker administrator for provisioning.")]
-AdminPassword = Annotated[str, typer.Option(help="Its password.", envvar="MLANET_ADMIN_PASSWORD")]
-# RabbitMQ's own default account, which Debian's package creates for localhost only.
-DEFAULT_ADMIN = "guest"
 ManagementUrl = Annotated[str, typer.Option(help="RabbitMQ management API.")]
 
 
@@ -247,7 +249,7 @@ def federation_init(
     ),
     prefix: Annotated[str, typer.Option(help="Prefix of vhosts and users.")] = "mlanet",
     admin_user: AdminUser = "guest",
-    admin_password: AdminPassword = DEFAULT_ADMIN,
+    admin_password_file: AdminPasswordFile = None,
     management_url: ManagementUrl = "http://127.0.0.1:15672",
     operator_port: Annotated[
         int, typer.Option(help="First node's dashboard and /metrics port; 0: any free port.")
@@ -256,14 +258,10 @@ def federation_init(
     """Write keys, directory and node configs for the five example networks; provision them."""
     from nodes import federation
 
-    admin = ManagementEndpoint(management_url, admin_user, admin_password)
-    # admin: each node may then grant new peers their inbox permission (docs/JOINING.md)
+    admin = admin_endpoint(management_url, admin_user, admin_password_file)
+    # the administrator is used here, once: no node config holds its password
     fed = federation.build(
-        directory,
-        prefix=prefix,
-        management_url=management_url,
-        admin=admin,
-        operator_port=operator_port,
+        directory, prefix=prefix, management_url=management_url, operator_port=operator_port
     )
     try:
         asyncio.run(federation.provision(fed, admin))
@@ -283,7 +281,7 @@ def federation_down(
     ),
     prefix: Annotated[str, typer.Option(help="Prefix of vhosts and users.")] = "mlanet",
     admin_user: AdminUser = "guest",
-    admin_password: AdminPassword = DEFAULT_ADMIN,
+    admin_password_file: AdminPasswordFile = None,
     management_url: ManagementUrl = "http://127.0.0.1:15672",
 ) -> None:
     """Remove the federation's vhosts, queues, links and users from the broker."""
@@ -293,7 +291,7 @@ def federation_down(
         directory, prefix, tuple(federation.EXAMPLE_NETWORKS), tuple(federation.EXAMPLE_LINKS)
     )
     asyncio.run(
-        federation.teardown(fed, ManagementEndpoint(management_url, admin_user, admin_password))
+        federation.teardown(fed, admin_endpoint(management_url, admin_user, admin_password_file))
     )
     typer.echo("removed")
 

@@ -13,8 +13,14 @@ import typer
 
 from broker.directory_signing import VerifiedDirectory, open_request
 from broker.errors import MlanetError
-from broker.management import ManagementEndpoint
-from nodes.cli_common import ConfigOption, fail, load_or_exit
+from nodes.cli_common import (
+    AdminPasswordFile,
+    AdminUser,
+    ConfigOption,
+    admin_endpoint,
+    fail,
+    load_or_exit,
+)
 from nodes.coordinator import (
     Coordinator,
     approve_join,
@@ -295,19 +301,18 @@ def publish(
 @directory_app.command("provision")
 def provision(
     config: ConfigOption,
-    admin_user: Annotated[str, typer.Option(help="Administrator of your own broker.")],
-    admin_password: Annotated[
-        str, typer.Option(help="Its password.", envvar="MLANET_ADMIN_PASSWORD")
-    ],
+    admin_user: AdminUser,
+    admin_password_file: AdminPasswordFile = None,
     management_url: Annotated[
         str | None, typer.Option(help="Management API (default: the config's).")
     ] = None,
 ) -> None:
-    """Prepare your own broker: the node's vhost and user, and write access for each peer the
-    directory links to you (what the node does itself when it has a [provisioning] account)."""
+    """Prepare your own broker: the node's vhost and user, write access for each peer the
+    directory links to you, none for a former peer. Run it at set-up and whenever the node logs
+    peer_access_needs_operator (the node never holds the administrator's password)."""
     cfg = load_or_exit(config)
-    endpoint = ManagementEndpoint(
-        management_url or cfg.broker.management_url, admin_user, admin_password
+    endpoint = admin_endpoint(
+        management_url or cfg.broker.management_url, admin_user, admin_password_file
     )
     try:
         for line in asyncio.run(provision_broker(cfg, endpoint)):
@@ -342,13 +347,8 @@ def init_command(
     ),
     link: Annotated[list[str] | None, typer.Option(help="A network to be linked to.")] = None,
     link_user: Annotated[
-        str | None, typer.Option(help="Your user at peers' brokers (default: --user).")
-    ] = None,
-    admin_user: Annotated[
-        str | None, typer.Option(help="An administrator of your broker, for [provisioning].")
-    ] = None,
-    admin_password: Annotated[
-        str | None, typer.Option(help="Its password.", envvar="MLANET_ADMIN_PASSWORD")
+        str | None,
+        typer.Option(help="Your links' user at peers' brokers (default: <user>-link)."),
     ] = None,
 ) -> None:
     """Start a new network: keys, a node config skeleton and a signed join request."""
@@ -373,8 +373,6 @@ def init_command(
             coordinator_key=coordinator_key,
             links=link or [],
             link_user=link_user,
-            admin_user=admin_user,
-            admin_password=admin_password,
         )
     except (MlanetError, ValueError) as exc:
         raise _fail(f"refused: {exc}", 2) from None

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from broker.errors import ConfigError
 from broker.routing import RouteRule
-from nodes.directory_config import CoordinatorConfig, LinkConfig, ProvisioningConfig
+from nodes.directory_config import CoordinatorConfig, LinkConfig
 from schemas import KINDS, Kind
 from schemas.directory import BrokerAddress, Directory
 
@@ -129,8 +129,24 @@ class NodeConfig(_Config):
     operator: OperatorConfig = OperatorConfig()
     coordinator: CoordinatorConfig | None = None
     link: LinkConfig | None = None
-    provisioning: ProvisioningConfig | None = None
+    # Refused when present: a node never runs with the broker administrator's password.
+    provisioning: dict[str, object] | None = None
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _no_administrator(self) -> Self:
+        if self.provisioning is not None:
+            raise ValueError(
+                "[provisioning] is no longer read: a node never holds the broker "
+                "administrator's password; remove the section (and its password file) and run "
+                "mlanet directory provision when the directory links a new peer"
+            )
+        if self.link is not None and self.link.user == self.broker.user:
+            raise ValueError(
+                "[link] user must not be the node's own broker user: the link user may only "
+                "write one inbox exchange at each peer (mlanet init names it <user>-link)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _routes_use_peers(self) -> Self:

@@ -1,13 +1,14 @@
-"""The directory-related tables of a node's configuration: ``[coordinator]``, ``[link]`` and
-``[provisioning]`` (see ``nodes/examples/node.toml`` and ``docs/JOINING.md``).
+"""The directory-related tables of a node's configuration: ``[coordinator]`` and ``[link]``
+(see ``nodes/examples/node.toml`` and ``docs/JOINING.md``).
 
 - ``[coordinator]`` pins the coordinator's directory key(s): a node accepts a directory only when
   one of them (or a coordinator key listed in the directory it already holds) signed it.
 - ``[link]`` is the broker user this node's links log in as at every peer's broker; its
   password's salted hash is published in the directory, so no peer needs it in a config.
-- ``[provisioning]`` (optional) is an administrator account on this network's own broker: with
-  it the node gives new peers' link users write access to their inbox exchange by itself when
-  a directory update links them; without it the operator runs ``mlanet directory provision``.
+
+A node never holds an administrator account of its broker: when a directory update links a new
+peer, the operator gives the peer's link user its write access with ``mlanet directory
+provision`` (the node says so in its log and its alerts).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CoordinatorConfig", "LinkConfig", "PinnedKey", "ProvisioningConfig"]
+__all__ = ["CoordinatorConfig", "LinkConfig", "PinnedKey"]
 
 DAY = 86400
 
@@ -50,11 +51,3 @@ class LinkConfig(_Config):
 
     user: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     password_file: Path
-
-
-class ProvisioningConfig(_Config):
-    """An administrator on our own broker, used only to give peers their inbox permission."""
-
-    user: str = Field(min_length=1, max_length=128)
-    password_file: Path
-    management_url: str | None = None

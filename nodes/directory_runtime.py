@@ -7,8 +7,8 @@ accepted it
 
 1. persists it (the book), then swaps the node's trust store, routes, peers and signing key;
 2. declares the topology for new peers and contact points, puts shovels for new links and
-   removes those of links that are gone, gives new peers' link users write access to their
-   inbox exchange (with ``[provisioning]``; otherwise it says what the operator must do);
+   removes those of links that are gone (nodes/reconcile.py), and says what the operator must
+   do for a new peer's write access (``mlanet directory provision``);
 3. moves messages waiting for a replaced contact point to its successor;
 4. passes the signed directory on to every linked peer but the one it came from, as a
    ``directory_update`` message (each peer checks the coordinator's signature itself).
@@ -43,12 +43,10 @@ from broker.directory_signing import VerifiedDirectory
 from broker.envelope import decode_payload, open_envelope
 from broker.errors import Reason, RefusedMessage, TransportError
 from broker.keys import SigningKey, TrustStore, b64u_decode
-from broker.management import Management, ManagementEndpoint
-from broker.peer_access import grant_peer, revoke_peer
 from broker.routing import Deliver
 from broker.strictjson import canonical_bytes, loads_strict
 from broker.transport import SUBMIT, Incoming, Topology, deliver_queue, out_queue
-from nodes.config import NodeConfig, _read_secret
+from nodes.config import NodeConfig
 from nodes.directory import DirectoryBook, OlderDirectory, Outcome
 from schemas import Destination, DirectoryUpdate, Notice
 from schemas.directory import BrokerAddress, Directory, SignedDirectory
@@ -332,67 +330,32 @@ class DirectoryKeeper:
             )
         )
         if before is not None and (before.peers != now.peers or before.brokers != now.brokers):
-            await node.ensure_links()
-        await self._remove_links(node, now.peers)
-        await self._peer_access(node, before, now)
+            await node.ensure_links()  # also removes the links of former peers
+        self._peer_access(before, now)
         await self._hand_over(node)
         self._reconciled = True
 
-    def _endpoint(self, admin: bool) -> ManagementEndpoint | None:
-        broker = self.base.broker
-        if not admin:
-            return ManagementEndpoint(
-                broker.management_url, broker.user, _read_secret(broker.password_file)
-            )
-        provisioning = self.base.provisioning
-        if provisioning is None:
-            return None
-        return ManagementEndpoint(
-            provisioning.management_url or broker.management_url,
-            provisioning.user,
-            _read_secret(provisioning.password_file),
-        )
-
-    async def _remove_links(self, node: Node, peers: frozenset[str]) -> None:
-        endpoint = self._endpoint(admin=False)
-        assert endpoint is not None
-        async with Management(endpoint) as management:
-            for name in await management.shovel_names(self.base.broker.vhost):
-                peer = name.removeprefix("mlanet-link-")
-                if name.startswith("mlanet-link-") and peer not in peers:
-                    await management.delete_shovel(self.base.broker.vhost, name)
-                    log.info("link_removed", peer=peer)
-
-    async def _peer_access(self, node: Node, before: _Links | None, now: _Links) -> None:
-        endpoint = self._endpoint(admin=True)
-        if endpoint is None:
-            new = sorted(now.peers - (before.peers if before else now.peers))
-            for peer in new:
-                log.warning(
-                    "peer_access_needs_operator",
-                    peer=peer,
-                    user=now.users.get(peer),
-                    detail="run mlanet directory provision (no [provisioning] account)",
-                )
+    def _peer_access(self, before: _Links | None, now: _Links) -> None:
+        """A node never holds the broker administrator's password: a new peer's link user gets
+        its write permission here when the operator runs ``mlanet directory provision``. A
+        former peer cannot publish any more once its inbox exchange is gone (nodes/reconcile.py);
+        its permission entry goes at the same command."""
+        if before is None:
             return
-        vhost = self.base.broker.vhost
-        protected = {self.base.broker.user, endpoint.user}
-        async with Management(endpoint) as management:
-            for peer in sorted(now.peers):
-                entry = self.view.network(peer)
-                if entry is None or entry.link_user is None:
-                    continue
-                done = await grant_peer(
-                    management, vhost, peer, entry.link_user, protected=protected
-                )
-                if done == "granted":
-                    log.info("peer_access_granted", peer=peer, user=entry.link_user.name)
-            if before is not None:
-                for peer in sorted(before.peers - now.peers):
-                    user = before.users.get(peer)
-                    if user is not None and user not in protected:
-                        await revoke_peer(management, vhost, peer, user)
-                        log.info("peer_access_revoked", peer=peer, user=user)
+        for peer in sorted(now.peers - before.peers):
+            log.warning(
+                "peer_access_needs_operator",
+                peer=peer,
+                user=now.users.get(peer),
+                detail="run mlanet directory provision to let its link write its inbox here",
+            )
+        for peer in sorted(before.peers - now.peers):
+            log.warning(
+                "peer_access_needs_operator",
+                peer=peer,
+                user=before.users.get(peer),
+                detail="no longer linked: run mlanet directory provision to remove its access",
+            )
 
     async def _hand_over(self, node: Node) -> None:
         """Move what waits for a replaced contact point to its successor; nothing is lost:

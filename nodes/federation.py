@@ -1,10 +1,19 @@
 """A local federation of the five example networks on one RabbitMQ.
 
-One vhost and one user per network; each user may do anything in its own vhost and, in each
-linked peer's vhost, only write its own inbox exchange (``mlanet.inbox.from.<network>``).
+One vhost and two broker users per network (see "Security model" in docs/OPERATIONS.md):
+
+- the node's user (``<prefix>-<network>``): everything in its own vhost and nothing anywhere
+  else; tagged ``policymaker`` only (it declares its links' shovels and its queues' policies in
+  its own vhost), so through the management API it sees its own vhost and connections only;
+- the link user (``<prefix>-<network>-link``), which its links log in as at each peer: no
+  management tag, and in each linked peer's vhost only write on one exchange,
+  ``mlanet.inbox.from.<network>``. Its password is in the shovel definitions of the network's
+  own vhost, which no peer can read.
+
 ``build`` writes keys, secrets, the directory and one node config per network; ``provision``
-creates the vhosts, users and permissions through the management API; ``teardown`` removes them.
-Used by ``mlanet federation``, the demo, the tests and the benchmarks.
+creates the vhosts, users and permissions through the management API, once, as an operator
+command (the nodes never hold the administrator's password); ``teardown`` removes them. Used by
+``mlanet federation``, the demo, the tests and the benchmarks.
 
 The coordinator (``unodc``) has a node too, linked to the first network: it signs the directory
 with a key of its own (``<root>/unodc/coordinator/unodc.1.key``) and publishes updates through
@@ -14,6 +23,7 @@ its node. ``directory.json`` is the signed version 1; every config pins the coor
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -26,9 +36,9 @@ from urllib.parse import quote
 
 from broker.directory_signing import sign_directory
 from broker.errors import TransportError
-from broker.keys import generate_key_files, load_public_key_file, load_signing_key
+from broker.keys import b64u_decode, generate_key_files, load_public_key_file, load_signing_key
 from broker.management import Management, ManagementEndpoint
-from broker.peer_access import rabbit_password_hash
+from broker.peer_access import grant_peer, rabbit_password_hash
 from broker.transport import Transport
 from nodes.operator.auth import hash_password
 from schemas.directory import Directory
@@ -151,7 +161,15 @@ class Federation:
         return self.root / network / "node.toml"
 
     def password(self, network: str) -> str:
+        """The node's own broker password."""
         return (self.root / network / "broker.password").read_text(encoding="ascii").strip()
+
+    def link_user(self, network: str) -> str:
+        """The user that ``network``'s links log in as at its peers' vhosts."""
+        return f"{self.prefix}-{network}-link"
+
+    def link_password(self, network: str) -> str:
+        return (self.root / network / "link.password").read_text(encoding="ascii").strip()
 
     def peers(self, network: str) -> list[str]:
         return sorted(
@@ -181,14 +199,13 @@ def build(
     receipts: dict[str, float] | None = None,
     operator_port: int = 0,
     coordinator: str | None = COORDINATOR,
-    admin: ManagementEndpoint | None = None,
     valid_for: timedelta = timedelta(days=30),
 ) -> Federation:
     """Write keys, passwords, ``directory.json`` and ``<network>/node.toml`` under ``root``.
 
-    With ``admin``, each node gets a ``[provisioning]`` account (the broker's administrator, its
-    password in ``<root>/broker-admin.password``) so that it grants new peers their inbox
-    permission when a directory update links them.
+    No config holds the broker administrator's password: ``provision`` is run once, by the
+    operator (``mlanet federation init``), and ``mlanet directory provision`` after a directory
+    update links a new peer.
 
     Each node's operator HTTP surface gets port ``operator_port + i`` (the i-th network), or any
     free port when ``operator_port`` is 0 (the node writes its URL to ``state/operator.json``).
@@ -214,8 +231,9 @@ def build(
         if not key_path.exists():
             generate_key_files(folder, network, "ed25519:1")
         public = load_public_key_file(folder / f"{network}.1.pub")
-        if not (folder / "broker.password").exists():
-            _write_secret(folder / "broker.password", secrets.token_urlsafe(24))
+        for secret in ("broker.password", "link.password"):
+            if not (folder / secret).exists():
+                _write_secret(folder / secret, secrets.token_urlsafe(24))
         entries.append(
             {
                 "id": network,
@@ -225,8 +243,8 @@ def build(
                 "keys": [{"key_id": public.key_id, "public_key": public.public_key}],
                 "broker": {"host": host, "port": port, "vhost": federation.vhost(network)},
                 "link_user": {
-                    "name": federation.user(network),
-                    "password_hash": rabbit_password_hash(federation.password(network)),
+                    "name": federation.link_user(network),
+                    "password_hash": rabbit_password_hash(federation.link_password(network)),
                 },
             }
         )
@@ -257,8 +275,6 @@ def build(
             f'keys = [{{ key_id = "{directory_key.key_id}", '
             f'public_key = "{directory_key.public_b64()}" }}]\n'
         )
-    if admin is not None:
-        _write_secret(root / "broker-admin.password", admin.password)
     receipt_lines = "".join(f"{k} = {v}\n" for k, v in (receipts or {}).items())
     if not (root / "operator.password").exists():
         operator_secret = secrets.token_urlsafe(18)
@@ -271,17 +287,11 @@ def build(
         )
         # Peers come from the directory's links; [link] is our user at their brokers.
         peers = (
-            f'\n[link]\nuser = "{federation.user(network)}"\npassword_file = "broker.password"\n'
+            f'\n[link]\nuser = "{federation.link_user(network)}"\npassword_file = "link.password"\n'
         )
         peers += pins
         if network == coordinator:
             peers += f'signing_key = "coordinator/{coordinator}.1.key"\n'
-        if admin is not None:
-            peers += (
-                f'\n[provisioning]\nuser = "{admin.user}"\n'
-                'password_file = "../broker-admin.password"\n'
-                f'management_url = "{admin.url}"\n'
-            )
         federation.config_path(network).write_text(
             f'network = "{network}"\n'
             f'signing_key = "{network}.1.key"\n'
@@ -299,26 +309,37 @@ def build(
     return federation
 
 
+NODE_TAGS = "policymaker"  # declares shovels and policies in its own vhost; sees nothing else
+
+
 async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
-    """Create each network's vhost and user, and the peers' write-only inbox permissions."""
+    """Create each network's vhost and node user, and each link user's write-only permission on
+    its one inbox exchange in each linked peer's vhost (from the directory's published hash,
+    as ``mlanet directory provision`` does for a network on a broker of its own)."""
+    signed = json.loads((federation.root / "directory.json").read_bytes())
+    directory = Directory.model_validate_json(b64u_decode(signed["document"]))
     async with Management(admin) as management:
         for network in federation.nodes:
             vhost, user = federation.vhost(network), federation.user(network)
             await management.put_vhost(vhost)
-            await management.put_user(user, federation.password(network), "policymaker,monitoring")
+            await management.put_user(user, federation.password(network), NODE_TAGS)
             await management.put_permissions(vhost, user, configure=".*", write=".*", read=".*")
-            # admin keeps access for operators' tools and tests
+            # the administrator keeps access for operators' tools and tests
             await management.put_permissions(
                 vhost, admin.user, configure=".*", write=".*", read=".*"
             )
         for network in federation.nodes:
+            protected = {federation.user(n) for n in federation.nodes} | {admin.user}
             for peer in federation.peers(network):
-                await management.put_permissions(
-                    federation.vhost(peer),
-                    federation.user(network),
-                    configure="^$",
-                    write=rf"^mlanet\.inbox\.from\.{re.escape(network)}$",
-                    read="^$",
+                entry = directory.network(peer)
+                if entry is None or entry.link_user is None:
+                    continue
+                await grant_peer(
+                    management,
+                    federation.vhost(network),
+                    peer,
+                    entry.link_user,
+                    protected=protected,
                 )
 
 
@@ -328,6 +349,7 @@ async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
         for network in federation.nodes:
             await management.delete_vhost(federation.vhost(network))
             await management.delete_user(federation.user(network))
+            await management.delete_user(federation.link_user(network))
 
 
 class NodeProcesses:

@@ -23,7 +23,7 @@ from broker.directory_signing import sign_request
 from broker.errors import ConfigError, MlanetError
 from broker.keys import generate_key_files, load_public_key_file, load_signing_key
 from broker.management import Management, ManagementEndpoint
-from broker.peer_access import grant_peer, rabbit_password_hash
+from broker.peer_access import grant_peer, inbox_write_pattern, rabbit_password_hash
 from broker.strictjson import canonical_bytes
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory import DirectoryBook
@@ -71,8 +71,6 @@ def init_network(
     coordinator_key: Path,
     links: list[str],
     link_user: str | None = None,
-    admin_user: str | None = None,
-    admin_password: str | None = None,
 ) -> JoinFiles:
     """Write everything a new network needs to ask to join (see the module docstring)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,8 +81,11 @@ def init_network(
     key_path, _ = generate_key_files(folder, network, "ed25519:1")
     key = load_signing_key(key_path)
     _secret(folder / "broker.password")
-    link_user = link_user or user
-    link_file = "broker.password" if link_user == user else "link.password"
+    # the link user is not the node's user: at each peer it may only write one inbox exchange
+    link_user = link_user or f"{user}-link"
+    if link_user == user:
+        raise ConfigError("the link user must not be the node's own broker user")
+    link_file = "link.password"
     _secret(folder / link_file)
     link_password = (folder / link_file).read_text(encoding="ascii").strip()
     entry = NetworkEntry.model_validate(
@@ -106,16 +107,6 @@ def init_network(
     request = JoinRequest(type="join", network=entry, links=links, requested_at=datetime.now(UTC))
     request_path = folder / JOIN_REQUEST
     request_path.write_bytes(canonical_bytes(sign_request(request, [key]).model_dump(mode="json")))
-    provisioning = ""
-    if admin_user is not None:
-        fd = os.open(folder / "admin.password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write((admin_password or "") + "\n")
-        provisioning = (
-            f"\n[provisioning]                         # an administrator of your own broker\n"
-            f"user = {_toml_string(admin_user)}\n"
-            'password_file = "admin.password"\n'
-        )
     config_path = folder / "node.toml"
     config_path.write_text(
         f"# {name}: written by mlanet init. The coordinator sends back directory.json once it\n"
@@ -133,8 +124,7 @@ def init_network(
         f'user = {_toml_string(link_user)}\npassword_file = "{link_file}"\n\n'
         "[coordinator]                          # the key that signs the directory\n"
         f"network = {_toml_string(pinned.network)}\n"
-        f'keys = [{{ key_id = "{pinned.key_id}", public_key = "{pinned.public_key}" }}]\n'
-        f"{provisioning}",
+        f'keys = [{{ key_id = "{pinned.key_id}", public_key = "{pinned.public_key}" }}]\n',
         encoding="utf-8",
     )
     return JoinFiles(config_path, request_path, key_path)
@@ -167,22 +157,31 @@ def rotation_request(config: NodeConfig) -> tuple[Path, Path]:
     return key_path, path
 
 
+_INBOX_WRITE = inbox_write_pattern("").removesuffix("$")  # what grant_peer gives, any peer
+NODE_TAGS = "policymaker"  # its shovels and policies in its own vhost; it sees nothing else
+
+
 async def provision_broker(config: NodeConfig, admin: ManagementEndpoint) -> list[str]:
-    """Create this node's vhost and user on its own broker (idempotent), then give the peers
-    the directory links to this network write access to their inbox exchange. Returns what
-    was done, one line each."""
+    """Make this node's own broker match the directory (idempotent; run by the operator, never
+    by the node): the node's vhost and user (tag ``policymaker`` only, rights on its own vhost
+    only), write access to exactly one inbox exchange for each peer the directory links to
+    this network, and no access for a former peer. Returns what was done, one line each."""
     broker = config.broker
     done = []
     async with Management(admin) as management:
         await management.put_vhost(broker.vhost)
         if await management.user(broker.user) is None:
-            await management.put_user(
-                broker.user, _read_secret(broker.password_file), "policymaker,monitoring"
-            )
+            await management.put_user(broker.user, _read_secret(broker.password_file), NODE_TAGS)
             done.append(f"user {broker.user} created")
+        else:
+            await management.set_tags(broker.user, NODE_TAGS)
         await management.put_permissions(
             broker.vhost, broker.user, configure=".*", write=".*", read=".*"
         )
+        for held in await management.user_permissions(broker.user):
+            if held.get("vhost") != broker.vhost:  # an earlier version's rights at peers
+                await management.delete_permissions(str(held.get("vhost")), broker.user)
+                done.append(f"{broker.user}: access to vhost {held.get('vhost')} removed")
         await management.put_permissions(
             broker.vhost, admin.user, configure=".*", write=".*", read=".*"
         )
@@ -193,7 +192,8 @@ async def provision_broker(config: NodeConfig, admin: ManagementEndpoint) -> lis
             done.append(f"no peers yet ({exc})")
             return done
         protected = {broker.user, admin.user}
-        for peer in directory.neighbours(config.network):
+        peers = directory.neighbours(config.network)
+        for peer in peers:
             entry = directory.network(peer)
             if entry is None or entry.link_user is None:
                 continue
@@ -201,4 +201,11 @@ async def provision_broker(config: NodeConfig, admin: ManagementEndpoint) -> lis
                 management, broker.vhost, peer, entry.link_user, protected=protected
             )
             done.append(f"peer {peer} ({entry.link_user.name}): {result}")
+        current = {inbox_write_pattern(peer) for peer in peers}
+        for grant in await management.vhost_permissions(broker.vhost):
+            user, write = str(grant.get("user")), str(grant.get("write"))
+            if user in protected or write in current or not write.startswith(_INBOX_WRITE):
+                continue
+            await management.delete_permissions(broker.vhost, user)
+            done.append(f"former peer ({user}): access removed")
     return done

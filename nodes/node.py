@@ -38,7 +38,7 @@ from broker import (
 )
 from broker.errors import error_location
 from broker.keys import SigningKey, b64u_encode
-from broker.management import Management, ManagementEndpoint, ShovelSpec
+from broker.management import ManagementEndpoint
 from broker.routing import Deliver, Forward, Refuse, route
 from broker.transport import (
     QUARANTINE,
@@ -55,12 +55,13 @@ from nodes import crashpoints
 from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper
-from nodes.fairness import TokenBucket, bound_inboxes, paced
+from nodes.fairness import TokenBucket, paced
 from nodes.keyed_lock import KeyedLock
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
 from nodes.pipeline import Accepted, Properties, dedupe, receive
 from nodes.quarantine import claim, log_context
+from nodes.reconcile import Reconciler
 from nodes.store import Store
 from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
 from schemas.submission import Submission
@@ -71,7 +72,7 @@ log = structlog.get_logger("mlanet.node")
 
 COMMIT_EVERY = 0.2  # seconds: the longest a write outside a delivery waits for its commit
 GROUP_WAIT = 0.005  # seconds: the longest a finished delivery waits for others to share its commit
-TOPOLOGY_EVERY = 10.0  # seconds between two declarations of the node's queues and bindings
+TOPOLOGY_EVERY = 3.0  # seconds between two checks of the node's queues, bindings, links, policies
 
 RECEIPTED = {
     "facilitation_request",
@@ -110,6 +111,12 @@ class Node:
         self._commit_timer: asyncio.TimerHandle | None = None
         self._working = 0  # deliveries being handled that have not yet asked for their commit
         self.transport = Transport(config.amqp_url())
+        broker = config.broker
+        self.reconciler = Reconciler(
+            ManagementEndpoint(
+                broker.management_url, broker.user, _read_secret(broker.password_file)
+            )
+        )
         self._stop = asyncio.Event()
         self._topology_doubt = asyncio.Event()  # a publish failed: is a queue missing?
         self.ready = asyncio.Event()
@@ -164,10 +171,12 @@ class Node:
         )
 
     async def _keep_topology(self) -> None:
-        """Declare the topology again every TOPOLOGY_EVERY seconds, and at once after a publish
-        failed: a queue, exchange or binding deleted under the node comes back (what it held is
-        resent by its origin, which got no receipt) before the delivery limit turns the
-        messages that could not be published into quarantine."""
+        """Every TOPOLOGY_EVERY seconds, and at once after a publish failed, declare the
+        topology again and put back the shovels and policies the node owns
+        (nodes/reconcile.py): a queue, exchange, binding, shovel or policy deleted or changed
+        under the node comes back within seconds (what a deleted queue held is resent by its
+        origin, which got no receipt) before the delivery limit turns the messages that could
+        not be published into quarantine."""
         while not self._stop.is_set():
             doubt = asyncio.ensure_future(self._topology_doubt.wait())
             stop = asyncio.ensure_future(self._stop.wait())
@@ -182,33 +191,14 @@ class Node:
             try:
                 for queue in await self.transport.declare(self.topology()):
                     log.warning("queue_declared_otherwise", queue=queue)
+                await self.reconciler.reconcile(self.config, self.directory)
             except TransportError as exc:
                 log.warning("topology_check_failed", error=str(exc))
 
     async def ensure_links(self) -> None:
-        """Declare one on-confirm shovel per peer: out.<peer> here -> inbox.from.<us> there;
-        bound each peer's inbox queue here, and consume the inbox of a peer that is new."""
-        broker = self.config.broker
-        endpoint = ManagementEndpoint(
-            broker.management_url, broker.user, _read_secret(broker.password_file)
-        )
-        async with Management(endpoint) as management:
-            for peer in self.config.peers:
-                entry = self.directory.network(peer.network)
-                if entry is None:
-                    log.warning("peer_not_in_directory", peer=peer.network)
-                    continue
-                await management.put_shovel(
-                    ShovelSpec(
-                        name=f"mlanet-link-{peer.network}",
-                        vhost=broker.vhost,
-                        src_uri=self.config.amqp_url(),
-                        src_queue=out_queue(peer.network),
-                        dest_uri=self.config.peer_amqp_url(peer, entry.broker),
-                        dest_exchange=inbox_exchange(self.config.network),
-                    )
-                )
-            await bound_inboxes(management, self.config)
+        """Put one on-confirm shovel per peer (out.<peer> here -> inbox.from.<us> there) and
+        the policies that bound each peer's inbox queue here; consume a new peer's inbox."""
+        await self.reconciler.reconcile(self.config, self.directory)
         if self.ready.is_set():
             await self.consume_peers()
 

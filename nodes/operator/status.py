@@ -23,11 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import TransportError
-from broker.management import Management, ManagementEndpoint, QueueFigures, ShovelState
+from broker.management import (
+    Management,
+    ManagementEndpoint,
+    QueueFigures,
+    ShovelState,
+    shovel_states,
+)
 from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
 from nodes.config import Alerts, NodeConfig, _read_secret
 from nodes.directory import DirectoryBook, effective_config
 from nodes.operator.links import LinkView
+from nodes.reconcile import foreign, link_name
 from nodes.store import Store
 from schemas.directory import Directory, NetworkKey
 
@@ -51,11 +58,6 @@ __all__ = [
 ]
 
 SNAPSHOT = "operator.json"
-
-
-def link_name(peer: str) -> str:
-    """The shovel a node declares for its link to ``peer``."""
-    return f"mlanet-link-{peer}"
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class NodeStatus:
     expiry: ExpiryView
     alerts: list[Alert]
     unavailable: list[str] = field(default_factory=list)  # what cannot be shown, and why
+    foreign: list[str] = field(default_factory=list)  # on the node's vhost, not put by the node
     dashboard: str | None = None  # the running node's dashboard and /metrics
 
     def to_json(self) -> dict[str, Any]:
@@ -140,6 +143,7 @@ class BrokerView:
     queues: dict[str, QueueFigures]
     shovels: dict[str, ShovelState] | None  # None: the management API did not answer
     problem: str | None  # why the management API did not answer
+    foreign: list[str] = field(default_factory=list)  # nodes.reconcile.foreign
 
 
 def management_endpoint(config: NodeConfig) -> ManagementEndpoint:
@@ -158,10 +162,13 @@ async def broker_view(config: NodeConfig, transport: Transport | None = None) ->
     queues: dict[str, QueueFigures] = {}
     shovels: dict[str, ShovelState] | None = None
     problem: str | None = None
+    found: list[str] = []
     try:
         async with Management(management_endpoint(config), timeout=5.0) as management:
             queues = {q.name: q for q in await management.queue_figures(config.broker.vhost)}
-            shovels = await management.shovel_states(config.broker.vhost)
+            definitions = await management.shovel_definitions(config.broker.vhost)
+        shovels = shovel_states(definitions, queues)
+        found = foreign(config, queues, definitions)
     except TransportError as exc:
         problem = str(exc)
         queues = {}
@@ -171,7 +178,7 @@ async def broker_view(config: NodeConfig, transport: Transport | None = None) ->
         queues[name] = replace(
             exact, rate_in=known.rate_in, rate_out=known.rate_out, acked=known.acked
         )
-    return BrokerView(queues, shovels, problem)
+    return BrokerView(queues, shovels, problem, found)
 
 
 _EMPTY = QueueFigures("", None, None, None, None, None, None, None)
@@ -296,6 +303,7 @@ def build_status(
         alerts=[],
         unavailable=notes,
         dashboard=dashboard,
+        foreign=view.foreign,
     )
     return replace(status, alerts=compute_alerts(status, config, now))
 
@@ -311,7 +319,9 @@ def _queue_rank(name: str) -> int:
 def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[Alert]:
     """Every threshold in ``[operator.alerts]`` that the status crosses, most severe first."""
     limits = config.operator.alerts
-    found: list[Alert] = []
+    found: list[Alert] = [
+        Alert("broker_foreign", "critical", "", finding) for finding in status.foreign
+    ]
     if status.node_running is False:
         found.append(
             Alert("node_down", "critical", "", "nobody consumes mlanet.inbox: the node is down")

@@ -90,7 +90,7 @@ class Harness:
         }
         scene = Scene(
             keys=keys,
-            users={network: federation.user(network) for network in federation.networks},
+            users={network: federation.link_user(network) for network in federation.networks},
             now=now,
             max_bytes=keeper.config.limits.max_message_bytes,
         )

@@ -1,5 +1,5 @@
-"""Helpers of the directory integration tests: a federation whose nodes may grant peers access
-(``[provisioning]``), the ``mlanet`` commands run as an operator types them, and waits on the
+"""Helpers of the directory integration tests: a federation that also removes the networks
+that joined it, the ``mlanet`` commands run as an operator types them, and waits on the
 version each node holds. Everything runs against the real RabbitMQ."""
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ async def dfed(tmp_path: Path) -> AsyncIterator[Federation]:
         tmp_path / "federation",
         prefix="d" + uuid.uuid4().hex[:10],
         receipts={"retry_after_seconds": 3.0, "check_every_seconds": 0.5},
-        admin=ADMIN,
     )
     await provision(federation, ADMIN)
     try:
@@ -42,6 +41,7 @@ async def dfed(tmp_path: Path) -> AsyncIterator[Federation]:
                 if folder.is_dir() and folder.name not in federation.nodes:
                     await management.delete_vhost(federation.vhost(folder.name))
                     await management.delete_user(federation.user(folder.name))
+                    await management.delete_user(federation.link_user(folder.name))
 
 
 async def mlanet(*args: str | Path) -> Result:

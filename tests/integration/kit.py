@@ -79,7 +79,7 @@ def facilitation(
 async def inject(fed: Federation, receiver: str, sender: str, body: bytes, **props: Any) -> None:
     """Publish ``body`` into ``receiver``'s inbox as peer ``sender`` would (its own user)."""
     connection = await aio_pika.connect(
-        amqp(fed, receiver, user=fed.user(sender), password=fed.password(sender))
+        amqp(fed, receiver, user=fed.link_user(sender), password=fed.link_password(sender))
     )
     async with connection:
         channel = await connection.channel(publisher_confirms=True)

@@ -50,13 +50,11 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
             "--vhost", fed.vhost("pilon"),
             "--user", fed.user("pilon"),
             "--link", "seajust",
-            "--admin-user", ADMIN.user,
-            "--admin-password", ADMIN.password,
         )  # fmt: skip
-        await mlanet(
-            "directory", "provision", "--config", folder / "node.toml",
-            "--admin-user", ADMIN.user, "--admin-password", ADMIN.password,
+        provisioned = await mlanet(
+            "directory", "provision", "--config", folder / "node.toml", "--admin-user", ADMIN.user,
         )  # fmt: skip
+        assert "no peers yet" in provisioned.output
 
         # The coordinator approves; the update travels unodc -> seajust -> casc -> ejn -> ...
         approved = await mlanet(
@@ -71,6 +69,14 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
         assert "pilon" in {peer.network for peer in seajust.config.peers}
         assert "pilon" in seajust.trust.networks()
         assert "pilon" in nodes.nodes["gljc"].trust.networks()  # four hops from the coordinator
+
+        # Each side's operator gives the other's link user its one inbox exchange (the nodes
+        # hold no administrator account).
+        for network_config in (folder / "node.toml", fed.config_path("seajust")):
+            granted = await mlanet(
+                "directory", "provision", "--config", network_config, "--admin-user", ADMIN.user,
+            )  # fmt: skip
+            assert "granted" in granted.output
 
         # The new node starts from the approved directory and links itself to SEAJust.
         await nodes.start("pilon")

@@ -67,7 +67,9 @@ class Battery:
 
     async def send(self, publication: Publication) -> None:
         sender = publication.as_network or HOSTILE
-        url = amqp_url(self.fed.user(sender), self.fed.password(sender), self.fed.vhost(RECEIVER))
+        url = amqp_url(
+            self.fed.link_user(sender), self.fed.link_password(sender), self.fed.vhost(RECEIVER)
+        )
         await publish(url, sender, publication)
 
     async def deliver(self, publication: Publication) -> None:
@@ -134,7 +136,7 @@ async def test_every_hostile_message_gets_its_outcome_and_the_node_keeps_working
     rotate(fed, now)
     scene = Scene(
         keys={n: key(fed, n) for n in fed.networks if n != fed.coordinator},
-        users={n: fed.user(n) for n in fed.networks},
+        users={n: fed.link_user(n) for n in fed.networks},
         now=now,
         max_bytes=config(fed, RECEIVER).limits.max_message_bytes,
     )
@@ -172,7 +174,7 @@ async def test_a_body_at_the_broker_maximum_is_quarantined_as_oversized(fed: Fed
     (entry,) = [e for e in CORPUS if e.big]
     scene = Scene(
         keys={n: key(fed, n) for n in fed.networks if n != fed.coordinator},
-        users={n: fed.user(n) for n in fed.networks},
+        users={n: fed.link_user(n) for n in fed.networks},
         now=datetime.now(UTC),
         max_bytes=config(fed, RECEIVER).limits.max_message_bytes,
     )
@@ -205,7 +207,7 @@ async def test_copies_arriving_together_are_delivered_once_and_equivocation_is_c
         )
     bodies = [wire(frame) for frame in replayed for _ in range(3)]
     bodies += [wire(frame) for pair in pairs for frame in pair]
-    url = amqp_url(fed.user(HOSTILE), fed.password(HOSTILE), fed.vhost(RECEIVER))
+    url = amqp_url(fed.link_user(HOSTILE), fed.link_password(HOSTILE), fed.vhost(RECEIVER))
     async with running(fed, RECEIVER):
         await publish_all(url, HOSTILE, bodies)
 

@@ -159,8 +159,8 @@ def _restrict(fed: Federation, network: str, peer: str, kinds: list[str] | None)
     text = path.read_text(encoding="utf-8").split(_BLOCK)[0]
     if kinds is not None:
         text += (
-            f'{_BLOCK}[[peers]]\nnetwork = "{peer}"\nuser = "{fed.user(network)}"\n'
-            f'password_file = "broker.password"\nkinds = {json.dumps(kinds)}\n'
+            f'{_BLOCK}[[peers]]\nnetwork = "{peer}"\nuser = "{fed.link_user(network)}"\n'
+            f'password_file = "link.password"\nkinds = {json.dumps(kinds)}\n'
         )
     path.write_text(text, encoding="utf-8")
 

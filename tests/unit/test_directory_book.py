@@ -220,8 +220,8 @@ def test_peers_come_from_the_directorys_links(fed: Federation) -> None:
     directory = _book(fed, "seajust").held.directory
     peers = effective_config(config, directory).peers
     assert [(p.network, p.user) for p in peers] == [
-        ("casc", fed.user("seajust")),
-        ("unodc", fed.user("seajust")),
+        ("casc", fed.link_user("seajust")),
+        ("unodc", fed.link_user("seajust")),
     ]
     unlinked = directory.model_copy(update={"links": [("seajust", "unodc")]})
     assert [p.network for p in effective_config(config, unlinked).peers] == ["unodc"]

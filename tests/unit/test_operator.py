@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from broker.management import QueueFigures, ShovelState, _redact
+from broker.management import QueueFigures, ShovelState, shovel_states
 from nodes.cli import app
 from nodes.config import NodeConfig, load_config
 from nodes.observe import Flow
@@ -358,7 +358,7 @@ def test_metrics_count_observer_points_with_bounded_labels(tmp_path: Path) -> No
     assert not any(FLOW.message_id in str(key) for key in samples)
 
 
-def test_queue_figures_and_shovel_reasons_from_the_management_api() -> None:
+def test_queue_figures_and_shovel_states_from_the_management_api() -> None:
     figures = QueueFigures.from_api(
         {
             "name": "mlanet.out.casc",
@@ -373,10 +373,16 @@ def test_queue_figures_and_shovel_reasons_from_the_management_api() -> None:
     assert QueueFigures.from_api({"name": "q"}).messages is None
     counted = QueueFigures.from_api({"name": "q", "message_stats": {"publish": 2}})
     assert counted.acked == 0  # statistics collected, nothing handed over yet
-    reason = _redact('{auth_failure,"amqp://mlanet-seajust:pa%2Fss@10.0.0.9:5672/casc"}')
-    assert reason is not None
-    assert "pa%2Fss" not in reason
-    assert "mlanet-seajust" not in reason
+    policed = QueueFigures.from_api({"name": "q", "policy": "p", "operator_policy": ""})
+    assert (policed.policy, policed.operator_policy) == ("p", None)
+    # a shovel runs while it consumes its source queue (no monitoring tag needed to tell)
+    definitions = {
+        "mlanet-link-casc": {"src-queue": "mlanet.out.casc"},
+        "mlanet-link-ejn": {"src-queue": "mlanet.out.ejn"},
+    }
+    states = shovel_states(definitions, {"mlanet.out.casc": figures})
+    assert states["mlanet-link-casc"].state == "running"
+    assert states["mlanet-link-ejn"].state == "stopped"
 
 
 def test_the_example_config_documents_the_operator_table() -> None:
