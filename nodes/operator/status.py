@@ -163,11 +163,11 @@ async def broker_view(config: NodeConfig, transport: Transport | None = None) ->
     shovels: dict[str, ShovelState] | None = None
     problem: str | None = None
     found: list[str] = []
+    definitions: dict[str, dict[str, Any]] | None = None
     try:
         async with Management(management_endpoint(config), timeout=5.0) as management:
             queues = {q.name: q for q in await management.queue_figures(config.broker.vhost)}
             definitions = await management.shovel_definitions(config.broker.vhost)
-        shovels = shovel_states(definitions, queues)
         found = foreign(config, queues, definitions)
     except TransportError as exc:
         problem = str(exc)
@@ -178,6 +178,8 @@ async def broker_view(config: NodeConfig, transport: Transport | None = None) ->
         queues[name] = replace(
             exact, rate_in=known.rate_in, rate_out=known.rate_out, acked=known.acked
         )
+    if definitions is not None:  # a shovel runs while it consumes its source (an out queue)
+        shovels = shovel_states(definitions, queues)
     return BrokerView(queues, shovels, problem, found)
 
 

@@ -67,10 +67,10 @@ def limit_peer(node_toml: Path, peer: str, limits: dict[str, float | int]) -> No
 
 
 def _url(fed: Federation, vhost_of: str, user_of: str) -> str:
-    user, password = (
-        quote(fed.link_user(user_of), safe=""),
-        quote(fed.link_password(user_of), safe=""),
-    )
+    """``user_of``'s node user in its own vhost, its link user in another network's."""
+    own = vhost_of == user_of
+    user = quote(fed.user(user_of) if own else fed.link_user(user_of), safe="")
+    password = quote(fed.password(user_of) if own else fed.link_password(user_of), safe="")
     return f"amqp://{user}:{password}@127.0.0.1:5672/{quote(fed.vhost(vhost_of), safe='')}"
 
 
