@@ -96,7 +96,7 @@ def show(
     view = book.view(now)
     closed = book.closed(now)
     status = f"EXPIRED: {closed.reason.value}: {closed.detail}" if closed else "valid"
-    warnings = [warning.text() for warning in book.warnings(now)]
+    warnings = [file.text() for file in book.refused] + [w.text() for w in book.warnings(now)]
     if as_json:
         record: dict[str, Any] = {
             "network": cfg.network,

@@ -2,7 +2,9 @@
 
 :class:`DirectoryKeeper` owns the node's :class:`~nodes.directory.DirectoryBook` and everything
 that follows from the held directory: the trust store, the peers (the directory's links), the
-contact points and their handovers, the key the node signs with. When a newer directory is
+contact points and their handovers, the key the node signs with. A directory is checked
+in full (signature, schema, every key it lists: ``broker/directory_signing.py``) before anything
+is written or sent; a refused one is quarantined with its reason. When a newer directory is
 accepted it
 
 1. persists it (the book), then swaps the node's trust store, routes, peers and signing key;
@@ -83,6 +85,16 @@ class DirectoryKeeper:
         self.base = config
         self.clock = clock
         self.book = DirectoryBook.load(config, clock=clock)
+        for refused in self.book.refused:  # one line per file passed over, then go on
+            say = log.error if refused.source != "config" else log.warning
+            say(
+                "directory_file_refused",
+                file=refused.file,
+                source=refused.source,
+                reason=refused.reason.value,
+                detail=refused.detail,
+                version=self.book.version,
+            )
         self._lock = asyncio.Lock()
         self._pending_flood: tuple[VerifiedDirectory, str | None] | None = None
         self._reconciled = True
@@ -258,7 +270,10 @@ class DirectoryKeeper:
             return False
         try:
             outcome = await self.apply(node, signed, "a message not yet verifiable")
-        except RefusedMessage:
+        except RefusedMessage as carried:
+            # the message is quarantined for its own refusal; this says why its directory
+            # did not help
+            log.warning("directory_refused", source="salvage", reason=carried.reason.value)
             return False
         return outcome.state == "applied"
 
