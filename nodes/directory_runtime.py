@@ -157,7 +157,12 @@ class DirectoryKeeper:
     async def start(self, node: Node) -> None:
         """Once the node's own topology is there: the local directory queue, peer access,
         handovers, and an announcement of what this node holds to its peers."""
-        await node.transport.declare_queue(DIRECTORY_QUEUE)
+        # With a delivery limit, as every queue the node consumes: a directory that fails
+        # other than by a refusal goes to quarantine after a few deliveries, never round again.
+        if not await node.transport.declare_queue(
+            DIRECTORY_QUEUE, delivery_limit=node.config.limits.delivery_limit
+        ):
+            log.warning("queue_declared_otherwise", queue=DIRECTORY_QUEUE)
 
         async def on_local(incoming: Incoming) -> None:
             await node._settle(incoming, self._local(node, incoming))
@@ -249,7 +254,19 @@ class DirectoryKeeper:
         return True
 
     async def _local(self, node: Node, incoming: Incoming) -> None:
-        """A signed directory handed to this node by its operator (or the coordinator)."""
+        """A signed directory handed to this node by its operator (or the coordinator).
+
+        Refused -> quarantined with its reason, then acked: never requeued. One that keeps
+        failing otherwise is quarantined as ``delivery_limit``: by the queue's own limit, and
+        here once it has been delivered ``delivery_limit`` times (so also on a queue that an
+        older version declared without a limit)."""
+        limit = node.config.limits.delivery_limit
+        if incoming.delivery_count >= limit:
+            refused = RefusedMessage(
+                Reason.DELIVERY_LIMIT, f"not settled after {incoming.delivery_count} deliveries"
+            )
+            await node.quarantine(incoming.body, refused, DIRECTORY_QUEUE)
+            return
         try:
             outcome = await self.apply(node, incoming.body, None)
         except RefusedMessage as refused:
