@@ -28,6 +28,7 @@ from structlog.testing import capture_logs
 from broker import sign_message
 from broker.keys import load_signing_key
 from broker.management import Management
+from broker.strictjson import canonical_bytes
 from broker.transport import Incoming, Transport
 from nodes.coordinator import publish_directory
 from nodes.directory import PREVIOUS_FILE, REFUSED_FILE, STATE_FILE, DirectoryBook
@@ -160,15 +161,23 @@ def _events(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
 async def test_weak_keys_in_an_update_from_a_peer_are_refused_and_nothing_follows(
     dfed: Federation,
 ) -> None:
+    """SEAJust hands CASC each forgery (and one directory with an empty signature) as a
+    ``directory_update``: each quarantined once with its reason, the peer inbox settled."""
     fed = dfed
     forgeries = _forgeries(fed)
+    # and one whose signature is empty: unsigned_directory, not schema_invalid
+    held = DirectoryBook.load(config(fed, "seajust"), persist=False).held.signed
+    unsigned = canonical_bytes(held.model_copy(update={"signature": ""}).model_dump(mode="json"))
+    expected = _expected(forgeries) + Counter(
+        {("unsigned_directory", "the directory carries no signature"): 1}
+    )
     with capture_logs() as logs:
         async with running(fed, "unodc", "seajust", "casc") as nodes:
             before = (_state(fed, "casc") / STATE_FILE).read_bytes()
-            for _, _, data in forgeries:
+            for data in [*(data for _, _, data in forgeries), unsigned]:
                 await inject(fed, "casc", "seajust", _update(fed, "seajust", "casc", data))
 
-            assert await _taken(fed, "casc", len(forgeries)) == _expected(forgeries)
+            assert await _taken(fed, "casc", len(forgeries) + 1) == expected
             await _settled(fed, "casc", "mlanet.inbox.seajust")
             assert not _events(logs, "directory_applied")
             assert {e["version"] for e in _events(logs, "directory_passed_on")} == {1}
