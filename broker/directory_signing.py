@@ -7,10 +7,16 @@ A signed directory is one JSON object (``schemas.directory.SignedDirectory``)::
 
 Opening it follows the envelope's rule, verify first and parse second: the frame is parsed
 strictly, the signature is checked over the exact ``document`` text with a key the caller trusts
-as the coordinator's, and only then is the document parsed (strictly) and validated. Refusals:
-``unsigned_directory`` (no signature at all, or a bare directory), ``unknown_key`` (a key that is
-not the coordinator's), ``key_revoked`` / ``expired`` (a coordinator key outside its window),
-``bad_signature`` (forged or altered), ``schema_invalid`` and the strict JSON codes.
+as the coordinator's, and only then is the document parsed (strictly) and validated, every public
+key it lists included. Refusals: ``unsigned_directory`` (no signature, an empty one, or a bare
+directory), ``unknown_key`` (a key that is not the coordinator's), ``key_revoked`` / ``expired``
+(a coordinator key outside its window), ``bad_signature`` (forged or altered), ``schema_invalid``
+and the strict JSON codes, ``malformed_key`` / ``weak_key`` (a network or coordinator key the
+trust store would refuse: ``broker/curve.py``).
+
+A directory that opens can therefore always be turned into trust stores: nothing downstream
+(persisting it, passing it on, deriving the node's trust) meets a key it cannot use. The
+coordinator's :func:`sign_directory` refuses such a directory too.
 
 Requests (join, key rotation) are signed the same way with the context ``mlanet-v1:request:``;
 the coordinator decides which keys must have signed (the new key always, the current key too
@@ -27,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.errors import Reason, RefusedMessage, error_location
+from broker.errors import KeyRefused, Reason, RefusedMessage, error_location
 from broker.keys import SigningKey, TrustStore, b64u_decode, b64u_encode
 from broker.strictjson import canonical_bytes, loads_strict
 from schemas.directory import (
@@ -45,6 +51,7 @@ __all__ = [
     "REQUEST_CONTEXT",
     "Request",
     "VerifiedDirectory",
+    "check_listed_keys",
     "coordinator_trust",
     "open_directory",
     "open_request",
@@ -89,11 +96,32 @@ def _validation_detail(exc: ValidationError) -> str:
     )
 
 
+def check_listed_keys(directory: Directory) -> None:
+    """Raise RefusedMessage (``malformed_key`` or ``weak_key``) unless every public key the
+    directory lists, its networks' and its coordinator's, enters a trust store: the same check
+    (:meth:`broker.keys.TrustStore.add_listed`) that the node's trust stores make later."""
+    listed = [
+        ("coordinator", directory.coordinator or "", key) for key in directory.coordinator_keys
+    ]
+    listed += [
+        ("network", network.id, key) for network in directory.networks for key in network.keys
+    ]
+    for role, owner, key in listed:
+        try:
+            TrustStore().add_listed(owner, key)
+        except KeyRefused as refused:
+            # owner and key id are schema-checked identifiers; the detail names the defect only
+            raise RefusedMessage(
+                refused.reason, f"{role} {owner} key {key.key_id}: {refused.detail}"
+            ) from None
+
+
 def sign_directory(directory: Directory, key: SigningKey) -> VerifiedDirectory:
     """The coordinator signs ``directory`` with its key (which must be the directory's
-    coordinator's)."""
+    coordinator's); a directory listing a key no node could use is refused (RefusedMessage)."""
     if directory.coordinator != key.network:
         raise ValueError("the directory names another coordinator than the signing key's")
+    check_listed_keys(directory)
     document = b64u_encode(
         canonical_bytes(directory.model_dump(mode="json", exclude_none=True))
     ).encode("ascii")
@@ -173,6 +201,7 @@ def open_directory(
         ) from None
     if directory.coordinator != signer:
         raise RefusedMessage(Reason.UNAUTHORISED, f"signed by {signer}, not by its coordinator")
+    check_listed_keys(directory)
     return VerifiedDirectory(directory, signed)
 
 

@@ -270,10 +270,35 @@ class Transport:
         except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
             raise TransportError(f"cannot declare the topology ({type(exc).__name__})") from exc
 
-    async def declare_queue(self, queue: str) -> None:
-        """Declare one more durable quorum queue of the node's own (idempotent)."""
-        self._arguments[queue] = {"x-queue-type": "quorum"}
-        await self._channel().declare_queue(queue, durable=True, arguments=self._arguments[queue])
+    async def declare_queue(self, queue: str, *, delivery_limit: int = 5) -> bool:
+        """Declare one more durable quorum queue of the node's own that it consumes, with a
+        delivery limit as the inboxes have: a message that keeps failing is dead-lettered to
+        quarantine. Idempotent; True when the queue has exactly these arguments.
+
+        A queue that exists with other arguments (an older version declared it without a
+        limit) is kept as it is and False is returned: it is never deleted under a publisher,
+        and is consumed as it is. Declared over a short-lived connection of its own, as
+        :meth:`declare` is (a refused declaration closes its channel).
+        """
+        arguments: Arguments = {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": delivery_limit,
+            "x-dead-letter-exchange": UNROUTABLE,
+        }
+        try:
+            connection = await aio_pika.connect(self._url)
+        except (OSError, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
+            raise TransportError(f"cannot connect to the broker ({type(exc).__name__})") from exc
+        try:
+            async with connection:
+                declarer = _Declarer(connection, self._arguments)
+                await declarer.queue(queue, arguments)
+        except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
+            raise TransportError(f"cannot declare {queue} ({type(exc).__name__})") from exc
+        if declarer.mismatched:
+            self._arguments.pop(queue, None)  # consumed as it is (a passive declaration)
+            return False
+        return True
 
     async def publish(
         self,

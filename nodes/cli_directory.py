@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.directory_signing import VerifiedDirectory, open_request
+from broker.directory_signing import VerifiedDirectory, open_directory, open_request
 from broker.errors import MlanetError
 from nodes.cli_common import (
     AdminPasswordFile,
@@ -102,7 +102,7 @@ def show(
     view = book.view(now)
     closed = book.closed(now)
     status = f"EXPIRED: {closed.reason.value}: {closed.detail}" if closed else "valid"
-    warnings = [warning.text() for warning in book.warnings(now)]
+    warnings = [file.text() for file in book.refused] + [w.text() for w in book.warnings(now)]
     if as_json:
         record: dict[str, Any] = {
             "network": cfg.network,
@@ -288,12 +288,23 @@ def publish(
     file: Annotated[Path, typer.Argument(help="A signed directory file.")],
     config: ConfigOption,
 ) -> None:
-    """Hand a signed directory to this node: it checks it, applies it when it is newer and
-    passes it on to its peers (a refused one goes to quarantine with its reason)."""
+    """Hand a signed directory to this node: it applies it when it is newer and passes it on to
+    its peers (one it refuses goes to quarantine with its reason). A file that no node could
+    accept (unsigned, forged, not the coordinator's key, a weak or malformed key, invalid) is
+    refused here, with its reason, and nothing is published."""
     cfg = load_or_exit(config)
     try:
-        asyncio.run(publish_directory(cfg, file.read_bytes()))
+        data = file.read_bytes()
+        trust = DirectoryBook.load(cfg, persist=False).coordinator_trust()
     except (OSError, MlanetError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        open_directory(data, trust, now=datetime.now(UTC))
+    except MlanetError as exc:
+        raise _fail(f"refused, nothing published: {exc}") from None
+    try:
+        asyncio.run(publish_directory(cfg, data))
+    except MlanetError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"handed to the {cfg.network} node")
 

@@ -301,7 +301,7 @@ class Coordinator:
 async def publish_directory(config: NodeConfig, data: bytes) -> None:
     """Put a signed directory on a node's local directory queue (the node checks it)."""
     async with Transport(config.amqp_url()) as transport:
-        await transport.declare_queue(DIRECTORY_QUEUE)
+        await transport.declare_queue(DIRECTORY_QUEUE, delivery_limit=config.limits.delivery_limit)
         await transport.publish(
             DIRECTORY_QUEUE, data, message_id=str(uuid.uuid4()), kind="directory"
         )

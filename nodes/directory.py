@@ -1,13 +1,18 @@
 """The directory a node trusts, and what follows from it: trust store, peers, signing key, expiry.
 
 A node holds one signed directory at a time (:class:`DirectoryBook`). At start it takes the
-newest valid one among its state (``<state_dir>/directory.json``) and the file its
-configuration names (``directory``); afterwards only a directory update can replace it, and
-only with a newer version signed by the coordinator (:meth:`DirectoryBook.consider`):
+newest valid one among its state (``<state_dir>/directory.json``), the one it held before that
+(``directory.previous.json``) and the file its configuration names (``directory``); a file it
+cannot use is named with its reason (:class:`RefusedFile`) and passed over, so the node starts
+on the last good directory it has. A refused state file is moved aside
+(``directory.refused.json``), never overwritten. Afterwards only a directory update can replace
+the held one, and only with a newer version signed by the coordinator
+(:meth:`DirectoryBook.consider`), checked in full before anything is written:
 
 - unsigned -> ``unsigned_directory``; signed by a key that is not the coordinator's ->
   ``unknown_key``; forged or altered -> ``bad_signature``; a coordinator key revoked or out of its
-  window -> ``key_revoked`` / ``expired``;
+  window -> ``key_revoked`` / ``expired``; a network or coordinator key that no trust store
+  would take -> ``malformed_key`` / ``weak_key``;
 - an older version, or one already past its ``valid_until`` -> ``stale_directory``;
 - the same version with other content -> ``equivocation`` (the same content is a no-op).
 
@@ -34,18 +39,27 @@ import structlog
 
 from broker.directory_signing import VerifiedDirectory, coordinator_trust, open_directory
 from broker.errors import ConfigError, KeyRefused, Reason, RefusedMessage
-from broker.keys import SigningKey, TrustStore, b64u_decode, load_signing_key
+from broker.keys import (
+    SigningKey,
+    TrustStore,
+    b64u_decode,
+    load_signing_key,
+    parse_public_key,
+)
 from broker.strictjson import loads_strict
 from nodes.config import NodeConfig, PeerConfig
 from schemas.base import format_timestamp
 from schemas.directory import Directory, NetworkKey
 
 __all__ = [
+    "PREVIOUS_FILE",
+    "REFUSED_FILE",
     "STATE_FILE",
     "DirectoryBook",
     "ExpiryWarning",
     "OlderDirectory",
     "Outcome",
+    "RefusedFile",
     "effective_config",
     "message_trust",
 ]
@@ -53,6 +67,8 @@ __all__ = [
 log = structlog.get_logger("mlanet.directory")
 
 STATE_FILE = "directory.json"
+PREVIOUS_FILE = "directory.previous.json"  # the one held before: a fallback if the state is bad
+REFUSED_FILE = "directory.refused.json"  # a state file found unusable at start, kept aside
 
 
 def _now() -> datetime:
@@ -69,6 +85,19 @@ class Outcome:
 
     state: Literal["applied", "same"]
     verified: VerifiedDirectory
+
+
+@dataclass(frozen=True)
+class RefusedFile:
+    """A directory file found at start that the node cannot use, and why (metadata only)."""
+
+    file: str  # the file's name
+    source: Literal["state", "previous", "config"]
+    reason: Reason
+    detail: str
+
+    def text(self) -> str:
+        return f"{self.file} ({self.source}) refused: {self.reason.value}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -140,13 +169,21 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def _self_listed(data: bytes) -> list[tuple[str, str]]:
     """The coordinator keys a signed directory lists about itself (read before verifying, for
-    the node's own state file only: it was verified when it was written)."""
+    the node's own state files only: they were verified when they were written). A key no trust
+    store takes is left out here; opening the file then refuses it with that key's reason."""
     try:
         frame = loads_strict(data, max_bytes=len(data) + 1, max_depth=8)
         document = Directory.model_validate_json(b64u_decode(frame["document"]))
     except (RefusedMessage, KeyError, TypeError, ValueError):
         return []
-    return [(key.key_id, key.public_key) for key in document.coordinator_keys]
+    listed = []
+    for key in document.coordinator_keys:
+        try:
+            parse_public_key(key.public_key)
+        except KeyRefused:
+            continue
+        listed.append((key.key_id, key.public_key))
+    return listed
 
 
 class DirectoryBook:
@@ -158,55 +195,75 @@ class DirectoryBook:
         held: VerifiedDirectory,
         *,
         clock: Callable[[], datetime] = _now,
+        refused: tuple[RefusedFile, ...] = (),
     ) -> None:
         self.config = config
         self.clock = clock
         self.held = held
+        self.refused = refused  # the files passed over when this book was loaded
 
     # --- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(
         cls, config: NodeConfig, *, clock: Callable[[], datetime] = _now, persist: bool = True
     ) -> DirectoryBook:
-        """The newest valid directory among the node's state and its configured file."""
+        """The newest valid directory among the node's state files and its configured file.
+
+        A file that does not open is passed over (named in :attr:`refused`); ConfigError only
+        when none opens, or the newest does not list this network. With ``persist`` the held
+        directory becomes the state file, a refused state file first moved to REFUSED_FILE."""
         coordinator = config.coordinator
         if coordinator is None:
             raise ConfigError(
                 "no [coordinator] table: the node has no key to check a directory against"
             )
         pinned = [(key.key_id, key.public_key) for key in coordinator.keys]
+        try:
+            coordinator_trust(coordinator.network, pinned)
+        except KeyRefused as exc:
+            raise ConfigError(f"[coordinator] pins a key the node cannot use: {exc}") from None
         now = clock()
         state_path = config.state_dir / STATE_FILE
+        sources: tuple[tuple[Path, Literal["state", "previous", "config"]], ...] = (
+            (state_path, "state"),
+            (config.state_dir / PREVIOUS_FILE, "previous"),
+            (config.directory, "config"),
+        )
         found: list[tuple[VerifiedDirectory, str]] = []
-        problems: list[str] = []
+        refused: list[RefusedFile] = []
+        unreadable = ""
         held: VerifiedDirectory | None = None
-        for path, source in ((state_path, "state"), (config.directory, "config")):
+        for path, source in sources:
+            if source == "previous" and found:
+                continue  # only a fallback: the state file opened
             try:
                 data = path.read_bytes()
             except OSError:
-                if source == "config" and held is None:
-                    problems.append(f"{path.name}: not readable")
+                if source == "config":
+                    unreadable = f"{path.name}: not readable"
                 continue
-            keys = pinned + (_self_listed(data) if source == "state" else [])
-            trust = coordinator_trust(
-                coordinator.network, keys, held.directory if held is not None else None
-            )
+            keys = pinned + (_self_listed(data) if source != "config" else [])
             try:
+                trust = coordinator_trust(
+                    coordinator.network, keys, held.directory if held is not None else None
+                )
                 verified = open_directory(data, trust, now=now)
-            except RefusedMessage as refused:
-                problems.append(f"{path.name} ({source}): {refused}")
+            except (RefusedMessage, KeyRefused) as exc:
+                refused.append(RefusedFile(path.name, source, exc.reason, exc.detail))
                 continue
             found.append((verified, source))
             held = held if held is not None and held.version >= verified.version else verified
-        if not found or held is None:
+        if held is None:
+            problems = [file.text() for file in refused] + ([unreadable] if unreadable else [])
             raise ConfigError("no valid directory: " + "; ".join(problems))
-        for problem in problems:
-            log.warning("directory_file_refused", problem=problem)
         if held.directory.network(config.network) is None:
             raise ConfigError(f"{config.network} is not in directory version {held.version}")
-        if persist and not any(v is held and s == "state" for v, s in found):
-            _write_atomically(state_path, held.to_bytes())
-        return cls(config, held, clock=clock)
+        if persist:
+            if any(file.source == "state" for file in refused):
+                os.replace(state_path, state_path.with_name(REFUSED_FILE))  # kept, not lost
+            if not any(v is held and s == "state" for v, s in found):
+                _write_atomically(state_path, held.to_bytes())
+        return cls(config, held, clock=clock, refused=tuple(refused))
 
     # --- accepting a newer one -------------------------------------------------------------------
     def coordinator_trust(self) -> TrustStore:
@@ -248,11 +305,14 @@ class DirectoryBook:
         return verified
 
     def consider(self, data: bytes | VerifiedDirectory, now: datetime | None = None) -> Outcome:
-        """Check ``data`` and, when it is newer, hold it (persisted before this returns)."""
+        """Check ``data`` and, when it is newer, hold it (persisted before this returns; the
+        one held until then is kept as PREVIOUS_FILE). Nothing is written for a refused one."""
         checked = self.check(data, now or self.clock())
         if isinstance(checked, Outcome):
             return checked
-        _write_atomically(self.config.state_dir / STATE_FILE, checked.to_bytes())
+        state_dir = self.config.state_dir
+        _write_atomically(state_dir / PREVIOUS_FILE, self.held.to_bytes())
+        _write_atomically(state_dir / STATE_FILE, checked.to_bytes())
         self.held = checked
         return Outcome("applied", checked)
 

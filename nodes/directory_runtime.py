@@ -2,7 +2,9 @@
 
 :class:`DirectoryKeeper` owns the node's :class:`~nodes.directory.DirectoryBook` and everything
 that follows from the held directory: the trust store, the peers (the directory's links), the
-contact points and their handovers, the key the node signs with. When a newer directory is
+contact points and their handovers, the key the node signs with. A directory is checked
+in full (signature, schema, every key it lists: ``broker/directory_signing.py``) before anything
+is written or sent; a refused one is quarantined with its reason. When a newer directory is
 accepted it
 
 1. persists it (the book), then swaps the node's trust store, routes, peers and signing key;
@@ -81,6 +83,16 @@ class DirectoryKeeper:
         self.base = config
         self.clock = clock
         self.book = DirectoryBook.load(config, clock=clock)
+        for refused in self.book.refused:  # one line per file passed over, then go on
+            say = log.error if refused.source != "config" else log.warning
+            say(
+                "directory_file_refused",
+                file=refused.file,
+                source=refused.source,
+                reason=refused.reason.value,
+                detail=refused.detail,
+                version=self.book.version,
+            )
         self._lock = asyncio.Lock()
         self._pending_flood: tuple[VerifiedDirectory, str | None] | None = None
         self._reconciled = True
@@ -143,7 +155,12 @@ class DirectoryKeeper:
     async def start(self, node: Node) -> None:
         """Once the node's own topology is there: the local directory queue, peer access,
         handovers, and an announcement of what this node holds to its peers."""
-        await node.transport.declare_queue(DIRECTORY_QUEUE)
+        # With a delivery limit, as every queue the node consumes: a directory that fails
+        # other than by a refusal goes to quarantine after a few deliveries, never round again.
+        if not await node.transport.declare_queue(
+            DIRECTORY_QUEUE, delivery_limit=node.config.limits.delivery_limit
+        ):
+            log.warning("queue_declared_otherwise", queue=DIRECTORY_QUEUE)
 
         async def on_local(incoming: Incoming) -> None:
             await node._settle(incoming, self._local(node, incoming))
@@ -235,7 +252,19 @@ class DirectoryKeeper:
         return True
 
     async def _local(self, node: Node, incoming: Incoming) -> None:
-        """A signed directory handed to this node by its operator (or the coordinator)."""
+        """A signed directory handed to this node by its operator (or the coordinator).
+
+        Refused -> quarantined with its reason, then acked: never requeued. One that keeps
+        failing otherwise is quarantined as ``delivery_limit``: by the queue's own limit, and
+        here once it has been delivered ``delivery_limit`` times (so also on a queue that an
+        older version declared without a limit)."""
+        limit = node.config.limits.delivery_limit
+        if incoming.delivery_count >= limit:
+            refused = RefusedMessage(
+                Reason.DELIVERY_LIMIT, f"not settled after {incoming.delivery_count} deliveries"
+            )
+            await node.quarantine(incoming.body, refused, DIRECTORY_QUEUE)
+            return
         try:
             outcome = await self.apply(node, incoming.body, None)
         except RefusedMessage as refused:
@@ -256,7 +285,10 @@ class DirectoryKeeper:
             return False
         try:
             outcome = await self.apply(node, signed, "a message not yet verifiable")
-        except RefusedMessage:
+        except RefusedMessage as carried:
+            # the message is quarantined for its own refusal; this says why its directory
+            # did not help
+            log.warning("directory_refused", source="salvage", reason=carried.reason.value)
             return False
         return outcome.state == "applied"
 

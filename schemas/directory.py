@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 _B64U_SIGNATURE = r"^[A-Za-z0-9_-]{86}$"
+_B64U_SIGNATURE_OR_NONE = r"^(?:[A-Za-z0-9_-]{86})?$"
 # A signed directory document fits a message (the 256 KiB cap) with room for the envelope.
 MAX_DOCUMENT_CHARS = 240_000
 _MAX_SUCCESSORS = 8
@@ -257,13 +258,17 @@ class Directory(WireModel):
 
 class SignedDirectory(WireModel):
     """A directory as the coordinator signed it: ``document`` is B64U of the directory's JSON
-    bytes, ``signature`` B64U of Ed25519 over ``mlanet-v1:directory:`` + ``document``."""
+    bytes, ``signature`` B64U of Ed25519 over ``mlanet-v1:directory:`` + ``document``.
+
+    A missing or empty ``signature`` is well formed here, so that opening the directory
+    (``broker/directory_signing.py``) refuses it with its own reason, ``unsigned_directory``,
+    wherever it arrives (a file, the local queue, a ``directory_update`` from a peer)."""
 
     mlanet_directory: Literal[1]
     signer: NetworkId
     key_id: KeyId
     document: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=MAX_DOCUMENT_CHARS)
-    signature: str = Field(pattern=_B64U_SIGNATURE)
+    signature: str = Field(default="", pattern=_B64U_SIGNATURE_OR_NONE)
 
 
 class JoinRequest(WireModel):
