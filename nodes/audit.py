@@ -16,7 +16,8 @@ cutting records off the end is noticed too. (Trails written by earlier versions 
 record on its own: those signatures are still checked.)
 
 The log is a table in ``<state_dir>/audit.sqlite3`` (WAL, ``synchronous=NORMAL`` like the node's
-state: a committed record survives the death of the process). The node appends in group
+state: a committed record survives the death of the process; owner-only like the rest of the
+state, ``nodes/state_dir.py``). The node appends in group
 commits: records accumulate in memory and are written in one transaction, with one checkpoint,
 before any delivery they are about is acked. The ``mlanet quarantine`` commands append operator
 actions from another process, one committed record at a time (``BEGIN IMMEDIATE`` serialises
@@ -45,6 +46,7 @@ from broker import MlanetError, RefusedMessage, SigningKey, TrustStore, canonica
 from broker.errors import Reason
 from broker.keys import b64u_decode, b64u_encode
 from broker.strictjson import loads_strict
+from nodes import state_dir
 from nodes.observe import Flow, Observer
 from schemas.base import format_timestamp
 
@@ -157,14 +159,14 @@ class AuditLog:
         # appended, not yet written: (time, event, cleaned meta)
         self._buffer: list[tuple[float, str, dict[str, Any]]] = []
         self._before_commit: list[Callable[[], None]] = []
+        state_dir.secure(path.parent)  # owner-only, or ConfigError with what to run
         try:
             if readonly:
                 if not path.exists():
                     raise AuditError(f"no audit trail at {path.name}")
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(path, isolation_level=None)
+                self._db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)

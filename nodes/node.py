@@ -51,7 +51,7 @@ from broker.transport import (
     out_queue,
     peer_inbox,
 )
-from nodes import crashpoints
+from nodes import crashpoints, state_dir
 from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper
@@ -90,6 +90,7 @@ class Node:
     """One network's node. ``run()`` until ``stop()``."""
 
     def __init__(self, config: NodeConfig, *, clock: Callable[[], datetime] = _now) -> None:
+        state_dir.secure(config.state_dir)  # owner-only before anything in it is read or written
         self.clock = clock
         # The newest valid signed directory: peers, trust, routes and contact points follow it,
         # and follow its updates while the node runs (nodes/directory_runtime.py).
