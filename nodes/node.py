@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -46,6 +45,8 @@ from broker.transport import (
     Incoming,
     Topology,
     Transport,
+    body_sha256,
+    body_size,
     deliver_queue,
     inbox_exchange,
     out_queue,
@@ -110,7 +111,8 @@ class Node:
         self._commit: asyncio.Future[None] | None = None
         self._commit_timer: asyncio.TimerHandle | None = None
         self._working = 0  # deliveries being handled that have not yet asked for their commit
-        self.transport = Transport(config.amqp_url())
+        # a body above the size cap is never read whole (broker/amqp_decode.py)
+        self.transport = Transport(config.amqp_url(), max_body=config.limits.max_message_bytes)
         self._stop = asyncio.Event()
         self._topology_doubt = asyncio.Event()  # a publish failed: is a queue missing?
         self.ready = asyncio.Event()
@@ -456,8 +458,8 @@ class Node:
             kept = body[: self.config.limits.max_message_bytes]
             truncated = {
                 "x-mlanet-truncated": "true",
-                "x-mlanet-size": str(len(body)),
-                "x-mlanet-sha256": b64u_encode(hashlib.sha256(body).digest()),
+                "x-mlanet-size": str(body_size(body)),  # of the whole body, also when the
+                "x-mlanet-sha256": b64u_encode(body_sha256(body)),  # transport cut it
             }
         with bound_contextvars(quarantine_id=entry_id, **log_context(seen)):
             await self.transport.publish(
