@@ -5,6 +5,7 @@ everyone may enter, as /etc or /srv would be. Every state file is refused to it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import subprocess
@@ -68,6 +69,8 @@ def read_as_nobody(path: Path) -> subprocess.CompletedProcess[bytes]:
 
 
 async def test_another_local_user_reads_none_of_the_state(open_fed: Federation) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test reads the state as the user nobody (setpriv): run it as root")
     fed = open_fed
     request = facilitation_request("kh-cp-1", "UZ", summary=SUMMARY)
     async with running(fed, "seajust", "casc"):
