@@ -1,4 +1,5 @@
-"""Total decoding of AMQP frames: a peer's bytes must never break the node's connection.
+"""Total, bounded decoding of AMQP frames: a peer's bytes must never break the node's
+connection, nor fill its memory.
 
 A peer controls every byte of its messages' properties and routing key, and RabbitMQ passes them
 on unchanged. pamqp (under aio-pika) raises on some of them: a short string that is not UTF-8
@@ -23,16 +24,37 @@ type. Other frames that cannot be read still raise: those are framing errors of 
 node never trusts properties (``docs/PROTOCOL.md`` section 12); the pipeline compares the few it
 checks (``content_type``, ``content_encoding``) with exact values, which a replaced value
 never equals.
+
+A peer's bytes must not exhaust the node's memory either. aiormq assembles a message body from
+its frames in memory before anyone sees it, up to RabbitMQ's ``max_message_size`` (128 MiB by
+default), ``prefetch`` times at once. A connection opened with :class:`BodyCap` never does that
+for a body above its cap: the content header announces the body's size, and from there on the
+body frames of that channel are read one at a time and only hashed, keeping the first
+``max_body + 1`` bytes (over the cap for every check that reads the length). The delivery then
+arrives with that prefix as its body and two headers only this module sets (the same names
+sent by a peer are removed): :data:`CUT_SIZE`, the whole size, and :data:`CUT_SHA256`, the
+SHA-256 of the whole body, so that the node refuses it as ``oversized`` and quarantines what it
+keeps of it. Nothing is lost and the connection stays open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import hashlib
 import struct
+import weakref
+from collections import deque
+from typing import Any
 
+import aiormq.connection
+from aiormq.connection import FrameReceiver, TCPTransportFactory, TLSTransportFactory
 from pamqp import commands, common, decode, header
+from pamqp.body import ContentBody
+from pamqp.heartbeat import Heartbeat
+from yarl import URL
 
-__all__ = ["MAX_NESTING", "harden"]
+__all__ = ["CUT_SHA256", "CUT_SIZE", "MAX_NESTING", "BodyCap", "harden"]
 
 MAX_NESTING = 16
 
@@ -156,11 +178,107 @@ def _header_unmarshal(self: header.ContentHeader, data: bytes) -> None:
         self.properties = commands.Basic.Properties()
 
 
+# --- bodies above the cap are never assembled -------------------------------------------------
+CUT_SIZE = "x-mlanet-cut-size"  # the whole body's size, on a delivery whose body was cut
+CUT_SHA256 = "x-mlanet-cut-sha256"  # the SHA-256 of the whole body (hex)
+_CUT_HEADERS = (CUT_SIZE, CUT_SHA256)
+_caps: weakref.WeakKeyDictionary[asyncio.StreamReader, int] = weakref.WeakKeyDictionary()
+
+
+class BodyCap(aiormq.connection.TransportFactory):
+    """Opens aiormq's socket (TCP, or TLS for ``amqps``) for a connection on which no body above
+    ``max_body`` bytes is assembled (pass it as aiormq's ``transport_factory``)."""
+
+    def __init__(self, max_body: int) -> None:
+        if max_body < 1:
+            raise ValueError("max_body must be positive")
+        self.max_body = max_body
+
+    async def create(
+        self, url: URL, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        plain = TLSTransportFactory() if url.scheme == "amqps" else TCPTransportFactory()
+        reader, writer = await plain.create(url, **kwargs)
+        _caps[reader] = self.max_body
+        return reader, writer
+
+
+class _Cut:
+    """A body being read past: hashed whole, its first ``keep`` bytes kept."""
+
+    def __init__(self, content: header.ContentHeader, keep: int) -> None:
+        self.header = content
+        self.keep = keep
+        self.kept = bytearray()
+        self.read = 0
+        self.digest = hashlib.sha256()
+
+    def feed(self, value: bytes) -> bool:
+        """Take one body frame; True once the whole body has been read."""
+        self.digest.update(value)
+        self.read += len(value)
+        if len(self.kept) < self.keep:
+            self.kept += value[: self.keep - len(self.kept)]
+        return self.read >= self.header.body_size
+
+    def frames(self) -> tuple[header.ContentHeader, ContentBody]:
+        """The header and the one body frame the channel gets instead."""
+        headers = dict(self.header.properties.headers or {})
+        headers[CUT_SIZE] = self.header.body_size
+        headers[CUT_SHA256] = self.digest.hexdigest()
+        self.header.properties.headers = headers
+        self.header.body_size = len(self.kept)
+        return self.header, ContentBody(bytes(self.kept))
+
+
+def _without_cut_headers(content: header.ContentHeader) -> None:
+    headers = content.properties.headers
+    if headers and any(name in headers for name in _CUT_HEADERS):
+        content.properties.headers = {k: v for k, v in headers.items() if k not in _CUT_HEADERS}
+
+
+class _Receiver(FrameReceiver):
+    """aiormq's frame reader; on a :class:`BodyCap` connection, a body above the cap is read
+    frame by frame and handed on cut (see the module docstring). Frames read past are handed
+    on as heartbeats (the connection sees traffic, no channel sees them)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        super().__init__(reader)
+        self._cap = _caps.get(reader)
+        self._cutting: dict[int, _Cut] = {}
+        self._ready: deque[aiormq.connection.ReceivedFrame] = deque()
+
+    async def get_frame(self) -> aiormq.connection.ReceivedFrame:
+        if self._ready:
+            return self._ready.popleft()
+        weight, channel, frame = await super().get_frame()
+        if self._cap is None:
+            return weight, channel, frame
+        cut = self._cutting.get(channel)
+        if cut is not None:
+            if not isinstance(frame, ContentBody):  # not a body frame: a framing error
+                del self._cutting[channel]
+                return weight, channel, frame
+            if not cut.feed(frame.value):
+                return weight, 0, Heartbeat()
+            del self._cutting[channel]
+            content, body = cut.frames()
+            self._ready.append((0, channel, body))
+            return weight, channel, content
+        if isinstance(frame, header.ContentHeader):
+            _without_cut_headers(frame)
+            if frame.body_size > self._cap:
+                self._cutting[channel] = _Cut(frame, self._cap + 1)
+                return weight, 0, Heartbeat()
+        return weight, channel, frame
+
+
 _hardened = False
 
 
 def harden() -> None:
-    """Install the total decoders into pamqp (idempotent)."""
+    """Install the total decoders into pamqp, and the frame reader that cuts a
+    :class:`BodyCap` connection's bodies into aiormq (idempotent)."""
     global _hardened
     if _hardened:
         return
@@ -176,4 +294,5 @@ def harden() -> None:
     decode.TABLE_MAPPING[b"F"] = field_table
     decode.TABLE_MAPPING[b"A"] = field_array
     header.ContentHeader.unmarshal = _header_unmarshal  # type: ignore[method-assign]
+    aiormq.connection.FrameReceiver = _Receiver  # type: ignore[misc]  # a BodyCap's bodies
     _hardened = True

@@ -4,12 +4,18 @@ A :class:`Transport` holds one robust connection to a network's own broker, decl
 topology idempotently, publishes with publisher confirms and mandatory routing (a message the
 broker could not route raises, it is never treated as sent), and consumes with manual acks.
 Everything else in mlanet sees :class:`Incoming` and plain bytes.
+
+With ``max_body``, no body above that size is ever assembled in memory on the robust connection
+(``broker/amqp_decode.py``): such a delivery arrives as a :class:`CutBody`, its first
+``max_body + 1`` bytes with the whole body's size and SHA-256, for the node to refuse as
+``oversized``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -19,16 +25,20 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from pamqp.common import Arguments
+from yarl import URL
 
-from broker.amqp_decode import harden
+from broker.amqp_decode import CUT_SHA256, CUT_SIZE, BodyCap, harden
 from broker.errors import TransportError
 
 __all__ = [
     "CONTENT_TYPE",
+    "CutBody",
     "Held",
     "Incoming",
     "Topology",
     "Transport",
+    "body_sha256",
+    "body_size",
     "deliver_queue",
     "inbox_exchange",
     "out_queue",
@@ -82,6 +92,31 @@ class Topology:
             *(out_queue(peer) for peer in self.peers),
             *(deliver_queue(cp) for cp in self.contact_points),
         ]
+
+
+class CutBody(bytes):
+    """The first bytes of a body too large to be read whole: ``size`` is the whole body's size
+    and ``sha256`` its digest (see ``broker/amqp_decode.py``). Longer than the cap it was cut
+    at, so that every check of the length refuses it."""
+
+    size: int
+    sha256: bytes
+
+    def __new__(cls, kept: bytes, size: int, sha256: bytes) -> CutBody:
+        body = super().__new__(cls, kept)
+        body.size = size
+        body.sha256 = sha256
+        return body
+
+
+def body_size(body: bytes) -> int:
+    """The size of the whole body (also of one the transport cut)."""
+    return body.size if isinstance(body, CutBody) else len(body)
+
+
+def body_sha256(body: bytes) -> bytes:
+    """The SHA-256 of the whole body (also of one the transport cut)."""
+    return body.sha256 if isinstance(body, CutBody) else hashlib.sha256(body).digest()
 
 
 @dataclass
@@ -150,11 +185,16 @@ class _Declarer:
         await (declared.unbind(target) if unbind else declared.bind(target))
 
 
-def _incoming(raw: AbstractIncomingMessage) -> Incoming:
+def _incoming(raw: AbstractIncomingMessage, *, capped: bool = False) -> Incoming:
+    """``capped``: read on a BodyCap connection, where only amqp_decode sets the cut headers."""
     headers = dict(raw.headers or {})
     count = headers.get("x-delivery-count", 0)
+    body = raw.body
+    size, digest = headers.pop(CUT_SIZE, None), headers.pop(CUT_SHA256, None)
+    if capped and isinstance(size, int) and isinstance(digest, str):
+        body = CutBody(body, size, bytes.fromhex(digest))
     return Incoming(
-        body=raw.body,
+        body=body,
         exchange=raw.exchange or "",
         routing_key=raw.routing_key or "",
         redelivered=bool(raw.redelivered),
@@ -187,8 +227,9 @@ class Held:
 class Transport:
     """One node's connection to its own broker."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, max_body: int | None = None) -> None:
         self._url = url
+        self._max_body = max_body  # no body above it is assembled: broker/amqp_decode.py
         self._connection: AbstractRobustConnection | None = None
         self._publish: aio_pika.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
@@ -208,7 +249,11 @@ class Transport:
 
     async def connect(self) -> None:
         try:
-            self._connection = await aio_pika.connect_robust(self._url, reconnect_interval=1)
+            connection = aio_pika.RobustConnection(URL(self._url), reconnect_interval=1)
+            if self._max_body is not None:  # aiormq's socket, also on every reconnection
+                connection.kwargs["transport_factory"] = BodyCap(self._max_body)
+            await connection.connect()
+            self._connection = connection
             self._publish = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
@@ -362,8 +407,10 @@ class Transport:
         else:
             declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
 
+        capped = self._max_body is not None
+
         async def on_message(raw: AbstractIncomingMessage) -> None:
-            await handler(_incoming(raw))
+            await handler(_incoming(raw, capped=capped))
 
         await declared.consume(on_message, no_ack=False)
 
@@ -374,7 +421,7 @@ class Transport:
         raw = await declared.get(no_ack=False, fail=False)
         if raw is None:
             return None
-        return _incoming(raw)
+        return _incoming(raw, capped=self._max_body is not None)
 
     @contextlib.asynccontextmanager
     async def holding(self, queue: str, *, lock: str, within: float = 30.0) -> AsyncIterator[Held]:

@@ -16,11 +16,12 @@ cutting records off the end is noticed too. (Trails written by earlier versions 
 record on its own: those signatures are still checked.)
 
 The log is a table in ``<state_dir>/audit.sqlite3`` (WAL, ``synchronous=NORMAL`` like the node's
-state: a committed record survives the death of the process). The node appends in group
-commits: records accumulate in memory and are written in one transaction, with one checkpoint,
-before any delivery they are about is acked. The ``mlanet quarantine`` commands append operator
-actions from another process, one committed record at a time (``BEGIN IMMEDIATE`` serialises
-the writers; each holds the lock only while it writes).
+state: a committed record survives the death of the process; owner-only like the rest of the
+state, ``nodes/state_dir.py``). The node appends in group commits: records accumulate in memory
+and are written in one transaction, with one checkpoint, before any delivery they are about is
+acked. The ``mlanet quarantine`` commands append operator actions from another process, and
+``mlanet inbox`` a message it refuses when a contact point reads it, one committed record at a
+time (``BEGIN IMMEDIATE`` serialises the writers; each holds the lock only while it writes).
 
 :func:`verify_audit` walks the chain and names the first record that was altered, removed or
 reordered; :class:`AuditTrail` is the observer (``nodes/observe.py``) that writes the node's
@@ -45,6 +46,7 @@ from broker import MlanetError, RefusedMessage, SigningKey, TrustStore, canonica
 from broker.errors import Reason
 from broker.keys import b64u_decode, b64u_encode
 from broker.strictjson import loads_strict
+from nodes import state_dir
 from nodes.observe import Flow, Observer
 from schemas.base import format_timestamp
 
@@ -57,6 +59,8 @@ __all__ = [
     "AuditRecord",
     "AuditTrail",
     "Verdict",
+    "flow_meta",
+    "refusal",
     "verify_audit",
 ]
 
@@ -157,14 +161,14 @@ class AuditLog:
         # appended, not yet written: (time, event, cleaned meta)
         self._buffer: list[tuple[float, str, dict[str, Any]]] = []
         self._before_commit: list[Callable[[], None]] = []
+        state_dir.secure(path.parent)  # owner-only, or ConfigError with what to run
         try:
             if readonly:
                 if not path.exists():
                     raise AuditError(f"no audit trail at {path.name}")
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(path, isolation_level=None)
+                self._db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
@@ -483,7 +487,8 @@ def verify_audit(
 
 
 # --- the node's records, through the observer seam -----------------------------------------
-def _flow(flow: Flow | None) -> dict[str, MetaValue]:
+def flow_meta(flow: Flow | None) -> dict[str, MetaValue]:
+    """A message's identifiers as record metadata (nothing when none could be read)."""
     if flow is None:
         return {}
     return {
@@ -491,6 +496,22 @@ def _flow(flow: Flow | None) -> dict[str, MetaValue]:
         "origin": flow.origin,
         "destination": flow.destination,
         "kind": flow.kind,
+    }
+
+
+def refusal(
+    about: Mapping[str, MetaValue], quarantine_id: str, reason: str, detail: str, via: str
+) -> dict[str, MetaValue]:
+    """The metadata of a ``refused`` record: the message (``about``), its quarantine entry,
+    the reason code and its metadata-only detail, and the way it came (a peer's inbox
+    exchange, ``mlanet.submit``, or a contact point's delivery queue when it was refused as
+    the contact point read it)."""
+    return {
+        **about,
+        "quarantine_id": quarantine_id,
+        "reason": reason,
+        "detail": detail,
+        "via": via,
     }
 
 
@@ -519,26 +540,19 @@ class AuditTrail(Observer):
     def _outcome(self, flow: Flow | None) -> dict[str, MetaValue]:
         if flow is None:
             return {}
-        return self._accepted.pop(flow.message_id, None) or _flow(flow)
+        return self._accepted.pop(flow.message_id, None) or flow_meta(flow)
 
     def received(self, sender: str, flow: Flow) -> None:
-        self._accepted[flow.message_id] = {**_flow(flow), "from": sender}
+        self._accepted[flow.message_id] = {**flow_meta(flow), "from": sender}
 
     def submitted(self, contact_point: str, flow: Flow) -> None:
-        self.audit.append("accepted", {**_flow(flow), "from": contact_point, "via": "submit"})
+        self.audit.append("accepted", {**flow_meta(flow), "from": contact_point, "via": "submit"})
 
     def quarantined(
         self, quarantine_id: str, reason: str, detail: str, via: str, flow: Flow | None
     ) -> None:
         self.audit.append(
-            "refused",
-            {
-                **self._outcome(flow),
-                "quarantine_id": quarantine_id,
-                "reason": reason,
-                "detail": detail,
-                "via": via,
-            },
+            "refused", refusal(self._outcome(flow), quarantine_id, reason, detail, via)
         )
 
     def forwarded(self, peer: str, flow: Flow) -> None:

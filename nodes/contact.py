@@ -16,11 +16,14 @@ from broker import (
     TrustStore,
     canonical_bytes,
     decode_payload,
+    load_signing_key,
     open_envelope,
 )
-from broker.transport import QUARANTINE, SUBMIT, Transport, deliver_queue
+from broker.transport import QUARANTINE, SUBMIT, Incoming, Transport, deliver_queue
+from nodes.audit import AUDIT_FILE, AuditLog, flow_meta, refusal
 from nodes.config import NodeConfig
 from nodes.directory import message_trust
+from nodes.quarantine import claim
 from nodes.store import OutboxEntry, Store, TrackEvent
 from schemas import WireModel, payload_model
 from schemas.submission import Submission
@@ -157,7 +160,7 @@ async def take_delivered(
 
     Verification is against the node's directory now: a message whose signing key was revoked
     (or expired) since the node delivered it is not handed over; it goes to quarantine with its
-    reason (published with a confirm before it leaves the delivery queue)."""
+    reason (see :func:`_refuse_delivered`)."""
     taken = []
     queue = deliver_queue(contact_point)
     while (incoming := await transport.get(queue)) is not None:
@@ -169,26 +172,7 @@ async def take_delivered(
                 now=datetime.now(UTC),
             )
         except RefusedMessage as refused:
-            await transport.publish(
-                QUARANTINE,
-                incoming.body,
-                message_id=str(uuid.uuid4()),
-                kind="refused",
-                headers={
-                    "x-mlanet-reason": refused.reason.value,
-                    "x-mlanet-detail": refused.detail,
-                    "x-mlanet-via": queue,
-                    "x-mlanet-at": datetime.now(UTC).isoformat(),
-                },
-            )
-            await incoming.ack()
-            if incoming.message_id:  # in the node's database, where `mlanet track` reads
-                tracking = Store(config.state_dir / "node.sqlite3")
-                try:
-                    tracking.event(incoming.message_id, "quarantined", f"at delivery: {refused}")
-                finally:
-                    tracking.close()
-            log.warning("refused_at_delivery", reason=refused.reason.value, via=queue)
+            await _refuse_delivered(config, transport, incoming, refused, queue)
             continue
         header = message.header
         new = store.inbox_add(
@@ -207,6 +191,51 @@ async def take_delivered(
         if on_taken is not None:
             on_taken(taken[-1])
     return taken
+
+
+async def _refuse_delivered(
+    config: NodeConfig,
+    transport: Transport,
+    incoming: Incoming,
+    refused: RefusedMessage,
+    queue: str,
+) -> None:
+    """Quarantine a message of a delivery queue that no longer verifies, and take it out.
+
+    Published to quarantine with a confirm, then recorded in the audit trail (a ``refused``
+    record, its ``via`` the delivery queue) and where ``mlanet track`` reads, and only then
+    acked: a refusal is never taken out of the queue unrecorded (if this stops half-way, the
+    message is still in the delivery queue, and is refused again next time). The audit trail is
+    opened, with the node's signing key, before anything is published."""
+    entry_id = str(uuid.uuid4())  # the quarantine entry's id (mlanet quarantine show ID)
+    flow = claim(incoming.body, max_bytes=config.limits.max_message_bytes).flow()
+    with AuditLog(config.state_dir / AUDIT_FILE, load_signing_key(config.signing_key)) as audit:
+        await transport.publish(
+            QUARANTINE,
+            incoming.body,
+            message_id=entry_id,
+            kind="refused",
+            headers={
+                "x-mlanet-reason": refused.reason.value,
+                "x-mlanet-detail": refused.detail,
+                "x-mlanet-via": queue,
+                "x-mlanet-at": datetime.now(UTC).isoformat(),
+            },
+        )
+        audit.append(
+            "refused",
+            refusal(flow_meta(flow), entry_id, refused.reason.value, refused.detail, queue),
+        )
+    if incoming.message_id:  # in the node's database, where `mlanet track` reads
+        tracking = Store(config.state_dir / "node.sqlite3")
+        try:
+            tracking.event(incoming.message_id, "quarantined", f"at delivery: {refused}")
+        finally:
+            tracking.close()
+    await incoming.ack()
+    log.warning(
+        "refused_at_delivery", reason=refused.reason.value, via=queue, quarantine_id=entry_id
+    )
 
 
 @dataclass(frozen=True)

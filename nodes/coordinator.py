@@ -26,6 +26,7 @@ from broker.directory_signing import (
 from broker.errors import ConfigError, Reason, RefusedMessage
 from broker.keys import SigningKey, load_signing_key
 from broker.transport import Transport
+from nodes import state_dir
 from nodes.config import NodeConfig
 from nodes.directory import DirectoryBook
 from nodes.directory_runtime import DIRECTORY_QUEUE
@@ -286,10 +287,10 @@ class Coordinator:
         if not any(k.key_id == self.key.key_id for k in directory.coordinator_keys):
             raise _refuse("the directory does not list the coordinator key that signs it")
         verified = sign_directory(directory, self.key)
-        path = self.config.state_dir / ISSUED_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = state_dir.secure(self.config.state_dir) / ISSUED_FILE
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(verified.to_bytes())
+        tmp.chmod(0o600)  # owner-only like the rest of the state
         tmp.replace(path)
         return verified
 

@@ -40,6 +40,7 @@ from broker.keys import b64u_decode, generate_key_files, load_public_key_file, l
 from broker.management import Management, ManagementEndpoint
 from broker.peer_access import grant_peer, rabbit_password_hash
 from broker.transport import Transport
+from nodes import state_dir
 from nodes.operator.auth import hash_password
 from schemas.directory import Directory
 
@@ -227,6 +228,7 @@ def build(
     for network, (name, members) in nodes.items():
         folder = root / network
         folder.mkdir(parents=True, exist_ok=True)
+        state_dir.secure(folder / "state")  # the node's state_dir: owner-only
         key_path = folder / f"{network}.1.key"
         if not key_path.exists():
             generate_key_files(folder, network, "ed25519:1")

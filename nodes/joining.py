@@ -25,6 +25,7 @@ from broker.keys import generate_key_files, load_public_key_file, load_signing_k
 from broker.management import Management, ManagementEndpoint
 from broker.peer_access import grant_peer, inbox_write_pattern, rabbit_password_hash
 from broker.strictjson import canonical_bytes
+from nodes import state_dir
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory import DirectoryBook
 from schemas.directory import JoinRequest, KeyRotationRequest, NetworkEntry, NetworkKey
@@ -79,6 +80,7 @@ def init_network(
     if key_path.exists():
         raise ConfigError(f"{key_path.name} exists: this folder was initialised already")
     key_path, _ = generate_key_files(folder, network, "ed25519:1")
+    state_dir.secure(folder / "state")  # the node's state_dir (node.toml below): owner-only
     key = load_signing_key(key_path)
     _secret(folder / "broker.password")
     # the link user is not the node's user: at each peer it may only write one inbox exchange

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -46,12 +45,14 @@ from broker.transport import (
     Incoming,
     Topology,
     Transport,
+    body_sha256,
+    body_size,
     deliver_queue,
     inbox_exchange,
     out_queue,
     peer_inbox,
 )
-from nodes import crashpoints
+from nodes import crashpoints, state_dir
 from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper
@@ -91,6 +92,7 @@ class Node:
     """One network's node. ``run()`` until ``stop()``."""
 
     def __init__(self, config: NodeConfig, *, clock: Callable[[], datetime] = _now) -> None:
+        state_dir.secure(config.state_dir)  # owner-only before anything in it is read or written
         self.clock = clock
         # The newest valid signed directory: peers, trust, routes and contact points follow it,
         # and follow its updates while the node runs (nodes/directory_runtime.py).
@@ -110,7 +112,8 @@ class Node:
         self._commit: asyncio.Future[None] | None = None
         self._commit_timer: asyncio.TimerHandle | None = None
         self._working = 0  # deliveries being handled that have not yet asked for their commit
-        self.transport = Transport(config.amqp_url())
+        # a body above the size cap is never read whole (broker/amqp_decode.py)
+        self.transport = Transport(config.amqp_url(), max_body=config.limits.max_message_bytes)
         broker = config.broker
         self.reconciler = Reconciler(
             ManagementEndpoint(
@@ -445,8 +448,8 @@ class Node:
             kept = body[: self.config.limits.max_message_bytes]
             truncated = {
                 "x-mlanet-truncated": "true",
-                "x-mlanet-size": str(len(body)),
-                "x-mlanet-sha256": b64u_encode(hashlib.sha256(body).digest()),
+                "x-mlanet-size": str(body_size(body)),  # of the whole body, also when the
+                "x-mlanet-sha256": b64u_encode(body_sha256(body)),  # transport cut it
             }
         with bound_contextvars(quarantine_id=entry_id, **log_context(seen)):
             await self.transport.publish(

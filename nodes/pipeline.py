@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from broker import Reason, RefusedMessage, SignedMessage, TrustStore, decode_payload, open_envelope
 from broker.routing import Deliver, Routing, route
-from broker.transport import CONTENT_TYPE
+from broker.transport import CONTENT_TYPE, body_size
 from nodes.config import NodeConfig
 from nodes.store import Seen, Store
 from schemas import WireModel
@@ -53,9 +53,9 @@ class Properties:
 
 
 def size_cap(body: bytes, config: NodeConfig) -> None:
-    if len(body) > config.limits.max_message_bytes:
+    if len(body) > config.limits.max_message_bytes:  # body_size: of a body the transport cut too
         raise RefusedMessage(
-            Reason.OVERSIZED, f"{len(body)} bytes > {config.limits.max_message_bytes}"
+            Reason.OVERSIZED, f"{body_size(body)} bytes > {config.limits.max_message_bytes}"
         )
 
 

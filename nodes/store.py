@@ -5,6 +5,10 @@ transaction when the process dies; an operating-system crash can lose the last o
 ``docs/OPERATIONS.md``). Holds metadata and the signed bytes of messages this node originated
 (for resending); it never writes case content anywhere else. One writer: the node process;
 the CLI opens it read-only except for a contact point's inbox archive.
+
+Case content at rest is owner-only: the state folder is checked (and created 0700) before a
+database in it is opened, and a new database file is created 0600, which SQLite passes on to
+its ``-wal`` and ``-shm`` files (``nodes/state_dir.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from nodes import state_dir
 
 __all__ = ["OutboxEntry", "Seen", "Store", "TrackEvent"]
 
@@ -111,11 +117,11 @@ class Store:
         # each at the commit (readers of this connection see them: _write_pending first).
         self._seen_rows: dict[tuple[str, str], tuple[str, str, str, str, float]] = {}
         self._event_rows: list[tuple[float, str, str, str]] = []
-        path.parent.mkdir(parents=True, exist_ok=True)
+        state_dir.secure(path.parent)
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         else:
-            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)

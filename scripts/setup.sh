@@ -48,6 +48,26 @@ done
 curl -fsS -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null \
   || { log "the RabbitMQ management API does not answer on 127.0.0.1:15672"; exit 1; }
 
+# The largest message RabbitMQ accepts: mlanet's size cap (256 KiB, docs/PROTOCOL.md section 4)
+# plus 64 KiB for the hop records relays add. With RabbitMQ's default (128 MiB) a peer makes a
+# node hold prefetch x 128 MiB. RabbitMQ 3.10 has only a global setting: set now (for new
+# channels) and in the broker's config file (after a restart). See docs/OPERATIONS.md.
+MAX_MESSAGE_SIZE=327680
+if command -v rabbitmqctl >/dev/null 2>&1; then
+  rabbit_conf="${RABBITMQ_CONFIG_FILE:-/etc/rabbitmq/rabbitmq.conf}"
+  if ! grep -qx "max_message_size = $MAX_MESSAGE_SIZE" "$rabbit_conf" 2>/dev/null; then
+    log "setting max_message_size = $MAX_MESSAGE_SIZE in $rabbit_conf"
+    $SUDO mkdir -p "$(dirname "$rabbit_conf")"
+    $SUDO touch "$rabbit_conf"
+    $SUDO sed -i '/^[[:space:]]*max_message_size[[:space:]]*=/d' "$rabbit_conf"
+    echo "max_message_size = $MAX_MESSAGE_SIZE" | $SUDO tee -a "$rabbit_conf" >/dev/null
+  fi
+  $SUDO rabbitmqctl -q eval "application:set_env(rabbit, max_message_size, $MAX_MESSAGE_SIZE)." \
+    >/dev/null
+else
+  log "rabbitmqctl not found: set max_message_size = $MAX_MESSAGE_SIZE in the broker's rabbitmq.conf"
+fi
+
 # The dashboard's end-to-end test drives Debian's headless Chromium (through Playwright, which
 # uses this binary; no browser download).
 if ! command -v chromium >/dev/null 2>&1; then

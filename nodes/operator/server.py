@@ -12,7 +12,9 @@ it logs ``operator_http_not_started`` and keeps polling, so the gauges and ``mla
 stay fresh. Read-only: nothing here changes a queue, a message or the node's state (the only
 file it writes is its own snapshot). The only forms are
 login and logout; they are refused unless the browser's Origin (or Referer) names this host,
-and the session cookie is SameSite=Strict and HttpOnly. Every response forbids framing and
+and the session cookie is SameSite=Strict and HttpOnly. Login attempts are counted before the
+password is hashed (``nodes/operator/auth.py``); a browser that logged in once carries a device
+cookie that keeps others' failures from locking it out. Every response forbids framing and
 scripts (Content-Security-Policy). A status poll every ``poll_seconds`` refreshes the gauges,
 the dashboard and ``<state_dir>/operator.json`` (for ``mlanet status``).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -35,7 +38,13 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker.transport import out_queue
-from nodes.operator.auth import LoginLimiter, Sessions, read_password_line, verify_password
+from nodes.operator.auth import (
+    Devices,
+    LoginLimiter,
+    Sessions,
+    read_password_line,
+    verify_password,
+)
 from nodes.operator.dashboard import STYLESHEET, dashboard_page, login_page
 from nodes.operator.flow import FlowLog
 from nodes.operator.links import LinkTracker
@@ -51,11 +60,13 @@ from nodes.operator.status import (
 if TYPE_CHECKING:
     from nodes.node import Node
 
-__all__ = ["COOKIE", "OperatorSurface"]
+__all__ = ["COOKIE", "DEVICE_COOKIE", "OperatorSurface"]
 
 log = structlog.get_logger("mlanet.operator")
 
 COOKIE = "mlanet_session"
+DEVICE_COOKIE = "mlanet_device"  # a browser that logged in before (auth.Devices)
+DEVICE_DAYS = 30
 _CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
@@ -128,6 +139,7 @@ class OperatorSurface:
         self.links = LinkTracker(peers, started=time.time())
         self.sessions = Sessions(self.settings.session_minutes * 60.0)
         self.limiter = LoginLimiter(self.settings.login_attempts_per_minute)
+        self.devices = Devices()
         self.status: NodeStatus | None = None
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -313,34 +325,55 @@ class OperatorSurface:
             return web.Response(
                 text=login_page(network, enabled=False), content_type="text/html", status=403
             )
-        wait = self.limiter.retry_after(client)
-        if wait > 0:
+        # Counted now, before anything is awaited: parallel attempts cannot all be tried.
+        device = self.devices.known(request.cookies.get(DEVICE_COOKIE))
+        attempt = self.limiter.admit(client, device)
+        if not attempt.admitted:
+            retry = math.ceil(attempt.wait)
             response = web.Response(
-                text=login_page(network, error="Too many failed attempts: wait a minute."),
+                text=login_page(
+                    network, error=f"Too many failed attempts: try again in {retry} s."
+                ),
                 content_type="text/html",
                 status=429,
             )
-            response.headers["Retry-After"] = str(int(wait) + 1)
+            response.headers["Retry-After"] = str(retry)
             return response
-        form = await request.post()
-        password = form.get("password")
-        stored = read_password_line(password_file)
-        ok = (
-            isinstance(password, str)
-            and stored is not None
-            and await asyncio.to_thread(verify_password, password, stored)
-        )
+        try:
+            form = await request.post()
+        except BaseException:
+            self.limiter.release(attempt)  # no password was tried (e.g. a body too large)
+            raise
+        ok = False
+        try:
+            password = form.get("password")
+            stored = read_password_line(password_file)
+            ok = (
+                isinstance(password, str)
+                and stored is not None
+                and await asyncio.to_thread(verify_password, password, stored)
+            )
+        finally:
+            self.limiter.settle(attempt, ok=ok)
         if not ok:
-            self.limiter.failed(client)
-            log.warning("operator_login_failed", client=client)
+            log.warning("operator_login_failed", client=client, known_device=device is not None)
             return web.Response(
                 text=login_page(network, error="Wrong password."),
                 content_type="text/html",
                 status=401,
             )
-        self.limiter.succeeded(client)
-        log.info("operator_login", client=client)
+        log.info("operator_login", client=client, known_device=device is not None)
         response = _redirect("/")
+        if device is None:
+            response.set_cookie(
+                DEVICE_COOKIE,
+                self.devices.issue(),
+                max_age=DEVICE_DAYS * 24 * 3600,
+                path="/login",
+                httponly=True,
+                samesite="Strict",
+                secure=self.settings.secure_cookie,
+            )
         response.set_cookie(
             COOKIE,
             self.sessions.open(),

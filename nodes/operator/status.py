@@ -439,6 +439,7 @@ def write_snapshot(state_dir: Path, status: NodeStatus, url: str | None) -> None
         json.dumps({"url": url, "written_at": status.at, "status": status.to_json()}),
         encoding="utf-8",
     )
+    temporary.chmod(0o600)  # owner-only like the rest of the state (nodes/state_dir.py)
     temporary.replace(target)
 
 

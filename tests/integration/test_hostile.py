@@ -27,6 +27,7 @@ from tests.hostile.corpus import (
     CORPUS,
     HONEST,
     HOSTILE,
+    PRECONDITION_FAILED,
     RECEIVER,
     Deduplicated,
     Delivered,
@@ -169,8 +170,14 @@ async def test_every_hostile_message_gets_its_outcome_and_the_node_keeps_working
 
 
 @pytest.mark.timeout(300)
-async def test_a_body_at_the_broker_maximum_is_quarantined_as_oversized(fed: Federation) -> None:
-    """A 128 MiB body (RabbitMQ's default max_message_size) from a peer: refused by its size."""
+async def test_a_body_at_rabbitmqs_default_maximum_is_refused_by_the_broker(
+    fed: Federation,
+) -> None:
+    """A 128 MiB body (RabbitMQ's default max_message_size) from a peer. It used to reach the
+    node, which held up to prefetch such bodies in memory before refusing them by their size;
+    mlanet's broker now refuses anything above the protocol's cap plus room for hop records
+    (``max_message_size``, set by scripts/setup.sh): the peer's publish fails with
+    PRECONDITION_FAILED, the node never sees it and goes on with the next message."""
     (entry,) = [e for e in CORPUS if e.big]
     scene = Scene(
         keys={n: key(fed, n) for n in fed.networks if n != fed.coordinator},
@@ -180,8 +187,17 @@ async def test_a_body_at_the_broker_maximum_is_quarantined_as_oversized(fed: Fed
     )
     battery = Battery(fed)
     async with running(fed, RECEIVER) as nodes:
-        assert await battery.run(entry, scene) == "oversized"
+        with pytest.raises(BrokerRefusal) as refused:
+            await battery.send(entry.build(scene).hostile)
+        assert refused.value.code == PRECONDITION_FAILED, (
+            "the broker took a 128 MiB body: its max_message_size is not set (scripts/setup.sh)"
+        )
+        good = sign(
+            header(key(fed, HOSTILE), datetime.now(UTC)), facilitation_payload(), key(fed, HOSTILE)
+        )
+        await battery.deliver(Publication(wire(good)))
         assert not nodes.tasks[RECEIVER].done()
+    assert await depth(fed, RECEIVER, QUARANTINE) == 0
 
 
 @pytest.mark.timeout(300)

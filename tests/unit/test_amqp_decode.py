@@ -7,15 +7,27 @@ reconnection to break it again (the integration battery shows the node now unhar
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import struct
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
+import aiormq.connection
+import aiormq.exceptions
+import pamqp.frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pamqp import commands, frame, header
+from pamqp.body import ContentBody
+from pamqp.heartbeat import Heartbeat
+from yarl import URL
 
 import broker.transport  # importing the transport installs the hardening
-from broker.amqp_decode import MAX_NESTING
+from broker.amqp_decode import CUT_SHA256, CUT_SIZE, MAX_NESTING, BodyCap
+from broker.transport import CutBody, body_sha256, body_size
 
 _SETTINGS = settings(
     max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -178,3 +190,130 @@ def test_any_header_table_decodes_and_the_next_property_is_read_exactly(
     )
     assert isinstance(props.headers, dict)
     assert props.message_type == tail.decode("utf-8", "replace")
+
+
+# --- a body above a BodyCap connection's cap is never assembled ----------------------------------
+_CHUNK = bytes(range(256)) * 512  # one 128 KiB body frame, sent again and again
+
+
+def _frame(frame: Any, channel: int) -> bytes:
+    return pamqp.frame.marshal(frame, channel)
+
+
+def _deliver(tag: int) -> commands.Basic.Deliver:
+    return commands.Basic.Deliver(consumer_tag="c", delivery_tag=tag, exchange="x", routing_key="")
+
+
+def _content(size: int, headers: dict[str, Any] | None = None) -> header.ContentHeader:
+    return header.ContentHeader(0, size, commands.Basic.Properties(headers=headers))
+
+
+async def _frames_from(
+    stream: Callable[[], AsyncIterator[bytes]], *, cap: int | None
+) -> AsyncIterator[tuple[int, object]]:
+    """What aiormq's frame reader hands on, for the bytes a server writes (with backpressure)
+    over a real socket opened by BodyCap(cap), or by aiormq's own TCP factory."""
+
+    async def serve(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for data in stream():
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = URL(f"amqp://127.0.0.1:{port}/")
+    factory = BodyCap(cap) if cap is not None else aiormq.connection.TCPTransportFactory()
+    reader, writer = await factory.create(url)
+    receiver = aiormq.connection.FrameReceiver(reader)
+    try:
+        while True:
+            try:
+                _, channel, frame = await receiver.get_frame()
+            except (StopAsyncIteration, aiormq.exceptions.AMQPConnectionError):
+                return
+            if not isinstance(frame, Heartbeat):
+                yield channel, frame
+    finally:
+        writer.close()
+        server.close()
+
+
+async def test_a_body_above_the_cap_is_read_past_not_assembled() -> None:
+    """A 64 MiB body on a connection capped at 1024 bytes: handed on as its first 1025 bytes
+    with the whole size and SHA-256, while Python's memory never holds more than a few frames
+    of it; a delivery on another channel in the middle of it and the next one on its own
+    channel come through whole."""
+    frames = 512
+    whole = hashlib.sha256()
+    for _ in range(frames):
+        whole.update(_CHUNK)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield _frame(_deliver(1), 1)
+        yield _frame(_content(frames * len(_CHUNK), {"x-peer": "kept"}), 1)
+        for i in range(frames):
+            yield _frame(ContentBody(_CHUNK), 1)
+            if i == 7:
+                yield (
+                    _frame(_deliver(1), 2) + _frame(_content(3), 2) + _frame(ContentBody(b"abc"), 2)
+                )
+        yield _frame(_deliver(2), 1) + _frame(_content(5), 1) + _frame(ContentBody(b"after"), 1)
+
+    tracemalloc.start()
+    try:
+        seen = [item async for item in _frames_from(stream, cap=1024)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, f"{peak} bytes held for a 64 MiB body"
+    kinds = [(channel, type(frame).__name__) for channel, frame in seen]
+    assert kinds == [
+        (1, "Deliver"),
+        (2, "Deliver"), (2, "ContentHeader"), (2, "ContentBody"),
+        (1, "ContentHeader"), (1, "ContentBody"),
+        (1, "Deliver"), (1, "ContentHeader"), (1, "ContentBody"),
+    ]  # fmt: skip
+    cut_header, cut_body = seen[4][1], seen[5][1]
+    assert isinstance(cut_header, header.ContentHeader)
+    assert isinstance(cut_body, ContentBody)
+    assert cut_header.body_size == 1025
+    assert cut_body.value == _CHUNK[:1025]
+    assert cut_header.properties.headers == {
+        "x-peer": "kept",
+        CUT_SIZE: frames * len(_CHUNK),
+        CUT_SHA256: whole.hexdigest(),
+    }
+    assert [f.value for _, f in seen if isinstance(f, ContentBody)] == [
+        b"abc", _CHUNK[:1025], b"after"
+    ]  # fmt: skip
+
+
+async def test_a_peer_cannot_set_the_cut_headers_and_an_uncapped_connection_cuts_nothing() -> None:
+    forged = {CUT_SIZE: 5, CUT_SHA256: "00" * 32, "x-other": 1}
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield _frame(_deliver(1), 1) + _frame(_content(5, forged), 1)
+        yield _frame(ContentBody(b"small"), 1)
+        yield _frame(_deliver(2), 1) + _frame(_content(len(_CHUNK)), 1)
+        yield _frame(ContentBody(_CHUNK), 1)
+
+    capped = [frame async for _, frame in _frames_from(stream, cap=1024)]
+    assert isinstance(capped[1], header.ContentHeader)
+    assert capped[1].properties.headers == {"x-other": 1}  # the peer's cut headers are gone
+    assert isinstance(capped[4], header.ContentHeader)
+    assert capped[4].body_size == 1025
+
+    plain = [frame async for _, frame in _frames_from(stream, cap=None)]
+    assert isinstance(plain[4], header.ContentHeader)
+    assert plain[4].body_size == len(_CHUNK)
+    assert isinstance(plain[5], ContentBody)
+    assert plain[5].value == _CHUNK
+
+
+def test_a_cut_body_reports_the_whole_size_and_digest() -> None:
+    cut = CutBody(b"x" * 1025, 64 * 1024 * 1024, b"\x01" * 32)
+    assert len(cut) == 1025
+    assert cut[:4] == b"xxxx"
+    assert (body_size(cut), body_sha256(cut)) == (64 * 1024 * 1024, b"\x01" * 32)
+    assert (body_size(b"abc"), body_sha256(b"abc")) == (3, hashlib.sha256(b"abc").digest())

@@ -16,7 +16,13 @@ from broker.management import QueueFigures, ShovelState, shovel_states
 from nodes.cli import app
 from nodes.config import NodeConfig, load_config
 from nodes.observe import Flow
-from nodes.operator.auth import LoginLimiter, Sessions, hash_password, verify_password
+from nodes.operator.auth import (
+    Devices,
+    LoginLimiter,
+    Sessions,
+    hash_password,
+    verify_password,
+)
 from nodes.operator.dashboard import dashboard_page, login_page
 from nodes.operator.flow import FlowLog
 from nodes.operator.links import STALL_SECONDS, LinkTracker, LinkView
@@ -293,19 +299,99 @@ def test_sessions_are_bounded() -> None:
     assert [sessions.valid(t) for t in tokens] == [False, False, True, True, True]
 
 
-def test_login_attempts_are_limited_per_client_and_in_total() -> None:
-    limiter = LoginLimiter(per_minute=3)
-    for _ in range(3):
-        assert limiter.retry_after("10.0.0.1") == 0
-        limiter.failed("10.0.0.1")
-    assert 0 < limiter.retry_after("10.0.0.1") <= 60
-    assert limiter.retry_after("10.0.0.2") == 0
-    for i in range(30):
-        limiter.failed(f"10.0.1.{i}")
-    assert limiter.retry_after("10.0.0.3") > 0  # thirty failures a minute close it for all
-    fast = LoginLimiter(per_minute=1, window=0.0)
-    fast.failed("a")
-    assert fast.retry_after("a") == 0  # the window passed
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fail(limiter: LoginLimiter, address: str, device: str | None = None) -> int:
+    """One wrong password: 401 when the limiter let it be tried, else 429."""
+    attempt = limiter.admit(address, device)
+    if not attempt.admitted:
+        return 429
+    limiter.settle(attempt, ok=False)
+    return 401
+
+
+def test_parallel_attempts_are_counted_before_any_password_is_checked() -> None:
+    """Sixty attempts arriving together (none checked yet): only the free ones are let
+    through to the password hash, the rest are told to wait."""
+    limiter = LoginLimiter(per_minute=5, clock=_Clock())
+    attempts = [limiter.admit("10.0.0.1") for _ in range(60)]
+    assert [a.admitted for a in attempts] == [True] * 5 + [False] * 55
+    assert all(0 < a.wait <= 60 for a in attempts[5:])
+    for attempt in attempts:
+        limiter.settle(attempt, ok=False)
+    assert not limiter.admit("10.0.0.1").admitted
+
+
+def test_failures_back_off_per_address_doubling_up_to_a_minute() -> None:
+    clock = _Clock()
+    limiter = LoginLimiter(per_minute=3, clock=clock)
+    assert [_fail(limiter, "10.0.0.1") for _ in range(4)] == [401, 401, 401, 429]
+    assert limiter.admit("10.0.0.2").admitted  # another address is not held up
+    waits = []
+    for _ in range(5):
+        attempt = limiter.admit("10.0.0.1")
+        waits.append(attempt.wait)
+        clock.now += attempt.wait
+        assert _fail(limiter, "10.0.0.1") == 401
+    assert waits == [20.0, 40.0, 60.0, 60.0, 60.0]
+    clock.now += 120  # two quiet minutes: forgotten
+    assert limiter.admit("10.0.0.1").admitted
+
+
+def test_the_account_backs_off_when_many_addresses_fail() -> None:
+    """Guessing from many addresses: after ten times the per-address allowance the account
+    itself backs off, for every address that is not a known device."""
+    limiter = LoginLimiter(per_minute=3, clock=_Clock())
+    codes = [_fail(limiter, f"10.0.1.{i}") for i in range(40)]
+    assert codes == [401] * 30 + [429] * 10
+    assert not limiter.admit("10.0.0.3").admitted
+    assert limiter.admit("10.0.0.3", device="known-browser").admitted
+
+
+def test_someone_elses_failures_on_a_shared_address_never_lock_out_a_known_device() -> None:
+    limiter = LoginLimiter(per_minute=3, clock=_Clock())
+    assert [_fail(limiter, "192.0.2.7") for _ in range(40)] == [401] * 3 + [429] * 37
+    mine = limiter.admit("192.0.2.7", device="operator-browser")
+    assert mine.admitted
+    limiter.settle(mine, ok=True)
+    assert not limiter.admit("192.0.2.7").admitted  # the address stays limited for the others
+    # a known device is limited on its own
+    codes = [_fail(limiter, "192.0.2.7", device="stolen-cookie") for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+
+
+def test_a_success_forgives_and_a_form_that_was_not_read_does_not_count() -> None:
+    limiter = LoginLimiter(per_minute=2, clock=_Clock())
+    assert _fail(limiter, "10.0.0.1") == 401
+    ok = limiter.admit("10.0.0.1")
+    limiter.settle(ok, ok=True)
+    for _ in range(5):
+        unread = limiter.admit("10.0.0.1")
+        assert unread.admitted
+        limiter.release(unread)
+    assert [_fail(limiter, "10.0.0.1") for _ in range(3)] == [401, 401, 429]
+
+
+def test_device_cookies_are_known_only_as_issued() -> None:
+    devices = Devices()
+    cookie = devices.issue()
+    device = devices.known(cookie)
+    assert device is not None
+    assert cookie.startswith(device + ".")
+    assert devices.known(cookie + "x") is None
+    assert devices.known(device + "." + "A" * 43) is None
+    assert devices.known(None) is None
+    assert devices.known("no-dot") is None
+    assert devices.known("a.b.c") is None
+    assert Devices().known(cookie) is None  # another process (a restart) forgets it
 
 
 # --- rendering and metrics ---------------------------------------------------------------------
