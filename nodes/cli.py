@@ -260,10 +260,10 @@ def federation_init(
 
     admin = admin_endpoint(management_url, admin_user, admin_password_file)
     # the administrator is used here, once: no node config holds its password
-    fed = federation.build(
-        directory, prefix=prefix, management_url=management_url, operator_port=operator_port
-    )
     try:
+        fed = federation.build(
+            directory, prefix=prefix, management_url=management_url, operator_port=operator_port
+        )
         asyncio.run(federation.provision(fed, admin))
     except MlanetError as exc:
         raise fail(str(exc), 1) from None
