@@ -39,6 +39,7 @@ from broker import (
 from broker.errors import error_location
 from broker.keys import SigningKey, b64u_encode
 from broker.management import Management, ManagementEndpoint, ShovelSpec
+from broker.provenance import check_origin, check_payload_origin
 from broker.routing import Deliver, Forward, Refuse, route
 from broker.transport import (
     QUARANTINE,
@@ -247,6 +248,7 @@ class Node:
                     expires=incoming.expires,
                 ),
                 timing=self.observe.timing,
+                held=self.keeper.book.held.directory,
             )
         except RefusedMessage as refused:
             if await self.keeper.salvage(self, incoming.body, refused):
@@ -647,6 +649,13 @@ class Node:
                     message_id=submission.message_id,
                     members_only=submission.members_only,
                 )
+                try:  # what the destination will check, checked before anything is signed out
+                    held = self.keeper.book.held.directory
+                    check_origin(message.header, held)
+                    check_payload_origin(message.header, payload, held)
+                except RefusedMessage as refused:
+                    await self.quarantine(body, refused, SUBMIT)
+                    return
                 self.store.outbox_add(
                     message_id=submission.message_id,
                     kind=submission.kind,
