@@ -8,6 +8,8 @@ to what the directory says it may claim (``docs/PROTOCOL.md``, sections 6, 7.3 a
   the message's time (``created_at``): ``origin_not_member``;
 - :func:`check_payload_origin`: a facilitation request's ``requesting_country`` belongs to the
   origin network: ``origin_not_member``;
+- :func:`check_addressee`: a receipt or a notice about a message counts only from the network
+  that message was addressed to: ``unauthorised``;
 - :func:`check_path`: the hop records describe a path a message can really take, in this order
   for each record: the origin never signs one (``hop_by_origin``); each record is signed by the
   network the one before it was addressed to (``hop_chain_broken``); no network appears twice
@@ -30,6 +32,7 @@ from schemas import FacilitationRequest, Header, HopRecord, WireModel
 from schemas.directory import Directory, NetworkEntry
 
 __all__ = [
+    "check_addressee",
     "check_origin",
     "check_path",
     "check_payload_origin",
@@ -85,6 +88,16 @@ def check_payload_origin(header: Header, payload: WireModel, directory: Director
             Reason.ORIGIN_NOT_MEMBER,
             f"requesting country {payload.requesting_country} is not a country of "
             f"{header.origin.network}",
+        )
+
+
+def check_addressee(kind: str, signer: str, addressee: str | None) -> None:
+    """A ``kind`` (receipt or notice) about a message, signed by ``signer``, counts only when
+    ``signer`` is the network the message was addressed to (``addressee``; None when the
+    sender cannot tell where the message went: then nobody's does)."""
+    if signer != addressee:
+        raise RefusedMessage(
+            Reason.UNAUTHORISED, f"{kind} from {signer}, not the network the message was sent to"
         )
 
 

@@ -31,7 +31,7 @@ from broker.errors import Reason
 from schemas import Header
 from schemas.directory import Directory, NetworkEntry
 
-__all__ = ["Deliver", "Forward", "Refuse", "RouteRule", "Routing", "route"]
+__all__ = ["Deliver", "Forward", "Refuse", "RouteRule", "Routing", "route", "target_network"]
 
 
 class RouteRule(BaseModel):
@@ -91,7 +91,9 @@ def _not_for_observers(where: str) -> Refuse:
     return Refuse(Reason.NOT_FOR_OBSERVERS, f"{where} is an observer: notices only")
 
 
-def _target(header: Header, directory: Directory, self_network: str) -> str | None:
+def target_network(header: Header, directory: Directory, self_network: str) -> str | None:
+    """The network a message is addressed to: the destination's network, else the network
+    that serves (or observes) its country, this network first; None when there is none."""
     destination = header.destination
     if destination.network is not None:
         return destination.network
@@ -166,7 +168,7 @@ def route(
     """
     if self_network in path:
         return Refuse(Reason.LOOP_DETECTED, f"{self_network} is already on the path")
-    target = _target(header, directory, self_network)
+    target = target_network(header, directory, self_network)
     if target == self_network:
         return _local(header, directory, self_network)
     entry = directory.network(target) if target is not None else None

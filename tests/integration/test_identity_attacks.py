@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 from broker import SignedMessage, add_hop, sign_message
 from nodes.contact import facilitation_request, read_inbox, submit
 from nodes.federation import Federation
-from schemas import Destination, FacilitationRequest, Header, Origin
+from nodes.store import Store
+from schemas import Destination, FacilitationRequest, Header, Notice, Origin, Receipt
 from tests.integration.kit import (
     config,
     depth,
@@ -215,6 +216,104 @@ async def test_hop_records_that_fake_a_path_are_refused(fed: Federation) -> None
             [good.header.message_id, honest.header.message_id]
         )
         assert await depth(fed, "casc", QUARANTINE) == 0
+
+
+def _signed_by(
+    fed: Federation, network: str, kind: str, about: str, payload: Receipt | Notice
+) -> SignedMessage:
+    """A receipt or notice as ``network``'s node signs one, to SEAJust's Cambodian contact
+    point, about SEAJust's message ``about``."""
+    signing = key(fed, network)
+    header = Header(
+        kind=kind,  # type: ignore[arg-type]
+        message_id=str(uuid.uuid4()),
+        origin=Origin(network=network),
+        destination=Destination(network="seajust", country="KH", contact_point="kh-cp-1"),
+        created_at=datetime.now(UTC),
+        key_id=signing.key_id,
+        in_reply_to=about,
+    )
+    return sign_message(header, payload, signing)
+
+
+async def test_receipts_and_notices_count_only_from_the_network_a_message_was_sent_to(
+    fed: Federation,
+) -> None:
+    """SEAJust sends a request to France (for EJN, through CASC) while EJN's node is down.
+    CASC, the relay, signs a notice that it failed (this used to mark it failed) and a receipt
+    with the right content hash: SEAJust quarantines both as unauthorised and the message stays
+    forwarded. When EJN comes up it delivers the request and EJN's receipt marks it delivered.
+    A second request's failure notice from EJN, the network it was sent to, is taken."""
+    async with running(fed, "seajust", "casc") as nodes:
+        request = facilitation_request("kh-cp-1", "FR")
+        await submit(config(fed, "seajust"), request)
+        await eventually(lambda: _state(fed, "seajust", request.message_id, "forwarded"))
+        sent = await _sent(fed, request.message_id)
+        failed = Notice(
+            topic="delivery",
+            title="Message could not be routed",
+            regarding=request.message_id,
+            reason="no_route",
+        )
+        receipt = Receipt(
+            receipt_for=request.message_id,
+            content_sha256=sent.content_sha256,
+            received_at=datetime.now(UTC),
+        )
+        by_relay = [
+            _signed_by(fed, "casc", "notice", request.message_id, failed),
+            _signed_by(fed, "casc", "receipt", request.message_id, receipt),
+        ]
+        for forged in by_relay:
+            await inject(fed, "seajust", "casc", forged.to_bytes())
+        refused = await _quarantined(fed, "seajust", 2)
+        assert sorted(refused) == sorted(("unauthorised", m.to_bytes()) for m in by_relay)
+        assert outbox_state(fed, "seajust", request.message_id) == "forwarded"
+        assert request.message_id not in [
+            i.payload.regarding
+            for i in await read_inbox(config(fed, "seajust"), "kh-cp-1")
+            if isinstance(i.payload, Notice)
+        ]
+
+        await nodes.start("ejn")
+        await eventually(lambda: _state(fed, "seajust", request.message_id, "delivered"))
+        assert await _inbox(fed, "ejn", "fr-cp-1") == [request.message_id]
+
+        # The network a message was sent to may say it failed.
+        second = facilitation_request("kh-cp-1", "FR")
+        await nodes.stop("ejn")
+        await submit(config(fed, "seajust"), second)
+        await eventually(lambda: _state(fed, "seajust", second.message_id, "forwarded"))
+        from_ejn = Notice(
+            topic="delivery",
+            title="Message could not be delivered",
+            regarding=second.message_id,
+            reason="no_route",
+        )
+        relayed = add_hop(
+            _signed_by(fed, "ejn", "notice", second.message_id, from_ejn),
+            key(fed, "casc"),
+            to="seajust",
+            at=datetime.now(UTC),
+        )
+        await inject(fed, "seajust", "casc", relayed.to_bytes())
+        await eventually(lambda: _state(fed, "seajust", second.message_id, "failed"))
+        assert await depth(fed, "seajust", QUARANTINE) == 0
+
+
+async def _sent(fed: Federation, message_id: str) -> SignedMessage:
+    """The signed bytes SEAJust keeps for its own message."""
+    from broker import open_envelope
+    from nodes.directory import message_trust
+
+    store = Store(config(fed, "seajust").state_dir / "node.sqlite3", readonly=True)
+    try:
+        entry = store.outbox_get(message_id)
+        assert entry is not None
+        wire = entry.wire
+    finally:
+        store.close()
+    return open_envelope(wire, message_trust(config(fed, "seajust").load_directory()))
 
 
 async def test_a_route_leading_back_to_a_network_on_the_path_is_a_loop(fed: Federation) -> None:

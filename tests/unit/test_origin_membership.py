@@ -4,8 +4,9 @@ at the message's own time (``broker/provenance.py``, PROTOCOL.md sections 6 and 
 
 The pure checks first, on a directory of the example networks (CASC also has Mongolia as an
 observer country, with a contact point, and a few contact points with windows and
-handovers); then the same attacks through the receiving pipeline (``nodes.pipeline.receive``)
-as a peer would send them, built with the hostile forge.
+handovers), and the rule for receipts and notices (only the network a message was sent to can
+say what became of it); then the same attacks through the receiving pipeline
+(``nodes.pipeline.receive``) as a peer would send them, built with the hostile forge.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from broker import Reason, RefusedMessage
-from broker.provenance import check_origin, check_payload_origin, serving
+from broker.provenance import check_addressee, check_origin, check_payload_origin, serving
 from nodes.federation import EXAMPLE_LINKS, EXAMPLE_NETWORKS
 from nodes.pipeline import Accepted
 from schemas import FacilitationRequest, Header, Notice
@@ -223,6 +224,33 @@ def test_a_request_from_a_country_of_the_origin_network_is_accepted() -> None:
 def test_payloads_that_name_no_requesting_country_are_not_concerned() -> None:
     notice = Notice(topic="plenary", title="Plenary")
     check_payload_origin(_header("seajust", kind="notice"), notice, DIRECTORY)
+
+
+# --- receipts and notices about a message ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["receipt", "notice"])
+def test_a_receipt_or_notice_counts_only_from_the_network_the_message_was_sent_to(
+    kind: str,
+) -> None:
+    """SEAJust's message went to EJN through CASC: CASC, the relay, cannot say what became of
+    it (its notice used to mark the message failed), nor can anyone else; EJN can."""
+    check_addressee(kind, "ejn", "ejn")
+    for signer in ("casc", "gljc", "seajust"):
+        with pytest.raises(RefusedMessage) as refused:
+            check_addressee(kind, signer, "ejn")
+        assert refused.value.reason is Reason.UNAUTHORISED
+        assert (
+            refused.value.detail == f"{kind} from {signer}, not the network the message was sent to"
+        )
+
+
+def test_when_the_sender_cannot_tell_where_a_message_went_no_receipt_or_notice_counts() -> None:
+    """A message whose target the sender neither recorded nor can route to now was addressed
+    to nobody known: a receipt or notice about it is refused."""
+    with pytest.raises(RefusedMessage) as refused:
+        check_addressee("receipt", "casc", None)
+    assert refused.value.reason is Reason.UNAUTHORISED
 
 
 # --- through the receiving pipeline ---------------------------------------------------------
