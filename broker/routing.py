@@ -4,12 +4,14 @@ Decisions, in order:
 
 1. loop: this network is already on the path -> ``loop_detected``;
 2. the target network: the destination's network, else the network that serves its country
-   (this network first when it is a member);
-3. an explicit rule (first match by kind, country, network, urgency) names the next hop;
-4. otherwise the target itself when linked, else the first step of a shortest path through
+   (this network first when it is a member); none -> ``no_route``;
+3. the target is already on the path -> ``loop_detected`` (the route leads back);
+4. forwarding would exceed the origin's hop limit -> ``hop_limit_exceeded``;
+5. an explicit rule (first match by kind, country, network, urgency) names the next hop;
+6. otherwise the target itself when linked, else the first step of a shortest path through
    linked networks that avoids every network already on the path;
-5. forwarding would exceed the origin's hop limit -> ``hop_limit_exceeded``;
-6. nothing found -> ``no_route``.
+7. nothing found: ``loop_detected`` when a link path to the target exists but every one goes
+   back through a network already on the path, else ``no_route``.
 
 Contact points that were replaced hand over to their successor (the directory given is the
 view at the current time, ``Directory.as_of``). Observers (observer countries of a network,
@@ -29,7 +31,7 @@ from broker.errors import Reason
 from schemas import Header
 from schemas.directory import Directory, NetworkEntry
 
-__all__ = ["Deliver", "Forward", "Refuse", "RouteRule", "Routing", "route"]
+__all__ = ["Deliver", "Forward", "Refuse", "RouteRule", "Routing", "route", "target_network"]
 
 
 class RouteRule(BaseModel):
@@ -89,7 +91,9 @@ def _not_for_observers(where: str) -> Refuse:
     return Refuse(Reason.NOT_FOR_OBSERVERS, f"{where} is an observer: notices only")
 
 
-def _target(header: Header, directory: Directory, self_network: str) -> str | None:
+def target_network(header: Header, directory: Directory, self_network: str) -> str | None:
+    """The network a message is addressed to: the destination's network, else the network
+    that serves (or observes) its country, this network first; None when there is none."""
     destination = header.destination
     if destination.network is not None:
         return destination.network
@@ -164,7 +168,7 @@ def route(
     """
     if self_network in path:
         return Refuse(Reason.LOOP_DETECTED, f"{self_network} is already on the path")
-    target = _target(header, directory, self_network)
+    target = target_network(header, directory, self_network)
     if target == self_network:
         return _local(header, directory, self_network)
     entry = directory.network(target) if target is not None else None
@@ -172,6 +176,8 @@ def route(
         return Refuse(Reason.NO_ROUTE, "no network serves the destination")
     if not entitled(header, entry, header.destination.country):
         return _not_for_observers(header.destination.country or target)
+    if target in path:
+        return Refuse(Reason.LOOP_DETECTED, f"the target {target} is already on the path")
 
     # A relay adds one hop record when it forwards; the origin adds none. So after this
     # network forwards, the message carries len(path) hop records.
@@ -180,13 +186,18 @@ def route(
 
     linked = set(directory.neighbours(self_network))
     # No path goes through an observer network: it only ever receives what it is entitled to.
-    avoid = set(path) | {n.id for n in directory.networks if n.role == "observer"} - {target}
+    observers = {n.id for n in directory.networks if n.role == "observer"} - {target}
+    avoid = set(path) | observers
     for rule in rules:
         if rule.matches(header, target) and rule.via in linked and rule.via not in avoid:
             return Forward(rule.via, target)
-    if target in linked and target not in path:
+    if target in linked:
         return Forward(target, target)
     step = _first_step(directory, self_network, target, avoid)
-    if step is None:
-        return Refuse(Reason.NO_ROUTE, f"no link path from {self_network} to {target}")
-    return Forward(step, target)
+    if step is not None:
+        return Forward(step, target)
+    if _first_step(directory, self_network, target, observers) is not None:
+        return Refuse(
+            Reason.LOOP_DETECTED, f"every link path to {target} goes back through the path"
+        )
+    return Refuse(Reason.NO_ROUTE, f"no link path from {self_network} to {target}")

@@ -38,7 +38,8 @@ from broker import (
 from broker.errors import error_location
 from broker.keys import SigningKey, b64u_encode
 from broker.management import ManagementEndpoint
-from broker.routing import Deliver, Forward, Refuse, route
+from broker.provenance import check_addressee, check_origin, check_payload_origin
+from broker.routing import Deliver, Forward, Refuse, route, target_network
 from broker.transport import (
     QUARANTINE,
     SUBMIT,
@@ -63,7 +64,7 @@ from nodes.operator import OperatorSurface
 from nodes.pipeline import Accepted, Properties, dedupe, receive
 from nodes.quarantine import claim, log_context
 from nodes.reconcile import Reconciler
-from nodes.store import Store
+from nodes.store import OutboxEntry, Store
 from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
 from schemas.submission import Submission
 
@@ -240,6 +241,7 @@ class Node:
                     expires=incoming.expires,
                 ),
                 timing=self.observe.timing,
+                held=self.keeper.book.held.directory,
             )
         except RefusedMessage as refused:
             if await self.keeper.salvage(self, incoming.body, refused):
@@ -287,7 +289,7 @@ class Node:
                 return
             if header.kind == "notice":
                 assert accepted.payload is not None
-                self.on_notice(accepted.payload)
+                self.on_notice(message, accepted.payload)
             if duplicate is None:
                 await self.deliver(message, routing)
             else:
@@ -554,7 +556,7 @@ class Node:
             self.on_receipt(message, payload)
             return
         if header.kind == "notice":
-            self.on_notice(payload)
+            self.on_notice(message, payload)
         await self.deliver(message, routing)
         if header.kind in RECEIPTED and self.store.outbox_get(header.message_id) is not None:
             self.store.outbox_update(
@@ -562,6 +564,9 @@ class Node:
             )
 
     # --- receipts and notices for our own messages -------------------------------------------
+    # A receipt or a notice about a message is taken only from the network that message was
+    # addressed to (the target it was forwarded to, or this network when delivered here): a
+    # relay, or anyone who learnt the id, cannot mark it delivered or failed.
     def on_receipt(self, message: SignedMessage, payload: WireModel) -> None:
         assert isinstance(payload, Receipt)
         entry = self.store.outbox_get(payload.receipt_for)
@@ -570,7 +575,8 @@ class Node:
                 Reason.UNAUTHORISED, "receipt for a message this node did not send"
             )
         signer = message.header.origin.network
-        if entry.target not in (None, signer) or entry.content_sha256 != payload.content_sha256:
+        check_addressee("receipt", signer, self._addressee(entry))
+        if entry.content_sha256 != payload.content_sha256:
             raise RefusedMessage(Reason.UNAUTHORISED, f"receipt from {signer} does not match")
         if entry.state != "delivered":
             self.store.outbox_update(
@@ -581,12 +587,28 @@ class Node:
             log.info("receipt_received", receipt_for=payload.receipt_for, by=signer)
             self.observe.receipt(payload.receipt_for, signer, time.time() - entry.created_at)
 
-    def on_notice(self, payload: WireModel) -> None:
+    def _addressee(self, entry: OutboxEntry) -> str | None:
+        """Where our message was sent: as recorded when it was forwarded (or delivered here);
+        before that record (a crash between the publish and the record), where it is routed."""
+        if entry.target is not None:
+            return entry.target
+        try:
+            header = open_envelope(entry.wire, self.trust).header
+        except RefusedMessage:
+            return None
+        return target_network(header, self.directory, self.config.network)
+
+    def on_notice(self, message: SignedMessage, payload: WireModel) -> None:
+        """A notice about a message this node sent marks it failed (when it gives a reason);
+        one about a message it did not send is only delivered."""
         assert isinstance(payload, Notice)
-        if payload.regarding is None or payload.reason is None:
+        if payload.regarding is None:
             return
         entry = self.store.outbox_get(payload.regarding)
-        if entry is not None and entry.state not in ("delivered", "failed"):
+        if entry is None:
+            return
+        check_addressee("notice", message.header.origin.network, self._addressee(entry))
+        if payload.reason is not None and entry.state not in ("delivered", "failed"):
             self.store.outbox_update(payload.regarding, "failed", payload.reason)
 
     # --- local submissions ------------------------------------------------------------------
@@ -640,6 +662,13 @@ class Node:
                     message_id=submission.message_id,
                     members_only=submission.members_only,
                 )
+                try:  # what the destination will check, checked before anything is signed out
+                    held = self.keeper.book.held.directory
+                    check_origin(message.header, held)
+                    check_payload_origin(message.header, payload, held)
+                except RefusedMessage as refused:
+                    await self.quarantine(body, refused, SUBMIT)
+                    return
                 self.store.outbox_add(
                     message_id=submission.message_id,
                     kind=submission.kind,

@@ -1,10 +1,13 @@
 """The receiving pipeline, as named steps a reader can follow.
 
-    size_cap -> sender_of -> transport -> verify -> authorise -> dedupe -> route -> validate
+    size_cap -> sender_of -> transport -> verify -> authorise -> provenance -> dedupe -> route
+    -> validate
 
 ``verify`` checks the signatures over the exact bytes and validates the header and hop records
-strictly; ``validate`` checks the payload against its kind's schema at the destination only
-(relays route on the signed header and never read case content).
+strictly; ``provenance`` holds the origin and the hop records to the directory (the origin's
+country and contact point belong to its network, the path is one of links, in time);
+``validate`` checks the payload against its kind's schema, and what it says about who asks,
+at the destination only (relays route on the signed header and never read case content).
 
 Each step either returns what the next one needs or raises :class:`RefusedMessage` with a
 reason code. :func:`receive` runs them in order; the node then delivers, forwards or
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from broker import Reason, RefusedMessage, SignedMessage, TrustStore, decode_payload, open_envelope
+from broker.provenance import check_origin, check_path, check_payload_origin
 from broker.routing import Deliver, Routing, route
 from broker.transport import CONTENT_TYPE, body_size
 from nodes.config import NodeConfig
@@ -85,8 +89,10 @@ def verify(body: bytes, trust: TrustStore, config: NodeConfig, now: datetime) ->
     return open_envelope(body, trust, max_bytes=config.limits.max_message_bytes, now=now)
 
 
-def validate(message: SignedMessage, config: NodeConfig) -> WireModel:
-    return decode_payload(message, max_bytes=config.limits.max_message_bytes)
+def validate(message: SignedMessage, config: NodeConfig, held: Directory) -> WireModel:
+    payload = decode_payload(message, max_bytes=config.limits.max_message_bytes)
+    check_payload_origin(message.header, payload, held)
+    return payload
 
 
 def authorise(message: SignedMessage, sender: str, config: NodeConfig, now: datetime) -> None:
@@ -107,6 +113,21 @@ def authorise(message: SignedMessage, sender: str, config: NodeConfig, now: date
         raise RefusedMessage(Reason.CLOCK_SKEW, "created in the future beyond the allowed skew")
     if header.created_at < now - timedelta(seconds=config.limits.max_age_seconds):
         raise RefusedMessage(Reason.EXPIRED, "older than the maximum message age")
+
+
+def provenance(message: SignedMessage, config: NodeConfig, held: Directory, now: datetime) -> None:
+    """The origin is who the directory says it may be at the message's time, and the hop
+    records describe a path of the directory's links, in time (``broker/provenance.py``).
+    ``held`` is the directory as signed, not a view at one instant: a contact point that
+    retired since the message was created still belonged to its network then."""
+    check_origin(message.header, held)
+    check_path(
+        message.header,
+        tuple(hop.record for hop in message.hops),
+        held,
+        now=now,
+        skew=timedelta(seconds=config.limits.max_clock_skew_seconds),
+    )
 
 
 def dedupe(message: SignedMessage, store: Store) -> Seen | None:
@@ -130,12 +151,16 @@ def receive(
     now: datetime,
     properties: Properties,
     timing: Callable[[str, float], None] | None = None,
+    held: Directory | None = None,
 ) -> Accepted:
     """Run every step of the receiving pipeline on one delivery from a peer.
 
-    ``timing(step, seconds)``, when given, is told how long verify, validate, authorise (with
-    dedupe) and route took.
+    ``directory`` is the view at ``now`` that routing follows; ``held``, the directory as
+    signed (default: ``directory``), is what membership is judged by at the message's own
+    time. ``timing(step, seconds)``, when given, is told how long verify, validate, authorise
+    (with provenance and dedupe) and route took.
     """
+    signed = directory if held is None else held
     started = time.perf_counter()
 
     def timed(step: str) -> None:
@@ -151,12 +176,13 @@ def receive(
     message = verify(body, trust, config, now)
     timed("verify")
     authorise(message, sender, config, now)
+    provenance(message, config, signed, now)
     duplicate = dedupe(message, store)
     timed("authorise")
     routing = route(message.header, message.path, directory, config.routes, config.network)
     timed("route")
     # The payload is validated where it is read: at the destination. A relay routes on the
     # origin-signed header (validated strictly by verify) and never needs the case content.
-    payload = validate(message, config) if isinstance(routing, Deliver) else None
+    payload = validate(message, config, signed) if isinstance(routing, Deliver) else None
     timed("validate")
     return Accepted(message, payload, sender, routing, duplicate)

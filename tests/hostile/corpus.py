@@ -195,9 +195,13 @@ def _equivocation(scene: Scene) -> Attack:
 
 
 def _replayed_by_another_peer(scene: Scene) -> Attack:
-    """ejn's own message, delivered by ejn; seajust sends the same bytes again."""
+    """ejn's own message (from France), delivered by ejn; seajust sends the same bytes again."""
     original = wire(
-        sign(header(_k(scene, HONEST), scene.now), facilitation_payload(), _k(scene, HONEST))
+        sign(
+            header(_k(scene, HONEST), scene.now),
+            facilitation_payload(requesting_country="FR"),
+            _k(scene, HONEST),
+        )
     )
     return Attack(Publication(original), setup=(Publication(original, as_network=HONEST),))
 

@@ -152,9 +152,9 @@ async def test_every_hostile_message_gets_its_outcome_and_the_node_keeps_working
 
         # After the whole corpus: a good message from each peer is delivered.
         for peer in (HOSTILE, HONEST):
-            good = sign(
-                header(key(fed, peer), datetime.now(UTC)), facilitation_payload(), key(fed, peer)
-            )
+            good_header = header(key(fed, peer), datetime.now(UTC))
+            asking = facilitation_payload(requesting_country=good_header["origin"]["country"])
+            good = sign(good_header, asking, key(fed, peer))
             await battery.deliver(Publication(wire(good), as_network=peer))
         await asyncio.sleep(1)  # anything still on its way would show up below
         assert not nodes.tasks[RECEIVER].done()

@@ -172,7 +172,13 @@ async def test_a_flooding_peer_gets_its_rate_the_others_are_not_starved_and_noth
         kind.append(body)
         flood.append(body)
     quiet = [
-        wire(sign(header(quiet_key, now, to_country="KZ"), facilitation_payload(), quiet_key))
+        wire(
+            sign(
+                header(quiet_key, now, to_country="KZ"),
+                facilitation_payload(requesting_country="FR"),  # EJN asks for France
+                quiet_key,
+            )
+        )
         for _ in range(QUIET_MESSAGES)
     ]
 

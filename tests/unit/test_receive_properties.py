@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from datetime import timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -97,6 +98,19 @@ def _check(harness: Harness, accepted: Accepted, exchange: str) -> None:
         assert accepted.payload is not None  # validated where it is read
     if isinstance(accepted.routing, Forward | Deliver):
         assert config.network not in message.path
+    # Provenance: the origin's claims belong to it, and the path is one of links, in time.
+    origin = harness.keeper.view.network(header_.origin.network)
+    assert origin is not None
+    if header_.origin.country is not None:
+        assert header_.origin.country in origin.members + origin.observers
+    if header_.origin.contact_point is not None:
+        assert origin.contact_point(header_.origin.contact_point) is not None
+    assert len(set(message.path)) == len(message.path)
+    links = harness.keeper.view.links
+    for here, there in pairwise((*message.path, config.network)):
+        assert (here, there) in links or (there, here) in links
+    for hop_ in message.hops:
+        assert hop_.record.at <= harness.scene.now + skew
 
 
 def _peers(harness: Harness) -> list[str]:
@@ -130,9 +144,13 @@ def _valid_wires(harness: Harness) -> list[tuple[bytes, str]]:
     """(body, the exchange it is valid through) for a few shapes of valid message."""
     s, keys = harness.scene, harness.scene.keys
     direct = sign(header(keys[HOSTILE], s.now), facilitation_payload(), keys[HOSTILE])
-    relayed = hop(
-        sign(header(keys["gljc"], s.now), facilitation_payload(), keys["gljc"]),
-        keys[HOSTILE],
+    relayed = hop(  # wacap -> ejn -> casc: over the directory's links
+        sign(
+            header(keys["wacap"], s.now),
+            facilitation_payload(requesting_country="NG"),
+            keys["wacap"],
+        ),
+        keys["ejn"],
         to=RECEIVER,
         at=s.now,
     )
@@ -160,7 +178,7 @@ def _valid_wires(harness: Harness) -> list[tuple[bytes, str]]:
     )
     return [
         (wire(direct), "mlanet.inbox.from.seajust"),
-        (wire(relayed), "mlanet.inbox.from.seajust"),
+        (wire(relayed), "mlanet.inbox.from.ejn"),
         (wire(onward), "mlanet.inbox.from.ejn"),
         (wire(notice), "mlanet.inbox.from.seajust"),
         (wire(receipt), "mlanet.inbox.from.seajust"),

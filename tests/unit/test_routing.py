@@ -238,10 +238,23 @@ def test_the_path_so_far_is_never_re_entered_even_when_that_is_shorter() -> None
     assert _route(header, "cc", ("aa", "bb"), directory=directory) == Forward("ee", "dd")
 
 
-def test_a_target_reachable_only_through_the_path_so_far_has_no_route() -> None:
-    """At casc, a message that came from seajust for seajust is never sent back."""
+def test_a_route_back_to_a_target_already_on_the_path_is_a_loop() -> None:
+    """At casc, a message that came from seajust for seajust is never sent back: its route
+    leads back to a network already on its path, which is loop_detected (PROTOCOL.md 10.6),
+    not no_route."""
     decision = _route(_header(country="KH"), "casc", ("seajust",))
-    assert _refusal(decision) is Reason.NO_ROUTE
+    assert _refusal(decision) is Reason.LOOP_DETECTED
+
+
+def test_a_target_reachable_only_back_through_the_path_is_a_loop() -> None:
+    """aa - bb - cc - dd: at cc, a message from bb for aa could only reach aa back through bb,
+    which is on its path: loop_detected. Without that link path at all it stays no_route."""
+    networks = [_network(n, [c]) for n, c in (("aa", "AM"), ("bb", "BN"), ("cc", "CV"))]
+    chain = _directory([*networks, _network("dd", ["DE"])], [("aa", "bb"), ("bb", "cc")])
+    header = _header(network="aa", origin="bb")
+    assert _refusal(_route(header, "cc", ("bb",), directory=chain)) is Reason.LOOP_DETECTED
+    apart = _directory([*networks, _network("dd", ["DE"])], [("bb", "cc")])
+    assert _refusal(_route(header, "cc", ("bb",), directory=apart)) is Reason.NO_ROUTE
 
 
 def test_a_target_with_no_link_path_has_no_route() -> None:
