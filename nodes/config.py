@@ -81,6 +81,9 @@ class Limits(_Config):
     max_age_seconds: int = Field(default=30 * 86400, ge=60)
     prefetch: int = Field(default=64, ge=1, le=5000)
     delivery_limit: int = Field(default=5, ge=1, le=100)
+    # bound of each mlanet.deliver.<contact point> (reject-publish, see nodes/fairness.py)
+    deliver_queue_messages: int = Field(default=100_000, ge=1, le=100_000_000)
+    deliver_queue_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024, le=2**40)
     peer: PeerLimits = PeerLimits()  # every peer's, unless its [[peers]] table has [peers.limits]
 
 
