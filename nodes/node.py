@@ -634,11 +634,15 @@ class Node:
     def on_receipt(self, message: SignedMessage, payload: WireModel) -> None:
         assert isinstance(payload, Receipt)
         entry = self.store.outbox_get(payload.receipt_for)
-        if entry is None:
-            raise RefusedMessage(
-                Reason.UNAUTHORISED, "receipt for a message this node did not send"
-            )
         signer = message.header.origin.network
+        if entry is None:
+            # A verified receipt for a message signed with our key that this node has no record
+            # of: it was signed around the node (a tool holding the key), or before the node's
+            # state was lost. Not the signer's fault, so not a refusal: recorded and raised as
+            # an alert (mlanet status: receipts_unmatched), never put into the quarantine.
+            self.store.event(payload.receipt_for, "receipt_unmatched", f"receipt from {signer}")
+            log.warning("receipt_unmatched", receipt_for=payload.receipt_for, by=signer)
+            return
         if entry.target not in (None, signer) or entry.content_sha256 != payload.content_sha256:
             raise RefusedMessage(Reason.UNAUTHORISED, f"receipt from {signer} does not match")
         if entry.state != "delivered":
