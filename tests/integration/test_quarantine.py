@@ -371,3 +371,32 @@ async def test_two_operators_never_act_on_one_entry_at_once(fed: Federation) -> 
         after = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
         assert [e["id"] for e in after] == [before[0]["id"], before[2]["id"]]
         assert await depth(fed, "casc", QUARANTINE) == 2
+
+
+async def test_a_senders_escape_sequences_and_bidi_overrides_are_printed_escaped(
+    fed: Federation,
+) -> None:
+    """A peer chose the text: `quarantine show --payload` prints a junk body's terminal escape
+    sequences escaped, and `mlanet inbox` a delivered summary's right-to-left override and
+    8-bit control sequence (both pass the schema, which refuses only C0 controls)."""
+    junk = b"\x1b[2J\x1b]0;owned\x07 \xe2\x80\xae" + MARK.encode()
+    summary = f"Test request {MARK} \u202eevil\u202c \x9b31m"
+    request = facilitation(fed, "seajust", "kh-cp-1", "UZ", summary=summary)
+    async with running(fed, "casc"):
+        await inject(fed, "casc", "seajust", junk)
+        await inject(fed, "casc", "seajust", request.to_bytes())
+        await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 1), within=60)
+        await eventually(lambda: _depth_is(fed, "casc", "mlanet.deliver.uz-cp-1", 1), within=60)
+    (entry,) = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+    shown = await mlanet(fed, "casc", "quarantine", "show", entry["id"], "--payload")
+    assert shown.code == 0, shown.err
+    assert MARK in shown.out  # the positive control: the payload is printed
+    for hidden in ("\x1b", "\x07", "\u202e"):
+        assert hidden not in shown.out
+    assert "\\x1b[2J\\x1b]0;owned\\x07 \\u202e" in shown.out
+    inbox = await mlanet(fed, "casc", "inbox", "--contact-point", "uz-cp-1")
+    assert inbox.code == 0, inbox.err
+    assert MARK in inbox.out
+    for hidden in ("\u202e", "\u202c", "\x9b"):
+        assert hidden not in inbox.out
+    assert "\\u202eevil\\u202c \\x9b31m" in inbox.out
