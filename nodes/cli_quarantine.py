@@ -148,8 +148,14 @@ def quarantine_list(
 ) -> None:
     """Quarantined messages with their reasons, oldest first (metadata only), a page at a
     time; --reason, --peer/--local, --since and --until narrow it."""
+    from nodes.quarantine_store import QUARANTINE_FILE
+
     cfg = load_or_exit(config)
     where = _where(reason, peer, local, since, until)
+    if not (cfg.state_dir / QUARANTINE_FILE).exists():  # the node never refused anything yet
+        if not as_json:
+            typer.echo(f"the quarantine of {cfg.network} is empty")
+        return
     page = _with_quarantine(
         cfg, operator, lambda action: action.entries_page(where, after=after, limit=limit)
     )

@@ -469,9 +469,7 @@ class QuarantineAction:
         """One page of entries, oldest first (metadata only); ``after``: the last id of the
         previous page."""
         where = where or Where()
-        if after is not None and self.entries.get(after) is None:
-            raise NotInQuarantine(after)
-        page = self.entries.page(where, after=after, limit=limit)
+        page = self.entries.page(where, after=after, limit=limit)  # NotInQuarantine: no after
         self._note(
             "quarantine_listed", count=len(page.entries), matching=page.total, **where.describe()
         )
