@@ -179,6 +179,7 @@ def inbox(
 ) -> None:
     """Read a contact point's delivered messages (verified end to end, deduplicated)."""
     from nodes.contact import read_inbox
+    from nodes.terminal import visible
 
     cfg = load_or_exit(config)
     try:
@@ -201,10 +202,13 @@ def inbox(
         else:
             mark = "*" if item.new else " "
             typer.echo(
-                f"{mark} {header.message_id} {header.kind} from {record['from']} "
-                f"via {' > '.join(item.message.path)}"
+                visible(
+                    f"{mark} {header.message_id} {header.kind} from {record['from']} "
+                    f"via {' > '.join(item.message.path)}"
+                )
             )
-            typer.echo("    " + json.dumps(record["payload"], ensure_ascii=False))
+            # the sender chose this text: control and bidi characters are shown, never obeyed
+            typer.echo("    " + visible(json.dumps(record["payload"], ensure_ascii=False)))
 
 
 @app.command("track")

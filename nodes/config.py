@@ -55,7 +55,9 @@ class PeerLimits(_Config):
     with at most ``prefetch`` of its messages in the node at a time (default:
     ``limits.prefetch``). Its inbox queue holds at most ``queue_messages`` messages and
     ``queue_bytes`` bytes; beyond that the broker refuses the peer's publishes
-    (``reject-publish``), and its link keeps the messages on its side and retries.
+    (``reject-publish``), and its link keeps the messages on its side and retries. Its refused
+    messages keep their bodies in the quarantine up to ``quarantine_messages`` and
+    ``quarantine_bytes``; beyond that, their metadata only (``nodes/quarantine_store.py``).
     """
 
     rate: float = Field(default=1000.0, gt=0, le=1_000_000)
@@ -63,6 +65,8 @@ class PeerLimits(_Config):
     prefetch: int | None = Field(default=None, ge=1, le=5000)
     queue_messages: int = Field(default=50_000, ge=1, le=100_000_000)
     queue_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=2**40)
+    quarantine_messages: int = Field(default=10_000, ge=1, le=100_000_000)
+    quarantine_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=2**40)
 
 
 class PeerConfig(_Config):
@@ -81,6 +85,9 @@ class Limits(_Config):
     max_age_seconds: int = Field(default=30 * 86400, ge=60)
     prefetch: int = Field(default=64, ge=1, le=5000)
     delivery_limit: int = Field(default=5, ge=1, le=100)
+    # bound of each mlanet.deliver.<contact point> (reject-publish, see nodes/fairness.py)
+    deliver_queue_messages: int = Field(default=100_000, ge=1, le=100_000_000)
+    deliver_queue_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024, le=2**40)
     peer: PeerLimits = PeerLimits()  # every peer's, unless its [[peers]] table has [peers.limits]
 
 
@@ -100,6 +107,7 @@ class Alerts(_Config):
     key_expiry_days: float = Field(default=30.0, ge=0)  # a key expires within this many days
     directory_max_age_days: float = Field(default=180.0, gt=0)  # a directory is stale after
     directory_expiry_days: float = Field(default=14.0, ge=0)  # warn this long before that
+    refusals_per_minute: int = Field(default=600, ge=1)  # one peer's refusals in the last minute
 
 
 class OperatorConfig(_Config):

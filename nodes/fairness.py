@@ -16,6 +16,14 @@ one peer's flood to that peer's share:
   the cost of refusing a message grows with its size (``bench/bench_hostile.py``: a 220 KB
   body costs ~50 times a 1 KB valid message). A flooding peer gets its rate; the other peers'
   queues are consumed independently, so their messages never wait behind the flood.
+
+The contact points' delivery queues ``mlanet.deliver.<contact point>`` are bounded too (one
+policy for all of them, :func:`deliver_policy`; ``limits.deliver_queue_messages`` and
+``deliver_queue_bytes``), so that a contact point that stops reading cannot fill the broker:
+once its queue is full the broker nacks the node's delivery, the node hands the message back
+to its inbox, and after ``delivery_limit`` tries the inbox dead-letters it into the quarantine
+as ``delivery_limit``, from where an operator releases it once the contact point has read its
+queue. Nothing already delivered is dropped; ``mlanet status`` raises ``delivery_queue`` first.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from broker.management import Management
-from broker.transport import Handler, Incoming, peer_inbox
+from broker.transport import Handler, Incoming, deliver_queue, peer_inbox
 from nodes.config import NodeConfig, PeerLimits
 
 __all__ = [
@@ -36,6 +44,7 @@ __all__ = [
     "OwnPolicy",
     "TokenBucket",
     "bound_inboxes",
+    "deliver_policy",
     "inbox_policy",
     "node_policies",
     "paced",
@@ -111,6 +120,20 @@ def inbox_policy(peer: str, limits: PeerLimits) -> tuple[str, str, dict[str, obj
     )
 
 
+def deliver_policy(config: NodeConfig) -> tuple[str, str, dict[str, object]]:
+    """(name, pattern, definition) of the policy that bounds every contact point's delivery
+    queue (``mlanet.deliver.<contact point>``)."""
+    return (
+        "mlanet-deliver",
+        f"^{re.escape(deliver_queue(''))}",
+        {
+            "max-length": config.limits.deliver_queue_messages,
+            "max-length-bytes": config.limits.deliver_queue_bytes,
+            "overflow": "reject-publish",
+        },
+    )
+
+
 @dataclass(frozen=True)
 class OwnPolicy:
     """A policy that the node puts on its own vhost and keeps in place (nodes/node.py repairs it
@@ -129,6 +152,8 @@ def node_policies(config: NodeConfig) -> list[OwnPolicy]:
     for peer in config.peers:
         name, pattern, definition = inbox_policy(peer.network, config.peer_limits(peer.network))
         policies.append(OwnPolicy(name, pattern, definition, INBOX_POLICY_PRIORITY))
+    name, pattern, definition = deliver_policy(config)
+    policies.append(OwnPolicy(name, pattern, definition, INBOX_POLICY_PRIORITY))
     return policies
 
 

@@ -3,7 +3,8 @@ forwards, quarantines, sends receipts and resends what was not acknowledged.
 
 Delivery guarantees (see ``docs/OPERATIONS.md``):
 - a delivery is acked only after everything it caused is broker-confirmed or committed;
-- a refused message is published to quarantine (confirmed) before it is acked, never dropped;
+- a refused message is written to the quarantine store (committed) before it is acked, never
+  dropped; what RabbitMQ puts into ``mlanet.quarantine`` is taken into that store the same way;
 - a transient failure requeues; a message that keeps failing is dead-lettered to quarantine by
   the queue's delivery limit, so one bad message never blocks the ones behind it;
 - the destination dedupes on (origin, message id) + content hash; relays forward repeats.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,7 +38,7 @@ from broker import (
     sign_message,
 )
 from broker.errors import error_location
-from broker.keys import SigningKey, b64u_encode
+from broker.keys import SigningKey
 from broker.management import ManagementEndpoint
 from broker.provenance import check_addressee, check_origin, check_payload_origin
 from broker.routing import Deliver, Forward, Refuse, route, target_network
@@ -62,7 +64,8 @@ from nodes.keyed_lock import KeyedLock
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
 from nodes.pipeline import Accepted, Properties, dedupe, receive
-from nodes.quarantine import claim, log_context
+from nodes.quarantine import Entry, claim, entry_of, log_context
+from nodes.quarantine_store import QUARANTINE_FILE, Bound, QuarantineStore
 from nodes.reconcile import Reconciler
 from nodes.store import OutboxEntry, Store
 from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
@@ -75,6 +78,8 @@ log = structlog.get_logger("mlanet.node")
 COMMIT_EVERY = 0.2  # seconds: the longest a write outside a delivery waits for its commit
 GROUP_WAIT = 0.005  # seconds: the longest a finished delivery waits for others to share its commit
 TOPOLOGY_EVERY = 3.0  # seconds between two checks of the node's queues, bindings, links, policies
+
+_REASONS = frozenset(reason.value for reason in Reason)
 
 RECEIPTED = {
     "facilitation_request",
@@ -110,6 +115,8 @@ class Node:
         # loop, before any of them is acked (see _durable); a writer outside a delivery is
         # committed within COMMIT_EVERY seconds by _commit_loop.
         self.store.group_commits()
+        # Refused messages, indexed: written at the same group commit, before the acks.
+        self.quarantined = QuarantineStore(config.state_dir / QUARANTINE_FILE)
         self._commit: asyncio.Future[None] | None = None
         self._commit_timer: asyncio.TimerHandle | None = None
         self._working = 0  # deliveries being handled that have not yet asked for their commit
@@ -140,6 +147,7 @@ class Node:
     async def run(self) -> None:
         async with AsyncExitStack() as stack:
             stack.callback(self.store.close)  # closed last: after the consumers are gone
+            stack.callback(self.quarantined.close)
             stack.callback(self.audit.close)
             await stack.enter_async_context(self.transport)
             await self.transport.declare(self.topology())
@@ -149,6 +157,7 @@ class Node:
             # mlanet.inbox only drains what an older version of the node left there
             await self.transport.consume("mlanet.inbox", self.on_inbox, prefetch=prefetch)
             await self.transport.consume(SUBMIT, self.on_submit, prefetch=prefetch)
+            await self.transport.consume(QUARANTINE, self.on_quarantine, prefetch=prefetch)
             await self.keeper.start(self)
             if self.config.operator.enabled:
                 self.operator = await stack.enter_async_context(OperatorSurface(self))
@@ -338,6 +347,7 @@ class Node:
     def _commit_all(self) -> None:
         """Audit records first: committed state never lacks the record of what was done."""
         self.audit.commit()
+        self.quarantined.commit()
         self.store.commit()
 
     async def _durable(self) -> None:
@@ -438,45 +448,99 @@ class Node:
     async def quarantine(
         self, body: bytes, refused: RefusedMessage, via: str, flow: Flow | None = None
     ) -> None:
-        entry_id = str(uuid.uuid4())  # the quarantine entry's id (mlanet quarantine show ID)
-        # Refused before it could be verified: bind what it claims (identifiers only).
-        seen = flow or claim(body, max_bytes=self.config.limits.max_message_bytes).flow(
-            origin=self.config.network if via == SUBMIT else None
+        """Put a refused message into the quarantine store with its reason; committed (with
+        its audit record) when this returns, so the caller may ack the delivery."""
+        limits = self.config.limits
+        # Never acceptable at any size: an oversized body keeps its first max_message_bytes,
+        # its full size and digest, so that a peer cannot fill the disk with huge bodies.
+        kept = body[: limits.max_message_bytes]
+        truncated = len(kept) < len(body)
+        claimed = claim(kept, max_bytes=limits.max_message_bytes)
+        entry = Entry(
+            id=str(uuid.uuid4()),  # the quarantine entry's id (mlanet quarantine show ID)
+            reason=refused.reason.value,
+            detail=refused.detail,
+            via=via,
+            at=time.time(),
+            size=len(kept),
+            body_sha256=hashlib.sha256(kept).hexdigest(),
+            returns=0,
+            claim=claimed,
+            # of the whole body, also when the transport cut it (broker/amqp_decode.py)
+            truncated_from=body_size(body) if truncated else None,
+            full_sha256=body_sha256(body).hex() if truncated else None,
         )
-        kept, truncated = body, {}
-        if len(body) > self.config.limits.max_message_bytes:
-            # Never acceptable at any size: keep the first max_message_bytes, the size and the
-            # digest, so that a peer cannot fill this broker's disk with bodies far above the cap.
-            kept = body[: self.config.limits.max_message_bytes]
-            truncated = {
-                "x-mlanet-truncated": "true",
-                "x-mlanet-size": str(body_size(body)),  # of the whole body, also when the
-                "x-mlanet-sha256": b64u_encode(body_sha256(body)),  # transport cut it
-            }
-        with bound_contextvars(quarantine_id=entry_id, **log_context(seen)):
-            await self.transport.publish(
-                QUARANTINE,
-                kept,
-                message_id=entry_id,
-                kind="refused",
-                headers={
-                    "x-mlanet-reason": refused.reason.value,
-                    "x-mlanet-detail": refused.detail,
-                    "x-mlanet-via": via,
-                    "x-mlanet-at": datetime.now(UTC).isoformat(),
-                    **truncated,
-                },
-            )
+        # Refused before it could be verified: bind what it claims (identifiers only).
+        seen = flow or claimed.flow(origin=self.config.network if via == SUBMIT else None)
+        with bound_contextvars(quarantine_id=entry.id, **log_context(seen)):
+            body_kept = self.quarantined.add(entry, kept, self._quarantine_bound(entry.peer))
             self.store.event(
                 "-", "quarantined", f"{refused.reason.value}: {refused.detail} (via {via})"
             )
             log.warning(
-                "message_quarantined", reason=refused.reason.value, detail=refused.detail, via=via
+                "message_quarantined",
+                reason=refused.reason.value,
+                detail=refused.detail,
+                via=via,
+                body_kept=body_kept,
             )
             if refused.reason is Reason.EQUIVOCATION:
                 log.error("equivocation_detected", via=via)
             self.observe.refused(refused.reason.value, via, flow)
-            self.observe.quarantined(entry_id, refused.reason.value, refused.detail, via, seen)
+            self.observe.quarantined(entry.id, refused.reason.value, refused.detail, via, seen)
+        await self._durable()
+
+    def _quarantine_bound(self, peer: str) -> Bound:
+        """What one peer's refused messages may keep in the quarantine (``""``: local ones)."""
+        limits = self.config.peer_limits(peer) if peer else self.config.limits.peer
+        return Bound(limits.quarantine_messages, limits.quarantine_bytes)
+
+    async def on_quarantine(self, incoming: Incoming) -> None:
+        """Take what RabbitMQ put into ``mlanet.quarantine`` (dead-lettered by a delivery limit,
+        caught by an alternate exchange, or refused by a contact point's reader) into the
+        quarantine store; acked once committed. Never dead-lettered: a failure waits a moment
+        and hands the message back."""
+        try:
+            with self._at_work():
+                self._take_in(incoming)
+                await self._durable()
+        except Exception as exc:  # the store cannot be written now (a full disk): retry
+            log.error("quarantine_intake_failed", error_type=type(exc).__name__)
+            await asyncio.sleep(1.0)
+            await incoming.requeue()
+            return
+        await incoming.ack()
+
+    def _take_in(self, incoming: Incoming) -> None:
+        entry = entry_of(incoming.body, incoming.exchange, incoming.message_id, incoming.headers)
+        body = incoming.body
+        added = self.quarantined.add(
+            entry,
+            body,
+            self._quarantine_bound(entry.peer),
+            fresh=False,
+            redelivered=incoming.redelivered,
+        )
+        if added is None:
+            return  # already in the store: redelivered, or one more copy of it
+        flow = entry.claim.flow()
+        with bound_contextvars(quarantine_id=entry.id, **log_context(flow)):
+            if "x-mlanet-reason" not in incoming.headers:  # a refusal's publisher recorded it
+                self.store.event(
+                    "-",
+                    "quarantined",
+                    f"{entry.reason}: {entry.detail} (via {entry.via})",
+                )
+            log.warning(
+                "message_quarantined",
+                reason=entry.reason,
+                detail=entry.detail,
+                via=entry.via,
+                body_kept=added,
+            )
+            reason = entry.reason if entry.reason in _REASONS else "unknown"
+            self.observe.refused(reason, entry.via, flow)
+            self.observe.quarantined(entry.id, reason, entry.detail, entry.via, flow)
 
     def _sign(
         self,
@@ -570,11 +634,15 @@ class Node:
     def on_receipt(self, message: SignedMessage, payload: WireModel) -> None:
         assert isinstance(payload, Receipt)
         entry = self.store.outbox_get(payload.receipt_for)
-        if entry is None:
-            raise RefusedMessage(
-                Reason.UNAUTHORISED, "receipt for a message this node did not send"
-            )
         signer = message.header.origin.network
+        if entry is None:
+            # A verified receipt for a message signed with our key that this node has no record
+            # of: it was signed around the node (a tool holding the key), or before the node's
+            # state was lost. Not the signer's fault, so not a refusal: recorded and raised as
+            # an alert (mlanet status: receipts_unmatched), never put into the quarantine.
+            self.store.event(payload.receipt_for, "receipt_unmatched", f"receipt from {signer}")
+            log.warning("receipt_unmatched", receipt_for=payload.receipt_for, by=signer)
+            return
         check_addressee("receipt", signer, self._addressee(entry))
         if entry.content_sha256 != payload.content_sha256:
             raise RefusedMessage(Reason.UNAUTHORISED, f"receipt from {signer} does not match")

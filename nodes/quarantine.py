@@ -1,28 +1,34 @@
-"""The quarantine: what it holds, and what an operator does with it (list, show, release, drop).
+"""The quarantine: what an entry is, and what an operator does with it (list, show, release,
+drop).
 
-The quarantine is the durable quorum queue ``mlanet.quarantine`` in the node's vhost. It
-receives three kinds of message:
+Every message the node will not accept becomes an *entry*: its metadata (reason code, detail,
+way in, time, size, SHA-256, the identifiers it claims) and, within its peer's bound, its body.
+Entries live in the node's quarantine store (``nodes/quarantine_store.py``), an indexed SQLite
+table in its state folder, so that every command is a query and stays quick with a hundred
+thousand entries. They come from:
 
-- refused by the node, with the headers ``x-mlanet-reason``, ``x-mlanet-detail``,
-  ``x-mlanet-via`` (the inbox exchange or ``mlanet.submit`` it came through) and
-  ``x-mlanet-at``; the node sets a fresh UUID as the AMQP ``message_id``: that is the entry's id;
-- dead-lettered by the delivery limit of ``mlanet.inbox`` or ``mlanet.submit`` (RabbitMQ's
-  ``x-death`` headers, no ``x-mlanet-*``): shown as ``delivery_limit``;
-- routed by an inbox exchange's alternate exchange (no binding took it): shown as
-  ``unroutable``.
+- the node's own refusals (``Node.quarantine``), under a fresh UUID;
+- what RabbitMQ puts into the queue ``mlanet.quarantine``, which the node takes into the store:
+  messages dead-lettered by the delivery limit of an inbox or ``mlanet.submit`` (RabbitMQ's
+  ``x-death`` headers): ``delivery_limit``, id ``dl-...``; messages an inbox exchange's
+  alternate exchange caught (no binding took them): ``unroutable``, id ``ur-...``; and
+  refusals published with ``x-mlanet-*`` headers (a contact point's reader refusing a
+  delivery), under the AMQP ``message_id`` they carry. Derived ids come from the bytes and the
+  dead-lettering record, so a redelivery to the node is recognised; a byte-identical copy
+  counts as one more copy of the entry (``copies``).
 
-The last two get an id derived from their bytes and their dead-lettering record (``dl-...``,
-``ur-...``): stable while the message waits, and the same for byte-identical copies (an
-operation then acts on one copy at a time).
+A peer's entries keep their bodies up to its bound (``[limits.peer] quarantine_messages`` and
+``quarantine_bytes``); beyond it an entry keeps its metadata only (``body_kept`` false): nothing
+is silently lost, and one peer's flood cannot fill the node's disk.
 
-Every operation holds the *whole* queue unacked on one connection, under a broker-side lock
-(:meth:`broker.transport.Transport.holding`), acks only the message it acts on and returns all
-the others in their order: nothing is lost or duplicated by looking, and two operators never
-see half a queue each. A release republishes the exact bytes through the exchange the message
-came in by (the pipeline then sees the same sender), or into ``mlanet.submit``; the original
-is acked only after the broker confirmed the copy. Every operation is appended to the audit
-trail. Nothing here prints or logs a payload; :func:`payload_text` exists for ``show
---payload`` only, which writes to the operator's terminal and nowhere else.
+An operator's command first *takes* the entry it acts on (a short claim in the store): a second
+command on the same entry is told to try again, and no two releases send two copies. A release
+republishes the exact bytes through the exchange the message came in by (the pipeline then
+sees the same sender) or into ``mlanet.submit``; the entry is removed only after the broker
+confirmed the copy. Every command is appended to the audit trail, list and show included.
+Nothing here prints or logs a payload; :func:`payload_text` exists for ``show --payload`` only,
+which writes to the operator's terminal (through :func:`nodes.terminal.visible`) and nowhere
+else.
 """
 
 from __future__ import annotations
@@ -31,38 +37,48 @@ import getpass
 import hashlib
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from broker import MlanetError, Reason, RefusedMessage, TransportError, loads_strict
 from broker.keys import b64u_decode
-from broker.transport import INBOX, QUARANTINE, SUBMIT, Held, Incoming, Transport
+from broker.transport import INBOX, SUBMIT
 from nodes.audit import AuditLog
 from nodes.observe import Flow
 from schemas import KINDS
+from schemas.base import format_timestamp
 
 __all__ = [
     "Claim",
+    "Entries",
     "Entry",
     "NotInQuarantine",
+    "Page",
+    "Publisher",
     "QuarantineAction",
+    "QuarantineBusy",
     "QuarantineError",
+    "Where",
     "claim",
     "entry_of",
     "log_context",
     "payload_text",
+    "peer_of",
 ]
 
-LOCK = "mlanet.quarantine.lock"
-_INBOX_EXCHANGE = re.compile(r"^mlanet\.inbox\.from\.[a-z][a-z0-9-]{1,31}$")
+_INBOX_PREFIX = "mlanet.inbox.from."
+_INBOX_EXCHANGE = re.compile(r"^mlanet\.inbox\.from\.([a-z][a-z0-9-]{1,31})$")
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _NETWORK = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CONTACT_POINT = re.compile(r"^[a-z]{2}-[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-_REASON = re.compile(r"^[a-z][a-z_]{1,39}$")
+_REASON = re.compile(r"^[a-z][a-z0-9_]{1,39}$")  # bad_base64, not_utf8: digits too
 _MAX_CLAIM_BYTES = 16 * 1024 * 1024
+_SHA256_B64U = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
 # --- what a refused message claims to be (unverified, identifiers only) ----------------------
@@ -141,7 +157,8 @@ def claim(body: bytes, *, max_bytes: int = _MAX_CLAIM_BYTES) -> Claim:
 
 
 def payload_text(body: bytes) -> str:
-    """The case content of a quarantined message, for ``show --payload`` only (never logged)."""
+    """The case content of a quarantined message, for ``show --payload`` only (never logged).
+    Print it through :func:`nodes.terminal.visible`: the sender chose every character."""
     try:
         frame = loads_strict(body, max_bytes=_MAX_CLAIM_BYTES)
     except RefusedMessage:
@@ -157,23 +174,37 @@ def payload_text(body: bytes) -> str:
     return body.decode("utf-8", errors="backslashreplace")
 
 
+def peer_of(via: str) -> str:
+    """The peer network a message came from (its inbox exchange), or ``""`` for a local way
+    in (``mlanet.submit``, a delivery queue, anything else)."""
+    found = _INBOX_EXCHANGE.fullmatch(via)
+    return found[1] if found else ""
+
+
 # --- one quarantined message ------------------------------------------------------------------
 @dataclass(frozen=True)
 class Entry:
-    """Metadata of one quarantined message (no payload)."""
+    """One quarantined message: its metadata, and its body when it was kept and loaded."""
 
     id: str
     reason: str
     detail: str
     via: str
-    at: str
-    size: int
-    body_sha256: str
+    at: float  # when it was refused (seconds since the epoch)
+    size: int  # bytes of the body as kept: an oversized one only in part
+    body_sha256: str  # of those bytes (hex)
     returns: int
     claim: Claim
-    body: bytes = field(repr=False)
-    # An oversized body is kept only in part (the node's cap): its full size, else None.
+    body: bytes | None = field(default=None, repr=False)  # None: not kept, or not loaded
+    # An oversized body is kept only in part (the node's cap): its full size and SHA-256.
     truncated_from: int | None = None
+    full_sha256: str | None = None
+    body_kept: bool = True  # False: over its peer's bound, only this metadata was kept
+    copies: int = 1  # byte-identical copies that arrived under this id
+
+    @property
+    def peer(self) -> str:
+        return peer_of(self.via)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -181,9 +212,12 @@ class Entry:
             "reason": self.reason,
             "detail": self.detail,
             "via": self.via,
-            "at": self.at,
+            "peer": self.peer,
+            "at": _iso(self.at),
             "size": self.size,
             "body_sha256": self.body_sha256,
+            "body_kept": self.body_kept,
+            "copies": self.copies,
             "returns": self.returns,
             "truncated_from": self.truncated_from,
             "claimed": {
@@ -195,12 +229,30 @@ class Entry:
         }
 
 
+def _iso(at: float) -> str:
+    return format_timestamp(datetime.fromtimestamp(at, UTC))
+
+
 def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, datetime):
         return value.isoformat()
     return value if isinstance(value, str) else ""
+
+
+def _when(value: object, default: float) -> float:
+    """A header's time (an AMQP timestamp or ISO 8601 text) in epoch seconds, else ``default``."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    text = _text(value)
+    if not text:
+        return default
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return default
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def _derived(prefix: str, *parts: bytes | str) -> str:
@@ -211,15 +263,32 @@ def _derived(prefix: str, *parts: bytes | str) -> str:
     return f"{prefix}-{digest.hexdigest()[:24]}"
 
 
+def _full_sha256(value: object) -> str | None:
+    text = _text(value)
+    if not _SHA256_B64U.fullmatch(text):
+        return None
+    try:
+        return b64u_decode(text).hex()
+    except RefusedMessage:
+        return None
+
+
 def entry_of(
-    body: bytes, exchange: str, message_id: str | None, headers: Mapping[str, Any]
+    body: bytes,
+    exchange: str,
+    message_id: str | None,
+    headers: Mapping[str, Any],
+    *,
+    now: float | None = None,
 ) -> Entry:
-    """Interpret one quarantined message's AMQP metadata (see the module docstring)."""
+    """Interpret a message found in ``mlanet.quarantine`` by its AMQP metadata (see the module
+    docstring). ``now`` is its time when its headers name none (an unroutable message)."""
+    received = time.time() if now is None else now
     returns = headers.get("x-delivery-count", 0)
     size = _text(headers.get("x-mlanet-size"))
     truncated = _text(headers.get("x-mlanet-truncated")) == "true" and size.isdigit()
 
-    def entry(entry_id: str, reason: str, detail: str, via: str, at: str) -> Entry:
+    def entry(entry_id: str, reason: str, detail: str, via: str, at: float) -> Entry:
         return Entry(
             id=entry_id,
             reason=reason,
@@ -232,6 +301,7 @@ def entry_of(
             claim=claim(body),
             body=body,
             truncated_from=int(size) if truncated else None,
+            full_sha256=_full_sha256(headers.get("x-mlanet-sha256")) if truncated else None,
         )
 
     reason = _text(headers.get("x-mlanet-reason"))
@@ -244,7 +314,7 @@ def entry_of(
             reason if _REASON.fullmatch(reason) else "unknown",
             _text(headers.get("x-mlanet-detail"))[:500],
             via,
-            at,
+            _when(at, received),
         )
     deaths = headers.get("x-death")
     if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
@@ -258,19 +328,83 @@ def entry_of(
             Reason.DELIVERY_LIMIT.value,
             f"dead-lettered from {queue} ({why}, {count} time(s))",
             via,
-            at,
+            _when(last.get("time"), received),
         )
     return entry(
         _derived("ur", body, exchange, message_id or ""),
         Reason.UNROUTABLE.value,
         f"no queue took it from {exchange or 'the default exchange'}",
         exchange,
-        "",
+        received,
     )
 
 
-def _entry(incoming: Incoming) -> Entry:
-    return entry_of(incoming.body, incoming.exchange, incoming.message_id, incoming.headers)
+# --- finding entries -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Where:
+    """Which entries: every field narrows (an empty one does not)."""
+
+    reasons: tuple[str, ...] = ()
+    peer: str | None = None  # a peer network, "" for the local ways in, None for any
+    since: float | None = None  # refused at or after (epoch seconds)
+    until: float | None = None  # refused before
+
+    def describe(self) -> dict[str, str | list[str]]:
+        """For the audit trail: the filter as metadata."""
+        found: dict[str, str | list[str]] = {}
+        if self.reasons:
+            found["reasons"] = list(self.reasons)
+        if self.peer is not None:
+            found["peer"] = self.peer or "local"
+        if self.since is not None:
+            found["since"] = _iso(self.since)
+        if self.until is not None:
+            found["until"] = _iso(self.until)
+        return found
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of entries, oldest first (metadata only, no body loaded)."""
+
+    entries: tuple[Entry, ...]
+    total: int  # entries that match, on every page
+    more: bool  # another page follows the last entry of this one
+
+
+class Entries(Protocol):
+    """The quarantine store as the operator's commands use it (``nodes/quarantine_store.py``).
+
+    ``take`` claims an entry for one command (``token``); another command's claim younger than
+    the store's staleness limit makes it raise :class:`QuarantineBusy`, a missing entry
+    :class:`NotInQuarantine`. ``remove`` and ``let_go`` act only on what ``token`` holds."""
+
+    def page(self, where: Where, *, after: str | None, limit: int) -> Page: ...
+
+    def get(self, entry_id: str) -> Entry | None: ...
+
+    def take(self, entry_id: str, token: str, now: float) -> Entry: ...
+
+    def take_matching(self, where: Where, token: str, now: float, limit: int) -> list[Entry]: ...
+
+    def remove(self, token: str) -> int: ...
+
+    def let_go(self, token: str) -> None: ...
+
+
+class Publisher(Protocol):
+    """What a release needs of the broker (``broker.transport.Transport``)."""
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str,
+        kind: str,
+        headers: Mapping[str, str] | None = None,
+        exchange: str | None = None,
+    ) -> None: ...
 
 
 # --- operations -----------------------------------------------------------------------------
@@ -285,61 +419,88 @@ class NotInQuarantine(QuarantineError):
         super().__init__(f"no quarantined message has the id {entry_id}")
 
 
+class QuarantineBusy(QuarantineError):
+    """Another command is working on that entry right now."""
+
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(f"{entry_id} is being worked on elsewhere; try again")
+
+
+BULK = 2000  # entries one bulk drop takes, records in the audit trail and removes at a time
+
+
 @dataclass
 class QuarantineAction:
     """An operator's session with the quarantine of one node: every call is audited."""
 
-    transport: Transport
+    entries: Entries
     audit: AuditLog
+    publisher: Publisher | None = None  # the node's broker, for release only
     operator: str = field(default_factory=getpass.getuser)
+    clock: Callable[[], float] = time.time
 
-    def _note(self, event: str, entry: Entry | None = None, **meta: str | int | bool) -> None:
-        base: dict[str, str | int | bool] = {"operator": self.operator}
+    def _meta(self, entry: Entry) -> dict[str, str | int | bool]:
+        return {
+            "operator": self.operator,
+            "quarantine_id": entry.id,
+            "reason": entry.reason,
+            "via": entry.via,
+            "body_sha256": entry.body_sha256,
+            "message_id": entry.claim.message_id,
+            "origin": entry.claim.origin,
+            "destination": entry.claim.destination,
+            "kind": entry.claim.kind,
+        }
+
+    def _note(self, event: str, entry: Entry | None = None, /, **meta: Any) -> None:
+        """Append one record and commit it before going on."""
+        base: dict[str, Any] = {"operator": self.operator}
         if entry is not None:
-            base |= {
-                "quarantine_id": entry.id,
-                "reason": entry.reason,
-                "via": entry.via,
-                "body_sha256": entry.body_sha256,
-                "message_id": entry.claim.message_id,
-                "origin": entry.claim.origin,
-                "destination": entry.claim.destination,
-                "kind": entry.claim.kind,
-            }
+            base = self._meta(entry)
         self.audit.append(event, base | meta)
+        self.audit.commit()
 
     def _history(self, entry_id: str) -> list[str]:
         return [record.event for record in self.audit.about_quarantine(entry_id)]
 
-    async def entries(self) -> list[Entry]:
-        """Every quarantined message, oldest first (metadata only)."""
-        async with self.transport.holding(QUARANTINE, lock=LOCK) as held:
-            entries = [_entry(incoming) for incoming in held.messages]
-        self._note("quarantine_listed", count=len(entries))
-        return sorted(entries, key=lambda entry: (entry.at, entry.id))
+    async def entries_page(
+        self, where: Where | None = None, *, after: str | None = None, limit: int = 1000
+    ) -> Page:
+        """One page of entries, oldest first (metadata only); ``after``: the last id of the
+        previous page."""
+        where = where or Where()
+        page = self.entries.page(where, after=after, limit=limit)  # NotInQuarantine: no after
+        self._note(
+            "quarantine_listed", count=len(page.entries), matching=page.total, **where.describe()
+        )
+        return page
 
     async def show(self, entry_id: str, *, payload: bool = False) -> tuple[Entry, list[str]]:
-        """One entry and what the audit trail recorded about it; ``payload`` is audited."""
-        async with self.transport.holding(QUARANTINE, lock=LOCK) as held:
-            found = _find(held, entry_id)
-            entry = _entry(found)
+        """One entry (with its body, if kept) and what the audit trail recorded about it;
+        ``payload`` is audited."""
+        entry = self.entries.get(entry_id)
+        if entry is None:
+            raise NotInQuarantine(entry_id)
         self._note("quarantine_shown", entry, payload=payload)
         return entry, self._history(entry_id)
 
     async def release(self, entry_id: str) -> Entry:
         """Republish through the way it came in, then remove it from the quarantine."""
-        async with self.transport.holding(QUARANTINE, lock=LOCK) as held:
-            found = _find(held, entry_id)
-            entry = _entry(found)
+        token = uuid.uuid4().hex
+        entry = self.entries.take(entry_id, token, self.clock())
+        removed = False
+        try:
             if "quarantine_released" in self._history(entry_id):
                 # An earlier release was confirmed but its removal was not: only remove it.
                 self._note("quarantine_leftover_removed", entry)
-                await held.take(found)
+                removed = self.entries.remove(token) > 0
                 return entry
             exchange, queue = _way_in(entry)
+            if self.publisher is None or entry.body is None:
+                raise QuarantineError("release needs the broker and the kept body")
             self._note("quarantine_release", entry, to=exchange or queue)
             try:
-                await self.transport.publish(
+                await self.publisher.publish(
                     queue,
                     entry.body,
                     message_id=entry.claim.message_id or entry.id,
@@ -351,34 +512,64 @@ class QuarantineAction:
                 self._note("quarantine_release_failed", entry, error=str(exc))
                 raise
             self._note("quarantine_released", entry, to=exchange or queue)
-            await held.take(found)
-        return entry
+            removed = self.entries.remove(token) > 0
+            return entry
+        finally:
+            if not removed:
+                self.entries.let_go(token)
 
     async def drop(self, entry_id: str) -> Entry:
         """Remove the message for good (its metadata and hash stay in the audit trail)."""
-        async with self.transport.holding(QUARANTINE, lock=LOCK) as held:
-            found = _find(held, entry_id)
-            entry = _entry(found)
+        token = uuid.uuid4().hex
+        entry = self.entries.take(entry_id, token, self.clock())
+        removed = False
+        try:
             self._note("quarantine_dropped", entry)
-            await held.take(found)
+            removed = self.entries.remove(token) > 0
+        finally:
+            if not removed:
+                self.entries.let_go(token)
         return entry
 
-
-def _find(held: Held, entry_id: str) -> Incoming:
-    for incoming in held.messages:
-        if _entry(incoming).id == entry_id:
-            return incoming
-    raise NotInQuarantine(entry_id)
+    async def drop_matching(self, where: Where) -> int:
+        """Drop every entry that matches ``where`` and was refused before the command started
+        (one audit record each, committed before the entries go), :data:`BULK` at a time;
+        entries another command holds are left. Returns how many were dropped."""
+        dropped = 0
+        started = self.clock()
+        if where.until is None or where.until > started:
+            where = replace(where, until=started)
+        while True:
+            token = uuid.uuid4().hex
+            taken = self.entries.take_matching(where, token, self.clock(), BULK)
+            if not taken:
+                self._note("quarantine_dropped_matching", count=dropped, **where.describe())
+                return dropped
+            removed = False
+            try:
+                for entry in taken:
+                    self.audit.append("quarantine_dropped", self._meta(entry) | {"bulk": True})
+                self.audit.commit()
+                dropped += self.entries.remove(token)
+                removed = True
+            finally:
+                if not removed:
+                    self.entries.let_go(token)
 
 
 def _way_in(entry: Entry) -> tuple[str | None, str]:
     """(exchange, queue) to republish through: the peer's inbox exchange, or the submit queue."""
+    if not entry.body_kept:
+        raise QuarantineError(
+            f"{entry.id} was refused over its peer's quarantine bound, so only its metadata was"
+            " kept and it cannot be released; drop it instead"
+        )
     if entry.truncated_from is not None:
         raise QuarantineError(
             f"{entry.id} was kept only in part ({entry.size} of {entry.truncated_from} bytes,"
             " over the size cap), so it cannot be released; drop it instead"
         )
-    if _INBOX_EXCHANGE.fullmatch(entry.via):
+    if entry.via.startswith(_INBOX_PREFIX) and peer_of(entry.via):
         return entry.via, INBOX
     if entry.via == SUBMIT:
         return None, SUBMIT

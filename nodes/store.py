@@ -255,6 +255,14 @@ class Store:
         ).fetchall()
         return [TrackEvent(*row) for row in rows]
 
+    def count_events(self, event: str, since: float) -> int:
+        """How many events of one kind were recorded at or after ``since``."""
+        self._write_pending()
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM events WHERE event=? AND at>=?", (event, since)
+        ).fetchone()
+        return int(row[0])
+
     def quarantine_reasons(self) -> dict[str, int]:
         """How many messages this node quarantined, by reason code (all recorded time); a
         refusal when a contact point read its delivery is recorded as ``at delivery: <reason>``."""

@@ -207,8 +207,8 @@ def dashboard_page(
     ]
     parts.append(
         '<section id="quarantine"><h2>Quarantine</h2>'
-        f"<p><strong>{escape(_n(quarantine.depth))}</strong> messages waiting in "
-        "<code>mlanet.quarantine</code>.</p>"
+        f"<p><strong>{escape(_n(quarantine.depth))}</strong> messages waiting in the "
+        "quarantine (<code>mlanet quarantine list</code>).</p>"
         + (
             "<h3>Refused by this node, by reason</h3>"
             + _table(["reason", "messages"], reasons, {1})

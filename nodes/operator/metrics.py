@@ -134,7 +134,7 @@ class NodeMetrics(Observer):
             registry=r,
         )
         self.quarantine_depth = Gauge(
-            "mlanet_quarantine_messages", "Messages waiting in mlanet.quarantine.", registry=r
+            "mlanet_quarantine_messages", "Messages waiting in the quarantine.", registry=r
         )
         self.awaiting = Gauge(
             "mlanet_receipts_awaiting_messages", "Own messages awaiting a receipt.", registry=r

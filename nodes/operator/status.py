@@ -6,7 +6,9 @@ dashboard. Sources, and what is shown when one is missing:
 - the RabbitMQ **management API** (queue depths, rates, consumers, shovel states). Without it,
   depths and consumers of the node's own queues come from AMQP passive declares and the status
   says plainly that rates, unacknowledged counts and link states cannot be shown;
-- the node's **SQLite state** (messages awaiting a receipt, quarantine reasons), read-only;
+- the node's **SQLite state** (messages awaiting a receipt, quarantine reasons) and its
+  **quarantine store** (entries per peer, those kept without their body, the last minute's
+  refusals: ``nodes/quarantine_store.py``), read-only;
 - the **directory** (key and directory expiry);
 - the **running node's link tracker** (last success, oldest waiting message; see
   ``nodes/operator/links.py``), which the node writes to ``<state_dir>/operator.json`` each poll.
@@ -30,10 +32,11 @@ from broker.management import (
     ShovelState,
     shovel_states,
 )
-from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
+from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, deliver_queue, out_queue
 from nodes.config import Alerts, NodeConfig, _read_secret
 from nodes.directory import DirectoryBook, effective_config
 from nodes.operator.links import LinkView
+from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from nodes.reconcile import foreign, link_name
 from nodes.store import Store
 from schemas.directory import Directory, NetworkKey
@@ -44,6 +47,7 @@ __all__ = [
     "BrokerView",
     "ExpiryView",
     "NodeStatus",
+    "PeerQuarantine",
     "QuarantineEntry",
     "QuarantineView",
     "ReceiptView",
@@ -68,10 +72,21 @@ class QuarantineEntry:
 
 
 @dataclass(frozen=True)
+class PeerQuarantine:
+    """One peer's entries in the quarantine (``local``: the node's local ways in)."""
+
+    waiting: int
+    without_body: int  # kept as metadata only: the peer's quarantine bound was reached
+    last_minute: int  # refused within the last minute (the refusal-rate alert)
+
+
+@dataclass(frozen=True)
 class QuarantineView:
-    depth: int | None  # messages in mlanet.quarantine now
+    # entries waiting: in the quarantine store, and in mlanet.quarantine for the node to take in
+    depth: int | None
     by_reason: dict[str, int]  # messages this node quarantined, by reason code (all recorded)
     recent: list[QuarantineEntry]
+    peers: dict[str, PeerQuarantine] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,7 @@ class ReceiptView:
     oldest_age: float | None
     overdue: int  # of them, waiting longer than the alert threshold
     states: dict[str, int]  # all own messages by state
+    unmatched: int = 0  # receipts in the last day for messages this node has no record of
 
 
 @dataclass(frozen=True)
@@ -213,6 +229,9 @@ async def _passive(
 
 
 # --- the node's state and the directory -----------------------------------------------------
+UNMATCHED_WINDOW = 86400.0  # seconds: receipts for messages this node did not send, counted
+
+
 def receipt_view(store: Store, alerts: Alerts, now: float) -> ReceiptView:
     awaiting, oldest, overdue = store.outbox_awaiting(now - alerts.receipt_overdue_seconds)
     return ReceiptView(
@@ -220,17 +239,40 @@ def receipt_view(store: Store, alerts: Alerts, now: float) -> ReceiptView:
         oldest_age=None if oldest is None else max(0.0, now - oldest),
         overdue=overdue,
         states=store.outbox_states(),
+        unmatched=store.count_events("receipt_unmatched", now - UNMATCHED_WINDOW),
     )
 
 
-def quarantine_view(store: Store | None, depth: int | None, recent: int = 20) -> QuarantineView:
+def quarantine_view(
+    store: Store | None,
+    depth: int | None,
+    recent: int = 20,
+    *,
+    quarantined: QuarantineStore | None = None,
+    now: float = 0.0,
+) -> QuarantineView:
+    """The quarantine at a glance. ``depth``: messages still in ``mlanet.quarantine`` (None:
+    unknown); the entries of the store ``quarantined`` are added to it."""
+    peers: dict[str, PeerQuarantine] = {}
+    if quarantined is not None:
+        counts = quarantined.by_peer(now - 60.0)
+        peers = {
+            peer or "local": PeerQuarantine(c.waiting, c.without_body, c.recent)
+            for peer, c in sorted(counts.items())
+        }
+        depth = (depth or 0) + sum(c.waiting for c in counts.values())
     if store is None:
-        return QuarantineView(depth, {}, [])
+        return QuarantineView(depth, {}, [], peers)
     entries = []
     for event in store.recent_events("quarantined", recent):
         reason, _, detail = event.detail.removeprefix("at delivery: ").partition(": ")
         entries.append(QuarantineEntry(event.at, reason, detail))
-    return QuarantineView(depth, store.quarantine_reasons(), entries)
+    return QuarantineView(depth, store.quarantine_reasons(), entries, peers)
+
+
+def _open_quarantine(config: NodeConfig) -> QuarantineStore | None:
+    path = config.state_dir / QUARANTINE_FILE
+    return QuarantineStore(path, readonly=True) if path.exists() else None
 
 
 def _key_end(key: NetworkKey) -> float | None:
@@ -289,6 +331,17 @@ def build_status(
     if store is None:
         notes.append("the node's state database cannot be read: receipts and quarantine reasons")
     quarantine = view.queues.get(QUARANTINE)
+    quarantined = _open_quarantine(config)
+    try:
+        quarantine_now = quarantine_view(
+            store,
+            quarantine.messages if quarantine else None,
+            quarantined=quarantined,
+            now=now,
+        )
+    finally:
+        if quarantined is not None:
+            quarantined.close()
     queues = sorted(view.queues.values(), key=lambda q: (_queue_rank(q.name), q.name))
     linked = sorted(links, key=lambda link: link.peer)
     expiry = expiry_view(directory, thresholds)
@@ -299,7 +352,7 @@ def build_status(
         management=view.shovels is not None,
         queues=queues,
         links=linked,
-        quarantine=quarantine_view(store, quarantine.messages if quarantine else None),
+        quarantine=quarantine_now,
         receipts=receipts,
         expiry=expiry,
         alerts=[],
@@ -370,6 +423,19 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
                 f"{human_duration(limits.receipt_overdue_seconds)} for a receipt",
             )
         )
+    if status.receipts is not None and status.receipts.unmatched:
+        found.append(
+            Alert(
+                "receipts_unmatched",
+                "warning",
+                "",
+                f"{status.receipts.unmatched} receipts in the last day for messages this node "
+                "has no record of: is this network's signing key used outside its node, or was "
+                "its state reset?",
+            )
+        )
+    found.extend(_quarantine_alerts(status, config))
+    found.extend(_delivery_alerts(status, config))
     relevant = [config.network, *(peer.network for peer in config.peers)]
     for network in relevant:
         if network not in status.expiry.network_keys:
@@ -416,6 +482,68 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
             )
         )
     return sorted(found, key=lambda alert: alert.severity != "critical")
+
+
+def _quarantine_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
+    """A peer refused at more than ``refusals_per_minute``, and a peer whose refusals are kept
+    without their body (its quarantine bound is reached)."""
+    threshold = config.operator.alerts.refusals_per_minute
+    found = []
+    for peer, counts in status.quarantine.peers.items():
+        which = "--local" if peer == "local" else f"--peer {peer}"
+        if counts.last_minute >= threshold:
+            found.append(
+                Alert(
+                    "quarantine_rate",
+                    "warning",
+                    peer,
+                    f"{counts.last_minute} messages refused in the last minute (threshold "
+                    f"{threshold}): mlanet quarantine list {which}",
+                )
+            )
+        if counts.without_body:
+            found.append(
+                Alert(
+                    "quarantine_bound",
+                    "warning",
+                    peer,
+                    f"{counts.without_body} refused messages kept as metadata only: the "
+                    f"quarantine bound is reached (look, then: mlanet quarantine drop "
+                    f"--all-matching {which})",
+                )
+            )
+    return found
+
+
+def _delivery_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
+    """A contact point's delivery queue near (80 %) or at its bound."""
+    bound = config.limits.deliver_queue_messages
+    prefix = deliver_queue("")
+    found = []
+    for queue in status.queues:
+        if not queue.name.startswith(prefix) or queue.messages is None:
+            continue
+        contact_point = queue.name.removeprefix(prefix)
+        if queue.messages >= bound:
+            found.append(
+                Alert(
+                    "delivery_queue",
+                    "critical",
+                    contact_point,
+                    f"{queue.messages} messages wait to be read (bound {bound}): the queue is "
+                    "full, new messages for it go to quarantine as delivery_limit",
+                )
+            )
+        elif queue.messages >= 0.8 * bound:
+            found.append(
+                Alert(
+                    "delivery_queue",
+                    "warning",
+                    contact_point,
+                    f"{queue.messages} messages wait to be read (bound {bound})",
+                )
+            )
+    return found
 
 
 def human_duration(seconds: float) -> str:
@@ -605,7 +733,13 @@ def render_text(status: NodeStatus) -> str:
             f"{_num(queue.consumers):>9}"
         )
     quarantine = status.quarantine
-    lines += ["", f"QUARANTINE: {_num(quarantine.depth)} messages waiting in mlanet.quarantine"]
+    lines += ["", f"QUARANTINE: {_num(quarantine.depth)} messages waiting"]
+    if quarantine.peers:
+        lines.append(f"  {'from':<16} {'waiting':>8} {'no body':>8} {'last min':>8}")
+        for peer, counts in quarantine.peers.items():
+            lines.append(
+                f"  {peer:<16} {counts.waiting:>8} {counts.without_body:>8} {counts.last_minute:>8}"
+            )
     if quarantine.by_reason:
         lines.append("  refused by this node, by reason (all recorded):")
         for reason, count in sorted(quarantine.by_reason.items(), key=lambda kv: -kv[1]):

@@ -8,8 +8,9 @@ quarantines. Each appends to the run's :class:`History`.
 - A :class:`Reader` does what ``mlanet inbox`` does for its network's contact points
   (``take_delivered``: verify, archive in the node's store, ack) in a loop, and records each
   message as ``delivered`` (new in the archive) or ``repeat`` (already archived).
-- The :class:`Collector` takes what lands in each node's ``mlanet.quarantine`` and records the
-  message id and the reason code (``x-mlanet-reason``; ``delivery_limit`` for a message the
+- The :class:`Collector` takes what lands in each node's quarantine (its quarantine store, and
+  what still waits in ``mlanet.quarantine`` for the node) and records the message id and the
+  reason code (``x-mlanet-reason``; ``delivery_limit`` for a message the
   queue dead-lettered; ``unroutable`` for one an exchange could not route).
 """
 
@@ -21,6 +22,7 @@ import binascii
 import contextlib
 import json
 import random
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,6 +43,7 @@ from nodes.store import Store
 from schemas.submission import Submission
 from tests.battery.history import History
 from tests.integration.kit import config
+from tests.integration.quarantine_kit import take_entries
 
 __all__ = [
     "Client",
@@ -388,27 +391,34 @@ class Collector:
         for network in self.networks:
             try:
                 found += await self._sweep(network)
-            except BROKER_ERRORS:
+            except (*BROKER_ERRORS, sqlite3.Error):
                 self.errors += 1
         return found
 
+    def _record(self, network: str, body: bytes, headers: Mapping[str, Any]) -> None:
+        origin, message_id, kind = _identify(body, network)
+        self.history.add(
+            "quarantined",
+            "collector",
+            message_id=message_id if isinstance(message_id, str) else None,
+            origin=origin if isinstance(origin, str) else None,
+            network=network,
+            kind=kind if isinstance(kind, str) else None,
+            reason=_reason(headers),
+        )
+
     async def _sweep(self, network: str) -> int:
+        # the node's quarantine store, then what waits in mlanet.quarantine for the node
+        taken = take_entries(self.fed, network)
+        for entry in taken:
+            self._record(network, entry.body, entry.headers)
+        found = len(taken)
         connection = await aio_pika.connect(admin_url(self.fed, network, self.admin))
-        found = 0
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(QUARANTINE, passive=True)
             while (message := await queue.get(no_ack=False, fail=False)) is not None:
-                origin, message_id, kind = _identify(message.body, network)
-                self.history.add(
-                    "quarantined",
-                    "collector",
-                    message_id=message_id if isinstance(message_id, str) else None,
-                    origin=origin if isinstance(origin, str) else None,
-                    network=network,
-                    kind=kind if isinstance(kind, str) else None,
-                    reason=_reason(dict(message.headers or {})),
-                )
+                self._record(network, message.body, dict(message.headers or {}))
                 await message.ack()
                 found += 1
         return found

@@ -11,6 +11,8 @@ name, the layer it attacks, how it is built, a builder and the outcome:
   AMQP reply code), so the node never sees it;
 - ``Deduplicated()``: a replay of a message already delivered: acknowledged, never delivered
   twice, not quarantined;
+- ``Recorded(event)``: acknowledged and recorded in the node's tracking as ``event``, neither
+  delivered nor quarantined (nothing in it to act on, nor anyone to blame for certain);
 - ``Delivered()``: a valid message whose AMQP properties carry bytes the node's AMQP client
   could not decode before the hardening (``broker/amqp_decode.py``); properties are only hints,
   so it is delivered once, and the node's connection survives.
@@ -56,6 +58,7 @@ __all__ = [
     "Delivered",
     "Hostile",
     "Quarantined",
+    "Recorded",
     "Refused",
     "Scene",
     "restrict_kinds",
@@ -91,7 +94,12 @@ class Delivered:
     pass
 
 
-Outcome = Quarantined | Refused | Deduplicated | Delivered
+@dataclass(frozen=True)
+class Recorded:
+    event: str
+
+
+Outcome = Quarantined | Refused | Deduplicated | Delivered | Recorded
 
 
 @dataclass(frozen=True)
@@ -771,9 +779,11 @@ CORPUS: tuple[Hostile, ...] = (
     Hostile(
         "receipt_for_a_message_never_sent",
         "authorisation",
-        "a valid receipt to casc's node for a message id casc never sent",
+        "a valid receipt to casc's node for a message id casc never sent (an honest peer's"
+        " receipt for a message signed with casc's key outside casc's node looks the same, so"
+        " it is recorded and alerted on, not refused as the peer's fault)",
         _receipt_for_unsent,
-        Quarantined(Reason.UNAUTHORISED),
+        Recorded("receipt_unmatched"),
         node_only=True,
     ),
     # --- size ------------------------------------------------------------------------------

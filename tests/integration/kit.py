@@ -17,7 +17,7 @@ import aio_pika
 
 from broker import SignedMessage, SigningKey, load_signing_key, sign_message
 from broker.management import ManagementEndpoint
-from broker.transport import CONTENT_TYPE
+from broker.transport import CONTENT_TYPE, QUARANTINE
 from nodes.config import NodeConfig, load_config
 from nodes.federation import Federation
 from nodes.node import Node
@@ -97,8 +97,13 @@ class Drained:
 
 
 async def drain(fed: Federation, network: str, queue: str) -> list[Drained]:
-    """Take every message out of a queue of ``network`` (as the broker administrator)."""
+    """Take every message out of a queue of ``network`` (as the broker administrator); for
+    ``mlanet.quarantine``, every entry of the node's quarantine store first."""
     out: list[Drained] = []
+    if queue == QUARANTINE:
+        from tests.integration.quarantine_kit import take_entries
+
+        out = take_entries(fed, network)
     connection = await aio_pika.connect(amqp(fed, network))
     async with connection:
         channel = await connection.channel()
@@ -114,7 +119,12 @@ async def depth(fed: Federation, network: str, queue: str) -> int:
     async with connection:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
+        count = int(declared.declaration_result.message_count or 0)
+    if queue == QUARANTINE:  # and the entries the node took into its quarantine store
+        from tests.integration.quarantine_kit import stored
+
+        count += stored(fed, network)
+    return count
 
 
 async def eventually(

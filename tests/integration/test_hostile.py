@@ -3,10 +3,11 @@ into a running node's inbox by a misbehaving peer (its own broker user, its own 
 unless the entry says otherwise, any AMQP property bytes), one after the other.
 
 Each must end exactly as the corpus says: quarantined with its specific ``x-mlanet-reason``,
-refused by the broker (permissions, a forged user id), deduplicated, or (a valid message with
-undecodable properties) delivered once. None may cause a delivery it should not, a forward, a
-crash or a stall: a good message sent after the whole corpus is delivered, and the contact
-point's queue holds exactly the messages that were meant to arrive, each once.
+refused by the broker (permissions, a forged user id), deduplicated, recorded (a receipt for
+nothing casc sent), or (a valid message with undecodable properties) delivered once. None may
+cause a delivery it should not, a forward, a crash or a stall: a good message sent after the
+whole corpus is delivered, and the contact point's queue holds exactly the messages that were
+meant to arrive, each once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tests.hostile.corpus import (
     Delivered,
     Hostile,
     Quarantined,
+    Recorded,
     Refused,
     Scene,
     restrict_kinds,
@@ -55,6 +57,14 @@ def _events(fed: Federation, message_id: str) -> list[str]:
     store = Store(config(fed, RECEIVER).state_dir / "node.sqlite3", readonly=True)
     try:
         return [event.event for event in store.events(message_id)]
+    finally:
+        store.close()
+
+
+def _recorded(fed: Federation, event: str) -> int:
+    store = Store(config(fed, RECEIVER).state_dir / "node.sqlite3", readonly=True)
+    try:
+        return store.count_events(event, 0.0)
     finally:
         store.close()
 
@@ -98,7 +108,16 @@ class Battery:
         if isinstance(expect, Delivered):
             await self.deliver(attack.hostile)
             return "delivered once (properties ignored)"
+        recorded_before = _recorded(self.fed, expect.event) if isinstance(expect, Recorded) else 0
         await self.send(attack.hostile)
+        if isinstance(expect, Recorded):
+
+            async def recorded() -> bool:
+                return _recorded(self.fed, expect.event) > recorded_before
+
+            await eventually(recorded, within=60)
+            assert await depth(self.fed, RECEIVER, QUARANTINE) == 0, entry.name
+            return f"recorded as {expect.event}"
         if isinstance(expect, Deduplicated):
             message_id = _message_id(attack.hostile.body)
 

@@ -1,7 +1,8 @@
 """Operators and the quarantine, end to end on the real RabbitMQ through the ``mlanet`` command:
 refused messages are listed with their reasons and stable ids, shown without their content,
 released through the way they came in (a corrected config then accepts them) or dropped, and
-nothing else in the queue is lost, duplicated or reordered. Every action is in the audit trail."""
+nothing else in the quarantine is lost, duplicated or reordered. Every action is in the audit
+trail. (A flood of refusals, the per-peer bound and the paging: test_quarantine_flood.py.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import json
 import sqlite3
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ from broker.transport import QUARANTINE, Topology, Transport, peer_inbox
 from nodes.audit import AUDIT_FILE, AuditLog
 from nodes.contact import read_inbox
 from nodes.federation import Federation
+from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from tests.integration.kit import amqp, config, depth, eventually, facilitation, inject, running
 
 MARK = "QUARANTINE-TEST-CONTENT-7Q2X"
@@ -261,15 +264,23 @@ async def test_dead_lettered_and_unroutable_messages_are_released_through_their_
     await inject(fed, "casc", "ejn", stray.to_bytes())
     await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 2), within=30)
 
-    entries = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
-    by_reason = {e["reason"]: e for e in entries}
-    assert set(by_reason) == {"delivery_limit", "unroutable"}
-    assert by_reason["delivery_limit"]["via"] == "mlanet.inbox.from.seajust"
-    assert by_reason["delivery_limit"]["id"].startswith("dl-")
-    assert by_reason["unroutable"]["via"] == "mlanet.inbox.from.ejn"
-    assert by_reason["unroutable"]["claimed"]["origin"] == "ejn"
+    async with running(fed, "casc"):  # the node takes them in and binds the exchanges again
+        entries: list[dict[str, Any]] = []
 
-    async with running(fed, "casc"):  # the node binds the inbox exchanges again
+        async def taken_in() -> bool:
+            nonlocal entries
+            entries = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+            return len(entries) == 2
+
+        await eventually(taken_in, within=60, every=0.5)
+        assert await depth(fed, "casc", QUARANTINE) == 2  # in the store, none left in the queue
+        by_reason = {e["reason"]: e for e in entries}
+        assert set(by_reason) == {"delivery_limit", "unroutable"}
+        assert by_reason["delivery_limit"]["via"] == "mlanet.inbox.from.seajust"
+        assert by_reason["delivery_limit"]["id"].startswith("dl-")
+        assert by_reason["unroutable"]["via"] == "mlanet.inbox.from.ejn"
+        assert by_reason["unroutable"]["claimed"]["origin"] == "ejn"
+
         for entry in entries:
             released = await mlanet(fed, "casc", "quarantine", "release", entry["id"])
             assert released.code == 0, released.err
@@ -335,22 +346,57 @@ async def test_a_released_submission_goes_back_through_submit_and_strays_are_not
         await eventually(refused_again, within=60, every=0.5)
 
 
-async def test_two_operators_never_each_see_half_the_quarantine(fed: Federation) -> None:
-    """While one session holds the quarantine, another is told to try again; afterwards every
-    message is still there, in order."""
+async def test_two_operators_never_act_on_one_entry_at_once(fed: Federation) -> None:
+    """While one command holds an entry (its claim in the quarantine store), another one's
+    release or drop of it is told to try again and sends nothing; listing is never blocked and
+    always shows every entry in order. Once the first lets go, the second acts."""
     async with running(fed, "casc"):
         for n in range(3):
             await inject(fed, "casc", "seajust", b"not json %d" % n)
         await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 3), within=60)
-        transport = Transport(amqp(fed, "casc"))
-        async with (
-            transport,
-            transport.holding(QUARANTINE, lock="mlanet.quarantine.lock") as held,
-        ):
-            assert len(held.messages) == 3
-            busy = await mlanet(fed, "casc", "quarantine", "list")
-            assert busy.code == 1
-            assert "being worked on elsewhere" in busy.err
-        entries = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
-        assert len(entries) == 3
-        assert await depth(fed, "casc", QUARANTINE) == 3
+        before = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+        target = before[1]["id"]
+        path = config(fed, "casc").state_dir / QUARANTINE_FILE
+        with QuarantineStore(path) as store:
+            store.take(target, "another operator's command", time.time())
+            for verb in (["release", target], ["drop", target, "--yes"]):
+                busy = await mlanet(fed, "casc", "quarantine", *verb)
+                assert busy.code == 1
+                assert "being worked on elsewhere" in busy.err
+            listed = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+            assert [e["id"] for e in listed] == [e["id"] for e in before]
+            store.let_go("another operator's command")
+        dropped = await mlanet(fed, "casc", "quarantine", "drop", target, "--yes")
+        assert dropped.code == 0, dropped.err
+        after = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+        assert [e["id"] for e in after] == [before[0]["id"], before[2]["id"]]
+        assert await depth(fed, "casc", QUARANTINE) == 2
+
+
+async def test_a_senders_escape_sequences_and_bidi_overrides_are_printed_escaped(
+    fed: Federation,
+) -> None:
+    """A peer chose the text: `quarantine show --payload` prints a junk body's terminal escape
+    sequences escaped, and `mlanet inbox` a delivered summary's right-to-left override and
+    8-bit control sequence (both pass the schema, which refuses only C0 controls)."""
+    junk = b"\x1b[2J\x1b]0;owned\x07 \xe2\x80\xae" + MARK.encode()
+    summary = f"Test request {MARK} \u202eevil\u202c \x9b31m"
+    request = facilitation(fed, "seajust", "kh-cp-1", "UZ", summary=summary)
+    async with running(fed, "casc"):
+        await inject(fed, "casc", "seajust", junk)
+        await inject(fed, "casc", "seajust", request.to_bytes())
+        await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 1), within=60)
+        await eventually(lambda: _depth_is(fed, "casc", "mlanet.deliver.uz-cp-1", 1), within=60)
+    (entry,) = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
+    shown = await mlanet(fed, "casc", "quarantine", "show", entry["id"], "--payload")
+    assert shown.code == 0, shown.err
+    assert MARK in shown.out  # the positive control: the payload is printed
+    for hidden in ("\x1b", "\x07", "\u202e"):
+        assert hidden not in shown.out
+    assert "\\x1b[2J\\x1b]0;owned\\x07 \\u202e" in shown.out
+    inbox = await mlanet(fed, "casc", "inbox", "--contact-point", "uz-cp-1")
+    assert inbox.code == 0, inbox.err
+    assert MARK in inbox.out
+    for hidden in ("\u202e", "\u202c", "\x9b"):
+        assert hidden not in inbox.out
+    assert "\\u202eevil\\u202c \\x9b31m" in inbox.out

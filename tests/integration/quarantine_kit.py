@@ -1,0 +1,64 @@
+"""The quarantine as the tests read it: the node keeps its entries in its quarantine store
+(``nodes/quarantine_store.py``); what RabbitMQ put into ``mlanet.quarantine`` waits there until
+the node takes it in. ``kit.drain`` and ``kit.depth`` use these for ``mlanet.quarantine``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from broker.keys import b64u_encode
+from nodes.federation import Federation
+from nodes.quarantine import Entry, Where
+from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
+from tests.integration.kit import Drained, config
+
+
+def open_store(fed: Federation, network: str) -> QuarantineStore | None:
+    """``network``'s quarantine store; None before its node ever ran."""
+    path = config(fed, network).state_dir / QUARANTINE_FILE
+    return QuarantineStore(path) if path.exists() else None
+
+
+def stored(fed: Federation, network: str) -> int:
+    """Entries in ``network``'s quarantine store."""
+    store = open_store(fed, network)
+    if store is None:
+        return 0
+    with store:
+        return store.count()
+
+
+def headers(entry: Entry) -> dict[str, Any]:
+    """The entry's metadata as the ``x-mlanet-*`` headers a refused message carried."""
+    found: dict[str, Any] = {
+        "x-mlanet-reason": entry.reason,
+        "x-mlanet-detail": entry.detail,
+        "x-mlanet-via": entry.via,
+        "x-mlanet-at": entry.metadata()["at"],
+    }
+    if entry.truncated_from is not None:
+        found["x-mlanet-truncated"] = "true"
+        found["x-mlanet-size"] = str(entry.truncated_from)
+        if entry.full_sha256 is not None:
+            found["x-mlanet-sha256"] = b64u_encode(bytes.fromhex(entry.full_sha256))
+    return found
+
+
+def take_entries(fed: Federation, network: str) -> list[Drained]:
+    """Take every entry out of ``network``'s quarantine store, oldest first, with its body
+    (empty when only its metadata was kept)."""
+    store = open_store(fed, network)
+    if store is None:
+        return []
+    with store:
+        token = uuid.uuid4().hex
+        taken = store.take_matching(Where(), token, time.time(), 1_000_000)
+        out = []
+        for listed in taken:
+            entry = store.get(listed.id)
+            assert entry is not None
+            out.append(Drained(entry.body or b"", headers(entry), entry.id))
+        store.remove(token)
+    return out
