@@ -524,8 +524,11 @@ class Node:
         if added is None:
             return  # already in the store: redelivered, or one more copy of it
         flow = entry.claim.flow()
+        # a refusal's publisher (a contact point's reader) recorded it in track and the audit
+        # trail already: one fact, one record
+        recorded = "x-mlanet-reason" in incoming.headers
         with bound_contextvars(quarantine_id=entry.id, **log_context(flow)):
-            if "x-mlanet-reason" not in incoming.headers:  # a refusal's publisher recorded it
+            if not recorded:
                 self.store.event(
                     "-",
                     "quarantined",
@@ -538,9 +541,10 @@ class Node:
                 via=entry.via,
                 body_kept=added,
             )
-            reason = entry.reason if entry.reason in _REASONS else "unknown"
-            self.observe.refused(reason, entry.via, flow)
-            self.observe.quarantined(entry.id, reason, entry.detail, entry.via, flow)
+            if not recorded:
+                reason = entry.reason if entry.reason in _REASONS else "unknown"
+                self.observe.refused(reason, entry.via, flow)
+                self.observe.quarantined(entry.id, reason, entry.detail, entry.via, flow)
 
     def _sign(
         self,

@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 
+from nodes import state_dir
 from nodes.quarantine import Claim, Entry, NotInQuarantine, Page, QuarantineBusy, Where
 
 __all__ = ["QUARANTINE_FILE", "STALE_CLAIM", "Bound", "PeerCounts", "QuarantineStore"]
@@ -190,11 +191,11 @@ class QuarantineStore:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        state_dir.secure(path.parent)  # case content at rest: owner-only (nodes/state_dir.py)
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)

@@ -28,7 +28,7 @@ __all__ = ["DATABASES", "private_file", "secure"]
 
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
-DATABASES = ("node.sqlite3", "inbox.sqlite3", "audit.sqlite3")
+DATABASES = ("node.sqlite3", "inbox.sqlite3", "audit.sqlite3", "quarantine.sqlite3")
 _BESIDE = ("", "-wal", "-shm", "-journal")
 
 
