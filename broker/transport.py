@@ -25,6 +25,7 @@ from broker.errors import TransportError
 
 __all__ = [
     "CONTENT_TYPE",
+    "SUBMIT_EXCHANGE",
     "Held",
     "Incoming",
     "Topology",
@@ -41,6 +42,9 @@ _CHANNEL_GONE = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, Run
 CONTENT_TYPE = "application/vnd.mlanet+json; v=1"
 INBOX = "mlanet.inbox"
 SUBMIT = "mlanet.submit"
+# Contact points hand in submissions through this exchange (bound to the queue of the same
+# name): the one resource their broker users may write (never the default exchange).
+SUBMIT_EXCHANGE = "mlanet.submit"
 QUARANTINE = "mlanet.quarantine"
 UNROUTABLE = "mlanet.unroutable"
 
@@ -252,7 +256,8 @@ class Transport:
                 quarantine = await declarer.queue(QUARANTINE, quorum)
                 await declarer.bind(quarantine, unroutable)
                 inbox = await declarer.queue(INBOX, poison)
-                await declarer.queue(SUBMIT, poison)
+                submit = await declarer.queue(SUBMIT, poison)
+                await declarer.bind(submit, await declarer.exchange(SUBMIT_EXCHANGE))
                 for peer in topology.peers:
                     exchange = await declarer.exchange(
                         inbox_exchange(peer), arguments={"alternate-exchange": UNROUTABLE}
