@@ -4,12 +4,15 @@ refusal with its own reason code. The node refuses what these refuse (nodes/node
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker import KeyRefused, Reason, RefusedMessage
 from broker.contact_point_keys import (
@@ -278,3 +281,38 @@ def test_the_node_follows_its_key_folder_without_a_restart(tmp_path: Path) -> No
     assert _refused(body, folder).reason is Reason.WEAK_KEY
     (tmp_path / "kh-cp-1.pub").unlink()
     assert _refused(body, folder).reason is Reason.UNKNOWN_KEY
+
+
+_GOLDEN = sign_submission(_submission(), KH)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _only_refused(body: bytes) -> None:
+    with contextlib.suppress(RefusedMessage):
+        open_submission(body, Keyring(KH, LA), max_bytes=MAX)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.binary(max_size=600), st.integers(min_value=0, max_value=len(_GOLDEN)))
+def test_whatever_reaches_mlanet_submit_opens_or_is_refused_with_a_reason(
+    noise: bytes, at: int
+) -> None:
+    """Random bytes, and the golden frame with bytes spliced in: no other exception escapes (the
+    node quarantines every refusal with its reason code)."""
+    _only_refused(noise)
+    _only_refused(_GOLDEN[:at] + noise + _GOLDEN[at:])
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.sampled_from(sorted(_frame(_GOLDEN))), _JSON)
+def test_any_value_in_any_member_of_a_frame_is_refused_with_a_reason(
+    member: str, value: Any
+) -> None:
+    for frame in (_frame(_GOLDEN), _frame(sign_returned(b"{}", Reason.EXPIRED, KH))):
+        _only_refused(canonical_bytes(frame | {member: value}))
