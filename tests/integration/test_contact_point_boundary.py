@@ -186,6 +186,8 @@ async def _refused_over_amqp(url: str, attempt: str, name: str) -> None:
                 return await (await channel.get_queue(name, ensure=False)).get(fail=False)
             if attempt == "declare":
                 return await channel.declare_queue(name, durable=True)
+            if attempt == "unbind":  # would cut every contact point off from the node
+                return await (await channel.get_queue(name, ensure=False)).unbind(SUBMIT_EXCHANGE)
             message = aio_pika.Message(b"{}")
             if attempt == "default exchange":
                 return await channel.default_exchange.publish(message, routing_key=name)
@@ -203,7 +205,8 @@ async def test_a_contact_points_broker_user_reads_only_its_own_queue_and_writes_
     publish through the ``mlanet.submit`` exchange and read ``mlanet.deliver.kh-cp-1``, and
     nothing else: not another contact point's delivery queue, the quarantine or the submit
     queue; not ``mlanet.out.<peer>`` or anything through the default exchange; no peer's inbox
-    exchange; no declarations; no other network's vhost. Rights exactly as provisioned."""
+    exchange; no declarations, no unbinding the submit queue; no other network's vhost. Rights
+    exactly as provisioned."""
     kh_cp_1 = credentials(fed, "kh-cp-1")
     url = _cp_url(fed, "seajust", kh_cp_1)
     name = broker_user(fed.user("seajust"), "kh-cp-1")
@@ -234,6 +237,7 @@ async def test_a_contact_points_broker_user_reads_only_its_own_queue_and_writes_
             ("exchange", "mlanet.inbox.from.casc"),
             ("exchange", "mlanet.unroutable"),
             ("declare", "stolen"),
+            ("unbind", SUBMIT),
         ):
             await _refused_over_amqp(url, attempt, target)
         with pytest.raises(aiormq.exceptions.AMQPError):  # not allowed to open CASC's vhost
