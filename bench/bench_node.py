@@ -18,8 +18,9 @@ Three measurements, all in one run on the local RabbitMQ (127.0.0.1:5672, manage
     ``mlanet.out.ejn``; the clock runs from the node being ready until that queue holds N: per
     message, receive, verify, validate, route, sign a hop, publish with confirm, record, ack.
 (c) end-to-end latency at a fixed offered rate, all three nodes in-process with their links:
-    submissions are published into seajust's ``mlanet.submit`` and timed until they appear in
-    the destination's ``mlanet.deliver.<cp>`` queue: KH -> UZ (seajust -> casc) and KH -> FR
+    submissions signed by kh-cp-1 are published into seajust's ``mlanet.submit`` exchange as
+    kh-cp-1's broker user (as ``mlanet send`` does) and timed until they appear in the
+    destination's ``mlanet.deliver.<cp>`` queue: KH -> UZ (seajust -> casc) and KH -> FR
     (seajust -> casc -> ejn). The raw one-hop latency at the same rate is printed beside them.
 
 The federation and the raw vhost are always removed at the end. Usage: ``bench/README.md``.
@@ -57,14 +58,16 @@ from broker import (
     SigningKey,
     TrustStore,
     add_hop,
-    canonical_bytes,
     load_signing_key,
     open_envelope,
     sign_message,
 )
+from broker.contact_point_keys import ContactPointKey
 from broker.management import Management, ManagementEndpoint
+from broker.submission_signing import sign_submission
 from broker.transport import (
     CONTENT_TYPE,
+    SUBMIT_EXCHANGE,
     Topology,
     Transport,
     deliver_queue,
@@ -75,6 +78,7 @@ from broker.transport import (
 from nodes import federation
 from nodes.config import load_config
 from nodes.contact import facilitation_request
+from nodes.contact_points import Credentials
 from nodes.logs import configure_logging
 from nodes.node import Node
 from schemas import Destination, FacilitationRequest, Header, Origin
@@ -493,17 +497,18 @@ def _contact_points(network: str) -> tuple[str, ...]:
     return tuple(f"{country.lower()}-cp-1" for country in NETWORKS[network][1])
 
 
-def submission(sender: str, country: str) -> tuple[str, bytes]:
-    """A facilitation request as ``mlanet send`` hands it to the node: (message id, body)."""
+def submission(key: ContactPointKey, country: str) -> tuple[str, bytes]:
+    """A facilitation request as ``mlanet send`` hands it to the node, signed with its contact
+    point's key: (message id, body)."""
     value = facilitation_request(
-        sender,
+        key.contact_point,
         country,
         summary=SUMMARY,
         offences=("drug_trafficking", "money_laundering"),
         measures=("evidence", "asset_freezing"),
         languages=("en", "fr"),
     )
-    return value.message_id, canonical_bytes(value.model_dump(mode="json", exclude_none=True))
+    return value.message_id, sign_submission(value, key)
 
 
 async def receipts_settled(origin: Node, within: float) -> str:
@@ -528,11 +533,15 @@ async def latency_phase(
         ("seajust -> casc -> ejn (KH -> FR)", "ejn", "FR"),
     ]
     results = []
+    # kh-cp-1 hands its submissions in as mlanet send does: as its own broker user, through the
+    # mlanet.submit exchange, each signed with its own key
+    kh_cp_1 = Credentials.load(fed.credentials("kh-cp-1"))
     async with running(nodes), contextlib.AsyncExitStack() as stack:
         submit = await stack.enter_async_context(
-            await aio_pika.connect(amqp_url(fed.vhost("seajust")))
+            await aio_pika.connect(kh_cp_1.amqp_url(load_config(fed.config_path("seajust"))))
         )
         channel = await submit.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(SUBMIT_EXCHANGE, ensure=False)
         arrivals = Arrivals()
         for _name, network, country in journeys:
             reader = await stack.enter_async_context(
@@ -546,15 +555,15 @@ async def latency_phase(
         for name, _network, country in journeys:
 
             async def send(_: int, country: str = country) -> None:
-                message_id, body = submission("kh-cp-1", country)
+                message_id, body = submission(kh_cp_1.key, country)
                 arrivals.sent[message_id] = time.perf_counter()
-                await channel.default_exchange.publish(
+                await exchange.publish(
                     aio_pika.Message(
                         body,
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         message_id=message_id,
                     ),
-                    routing_key="mlanet.submit",
+                    routing_key="",
                 )
 
             arrivals.reset(1)  # one warm-up message: the links must be up

@@ -80,6 +80,8 @@ class Reason(StrEnum):
     STALE_DIRECTORY = "stale_directory"
     DIRECTORY_EXPIRED = "directory_expired"
     NOT_FOR_OBSERVERS = "not_for_observers"
+    # local submissions
+    UNSIGNED_SUBMISSION = "unsigned_submission"
 
 
 class MlanetError(Exception):

@@ -219,6 +219,20 @@ class Management:
             {"password_hash": password_hash, "hashing_algorithm": algorithm, "tags": tags},
         )
 
+    async def users(self) -> list[dict[str, Any]]:
+        """Every user's name and tags."""
+        found = await self._request("GET", "/users?columns=name,tags")
+        return [dict(item) for item in found or [] if isinstance(item, dict)]
+
+    async def import_definitions(self, definitions: dict[str, Any]) -> None:
+        """Create or update many users and permissions in one request (merged with the rest)."""
+        await self._request("POST", "/definitions", definitions)
+
+    async def delete_users(self, users: list[str]) -> None:
+        """Delete many users in one request (absent ones are skipped)."""
+        if users:
+            await self._request("POST", "/users/bulk-delete", {"users": users})
+
     async def permissions(self, vhost: str, user: str) -> dict[str, Any] | None:
         found = await self._request("GET", f"/permissions/{_q(vhost)}/{_q(user)}")
         return dict(found) if isinstance(found, dict) else None

@@ -32,6 +32,7 @@ from broker.errors import TransportError
 
 __all__ = [
     "CONTENT_TYPE",
+    "SUBMIT_EXCHANGE",
     "CutBody",
     "Held",
     "Incoming",
@@ -51,6 +52,9 @@ _CHANNEL_GONE = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, Run
 CONTENT_TYPE = "application/vnd.mlanet+json; v=1"
 INBOX = "mlanet.inbox"
 SUBMIT = "mlanet.submit"
+# Contact points hand in submissions through this exchange (bound to the queue of the same
+# name): the one resource their broker users may write (never the default exchange).
+SUBMIT_EXCHANGE = "mlanet.submit"
 QUARANTINE = "mlanet.quarantine"
 UNROUTABLE = "mlanet.unroutable"
 
@@ -297,7 +301,8 @@ class Transport:
                 quarantine = await declarer.queue(QUARANTINE, quorum)
                 await declarer.bind(quarantine, unroutable)
                 inbox = await declarer.queue(INBOX, poison)
-                await declarer.queue(SUBMIT, poison)
+                submit = await declarer.queue(SUBMIT, poison)
+                await declarer.bind(submit, await declarer.exchange(SUBMIT_EXCHANGE))
                 for peer in topology.peers:
                     exchange = await declarer.exchange(
                         inbox_exchange(peer), arguments={"alternate-exchange": UNROUTABLE}

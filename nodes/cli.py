@@ -22,6 +22,7 @@ from nodes.cli_common import (
     fail,
     load_or_exit,
 )
+from nodes.cli_contact_points import CredentialsOption, contact_point_app, credentials_or_exit
 from nodes.cli_directory import directory_app, init_command, keys_rotate
 from nodes.cli_operator import operator_app, status_app
 from nodes.cli_quarantine import audit_app, quarantine_app
@@ -44,6 +45,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(status_app, name="status", help="One node at a glance (--json for scripts).")
 app.add_typer(operator_app, name="operator")
 app.add_typer(directory_app, name="directory")
+app.add_typer(contact_point_app, name="contact-point")
 app.command("init")(init_command)
 keys_app.command("rotate")(keys_rotate)
 
@@ -105,7 +107,10 @@ def node_run(config: ConfigOption) -> None:
 @app.command("send")
 def send(
     config: ConfigOption,
-    sender: Annotated[str, typer.Option("--from", help="Sending contact point, e.g. kh-cp-1.")],
+    credentials: CredentialsOption,
+    sender: Annotated[
+        str | None, typer.Option("--from", help="Sending contact point (the credentials').")
+    ] = None,
     to_country: Annotated[str | None, typer.Option(help="Destination country (ISO 3166).")] = None,
     to_contact_point: Annotated[str | None, typer.Option(help="Destination contact point.")] = None,
     to_network: Annotated[str | None, typer.Option(help="Destination network.")] = None,
@@ -126,6 +131,8 @@ def send(
     from nodes.contact import submit
 
     cfg = load_or_exit(config)
+    signer = credentials_or_exit(credentials, sender)
+    sender = signer.contact_point
     country = to_country or (to_contact_point[:2].upper() if to_contact_point else None)
     payload: dict[str, Any]
     if file is not None:
@@ -159,7 +166,7 @@ def send(
                 "payload": payload,
             }
         )
-        message_id = asyncio.run(submit(cfg, submission))
+        message_id = asyncio.run(submit(cfg, signer, submission))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
@@ -174,7 +181,10 @@ def send(
 @app.command("inbox")
 def inbox(
     config: ConfigOption,
-    contact_point: Annotated[str, typer.Option(help="Whose delivered messages to read.")],
+    credentials: CredentialsOption,
+    contact_point: Annotated[
+        str | None, typer.Option(help="Whose delivered messages (the credentials').")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Read a contact point's delivered messages (verified end to end, deduplicated)."""
@@ -182,8 +192,9 @@ def inbox(
     from nodes.terminal import visible
 
     cfg = load_or_exit(config)
+    reader = credentials_or_exit(credentials, contact_point)
     try:
-        items = asyncio.run(read_inbox(cfg, contact_point))
+        items = asyncio.run(read_inbox(cfg, reader))
     except MlanetError as exc:
         raise fail(str(exc), 1) from None
     for item in items:
@@ -259,7 +270,8 @@ def federation_init(
         int, typer.Option(help="First node's dashboard and /metrics port; 0: any free port.")
     ] = 9471,
 ) -> None:
-    """Write keys, directory and node configs for the five example networks; provision them."""
+    """Write keys, directory and node configs for the five example networks, and each contact
+    point's credentials; provision them."""
     from nodes import federation
 
     admin = admin_endpoint(management_url, admin_user, admin_password_file)
@@ -276,6 +288,10 @@ def federation_init(
         dashboard = f"   (dashboard http://127.0.0.1:{port}/)" if port else ""
         typer.echo(f"{network}: mlanet node run --config {fed.config_path(network)}{dashboard}")
     typer.echo(f"operator password for the dashboards: {directory / 'operator.secret'}")
+    typer.echo(
+        f"contact points' credentials (send/inbox --credentials): "
+        f"{directory / '<network>' / 'credentials' / '<contact point>'}"
+    )
 
 
 @federation_app.command("down")

@@ -22,6 +22,7 @@ from schemas.directory import BrokerAddress, Directory
 __all__ = [
     "Alerts",
     "BrokerConfig",
+    "ContactPointsConfig",
     "Limits",
     "NodeConfig",
     "OperatorConfig",
@@ -124,6 +125,14 @@ class OperatorConfig(_Config):
     alerts: Alerts = Alerts()
 
 
+class ContactPointsConfig(_Config):
+    """The contact points this node's operator vouches for (``mlanet contact-point add``): a
+    folder of their public keys (``<contact point>.pub``) and broker users
+    (``<contact point>.user``). Default: ``contact-points`` beside the config file."""
+
+    keys: Path = Path("contact-points")
+
+
 class NodeConfig(_Config):
     network: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
     signing_key: Path
@@ -135,6 +144,7 @@ class NodeConfig(_Config):
     limits: Limits = Limits()
     receipts: Receipts = Receipts()
     operator: OperatorConfig = OperatorConfig()
+    contact_points: ContactPointsConfig = ContactPointsConfig()
     coordinator: CoordinatorConfig | None = None
     link: LinkConfig | None = None
     # Refused when present: a node never runs with the broker administrator's password.
@@ -233,7 +243,7 @@ def _resolve(value: object, base: Path, keys: set[str]) -> object:
     return value
 
 
-_PATH_KEYS = {"signing_key", "directory", "state_dir", "password_file"}
+_PATH_KEYS = {"signing_key", "directory", "state_dir", "password_file", "keys"}
 
 
 def load_config(path: Path) -> NodeConfig:
@@ -242,6 +252,9 @@ def load_config(path: Path) -> NodeConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
+    table = raw.setdefault("contact_points", {})
+    if isinstance(table, dict):  # the default folder is beside the config file too
+        table.setdefault("keys", ContactPointsConfig().keys.as_posix())
     try:
         return NodeConfig.model_validate(_resolve(raw, path.parent.resolve(), _PATH_KEYS))
     except ValidationError as exc:

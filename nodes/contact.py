@@ -3,6 +3,8 @@ submit a message, read delivered messages, and track a message's state."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,16 +16,15 @@ from broker import (
     RefusedMessage,
     SignedMessage,
     TrustStore,
-    canonical_bytes,
     decode_payload,
-    load_signing_key,
     open_envelope,
 )
-from broker.transport import QUARANTINE, SUBMIT, Incoming, Transport, deliver_queue
-from nodes.audit import AUDIT_FILE, AuditLog, flow_meta, refusal
+from broker.contact_point_keys import ContactPointKey
+from broker.submission_signing import sign_returned, sign_submission
+from broker.transport import SUBMIT, SUBMIT_EXCHANGE, Transport, deliver_queue
 from nodes.config import NodeConfig
+from nodes.contact_points import Credentials
 from nodes.directory import message_trust
-from nodes.quarantine import claim
 from nodes.store import OutboxEntry, Store, TrackEvent
 from schemas import WireModel, payload_model
 from schemas.submission import Submission
@@ -75,17 +76,24 @@ def facilitation_request(
     )
 
 
-async def submit(config: NodeConfig, submission: Submission) -> str:
-    """Validate locally, then hand the submission to the node (broker-confirmed)."""
-    async with Transport(config.amqp_url()) as transport:
-        return await submit_on(transport, submission)
+async def submit(config: NodeConfig, credentials: Credentials, submission: Submission) -> str:
+    """Validate locally, then hand the submission to the node, signed with the contact point's
+    key and as its broker user (broker-confirmed)."""
+    async with Transport(credentials.amqp_url(config)) as transport:
+        return await submit_on(transport, credentials.key, submission)
 
 
-async def submit_on(transport: Transport, submission: Submission) -> str:
+async def submit_on(transport: Transport, key: ContactPointKey, submission: Submission) -> str:
     """:func:`submit` on a connection the caller keeps open (for clients that send a lot)."""
     payload_model(submission.kind).model_validate(submission.payload)
-    body = canonical_bytes(submission.model_dump(mode="json", exclude_none=True))
-    await transport.publish(SUBMIT, body, message_id=submission.message_id, kind=submission.kind)
+    body = sign_submission(submission, key)
+    await transport.publish(
+        SUBMIT,
+        body,
+        message_id=submission.message_id,
+        kind=submission.kind,
+        exchange=SUBMIT_EXCHANGE,
+    )
     return submission.message_id
 
 
@@ -96,37 +104,40 @@ class InboxItem:
     new: bool
 
 
-# The contact points' archive of delivered messages: a database of its own beside the node's,
-# so that reading an inbox never waits for the node's write transactions (which the node holds
-# across a whole batch of deliveries: its group commit). The archive's row is the contact
+# A contact point's archive of delivered messages: a database in its own credentials folder
+# (only its own messages, never the node's or another contact point's), which reading an inbox
+# never has to share with the node's write transactions. The archive's row is the contact
 # point's dedupe record, written in one transaction with the message.
 ARCHIVE_FILE = "inbox.sqlite3"
 
 
-def open_archive(config: NodeConfig) -> Store:
-    """Open the archive; the first time, adopt what an earlier version archived in the node's
-    own database."""
-    path = config.state_dir / ARCHIVE_FILE
+def open_archive(config: NodeConfig, credentials: Credentials) -> Store:
+    """Open the contact point's archive; the first time, adopt its own messages from what an
+    earlier version archived in the node's state folder (when this reader may read it)."""
+    path = credentials.folder / ARCHIVE_FILE
     fresh = not path.exists()
     archive = Store(path)
     if fresh:
-        archive.adopt_inbox(config.state_dir / "node.sqlite3")
+        for older in (config.state_dir / ARCHIVE_FILE, config.state_dir / "node.sqlite3"):
+            with contextlib.suppress(sqlite3.Error):  # not ours to read: nothing to adopt
+                archive.adopt_inbox(older, contact_point=credentials.contact_point)
     return archive
 
 
-async def read_inbox(config: NodeConfig, contact_point: str) -> list[InboxItem]:
-    """Move delivered messages into the contact point's archive (deduplicated), then list it.
+async def read_inbox(config: NodeConfig, credentials: Credentials) -> list[InboxItem]:
+    """Move the contact point's delivered messages into its archive (deduplicated), then list
+    it; as its own broker user, which may read its own delivery queue only.
 
     Each message is verified again end to end (origin and every hop) before it is archived.
     """
     trust = message_trust(config.load_directory())
-    store = open_archive(config)
+    store = open_archive(config, credentials)
     try:
-        async with Transport(config.amqp_url()) as transport:
-            taken = await take_delivered(config, contact_point, transport, store, trust)
+        async with Transport(credentials.amqp_url(config)) as transport:
+            taken = await take_delivered(config, credentials.key, transport, store, trust)
         fresh = {(t.origin, t.message_id) for t in taken if t.new}
         items = []
-        for origin, message_id, _kind, wire, _at in store.inbox(contact_point):
+        for origin, message_id, _kind, wire, _at in store.inbox(credentials.contact_point):
             message = open_envelope(wire, trust, max_bytes=config.limits.max_message_bytes)
             items.append(InboxItem(message, decode_payload(message), (origin, message_id) in fresh))
         return items
@@ -147,21 +158,24 @@ class Taken:
 
 async def take_delivered(
     config: NodeConfig,
-    contact_point: str,
+    key: ContactPointKey,
     transport: Transport,
     store: Store,
     trust: TrustStore,
     *,
     on_taken: Callable[[Taken], None] | None = None,
 ) -> list[Taken]:
-    """Move every delivered message into the contact point's archive (deduplicated on origin
-    and message id), each verified end to end first and acked only once archived.
+    """Move every message delivered to ``key``'s contact point into its archive (deduplicated
+    on origin and message id), each verified end to end first and acked only once archived.
     ``on_taken`` hears of each one at once (the returned list is lost if a later one fails).
 
     Verification is against the node's directory now: a message whose signing key was revoked
-    (or expired) since the node delivered it is not handed over; it goes to quarantine with its
-    reason (see :func:`_refuse_delivered`)."""
+    (or expired) since the node delivered it is not handed over. It is handed back to the node,
+    signed by the contact point, through ``mlanet.submit`` (published with a confirm before it
+    leaves the delivery queue); the node quarantines it with the reason and records it where
+    ``mlanet track`` reads (the contact point's user may do neither itself)."""
     taken = []
+    contact_point = key.contact_point
     queue = deliver_queue(contact_point)
     while (incoming := await transport.get(queue)) is not None:
         try:
@@ -172,7 +186,15 @@ async def take_delivered(
                 now=datetime.now(UTC),
             )
         except RefusedMessage as refused:
-            await _refuse_delivered(config, transport, incoming, refused, queue)
+            await transport.publish(
+                SUBMIT,
+                sign_returned(incoming.body, refused.reason, key),
+                message_id=str(uuid.uuid4()),
+                kind="returned",
+                exchange=SUBMIT_EXCHANGE,
+            )
+            await incoming.ack()
+            log.warning("refused_at_delivery", reason=refused.reason.value, via=queue)
             continue
         header = message.header
         new = store.inbox_add(
@@ -191,51 +213,6 @@ async def take_delivered(
         if on_taken is not None:
             on_taken(taken[-1])
     return taken
-
-
-async def _refuse_delivered(
-    config: NodeConfig,
-    transport: Transport,
-    incoming: Incoming,
-    refused: RefusedMessage,
-    queue: str,
-) -> None:
-    """Quarantine a message of a delivery queue that no longer verifies, and take it out.
-
-    Published to quarantine with a confirm, then recorded in the audit trail (a ``refused``
-    record, its ``via`` the delivery queue) and where ``mlanet track`` reads, and only then
-    acked: a refusal is never taken out of the queue unrecorded (if this stops half-way, the
-    message is still in the delivery queue, and is refused again next time). The audit trail is
-    opened, with the node's signing key, before anything is published."""
-    entry_id = str(uuid.uuid4())  # the quarantine entry's id (mlanet quarantine show ID)
-    flow = claim(incoming.body, max_bytes=config.limits.max_message_bytes).flow()
-    with AuditLog(config.state_dir / AUDIT_FILE, load_signing_key(config.signing_key)) as audit:
-        await transport.publish(
-            QUARANTINE,
-            incoming.body,
-            message_id=entry_id,
-            kind="refused",
-            headers={
-                "x-mlanet-reason": refused.reason.value,
-                "x-mlanet-detail": refused.detail,
-                "x-mlanet-via": queue,
-                "x-mlanet-at": datetime.now(UTC).isoformat(),
-            },
-        )
-        audit.append(
-            "refused",
-            refusal(flow_meta(flow), entry_id, refused.reason.value, refused.detail, queue),
-        )
-    if incoming.message_id:  # in the node's database, where `mlanet track` reads
-        tracking = Store(config.state_dir / "node.sqlite3")
-        try:
-            tracking.event(incoming.message_id, "quarantined", f"at delivery: {refused}")
-        finally:
-            tracking.close()
-    await incoming.ack()
-    log.warning(
-        "refused_at_delivery", reason=refused.reason.value, via=queue, quarantine_id=entry_id
-    )
 
 
 @dataclass(frozen=True)

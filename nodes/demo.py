@@ -15,6 +15,7 @@ from broker.management import ManagementEndpoint
 from nodes import federation
 from nodes.config import load_config
 from nodes.contact import facilitation_request, read_inbox, submit, track
+from nodes.contact_points import Credentials
 from schemas.submission import Submission
 
 __all__ = ["run_demo"]
@@ -58,8 +59,9 @@ async def _inbox(
     fed: federation.Federation, network: str, contact_point: str, say: Callable[[str], None]
 ) -> None:
     config = load_config(fed.config_path(network))
+    reader = Credentials.load(fed.credentials(contact_point))  # its own user: its queue only
     for _ in range(100):
-        items = [item for item in await read_inbox(config, contact_point) if item.new]
+        items = [item for item in await read_inbox(config, reader) if item.new]
         if items:
             for item in items:
                 header = item.message.header
@@ -91,9 +93,11 @@ async def run_demo(root: Path, *, say: Callable[[str], None], keep: bool = False
         say("all five nodes are running\n")
 
         seajust = load_config(fed.config_path("seajust"))
-        say("1. kh-cp-1 (Cambodia, SEAJust) sends a facilitation request to Uzbekistan (CASC)")
+        kh_cp_1 = Credentials.load(fed.credentials("kh-cp-1"))
+        say("1. kh-cp-1 (Cambodia, SEAJust) sends a facilitation request to Uzbekistan (CASC),")
+        say("   signed with its own key and handed in as its own broker user")
         request = _request("kh-cp-1", "UZ", "KH-MLA-2020-0042")
-        await submit(seajust, request)
+        await submit(seajust, kh_cp_1, request)
         await _follow(fed, "seajust", request.message_id, say)
         await _inbox(fed, "casc", "uz-cp-1", say)
 
@@ -113,13 +117,13 @@ async def run_demo(root: Path, *, say: Callable[[str], None], keep: bool = False
                 },
             }
         )
-        await submit(casc, update)
+        await submit(casc, Credentials.load(fed.credentials("uz-cp-1")), update)
         await _follow(fed, "casc", update.message_id, say)
         await _inbox(fed, "seajust", "kh-cp-1", say)
 
         say("\n3. kh-cp-1 asks France (EJN): no direct link, so CASC relays it")
         relayed = _request("kh-cp-1", "FR", "KH-MLA-2021-0007")
-        await submit(seajust, relayed)
+        await submit(seajust, kh_cp_1, relayed)
         await _follow(fed, "seajust", relayed.message_id, say)
         for event in track(load_config(fed.config_path("casc")), relayed.message_id).events:
             say(f"    [casc] {event.event:<10} {event.detail}")

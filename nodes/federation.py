@@ -10,10 +10,17 @@ One vhost and two broker users per network (see "Security model" in docs/OPERATI
   ``mlanet.inbox.from.<network>``. Its password is in the shovel definitions of the network's
   own vhost, which no peer can read.
 
-``build`` writes keys, secrets, the directory and one node config per network; ``provision``
-creates the vhosts, users and permissions through the management API, once, as an operator
-command (the nodes never hold the administrator's password); ``teardown`` removes them. Used by
-``mlanet federation``, the demo, the tests and the benchmarks.
+Each contact point of the directory has a key and a broker user of its own
+(``<prefix>-<network>-cp-<contact point>``: write on the exchange ``mlanet.submit`` and read on
+its own delivery queue, nothing else; see ``nodes/contact_points.py``). Its credentials folder
+is ``<network>/credentials/<contact point>/`` (what ``mlanet send`` and ``mlanet inbox`` take as
+``--credentials``); the node vouches for it in ``<network>/contact-points/``.
+
+``build`` writes keys, secrets, the directory and one node config per network, and every
+contact point's credentials; ``provision`` creates the vhosts, users and permissions through
+the management API, once, as an operator command (the nodes never hold the administrator's
+password); ``teardown`` removes them. Used by ``mlanet federation``, the demo, the tests and the
+benchmarks.
 
 The coordinator (``unodc``) has a node too, linked to the first network: it signs the directory
 with a key of its own (``<root>/unodc/coordinator/unodc.1.key``) and publishes updates through
@@ -34,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+from broker.contact_point_access import grant_contact_points
 from broker.directory_signing import sign_directory
 from broker.errors import TransportError
 from broker.keys import b64u_decode, generate_key_files, load_public_key_file, load_signing_key
@@ -41,6 +49,7 @@ from broker.management import Management, ManagementEndpoint
 from broker.peer_access import grant_peer, rabbit_password_hash
 from broker.transport import Transport
 from nodes import state_dir
+from nodes.contact_points import vouched_users, write_contact_point
 from nodes.operator.auth import hash_password
 from schemas.directory import Directory
 
@@ -171,6 +180,19 @@ class Federation:
 
     def link_password(self, network: str) -> str:
         return (self.root / network / "link.password").read_text(encoding="ascii").strip()
+
+    def contact_point_keys(self, network: str) -> Path:
+        """The node's folder of the contact points it vouches for ([contact_points] keys)."""
+        return self.root / network / "contact-points"
+
+    def credentials(self, contact_point: str) -> Path:
+        """A contact point's credentials folder (``--credentials`` of send and inbox), under
+        its network's folder (a network that joined later included)."""
+        for network in sorted(self.root.iterdir()):
+            folder = network / "credentials" / contact_point
+            if folder.is_dir():
+                return folder
+        raise KeyError(f"no credentials for {contact_point}")
 
     def peers(self, network: str) -> list[str]:
         return sorted(
@@ -305,9 +327,20 @@ def build(
             f'user = "{federation.user(network)}"\n'
             'password_file = "broker.password"\n'
             f'management_url = "{management_url}"\n'
+            '\n[contact_points]\nkeys = "contact-points"\n'
             f"{peers}\n[receipts]\n{receipt_lines}{operator}",
             encoding="utf-8",
         )
+        for country in nodes[network][1]:
+            contact_point = _contact_point(country)["id"]
+            if not (federation.contact_point_keys(network) / f"{contact_point}.pub").exists():
+                write_contact_point(
+                    federation.contact_point_keys(network),
+                    federation.user(network),
+                    federation.vhost(network),
+                    contact_point,
+                    root / network / "credentials" / contact_point,
+                )
     return federation
 
 
@@ -315,9 +348,10 @@ NODE_TAGS = "policymaker"  # declares shovels and policies in its own vhost; see
 
 
 async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
-    """Create each network's vhost and node user, and each link user's write-only permission on
-    its one inbox exchange in each linked peer's vhost (from the directory's published hash,
-    as ``mlanet directory provision`` does for a network on a broker of its own)."""
+    """Create each network's vhost and node user, each of its contact points' users (from the
+    hashes in its node's folder), and each link user's write-only permission on its one inbox
+    exchange in each linked peer's vhost (from the directory's published hash), as ``mlanet
+    directory provision`` does for a network on a broker of its own."""
     signed = json.loads((federation.root / "directory.json").read_bytes())
     directory = Directory.model_validate_json(b64u_decode(signed["document"]))
     async with Management(admin) as management:
@@ -330,8 +364,14 @@ async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
             await management.put_permissions(
                 vhost, admin.user, configure=".*", write=".*", read=".*"
             )
+        protected = {federation.user(n) for n in federation.nodes} | {admin.user}
+        users = [
+            user
+            for network in federation.nodes
+            for user in vouched_users(federation.contact_point_keys(network))
+        ]
+        await grant_contact_points(management, users, protected=protected)  # one request
         for network in federation.nodes:
-            protected = {federation.user(n) for n in federation.nodes} | {admin.user}
             for peer in federation.peers(network):
                 entry = directory.network(peer)
                 if entry is None or entry.link_user is None:
@@ -346,12 +386,17 @@ async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
 
 
 async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
-    """Delete the federation's vhosts (their queues and shovels go with them) and users."""
+    """Delete the federation's vhosts (their queues and shovels go with them) and users (its
+    contact points' users are the ones its nodes' folders vouch for)."""
     async with Management(admin) as management:
+        contact_points = []
         for network in federation.nodes:
             await management.delete_vhost(federation.vhost(network))
             await management.delete_user(federation.user(network))
             await management.delete_user(federation.link_user(network))
+            keys = federation.contact_point_keys(network)
+            contact_points += [user.name for user in vouched_users(keys)]
+        await management.delete_users(contact_points)  # one request
 
 
 class NodeProcesses:

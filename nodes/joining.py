@@ -5,7 +5,8 @@
 - :func:`rotation_request` (``mlanet keys rotate``): the next key and a request signed by the
   current key and the new one.
 - :func:`provision_broker` (``mlanet directory provision``): the node's vhost and user on its
-  own broker, and the peers' inbox permissions the directory calls for.
+  own broker, its contact points' users (``mlanet contact-point add``), and the peers' inbox
+  permissions the directory calls for.
 
 See ``docs/JOINING.md`` for the whole procedure.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from broker.contact_point_access import grant_contact_points, revoke_contact_points
 from broker.directory_signing import sign_request
 from broker.errors import ConfigError, MlanetError
 from broker.keys import generate_key_files, load_public_key_file, load_signing_key
@@ -27,6 +29,7 @@ from broker.peer_access import grant_peer, inbox_write_pattern, rabbit_password_
 from broker.strictjson import canonical_bytes
 from nodes import state_dir
 from nodes.config import NodeConfig, _read_secret
+from nodes.contact_points import vouched_users
 from nodes.directory import DirectoryBook
 from schemas.directory import JoinRequest, KeyRotationRequest, NetworkEntry, NetworkKey
 
@@ -166,8 +169,11 @@ NODE_TAGS = "policymaker"  # its shovels and policies in its own vhost; it sees 
 async def provision_broker(config: NodeConfig, admin: ManagementEndpoint) -> list[str]:
     """Make this node's own broker match the directory (idempotent; run by the operator, never
     by the node): the node's vhost and user (tag ``policymaker`` only, rights on its own vhost
-    only), write access to exactly one inbox exchange for each peer the directory links to
-    this network, and no access for a former peer. Returns what was done, one line each."""
+    only), a user for each contact point the node vouches for (``[contact_points] keys``: write
+    on the ``mlanet.submit`` exchange, read on its own delivery queue) and none for a contact
+    point it no longer vouches for, write access to exactly one inbox exchange for each peer
+    the directory links to this network, and no access for a former peer. Returns what was
+    done, one line each."""
     broker = config.broker
     done = []
     async with Management(admin) as management:
@@ -188,6 +194,12 @@ async def provision_broker(config: NodeConfig, admin: ManagementEndpoint) -> lis
             broker.vhost, admin.user, configure=".*", write=".*", read=".*"
         )
         done.append(f"vhost {broker.vhost} ready for {broker.user}")
+        users = [u for u in vouched_users(config.contact_points.keys) if u.vhost == broker.vhost]
+        kept = {broker.user, admin.user}
+        done += await grant_contact_points(management, users, protected=kept)
+        done += await revoke_contact_points(
+            management, broker.vhost, {u.name for u in users}, protected=kept
+        )
         try:
             directory = DirectoryBook.load(config, persist=False).held.directory
         except (ConfigError, MlanetError) as exc:

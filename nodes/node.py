@@ -33,15 +33,16 @@ from broker import (
     add_hop,
     canonical_bytes,
     decode_payload,
-    loads_strict,
     open_envelope,
     sign_message,
 )
+from broker.contact_point_keys import KeyFolder
 from broker.errors import error_location
 from broker.keys import SigningKey
 from broker.management import ManagementEndpoint
 from broker.provenance import check_addressee, check_origin, check_payload_origin
 from broker.routing import Deliver, Forward, Refuse, route, target_network
+from broker.submission_signing import Returned, frame_cap, open_submission
 from broker.transport import (
     QUARANTINE,
     SUBMIT,
@@ -110,6 +111,8 @@ class Node:
         self.directory = self.keeper.view
         self.trust = self.keeper.trust
         self.contact_points = self.keeper.contact_points
+        # the contact points' keys this node's operator vouches for (nodes/contact_points.py)
+        self.contact_point_keys = KeyFolder(config.contact_points.keys)
         self.store = Store(config.state_dir / "node.sqlite3")
         # Group commit: one SQLite commit for every delivery finished in one pass of the event
         # loop, before any of them is acked (see _durable); a writer outside a delivery is
@@ -690,17 +693,24 @@ class Node:
         self.observe.timing("submit", time.perf_counter() - started)
 
     async def _submit(self, body: bytes) -> None:
+        """A contact point's submission: its signature is checked (against the key this node
+        vouches for the contact point it names as sender) before anything else is read."""
         try:
-            raw = loads_strict(body, max_bytes=self.config.limits.max_message_bytes)
-            submission = Submission.model_validate(raw)
+            opened = open_submission(
+                body, self.contact_point_keys, max_bytes=self.config.limits.max_message_bytes
+            )
+            if isinstance(opened, Returned):
+                await self._returned(opened)
+                return
+            submission = opened.submission
             payload = payload_model(submission.kind).model_validate(submission.payload)
         except RefusedMessage as refused:
-            await self.quarantine(body, refused, SUBMIT)
+            await self._refuse_submission(body, refused)
             return
         except ValidationError as exc:  # locations only, never the input
             errors = exc.errors(include_input=False, include_url=False)
             where = ", ".join(error_location(e) for e in errors[:5])
-            await self.quarantine(body, RefusedMessage(Reason.SCHEMA_INVALID, where), SUBMIT)
+            await self._refuse_submission(body, RefusedMessage(Reason.SCHEMA_INVALID, where))
             return
         with bound_contextvars(
             message_id=submission.message_id,
@@ -709,12 +719,11 @@ class Node:
             kind=submission.kind,
         ):
             if submission.sender not in self.contact_points:
-                await self.quarantine(
+                await self._refuse_submission(
                     body,
                     RefusedMessage(
                         Reason.UNAUTHORISED, f"{submission.sender} is not a contact point here"
                     ),
-                    SUBMIT,
                 )
                 return
             if (closed := self.keeper.closed()) is not None:
@@ -760,6 +769,27 @@ class Node:
                 log.info("submission_repeated", state=entry.state)
                 return
             await self.send_from_outbox(submission.message_id)
+
+    async def _refuse_submission(self, body: bytes, refused: RefusedMessage) -> None:
+        """Quarantine a refused submission, never signed or sent; ``mlanet track`` shows the
+        refusal under the message id it claims. No notice: its sender may not be who it says."""
+        await self.quarantine(body, refused, SUBMIT)
+        claimed = claim(body, max_bytes=frame_cap(self.config.limits.max_message_bytes))
+        if claimed.message_id:
+            self.store.event(claimed.message_id, "refused", str(refused))
+
+    async def _returned(self, returned: Returned) -> None:
+        """A delivered message its contact point would not take (no longer valid when it read
+        its queue): quarantined with the contact point's reason, the way in being its delivery
+        queue, and recorded for ``mlanet track``."""
+        via = deliver_queue(returned.contact_point)
+        refused = RefusedMessage(
+            returned.reason, f"refused at delivery by {returned.contact_point}"
+        )
+        await self.quarantine(returned.message, refused, via)
+        claimed = claim(returned.message, max_bytes=self.config.limits.max_message_bytes)
+        if claimed.message_id:
+            self.store.event(claimed.message_id, "quarantined", f"at delivery: {refused}")
 
     async def send_from_outbox(self, message_id: str) -> None:
         entry = self.store.outbox_get(message_id)

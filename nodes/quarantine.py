@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 from broker import MlanetError, Reason, RefusedMessage, TransportError, loads_strict
 from broker.keys import b64u_decode
+from broker.submission_signing import signed_inner
 from broker.transport import INBOX, SUBMIT
 from nodes.audit import AuditLog
 from nodes.observe import Flow
@@ -134,6 +135,8 @@ def claim(body: bytes, *, max_bytes: int = _MAX_CLAIM_BYTES) -> Claim:
         frame = loads_strict(body, max_bytes=max_bytes)
         if not isinstance(frame, dict):
             return Claim()
+        if (inner := signed_inner(frame)) is not None:  # signed by a contact point
+            return claim(inner, max_bytes=max_bytes)
         if not isinstance(frame.get("header"), str):  # a submission from a contact point
             fields, origin = frame, _ok(_CONTACT_POINT, frame.get("sender"))
         else:  # a signed envelope: the header's fields
@@ -163,6 +166,8 @@ def payload_text(body: bytes) -> str:
         frame = loads_strict(body, max_bytes=_MAX_CLAIM_BYTES)
     except RefusedMessage:
         return body.decode("utf-8", errors="backslashreplace")
+    if (inner := signed_inner(frame)) is not None:  # signed by a contact point
+        return payload_text(inner)
     if isinstance(frame, dict) and isinstance(frame.get("payload"), str):
         try:
             raw = b64u_decode(frame["payload"])

@@ -299,10 +299,11 @@ class Store:
             )
         return cursor.rowcount == 1
 
-    def adopt_inbox(self, older: Path) -> None:
+    def adopt_inbox(self, older: Path, *, contact_point: str | None = None) -> None:
         """Copy the contact points' archive that an earlier version kept in ``older`` (the
-        node's own database) into this one; what is here already stays as it is. ``older`` is
-        only read: a write lock the node holds on it does not matter."""
+        node's own database) into this one (only ``contact_point``'s messages, when given);
+        what is here already stays as it is. ``older`` is only read: a write lock the node
+        holds on it does not matter."""
         if not older.exists():
             return
         self._db.execute("ATTACH DATABASE ? AS older", (str(older),))
@@ -310,7 +311,14 @@ class Store:
             found = self._db.execute(
                 "SELECT 1 FROM older.sqlite_master WHERE type='table' AND name='inbox'"
             ).fetchone()
-            rows = self._db.execute("SELECT * FROM older.inbox").fetchall() if found else []
+            if not found:
+                rows = []
+            elif contact_point is None:
+                rows = self._db.execute("SELECT * FROM older.inbox").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM older.inbox WHERE contact_point=?", (contact_point,)
+                ).fetchall()
         finally:
             self._db.execute("DETACH DATABASE older")
         if rows:

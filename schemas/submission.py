@@ -3,6 +3,10 @@
 Submissions travel only inside one network's broker (``mlanet send`` -> the node); the node
 builds the header, signs and routes. The payload is validated against the kind's model both by
 ``mlanet send`` (for a clear error at the keyboard) and by the node.
+
+A contact point signs each submission with its own key (:class:`SignedSubmission`), and hands
+back, signed the same way, a delivered message it will not take (:class:`ReturnedDelivery`);
+``broker/submission_signing.py`` makes and opens both.
 """
 
 from __future__ import annotations
@@ -11,10 +15,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from schemas.base import ContactPointId, MessageId, WireModel
+from schemas.base import ContactPointId, KeyId, MessageId, WireModel
 from schemas.header import Destination, Kind, Urgency
 
-__all__ = ["Submission"]
+__all__ = ["MAX_FRAME_CHARS", "ReturnedDelivery", "SignedSubmission", "Submission"]
+
+# B64U of the largest message a node may be configured to take (16 MiB): the opener bounds the
+# frame by the node's own max_message_bytes first.
+MAX_FRAME_CHARS = (16 * 1024 * 1024 * 4 + 2) // 3
+_B64U = r"^[A-Za-z0-9_-]+$"
+_B64U_SIGNATURE = r"^[A-Za-z0-9_-]{86}$"
 
 
 class Submission(WireModel):
@@ -27,3 +37,29 @@ class Submission(WireModel):
     hop_limit: int = Field(default=6, ge=1, le=16)
     members_only: Literal[True] | None = None
     payload: dict[str, Any]
+
+
+class SignedSubmission(WireModel):
+    """A submission as its contact point signed it: ``submission`` is B64U of the submission's
+    JSON bytes, ``signature`` B64U of Ed25519 over ``mlanet-v1:submission:`` + ``submission``
+    with the key ``key_id`` of ``contact_point``, which must be the submission's ``sender``."""
+
+    mlanet_submission: Literal[1]
+    contact_point: ContactPointId
+    key_id: KeyId
+    submission: str = Field(pattern=_B64U, max_length=MAX_FRAME_CHARS)
+    signature: str = Field(pattern=_B64U_SIGNATURE)
+
+
+class ReturnedDelivery(WireModel):
+    """A message delivered to ``contact_point`` that it would not take (it no longer verifies:
+    a key was revoked since, say), handed back to its node to quarantine with ``reason``.
+    ``message`` is B64U of the exact delivered bytes; ``signature`` B64U of Ed25519 over
+    ``mlanet-v1:returned:`` + ``reason`` + ``.`` + ``message``."""
+
+    mlanet_returned: Literal[1]
+    contact_point: ContactPointId
+    key_id: KeyId
+    reason: str = Field(pattern=r"^[a-z][a-z_]{0,39}$")
+    message: str = Field(pattern=_B64U, max_length=MAX_FRAME_CHARS)
+    signature: str = Field(pattern=_B64U_SIGNATURE)

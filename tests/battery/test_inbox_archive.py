@@ -17,7 +17,7 @@ from nodes.federation import Federation, build, provision, teardown
 from nodes.store import Store
 from schemas.submission import Submission
 from tests.battery.rabbit import ScratchBroker
-from tests.integration.kit import config, eventually, outbox_state, running
+from tests.integration.kit import config, credentials, eventually, outbox_state, running
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ async def test_reading_an_inbox_never_waits_for_the_nodes_write_lock(fed: Federa
     async with running(fed, "seajust", "casc"):
         requests = [_request(n) for n in range(3)]
         for request in requests:
-            await submit(config(fed, "seajust"), request)
+            await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
 
         async def receipted() -> bool:
             states = {outbox_state(fed, "seajust", r.message_id) for r in requests}
@@ -76,7 +76,7 @@ async def test_reading_an_inbox_never_waits_for_the_nodes_write_lock(fed: Federa
         holder = sqlite3.connect(node_db, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")  # the node's write lock, held
         try:
-            items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+            items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         finally:
             holder.execute("ROLLBACK")
             holder.close()
@@ -84,27 +84,41 @@ async def test_reading_an_inbox_never_waits_for_the_nodes_write_lock(fed: Federa
             r.message_id for r in requests
         )
         assert all(item.new for item in items)
-        again = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        again = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert [item.new for item in again] == [False, False, False]
 
 
-def test_an_archive_kept_in_the_node_database_is_adopted(tmp_path: Path) -> None:
-    """A contact point's archive written by an earlier version (inside the node's database)
-    is copied into the archive's own database the first time it is opened, once."""
+def test_an_archive_kept_in_the_node_state_is_adopted_for_its_own_contact_point_only(
+    tmp_path: Path,
+) -> None:
+    """A contact point's archive written by an earlier version (inside the node's database, or
+    the contact points' shared archive in the node's state folder) is copied into the contact
+    point's own archive, in its credentials folder, the first time it is opened, once; another
+    contact point's messages are not."""
     from nodes.contact import open_archive
 
     state = tmp_path / "state"
     older = Store(state / "node.sqlite3")
     older.inbox_add("uz-cp-1", "seajust", "m-1", "h" * 43, "facilitation_request", b"{}")
+    older.inbox_add("kz-cp-1", "seajust", "m-2", "h" * 43, "facilitation_request", b"{}")
     older.close()
+    shared = Store(state / ARCHIVE_FILE)
+    shared.inbox_add("uz-cp-1", "casc", "m-3", "h" * 43, "facilitation_request", b"{}")
+    shared.inbox_add("kz-cp-1", "casc", "m-4", "h" * 43, "facilitation_request", b"{}")
+    shared.close()
 
     class _Config:
         state_dir = state
 
-    archive = open_archive(_Config())  # type: ignore[arg-type]
+    class _Credentials:
+        folder = tmp_path / "uz-cp-1"
+        contact_point = "uz-cp-1"
+
+    archive = open_archive(_Config(), _Credentials())  # type: ignore[arg-type]
     try:
-        assert [row[1] for row in archive.inbox("uz-cp-1")] == ["m-1"]
+        assert sorted(row[1] for row in archive.inbox("uz-cp-1")) == ["m-1", "m-3"]
+        assert list(archive.inbox("kz-cp-1")) == []
         assert not archive.inbox_add("uz-cp-1", "seajust", "m-1", "h" * 43, "x", b"{}")
     finally:
         archive.close()
-    assert (state / ARCHIVE_FILE).exists()
+    assert (tmp_path / "uz-cp-1" / ARCHIVE_FILE).exists()

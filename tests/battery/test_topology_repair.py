@@ -14,6 +14,7 @@ import pytest
 
 from broker.transport import (
     SUBMIT,
+    SUBMIT_EXCHANGE,
     Topology,
     Transport,
     deliver_queue,
@@ -26,7 +27,7 @@ from nodes.federation import Federation, build, provision, teardown
 from schemas.submission import Submission
 from tests.battery.rabbit import ScratchBroker
 from tests.battery.workload import admin_url
-from tests.integration.kit import config, eventually, outbox_state, running
+from tests.integration.kit import config, credentials, eventually, outbox_state, running
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +124,7 @@ async def test_a_queue_of_other_arguments_is_reported_and_the_rest_is_declared(
     for queue in (out_queue("seajust"), peer_inbox("ejn"), deliver_queue("uz-cp-1"), SUBMIT):
         assert await casc.has_queue(queue), queue
     assert await casc.bindings(inbox_exchange("ejn"), peer_inbox("ejn"))
+    assert await casc.bindings(SUBMIT_EXCHANGE, SUBMIT)  # contact points' only way in
 
 
 async def test_queues_and_bindings_deleted_under_a_node_come_back_and_messages_flow(
@@ -130,7 +132,8 @@ async def test_queues_and_bindings_deleted_under_a_node_come_back_and_messages_f
 ) -> None:
     """Under a running CASC node an operator deletes its inbox queue for SEAJust (consumed), the
     binding that feeds it, its delivery queue for Uzbekistan and its submission queue
-    (consumed): the node declares them again, consumes again, and a request from SEAJust is
+    (consumed; its binding to the contact points' ``mlanet.submit`` exchange goes with it):
+    the node declares them again, binds and consumes again, and a request from SEAJust is
     delivered and receipted."""
     casc = Broker(fed, battery_broker, "casc")
     async with running(fed, "seajust", "casc"):
@@ -145,17 +148,18 @@ async def test_queues_and_bindings_deleted_under_a_node_come_back_and_messages_f
                     return False
             return (
                 bool(await casc.bindings(inbox_exchange("seajust"), peer_inbox("seajust")))
+                and bool(await casc.bindings(SUBMIT_EXCHANGE, SUBMIT))  # put back with it
                 and await casc.consumers(peer_inbox("seajust")) > 0
                 and await casc.consumers(SUBMIT) > 0
             )
 
         await eventually(repaired, within=60, every=0.5)
         request = _request("UZ")
-        await submit(config(fed, "seajust"), request)
+        await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
 
         async def receipted() -> bool:
             return outbox_state(fed, "seajust", request.message_id) == "delivered"
 
         await eventually(receipted, within=60)
-        items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert [item.message.header.message_id for item in items] == [request.message_id]

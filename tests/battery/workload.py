@@ -2,11 +2,12 @@
 readers that archive what reaches the contact points, and the collector that reads the
 quarantines. Each appends to the run's :class:`History`.
 
-- A :class:`Client` submits for one network as its contact points would (``submit_on``, broker
-  confirmed). An attempt that is not confirmed is retried with the same message id until it is
-  (the node dedupes submissions by id), so a lost confirm is resent, never forgotten.
+- A :class:`Client` submits for one network as its contact points would (``submit_on``: each
+  submission signed by its sender's own key, broker confirmed; one connection for all of them).
+  An attempt that is not confirmed is retried with the same message id until it is (the node
+  dedupes submissions by id), so a lost confirm is resent, never forgotten.
 - A :class:`Reader` does what ``mlanet inbox`` does for its network's contact points
-  (``take_delivered``: verify, archive in the node's store, ack) in a loop, and records each
+  (``take_delivered``: verify, archive in the reader's archive, ack) in a loop, and records each
   message as ``delivered`` (new in the archive) or ``repeat`` (already archived).
 - The :class:`Collector` takes what lands in each node's quarantine (its quarantine store, and
   what still waits in ``mlanet.quarantine`` for the node) and records the message id and the
@@ -27,6 +28,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -34,15 +36,16 @@ import aio_pika
 import aiormq
 
 from broker import MlanetError, TrustStore
+from broker.contact_point_keys import ContactPointKey
 from broker.management import ManagementEndpoint
 from broker.transport import QUARANTINE, Transport
-from nodes.contact import Taken, open_archive, submit_on, take_delivered
+from nodes.contact import ARCHIVE_FILE, Taken, submit_on, take_delivered
 from nodes.directory import message_trust
 from nodes.federation import Federation
 from nodes.store import Store
 from schemas.submission import Submission
 from tests.battery.history import History
-from tests.integration.kit import config
+from tests.integration.kit import config, credentials
 from tests.integration.quarantine_kit import take_entries
 
 __all__ = [
@@ -99,6 +102,22 @@ def admin_url(fed: Federation, network: str, admin: ManagementEndpoint) -> str:
         f"amqp://{quote(admin.user, safe='')}:{quote(admin.password, safe='')}@"
         f"{fed.host}:{fed.port}/{quote(fed.vhost(network), safe='')}"
     )
+
+
+def archive_path(fed: Federation, network: str) -> Path:
+    """The archive a network's reader keeps for all of its contact points."""
+    return fed.root / network / ARCHIVE_FILE
+
+
+_KEYS: dict[tuple[Path, str], ContactPointKey] = {}
+
+
+def signing_key(fed: Federation, contact_point: str) -> ContactPointKey:
+    """A contact point's own key (read from its credentials once)."""
+    found = _KEYS.get((fed.root, contact_point))
+    if found is None:
+        found = _KEYS[(fed.root, contact_point)] = credentials(fed, contact_point).key
+    return found
 
 
 _TEXT = (
@@ -196,7 +215,7 @@ class Client:
         deadline = asyncio.get_running_loop().time() + self._give_up_after
         while True:
             try:
-                await submit_on(self._transport, submission)
+                await submit_on(self._transport, signing_key(self.fed, lane.sender), submission)
             except BROKER_ERRORS as exc:
                 self.history.add(
                     "submit_failed",
@@ -273,7 +292,7 @@ class Reader:
     async def run(self, stop: asyncio.Event) -> None:
         cfg = config(self.fed, self.network)
         trust: TrustStore = message_trust(cfg.load_directory())
-        store = open_archive(cfg)
+        store = Store(archive_path(self.fed, self.network))
         try:
             while not stop.is_set():
                 try:
@@ -305,7 +324,8 @@ class Reader:
                     )
 
                 started = time.monotonic()
-                await take_delivered(cfg, contact_point, transport, store, trust, on_taken=record)
+                key = signing_key(self.fed, contact_point)
+                await take_delivered(cfg, key, transport, store, trust, on_taken=record)
                 self.slowest = max(self.slowest, time.monotonic() - started)
             if stop.is_set():
                 return  # one last sweep after the stop was asked: nothing is left behind
@@ -318,7 +338,7 @@ def reconcile(fed: Federation, reader: Reader, history: History) -> int:
     archive is the definition of delivered; each should have been recorded when it was taken).
     Returns how many were missing: the battery notes any, as a gap of its own reader."""
     recorded = {(op.origin, op.message_id) for op in history.of("delivered")}
-    archive = open_archive(config(fed, reader.network))
+    archive = Store(archive_path(fed, reader.network))
     missing = 0
     try:
         for contact_point in reader.contact_points:

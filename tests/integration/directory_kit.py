@@ -15,6 +15,7 @@ from typer.testing import CliRunner, Result
 
 from broker.management import Management
 from nodes.cli import app
+from nodes.contact_points import vouched_users
 from nodes.directory import DirectoryBook
 from nodes.federation import Federation, build, provision, teardown
 from nodes.store import Store
@@ -42,6 +43,8 @@ async def dfed(tmp_path: Path) -> AsyncIterator[Federation]:
                     await management.delete_vhost(federation.vhost(folder.name))
                     await management.delete_user(federation.user(folder.name))
                     await management.delete_user(federation.link_user(folder.name))
+                    vouched = vouched_users(folder / "contact-points")
+                    await management.delete_users([user.name for user in vouched])
 
 
 async def mlanet(*args: str | Path) -> Result:

@@ -19,7 +19,9 @@ from broker import SignedMessage, SigningKey, load_signing_key, sign_message
 from broker.management import ManagementEndpoint
 from broker.transport import CONTENT_TYPE, QUARANTINE
 from nodes.config import NodeConfig, load_config
+from nodes.contact_points import Credentials, add_contact_point
 from nodes.federation import Federation
+from nodes.joining import provision_broker
 from nodes.node import Node
 from nodes.store import Store
 from schemas import Destination, FacilitationRequest, Header, Origin
@@ -35,6 +37,21 @@ def amqp(fed: Federation, network: str, *, user: str = "guest", password: str = 
 
 def config(fed: Federation, network: str) -> NodeConfig:
     return load_config(fed.config_path(network))
+
+
+def credentials(fed: Federation, contact_point: str) -> Credentials:
+    """A contact point's own credentials (its key and broker password), as build wrote them."""
+    return Credentials.load(fed.credentials(contact_point))
+
+
+async def enrol(fed: Federation, network: str, contact_point: str) -> Credentials:
+    """What a network's operator does for a contact point the directory added: ``mlanet
+    contact-point add`` (its credentials, and its key in the node's folder), then ``mlanet
+    directory provision`` (its broker user)."""
+    cfg = config(fed, network)
+    add_contact_point(cfg, contact_point, fed.root / network / "credentials" / contact_point)
+    await provision_broker(cfg, ADMIN)
+    return credentials(fed, contact_point)
 
 
 def key(fed: Federation, network: str) -> SigningKey:

@@ -26,7 +26,15 @@ from nodes.contact import facilitation_request, read_inbox, submit
 from nodes.fairness import node_policies
 from nodes.federation import Federation
 from nodes.operator.status import collect
-from tests.integration.kit import ADMIN, InProcessNodes, config, eventually, outbox_state, running
+from tests.integration.kit import (
+    ADMIN,
+    InProcessNodes,
+    config,
+    credentials,
+    eventually,
+    outbox_state,
+    running,
+)
 
 API = "http://127.0.0.1:15672/api"
 ATTACKER, VICTIM = "seajust", "casc"
@@ -71,13 +79,13 @@ async def _journey_delivered(fed: Federation) -> None:
     """A request from Cambodia reaches Uzbekistan and its receipt comes back: nothing was lost
     or diverted by what was tried before."""
     message = facilitation_request("kh-cp-1", "UZ")
-    await submit(config(fed, ATTACKER), message)
+    await submit(config(fed, ATTACKER), credentials(fed, message.sender), message)
 
     async def receipted() -> bool:
         return outbox_state(fed, ATTACKER, message.message_id) == "delivered"
 
     await eventually(receipted, within=90)
-    inbox = await read_inbox(config(fed, VICTIM), "uz-cp-1")
+    inbox = await read_inbox(config(fed, VICTIM), credentials(fed, "uz-cp-1"))
     assert [item.message.header.message_id for item in inbox] == [message.message_id]
 
 
@@ -263,7 +271,7 @@ async def test_a_shovel_or_policy_removed_or_changed_under_a_node_is_put_back(
 
         await eventually(restored, within=20)
     reply = facilitation_request("uz-cp-1", "KH")
-    await submit(config(fed, VICTIM), reply)
+    await submit(config(fed, VICTIM), credentials(fed, reply.sender), reply)
 
     async def receipted() -> bool:
         return outbox_state(fed, VICTIM, reply.message_id) == "delivered"

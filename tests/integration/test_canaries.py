@@ -21,7 +21,8 @@ import httpx
 
 from broker import canonical_bytes, sign_message
 from broker.keys import b64u_decode, b64u_encode
-from broker.transport import QUARANTINE, SUBMIT, Transport
+from broker.submission_signing import sign_submission
+from broker.transport import QUARANTINE, SUBMIT, SUBMIT_EXCHANGE, Transport
 from nodes.audit import AUDIT_FILE
 from nodes.contact import read_inbox, submit
 from nodes.federation import Federation, NodeProcesses
@@ -30,6 +31,7 @@ from schemas.submission import Submission
 from tests.integration.kit import (
     ADMIN,
     config,
+    credentials,
     depth,
     eventually,
     facilitation,
@@ -216,10 +218,15 @@ async def _refused(fed: Federation, c: Canaries) -> None:
     extra = json.loads(json.dumps(over_long)) | {"message_id": str(uuid.uuid4())}
     extra["payload"]["summary"] = "fine"
     extra["payload"][c("unexpected_field_name")] = c("unexpected_field_value")
-    async with Transport(config(fed, "seajust").amqp_url()) as transport:
+    kh_cp_1 = credentials(fed, "kh-cp-1")  # signed by their sender: refused for what they hold
+    async with Transport(kh_cp_1.amqp_url(config(fed, "seajust"))) as transport:
         for body in (over_long, extra):
             await transport.publish(
-                SUBMIT, canonical_bytes(body), message_id=body["message_id"], kind="x"
+                SUBMIT,
+                sign_submission(Submission.model_validate(body), kh_cp_1.key),
+                message_id=body["message_id"],
+                kind="x",
+                exchange=SUBMIT_EXCHANGE,
             )
 
     tampered = facilitation(fed, "seajust", "kh-cp-1", "UZ", summary=c("tampered_summary"))
@@ -297,7 +304,7 @@ async def test_canaries_in_case_fields_reach_contact_points_and_nothing_else(
             processes.start(network)
         await processes.wait_ready(NETWORKS, within=90)
         for network, submission, _, _ in journeys:
-            await submit(config(fed, network), submission)
+            await submit(config(fed, network), credentials(fed, submission.sender), submission)
         await _refused(fed, c)
 
         expected = {
@@ -308,7 +315,7 @@ async def test_canaries_in_case_fields_reach_contact_points_and_nothing_else(
 
         async def all_delivered() -> bool:
             for (network, contact_point), ids in expected.items():
-                items = await read_inbox(config(fed, network), contact_point)
+                items = await read_inbox(config(fed, network), credentials(fed, contact_point))
                 delivered[(network, contact_point)] = items
                 if not ids <= {item.message.header.message_id for item in items}:
                     return False

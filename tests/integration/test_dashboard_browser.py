@@ -19,6 +19,7 @@ from nodes.federation import Federation
 from nodes.operator.server import COOKIE
 from tests.integration.kit import (
     config,
+    credentials,
     eventually,
     facilitation,
     inject,
@@ -57,7 +58,7 @@ async def test_an_operator_logs_in_and_sees_links_queues_quarantine_and_flow(
     canary = f"CANARY-{uuid.uuid4().hex}"
     async with running(fed, "seajust", "casc") as nodes:
         journey = request("kh-cp-1", "UZ", summary=canary)
-        await submit(config(fed, "seajust"), journey)
+        await submit(config(fed, "seajust"), credentials(fed, journey.sender), journey)
         impostor = SigningKey.from_seed("casc", "ed25519:1", os.urandom(32))  # not CASC's key
         forged = facilitation(fed, "casc", "uz-cp-1", "KH", summary=canary, signer=impostor)
         await inject(fed, "seajust", "casc", forged.to_bytes())

@@ -23,7 +23,17 @@ from tests.integration.directory_kit import (
     quarantined,
     request,
 )
-from tests.integration.kit import config, depth, eventually, inject, key, outbox_state, running
+from tests.integration.kit import (
+    config,
+    credentials,
+    depth,
+    enrol,
+    eventually,
+    inject,
+    key,
+    outbox_state,
+    running,
+)
 
 __all__ = ["dfed"]
 
@@ -43,7 +53,7 @@ async def test_a_replaced_contact_points_messages_reach_its_successor(dfed: Fede
     async with running(fed, "unodc", "seajust", "casc") as nodes:
         pending = [request("kh-cp-1", contact_point="uz-cp-1") for _ in range(2)]
         for message in pending:
-            await submit(config(fed, "seajust"), message)
+            await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
         for message in pending:
             await eventually(
                 lambda m=message: _state(fed, "seajust", m.message_id, "delivered"), within=90
@@ -61,6 +71,7 @@ async def test_a_replaced_contact_points_messages_reach_its_successor(dfed: Fede
             return await depth(fed, "casc", "mlanet.deliver.uz-cp-1") == 0
 
         await eventually(moved, within=90)
+        await enrol(fed, "casc", "uz-cp-2")  # CASC's operator: its key and broker user
         assert "uz-cp-2" in nodes.nodes["casc"].contact_points
         assert "uz-cp-1" not in nodes.nodes["casc"].contact_points
 
@@ -69,17 +80,17 @@ async def test_a_replaced_contact_points_messages_reach_its_successor(dfed: Fede
             request("kh-cp-1", country="UZ"),
         ]
         for message in later:
-            await submit(config(fed, "seajust"), message)
+            await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
         for message in later:
             await eventually(
                 lambda m=message: _state(fed, "seajust", m.message_id, "delivered"), within=90
             )
 
-        at_successor = await read_inbox(config(fed, "casc"), "uz-cp-2")
+        at_successor = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-2"))
         assert sorted(i.message.header.message_id for i in at_successor) == sorted(
             m.message_id for m in (*pending, *later)
         )
-        assert await read_inbox(config(fed, "casc"), "uz-cp-1") == []
+        assert await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1")) == []
         assert ("handed_over", "from uz-cp-1 to uz-cp-2") in events(
             fed, "casc", pending[0].message_id
         )
@@ -99,23 +110,24 @@ async def test_observers_get_notices_and_never_a_members_only_message(dfed: Fede
             "--contact-point", "mn-cp-1=Observer delegate",
         )  # fmt: skip
         await all_hold(fed, 2, ("unodc", "seajust", "casc"))
+        await enrol(fed, "casc", "mn-cp-1")  # CASC's operator: its key and broker user
 
         plenary = notice("kh-cp-1", "MN")
         secret = notice("kh-cp-1", "MN", members_only=True)
         case = request("kh-cp-1", country="MN")
         for message in (plenary, secret, case):
-            await submit(config(fed, "seajust"), message)
+            await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
         await eventually(lambda: _state(fed, "seajust", secret.message_id, "failed"), within=90)
         await eventually(lambda: _state(fed, "seajust", case.message_id, "failed"), within=90)
 
         async def notice_arrived() -> bool:
-            items = await read_inbox(config(fed, "casc"), "mn-cp-1")
+            items = await read_inbox(config(fed, "casc"), credentials(fed, "mn-cp-1"))
             return [i.message.header.message_id for i in items] == [plenary.message_id]
 
         await eventually(notice_arrived, within=90)
         told = [
             item.payload
-            for item in await read_inbox(config(fed, "seajust"), "kh-cp-1")
+            for item in await read_inbox(config(fed, "seajust"), credentials(fed, "kh-cp-1"))
             if isinstance(item.payload, Notice)
         ]
         assert sorted((n.regarding, n.reason) for n in told) == sorted(
@@ -146,15 +158,15 @@ async def test_observers_get_notices_and_never_a_members_only_message(dfed: Fede
         everyone = _broadcast("kh-cp-1", members_only=False)
         members = _broadcast("kh-cp-1", members_only=True)
         for message in (everyone, members):
-            await submit(config(fed, "seajust"), message)
+            await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
 
         async def broadcasts_arrived() -> bool:
-            at_uz = await read_inbox(config(fed, "casc"), "uz-cp-1")
+            at_uz = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
             ids = {i.message.header.message_id for i in at_uz}
             return {everyone.message_id, members.message_id} <= ids
 
         await eventually(broadcasts_arrived, within=90)
-        at_mn = await read_inbox(config(fed, "casc"), "mn-cp-1")
+        at_mn = await read_inbox(config(fed, "casc"), credentials(fed, "mn-cp-1"))
         assert [i.message.header.message_id for i in at_mn] == [
             plenary.message_id,
             everyone.message_id,

@@ -18,7 +18,7 @@ from tests.integration.directory_kit import (
     quarantine_depth,
     request,
 )
-from tests.integration.kit import ADMIN, config, eventually, outbox_state, running
+from tests.integration.kit import ADMIN, config, credentials, eventually, outbox_state, running
 
 __all__ = ["dfed"]  # the fixture, imported for pytest
 
@@ -51,10 +51,18 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
             "--user", fed.user("pilon"),
             "--link", "seajust",
         )  # fmt: skip
+        for contact_point in ("fj-cp-1", "ws-cp-1"):  # each with its own key and broker user
+            await mlanet(
+                "contact-point", "add", "--config", folder / "node.toml",
+                "--id", contact_point, "--out", folder / "credentials" / contact_point,
+            )  # fmt: skip
         provisioned = await mlanet(
             "directory", "provision", "--config", folder / "node.toml", "--admin-user", ADMIN.user,
         )  # fmt: skip
         assert "no peers yet" in provisioned.output
+        assert "contact point fj-cp-1 (" + fed.user("pilon") + "-cp-fj-cp-1): granted" in (
+            provisioned.output
+        )
 
         # The coordinator approves; the update travels unodc -> seajust -> casc -> ejn -> ...
         approved = await mlanet(
@@ -84,13 +92,13 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
 
         # Fiji asks Cambodia; SEAJust delivers and its signed receipt comes back.
         outgoing = request("fj-cp-1", country="KH")
-        await submit(config(fed, "pilon"), outgoing)
+        await submit(config(fed, "pilon"), credentials(fed, outgoing.sender), outgoing)
 
         async def receipted(network: str, message_id: str) -> bool:
             return outbox_state(fed, network, message_id) == "delivered"
 
         await eventually(lambda: receipted("pilon", outgoing.message_id), within=90)
-        delivered = await read_inbox(config(fed, "seajust"), "kh-cp-1")
+        delivered = await read_inbox(config(fed, "seajust"), credentials(fed, "kh-cp-1"))
         assert [(i.message.header.message_id, i.message.path) for i in delivered] == [
             (outgoing.message_id, ("pilon",))
         ]
@@ -98,13 +106,13 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
         # Cambodia answers with a request of its own; and CASC reaches Samoa through SEAJust.
         back = request("kh-cp-1", country="FJ")
         relayed = request("uz-cp-1", country="WS")
-        await submit(config(fed, "seajust"), back)
-        await submit(config(fed, "casc"), relayed)
+        await submit(config(fed, "seajust"), credentials(fed, back.sender), back)
+        await submit(config(fed, "casc"), credentials(fed, relayed.sender), relayed)
         await eventually(lambda: receipted("seajust", back.message_id), within=90)
         await eventually(lambda: receipted("casc", relayed.message_id), within=90)
-        at_fiji = await read_inbox(config(fed, "pilon"), "fj-cp-1")
+        at_fiji = await read_inbox(config(fed, "pilon"), credentials(fed, "fj-cp-1"))
         assert [i.message.header.message_id for i in at_fiji] == [back.message_id]
-        at_samoa = await read_inbox(config(fed, "pilon"), "ws-cp-1")
+        at_samoa = await read_inbox(config(fed, "pilon"), credentials(fed, "ws-cp-1"))
         assert [i.message.path for i in at_samoa] == [("casc", "seajust")]
         for network in (*fed.nodes, "pilon"):
             assert await quarantine_depth(fed, network) == 0, f"{network} refused something"

@@ -23,6 +23,7 @@ from tests.integration.directory_kit import (
 )
 from tests.integration.kit import (
     config,
+    credentials,
     depth,
     drain,
     eventually,
@@ -52,7 +53,7 @@ async def test_a_key_rotated_while_messages_flow_refuses_none(dfed: Federation) 
         async def flow() -> None:
             while not stop.is_set():
                 message = request("kh-cp-1", country="UZ")
-                await submit(config(fed, "seajust"), message)
+                await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
                 sent.append(message.message_id)
                 await asyncio.sleep(0.1)
 
@@ -84,7 +85,7 @@ async def test_a_key_rotated_while_messages_flow_refuses_none(dfed: Federation) 
             return all(outbox_state(fed, "seajust", m) == "delivered" for m in sent)
 
         await eventually(all_receipted, within=90)
-        delivered = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        delivered = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert sorted(i.message.header.message_id for i in delivered) == sorted(sent)
         assert {i.message.header.key_id for i in delivered} == {"ed25519:1", "ed25519:2"}
         assert all(  # it switched only once the new key was valid
@@ -112,7 +113,7 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
     async with running(fed, "unodc", "seajust", "casc") as nodes:
         early = [request("kh-cp-1", country="UZ") for _ in range(3)]
         for message in early:
-            await submit(config(fed, "seajust"), message)
+            await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
 
         async def all_delivered() -> bool:
             return all(outbox_state(fed, "seajust", m.message_id) == "delivered" for m in early)
@@ -123,7 +124,7 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
         await nodes.stop("casc")
         late = [request("kh-cp-1", country="UZ") for _ in range(3)]
         for message in late:
-            await submit(config(fed, "seajust"), message)
+            await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
 
         async def on_their_way() -> bool:  # in SEAJust's queue to CASC, or in CASC's inbox
             return all(outbox_state(fed, "seajust", m.message_id) == "forwarded" for m in late)
@@ -145,8 +146,17 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
 
         await eventually(all_handled, within=120)
 
-        items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert items == [], "a message signed with the revoked key reached the contact point"
+
+        async def all_handed_back() -> bool:  # signed by uz-cp-1; the node quarantines them
+            return await quarantine_depth(fed, "casc") >= len(early) + len(late)
+
+        await eventually(all_handed_back, within=90)
+        assert (
+            "quarantined",
+            "at delivery: key_revoked: refused at delivery by uz-cp-1",
+        ) in events(fed, "casc", early[0].message_id)
         refused = await drain(fed, "casc", "mlanet.quarantine")
         trust = message_trust(config(fed, "casc").load_directory())
         assert sorted(
@@ -192,12 +202,12 @@ async def test_a_node_away_during_an_immediate_rotation_catches_up_from_the_upda
         await all_hold(fed, 2, ("unodc", "seajust"))
         await eventually(lambda: _is_key(nodes.nodes["seajust"].key.key_id, "ed25519:2"), within=90)
         message = request("kh-cp-1", country="UZ")
-        await submit(config(fed, "seajust"), message)
+        await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
 
         await nodes.start("casc")
         await all_hold(fed, 2, ("casc",))
         await eventually(lambda: _delivered(fed, message.message_id), within=90)
-        (item,) = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        (item,) = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert item.message.header.key_id == "ed25519:2"
         assert await quarantine_depth(fed, "casc") == 0
 

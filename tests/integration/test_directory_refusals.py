@@ -29,7 +29,15 @@ from tests.integration.directory_kit import (
     quarantined,
     request,
 )
-from tests.integration.kit import config, eventually, facilitation, inject, key, running
+from tests.integration.kit import (
+    config,
+    credentials,
+    eventually,
+    facilitation,
+    inject,
+    key,
+    running,
+)
 
 __all__ = ["dfed"]
 
@@ -157,14 +165,14 @@ async def test_a_node_with_an_expired_directory_refuses_new_messages_and_says_wh
 
         await eventually(expired, within=90)
         refused = request("kh-cp-1", country="UZ")
-        await submit(config(fed, "seajust"), refused)
+        await submit(config(fed, "seajust"), credentials(fed, refused.sender), refused)
         await eventually(lambda: _count(fed, "seajust", 1), within=90)
         assert await quarantined(fed, "seajust") == ["directory_expired"]
         (failed,) = [d for e, d in events(fed, "seajust", refused.message_id) if e == "failed"]
         assert failed.startswith("directory_expired: directory version 2 expired at")
 
         async def told() -> bool:
-            items = await read_inbox(config(fed, "seajust"), "kh-cp-1")
+            items = await read_inbox(config(fed, "seajust"), credentials(fed, "kh-cp-1"))
             return any(
                 isinstance(i.payload, Notice)
                 and i.payload.regarding == refused.message_id
@@ -186,10 +194,10 @@ async def test_a_node_with_an_expired_directory_refuses_new_messages_and_says_wh
         await all_hold(fed, 3, ("unodc", "seajust", "casc"))
         assert seajust.keeper.closed() is None
         again = request("kh-cp-1", country="UZ")
-        await submit(config(fed, "seajust"), again)
+        await submit(config(fed, "seajust"), credentials(fed, again.sender), again)
 
         async def delivered() -> bool:
-            items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+            items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
             return again.message_id in {i.message.header.message_id for i in items}
 
         await eventually(delivered, within=90)

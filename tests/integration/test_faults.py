@@ -9,7 +9,7 @@ from nodes.contact import facilitation_request, read_inbox, submit
 from nodes.federation import Federation, NodeProcesses
 from nodes.store import Store
 from schemas.submission import Submission
-from tests.integration.kit import ADMIN, close_connections, config, eventually, running
+from tests.integration.kit import ADMIN, close_connections, config, credentials, eventually, running
 
 
 def _request(sender: str, country: str, n: int) -> Submission:
@@ -41,7 +41,7 @@ async def _all_receipted(fed: Federation, ids: list[str]) -> bool:
 
 
 async def _exactly_once(fed: Federation, ids: list[str]) -> None:
-    items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+    items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
     delivered = [item.message.header.message_id for item in items]
     assert sorted(delivered) == sorted(ids), "lost or unexpected messages at the contact point"
     assert len(set(delivered)) == len(delivered), "a message reached the contact point twice"
@@ -55,7 +55,7 @@ async def test_a_peer_away_for_a_while_loses_nothing(fed: Federation) -> None:
         ids = []
         for n in range(30):
             request = _request("kh-cp-1", "UZ", n)
-            await submit(config(fed, "seajust"), request)
+            await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
             ids.append(request.message_id)
         await asyncio.sleep(2)
         assert _states(fed, "seajust", ids) == {"forwarded": 30}
@@ -71,7 +71,7 @@ async def test_closed_connections_under_load_lose_nothing(fed: Federation) -> No
         ids = []
         for n in range(60):
             request = _request("kh-cp-1", "UZ", n)
-            await submit(config(fed, "seajust"), request)
+            await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
             ids.append(request.message_id)
             if n in (20, 40):
                 for network in ("seajust", "casc"):
@@ -93,7 +93,7 @@ async def test_a_node_killed_mid_stream_loses_nothing_and_delivers_nothing_twice
         ids = []
         for n in range(150):
             request = _request("kh-cp-1", "UZ", n)
-            await submit(config(fed, "seajust"), request)
+            await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
             ids.append(request.message_id)
             if n == 75:
                 processes.kill("casc")

@@ -15,6 +15,7 @@ from schemas import Notice
 from schemas.submission import Submission
 from tests.integration.kit import (
     config,
+    credentials,
     depth,
     drain,
     eventually,
@@ -30,7 +31,7 @@ def _request(sender: str, country: str) -> Submission:
 
 
 async def _delivered(fed: Federation, network: str, contact_point: str) -> list[str]:
-    items = await read_inbox(config(fed, network), contact_point)
+    items = await read_inbox(config(fed, network), credentials(fed, contact_point))
     return [item.message.header.message_id for item in items]
 
 
@@ -39,13 +40,13 @@ async def test_cambodia_to_uzbekistan_is_delivered_and_the_receipt_returns(fed: 
     CASC's signed receipt marks the message delivered at the origin."""
     async with running(fed, "seajust", "casc"):
         request = _request("kh-cp-1", "UZ")
-        await submit(config(fed, "seajust"), request)
+        await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
 
         async def receipted() -> bool:
             return outbox_state(fed, "seajust", request.message_id) == "delivered"
 
         await eventually(receipted)
-        items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert [item.message.header.message_id for item in items] == [request.message_id]
         assert items[0].message.path == ("seajust",)
         assert items[0].payload.model_dump()["requested_country"] == "UZ"
@@ -61,7 +62,7 @@ async def test_cambodia_to_uzbekistan_is_delivered_and_the_receipt_returns(fed: 
                 "payload": {"case_ref": "KH-MLA-2020-0042", "status": "in_progress"},
             }
         )
-        await submit(config(fed, "casc"), update)
+        await submit(config(fed, "casc"), credentials(fed, update.sender), update)
 
         async def answered() -> bool:
             return update.message_id in await _delivered(fed, "seajust", "kh-cp-1")
@@ -81,9 +82,9 @@ async def test_three_network_journey_through_a_relay(fed: Federation) -> None:
     the origin end to end and the hop before delivering; the receipt comes back through CASC."""
     async with running(fed, "seajust", "casc", "ejn"):
         request = _request("kh-cp-1", "FR")
-        await submit(config(fed, "seajust"), request)
+        await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
         await eventually(lambda: _is(outbox_state(fed, "seajust", request.message_id), "delivered"))
-        items = await read_inbox(config(fed, "ejn"), "fr-cp-1")
+        items = await read_inbox(config(fed, "ejn"), credentials(fed, "fr-cp-1"))
         assert len(items) == 1
         message = items[0].message
         assert message.path == ("seajust", "casc")
@@ -95,9 +96,9 @@ async def test_no_route_is_quarantined_and_the_origin_is_told(fed: Federation) -
     marked failed and the sender gets a notice; nothing is silently dropped."""
     async with running(fed, "seajust"):
         request = _request("kh-cp-1", "US")
-        await submit(config(fed, "seajust"), request)
+        await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
         await eventually(lambda: _is(outbox_state(fed, "seajust", request.message_id), "failed"))
-        items = await read_inbox(config(fed, "seajust"), "kh-cp-1")
+        items = await read_inbox(config(fed, "seajust"), credentials(fed, "kh-cp-1"))
         notices = [item.payload for item in items if isinstance(item.payload, Notice)]
         assert [(n.regarding, n.reason) for n in notices] == [(request.message_id, "no_route")]
 
@@ -117,7 +118,7 @@ async def test_no_route_at_a_relay_sends_a_notice_back_to_the_origin(fed: Federa
         assert refused[0].headers["x-mlanet-reason"] == "no_route"
 
         async def noticed() -> bool:
-            items = await read_inbox(config(fed, "seajust"), "kh-cp-1")
+            items = await read_inbox(config(fed, "seajust"), credentials(fed, "kh-cp-1"))
             return any(
                 isinstance(i.payload, Notice) and i.payload.regarding == message.header.message_id
                 for i in items
@@ -238,7 +239,7 @@ async def test_the_same_id_with_other_content_is_refused_as_equivocation(fed: Fe
         await eventually(lambda: _equal(depth(fed, "casc", "mlanet.quarantine"), 1))
         refused = await drain(fed, "casc", "mlanet.quarantine")
         assert refused[0].headers["x-mlanet-reason"] == "equivocation"
-        delivered = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        delivered = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert len(delivered) == 1
         assert delivered[0].message.content_sha256 == honest.content_sha256
         trust = message_trust(config(fed, "casc").load_directory())

@@ -25,7 +25,15 @@ from nodes.federation import Federation
 from nodes.node import Node
 from nodes.operator.server import COOKIE
 from schemas.submission import Submission
-from tests.integration.kit import ADMIN, config, eventually, inject, outbox_state, running
+from tests.integration.kit import (
+    ADMIN,
+    config,
+    credentials,
+    eventually,
+    inject,
+    outbox_state,
+    running,
+)
 
 GRAFANA = Path(__file__).parents[2] / "deploy" / "grafana" / "mlanet-node.json"
 
@@ -102,9 +110,9 @@ async def test_metrics_count_a_journey_and_the_grafana_dashboard_queries_only_ex
     async with running(fed, "seajust", "casc") as nodes:
         seajust = config(fed, "seajust")
         delivered = request("kh-cp-1", "UZ", summary=canary)
-        await submit(seajust, delivered)
+        await submit(seajust, credentials(fed, delivered.sender), delivered)
         stuck = request("kh-cp-1", "GH", summary=canary)  # via CASC and EJN; EJN is not running
-        await submit(seajust, stuck)
+        await submit(seajust, credentials(fed, stuck.sender), stuck)
         await inject(fed, "seajust", "casc", b"{not json at all")
 
         async def receipt_back() -> bool:
@@ -171,7 +179,7 @@ async def test_status_shows_a_link_down_with_its_backlog_and_then_the_link_drain
         await management.delete_permissions(casc_vhost, seajust_user)
     async with running(fed, "seajust") as nodes:
         message = request("kh-cp-1", "UZ")
-        await submit(config(fed, "seajust"), message)
+        await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
         path = fed.config_path("seajust")
         seen: dict[str, Any] = {}
 

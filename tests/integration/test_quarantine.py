@@ -24,7 +24,16 @@ from nodes.audit import AUDIT_FILE, AuditLog
 from nodes.contact import read_inbox
 from nodes.federation import Federation
 from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
-from tests.integration.kit import amqp, config, depth, eventually, facilitation, inject, running
+from tests.integration.kit import (
+    amqp,
+    config,
+    credentials,
+    depth,
+    eventually,
+    facilitation,
+    inject,
+    running,
+)
 
 MARK = "QUARANTINE-TEST-CONTENT-7Q2X"
 
@@ -191,11 +200,11 @@ async def test_a_release_after_a_config_fix_is_delivered_with_its_original_sende
         assert "mlanet.inbox.from.seajust" in released.out
 
         async def delivered() -> bool:
-            items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+            items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
             return [i.message.header.message_id for i in items] == [request.header.message_id]
 
         await eventually(delivered, within=60)
-        items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert items[0].message.path == ("seajust",)
         assert await depth(fed, "casc", QUARANTINE) == 0
         again = await mlanet(fed, "casc", "quarantine", "release", entries[0]["id"])
@@ -286,7 +295,7 @@ async def test_dead_lettered_and_unroutable_messages_are_released_through_their_
             assert released.code == 0, released.err
 
         async def both() -> bool:
-            items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+            items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
             found = {i.message.header.message_id for i in items}
             return found == {poison.header.message_id, stray.header.message_id}
 
@@ -297,7 +306,7 @@ async def test_dead_lettered_and_unroutable_messages_are_released_through_their_
 async def test_a_released_submission_goes_back_through_submit_and_strays_are_not_released(
     fed: Federation,
 ) -> None:
-    """A submission from someone who is no contact point here is refused; released, it goes
+    """A submission its contact point did not sign is refused; released, it goes
     into mlanet.submit again and is refused again under a new id. A message that came in by no
     legitimate way cannot be released (it would lose its sender); it stays until dropped."""
     submission = canonical_bytes(
@@ -329,7 +338,7 @@ async def test_a_released_submission_goes_back_through_submit_and_strays_are_not
             for e in (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
         }
         assert set(first) == {"mlanet.submit", ""}
-        assert first["mlanet.submit"]["reason"] == "unauthorised"
+        assert first["mlanet.submit"]["reason"] == "unsigned_submission"
         assert first[""]["reason"] == "bad_transport"
 
         stray = await mlanet(fed, "casc", "quarantine", "release", first[""]["id"])
