@@ -105,8 +105,9 @@ def admin_url(fed: Federation, network: str, admin: ManagementEndpoint) -> str:
 
 
 def archive_path(fed: Federation, network: str) -> Path:
-    """The archive a network's reader keeps for all of its contact points."""
-    return fed.root / network / ARCHIVE_FILE
+    """The archive a network's reader keeps for all of its contact points (in a folder of its
+    own: case content at rest is owner-only, nodes/state_dir.py)."""
+    return fed.root / network / "reader" / ARCHIVE_FILE
 
 
 _KEYS: dict[tuple[Path, str], ContactPointKey] = {}

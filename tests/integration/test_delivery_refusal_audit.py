@@ -16,7 +16,15 @@ from nodes.contact import facilitation_request, submit, track
 from nodes.coordinator import next_version, revoke_key
 from nodes.directory import DirectoryBook
 from nodes.federation import Federation
-from tests.integration.kit import config, depth, drain, eventually, outbox_state, running
+from tests.integration.kit import (
+    config,
+    credentials,
+    depth,
+    drain,
+    eventually,
+    outbox_state,
+    running,
+)
 
 SUMMARY = "Delivered before the revocation: no real case content."
 QUEUE = "mlanet.deliver.uz-cp-1"
@@ -54,7 +62,7 @@ async def test_a_refusal_when_the_contact_point_reads_it_is_in_the_audit_trail(
     request = facilitation_request("kh-cp-1", "UZ", summary=SUMMARY)
     casc = str(fed.config_path("casc"))
     async with running(fed, "seajust", "casc"):
-        await submit(config(fed, "seajust"), request)
+        await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
 
         async def delivered() -> bool:
             return outbox_state(fed, "seajust", request.message_id) == "delivered"
@@ -64,7 +72,9 @@ async def test_a_refusal_when_the_contact_point_reads_it_is_in_the_audit_trail(
 
         revoke_seajust_key(fed)
         # Read while CASC's node runs: two writers of the audit trail at once.
-        code, out, err = await mlanet("inbox", "--config", casc, "--contact-point", "uz-cp-1")
+        code, out, err = await mlanet(
+            "inbox", "--config", casc, "--credentials", fed.credentials("uz-cp-1")
+        )
         assert code == 0, err
         assert request.message_id not in out  # not handed to the contact point
 

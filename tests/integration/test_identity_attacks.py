@@ -22,6 +22,7 @@ from nodes.store import Store
 from schemas import Destination, FacilitationRequest, Header, Notice, Origin, Receipt
 from tests.integration.kit import (
     config,
+    credentials,
     depth,
     drain,
     eventually,
@@ -78,7 +79,7 @@ async def _quarantined(fed: Federation, network: str, count: int) -> list[tuple[
 async def _inbox(fed: Federation, network: str, contact_point: str) -> list[str]:
     return [
         item.message.header.message_id
-        for item in await read_inbox(config(fed, network), contact_point)
+        for item in await read_inbox(config(fed, network), credentials(fed, contact_point))
     ]
 
 
@@ -131,7 +132,7 @@ async def test_a_network_signing_as_another_networks_contact_point_is_refused_at
         await inject(fed, "ejn", "casc", past_relay.to_bytes())
         usual = facilitation_request("kh-cp-1", "UZ")
         own = usual.model_copy(update={"payload": {**usual.payload, "requesting_country": "UZ"}})
-        await submit(config(fed, "seajust"), own)
+        await submit(config(fed, "seajust"), credentials(fed, own.sender), own)
 
         at_casc = await _quarantined(fed, "casc", 3)
         assert sorted(at_casc) == sorted(
@@ -146,7 +147,7 @@ async def test_a_network_signing_as_another_networks_contact_point_is_refused_at
         good_uz = facilitation_request("kh-cp-1", "UZ")
         good_fr = facilitation_request("kh-cp-1", "FR")
         for good in (good_uz, good_fr):
-            await submit(config(fed, "seajust"), good)
+            await submit(config(fed, "seajust"), credentials(fed, good.sender), good)
 
         async def both_receipted() -> bool:
             states = {outbox_state(fed, "seajust", g.message_id) for g in (good_uz, good_fr)}
@@ -246,7 +247,7 @@ async def test_receipts_and_notices_count_only_from_the_network_a_message_was_se
     A second request's failure notice from EJN, the network it was sent to, is taken."""
     async with running(fed, "seajust", "casc") as nodes:
         request = facilitation_request("kh-cp-1", "FR")
-        await submit(config(fed, "seajust"), request)
+        await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
         await eventually(lambda: _state(fed, "seajust", request.message_id, "forwarded"))
         sent = await _sent(fed, request.message_id)
         failed = Notice(
@@ -271,7 +272,7 @@ async def test_receipts_and_notices_count_only_from_the_network_a_message_was_se
         assert outbox_state(fed, "seajust", request.message_id) == "forwarded"
         assert request.message_id not in [
             i.payload.regarding
-            for i in await read_inbox(config(fed, "seajust"), "kh-cp-1")
+            for i in await read_inbox(config(fed, "seajust"), credentials(fed, "kh-cp-1"))
             if isinstance(i.payload, Notice)
         ]
 
@@ -282,7 +283,7 @@ async def test_receipts_and_notices_count_only_from_the_network_a_message_was_se
         # The network a message was sent to may say it failed.
         second = facilitation_request("kh-cp-1", "FR")
         await nodes.stop("ejn")
-        await submit(config(fed, "seajust"), second)
+        await submit(config(fed, "seajust"), credentials(fed, second.sender), second)
         await eventually(lambda: _state(fed, "seajust", second.message_id, "forwarded"))
         from_ejn = Notice(
             topic="delivery",

@@ -403,7 +403,7 @@ async def test_a_senders_escape_sequences_and_bidi_overrides_are_printed_escaped
     for hidden in ("\x1b", "\x07", "\u202e"):
         assert hidden not in shown.out
     assert "\\x1b[2J\\x1b]0;owned\\x07 \\u202e" in shown.out
-    inbox = await mlanet(fed, "casc", "inbox", "--contact-point", "uz-cp-1")
+    inbox = await mlanet(fed, "casc", "inbox", "--credentials", str(fed.credentials("uz-cp-1")))
     assert inbox.code == 0, inbox.err
     assert MARK in inbox.out
     for hidden in ("\u202e", "\u202c", "\x9b"):

@@ -30,6 +30,7 @@ from nodes.store import Store
 from tests.hostile.peer import amqp_url, publish_all
 from tests.integration.kit import (
     config,
+    credentials,
     depth,
     eventually,
     facilitation,
@@ -250,17 +251,17 @@ async def test_a_full_delivery_queue_sends_new_deliveries_to_quarantine_and_lose
         alert = next(a for a in seen["status"]["alerts"] if a["code"] == "delivery_queue")
         assert alert["severity"] == "critical"
 
-        items = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert len(items) == len(requests) - 1
         released = await mlanet(fed, "casc", "quarantine", "release", entry["id"])
         assert released.code == 0, released.err
 
         async def all_arrived() -> bool:
-            found = await read_inbox(config(fed, "casc"), "uz-cp-1")
+            found = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
             return len(found) == len(requests)
 
         await eventually(all_arrived, within=60)
-        found = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        found = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert sorted(i.message.header.message_id for i in found) == sorted(
             r.header.message_id for r in requests
         )
@@ -281,7 +282,7 @@ async def test_receipts_for_messages_signed_around_the_node_are_recorded_not_ref
         for message in around:
             await inject(fed, "casc", "seajust", message.to_bytes())
         own = facilitation_request("kh-cp-1", "UZ")
-        await submit(config(fed, "seajust"), own)
+        await submit(config(fed, "seajust"), credentials(fed, own.sender), own)
 
         def unmatched() -> int:
             store = Store(config(fed, "seajust").state_dir / "node.sqlite3", readonly=True)

@@ -19,7 +19,7 @@ import pytest
 from nodes.contact import facilitation_request, read_inbox, submit
 from nodes.federation import Federation, build, provision, teardown
 from nodes.store import Store
-from tests.integration.kit import ADMIN, config, eventually, outbox_state, running
+from tests.integration.kit import ADMIN, config, credentials, eventually, outbox_state, running
 
 SUMMARY = "Case content at rest: nobody else may read this."
 
@@ -74,18 +74,20 @@ async def test_another_local_user_reads_none_of_the_state(open_fed: Federation) 
     fed = open_fed
     request = facilitation_request("kh-cp-1", "UZ", summary=SUMMARY)
     async with running(fed, "seajust", "casc"):
-        await submit(config(fed, "seajust"), request)
+        await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
 
         async def delivered() -> bool:
             return outbox_state(fed, "seajust", request.message_id) == "delivered"
 
         await eventually(delivered, within=60)
-        (item,) = await read_inbox(config(fed, "casc"), "uz-cp-1")
+        (item,) = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert item.payload.model_dump()["summary"] == SUMMARY  # in casc's archive now
         assert item.message.to_bytes() == outbox_wire(fed, request.message_id)  # and seajust's
 
         # While the nodes run, with their -wal and -shm files in place.
+        # ... and the contact point's own folder, where its archive is
         states = [config(fed, network).state_dir for network in ("seajust", "casc")]
+        states.append(fed.credentials("uz-cp-1"))
         files = sorted(p for state in states for p in state.iterdir())
         names = {p.name for p in files}
         assert {"node.sqlite3", "node.sqlite3-wal", "node.sqlite3-shm", "audit.sqlite3"} <= names
