@@ -503,11 +503,14 @@ class Node:
         kept = body[: limits.max_message_bytes]
         truncated = len(kept) < len(body)
         claimed = claim(kept, max_bytes=limits.max_message_bytes)
-        entry_id = (  # the quarantine entry's id (mlanet quarantine show ID)
-            str(uuid.uuid4())
-            if message is None
-            else refusal_id(message.header, message.content_sha256, refused.reason.value)
-        )
+        entry_id = str(uuid.uuid4())  # the quarantine entry's id (mlanet quarantine show ID)
+        fresh = True
+        if message is not None:
+            derived = refusal_id(message.header, message.content_sha256, refused.reason.value)
+            # an entry being released or dropped goes away with whatever is counted on it: a
+            # copy refused meanwhile (the released one, refused again) is an entry of its own
+            if not self.quarantined.claimed(derived):
+                entry_id, fresh = derived, False
         entry = Entry(
             id=entry_id,
             reason=refused.reason.value,
@@ -529,7 +532,7 @@ class Node:
                 entry,
                 kept,
                 self._quarantine_bound(entry.peer),
-                fresh=message is None,
+                fresh=fresh,
                 redelivered=redelivered,
             )
             self.store.event(
@@ -667,6 +670,9 @@ class Node:
             except RefusedMessage as again:
                 log.warning("refusal_notice_not_routable", reason=again.reason.value)
                 return
+            except TransportError:  # requeued: the copy that comes back tells the origin
+                self._notices.forget(header.origin.network, header.message_id)
+                raise
             log.info(
                 "refusal_notice_sent",
                 reason=refused.reason.value,

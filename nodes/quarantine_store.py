@@ -290,6 +290,14 @@ class QuarantineStore:
         count, size = self._pending_kept.get(peer, (0, 0))
         return int(row[0]) + count, int(row[1]) + size
 
+    def claimed(self, entry_id: str) -> bool:
+        """Is the entry ``entry_id`` claimed by an operator's command right now (a release or
+        a drop that will remove it)? A new copy must then not be counted on it."""
+        found = self._db.execute(
+            "SELECT 1 FROM entries WHERE id=? AND taken_by IS NOT NULL", (entry_id,)
+        ).fetchone()
+        return found is not None
+
     def _exists(self, entry_id: str) -> bool:
         found = self._db.execute("SELECT 1 FROM entries WHERE id=?", (entry_id,)).fetchone()
         return found is not None

@@ -117,3 +117,7 @@ class NoticeGate:
         while len(self._told) > self._remembered:
             self._told.popitem(last=False)
         return True
+
+    def forget(self, origin: str, message_id: str) -> None:
+        """The notice :meth:`allow` let through could not be sent: the next copy may try."""
+        self._told.pop((origin, message_id), None)

@@ -351,6 +351,36 @@ async def test_copies_of_one_refused_message_are_one_entry_and_one_notice(
         )
 
 
+async def test_a_copy_refused_while_its_entry_is_being_released_is_an_entry_of_its_own(
+    fed: Federation,
+) -> None:
+    """A release (or drop) claims the entry, republishes it and then removes it: a copy refused
+    meanwhile (the released one, refused again for the same reason) must not be counted on the
+    entry that is about to go. With the entry claimed as a release claims it, CASC keeps the
+    next copy as an entry of its own; once the release removes the claimed entry, that copy is
+    still there."""
+    async with running(fed, "seajust", "casc"):
+        back = facilitation(fed, "seajust", "kh-cp-1", "KH")
+        await inject(fed, "casc", "seajust", back.to_bytes())
+        await eventually(lambda: _has_entries(fed, "casc", 1), within=60)
+        (first,) = _entries(fed, "casc")
+        store = open_store(fed, "casc")
+        assert store is not None
+        with store:
+            store.take(first.id, "a-release", time.time())
+            await inject(fed, "casc", "seajust", back.to_bytes())
+            await eventually(lambda: _has_entries(fed, "casc", 2), within=60)
+            assert store.remove("a-release") == 1
+        (kept,) = _entries(fed, "casc")
+        assert kept.id != first.id
+        assert (kept.reason, kept.claim.message_id, kept.copies) == (
+            "loop_detected",
+            back.header.message_id,
+            1,
+        )
+        assert kept.body_kept
+
+
 async def _send(fed: Federation, *flags: str) -> tuple[int, str]:
     """``mlanet send`` as a contact point types it, against SEAJust's config."""
     process = await asyncio.create_subprocess_exec(

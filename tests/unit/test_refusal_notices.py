@@ -180,6 +180,8 @@ def test_one_notice_per_message_per_interval() -> None:
     assert not gate.allow("seajust", "m1")
     clock.now += 0.2
     assert gate.allow("seajust", "m1")  # its notice may have been lost: told again
+    gate.forget("seajust", "m1")  # it could not be sent (the broker failed)
+    assert gate.allow("seajust", "m1")  # the copy that comes back tells the origin
 
 
 def test_each_origin_network_has_its_own_rate() -> None:
