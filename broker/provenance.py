@@ -134,7 +134,8 @@ def refused_copy(
     frame = sent.to_wire() | {
         "hops": [{"record": hop.record, "signature": hop.signature} for hop in hops]
     }
-    return open_envelope(canonical_bytes(frame), trust, now=now)
+    rebuilt = canonical_bytes(frame)  # bounded: our own message and at most 16 hop entries
+    return open_envelope(rebuilt, trust, max_bytes=len(rebuilt), now=now)
 
 
 def check_refuser(
