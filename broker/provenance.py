@@ -10,6 +10,13 @@ to what the directory says it may claim (``docs/PROTOCOL.md``, sections 6, 7.3 a
   origin network: ``origin_not_member``;
 - :func:`check_addressee`: a receipt or a notice about a message counts only from the network
   that message was addressed to: ``unauthorised``;
+- :func:`refused_copy` and :func:`check_refuser`: a refusal notice about a message counts only
+  from a network that held that message (``docs/PROTOCOL.md`` section 10.1). The origin rebuilds
+  the refused copy from its own envelope and the hop entries the notice carries, and opens it
+  (a relay cannot forge another relay's hop signature: ``bad_hop_signature``,
+  ``hop_chain_broken``, ...); the refusing network must then be the addressee, the ``to`` of
+  the copy's last hop record, or, for a copy without hop records, the network the origin hands
+  the message to: ``unauthorised`` otherwise;
 - :func:`check_path`: the hop records describe a path a message can really take, in this order
   for each record: the origin never signs one (``hop_by_origin``); each record is signed by the
   network the one before it was addressed to (``hop_chain_broken``); no network appears twice
@@ -27,16 +34,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from broker.envelope import SignedMessage, open_envelope
 from broker.errors import Reason, RefusedMessage
+from broker.keys import TrustStore
+from broker.strictjson import canonical_bytes
 from schemas import FacilitationRequest, Header, HopRecord, WireModel
 from schemas.directory import Directory, NetworkEntry
+from schemas.payloads import NoticeHop
 
 __all__ = [
     "check_addressee",
     "check_origin",
     "check_path",
     "check_payload_origin",
+    "check_refuser",
     "linked",
+    "refused_copy",
     "serving",
 ]
 
@@ -99,6 +112,49 @@ def check_addressee(kind: str, signer: str, addressee: str | None) -> None:
         raise RefusedMessage(
             Reason.UNAUTHORISED, f"{kind} from {signer}, not the network the message was sent to"
         )
+
+
+def refused_copy(
+    sent: SignedMessage,
+    content_sha256: str | None,
+    hops: Sequence[NoticeHop],
+    trust: TrustStore,
+    *,
+    now: datetime,
+) -> SignedMessage:
+    """The copy of our message ``sent`` that a refusal notice speaks of: the notice's content
+    hash must be ``sent``'s (``unauthorised``), and ``sent`` with the notice's hop entries must
+    open as any received message does (section 9: each hop signature verifies under its relay's
+    key at ``now``, and each record chains to the one before, the first to ``sent``'s origin
+    signature)."""
+    if content_sha256 != sent.content_sha256:
+        raise RefusedMessage(
+            Reason.UNAUTHORISED, "refusal notice does not name the content of the message sent"
+        )
+    frame = sent.to_wire() | {
+        "hops": [{"record": hop.record, "signature": hop.signature} for hop in hops]
+    }
+    rebuilt = canonical_bytes(frame)  # bounded: our own message and at most 16 hop entries
+    return open_envelope(rebuilt, trust, max_bytes=len(rebuilt), now=now)
+
+
+def check_refuser(
+    refuser: str, copy: SignedMessage, *, addressee: str | None, first_step: str | None
+) -> None:
+    """A refusal notice signed by ``refuser`` about ``copy`` (from :func:`refused_copy`, its
+    path checked with :func:`check_path`) counts only when ``refuser`` held that copy: it is
+    the network the message was addressed to, or the copy's last hop record was addressed to
+    it, or the copy has no hop records and ``first_step`` (the network the origin hands the
+    message to) is ``refuser``."""
+    if refuser == addressee:
+        return
+    if copy.hops and copy.hops[-1].record.to == refuser:
+        return
+    if not copy.hops and refuser == first_step:
+        return
+    raise RefusedMessage(
+        Reason.UNAUTHORISED, f"refusal notice from {refuser}, which never held the message"
+    )
 
 
 def linked(directory: Directory, a: str, b: str) -> bool:

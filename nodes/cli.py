@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from broker import KeyRefused, MlanetError, generate_key_files
+from broker import KeyRefused, MlanetError, RefusedMessage, generate_key_files
 from nodes.cli_common import (
     AdminPasswordFile,
     AdminUser,
@@ -129,6 +129,7 @@ def send(
 ) -> None:
     """Send a message (a facilitation request by default) from a file or from flags."""
     from nodes.contact import submit
+    from nodes.precheck import check_route
 
     cfg = load_or_exit(config)
     signer = credentials_or_exit(credentials, sender)
@@ -166,7 +167,12 @@ def send(
                 "payload": payload,
             }
         )
+        check_route(cfg, submission)  # what the node would refuse to route: said at once
         message_id = asyncio.run(submit(cfg, signer, submission))
+    except RefusedMessage as exc:
+        raise fail(
+            f"not sent: {exc.detail} ({exc.reason.value}); nothing was submitted", 1
+        ) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from pydantic import ValidationError
@@ -40,7 +40,14 @@ from broker.contact_point_keys import KeyFolder
 from broker.errors import error_location
 from broker.keys import SigningKey
 from broker.management import ManagementEndpoint
-from broker.provenance import check_addressee, check_origin, check_payload_origin
+from broker.provenance import (
+    check_addressee,
+    check_origin,
+    check_path,
+    check_payload_origin,
+    check_refuser,
+    refused_copy,
+)
 from broker.routing import Deliver, Forward, Refuse, route, target_network
 from broker.submission_signing import Returned, frame_cap, open_submission
 from broker.transport import (
@@ -64,10 +71,11 @@ from nodes.fairness import TokenBucket, paced
 from nodes.keyed_lock import KeyedLock
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
-from nodes.pipeline import Accepted, Properties, dedupe, receive
-from nodes.quarantine import Entry, claim, entry_of, log_context
+from nodes.pipeline import Accepted, Properties, dedupe, judge, open_delivery
+from nodes.quarantine import Entry, claim, entry_of, log_context, refusal_id
 from nodes.quarantine_store import QUARANTINE_FILE, Bound, QuarantineStore
 from nodes.reconcile import Reconciler
+from nodes.refusals import NoticeGate, deserves_notice, refusal_notice
 from nodes.store import OutboxEntry, Store
 from schemas import Destination, Header, Notice, Origin, Receipt, WireModel, payload_model
 from schemas.submission import Submission
@@ -135,6 +143,7 @@ class Node:
         self._topology_doubt = asyncio.Event()  # a publish failed: is a queue missing?
         self.ready = asyncio.Event()
         self._handling = KeyedLock()  # copies of one message are handled one at a time
+        self._notices = NoticeGate()  # how often the origin of a refused message is told
         self._consumed_peers: set[str] = set()
         self.observe = Observers()  # metrics, dashboard flow and audit trail watch here
         self.operator: OperatorSurface | None = None  # /metrics and the dashboard, while running
@@ -238,22 +247,31 @@ class Node:
 
     async def _inbox(self, incoming: Incoming) -> None:
         started = time.perf_counter()
+        now = self.clock()
+        opened: SignedMessage | None = None  # once verified: its origin is told of a refusal
         try:
-            accepted = receive(
+            sender, opened = open_delivery(
                 incoming.body,
                 incoming.exchange,
                 config=self.config,
                 trust=self.trust,
-                directory=self.directory,
-                store=self.store,
-                now=self.clock(),
+                now=now,
                 properties=Properties(
                     content_type=incoming.content_type,
                     content_encoding=incoming.content_encoding,
                     expires=incoming.expires,
                 ),
-                timing=self.observe.timing,
+            )
+            self.observe.timing("verify", time.perf_counter() - started)
+            accepted = judge(
+                opened,
+                sender,
+                config=self.config,
+                directory=self.directory,
+                store=self.store,
+                now=now,
                 held=self.keeper.book.held.directory,
+                timing=self.observe.timing,
             )
         except RefusedMessage as refused:
             if await self.keeper.salvage(self, incoming.body, refused):
@@ -261,7 +279,15 @@ class Node:
                 return
             if self.keeper.may_be_behind(incoming.body, refused, incoming.redelivered):
                 raise TransportError("a newer key than the directory lists: one more try") from None
-            await self.quarantine(incoming.body, refused, incoming.exchange)
+            await self.quarantine(
+                incoming.body,
+                refused,
+                incoming.exchange,
+                message=opened,
+                redelivered=incoming.redelivered,
+            )
+            if opened is not None:
+                await self.tell_origin(opened, refused)
             return
         crashpoints.reached("after_receive_before_forward")
         header = accepted.message.header
@@ -273,12 +299,16 @@ class Node:
             kind=header.kind,
         ):
             async with self._handling.hold((header.origin.network, header.message_id)) as waited:
-                await self._act(accepted, recheck=waited)
+                await self._act(accepted, recheck=waited, redelivered=incoming.redelivered)
         self.observe.timing("handle", time.perf_counter() - started)
 
-    async def _act(self, accepted: Accepted, *, recheck: bool = True) -> None:
+    async def _act(
+        self, accepted: Accepted, *, recheck: bool = True, redelivered: bool = False
+    ) -> None:
         """Deliver, forward or refuse an accepted message, holding its key. ``recheck``: look
-        for an earlier copy again (one was handled while this one waited for the key)."""
+        for an earlier copy again (one was handled while this one waited for the key);
+        ``redelivered``: the broker delivered this copy before (a refusal of it is not counted
+        as one more copy)."""
         message, routing = accepted.message, accepted.routing
         header = message.header
         try:
@@ -311,10 +341,14 @@ class Node:
                 await self.send_receipt(message, routing)
         except RefusedMessage as refused:
             await self.quarantine(
-                message.to_bytes(), refused, inbox_exchange(accepted.sender), Flow.of(header)
+                message.to_bytes(),
+                refused,
+                inbox_exchange(accepted.sender),
+                Flow.of(header),
+                message=message,
+                redelivered=redelivered,
             )
-            if refused.reason is Reason.NO_ROUTE:
-                await self.notify_origin(message, refused)
+            await self.tell_origin(message, refused)
 
     async def _settle(self, incoming: Incoming, work: Awaitable[None]) -> None:
         """Ack once the work is durable; requeue on a transient failure; never crash."""
@@ -449,18 +483,39 @@ class Node:
         self.observe.delivered(routing.contact_points, Flow.of(header))
 
     async def quarantine(
-        self, body: bytes, refused: RefusedMessage, via: str, flow: Flow | None = None
+        self,
+        body: bytes,
+        refused: RefusedMessage,
+        via: str,
+        flow: Flow | None = None,
+        *,
+        message: SignedMessage | None = None,
+        redelivered: bool = False,
     ) -> None:
         """Put a refused message into the quarantine store with its reason; committed (with
-        its audit record) when this returns, so the caller may ack the delivery."""
+        its audit record) when this returns, so the caller may ack the delivery.
+
+        ``message``: the refused message, opened (its origin signature verified). Every copy of
+        one message refused for one reason is then one entry, counting its copies (the origin
+        resends until it hears; relays add other hop records): its id is derived from the
+        origin, message id, content hash and reason. A ``redelivered`` copy is not counted
+        again."""
         limits = self.config.limits
         # Never acceptable at any size: an oversized body keeps its first max_message_bytes,
         # its full size and digest, so that a peer cannot fill the disk with huge bodies.
         kept = body[: limits.max_message_bytes]
         truncated = len(kept) < len(body)
         claimed = claim(kept, max_bytes=limits.max_message_bytes)
+        entry_id = str(uuid.uuid4())  # the quarantine entry's id (mlanet quarantine show ID)
+        fresh = True
+        if message is not None:
+            derived = refusal_id(message.header, message.content_sha256, refused.reason.value)
+            # an entry being released or dropped goes away with whatever is counted on it: a
+            # copy refused meanwhile (the released one, refused again) is an entry of its own
+            if not self.quarantined.claimed(derived):
+                entry_id, fresh = derived, False
         entry = Entry(
-            id=str(uuid.uuid4()),  # the quarantine entry's id (mlanet quarantine show ID)
+            id=entry_id,
             reason=refused.reason.value,
             detail=refused.detail,
             via=via,
@@ -476,7 +531,13 @@ class Node:
         # Refused before it could be verified: bind what it claims (identifiers only).
         seen = flow or claimed.flow(origin=self.config.network if via == SUBMIT else None)
         with bound_contextvars(quarantine_id=entry.id, **log_context(seen)):
-            body_kept = self.quarantined.add(entry, kept, self._quarantine_bound(entry.peer))
+            body_kept = self.quarantined.add(
+                entry,
+                kept,
+                self._quarantine_bound(entry.peer),
+                fresh=fresh,
+                redelivered=redelivered,
+            )
             self.store.event(
                 "-", "quarantined", f"{refused.reason.value}: {refused.detail} (via {via})"
             )
@@ -593,21 +654,33 @@ class Node:
         back = self._sign("receipt", _reply_to(header), receipt, in_reply_to=header.message_id)
         await self._send_own(back)
 
-    async def notify_origin(self, message: SignedMessage, refused: RefusedMessage) -> None:
+    async def tell_origin(self, message: SignedMessage, refused: RefusedMessage) -> None:
+        """Send the origin of ``message``, which this node refused, one signed refusal notice
+        (``nodes/refusals.py``): not about a node's own message, and not more often than the
+        gate allows. A notice that cannot be routed back is logged; the refusal itself is in
+        the quarantine already."""
         header = message.header
-        if header.kind in ("receipt", "notice"):
-            return  # never a notice about a notice or a receipt: no storms
-        notice = Notice(
-            topic="delivery",
-            title="Message could not be routed",
-            regarding=header.message_id,
-            reason=refused.reason.value,
-        )
-        back = self._sign("notice", _reply_to(header), notice, in_reply_to=header.message_id)
-        try:
-            await self._send_own(back)
-        except RefusedMessage as again:
-            log.warning("notice_not_routable", reason=again.reason.value)
+        if not deserves_notice(header, self.config.network):
+            return
+        with bound_contextvars(**_context(header)):
+            if not self._notices.allow(header.origin.network, header.message_id):
+                log.info("refusal_notice_withheld", reason=refused.reason.value)
+                return
+            notice = refusal_notice(message, refused)
+            back = self._sign("notice", _reply_to(header), notice, in_reply_to=header.message_id)
+            try:
+                await self._send_own(back)
+            except RefusedMessage as again:
+                log.warning("refusal_notice_not_routable", reason=again.reason.value)
+                return
+            except TransportError:  # requeued: the copy that comes back tells the origin
+                self._notices.forget(header.origin.network, header.message_id)
+                raise
+            log.info(
+                "refusal_notice_sent",
+                reason=refused.reason.value,
+                notice_id=back.header.message_id,
+            )
 
     async def _send_own(self, message: SignedMessage) -> None:
         """Route and send a message this node signed (receipts, notices)."""
@@ -674,17 +747,54 @@ class Node:
         return target_network(header, self.directory, self.config.network)
 
     def on_notice(self, message: SignedMessage, payload: WireModel) -> None:
-        """A notice about a message this node sent marks it failed (when it gives a reason);
-        one about a message it did not send is only delivered."""
+        """A notice about a message this node sent: one with a reason (a refusal notice) marks
+        it failed, when it comes from a network that held the message (``docs/PROTOCOL.md``
+        section 10.1); one without, only from the network it was addressed to. A notice about
+        a message this node did not send is only delivered."""
         assert isinstance(payload, Notice)
         if payload.regarding is None:
             return
         entry = self.store.outbox_get(payload.regarding)
         if entry is None:
             return
-        check_addressee("notice", message.header.origin.network, self._addressee(entry))
-        if payload.reason is not None and entry.state not in ("delivered", "failed"):
-            self.store.outbox_update(payload.regarding, "failed", payload.reason)
+        signer = message.header.origin.network
+        if payload.reason is None:
+            check_addressee("notice", signer, self._addressee(entry))
+            return
+        self._check_refusal(signer, entry, payload)
+        if entry.state not in ("delivered", "failed"):
+            self.store.outbox_update(
+                payload.regarding, "failed", f"{payload.reason}: refused by {signer}"
+            )
+            log.warning(
+                "message_refused_downstream",
+                regarding=payload.regarding,
+                reason=payload.reason,
+                by=signer,
+            )
+
+    def _check_refusal(self, refuser: str, entry: OutboxEntry, notice: Notice) -> None:
+        """Did ``refuser`` hold our message ``entry``, of which its notice speaks? Its hop
+        entries must chain to the message we sent, describe a path of the directory's links,
+        and end at ``refuser`` (or it is the addressee, or our own first step when it carries
+        none); raises RefusedMessage otherwise."""
+        now = self.clock()
+        sent = open_envelope(entry.wire, self.trust)
+        copy = refused_copy(sent, notice.content_sha256, notice.hops or (), self.trust, now=now)
+        check_path(
+            copy.header,
+            tuple(hop.record for hop in copy.hops),
+            self.keeper.book.held.directory,
+            now=now,
+            skew=timedelta(seconds=self.config.limits.max_clock_skew_seconds),
+        )
+        routing = route(sent.header, (), self.directory, self.config.routes, self.config.network)
+        check_refuser(
+            refuser,
+            copy,
+            addressee=self._addressee(entry),
+            first_step=routing.peer if isinstance(routing, Forward) else None,
+        )
 
     # --- local submissions ------------------------------------------------------------------
     async def on_submit(self, incoming: Incoming) -> None:
@@ -807,6 +917,7 @@ class Node:
                 title="Message could not be routed",
                 regarding=message_id,
                 reason=routing.reason.value,
+                content_sha256=entry.content_sha256,
             )
             if entry.sender is not None:
                 await self.deliver(

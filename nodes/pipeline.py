@@ -10,8 +10,9 @@ country and contact point belong to its network, the path is one of links, in ti
 at the destination only (relays route on the signed header and never read case content).
 
 Each step either returns what the next one needs or raises :class:`RefusedMessage` with a
-reason code. :func:`receive` runs them in order; the node then delivers, forwards or
-quarantines (``nodes/node.py``). Nothing here touches AMQP or writes anything.
+reason code. :func:`receive` runs them in order (:func:`open_delivery` up to ``verify``, then
+:func:`judge`); the node then delivers, forwards or quarantines (``nodes/node.py``), and tells
+the origin of a refusal in :func:`judge`'s steps. Nothing here touches AMQP or writes anything.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from nodes.store import Seen, Store
 from schemas import WireModel
 from schemas.directory import Directory
 
-__all__ = ["Accepted", "Properties", "receive"]
+__all__ = ["Accepted", "Properties", "judge", "open_delivery", "receive"]
 
 _INBOX_PREFIX = "mlanet.inbox.from."
 
@@ -140,6 +141,61 @@ def dedupe(message: SignedMessage, store: Store) -> Seen | None:
     return seen
 
 
+def open_delivery(
+    body: bytes,
+    exchange: str,
+    *,
+    config: NodeConfig,
+    trust: TrustStore,
+    now: datetime,
+    properties: Properties,
+) -> tuple[str, SignedMessage]:
+    """The steps before anything in the message can be trusted: size, sender, transport and
+    the signatures (``verify``). Returns the sending peer and the opened message. A refusal
+    here is of bytes whose origin nobody can vouch for: nobody is told of it."""
+    size_cap(body, config)
+    sender = sender_of(exchange, config)
+    transport(properties)
+    return sender, verify(body, trust, config, now)
+
+
+def judge(
+    message: SignedMessage,
+    sender: str,
+    *,
+    config: NodeConfig,
+    directory: Directory,
+    store: Store,
+    now: datetime,
+    held: Directory | None = None,
+    timing: Callable[[str, float], None] | None = None,
+) -> Accepted:
+    """The steps after opening: authorise, provenance, dedupe, route, validate. A refusal here
+    is of a message its origin really signed: the node tells the origin (``nodes/refusals.py``,
+    ``docs/PROTOCOL.md`` section 10.1)."""
+    signed = directory if held is None else held
+    started = time.perf_counter()
+
+    def timed(step: str) -> None:
+        nonlocal started
+        now_ = time.perf_counter()
+        if timing is not None:
+            timing(step, now_ - started)
+        started = now_
+
+    authorise(message, sender, config, now)
+    provenance(message, config, signed, now)
+    duplicate = dedupe(message, store)
+    timed("authorise")
+    routing = route(message.header, message.path, directory, config.routes, config.network)
+    timed("route")
+    # The payload is validated where it is read: at the destination. A relay routes on the
+    # origin-signed header (validated strictly by verify) and never needs the case content.
+    payload = validate(message, config, signed) if isinstance(routing, Deliver) else None
+    timed("validate")
+    return Accepted(message, payload, sender, routing, duplicate)
+
+
 def receive(
     body: bytes,
     exchange: str,
@@ -153,36 +209,27 @@ def receive(
     timing: Callable[[str, float], None] | None = None,
     held: Directory | None = None,
 ) -> Accepted:
-    """Run every step of the receiving pipeline on one delivery from a peer.
+    """Run every step of the receiving pipeline on one delivery from a peer:
+    :func:`open_delivery`, then :func:`judge`.
 
     ``directory`` is the view at ``now`` that routing follows; ``held``, the directory as
     signed (default: ``directory``), is what membership is judged by at the message's own
     time. ``timing(step, seconds)``, when given, is told how long verify, validate, authorise
     (with provenance and dedupe) and route took.
     """
-    signed = directory if held is None else held
     started = time.perf_counter()
-
-    def timed(step: str) -> None:
-        nonlocal started
-        now_ = time.perf_counter()
-        if timing is not None:
-            timing(step, now_ - started)
-        started = now_
-
-    size_cap(body, config)
-    sender = sender_of(exchange, config)
-    transport(properties)
-    message = verify(body, trust, config, now)
-    timed("verify")
-    authorise(message, sender, config, now)
-    provenance(message, config, signed, now)
-    duplicate = dedupe(message, store)
-    timed("authorise")
-    routing = route(message.header, message.path, directory, config.routes, config.network)
-    timed("route")
-    # The payload is validated where it is read: at the destination. A relay routes on the
-    # origin-signed header (validated strictly by verify) and never needs the case content.
-    payload = validate(message, config, signed) if isinstance(routing, Deliver) else None
-    timed("validate")
-    return Accepted(message, payload, sender, routing, duplicate)
+    sender, message = open_delivery(
+        body, exchange, config=config, trust=trust, now=now, properties=properties
+    )
+    if timing is not None:
+        timing("verify", time.perf_counter() - started)
+    return judge(
+        message,
+        sender,
+        config=config,
+        directory=directory,
+        store=store,
+        now=now,
+        held=held,
+        timing=timing,
+    )

@@ -7,7 +7,10 @@ Entries live in the node's quarantine store (``nodes/quarantine_store.py``), an 
 table in its state folder, so that every command is a query and stays quick with a hundred
 thousand entries. They come from:
 
-- the node's own refusals (``Node.quarantine``), under a fresh UUID;
+- the node's own refusals (``Node.quarantine``): of a message it could open (its origin
+  signature verified), under an id derived from its origin, message id, content hash and reason
+  (:func:`refusal_id`, ``rf-...``), so that every copy of it (an origin resends until it hears)
+  counts as one more copy of one entry; of anything else, under a fresh UUID;
 - what RabbitMQ puts into the queue ``mlanet.quarantine``, which the node takes into the store:
   messages dead-lettered by the delivery limit of an inbox or ``mlanet.submit`` (RabbitMQ's
   ``x-death`` headers): ``delivery_limit``, id ``dl-...``; messages an inbox exchange's
@@ -50,7 +53,7 @@ from broker.submission_signing import signed_inner
 from broker.transport import INBOX, SUBMIT
 from nodes.audit import AuditLog
 from nodes.observe import Flow
-from schemas import KINDS
+from schemas import KINDS, Header
 from schemas.base import format_timestamp
 
 __all__ = [
@@ -69,6 +72,7 @@ __all__ = [
     "log_context",
     "payload_text",
     "peer_of",
+    "refusal_id",
 ]
 
 _INBOX_PREFIX = "mlanet.inbox.from."
@@ -205,7 +209,7 @@ class Entry:
     truncated_from: int | None = None
     full_sha256: str | None = None
     body_kept: bool = True  # False: over its peer's bound, only this metadata was kept
-    copies: int = 1  # byte-identical copies that arrived under this id
+    copies: int = 1  # copies of this one message that were refused under this id
 
     @property
     def peer(self) -> str:
@@ -276,6 +280,13 @@ def _full_sha256(value: object) -> str | None:
         return b64u_decode(text).hex()
     except RefusedMessage:
         return None
+
+
+def refusal_id(header: Header, content_sha256: str, reason: str) -> str:
+    """The entry id of the node's own refusal of an opened message: every copy of one message
+    (origin, message id, content) refused for one reason is one entry, ``rf-...``, whatever
+    hop records each copy carries."""
+    return _derived("rf", header.origin.network, header.message_id, content_sha256, reason)
 
 
 def entry_of(

@@ -10,7 +10,8 @@ that, nor the node for the command. Two tables:
   time, reason and peer so that listing, filtering and paging are index range scans;
 - ``bodies``: the bytes of the entries whose body was kept.
 
-**The node** adds entries with :meth:`QuarantineStore.add`: the rows wait in memory and are
+**The node** adds entries with :meth:`QuarantineStore.add` (copies of one refused message are
+one entry whose ``copies`` grows): the rows wait in memory and are
 written by :meth:`QuarantineStore.commit`, in one short transaction, at the node's group commit
 and before the deliveries they are about are acked (``Node._commit_all``). A peer keeps at most
 ``quarantine_messages`` bodies and ``quarantine_bytes`` bytes of bodies here (its
@@ -232,9 +233,11 @@ class QuarantineStore:
     ) -> bool | None:
         """Add one entry (written at the next :meth:`commit`). True: its body is kept; False:
         over its peer's bound, its metadata only. ``fresh``: the id is new (a UUID the node
-        just made). Otherwise an entry already stored under that id is this same message
-        redelivered (``redelivered``: nothing is added, None) or another byte-identical copy
-        (its count of copies grows, None)."""
+        just made). Otherwise the id was derived from the message (``nodes/quarantine.py``):
+        an entry already stored under it is this same message redelivered (``redelivered``:
+        nothing is added, None) or another copy of it (its count of copies grows, None): a
+        byte-identical copy of a dead-lettered message, or one more copy of a message the node
+        refused itself (same origin, message id, content and reason; its first body stays)."""
         if not fresh and (entry.id in self._pending_ids or self._exists(entry.id)):
             if not redelivered:
                 self._rows.append(_row(replace(entry, copies=1), kept=False))
@@ -286,6 +289,14 @@ class QuarantineStore:
         ).fetchone()
         count, size = self._pending_kept.get(peer, (0, 0))
         return int(row[0]) + count, int(row[1]) + size
+
+    def claimed(self, entry_id: str) -> bool:
+        """Is the entry ``entry_id`` claimed by an operator's command right now (a release or
+        a drop that will remove it)? A new copy must then not be counted on it."""
+        found = self._db.execute(
+            "SELECT 1 FROM entries WHERE id=? AND taken_by IS NOT NULL", (entry_id,)
+        ).fetchone()
+        return found is not None
 
     def _exists(self, entry_id: str) -> bool:
         found = self._db.execute("SELECT 1 FROM entries WHERE id=?", (entry_id,)).fetchone()

@@ -32,6 +32,7 @@ __all__ = [
     "InformationResponse",
     "MeetingRequest",
     "Notice",
+    "NoticeHop",
     "Receipt",
     "StatusUpdate",
 ]
@@ -141,8 +142,27 @@ class DirectoryUpdate(WireModel):
     directory: SignedDirectory
 
 
+# Unpadded base64url text: a hop record (at most 2048 bytes decoded) and an Ed25519 signature.
+_RECORD_B64 = Field(pattern=r"^[A-Za-z0-9_-]+$", min_length=2, max_length=2734)
+_SIGNATURE_B64 = Field(pattern=r"^[A-Za-z0-9_-]{86}$", min_length=86, max_length=86)
+
+
+class NoticeHop(WireModel):
+    """One hop entry of a refused message, exactly as it was received (``record`` and
+    ``signature`` are the envelope's own strings): the proof that the refusing network held it.
+    Network ids and times only: no case content."""
+
+    record: str = _RECORD_B64
+    signature: str = _SIGNATURE_B64
+
+
 class Notice(WireModel):
-    """Plenaries, trainings and working groups; also a node's notice about a message it refused."""
+    """Plenaries, trainings and working groups; also a node's notice about a message it refused.
+
+    A *refusal notice* (``docs/PROTOCOL.md`` section 10.1) names the refused message
+    (``regarding``), the reason code, the refused message's content hash and the hop entries of
+    the copy that was refused, so that its origin can check that the refusing network held it.
+    """
 
     topic: Literal["plenary", "training", "working_group", "delivery", "general"]
     title: ShortText
@@ -150,3 +170,5 @@ class Notice(WireModel):
     event_date: Date | None = None
     regarding: MessageId | None = None
     reason: str | None = ReasonCode
+    content_sha256: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{43}$")
+    hops: list[NoticeHop] | None = Field(default=None, max_length=16)

@@ -45,8 +45,10 @@ NETWORKS = ["seajust", "casc", "ejn"]
 PER_MESSAGE = {
     "duplicate_not_delivered_again",
     "equivocation_detected",
-    "notice_not_routable",
     "receipt_received",
+    "refusal_notice_not_routable",
+    "refusal_notice_sent",
+    "refusal_notice_withheld",
     "resend_failed",
     "submission_repeated",
     "transient_failure_requeued",
