@@ -14,7 +14,7 @@ Nothing here waits without a limit: connecting, and every round trip to the brok
 after ``timeout`` seconds (a broker that accepts TCP connections but never answers, e.g. at
 its file-descriptor limit, is a :class:`TransportError` that names the broker's address and
 what to check); a publish waits at most :data:`CONFIRM_WAIT` seconds for its confirm (a broker
-under a resource alarm holds publishes); closing gives up after ``timeout`` too.
+under a resource alarm holds publishes); closing gives up after :data:`CLOSE_WAIT` seconds.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from broker.topology import (
 )
 
 __all__ = [
+    "CLOSE_WAIT",
     "CONFIRM_WAIT",
     "CONNECT_TIMEOUT",
     "CONTENT_TYPE",
@@ -64,6 +65,7 @@ __all__ = [
     "Transport",
     "body_sha256",
     "body_size",
+    "broker_address",
     "deliver_queue",
     "inbox_exchange",
     "out_queue",
@@ -314,8 +316,8 @@ class Transport:
         self._connection, self._publish = connection, channel
 
     async def aclose(self) -> None:
-        """Close the connection; idempotent; gives up after ``timeout`` seconds (a broker that
-        does not answer any more: the socket goes with the process)."""
+        """Close the connection; idempotent; gives up after :data:`CLOSE_WAIT` seconds (a
+        broker that does not answer any more: the socket goes with the process)."""
         connection, self._connection = self._connection, None
         self._publish = None
         self._consumers.clear()
@@ -329,8 +331,7 @@ class Transport:
 
     @contextlib.asynccontextmanager
     async def _short_lived(self) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
-        """A connection of its own for one piece of work, closed at the end (within
-        ``timeout``)."""
+        """A connection of its own for one piece of work, closed at the end."""
         try:
             connection = await _within(
                 self._timeout, aio_pika.connect(self._url, timeout=self._timeout)
@@ -340,7 +341,7 @@ class Transport:
         try:
             yield connection
         finally:
-            await _close_quietly(connection, self._timeout)
+            await _close_quietly(connection, min(self._timeout, CLOSE_WAIT))
 
     async def declare(self, topology: Topology) -> list[str]:
         """Declare exchanges, queues and bindings idempotently (durable quorum queues); return
