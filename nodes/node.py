@@ -63,7 +63,7 @@ from nodes.directory_runtime import DirectoryKeeper
 from nodes.fairness import TokenBucket, paced
 from nodes.keyed_lock import KeyedLock
 from nodes.lifecycle import LifecycleFile, Phase
-from nodes.logs import failure_fields
+from nodes.logs import error_fields, failure_fields
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
 from nodes.pipeline import Accepted, Properties, dedupe, receive
@@ -173,7 +173,7 @@ class Node:
                 stack.push_async_callback(self.transport.aclose)
                 if await self._start(stack):
                     await self._serve()
-        except Exception as exc:  # a defect: where it is, never its text (it may hold values)
+        except Exception as exc:  # a defect by its place only, never its text (values)
             self.lifecycle.enter(Phase.FAILED, **failure_fields(exc))
             raise
         self.lifecycle.enter(Phase.STOPPED)
@@ -207,6 +207,9 @@ class Node:
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # run() itself is cancelled: so is the attempt
+            work.cancel()
+            raise
         finally:
             stop.cancel()
         if not work.done():
@@ -417,7 +420,7 @@ class Node:
             return
         except Exception as exc:  # a defect must not stop the node; the delivery limit applies
             with bound_contextvars(**self._about(incoming)):
-                log.error("unexpected_failure_requeued", error_type=type(exc).__name__)
+                log.error("unexpected_failure_requeued", **error_fields(exc))
             await incoming.requeue()
             return
         await incoming.ack()
@@ -594,7 +597,7 @@ class Node:
                 self._take_in(incoming)
                 await self._durable()
         except Exception as exc:  # the store cannot be written now (a full disk): retry
-            log.error("quarantine_intake_failed", error_type=type(exc).__name__)
+            log.error("quarantine_intake_failed", **error_fields(exc))
             await asyncio.sleep(1.0)
             await incoming.requeue()
             return
