@@ -118,6 +118,9 @@ async def _run_node(cfg: NodeConfig) -> int:
     try:
         # test hooks (crash points, clock offset): off unless their environment variables are set
         node = Node(cfg, clock=crashpoints.from_environment())
+    except MlanetError as exc:  # refused before it runs (its state folder, its key): what to fix
+        typer.echo(f"mlanet: {exc}", err=True)
+        return 1
     except Exception as exc:
         structlog.get_logger("mlanet.node").error(
             "node_failed", network=cfg.network, **failure_fields(exc)
