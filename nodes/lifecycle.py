@@ -77,13 +77,15 @@ class Lifecycle:
         return True
 
     def describe(self, now: float) -> str:
-        """One line for an operator, e.g. ``retrying since 12:00:03 (attempt 4, next in 8 s):
-        cannot reach the broker at ...``."""
+        """One line for an operator, e.g. ``retrying since 12:00:03 (attempt 4 failed, next in
+        8 s): cannot reach the broker at ...``."""
         since = time.strftime("%H:%M:%S", time.localtime(self.since))
         text = f"{self.phase.value} since {since}"
         if self.phase is Phase.RETRYING:
             wait = "" if self.retry_at is None else f", next in {max(self.retry_at - now, 0):.0f} s"
-            text += f" (attempt {self.attempt}{wait})"
+            text += f" (attempt {self.attempt} failed{wait})"
+        elif self.phase is Phase.STARTING and self.attempt:
+            text += f" (attempt {self.attempt + 1}; the one before failed)"
         if self.error:
             text += f": {self.error}"
         return text

@@ -197,8 +197,8 @@ class Node:
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), wait)
-                if not self._stop.is_set():
-                    self.lifecycle.enter(Phase.STARTING, attempt=attempt)
+                if not self._stop.is_set():  # the last error stays until this attempt ends
+                    self.lifecycle.enter(Phase.STARTING, attempt=attempt, error=str(exc))
         return False
 
     async def _unless_stopped(self, work: asyncio.Future[None]) -> bool:

@@ -28,7 +28,11 @@ def test_each_phase_is_written_and_logged_with_the_same_fields(tmp_path: Path) -
     assert logs[1]["attempt"] == 3
     assert logs[1]["error"] == "cannot reach x:1"
     assert stat.S_IMODE((tmp_path / LIFECYCLE_FILE).stat().st_mode) == 0o600
-    assert "attempt 3, next in" in found.describe(time.time())
+    assert "(attempt 3 failed, next in " in found.describe(time.time())
+    record.enter(Phase.STARTING, attempt=3, error="cannot reach x:1")
+    again = read_lifecycle(tmp_path)
+    assert again is not None
+    assert "(attempt 4; the one before failed): cannot reach x:1" in again.describe(time.time())
 
 
 def test_a_missing_or_damaged_file_reads_as_nothing(tmp_path: Path) -> None:
