@@ -3,10 +3,15 @@
 Used to provision a network's broker (``mlanet federation up``), to declare a node's links as
 dynamic shovels, and to read queue depths and link states for operators. Errors are translated
 to :class:`TransportError` at this edge; credentials never appear in an error text.
+
+Every request gives up after ``timeout`` seconds (connecting included): an API that accepts
+the connection and never answers is a TransportError that names its address and what to check,
+as is an answer that is not JSON.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -156,15 +161,32 @@ def _q(name: str) -> str:
     return quote(name, safe="")
 
 
+_CHECK = "check that RabbitMQ runs there with its management plugin"
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    cause: BaseException | None = exc
+    for _ in range(8):  # httpx wraps httpcore's error, which wraps the socket's
+        if cause is None:
+            break
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
+
+
 class Management:
     """A small async client for the parts of the management API that mlanet uses."""
 
     def __init__(self, endpoint: ManagementEndpoint, *, timeout: float = 10.0) -> None:
+        self._timeout = timeout
         self._client = httpx.AsyncClient(
             base_url=endpoint.url.rstrip("/") + "/api",
             auth=(endpoint.user, endpoint.password),
-            timeout=timeout,
+            timeout=httpx.Timeout(timeout),
         )
+        url = self._client.base_url
+        self.address = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
 
     async def __aenter__(self) -> Self:
         return self
@@ -182,16 +204,30 @@ class Management:
 
     async def _request(self, method: str, path: str, body: Any = None) -> Any:
         try:
-            response = await self._client.request(method, path, json=body)
+            # httpx's timeout is per read; this one bounds the whole request
+            async with asyncio.timeout(self._timeout * 2):
+                response = await self._client.request(method, path, json=body)
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            raise TransportError(
+                f"the management API at {self.address} did not answer within "
+                f"{self._timeout:g} s; {_CHECK}"
+            ) from exc
         except httpx.HTTPError as exc:
-            raise TransportError(f"management API unreachable ({type(exc).__name__})") from exc
+            raise TransportError(
+                f"cannot reach the management API at {self.address} ({_why(exc)}); {_CHECK}"
+            ) from exc
         if response.status_code == 404 and method in ("GET", "DELETE"):
             return None
         if response.status_code >= 400:
             raise TransportError(
                 f"management API {method} {path.split('/')[1]}: {response.status_code}"
             )
-        return response.json() if response.content else None
+        try:
+            return response.json() if response.content else None
+        except ValueError as exc:  # a proxy's error page, or not RabbitMQ at all
+            raise TransportError(
+                f"the management API at {self.address} answered something that is not JSON"
+            ) from exc
 
     # --- provisioning ---------------------------------------------------------------------------
     async def put_vhost(self, vhost: str) -> None:

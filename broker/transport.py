@@ -9,12 +9,19 @@ With ``max_body``, no body above that size is ever assembled in memory on the ro
 (``broker/amqp_decode.py``): such a delivery arrives as a :class:`CutBody`, its first
 ``max_body + 1`` bytes with the whole body's size and SHA-256, for the node to refuse as
 ``oversized``.
+
+Nothing here waits without a limit: connecting, and every round trip to the broker, gives up
+after ``timeout`` seconds (a broker that accepts TCP connections but never answers, e.g. at
+its file-descriptor limit, is a :class:`TransportError` that names the broker's address and
+what to check); a publish waits at most :data:`CONFIRM_WAIT` seconds for its confirm (a broker
+under a resource alarm holds publishes); closing gives up after :data:`CLOSE_WAIT` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,10 +36,30 @@ from yarl import URL
 
 from broker.amqp_decode import CUT_SHA256, CUT_SIZE, BodyCap, harden
 from broker.errors import TransportError
+from broker.topology import (
+    CONTENT_TYPE,
+    INBOX,
+    QUARANTINE,
+    SUBMIT,
+    SUBMIT_EXCHANGE,
+    UNROUTABLE,
+    Topology,
+    deliver_queue,
+    inbox_exchange,
+    out_queue,
+    peer_inbox,
+)
 
 __all__ = [
+    "CLOSE_WAIT",
+    "CONFIRM_WAIT",
+    "CONNECT_TIMEOUT",
     "CONTENT_TYPE",
+    "INBOX",
+    "QUARANTINE",
+    "SUBMIT",
     "SUBMIT_EXCHANGE",
+    "UNROUTABLE",
     "CutBody",
     "Held",
     "Incoming",
@@ -40,6 +67,7 @@ __all__ = [
     "Transport",
     "body_sha256",
     "body_size",
+    "broker_address",
     "deliver_queue",
     "inbox_exchange",
     "out_queue",
@@ -49,53 +77,40 @@ __all__ = [
 harden()  # a peer's property bytes must never break the connection: broker/amqp_decode.py
 
 _CHANNEL_GONE = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, RuntimeError)
-CONTENT_TYPE = "application/vnd.mlanet+json; v=1"
-INBOX = "mlanet.inbox"
-SUBMIT = "mlanet.submit"
-# Contact points hand in submissions through this exchange (bound to the queue of the same
-# name): the one resource their broker users may write (never the default exchange).
-SUBMIT_EXCHANGE = "mlanet.submit"
-QUARANTINE = "mlanet.quarantine"
-UNROUTABLE = "mlanet.unroutable"
+# what a broker that is away, slow or closing makes aio-pika raise (TimeoutError is an OSError)
+_BROKER_GONE = (OSError, *_CHANNEL_GONE)
+CONNECT_TIMEOUT = 10.0  # seconds: connecting, and each round trip to the broker
+CONFIRM_WAIT = 30.0  # seconds a publish waits for the broker's confirm
+CLOSE_WAIT = 3.0  # seconds closing the connection waits for the broker
+_CHECK = "check that RabbitMQ runs there and accepts connections (its log, its open-file limit)"
 
 
-def inbox_exchange(sender: str) -> str:
-    """The exchange a peer network publishes into (the only resource its user may write)."""
-    return f"mlanet.inbox.from.{sender}"
+def broker_address(url: str) -> str:
+    """``host:port`` of an AMQP URL: what errors name (never the user or password)."""
+    parsed = URL(url)
+    return f"{parsed.host or '?'}:{parsed.port or 5672}"
 
 
-def peer_inbox(peer: str) -> str:
-    """The queue of one peer's messages (fed by its inbox exchange, bounded, consumed at the
-    peer's own rate so that one peer's flood cannot take another peer's share)."""
-    return f"mlanet.inbox.{peer}"
+def _why(exc: BaseException, timeout: float) -> str:
+    """Why the broker could not be used, in a few words (no values from the broker)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return "the broker refused the login (check [broker] user and password_file)"
+    if isinstance(exc, aiormq.exceptions.ConnectionNotAllowed):
+        return "the broker refused access to the vhost (check [broker] vhost)"
+    refused = isinstance(exc, ConnectionRefusedError) or (
+        bool(exc.args) and exc.args[0] == errno.ECONNREFUSED
+    )
+    if refused:
+        return "connection refused"
+    return type(exc).__name__
 
 
-def out_queue(peer: str) -> str:
-    """The store-and-forward queue towards a peer (drained by the link's shovel)."""
-    return f"mlanet.out.{peer}"
-
-
-def deliver_queue(contact_point: str) -> str:
-    return f"mlanet.deliver.{contact_point}"
-
-
-@dataclass(frozen=True)
-class Topology:
-    """What a node declares on its own broker."""
-
-    peers: tuple[str, ...]
-    contact_points: tuple[str, ...]
-    delivery_limit: int = 5
-
-    def queues(self) -> list[str]:
-        return [
-            INBOX,
-            SUBMIT,
-            QUARANTINE,
-            *(peer_inbox(peer) for peer in self.peers),
-            *(out_queue(peer) for peer in self.peers),
-            *(deliver_queue(cp) for cp in self.contact_points),
-        ]
+async def _within(seconds: float, work: Awaitable[Any]) -> Any:
+    """``work``, or TimeoutError after ``seconds``."""
+    async with asyncio.timeout(seconds):
+        return await work
 
 
 class CutBody(bytes):
@@ -154,30 +169,43 @@ Handler = Callable[[Incoming], Awaitable[None]]
 
 class _Declarer:
     """Declarations on one connection. A queue that exists with other arguments (the broker
-    closes the channel) is named in ``mismatched`` and the work goes on on a new channel."""
+    closes the channel) is named in ``mismatched`` and the work goes on on a new channel. Each
+    round trip gives up after ``timeout`` seconds (TimeoutError)."""
 
-    def __init__(self, connection: aio_pika.abc.AbstractConnection, record: dict[str, Arguments]):
+    def __init__(
+        self,
+        connection: aio_pika.abc.AbstractConnection,
+        record: dict[str, Arguments],
+        timeout: float,
+    ):
         self._connection = connection
         self._record = record
+        self._timeout = timeout
         self._open: aio_pika.abc.AbstractChannel | None = None
         self.mismatched: list[str] = []
 
     async def _channel(self) -> aio_pika.abc.AbstractChannel:
         if self._open is None or self._open.is_closed:
-            self._open = await self._connection.channel()
+            self._open = await _within(self._timeout, self._connection.channel())
         return self._open
 
     async def exchange(self, name: str, arguments: Arguments | None = None) -> str:
         channel = await self._channel()
-        await channel.declare_exchange(
-            name, aio_pika.ExchangeType.FANOUT, durable=True, arguments=arguments
+        await _within(
+            self._timeout,
+            channel.declare_exchange(
+                name, aio_pika.ExchangeType.FANOUT, durable=True, arguments=arguments
+            ),
         )
         return name
 
     async def queue(self, name: str, arguments: Arguments) -> str:
         self._record[name] = arguments
+        channel = await self._channel()
         try:
-            await (await self._channel()).declare_queue(name, durable=True, arguments=arguments)
+            await _within(
+                self._timeout, channel.declare_queue(name, durable=True, arguments=arguments)
+            )
         except aiormq.exceptions.ChannelPreconditionFailed:
             self.mismatched.append(name)
         return name
@@ -186,7 +214,7 @@ class _Declarer:
         channel = await self._channel()
         declared = await channel.get_queue(queue, ensure=False)
         target = await channel.get_exchange(exchange, ensure=False)
-        await (declared.unbind(target) if unbind else declared.bind(target))
+        await _within(self._timeout, declared.unbind(target) if unbind else declared.bind(target))
 
 
 def _incoming(raw: AbstractIncomingMessage, *, capped: bool = False) -> Incoming:
@@ -229,15 +257,28 @@ class Held:
 
 
 class Transport:
-    """One node's connection to its own broker."""
+    """One node's connection to its own broker. Nothing in it waits longer than ``timeout``
+    seconds for the broker, except a publish for its confirm (:data:`CONFIRM_WAIT`)."""
 
-    def __init__(self, url: str, *, max_body: int | None = None) -> None:
+    def __init__(
+        self, url: str, *, max_body: int | None = None, timeout: float = CONNECT_TIMEOUT
+    ) -> None:
         self._url = url
         self._max_body = max_body  # no body above it is assembled: broker/amqp_decode.py
+        self._timeout = timeout
         self._connection: AbstractRobustConnection | None = None
         self._publish: aio_pika.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
         self._arguments: dict[str, Arguments] = {}  # queue -> what it was declared with
+        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self._handling: set[asyncio.Task[Any]] = set()  # deliveries being handled
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the broker (what errors name)."""
+        return broker_address(self._url)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -251,28 +292,58 @@ class Transport:
     ) -> None:
         await self.aclose()
 
+    def _unreachable(self, exc: BaseException) -> TransportError:
+        return TransportError(
+            f"cannot reach the broker at {self.address}: {_why(exc, self._timeout)}; {_CHECK}"
+        )
+
     async def connect(self) -> None:
+        """Connect (the robust connection reconnects by itself afterwards); TransportError
+        when the broker does not answer within ``timeout`` seconds, refuses, or is not there."""
+        connection = aio_pika.RobustConnection(URL(self._url), reconnect_interval=1)
+        if self._max_body is not None:  # aiormq's socket, also on every reconnection
+            connection.kwargs["transport_factory"] = BodyCap(self._max_body)
         try:
-            connection = aio_pika.RobustConnection(URL(self._url), reconnect_interval=1)
-            if self._max_body is not None:  # aiormq's socket, also on every reconnection
-                connection.kwargs["transport_factory"] = BodyCap(self._max_body)
-            await connection.connect()
-            self._connection = connection
-            self._publish = await self._connection.channel(
-                publisher_confirms=True, on_return_raises=True
+            await _within(self._timeout, connection.connect(timeout=self._timeout))
+            channel = await _within(
+                self._timeout,
+                connection.channel(publisher_confirms=True, on_return_raises=True),
             )
-        except (OSError, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
-            raise TransportError(f"cannot connect to the broker ({type(exc).__name__})") from exc
+        except _BROKER_GONE as exc:
+            await _close_quietly(connection, self._timeout)  # or it keeps reconnecting
+            raise self._unreachable(exc) from exc
+        except BaseException:  # cancelled (the node stops while it connects): leave nothing
+            await _close_quietly(connection, self._timeout)
+            raise
+        self._connection, self._publish = connection, channel
 
     async def aclose(self) -> None:
+        """Close the connection; idempotent; gives up after :data:`CLOSE_WAIT` seconds (a
+        broker that does not answer any more: the socket goes with the process)."""
         connection, self._connection = self._connection, None
+        self._publish = None
+        self._consumers.clear()
         if connection is not None:
-            await connection.close()
+            await _close_quietly(connection, min(self._timeout, CLOSE_WAIT))
 
     def _channel(self) -> aio_pika.abc.AbstractChannel:
         if self._publish is None:
             raise TransportError("transport is not connected")
         return self._publish
+
+    @contextlib.asynccontextmanager
+    async def _short_lived(self) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
+        """A connection of its own for one piece of work, closed at the end."""
+        try:
+            connection = await _within(
+                self._timeout, aio_pika.connect(self._url, timeout=self._timeout)
+            )
+        except _BROKER_GONE as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            yield connection
+        finally:
+            await _close_quietly(connection, min(self._timeout, CLOSE_WAIT))
 
     async def declare(self, topology: Topology) -> list[str]:
         """Declare exchanges, queues and bindings idempotently (durable quorum queues); return
@@ -290,13 +361,9 @@ class Transport:
             "x-delivery-limit": topology.delivery_limit,
             "x-dead-letter-exchange": UNROUTABLE,
         }
-        try:
-            connection = await aio_pika.connect(self._url)
-        except (OSError, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
-            raise TransportError(f"cannot connect to the broker ({type(exc).__name__})") from exc
-        try:
-            async with connection:
-                declarer = _Declarer(connection, self._arguments)
+        async with self._short_lived() as connection:
+            try:
+                declarer = _Declarer(connection, self._arguments, self._timeout)
                 unroutable = await declarer.exchange(UNROUTABLE)
                 quarantine = await declarer.queue(QUARANTINE, quorum)
                 await declarer.bind(quarantine, unroutable)
@@ -317,8 +384,10 @@ class Transport:
                 for contact_point in topology.contact_points:
                     await declarer.queue(deliver_queue(contact_point), quorum)
                 return declarer.mismatched
-        except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
-            raise TransportError(f"cannot declare the topology ({type(exc).__name__})") from exc
+            except _BROKER_GONE as exc:
+                raise TransportError(
+                    f"cannot declare the topology at {self.address} ({_why(exc, self._timeout)})"
+                ) from exc
 
     async def declare_queue(self, queue: str, *, delivery_limit: int = 5) -> bool:
         """Declare one more durable quorum queue of the node's own that it consumes, with a
@@ -335,16 +404,14 @@ class Transport:
             "x-delivery-limit": delivery_limit,
             "x-dead-letter-exchange": UNROUTABLE,
         }
-        try:
-            connection = await aio_pika.connect(self._url)
-        except (OSError, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
-            raise TransportError(f"cannot connect to the broker ({type(exc).__name__})") from exc
-        try:
-            async with connection:
-                declarer = _Declarer(connection, self._arguments)
+        async with self._short_lived() as connection:
+            try:
+                declarer = _Declarer(connection, self._arguments, self._timeout)
                 await declarer.queue(queue, arguments)
-        except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
-            raise TransportError(f"cannot declare {queue} ({type(exc).__name__})") from exc
+            except _BROKER_GONE as exc:
+                raise TransportError(
+                    f"cannot declare {queue} ({_why(exc, self._timeout)})"
+                ) from exc
         if declarer.mismatched:
             self._arguments.pop(queue, None)  # consumed as it is (a passive declaration)
             return False
@@ -381,18 +448,22 @@ class Transport:
                 if exchange is None
                 else await channel.get_exchange(exchange, ensure=False)
             )
-            confirmation = await target.publish(
-                message, routing_key=queue if exchange is None else "", mandatory=True, timeout=30
+            confirmation = await _within(
+                CONFIRM_WAIT + 1,
+                target.publish(
+                    message,
+                    routing_key=queue if exchange is None else "",
+                    mandatory=True,
+                    timeout=CONFIRM_WAIT,
+                ),
             )
         except aio_pika.exceptions.DeliveryError as exc:
             raise TransportError(f"broker could not route to {queue}") from exc
-        except (
-            TimeoutError,
-            aio_pika.exceptions.AMQPError,
-            aiormq.exceptions.AMQPError,
-            RuntimeError,
-        ) as exc:
-            raise TransportError(f"publish to {queue} failed ({type(exc).__name__})") from exc
+        except _BROKER_GONE as exc:
+            raise TransportError(
+                f"publish to {queue} failed ({_why(exc, CONFIRM_WAIT)}); the broker at "
+                f"{self.address} may or may not hold it"
+            ) from exc
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             raise TransportError(f"broker did not confirm the publish to {queue}")
 
@@ -400,30 +471,82 @@ class Transport:
         """Start consuming ``queue`` on a channel of its own; ``handler`` runs per delivery."""
         if self._connection is None:
             raise TransportError("transport is not connected")
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        # Declared through the robust channel, which registers the queue so that the consumer
-        # is restored after a reconnection (get_queue would not be), and with the arguments the
-        # node declared it with, so that a queue deleted under the node is declared again when
-        # the consumer is restored (a passive declare would fail on every attempt, forever).
-        arguments = self._arguments.get(queue)
-        if arguments is None:
-            declared = await channel.declare_queue(queue, passive=True)
-        else:
-            declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
-
+        connection = self._connection
         capped = self._max_body is not None
 
         async def on_message(raw: AbstractIncomingMessage) -> None:
-            await handler(_incoming(raw, capped=capped))
+            task = asyncio.current_task()
+            if task is not None:
+                self._handling.add(task)
+            self._idle.clear()
+            try:
+                await handler(_incoming(raw, capped=capped))
+            finally:
+                if task is not None:
+                    self._handling.discard(task)
+                if not self._handling:
+                    self._idle.set()
 
-        await declared.consume(on_message, no_ack=False)
+        async def start() -> tuple[aio_pika.abc.AbstractQueue, str]:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=prefetch)
+            # Declared through the robust channel, which registers the queue so that the
+            # consumer is restored after a reconnection (get_queue would not be), and with the
+            # arguments the node declared it with, so that a queue deleted under the node is
+            # declared again when the consumer is restored (a passive declare would fail on
+            # every attempt, forever).
+            arguments = self._arguments.get(queue)
+            if arguments is None:
+                declared = await channel.declare_queue(queue, passive=True)
+            else:
+                declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
+            return declared, await declared.consume(on_message, no_ack=False)
+
+        try:
+            self._consumers.append(await _within(self._timeout, start()))
+        except _BROKER_GONE as exc:
+            raise TransportError(
+                f"cannot consume {queue} at {self.address} ({_why(exc, self._timeout)})"
+            ) from exc
+
+    async def drain(self, within: float, hurry: asyncio.Event | None = None) -> int:
+        """Stop every consumer (no new deliveries), wait up to ``within`` seconds (or until
+        ``hurry`` is set) for the deliveries being handled to finish, then cancel those still
+        being handled; return how many that was. Nothing is lost: what is not acked goes back
+        to its queue when the connection closes, and is handled again (deduplicated)."""
+        consumers, self._consumers = self._consumers, []
+
+        async def cancel(declared: aio_pika.abc.AbstractQueue, tag: str) -> None:
+            with contextlib.suppress(*_BROKER_GONE):
+                await declared.cancel(tag)
+
+        with contextlib.suppress(TimeoutError):  # a broker that does not answer: the close
+            await _within(min(self._timeout, 2.0), asyncio.gather(*(cancel(*c) for c in consumers)))
+        waits = [asyncio.ensure_future(self._idle.wait())]
+        if hurry is not None:
+            waits.append(asyncio.ensure_future(hurry.wait()))
+        try:
+            await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        unfinished = list(self._handling)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=1.0)
+        return len(unfinished)
 
     async def get(self, queue: str) -> Incoming | None:
         """Fetch one message (for CLI readers); None when the queue is empty."""
         channel = self._channel()
-        declared = await channel.get_queue(queue, ensure=False)
-        raw = await declared.get(no_ack=False, fail=False)
+        try:
+            declared = await channel.get_queue(queue, ensure=False)
+            raw = await _within(self._timeout, declared.get(no_ack=False, fail=False))
+        except _BROKER_GONE as exc:
+            raise TransportError(
+                f"cannot read {queue} at {self.address} ({_why(exc, self._timeout)})"
+            ) from exc
         if raw is None:
             return None
         return _incoming(raw, capped=self._max_body is not None)
@@ -438,20 +561,23 @@ class Transport:
         with the connection if the process dies (unacked messages go back to the queue then).
         Nothing is lost or duplicated: a message is either taken (acked) or returned.
         """
-        try:
-            connection = await aio_pika.connect(self._url)
-        except (OSError, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
-            raise TransportError(f"cannot connect to the broker ({type(exc).__name__})") from exc
-        async with connection:
+        seconds = self._timeout
+        async with self._short_lived() as connection:
             try:
-                locking = await connection.channel()
-                await locking.declare_queue(lock, exclusive=True, auto_delete=True)
+                locking = await _within(seconds, connection.channel())
+                await _within(
+                    seconds, locking.declare_queue(lock, exclusive=True, auto_delete=True)
+                )
+            except OSError as exc:
+                raise self._unreachable(exc) from exc
             except _CHANNEL_GONE as exc:
                 raise TransportError(f"{queue} is being worked on elsewhere; try again") from exc
-            channel = await connection.channel()
-            await channel.set_qos(prefetch_count=0)
             try:
-                declared = await channel.declare_queue(queue, passive=True)
+                channel = await _within(seconds, connection.channel())
+                await _within(seconds, channel.set_qos(prefetch_count=0))
+                declared = await _within(seconds, channel.declare_queue(queue, passive=True))
+            except OSError as exc:
+                raise self._unreachable(exc) from exc
             except _CHANNEL_GONE as exc:
                 raise TransportError(f"queue {queue} is not there") from exc
             ready = int(declared.declaration_result.message_count or 0)
@@ -462,7 +588,10 @@ class Transport:
                 received.append(_incoming(raw))
                 arrived.set()
 
-            tag = await declared.consume(on_message, no_ack=False)
+            try:
+                tag = await _within(seconds, declared.consume(on_message, no_ack=False))
+            except _BROKER_GONE as exc:
+                raise self._unreachable(exc) from exc
             try:
                 while len(received) < ready:
                     arrived.clear()
@@ -470,21 +599,22 @@ class Transport:
             except TimeoutError as exc:
                 raise TransportError(f"could not read all of {queue} in time") from exc
             finally:
-                await declared.cancel(tag)
+                with contextlib.suppress(*_BROKER_GONE):
+                    await _within(self._timeout, declared.cancel(tag))
             held = Held(list(received))
             try:
                 yield held
             finally:
-                with contextlib.suppress(*_CHANNEL_GONE):
+                with contextlib.suppress(*_BROKER_GONE):
                     # back in their order; anything delivered after the count goes back too
                     for incoming in received:
                         if not any(incoming is taken for taken in held.taken):
-                            await incoming._raw.nack(requeue=True)
+                            await _within(self._timeout, incoming._raw.nack(requeue=True))
             # A clean channel close means the broker processed every ack sent before it.
             confirmed = not channel.is_closed
             try:
-                await channel.close()
-            except _CHANNEL_GONE:
+                await _within(self._timeout, channel.close())
+            except _BROKER_GONE:
                 confirmed = False
             if held.taken and not confirmed:
                 raise TransportError("could not confirm that the message was removed")
@@ -493,10 +623,17 @@ class Transport:
         """(messages ready, consumers) of a queue; TransportError if it does not exist."""
         if self._connection is None:
             raise TransportError("transport is not connected")
+        connection = self._connection
+
+        async def passive() -> aio_pika.abc.AbstractQueue:
+            async with connection.channel() as channel:
+                return await channel.declare_queue(queue, passive=True)
+
         try:
-            async with self._connection.channel() as channel:
-                declared = await channel.declare_queue(queue, passive=True)
-        except (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError) as exc:
+            declared = await _within(self._timeout, passive())
+        except OSError as exc:
+            raise self._unreachable(exc) from exc
+        except _BROKER_GONE as exc:
             raise TransportError(f"queue {queue} is not there") from exc
         result = declared.declaration_result
         return int(result.message_count or 0), int(result.consumer_count or 0)
@@ -506,3 +643,10 @@ class Transport:
 
     async def consumer_count(self, queue: str) -> int:
         return (await self._passive(queue))[1]
+
+
+async def _close_quietly(connection: aio_pika.abc.AbstractConnection, within: float) -> None:
+    """Close ``connection``, giving up after ``within`` seconds; never raises (but a
+    cancellation of the caller goes on)."""
+    with contextlib.suppress(*_BROKER_GONE):
+        await _within(within, connection.close())

@@ -10,24 +10,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 import typer
 from pydantic import ValidationError
 
 from broker import KeyRefused, MlanetError, RefusedMessage, generate_key_files
 from nodes.cli_common import (
+    EXIT_INTERRUPTED,
+    EXIT_UNEXPECTED,
     AdminPasswordFile,
     AdminUser,
     ConfigOption,
     admin_endpoint,
     fail,
     load_or_exit,
+    time_limited,
+    unexpected,
+    watchdog,
 )
 from nodes.cli_contact_points import CredentialsOption, contact_point_app, credentials_or_exit
 from nodes.cli_directory import directory_app, init_command, keys_rotate
 from nodes.cli_operator import operator_app, status_app
 from nodes.cli_quarantine import audit_app, quarantine_app
-from nodes.config import load_config
-from nodes.logs import configure_logging
+from nodes.config import NodeConfig, load_config
+from nodes.logs import configure_logging, failure_fields, log_loop_error, quiet_libraries
 from schemas import Destination, write_json_schemas
 from schemas.submission import Submission
 
@@ -50,6 +56,8 @@ app.command("init")(init_command)
 keys_app.command("rotate")(keys_rotate)
 
 ManagementUrl = Annotated[str, typer.Option(help="RabbitMQ management API.")]
+INTERRUPTED = "mlanet: interrupted; what the command was doing may be unfinished"
+DEMO_CLEANUP = 60.0  # seconds the demo's clean-up may take after its time limit
 
 
 # --- keys and schemas ------------------------------------------------------------------------
@@ -82,25 +90,51 @@ def schemas_write(
 # --- the node --------------------------------------------------------------------------------
 @node_app.command("run")
 def node_run(config: ConfigOption) -> None:
-    """Run the node until SIGINT or SIGTERM."""
+    """Run the node until SIGTERM or SIGINT (a second one: without waiting for the deliveries
+    being handled). A broker that cannot be reached at start is retried with backoff; every
+    phase (starting, retrying, running, draining, stopped) is logged and written to
+    lifecycle.json in the state folder. Logs are JSON lines on stderr, errors included."""
+    cfg = load_or_exit(config)
+    configure_logging(cfg.log_level)
+    raise typer.Exit(asyncio.run(_run_node(cfg)))
+
+
+async def _run_node(cfg: NodeConfig) -> int:
+    """The node's process: 0 when it stopped on a signal, 1 when it failed (logged)."""
     from nodes import crashpoints
     from nodes.node import Node
 
-    cfg = load_or_exit(config)
-    configure_logging(cfg.log_level)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(log_loop_error)  # as JSON, never a traceback
+    node: Node | None = None
+    asked = False
 
-    async def main() -> None:
+    def on_signal() -> None:
+        nonlocal asked
+        asked = True
+        if node is not None:
+            node.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
         # test hooks (crash points, clock offset): off unless their environment variables are set
         node = Node(cfg, clock=crashpoints.from_environment())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, node.stop)
-        await node.run()
-
+    except MlanetError as exc:  # refused before it runs (its state folder, its key): what to fix
+        typer.echo(f"mlanet: {exc}", err=True)
+        return 1
+    except Exception as exc:
+        structlog.get_logger("mlanet.node").error(
+            "node_failed", network=cfg.network, **failure_fields(exc)
+        )
+        return 1
+    if asked:
+        node.stop()
     try:
-        asyncio.run(main())
-    except MlanetError as exc:
-        raise fail(str(exc), 1) from None
+        await node.run()
+    except Exception:
+        return 1  # logged as node_failed by the node
+    return 0
 
 
 # --- contact points --------------------------------------------------------------------------
@@ -328,16 +362,67 @@ def demo(
         "federation"
     ),
     keep: Annotated[bool, typer.Option(help="Leave the federation on the broker.")] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="MLANET_TIMEOUT",
+            min=1,
+            help="Give up after this many seconds, naming what the demo waited for (the "
+            "federation is removed and the nodes stopped first).",
+        ),
+    ] = 300.0,
 ) -> None:
     """Start the five example networks and send the Cambodia -> Uzbekistan journey."""
-    from nodes.demo import fresh_folder, run_demo
+    from nodes.demo import DEMO_PREFIX, fresh_folder, run_demo
 
     fresh_folder(directory)
-    try:
-        asyncio.run(run_demo(directory, say=typer.echo, keep=keep))
-    except MlanetError as exc:
-        raise fail(str(exc), 1) from None
+    # the demo stops its nodes and removes its federation when it gives up (within timeout);
+    # the watchdog is for a clean-up that hangs itself (the nodes stop with the demo)
+    line = (
+        f"mlanet: demo did not end within {timeout + DEMO_CLEANUP:g} s; remove what is left"
+        f" with: mlanet federation down --dir {directory} --prefix {DEMO_PREFIX}"
+    )
+    with watchdog(timeout + DEMO_CLEANUP, lambda: line):
+        try:
+            asyncio.run(run_demo(directory, say=typer.echo, keep=keep, within=timeout))
+        except MlanetError as exc:
+            raise fail(str(exc), 1) from None
+
+
+# Every command has a time limit (nodes/cli_common.py); set here, once all are registered.
+def _limit(typer_app: typer.Typer, path: tuple[str, ...] = ()) -> None:
+    for command in typer_app.registered_commands:
+        if command.callback is not None:
+            name = command.name or command.callback.__name__.replace("_", "-")
+            command.callback = time_limited(" ".join((*path, name)), command.callback)
+    for group in typer_app.registered_groups:
+        sub, group_name = group.typer_instance, group.name
+        if sub is None or not isinstance(group_name, str):
+            continue
+        info = sub.registered_callback
+        if info is not None and info.callback is not None and info.invoke_without_command:
+            info.callback = time_limited(" ".join((*path, group_name)), info.callback)
+        _limit(sub, (*path, group_name))
+
+
+_limit(app)
 
 
 def main() -> None:
-    app()
+    """The ``mlanet`` entry point. Whatever happens, the user sees the command's own output
+    or one line on stderr, never a traceback: a defect is named by its type and place only."""
+    quiet_libraries()
+    try:
+        app()
+    except SystemExit as exit_:
+        if exit_.code == EXIT_INTERRUPTED:
+            typer.echo(
+                "mlanet: interrupted; what the command was doing may be unfinished", err=True
+            )
+        raise
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        typer.echo("mlanet: interrupted; what the command was doing may be unfinished", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        typer.echo(unexpected(exc), err=True)
+        raise SystemExit(EXIT_UNEXPECTED) from None

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from getpass import getpass
 from typing import Annotated
 
@@ -32,18 +33,28 @@ def status(
     """One node at a glance: queues, links, quarantine, receipts, expiry and alerts.
 
     Exit status: 0 without alerts, 1 with warnings only, 3 with a critical alert."""
+    from nodes.lifecycle import read_lifecycle
     from nodes.operator.status import collect, render_text
 
     cfg = load_or_exit(config)
+    # the node process's own word on its phase (nodes/lifecycle.py), e.g. retrying its broker
+    process = read_lifecycle(cfg.state_dir)
+    if process is not None and not process.alive():
+        process = None
+    said = f"node process {process.pid}: {process.describe(time.time())}" if process else None
     try:
         found = asyncio.run(collect(cfg, time.time()))
     except MlanetError as exc:
-        typer.echo(f"mlanet: {exc}", err=True)
+        typer.echo(f"mlanet: {exc}" + (f" ({said})" if said else ""), err=True)
         raise typer.Exit(2) from None
     if as_json:
-        typer.echo(json.dumps(found.to_json(), indent=2, sort_keys=True))
+        document = found.to_json()
+        document["node_process"] = asdict(process) if process is not None else None
+        typer.echo(json.dumps(document, indent=2, sort_keys=True))
     else:
         typer.echo(render_text(found), nl=False)
+        if said:
+            typer.echo(said)
     severities = {alert.severity for alert in found.alerts}
     raise typer.Exit(3 if "critical" in severities else 1 if severities else 0)
 

@@ -1,7 +1,12 @@
 """The README's main job: a local federation of the five example networks, and the seed's
 journey through it: a Cambodian contact point asks the Uzbek one for help with a pending MLA
 matter; SEAJust routes it to CASC, CASC delivers it, a signed receipt comes back, and the Uzbek
-side answers with a status update. Then a three-network journey (Cambodia -> France via CASC)."""
+side answers with a status update. Then a three-network journey (Cambodia -> France via CASC).
+
+The demo says a node runs only once the node itself says it started (``lifecycle.json`` in its
+state folder, ``nodes/lifecycle.py``); when a node fails, at start or later, it names the node
+and its log file. It gives up after ``within`` seconds, saying what it waited for, and stops
+its nodes and removes its federation in any case."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from broker.errors import MlanetError
 from broker.management import ManagementEndpoint
 from nodes import federation
 from nodes.config import load_config
@@ -18,9 +24,26 @@ from nodes.contact import facilitation_request, read_inbox, submit, track
 from nodes.contact_points import Credentials
 from schemas.submission import Submission
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_PREFIX", "DemoFailed", "fresh_folder", "run_demo"]
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
+DEMO_PREFIX = "mlanet-demo"
+
+
+class DemoFailed(MlanetError):
+    """The demo could not go on; the text says what it waited for and where to look."""
+
+
+class _Progress:
+    """What the demo waits for now (named when it gives up), and its node processes."""
+
+    def __init__(self, nodes: federation.NodeProcesses) -> None:
+        self.nodes = nodes
+        self.waiting_for = "the federation to be provisioned"
+
+    def check(self) -> None:
+        """NodeFailed when a node process has exited (named, with its log)."""
+        self.nodes.check_running()
 
 
 def _request(sender: str, country: str, case_ref: str) -> Submission:
@@ -40,11 +63,14 @@ async def _follow(
     network: str,
     message_id: str,
     say: Callable[[str], None],
+    progress: _Progress,
     until: str = "delivered",
 ) -> None:
     config = load_config(fed.config_path(network))
+    progress.waiting_for = f"message {message_id[:8]} to be {until} (as {network} tracks it)"
     shown = 0
     for _ in range(300):
+        progress.check()
         found = track(config, message_id)
         for event in found.events[shown:]:
             say(f"    [{network}] {event.event:<10} {event.detail}")
@@ -52,15 +78,24 @@ async def _follow(
         if found.entry is not None and found.entry.state in (until, "failed", "undeliverable"):
             return
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"{message_id} did not reach '{until}' in time")
+    raise DemoFailed(
+        f"{message_id} did not reach '{until}' in 30 s; see `mlanet track {message_id} --config "
+        f"{fed.config_path(network)}` and the nodes' logs in {fed.root}/<network>/node.log"
+    )
 
 
 async def _inbox(
-    fed: federation.Federation, network: str, contact_point: str, say: Callable[[str], None]
+    fed: federation.Federation,
+    network: str,
+    contact_point: str,
+    say: Callable[[str], None],
+    progress: _Progress,
 ) -> None:
     config = load_config(fed.config_path(network))
     reader = Credentials.load(fed.credentials(contact_point))  # its own user: its queue only
+    progress.waiting_for = f"a message in {contact_point}'s inbox at {network}"
     for _ in range(100):
+        progress.check()
         items = [item for item in await read_inbox(config, reader) if item.new]
         if items:
             for item in items:
@@ -72,7 +107,7 @@ async def _inbox(
                 )
             return
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"nothing reached {contact_point}")
+    raise DemoFailed(f"nothing reached {contact_point} in 10 s; see {fed.root}/{network}/node.log")
 
 
 def fresh_folder(root: Path) -> None:
@@ -80,59 +115,86 @@ def fresh_folder(root: Path) -> None:
         shutil.rmtree(root)
 
 
-async def run_demo(root: Path, *, say: Callable[[str], None], keep: bool = False) -> None:
-    fed = federation.build(root, prefix="mlanet-demo", receipts={"retry_after_seconds": 10.0})
+async def run_demo(
+    root: Path, *, say: Callable[[str], None], keep: bool = False, within: float = 300.0
+) -> None:
+    """Provision, start the nodes, send the journeys; give up after ``within`` seconds with
+    DemoFailed naming what it waited for. The nodes are stopped and (unless ``keep``) the
+    federation removed in every case."""
+    fed = federation.build(root, prefix=DEMO_PREFIX, receipts={"retry_after_seconds": 10.0})
+    progress = _Progress(federation.NodeProcesses(fed, ADMIN))
+    try:
+        async with asyncio.timeout(within):
+            await _journeys(fed, say, progress)
+    except TimeoutError:
+        raise DemoFailed(
+            f"the demo gave up after {within:g} s waiting for {progress.waiting_for}; see the"
+            f" nodes' logs in {fed.root}/<network>/node.log"
+        ) from None
+    finally:
+        progress.nodes.stop_all()
+        if not keep:
+            try:
+                await federation.teardown(fed, ADMIN)
+            except MlanetError as exc:
+                say(
+                    f"could not remove the federation ({exc}); later: mlanet federation down"
+                    f" --dir {root} --prefix {DEMO_PREFIX}"
+                )
+
+
+async def _journeys(
+    fed: federation.Federation, say: Callable[[str], None], progress: _Progress
+) -> None:
     await federation.provision(fed, ADMIN)
     say(f"federation of {', '.join(fed.networks)} provisioned on the local RabbitMQ")
     say("links: " + ", ".join(f"{a}-{b}" for a, b in fed.links))
-    nodes = federation.NodeProcesses(fed, ADMIN)
-    try:
-        for network in fed.networks:
-            nodes.start(network)
-        await nodes.wait_ready()
-        say("all five nodes are running\n")
+    for network in fed.networks:
+        progress.nodes.start(network)
+    progress.waiting_for = "the nodes to start"
+    await progress.nodes.wait_ready(within=120.0)
+    say(f"all {len(fed.networks)} nodes have started (each said so itself)\n")
 
-        seajust = load_config(fed.config_path("seajust"))
-        kh_cp_1 = Credentials.load(fed.credentials("kh-cp-1"))
-        say("1. kh-cp-1 (Cambodia, SEAJust) sends a facilitation request to Uzbekistan (CASC),")
-        say("   signed with its own key and handed in as its own broker user")
-        request = _request("kh-cp-1", "UZ", "KH-MLA-2020-0042")
-        await submit(seajust, kh_cp_1, request)
-        await _follow(fed, "seajust", request.message_id, say)
-        await _inbox(fed, "casc", "uz-cp-1", say)
+    seajust = load_config(fed.config_path("seajust"))
+    kh_cp_1 = Credentials.load(fed.credentials("kh-cp-1"))
+    say("1. kh-cp-1 (Cambodia, SEAJust) sends a facilitation request to Uzbekistan (CASC),")
+    say("   signed with its own key and handed in as its own broker user")
+    request = _request("kh-cp-1", "UZ", "KH-MLA-2020-0042")
+    progress.waiting_for = "SEAJust's broker to take the request"
+    await submit(seajust, kh_cp_1, request)
+    await _follow(fed, "seajust", request.message_id, say, progress)
+    await _inbox(fed, "casc", "uz-cp-1", say, progress)
 
-        say("\n2. uz-cp-1 answers with a status update; it travels back the same way")
-        casc = load_config(fed.config_path("casc"))
-        update = Submission.model_validate(
-            {
-                "message_id": str(uuid.uuid4()),
-                "kind": "status_update",
-                "sender": "uz-cp-1",
-                "destination": {"country": "KH", "contact_point": "kh-cp-1"},
-                "in_reply_to": request.message_id,
-                "payload": {
-                    "case_ref": "KH-MLA-2020-0042",
-                    "status": "in_progress",
-                    "regarding": request.message_id,
-                },
-            }
-        )
-        await submit(casc, Credentials.load(fed.credentials("uz-cp-1")), update)
-        await _follow(fed, "casc", update.message_id, say)
-        await _inbox(fed, "seajust", "kh-cp-1", say)
+    say("\n2. uz-cp-1 answers with a status update; it travels back the same way")
+    casc = load_config(fed.config_path("casc"))
+    update = Submission.model_validate(
+        {
+            "message_id": str(uuid.uuid4()),
+            "kind": "status_update",
+            "sender": "uz-cp-1",
+            "destination": {"country": "KH", "contact_point": "kh-cp-1"},
+            "in_reply_to": request.message_id,
+            "payload": {
+                "case_ref": "KH-MLA-2020-0042",
+                "status": "in_progress",
+                "regarding": request.message_id,
+            },
+        }
+    )
+    progress.waiting_for = "CASC's broker to take the status update"
+    await submit(casc, Credentials.load(fed.credentials("uz-cp-1")), update)
+    await _follow(fed, "casc", update.message_id, say, progress)
+    await _inbox(fed, "seajust", "kh-cp-1", say, progress)
 
-        say("\n3. kh-cp-1 asks France (EJN): no direct link, so CASC relays it")
-        relayed = _request("kh-cp-1", "FR", "KH-MLA-2021-0007")
-        await submit(seajust, kh_cp_1, relayed)
-        await _follow(fed, "seajust", relayed.message_id, say)
-        for event in track(load_config(fed.config_path("casc")), relayed.message_id).events:
-            say(f"    [casc] {event.event:<10} {event.detail}")
-        await _inbox(fed, "ejn", "fr-cp-1", say)
-        say(
-            "\ndone: every message was signed at its origin, verified at every hop, delivered once"
-            " and acknowledged by a signed receipt"
-        )
-    finally:
-        nodes.stop_all()
-        if not keep:
-            await federation.teardown(fed, ADMIN)
+    say("\n3. kh-cp-1 asks France (EJN): no direct link, so CASC relays it")
+    relayed = _request("kh-cp-1", "FR", "KH-MLA-2021-0007")
+    progress.waiting_for = "SEAJust's broker to take the request"
+    await submit(seajust, kh_cp_1, relayed)
+    await _follow(fed, "seajust", relayed.message_id, say, progress)
+    for event in track(load_config(fed.config_path("casc")), relayed.message_id).events:
+        say(f"    [casc] {event.event:<10} {event.detail}")
+    await _inbox(fed, "ejn", "fr-cp-1", say, progress)
+    say(
+        "\ndone: every message was signed at its origin, verified at every hop, delivered once"
+        " and acknowledged by a signed receipt"
+    )

@@ -36,20 +36,20 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 from broker.contact_point_access import grant_contact_points
 from broker.directory_signing import sign_directory
-from broker.errors import TransportError
+from broker.errors import MlanetError
 from broker.keys import b64u_decode, generate_key_files, load_public_key_file, load_signing_key
 from broker.management import Management, ManagementEndpoint
 from broker.peer_access import grant_peer, rabbit_password_hash
-from broker.transport import Transport
 from nodes import state_dir
 from nodes.contact_points import vouched_users, write_contact_point
+from nodes.lifecycle import Lifecycle, Phase, read_lifecycle
 from nodes.operator.auth import hash_password
 from schemas.directory import Directory
 
@@ -58,6 +58,7 @@ __all__ = [
     "EXAMPLE_LINKS",
     "EXAMPLE_NETWORKS",
     "Federation",
+    "NodeFailed",
     "NodeProcesses",
     "build",
     "provision",
@@ -399,6 +400,11 @@ async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
         await management.delete_users(contact_points)  # one request
 
 
+class NodeFailed(MlanetError):
+    """A node process of the local federation exited, failed, or did not start in time; the
+    text names the node and its log file."""
+
+
 class NodeProcesses:
     """One ``mlanet node run`` process per network, logs in ``<root>/<network>/node.log``."""
 
@@ -407,8 +413,11 @@ class NodeProcesses:
         self.admin = admin
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
+    def log_path(self, network: str) -> Path:
+        return self.federation.root / network / "node.log"
+
     def start(self, network: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.federation.root / network / "node.log").open("ab")
+        log = self.log_path(network).open("ab")
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -433,44 +442,59 @@ class NodeProcesses:
         process.kill()
         process.wait()
 
-    def stop_all(self) -> None:
+    def stop_all(self, within: float = 15.0) -> None:
+        """SIGTERM every node (each stops within a few seconds); SIGKILL one that has not
+        stopped after ``within`` seconds."""
         for process in self.processes.values():
             process.terminate()
         for process in self.processes.values():
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=within)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
         self.processes.clear()
 
+    def lifecycle(self, network: str) -> Lifecycle | None:
+        """The node process's own record of its phase; None before it wrote one (or when the
+        one there is from an earlier process)."""
+        process = self.processes.get(network)
+        found = read_lifecycle(self.federation.root / network / "state")
+        if process is None or found is None or found.pid != process.pid:
+            return None
+        return found
+
+    def check_running(self, networks: list[str] | None = None) -> None:
+        """NodeFailed naming the first node process (of ``networks``) that has exited."""
+        for network in sorted(networks or self.processes):
+            process = self.processes.get(network)
+            if process is not None and (code := process.poll()) is not None:
+                state = self.lifecycle(network)
+                why = f" ({state.describe(time.time())})" if state is not None else ""
+                raise NodeFailed(
+                    f"node {network} exited with code {code}{why}; see {self.log_path(network)}"
+                )
+
     async def wait_ready(self, networks: list[str] | None = None, within: float = 60.0) -> None:
-        """Wait until each node consumes its inbox (or fail, naming the node and its log)."""
+        """Wait until each node process says it started (its ``running`` in lifecycle.json,
+        written once its queues are consumed, its links and its directory in place), or fail
+        with NodeFailed naming the node, what it was doing and its log file."""
         waiting = set(networks or self.processes)
-        deadline = asyncio.get_running_loop().time() + within
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
         while waiting:
+            self.check_running(sorted(waiting))
             for network in sorted(waiting):
-                process = self.processes.get(network)
-                if process is not None and process.poll() is not None:
-                    raise RuntimeError(f"node {network} exited; see {network}/node.log")
-                if await inbox_consumers(self.federation, network, self.admin) > 0:
+                state = self.lifecycle(network)
+                if state is not None and state.phase is Phase.RUNNING:
                     waiting.discard(network)
-            if waiting and asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"nodes not ready: {sorted(waiting)}")
+            if waiting and loop.time() > deadline:
+                network = sorted(waiting)[0]
+                state = self.lifecycle(network)
+                doing = state.describe(time.time()) if state is not None else "no sign of life"
+                raise NodeFailed(
+                    f"node {network} did not start within {within:g} s ({doing}); see "
+                    f"{self.log_path(network)}"
+                )
             if waiting:
                 await asyncio.sleep(0.2)
-
-
-def admin_amqp_url(federation: Federation, network: str, admin: ManagementEndpoint) -> str:
-    return (
-        f"amqp://{quote(admin.user, safe='')}:{quote(admin.password, safe='')}@"
-        f"{federation.host}:{federation.port}/{quote(federation.vhost(network), safe='')}"
-    )
-
-
-async def inbox_consumers(federation: Federation, network: str, admin: ManagementEndpoint) -> int:
-    try:
-        async with Transport(admin_amqp_url(federation, network, admin)) as transport:
-            return await transport.consumer_count("mlanet.inbox")
-    except TransportError:
-        return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -69,6 +70,8 @@ from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper
 from nodes.fairness import TokenBucket, paced
 from nodes.keyed_lock import KeyedLock
+from nodes.lifecycle import LifecycleFile, Phase
+from nodes.logs import error_fields, failure_fields
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
 from nodes.pipeline import Accepted, Properties, dedupe, judge, open_delivery
@@ -85,6 +88,10 @@ __all__ = ["Node"]
 log = structlog.get_logger("mlanet.node")
 
 COMMIT_EVERY = 0.2  # seconds: the longest a write outside a delivery waits for its commit
+START_BACKOFF_FIRST = 1.0  # seconds before the second attempt to start; doubles each time
+START_BACKOFF_MAX = 30.0  # seconds: the longest wait between two attempts to start
+DRAIN_SECONDS = 5.0  # on stop: the longest wait for the deliveries being handled
+STOP_GRACE = 3.0  # on stop: the longest wait for a cancelled start or the operator surface
 GROUP_WAIT = 0.005  # seconds: the longest a finished delivery waits for others to share its commit
 TOPOLOGY_EVERY = 3.0  # seconds between two checks of the node's queues, bindings, links, policies
 
@@ -140,6 +147,8 @@ class Node:
             )
         )
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()  # stop() twice: no waiting for deliveries being handled
+        self.lifecycle = LifecycleFile(config.state_dir, config.network)
         self._topology_doubt = asyncio.Event()  # a publish failed: is a queue missing?
         self.ready = asyncio.Event()
         self._handling = KeyedLock()  # copies of one message are handled one at a time
@@ -153,40 +162,123 @@ class Node:
         self.audit.group_commits()  # committed with the store's group commit (_commit_all)
 
     # --- lifecycle ----------------------------------------------------------------------------
+    # starting -> (retrying -> starting)* -> running -> draining -> stopped, or failed; each
+    # change is written to <state_dir>/lifecycle.json and logged (nodes/lifecycle.py). stop()
+    # ends every phase within a few seconds: an attempt to start is cancelled, a wait between
+    # attempts ends, and a running node drains for at most DRAIN_SECONDS.
     def stop(self) -> None:
+        """Stop (a second call: stop without waiting for the deliveries being handled)."""
+        if self._stop.is_set():
+            self._hurry.set()
         self._stop.set()
 
     async def run(self) -> None:
-        async with AsyncExitStack() as stack:
-            stack.callback(self.store.close)  # closed last: after the consumers are gone
-            stack.callback(self.quarantined.close)
-            stack.callback(self.audit.close)
-            await stack.enter_async_context(self.transport)
-            await self.transport.declare(self.topology())
-            await self.ensure_links()
-            prefetch = self.config.limits.prefetch
-            await self.consume_peers()
-            # mlanet.inbox only drains what an older version of the node left there
-            await self.transport.consume("mlanet.inbox", self.on_inbox, prefetch=prefetch)
-            await self.transport.consume(SUBMIT, self.on_submit, prefetch=prefetch)
-            await self.transport.consume(QUARANTINE, self.on_quarantine, prefetch=prefetch)
-            await self.keeper.start(self)
-            if self.config.operator.enabled:
-                self.operator = await stack.enter_async_context(OperatorSurface(self))
-            log.info(
-                "node_started",
-                network=self.config.network,
-                peers=[p.network for p in self.config.peers],
-            )
-            self.ready.set()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._resend_loop())
-                group.create_task(self.keeper.maintain(self, self._stop))
-                group.create_task(self._commit_loop())
-                group.create_task(self._keep_topology())
-                await self._stop.wait()
-            self._commit_all()
-            log.info("node_stopped", network=self.config.network)
+        """Start, retrying with backoff while the broker cannot be reached or fails the start;
+        run until :meth:`stop`; then drain and close. An error that retrying cannot mend
+        (a refused key or directory, a defect) is logged as ``node_failed`` and raised."""
+        self.lifecycle.enter(Phase.STARTING)
+        try:
+            async with AsyncExitStack() as stack:
+                stack.callback(self.store.close)  # closed last: after the consumers are gone
+                stack.callback(self.quarantined.close)
+                stack.callback(self.audit.close)
+                stack.push_async_callback(self.transport.aclose)
+                if await self._start(stack):
+                    await self._serve()
+        except Exception as exc:  # a defect by its place only, never its text (values)
+            self.lifecycle.enter(Phase.FAILED, **failure_fields(exc))
+            raise
+        self.lifecycle.enter(Phase.STOPPED)
+
+    async def _start(self, stack: AsyncExitStack) -> bool:
+        """Start; True once running, False when stop() came first."""
+        attempt = 0
+        while not self._stop.is_set():
+            work = asyncio.ensure_future(self._start_once(stack))
+            try:
+                return await self._unless_stopped(work)
+            except TransportError as exc:
+                attempt += 1
+                await self.transport.aclose()
+                self._consumed_peers.clear()
+                wait = min(START_BACKOFF_MAX, START_BACKOFF_FIRST * 2 ** min(attempt - 1, 10))
+                wait *= 0.8 + secrets.randbelow(41) / 100  # nodes of one broker spread out
+                retry_at = time.time() + wait
+                self.lifecycle.enter(
+                    Phase.RETRYING, attempt=attempt, retry_at=retry_at, error=str(exc)
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), wait)
+                if not self._stop.is_set():  # the last error stays until this attempt ends
+                    self.lifecycle.enter(Phase.STARTING, attempt=attempt, error=str(exc))
+        return False
+
+    async def _unless_stopped(self, work: asyncio.Future[None]) -> bool:
+        """Wait for ``work``; True when it finished (its error is raised), False when stop()
+        came first (it is cancelled)."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # run() itself is cancelled: so is the attempt
+            work.cancel()
+            raise
+        finally:
+            stop.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.wait((work,), timeout=STOP_GRACE)
+            if work.done() and not work.cancelled():
+                work.exception()  # retrieved: whatever it was, the node stops
+            return False
+        work.result()
+        return True
+
+    async def _start_once(self, stack: AsyncExitStack) -> None:
+        """One attempt: connect, declare, links, consumers, directory, operator surface."""
+        await self.transport.connect()
+        await self.transport.declare(self.topology())
+        await self.ensure_links()
+        prefetch = self.config.limits.prefetch
+        await self.consume_peers()
+        # mlanet.inbox only drains what an older version of the node left there
+        await self.transport.consume("mlanet.inbox", self.on_inbox, prefetch=prefetch)
+        await self.transport.consume(SUBMIT, self.on_submit, prefetch=prefetch)
+        await self.transport.consume(QUARANTINE, self.on_quarantine, prefetch=prefetch)
+        await self.keeper.start(self)
+        if self.config.operator.enabled and self.operator is None:
+            operator = OperatorSurface(self)
+            await operator.start()
+            self.operator = operator
+            stack.push_async_callback(self._close_operator)
+
+    async def _close_operator(self) -> None:
+        operator, self.operator = self.operator, None
+        if operator is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_GRACE):
+                    await operator.aclose()
+
+    async def _serve(self) -> None:
+        """Running until stop(); then draining: consume nothing new, let the deliveries being
+        handled finish (at most DRAIN_SECONDS), commit."""
+        self.lifecycle.enter(Phase.RUNNING, peers=[p.network for p in self.config.peers])
+        self.ready.set()
+        async with asyncio.TaskGroup() as group:
+            background = [
+                group.create_task(self._resend_loop()),
+                group.create_task(self.keeper.maintain(self, self._stop)),
+                group.create_task(self._commit_loop()),
+                group.create_task(self._keep_topology()),
+            ]
+            await self._stop.wait()
+            self.ready.clear()
+            self.lifecycle.enter(Phase.DRAINING)
+            for task in background:  # what they were doing is done again at the next start
+                task.cancel()
+        unfinished = await self.transport.drain(DRAIN_SECONDS, self._hurry)
+        if unfinished:
+            log.info("deliveries_returned", count=unfinished)  # unacked: the broker has them
+        self._commit_all()
 
     def topology(self) -> Topology:
         return Topology(
@@ -365,7 +457,7 @@ class Node:
             return
         except Exception as exc:  # a defect must not stop the node; the delivery limit applies
             with bound_contextvars(**self._about(incoming)):
-                log.error("unexpected_failure_requeued", error_type=type(exc).__name__)
+                log.error("unexpected_failure_requeued", **error_fields(exc))
             await incoming.requeue()
             return
         await incoming.ack()
@@ -569,7 +661,7 @@ class Node:
                 self._take_in(incoming)
                 await self._durable()
         except Exception as exc:  # the store cannot be written now (a full disk): retry
-            log.error("quarantine_intake_failed", error_type=type(exc).__name__)
+            log.error("quarantine_intake_failed", **error_fields(exc))
             await asyncio.sleep(1.0)
             await incoming.requeue()
             return
