@@ -70,6 +70,15 @@ async def _mlanet(*args: str, interrupt_when: FaultProxy | None = None) -> Ended
     return Ended(process.returncode, out.decode(), err.decode())
 
 
+def _kh(fed: Federation) -> str:
+    """kh-cp-1's credentials folder (what send takes)."""
+    return str(fed.credentials("kh-cp-1"))
+
+
+def _uz(fed: Federation) -> str:
+    return str(fed.credentials("uz-cp-1"))
+
+
 def _connected(proxy: FaultProxy) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return proxy.accepted > 0
@@ -125,15 +134,15 @@ async def test_commands_give_up_on_a_black_holed_broker_with_one_line(
     seajust, casc, unodc = (str(fed.config_path(n)) for n in ("seajust", "casc", "unodc"))
     send, inbox, membership, limited = await asyncio.gather(
         _mlanet(
-            "send", "--config", seajust, "--credentials", str(fed.credentials("kh-cp-1")), "--to-country", "UZ",
+            "send", "--config", seajust, "--credentials", _kh(fed), "--to-country", "UZ",
             "--case-ref", "KH-MLA-2026-0001", "--summary", "no case content",
         ),
-        _mlanet("inbox", "--config", casc, "--credentials", str(fed.credentials("uz-cp-1"))),
+        _mlanet("inbox", "--config", casc, "--credentials", _uz(fed)),
         _mlanet(
             "directory", "membership", "--config", unodc, "--network", "casc",
             "--add-observer", "MN",
         ),
-        _mlanet("inbox", "--config", casc, "--credentials", str(fed.credentials("uz-cp-1")), "--timeout", "3"),
+        _mlanet("inbox", "--config", casc, "--credentials", _uz(fed), "--timeout", "3"),
     )  # fmt: skip
     where = f"127.0.0.1:{blackhole.port}"
     for ended in (send, inbox, membership):
@@ -155,7 +164,7 @@ async def test_commands_on_a_broker_that_is_down_end_at_once_with_one_line(
     """A broker that refuses connections (down): send ends with one line saying so."""
     tune(fed, "seajust", port=refusing.port)
     ended = await _mlanet(
-        "send", "--config", str(fed.config_path("seajust")), "--credentials", str(fed.credentials("kh-cp-1")),
+        "send", "--config", str(fed.config_path("seajust")), "--credentials", _kh(fed),
         "--to-country", "UZ", "--case-ref", "KH-MLA-2026-0002", "--summary", "no case content",
     )  # fmt: skip
     assert ended.code == 1
@@ -173,7 +182,7 @@ async def test_ctrl_c_on_a_command_waiting_for_the_broker_is_one_line(
     100-line CancelledError traceback."""
     tune(fed, "seajust", port=blackhole.port)
     ended = await _mlanet(
-        "send", "--config", str(fed.config_path("seajust")), "--credentials", str(fed.credentials("kh-cp-1")),
+        "send", "--config", str(fed.config_path("seajust")), "--credentials", _kh(fed),
         "--to-country", "UZ", "--case-ref", "KH-MLA-2026-0003", "--summary", "no case content",
         interrupt_when=blackhole,
     )  # fmt: skip
