@@ -48,6 +48,7 @@ from broker.keys import (
 )
 from broker.strictjson import loads_strict
 from nodes.config import NodeConfig, PeerConfig
+from nodes.directory_config import directory_expiry
 from schemas.base import format_timestamp
 from schemas.directory import Directory, NetworkKey
 
@@ -332,13 +333,7 @@ class DirectoryBook:
         return effective_config(self.config, self.held.directory)
 
     def expires_at(self) -> datetime:
-        directory = self.held.directory
-        if directory.valid_until is not None:
-            return directory.valid_until
-        assert self.config.coordinator is not None
-        return directory.issued_at + timedelta(
-            seconds=self.config.coordinator.max_directory_age_seconds
-        )
+        return directory_expiry(self.held.directory, self.config.coordinator)
 
     def closed(self, now: datetime | None = None) -> RefusedMessage | None:
         """The refusal for new messages when the held directory is too old to trust."""
@@ -352,13 +347,14 @@ class DirectoryBook:
         )
 
     def warnings(self, now: datetime | None = None) -> list[ExpiryWarning]:
-        """Keys and the directory itself that expire within the warning window."""
-        assert self.config.coordinator is not None
+        """Keys and the directory itself that expire within the warning windows (the alerts'
+        ``key_expiry_days`` and ``directory_expiry_days``)."""
         now = now or self.clock()
-        horizon = now + timedelta(seconds=self.config.coordinator.warn_before_seconds)
+        windows = self.config.operator.alerts  # the same windows as the alerts
+        horizon = now + timedelta(days=windows.key_expiry_days)
         found: list[ExpiryWarning] = []
         expires = self.expires_at()
-        if now < expires <= horizon:
+        if now < expires <= now + timedelta(days=windows.directory_expiry_days):
             found.append(ExpiryWarning(f"directory version {self.version}", expires))
         directory = self.held.directory
         for key in directory.coordinator_keys:
