@@ -9,7 +9,8 @@ dashboard. Sources, and what is shown when one is missing:
 - the node's **SQLite state** (messages awaiting a receipt, quarantine reasons) and its
   **quarantine store** (entries per peer, those kept without their body, the last minute's
   refusals: ``nodes/quarantine_store.py``), read-only;
-- the **directory** (key and directory expiry);
+- the **directory** (key and directory expiry: when the node itself stops trusting them,
+  ``nodes/directory_config.py`` ``directory_expiry``);
 - the **running node's link tracker** (last success, oldest waiting message; see
   ``nodes/operator/links.py``), which the node writes to ``<state_dir>/operator.json`` each poll.
 """
@@ -35,6 +36,7 @@ from broker.management import (
 from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, deliver_queue, out_queue
 from nodes.config import Alerts, NodeConfig, _read_secret
 from nodes.directory import DirectoryBook, effective_config
+from nodes.directory_config import directory_expiry
 from nodes.operator.links import LinkView
 from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from nodes.reconcile import foreign, link_name
@@ -96,6 +98,7 @@ class ReceiptView:
     overdue: int  # of them, waiting longer than the alert threshold
     states: dict[str, int]  # all own messages by state
     unmatched: int = 0  # receipts in the last day for messages this node has no record of
+    failed_recent: int = 0  # own messages failed or given up on within failed_window_seconds
 
 
 @dataclass(frozen=True)
@@ -103,13 +106,13 @@ class ExpiryView:
     network_keys: dict[str, float | None]  # network -> latest key expiry (None: no expiry)
     directory_version: int
     directory_issued: float
-    directory_expires: float  # its valid_until, else issued + directory_max_age_days
+    directory_expires: float  # when the node stops trusting it (directory_expiry)
     directory_expiry_signed: bool  # the coordinator set valid_until
 
 
 @dataclass(frozen=True)
 class Alert:
-    code: str  # node_down, link_down, link_backlog, receipts_overdue, key_expiry, ...
+    code: str  # node_down, link_down, peer_silent, quarantine_depth, own_failed, ...
     severity: str  # warning, critical
     subject: str  # the peer, network or queue concerned ("" for the node)
     text: str
@@ -138,6 +141,7 @@ class NodeStatus:
         for link in raw["links"]:
             link["last_success"] = _iso(link["last_success"])
             link["down_since"] = _iso(link["down_since"])
+            link["unanswered_since"] = _iso(link["unanswered_since"])
         for entry in raw["quarantine"]["recent"]:
             entry["at"] = _iso(entry["at"])
         expiry = raw["expiry"]
@@ -232,14 +236,19 @@ async def _passive(
 UNMATCHED_WINDOW = 86400.0  # seconds: receipts for messages this node did not send, counted
 
 
+FAILED_EVENTS = ("failed", "undeliverable")  # an own message's end without its receipt
+
+
 def receipt_view(store: Store, alerts: Alerts, now: float) -> ReceiptView:
     awaiting, oldest, overdue = store.outbox_awaiting(now - alerts.receipt_overdue_seconds)
+    since = now - alerts.failed_window_seconds
     return ReceiptView(
         awaiting=awaiting,
         oldest_age=None if oldest is None else max(0.0, now - oldest),
         overdue=overdue,
         states=store.outbox_states(),
         unmatched=store.count_events("receipt_unmatched", now - UNMATCHED_WINDOW),
+        failed_recent=sum(store.count_events(event, since) for event in FAILED_EVENTS),
     )
 
 
@@ -280,25 +289,20 @@ def _key_end(key: NetworkKey) -> float | None:
     return min(ends) if ends else None
 
 
-def expiry_view(directory: Directory, alerts: Alerts) -> ExpiryView:
-    """When each network's last key stops being valid (expiry or revocation), and when the
-    directory does (the coordinator's ``valid_until``, else the operator's maximum age)."""
+def expiry_view(directory: Directory, config: NodeConfig) -> ExpiryView:
+    """When each network's last key stops being valid (expiry or revocation: a key is no longer
+    valid at its ``not_after``), and when the node stops trusting the directory (the
+    coordinator's ``valid_until``, else ``[coordinator] max_directory_age_seconds``)."""
     keys: dict[str, float | None] = {}
     for network in directory.networks:
         ends = [_key_end(key) for key in network.keys]
         keys[network.id] = None if any(end is None for end in ends) else max(e for e in ends if e)
-    issued = directory.issued_at.timestamp()
-    valid_until = directory.valid_until
     return ExpiryView(
         network_keys=keys,
         directory_version=directory.version,
-        directory_issued=issued,
-        directory_expires=(
-            valid_until.timestamp()
-            if valid_until is not None
-            else issued + alerts.directory_max_age_days * 86400
-        ),
-        directory_expiry_signed=valid_until is not None,
+        directory_issued=directory.issued_at.timestamp(),
+        directory_expires=directory_expiry(directory, config.coordinator).timestamp(),
+        directory_expiry_signed=directory.valid_until is not None,
     )
 
 
@@ -344,7 +348,7 @@ def build_status(
             quarantined.close()
     queues = sorted(view.queues.values(), key=lambda q: (_queue_rank(q.name), q.name))
     linked = sorted(links, key=lambda link: link.peer)
-    expiry = expiry_view(directory, thresholds)
+    expiry = expiry_view(directory, config)
     status = NodeStatus(
         network=config.network,
         at=now,
@@ -392,6 +396,22 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
                 found.append(
                     Alert("link_down", "critical", link.peer, f"link {link.state}{since} ({why})")
                 )
+        silent_for = None if link.unanswered_since is None else now - link.unanswered_since
+        if (
+            link.state == "up"
+            and silent_for is not None
+            and silent_for >= limits.peer_silent_seconds
+        ):
+            found.append(
+                Alert(
+                    "peer_silent",
+                    "warning",
+                    link.peer,
+                    f"{link.peer}'s broker accepted {link.unanswered} own messages, and no "
+                    f"receipt came back for {human_duration(silent_for)}: is {link.peer}'s "
+                    "node (or a network behind it) consuming?",
+                )
+            )
         if link.backlog is not None and link.backlog >= limits.backlog_messages:
             found.append(
                 Alert(
@@ -421,6 +441,17 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
                 "",
                 f"{status.receipts.overdue} messages waiting more than "
                 f"{human_duration(limits.receipt_overdue_seconds)} for a receipt",
+            )
+        )
+    if status.receipts is not None and status.receipts.failed_recent >= limits.failed_messages:
+        found.append(
+            Alert(
+                "own_failed",
+                "warning",
+                "",
+                f"{status.receipts.failed_recent} own messages failed in the last "
+                f"{human_duration(limits.failed_window_seconds)} (no route, refused on the way, "
+                "or no receipt in time): their senders got a notice; mlanet track shows why",
             )
         )
     if status.receipts is not None and status.receipts.unmatched:
@@ -466,8 +497,9 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
                 + (
                     "has expired (valid_until passed)"
                     if status.expiry.directory_expiry_signed
-                    else f"is stale (older than {limits.directory_max_age_days:g} days)"
-                ),
+                    else "is older than [coordinator] max_directory_age_seconds"
+                )
+                + ": the node refuses new messages (directory_expired) until a newer one arrives",
             )
         )
     elif left <= limits.directory_expiry_days * 86400:
@@ -476,19 +508,31 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
                 "directory_expiry",
                 "warning",
                 "",
-                f"directory version {status.expiry.directory_version} "
-                + ("expires" if status.expiry.directory_expiry_signed else "goes stale")
-                + f" in {human_duration(left)}",
+                f"directory version {status.expiry.directory_version} expires in "
+                f"{human_duration(left)}: then the node refuses new messages until a newer "
+                "one arrives",
             )
         )
     return sorted(found, key=lambda alert: alert.severity != "critical")
 
 
 def _quarantine_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
-    """A peer refused at more than ``refusals_per_minute``, and a peer whose refusals are kept
-    without their body (its quarantine bound is reached)."""
+    """Entries waiting in the quarantine (at least ``quarantine_messages``), a peer refused at
+    more than ``refusals_per_minute``, and a peer whose refusals are kept without their body
+    (its quarantine bound is reached)."""
     threshold = config.operator.alerts.refusals_per_minute
     found = []
+    depth = status.quarantine.depth
+    if depth is not None and depth >= config.operator.alerts.quarantine_messages:
+        found.append(
+            Alert(
+                "quarantine_depth",
+                "warning",
+                "",
+                f"{depth} refused messages wait in the quarantine: look (mlanet quarantine "
+                "list), then release or drop them",
+            )
+        )
     for peer, counts in status.quarantine.peers.items():
         which = "--local" if peer == "local" else f"--peer {peer}"
         if counts.last_minute >= threshold:
@@ -632,6 +676,8 @@ def outside_links(
                     oldest_waiting=known.get("oldest_waiting"),
                     oldest_at_least=bool(known.get("oldest_at_least")),
                     down_since=_epoch(known.get("down_since")),
+                    unanswered_since=_epoch(known.get("unanswered_since")),
+                    unanswered=int(known.get("unanswered") or 0),
                 )
             )
             continue
@@ -721,6 +767,11 @@ def render_text(status: NodeStatus) -> str:
         )
         if link.reason:
             lines.append(f"      reason: {link.reason}")
+        if link.unanswered_since is not None:
+            lines.append(
+                f"      {link.unanswered} own messages handed over, no receipt through it for "
+                f"{human_duration(now - link.unanswered_since)}"
+            )
     lines += ["", "QUEUES"]
     lines.append(
         f"  {'queue':<34} {'depth':>7} {'ready':>7} {'unacked':>7} {'in/s':>7} {'out/s':>7} "
@@ -754,7 +805,7 @@ def render_text(status: NodeStatus) -> str:
         )
         lines.append(
             f"RECEIPTS: {receipts.awaiting} messages awaiting a receipt{oldest}; "
-            f"{receipts.overdue} overdue"
+            f"{receipts.overdue} overdue; {receipts.failed_recent} failed recently"
         )
         if receipts.states:
             states = ", ".join(f"{k} {v}" for k, v in sorted(receipts.states.items()))
@@ -772,7 +823,7 @@ def render_text(status: NodeStatus) -> str:
     )
     lines.append(
         f"  directory version {expiry.directory_version}, issued {_iso(expiry.directory_issued)}, "
-        + ("valid until " if expiry.directory_expiry_signed else "stale after ")
+        + ("valid until " if expiry.directory_expiry_signed else "trusted until ")
         + f"{_iso(expiry.directory_expires)} (in {human_duration(expiry.directory_expires - now)})"
     )
     if status.unavailable:
