@@ -187,6 +187,26 @@ def _self_listed(data: bytes) -> list[tuple[str, str]]:
     return listed
 
 
+def _pinned_message_key(data: bytes, network: str, pinned: list[tuple[str, str]]) -> str | None:
+    """When a directory does not open because ``[coordinator]`` pins the coordinator network's
+    message key (its node's signing key, listed in the directory) instead of its directory key,
+    what to say. Read before verifying, to explain a refusal only."""
+    try:
+        frame = loads_strict(data, max_bytes=len(data) + 1, max_depth=8)
+        document = Directory.model_validate_json(b64u_decode(frame["document"]))
+    except (RefusedMessage, KeyError, TypeError, ValueError):
+        return None
+    entry = document.network(network)
+    listed = {key.public_key for key in entry.keys} if entry is not None else set()
+    if not any(public in listed for _, public in pinned):
+        return None
+    return (
+        f"[coordinator] pins {network}'s message key (the key its node signs messages with, "
+        f"{network}.1.pub), not the key that signs the directory: pin the coordinator's "
+        f"directory key (in a local federation, {network}/coordinator/{network}-directory.1.pub)"
+    )
+
+
 class DirectoryBook:
     """The signed directory one node holds."""
 
@@ -233,6 +253,7 @@ class DirectoryBook:
         found: list[tuple[VerifiedDirectory, str]] = []
         refused: list[RefusedFile] = []
         unreadable = ""
+        hint: str | None = None
         held: VerifiedDirectory | None = None
         for path, source in sources:
             if source == "previous" and found:
@@ -251,11 +272,13 @@ class DirectoryBook:
                 verified = open_directory(data, trust, now=now)
             except (RefusedMessage, KeyRefused) as exc:
                 refused.append(RefusedFile(path.name, source, exc.reason, exc.detail))
+                hint = hint or _pinned_message_key(data, coordinator.network, pinned)
                 continue
             found.append((verified, source))
             held = held if held is not None and held.version >= verified.version else verified
         if held is None:
             problems = [file.text() for file in refused] + ([unreadable] if unreadable else [])
+            problems += [hint] if hint else []
             raise ConfigError("no valid directory: " + "; ".join(problems))
         if held.directory.network(config.network) is None:
             raise ConfigError(f"{config.network} is not in directory version {held.version}")
