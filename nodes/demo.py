@@ -11,13 +11,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from broker import SignedMessage
 from broker.management import ManagementEndpoint
 from nodes import federation
 from nodes.config import load_config
 from nodes.contact import facilitation_request, read_inbox, submit, track
+from nodes.store import TrackEvent
 from schemas.submission import Submission
 
-__all__ = ["run_demo"]
+__all__ = ["journeys", "run_demo"]
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 
@@ -34,24 +36,51 @@ def _request(sender: str, country: str, case_ref: str) -> Submission:
     )
 
 
-async def _follow(
+def _line(network: str, event: TrackEvent) -> str:
+    """One thing that happened at ``network``, said once ("forwarded to ejn (for ejn)", not
+    "forwarded forwarded to ..."); at the origin a receipt is called one."""
+    name, detail = event.event, event.detail
+    detail = detail.removeprefix(f"{name} ")
+    if name == "delivered" and detail.startswith("receipt "):
+        name, detail = "receipt", detail.removeprefix("receipt ")
+    return f"    {'[' + network + ']':<10} {name:<10} {detail}"
+
+
+async def _journey(
     fed: federation.Federation,
-    network: str,
+    path: tuple[str, ...],
     message_id: str,
     say: Callable[[str], None],
     until: str = "delivered",
 ) -> None:
-    config = load_config(fed.config_path(network))
-    shown = 0
+    """Wait until the origin (``path[0]``) holds its message as ``until`` (its receipt came
+    back), then say what happened to it at every network on ``path``, in the order it
+    happened."""
+    configs = {network: load_config(fed.config_path(network)) for network in path}
     for _ in range(300):
-        found = track(config, message_id)
-        for event in found.events[shown:]:
-            say(f"    [{network}] {event.event:<10} {event.detail}")
-        shown = len(found.events)
-        if found.entry is not None and found.entry.state in (until, "failed", "undeliverable"):
-            return
+        entry = track(configs[path[0]], message_id).entry
+        if entry is not None and entry.state in (until, "failed", "undeliverable"):
+            break
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"{message_id} did not reach '{until}' in time")
+    else:
+        raise RuntimeError(f"{message_id} did not reach '{until}' in time")
+    happened = [
+        (event.at, network, event)
+        for network in path
+        for event in track(configs[network], message_id).events
+    ]
+    for _, network, event in sorted(happened, key=lambda item: item[0]):
+        say(_line(network, event))
+
+
+def _hops(message: SignedMessage) -> str:
+    """What the hop records say: none when the origin handed the message straight to the
+    destination's network, one per network that relayed it."""
+    relays = [hop.record.network for hop in message.hops]
+    if not relays:
+        return "no hop record (no network relayed it: the origin handed it straight over)"
+    noun = "record" if len(relays) == 1 else "records"
+    return f"{len(relays)} hop {noun} ({', '.join(relays)} relayed it)"
 
 
 async def _inbox(
@@ -65,8 +94,9 @@ async def _inbox(
                 header = item.message.header
                 path = " > ".join((*item.message.path, network))
                 say(
-                    f"    [{contact_point}] {header.kind} {header.message_id[:8]} verified end to"
-                    f" end: origin signature and {len(item.message.hops)} hop record(s), {path}"
+                    f"    [{contact_point}] reads {header.kind} {header.message_id[:8]}, "
+                    f"verified end to end ({path}): the origin's signature and "
+                    f"{_hops(item.message)}"
                 )
             return
         await asyncio.sleep(0.1)
@@ -90,45 +120,48 @@ async def run_demo(root: Path, *, say: Callable[[str], None], keep: bool = False
         await nodes.wait_ready()
         say("all five nodes are running\n")
 
-        seajust = load_config(fed.config_path("seajust"))
-        say("1. kh-cp-1 (Cambodia, SEAJust) sends a facilitation request to Uzbekistan (CASC)")
-        request = _request("kh-cp-1", "UZ", "KH-MLA-2020-0042")
-        await submit(seajust, request)
-        await _follow(fed, "seajust", request.message_id, say)
-        await _inbox(fed, "casc", "uz-cp-1", say)
-
-        say("\n2. uz-cp-1 answers with a status update; it travels back the same way")
-        casc = load_config(fed.config_path("casc"))
-        update = Submission.model_validate(
-            {
-                "message_id": str(uuid.uuid4()),
-                "kind": "status_update",
-                "sender": "uz-cp-1",
-                "destination": {"country": "KH", "contact_point": "kh-cp-1"},
-                "in_reply_to": request.message_id,
-                "payload": {
-                    "case_ref": "KH-MLA-2020-0042",
-                    "status": "in_progress",
-                    "regarding": request.message_id,
-                },
-            }
-        )
-        await submit(casc, update)
-        await _follow(fed, "casc", update.message_id, say)
-        await _inbox(fed, "seajust", "kh-cp-1", say)
-
-        say("\n3. kh-cp-1 asks France (EJN): no direct link, so CASC relays it")
-        relayed = _request("kh-cp-1", "FR", "KH-MLA-2021-0007")
-        await submit(seajust, relayed)
-        await _follow(fed, "seajust", relayed.message_id, say)
-        for event in track(load_config(fed.config_path("casc")), relayed.message_id).events:
-            say(f"    [casc] {event.event:<10} {event.detail}")
-        await _inbox(fed, "ejn", "fr-cp-1", say)
-        say(
-            "\ndone: every message was signed at its origin, verified at every hop, delivered once"
-            " and acknowledged by a signed receipt"
-        )
+        await journeys(fed, say)
     finally:
         nodes.stop_all()
         if not keep:
             await federation.teardown(fed, ADMIN)
+
+
+async def journeys(fed: federation.Federation, say: Callable[[str], None]) -> None:
+    """The three journeys, on a federation whose five networks' nodes run."""
+    seajust = load_config(fed.config_path("seajust"))
+    say("1. kh-cp-1 (Cambodia, SEAJust) sends a facilitation request to Uzbekistan (CASC)")
+    request = _request("kh-cp-1", "UZ", "KH-MLA-2020-0042")
+    await submit(seajust, request)
+    await _journey(fed, ("seajust", "casc"), request.message_id, say)
+    await _inbox(fed, "casc", "uz-cp-1", say)
+
+    say("\n2. uz-cp-1 answers with a status update; it travels back the same way")
+    casc = load_config(fed.config_path("casc"))
+    update = Submission.model_validate(
+        {
+            "message_id": str(uuid.uuid4()),
+            "kind": "status_update",
+            "sender": "uz-cp-1",
+            "destination": {"country": "KH", "contact_point": "kh-cp-1"},
+            "in_reply_to": request.message_id,
+            "payload": {
+                "case_ref": "KH-MLA-2020-0042",
+                "status": "in_progress",
+                "regarding": request.message_id,
+            },
+        }
+    )
+    await submit(casc, update)
+    await _journey(fed, ("casc", "seajust"), update.message_id, say)
+    await _inbox(fed, "seajust", "kh-cp-1", say)
+
+    say("\n3. kh-cp-1 asks France (EJN): no direct link, so CASC relays it")
+    relayed = _request("kh-cp-1", "FR", "KH-MLA-2021-0007")
+    await submit(seajust, relayed)
+    await _journey(fed, ("seajust", "casc", "ejn"), relayed.message_id, say)
+    await _inbox(fed, "ejn", "fr-cp-1", say)
+    say(
+        "\ndone: every message was signed at its origin, verified at every hop, delivered once"
+        " and acknowledged by a signed receipt"
+    )

@@ -323,7 +323,10 @@ class OperatorSurface:
 
     # --- handlers -------------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
-        await self.count_history()
+        if self.status is None:
+            await self.poll()  # a scrape before the first poll gets the gauges too
+        else:
+            await self.count_history()
         response = web.Response(body=self.metrics.exposition())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
