@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from html import escape
 
 from nodes.operator.flow import FlowEvent
-from nodes.operator.status import NodeStatus, human_duration
+from nodes.operator.views import NodeStatus, human_duration
 from schemas.directory import Directory
 
 __all__ = ["STYLESHEET", "dashboard_page", "login_page"]

@@ -32,7 +32,7 @@ from prometheus_client import (
 from broker import Reason
 from nodes.audit import AuditRecord
 from nodes.observe import Observer
-from nodes.operator.status import NodeStatus
+from nodes.operator.views import NodeStatus
 from schemas import KINDS
 
 __all__ = ["STEPS", "NodeMetrics"]

@@ -1,7 +1,8 @@
-"""One node's status as operators see it: queues, links, quarantine, receipts, expiry, alerts.
+"""One node's status as operators see it, gathered: queues, links, quarantine, receipts, expiry
+and, from ``nodes/operator/alerts.py``, its alerts; and its terminal rendering.
 
-The same :class:`NodeStatus` feeds ``mlanet status`` (text or ``--json``), the metrics and the
-dashboard. Sources, and what is shown when one is missing:
+The same :class:`~nodes.operator.views.NodeStatus` feeds ``mlanet status`` (text or
+``--json``), the metrics and the dashboard. Sources, and what is shown when one is missing:
 
 - the RabbitMQ **management API** (queue depths, rates, consumers, shovel states). Without it,
   depths and consumers of the node's own queues come from AMQP passive declares and the status
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,23 @@ from broker.management import (
     ShovelState,
     shovel_states,
 )
-from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, deliver_queue, out_queue
+from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
 from nodes.config import Alerts, NodeConfig, _read_secret
 from nodes.directory import DirectoryBook, effective_config
 from nodes.directory_config import directory_expiry
+from nodes.operator.alerts import compute_alerts
 from nodes.operator.links import LinkView
+from nodes.operator.views import (
+    Alert,
+    ExpiryView,
+    NodeStatus,
+    PeerQuarantine,
+    QuarantineEntry,
+    QuarantineView,
+    ReceiptView,
+    human_duration,
+    iso,
+)
 from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from nodes.reconcile import foreign, link_name
 from nodes.store import Store
@@ -57,6 +70,7 @@ __all__ = [
     "build_status",
     "collect",
     "compute_alerts",
+    "human_duration",
     "link_name",
     "read_snapshot",
     "render_text",
@@ -64,97 +78,6 @@ __all__ = [
 ]
 
 SNAPSHOT = "operator.json"
-
-
-@dataclass(frozen=True)
-class QuarantineEntry:
-    at: float
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class PeerQuarantine:
-    """One peer's entries in the quarantine (``local``: the node's local ways in)."""
-
-    waiting: int
-    without_body: int  # kept as metadata only: the peer's quarantine bound was reached
-    last_minute: int  # refused within the last minute (the refusal-rate alert)
-
-
-@dataclass(frozen=True)
-class QuarantineView:
-    # entries waiting: in the quarantine store, and in mlanet.quarantine for the node to take in
-    depth: int | None
-    by_reason: dict[str, int]  # messages this node quarantined, by reason code (all recorded)
-    recent: list[QuarantineEntry]
-    peers: dict[str, PeerQuarantine] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ReceiptView:
-    awaiting: int  # own messages sent and not yet acknowledged by a receipt
-    oldest_age: float | None
-    overdue: int  # of them, waiting longer than the alert threshold
-    states: dict[str, int]  # all own messages by state
-    unmatched: int = 0  # receipts in the last day for messages this node has no record of
-    failed_recent: int = 0  # own messages failed or given up on within failed_window_seconds
-
-
-@dataclass(frozen=True)
-class ExpiryView:
-    network_keys: dict[str, float | None]  # network -> latest key expiry (None: no expiry)
-    directory_version: int
-    directory_issued: float
-    directory_expires: float  # when the node stops trusting it (directory_expiry)
-    directory_expiry_signed: bool  # the coordinator set valid_until
-
-
-@dataclass(frozen=True)
-class Alert:
-    code: str  # node_down, link_down, peer_silent, quarantine_depth, own_failed, ...
-    severity: str  # warning, critical
-    subject: str  # the peer, network or queue concerned ("" for the node)
-    text: str
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    network: str
-    at: float
-    node_running: bool | None  # the node consumes its inbox; None: cannot tell
-    management: bool  # the management API answered
-    queues: list[QueueFigures]
-    links: list[LinkView]
-    quarantine: QuarantineView
-    receipts: ReceiptView | None  # None: the node's state cannot be read
-    expiry: ExpiryView
-    alerts: list[Alert]
-    unavailable: list[str] = field(default_factory=list)  # what cannot be shown, and why
-    foreign: list[str] = field(default_factory=list)  # on the node's vhost, not put by the node
-    dashboard: str | None = None  # the running node's dashboard and /metrics
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready form: timestamps as ISO 8601 UTC, durations in seconds."""
-        raw = asdict(self)
-        raw["at"] = _iso(self.at)
-        for link in raw["links"]:
-            link["last_success"] = _iso(link["last_success"])
-            link["down_since"] = _iso(link["down_since"])
-            link["unanswered_since"] = _iso(link["unanswered_since"])
-        for entry in raw["quarantine"]["recent"]:
-            entry["at"] = _iso(entry["at"])
-        expiry = raw["expiry"]
-        expiry["network_keys"] = {k: _iso(v) for k, v in expiry["network_keys"].items()}
-        expiry["directory_issued"] = _iso(expiry["directory_issued"])
-        expiry["directory_expires"] = _iso(expiry["directory_expires"])
-        return raw
-
-
-def _iso(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # --- the broker -------------------------------------------------------------------------------
@@ -374,233 +297,6 @@ def _queue_rank(name: str) -> int:
     return 3 if name.startswith("mlanet.out.") else 4
 
 
-# --- alerts ------------------------------------------------------------------------------------
-def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[Alert]:
-    """Every threshold in ``[operator.alerts]`` that the status crosses, most severe first."""
-    limits = config.operator.alerts
-    found: list[Alert] = [
-        Alert("broker_foreign", "critical", "", finding) for finding in status.foreign
-    ]
-    if status.node_running is False:
-        found.append(
-            Alert("node_down", "critical", "", "nobody consumes mlanet.inbox: the node is down")
-        )
-    for link in status.links:
-        if link.state in ("down", "stalled"):
-            down_for = None if link.down_since is None else now - link.down_since
-            if down_for is None or down_for >= limits.link_down_seconds:
-                why = f"shovel {link.shovel}" if link.state == "down" else "nothing handed over"
-                if link.reason:
-                    why += f": {link.reason}"
-                since = "" if down_for is None else f" for {human_duration(down_for)}"
-                found.append(
-                    Alert("link_down", "critical", link.peer, f"link {link.state}{since} ({why})")
-                )
-        silent_for = None if link.unanswered_since is None else now - link.unanswered_since
-        if (
-            link.state == "up"
-            and silent_for is not None
-            and silent_for >= limits.peer_silent_seconds
-        ):
-            found.append(
-                Alert(
-                    "peer_silent",
-                    "warning",
-                    link.peer,
-                    f"{link.peer}'s broker accepted {link.unanswered} own messages, and no "
-                    f"receipt came back for {human_duration(silent_for)}: is {link.peer}'s "
-                    "node (or a network behind it) consuming?",
-                )
-            )
-        if link.backlog is not None and link.backlog >= limits.backlog_messages:
-            found.append(
-                Alert(
-                    "link_backlog",
-                    "warning",
-                    link.peer,
-                    f"{link.backlog} messages waiting (threshold {limits.backlog_messages})",
-                )
-            )
-        elif (
-            link.oldest_waiting is not None and link.oldest_waiting >= limits.oldest_waiting_seconds
-        ):
-            found.append(
-                Alert(
-                    "link_backlog",
-                    "warning",
-                    link.peer,
-                    f"oldest message waiting {'at least ' if link.oldest_at_least else ''}"
-                    f"{human_duration(link.oldest_waiting)}",
-                )
-            )
-    if status.receipts is not None and status.receipts.overdue:
-        found.append(
-            Alert(
-                "receipts_overdue",
-                "warning",
-                "",
-                f"{status.receipts.overdue} messages waiting more than "
-                f"{human_duration(limits.receipt_overdue_seconds)} for a receipt",
-            )
-        )
-    if status.receipts is not None and status.receipts.failed_recent >= limits.failed_messages:
-        found.append(
-            Alert(
-                "own_failed",
-                "warning",
-                "",
-                f"{status.receipts.failed_recent} own messages failed in the last "
-                f"{human_duration(limits.failed_window_seconds)} (no route, refused on the way, "
-                "or no receipt in time): their senders got a notice; mlanet track shows why",
-            )
-        )
-    if status.receipts is not None and status.receipts.unmatched:
-        found.append(
-            Alert(
-                "receipts_unmatched",
-                "warning",
-                "",
-                f"{status.receipts.unmatched} receipts in the last day for messages this node "
-                "has no record of: is this network's signing key used outside its node, or was "
-                "its state reset?",
-            )
-        )
-    found.extend(_quarantine_alerts(status, config))
-    found.extend(_delivery_alerts(status, config))
-    relevant = [config.network, *(peer.network for peer in config.peers)]
-    for network in relevant:
-        if network not in status.expiry.network_keys:
-            continue
-        expires = status.expiry.network_keys[network]
-        if expires is None:
-            continue
-        whose = "our signing key" if network == config.network else f"{network}'s keys"
-        if expires <= now:
-            found.append(Alert("key_expiry", "critical", network, f"{whose} expired"))
-        elif expires - now <= limits.key_expiry_days * 86400:
-            found.append(
-                Alert(
-                    "key_expiry",
-                    "critical" if network == config.network else "warning",
-                    network,
-                    f"{whose} expire in {human_duration(expires - now)}",
-                )
-            )
-    left = status.expiry.directory_expires - now
-    if left <= 0:
-        found.append(
-            Alert(
-                "directory_expiry",
-                "critical",
-                "",
-                f"directory version {status.expiry.directory_version} "
-                + (
-                    "has expired (valid_until passed)"
-                    if status.expiry.directory_expiry_signed
-                    else "is older than [coordinator] max_directory_age_seconds"
-                )
-                + ": the node refuses new messages (directory_expired) until a newer one arrives",
-            )
-        )
-    elif left <= limits.directory_expiry_days * 86400:
-        found.append(
-            Alert(
-                "directory_expiry",
-                "warning",
-                "",
-                f"directory version {status.expiry.directory_version} expires in "
-                f"{human_duration(left)}: then the node refuses new messages until a newer "
-                "one arrives",
-            )
-        )
-    return sorted(found, key=lambda alert: alert.severity != "critical")
-
-
-def _quarantine_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
-    """Entries waiting in the quarantine (at least ``quarantine_messages``), a peer refused at
-    more than ``refusals_per_minute``, and a peer whose refusals are kept without their body
-    (its quarantine bound is reached)."""
-    threshold = config.operator.alerts.refusals_per_minute
-    found = []
-    depth = status.quarantine.depth
-    if depth is not None and depth >= config.operator.alerts.quarantine_messages:
-        found.append(
-            Alert(
-                "quarantine_depth",
-                "warning",
-                "",
-                f"{depth} refused messages wait in the quarantine: look (mlanet quarantine "
-                "list), then release or drop them",
-            )
-        )
-    for peer, counts in status.quarantine.peers.items():
-        which = "--local" if peer == "local" else f"--peer {peer}"
-        if counts.last_minute >= threshold:
-            found.append(
-                Alert(
-                    "quarantine_rate",
-                    "warning",
-                    peer,
-                    f"{counts.last_minute} messages refused in the last minute (threshold "
-                    f"{threshold}): mlanet quarantine list {which}",
-                )
-            )
-        if counts.without_body:
-            found.append(
-                Alert(
-                    "quarantine_bound",
-                    "warning",
-                    peer,
-                    f"{counts.without_body} refused messages kept as metadata only: the "
-                    f"quarantine bound is reached (look, then: mlanet quarantine drop "
-                    f"--all-matching {which})",
-                )
-            )
-    return found
-
-
-def _delivery_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
-    """A contact point's delivery queue near (80 %) or at its bound."""
-    bound = config.limits.deliver_queue_messages
-    prefix = deliver_queue("")
-    found = []
-    for queue in status.queues:
-        if not queue.name.startswith(prefix) or queue.messages is None:
-            continue
-        contact_point = queue.name.removeprefix(prefix)
-        if queue.messages >= bound:
-            found.append(
-                Alert(
-                    "delivery_queue",
-                    "critical",
-                    contact_point,
-                    f"{queue.messages} messages wait to be read (bound {bound}): the queue is "
-                    "full, new messages for it go to quarantine as delivery_limit",
-                )
-            )
-        elif queue.messages >= 0.8 * bound:
-            found.append(
-                Alert(
-                    "delivery_queue",
-                    "warning",
-                    contact_point,
-                    f"{queue.messages} messages wait to be read (bound {bound})",
-                )
-            )
-    return found
-
-
-def human_duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
-
-
 # --- the running node's snapshot ---------------------------------------------------------------
 def write_snapshot(state_dir: Path, status: NodeStatus, url: str | None) -> None:
     """Write the status where ``mlanet status`` finds it (atomically: write, then rename)."""
@@ -741,7 +437,7 @@ def render_text(status: NodeStatus) -> str:
     """The terminal view of ``mlanet status``."""
     now = status.at
     running = {True: "running", False: "NOT RUNNING", None: "unknown"}[status.node_running]
-    lines = [f"mlanet node {status.network}: {running}   ({_iso(now)})"]
+    lines = [f"mlanet node {status.network}: {running}   ({iso(now)})"]
     if status.dashboard:
         lines.append(f"dashboard and /metrics: {status.dashboard}")
     lines.append("")
@@ -818,13 +514,13 @@ def render_text(status: NodeStatus) -> str:
         + (
             "no expiry set"
             if mine is None
-            else f"expires {_iso(mine)} (in {human_duration(mine - now)})"
+            else f"expires {iso(mine)} (in {human_duration(mine - now)})"
         )
     )
     lines.append(
-        f"  directory version {expiry.directory_version}, issued {_iso(expiry.directory_issued)}, "
+        f"  directory version {expiry.directory_version}, issued {iso(expiry.directory_issued)}, "
         + ("valid until " if expiry.directory_expiry_signed else "trusted until ")
-        + f"{_iso(expiry.directory_expires)} (in {human_duration(expiry.directory_expires - now)})"
+        + f"{iso(expiry.directory_expires)} (in {human_duration(expiry.directory_expires - now)})"
     )
     if status.unavailable:
         lines += ["", "NOT SHOWN"]
