@@ -19,9 +19,11 @@ confirm). :class:`LinkTracker` joins the two:
   answer to an own message (one that gets a receipt) is its receipt: ``unanswered_since`` is
   when the link handed over the oldest own message that has no receipt and no newer message
   handed over the same link has one either (a receipt for a later message shows the peer's node
-  consumes; the earlier one is then ``receipts_overdue``'s concern). A receipt comes from the
-  destination, so a network behind the peer that does not consume looks the same: the alert
-  (``peer_silent``) names both. Kept in memory: after a restart, from the next own message on.
+  consumes; the earlier one is then ``receipts_overdue``'s concern). Anything else the peer's
+  node sends us (a notice about a message it refused, a message of its own) answers too. A
+  receipt comes from the destination, so a network behind the peer that does not consume looks
+  the same: the alert (``peer_silent``) names both. Kept in memory: after a restart, from the
+  next own message on.
 
 Figures from the management API lag by its statistics interval (5 s by default), so the ages
 are accurate to a few seconds.
@@ -122,6 +124,16 @@ class LinkTracker(Observer):
                     message_id, _ = link.own.popitem(last=False)
                     if message_id == for_id:
                         break
+
+    def received(self, sender: str, flow: Flow) -> None:
+        """Anything the peer's node sent that passed our checks (a receipt, a notice about a
+        message it refused, a message of its own) shows it runs: what it was handed before is
+        answered for this purpose."""
+        link = self._links.get(sender)
+        if link is None:
+            return
+        for message_id in [m for m, own in link.own.items() if own.handed_over is not None]:
+            del link.own[message_id]
 
     def undeliverable(self, for_id: str) -> None:
         for link in self._links.values():

@@ -196,6 +196,22 @@ def test_a_receipt_for_a_later_message_shows_the_peer_consumes() -> None:
     assert (after.unanswered_since, after.unanswered) == (None, 0)
 
 
+def test_anything_from_the_peers_node_answers_what_it_was_handed() -> None:
+    """A notice about a message the peer refused (or any message of its own) shows its node
+    runs; another peer's messages do not."""
+    tracker = LinkTracker(("casc", "ejn"), started=NOW, network="seajust", answered=ANSWERED)
+    tracker.forwarded("casc", OWN)
+    now = time.time() + 1
+    tracker.update("casc", shovel="running", reason=None, backlog=0, acked=1, now=now)
+    notice = Flow("6f1c0e4e-0000-4000-8000-00000000000d", "ejn", "notice", "KH")
+    tracker.received("ejn", notice)
+    still = tracker.update("casc", shovel="running", reason=None, backlog=0, acked=1, now=now)
+    assert still.unanswered == 1
+    tracker.received("casc", replace(notice, origin="casc"))
+    after = tracker.update("casc", shovel="running", reason=None, backlog=0, acked=1, now=now)
+    assert (after.unanswered_since, after.unanswered) == (None, 0)
+
+
 def test_peer_silent_alerts_after_its_threshold_and_only_while_the_link_is_up(
     tmp_path: Path,
 ) -> None:
