@@ -61,7 +61,7 @@ def _whole_help(typer_app: typer.Typer) -> None:
 
 
 # Help texts are plain text, shown in whole: rich markup would swallow "[operator]
-# password_file" (every command takes the mode from the app; tests/unit/test_cli_help.py
+# password_file" (every command takes the mode from the app; tests/unit/test_operator_path.py
 # checks that no help text loses a word).
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None)
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys.")
