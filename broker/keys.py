@@ -268,7 +268,7 @@ class TrustStore:
             raise RefusedMessage(Reason.KEY_REVOKED, f"key {key_id} of {network} was revoked")
         if at is not None and (
             (trusted.not_before is not None and at < trusted.not_before)
-            or (trusted.not_after is not None and at > trusted.not_after)
+            or (trusted.not_after is not None and at >= trusted.not_after)
         ):
             raise RefusedMessage(Reason.EXPIRED, f"key {key_id} of {network} not valid then")
         if not trusted.check(signature, data):

@@ -295,6 +295,14 @@ class AuditLog:
         ).fetchall()
         return [_parse(record, digest) for record, digest in rows]
 
+    def records_after(self, seq: int, limit: int) -> list[AuditRecord]:
+        """Up to ``limit`` records after ``seq``, in order (for a reader that follows the trail:
+        the operator surface's counters)."""
+        rows = self._db.execute(
+            "SELECT record, hash FROM audit WHERE seq>? ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
+        return [_parse(record, digest) for record, digest in rows]
+
     def about_quarantine(self, quarantine_id: str) -> list[AuditRecord]:
         rows = self._db.execute(
             "SELECT record, hash FROM audit WHERE quarantine_id=? ORDER BY seq",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import signal
 import uuid
@@ -13,8 +14,9 @@ from typing import Annotated, Any
 import structlog
 import typer
 from pydantic import ValidationError
+from typer.core import TyperGroup
 
-from broker import KeyRefused, MlanetError, RefusedMessage, generate_key_files
+from broker import ConfigError, KeyRefused, MlanetError, RefusedMessage, generate_key_files
 from nodes.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_UNEXPECTED,
@@ -37,11 +39,46 @@ from nodes.logs import configure_logging, failure_fields, log_loop_error, quiet_
 from schemas import Destination, write_json_schemas
 from schemas.submission import Submission
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+class WholeHelpGroup(TyperGroup):
+    """A command group whose list of commands shows each one's whole first paragraph (click
+    cuts it to fit one line, ending in "...")."""
+
+    # typer's click is private (typer._click): its context and formatter are taken as they come
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            text = command.short_help or (command.help or "").partition("\f")[0]
+            first = inspect.cleandoc(text).split("\n\n")[0]
+            rows.append((name, " ".join(first.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _whole_help(typer_app: typer.Typer) -> None:
+    """Every group of ``typer_app``, nested ones included, lists its commands in whole."""
+    typer_app.info.cls = WholeHelpGroup
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _whole_help(group.typer_instance)
+
+
+# Help texts are plain text, shown in whole: rich markup would swallow "[operator]
+# password_file" (every command takes the mode from the app; tests/unit/test_operator_path.py
+# checks that no help text loses a word).
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None)
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys.")
 schemas_app = typer.Typer(no_args_is_help=True, help="The message catalogue's JSON Schemas.")
 node_app = typer.Typer(no_args_is_help=True, help="Run a network's node.")
-federation_app = typer.Typer(no_args_is_help=True, help="A local federation on one RabbitMQ.")
+federation_app = typer.Typer(
+    no_args_is_help=True,
+    help="A local federation on one RabbitMQ (six nodes: five example networks and the "
+    "coordinator's), and taking a network that joined off its broker.",
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(node_app, name="node")
@@ -54,6 +91,7 @@ app.add_typer(directory_app, name="directory")
 app.add_typer(contact_point_app, name="contact-point")
 app.command("init")(init_command)
 keys_app.command("rotate")(keys_rotate)
+_whole_help(app)
 
 ManagementUrl = Annotated[str, typer.Option(help="RabbitMQ management API.")]
 INTERRUPTED = "mlanet: interrupted; what the command was doing may be unfinished"
@@ -302,7 +340,13 @@ def federation_init(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write it.")] = Path(
         "federation"
     ),
-    prefix: Annotated[str, typer.Option(help="Prefix of vhosts and users.")] = "mlanet",
+    prefix: Annotated[
+        str,
+        typer.Option(
+            help="Prefix of its vhosts and users (recorded in the folder's federation.json, "
+            "where federation down reads it)."
+        ),
+    ] = "mlanet",
     admin_user: AdminUser = "guest",
     admin_password_file: AdminPasswordFile = None,
     management_url: ManagementUrl = "http://127.0.0.1:15672",
@@ -310,8 +354,9 @@ def federation_init(
         int, typer.Option(help="First node's dashboard and /metrics port; 0: any free port.")
     ] = 9471,
 ) -> None:
-    """Write keys, directory and node configs for the five example networks, and each contact
-    point's credentials; provision them."""
+    """Write keys, a signed directory and node configs for six networks (the five example
+    networks and the coordinator, UNODC, whose node publishes directory updates), and each
+    contact point's credentials; provision their vhosts and users on the broker."""
     from nodes import federation
 
     admin = admin_endpoint(management_url, admin_user, admin_password_file)
@@ -332,6 +377,8 @@ def federation_init(
         f"contact points' credentials (send/inbox --credentials): "
         f"{directory / '<network>' / 'credentials' / '<contact point>'}"
     )
+    typer.echo(f"a joining network pins the coordinator's directory key: {fed.coordinator_pub()}")
+    typer.echo(f"remove it all again with: mlanet federation down --dir {directory}")
 
 
 @federation_app.command("down")
@@ -339,21 +386,70 @@ def federation_down(
     directory: Annotated[Path, typer.Option("--dir", help="The federation's folder.")] = Path(
         "federation"
     ),
-    prefix: Annotated[str, typer.Option(help="Prefix of vhosts and users.")] = "mlanet",
+    prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Only for a folder an older version wrote (without federation.json): the "
+            "prefix it was made with. Otherwise it must match the folder's, or nothing is "
+            "removed."
+        ),
+    ] = None,
     admin_user: AdminUser = "guest",
     admin_password_file: AdminPasswordFile = None,
     management_url: ManagementUrl = "http://127.0.0.1:15672",
 ) -> None:
-    """Remove the federation's vhosts, queues, links and users from the broker."""
+    """Remove the federation's vhosts, queues, links and users from the broker: those of the
+    prefix that federation init recorded in the folder (federation.json). Without that record
+    it refuses to guess: nothing of anyone else's is removed."""
     from nodes import federation
 
-    fed = federation.Federation(
-        directory, prefix, tuple(federation.EXAMPLE_NETWORKS), tuple(federation.EXAMPLE_LINKS)
+    try:
+        fed = federation.Federation.load(directory)
+    except ConfigError as exc:
+        if prefix is None:
+            raise fail(f"{exc}; nothing removed (name its --prefix if you know it)") from None
+        fed = federation.Federation(
+            directory, prefix, tuple(federation.EXAMPLE_NETWORKS), tuple(federation.EXAMPLE_LINKS)
+        )
+    if prefix is not None and prefix != fed.prefix:
+        raise fail(
+            f"{directory} holds the federation with prefix {fed.prefix}, not {prefix}; nothing "
+            "removed"
+        )
+    try:
+        asyncio.run(
+            federation.teardown(
+                fed, admin_endpoint(management_url, admin_user, admin_password_file)
+            )
+        )
+    except MlanetError as exc:
+        raise fail(str(exc), 1) from None
+    typer.echo(f"removed the federation with prefix {fed.prefix}: {', '.join(fed.nodes)}")
+
+
+@federation_app.command("remove")
+def federation_remove(
+    config: ConfigOption,
+    admin_user: AdminUser = "guest",
+    admin_password_file: AdminPasswordFile = None,
+    management_url: Annotated[
+        str | None, typer.Option(help="Management API (default: the config's).")
+    ] = None,
+) -> None:
+    """Take a network that joined (docs/JOINING.md) off its broker: its vhost with its queues,
+    exchanges and links, its node user, and its link user where the broker holds the one a
+    directory made. Stop its node first. Its folder (keys, state) is left as it is."""
+    from nodes.joining import remove_from_broker
+
+    cfg = load_or_exit(config)
+    endpoint = admin_endpoint(
+        management_url or cfg.broker.management_url, admin_user, admin_password_file
     )
-    asyncio.run(
-        federation.teardown(fed, admin_endpoint(management_url, admin_user, admin_password_file))
-    )
-    typer.echo("removed")
+    try:
+        for line in asyncio.run(remove_from_broker(cfg, endpoint)):
+            typer.echo(line)
+    except MlanetError as exc:
+        raise fail(str(exc), 1) from None
 
 
 @app.command("demo")

@@ -338,7 +338,12 @@ def init_command(
     name: Annotated[str, typer.Option(help="Its name.")],
     member: Annotated[list[str], typer.Option(help="A member country (ISO 3166).")],
     coordinator_key: Annotated[
-        Path, typer.Option(help="The coordinator's public key file (.pub) to pin.")
+        Path,
+        typer.Option(
+            help="The coordinator's directory key file to pin (in a local federation "
+            "unodc/coordinator/unodc-directory.1.pub, not unodc/unodc.1.pub: that is the key "
+            "its node signs messages with)."
+        ),
     ],
     vhost: Annotated[str, typer.Option(help="Your node's vhost on your broker.")],
     user: Annotated[str, typer.Option(help="Your node's user on your broker.")],

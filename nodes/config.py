@@ -99,16 +99,36 @@ class Receipts(_Config):
 
 
 class Alerts(_Config):
-    """Thresholds past which status, metrics and the dashboard raise an alert."""
+    """Thresholds past which status, metrics and the dashboard raise an alert (the table is in
+    docs/OPERATIONS.md, "Watching a node"). The two expiry windows are also when the node logs
+    ``expiry_warning``; when the directory expires is ``[coordinator]`` (``directory_expiry``)."""
 
     link_down_seconds: float = Field(default=60.0, ge=0)  # link down or stalled this long
     backlog_messages: int = Field(default=1000, ge=1)  # messages waiting in mlanet.out.<peer>
     oldest_waiting_seconds: float = Field(default=600.0, gt=0)  # oldest of them waited this long
     receipt_overdue_seconds: float = Field(default=3600.0, gt=0)  # sent, no receipt this long
+    # own messages handed to a peer's broker, and nothing back through that peer this long
+    peer_silent_seconds: float = Field(default=600.0, gt=0)
     key_expiry_days: float = Field(default=30.0, ge=0)  # a key expires within this many days
-    directory_max_age_days: float = Field(default=180.0, gt=0)  # a directory is stale after
-    directory_expiry_days: float = Field(default=14.0, ge=0)  # warn this long before that
+    directory_expiry_days: float = Field(default=14.0, ge=0)  # the directory expires within
     refusals_per_minute: int = Field(default=600, ge=1)  # one peer's refusals in the last minute
+    # entries waiting in the quarantine: 1, so one refused message is never "ALERTS: none"
+    quarantine_messages: int = Field(default=1, ge=1)
+    # own messages that failed (no_route, a notice's reason, undeliverable) within the window
+    failed_messages: int = Field(default=1, ge=1)
+    failed_window_seconds: float = Field(default=86400.0, gt=0)
+    # Refused when present: the node's trust in its directory ends at one moment only.
+    directory_max_age_days: float | None = None
+
+    @model_validator(mode="after")
+    def _one_directory_expiry(self) -> Self:
+        if self.directory_max_age_days is not None:
+            raise ValueError(
+                "directory_max_age_days is no longer read: status, metrics and alerts use the "
+                "moment the node itself stops trusting the directory ([coordinator] "
+                "max_directory_age_seconds when it has no valid_until); remove it"
+            )
+        return self
 
 
 class OperatorConfig(_Config):

@@ -16,15 +16,17 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from broker import SignedMessage
 from broker.errors import MlanetError
 from broker.management import ManagementEndpoint
 from nodes import federation
 from nodes.config import load_config
 from nodes.contact import facilitation_request, read_inbox, submit, track
 from nodes.contact_points import Credentials
+from nodes.store import TrackEvent
 from schemas.submission import Submission
 
-__all__ = ["DEMO_PREFIX", "DemoFailed", "fresh_folder", "run_demo"]
+__all__ = ["DEMO_PREFIX", "DemoFailed", "fresh_folder", "journeys", "run_demo"]
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 DEMO_PREFIX = "mlanet-demo"
@@ -37,13 +39,14 @@ class DemoFailed(MlanetError):
 class _Progress:
     """What the demo waits for now (named when it gives up), and its node processes."""
 
-    def __init__(self, nodes: federation.NodeProcesses) -> None:
-        self.nodes = nodes
+    def __init__(self, nodes: federation.NodeProcesses | None) -> None:
+        self.nodes = nodes  # None: the nodes run elsewhere (a test's own)
         self.waiting_for = "the federation to be provisioned"
 
     def check(self) -> None:
         """NodeFailed when a node process has exited (named, with its log)."""
-        self.nodes.check_running()
+        if self.nodes is not None:
+            self.nodes.check_running()
 
 
 def _request(sender: str, country: str, case_ref: str) -> Submission:
@@ -58,30 +61,58 @@ def _request(sender: str, country: str, case_ref: str) -> Submission:
     )
 
 
-async def _follow(
+def _line(network: str, event: TrackEvent) -> str:
+    """One thing that happened at ``network``, said once ("forwarded to ejn (for ejn)", not
+    "forwarded forwarded to ..."); at the origin a receipt is called one."""
+    name, detail = event.event, event.detail
+    detail = detail.removeprefix(f"{name} ")
+    if name == "delivered" and detail.startswith("receipt "):
+        name, detail = "receipt", detail.removeprefix("receipt ")
+    return f"    {'[' + network + ']':<10} {name:<10} {detail}"
+
+
+async def _journey(
     fed: federation.Federation,
-    network: str,
+    path: tuple[str, ...],
     message_id: str,
     say: Callable[[str], None],
     progress: _Progress,
     until: str = "delivered",
 ) -> None:
-    config = load_config(fed.config_path(network))
-    progress.waiting_for = f"message {message_id[:8]} to be {until} (as {network} tracks it)"
-    shown = 0
+    """Wait until the origin (``path[0]``) holds its message as ``until`` (its receipt came
+    back), then say what happened to it at every network on ``path``, in the order it
+    happened."""
+    configs = {network: load_config(fed.config_path(network)) for network in path}
+    progress.waiting_for = f"message {message_id[:8]} to be {until} (as {path[0]} tracks it)"
     for _ in range(300):
         progress.check()
-        found = track(config, message_id)
-        for event in found.events[shown:]:
-            say(f"    [{network}] {event.event:<10} {event.detail}")
-        shown = len(found.events)
-        if found.entry is not None and found.entry.state in (until, "failed", "undeliverable"):
-            return
+        entry = track(configs[path[0]], message_id).entry
+        if entry is not None and entry.state in (until, "failed", "undeliverable"):
+            break
         await asyncio.sleep(0.1)
-    raise DemoFailed(
-        f"{message_id} did not reach '{until}' in 30 s; see `mlanet track {message_id} --config "
-        f"{fed.config_path(network)}` and the nodes' logs in {fed.root}/<network>/node.log"
-    )
+    else:
+        raise DemoFailed(
+            f"{message_id} did not reach '{until}' in 30 s; see `mlanet track {message_id} "
+            f"--config {fed.config_path(path[0])}` and the nodes' logs in "
+            f"{fed.root}/<network>/node.log"
+        )
+    happened = [
+        (event.at, network, event)
+        for network in path
+        for event in track(configs[network], message_id).events
+    ]
+    for _, network, event in sorted(happened, key=lambda item: item[0]):
+        say(_line(network, event))
+
+
+def _hops(message: SignedMessage) -> str:
+    """What the hop records say: none when the origin handed the message straight to the
+    destination's network, one per network that relayed it."""
+    relays = [hop.record.network for hop in message.hops]
+    if not relays:
+        return "no hop record (no network relayed it: the origin handed it straight over)"
+    noun = "record" if len(relays) == 1 else "records"
+    return f"{len(relays)} hop {noun} ({', '.join(relays)} relayed it)"
 
 
 async def _inbox(
@@ -102,8 +133,9 @@ async def _inbox(
                 header = item.message.header
                 path = " > ".join((*item.message.path, network))
                 say(
-                    f"    [{contact_point}] {header.kind} {header.message_id[:8]} verified end to"
-                    f" end: origin signature and {len(item.message.hops)} hop record(s), {path}"
+                    f"    [{contact_point}] reads {header.kind} {header.message_id[:8]}, "
+                    f"verified end to end ({path}): the origin's signature and "
+                    f"{_hops(item.message)}"
                 )
             return
         await asyncio.sleep(0.1)
@@ -122,17 +154,18 @@ async def run_demo(
     DemoFailed naming what it waited for. The nodes are stopped and (unless ``keep``) the
     federation removed in every case."""
     fed = federation.build(root, prefix=DEMO_PREFIX, receipts={"retry_after_seconds": 10.0})
-    progress = _Progress(federation.NodeProcesses(fed, ADMIN))
+    nodes = federation.NodeProcesses(fed, ADMIN)
+    progress = _Progress(nodes)
     try:
         async with asyncio.timeout(within):
-            await _journeys(fed, say, progress)
+            await _journeys(fed, say, progress, nodes)
     except TimeoutError:
         raise DemoFailed(
             f"the demo gave up after {within:g} s waiting for {progress.waiting_for}; see the"
             f" nodes' logs in {fed.root}/<network>/node.log"
         ) from None
     finally:
-        progress.nodes.stop_all()
+        nodes.stop_all()
         if not keep:
             try:
                 await federation.teardown(fed, ADMIN)
@@ -144,17 +177,28 @@ async def run_demo(
 
 
 async def _journeys(
-    fed: federation.Federation, say: Callable[[str], None], progress: _Progress
+    fed: federation.Federation,
+    say: Callable[[str], None],
+    progress: _Progress,
+    nodes: federation.NodeProcesses,
 ) -> None:
     await federation.provision(fed, ADMIN)
     say(f"federation of {', '.join(fed.networks)} provisioned on the local RabbitMQ")
     say("links: " + ", ".join(f"{a}-{b}" for a, b in fed.links))
     for network in fed.networks:
-        progress.nodes.start(network)
+        nodes.start(network)
     progress.waiting_for = "the nodes to start"
-    await progress.nodes.wait_ready(within=120.0)
+    await nodes.wait_ready(within=120.0)
     say(f"all {len(fed.networks)} nodes have started (each said so itself)\n")
 
+    await journeys(fed, say, progress)
+
+
+async def journeys(
+    fed: federation.Federation, say: Callable[[str], None], progress: _Progress | None = None
+) -> None:
+    """The three journeys, on a federation whose five networks' nodes run."""
+    progress = progress or _Progress(None)
     seajust = load_config(fed.config_path("seajust"))
     kh_cp_1 = Credentials.load(fed.credentials("kh-cp-1"))
     say("1. kh-cp-1 (Cambodia, SEAJust) sends a facilitation request to Uzbekistan (CASC),")
@@ -162,7 +206,7 @@ async def _journeys(
     request = _request("kh-cp-1", "UZ", "KH-MLA-2020-0042")
     progress.waiting_for = "SEAJust's broker to take the request"
     await submit(seajust, kh_cp_1, request)
-    await _follow(fed, "seajust", request.message_id, say, progress)
+    await _journey(fed, ("seajust", "casc"), request.message_id, say, progress)
     await _inbox(fed, "casc", "uz-cp-1", say, progress)
 
     say("\n2. uz-cp-1 answers with a status update; it travels back the same way")
@@ -183,16 +227,14 @@ async def _journeys(
     )
     progress.waiting_for = "CASC's broker to take the status update"
     await submit(casc, Credentials.load(fed.credentials("uz-cp-1")), update)
-    await _follow(fed, "casc", update.message_id, say, progress)
+    await _journey(fed, ("casc", "seajust"), update.message_id, say, progress)
     await _inbox(fed, "seajust", "kh-cp-1", say, progress)
 
     say("\n3. kh-cp-1 asks France (EJN): no direct link, so CASC relays it")
     relayed = _request("kh-cp-1", "FR", "KH-MLA-2021-0007")
     progress.waiting_for = "SEAJust's broker to take the request"
     await submit(seajust, kh_cp_1, relayed)
-    await _follow(fed, "seajust", relayed.message_id, say, progress)
-    for event in track(load_config(fed.config_path("casc")), relayed.message_id).events:
-        say(f"    [casc] {event.event:<10} {event.detail}")
+    await _journey(fed, ("seajust", "casc", "ejn"), relayed.message_id, say, progress)
     await _inbox(fed, "ejn", "fr-cp-1", say, progress)
     say(
         "\ndone: every message was signed at its origin, verified at every hop, delivered once"

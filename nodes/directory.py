@@ -48,6 +48,7 @@ from broker.keys import (
 )
 from broker.strictjson import loads_strict
 from nodes.config import NodeConfig, PeerConfig
+from nodes.directory_config import directory_expiry
 from schemas.base import format_timestamp
 from schemas.directory import Directory, NetworkKey
 
@@ -186,6 +187,26 @@ def _self_listed(data: bytes) -> list[tuple[str, str]]:
     return listed
 
 
+def _pinned_message_key(data: bytes, network: str, pinned: list[tuple[str, str]]) -> str | None:
+    """When a directory does not open because ``[coordinator]`` pins the coordinator network's
+    message key (its node's signing key, listed in the directory) instead of its directory key,
+    what to say. Read before verifying, to explain a refusal only."""
+    try:
+        frame = loads_strict(data, max_bytes=len(data) + 1, max_depth=8)
+        document = Directory.model_validate_json(b64u_decode(frame["document"]))
+    except (RefusedMessage, KeyError, TypeError, ValueError):
+        return None
+    entry = document.network(network)
+    listed = {key.public_key for key in entry.keys} if entry is not None else set()
+    if not any(public in listed for _, public in pinned):
+        return None
+    return (
+        f"[coordinator] pins {network}'s message key (the key its node signs messages with, "
+        f"{network}.1.pub), not the key that signs the directory: pin the coordinator's "
+        f"directory key (in a local federation, {network}/coordinator/{network}-directory.1.pub)"
+    )
+
+
 class DirectoryBook:
     """The signed directory one node holds."""
 
@@ -232,6 +253,7 @@ class DirectoryBook:
         found: list[tuple[VerifiedDirectory, str]] = []
         refused: list[RefusedFile] = []
         unreadable = ""
+        hint: str | None = None
         held: VerifiedDirectory | None = None
         for path, source in sources:
             if source == "previous" and found:
@@ -250,11 +272,13 @@ class DirectoryBook:
                 verified = open_directory(data, trust, now=now)
             except (RefusedMessage, KeyRefused) as exc:
                 refused.append(RefusedFile(path.name, source, exc.reason, exc.detail))
+                hint = hint or _pinned_message_key(data, coordinator.network, pinned)
                 continue
             found.append((verified, source))
             held = held if held is not None and held.version >= verified.version else verified
         if held is None:
             problems = [file.text() for file in refused] + ([unreadable] if unreadable else [])
+            problems += [hint] if hint else []
             raise ConfigError("no valid directory: " + "; ".join(problems))
         if held.directory.network(config.network) is None:
             raise ConfigError(f"{config.network} is not in directory version {held.version}")
@@ -332,13 +356,7 @@ class DirectoryBook:
         return effective_config(self.config, self.held.directory)
 
     def expires_at(self) -> datetime:
-        directory = self.held.directory
-        if directory.valid_until is not None:
-            return directory.valid_until
-        assert self.config.coordinator is not None
-        return directory.issued_at + timedelta(
-            seconds=self.config.coordinator.max_directory_age_seconds
-        )
+        return directory_expiry(self.held.directory, self.config.coordinator)
 
     def closed(self, now: datetime | None = None) -> RefusedMessage | None:
         """The refusal for new messages when the held directory is too old to trust."""
@@ -352,13 +370,14 @@ class DirectoryBook:
         )
 
     def warnings(self, now: datetime | None = None) -> list[ExpiryWarning]:
-        """Keys and the directory itself that expire within the warning window."""
-        assert self.config.coordinator is not None
+        """Keys and the directory itself that expire within the warning windows (the alerts'
+        ``key_expiry_days`` and ``directory_expiry_days``)."""
         now = now or self.clock()
-        horizon = now + timedelta(seconds=self.config.coordinator.warn_before_seconds)
+        windows = self.config.operator.alerts  # the same windows as the alerts
+        horizon = now + timedelta(days=windows.key_expiry_days)
         found: list[ExpiryWarning] = []
         expires = self.expires_at()
-        if now < expires <= horizon:
+        if now < expires <= now + timedelta(days=windows.directory_expiry_days):
             found.append(ExpiryWarning(f"directory version {self.version}", expires))
         directory = self.held.directory
         for key in directory.coordinator_keys:

@@ -1,4 +1,5 @@
-"""A local federation of the five example networks on one RabbitMQ.
+"""A local federation on one RabbitMQ: six nodes, the five example networks and the
+coordinator's.
 
 One vhost and two broker users per network (see "Security model" in docs/OPERATIONS.md):
 
@@ -16,15 +17,19 @@ its own delivery queue, nothing else; see ``nodes/contact_points.py``). Its cred
 is ``<network>/credentials/<contact point>/`` (what ``mlanet send`` and ``mlanet inbox`` take as
 ``--credentials``); the node vouches for it in ``<network>/contact-points/``.
 
-``build`` writes keys, secrets, the directory and one node config per network, and every
-contact point's credentials; ``provision`` creates the vhosts, users and permissions through
-the management API, once, as an operator command (the nodes never hold the administrator's
-password); ``teardown`` removes them. Used by ``mlanet federation``, the demo, the tests and the
-benchmarks.
+``build`` writes keys, secrets, the directory and one node config per network, and records the
+federation (its prefix, networks and links) in ``<root>/federation.json``; ``provision`` creates
+the vhosts, users and permissions through the management API, once, as an operator command (the
+nodes never hold the administrator's password); ``teardown`` removes them, and
+:meth:`Federation.load` reads the record back, so that ``mlanet federation down`` removes what
+``init`` made and nothing else (it never guesses a prefix). Used by ``mlanet federation``, the
+demo, the tests and the benchmarks.
 
 The coordinator (``unodc``) has a node too, linked to the first network: it signs the directory
-with a key of its own (``<root>/unodc/coordinator/unodc.1.key``) and publishes updates through
-its node. ``directory.json`` is the signed version 1; every config pins the coordinator's key.
+with a key of its own, ``<root>/unodc/coordinator/unodc-directory.1.key`` (its public half,
+``unodc-directory.1.pub``, is the key a joining network pins; ``<root>/unodc/unodc.1.pub`` is
+the key the coordinator's node signs its messages with), and publishes updates through its node.
+``directory.json`` is the signed version 1; every config pins the coordinator's directory key.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from pathlib import Path
 
 from broker.contact_point_access import grant_contact_points
 from broker.directory_signing import sign_directory
-from broker.errors import MlanetError
+from broker.errors import ConfigError, MlanetError
 from broker.keys import b64u_decode, generate_key_files, load_public_key_file, load_signing_key
 from broker.management import Management, ManagementEndpoint
 from broker.peer_access import grant_peer, rabbit_password_hash
@@ -57,6 +62,7 @@ __all__ = [
     "COORDINATOR",
     "EXAMPLE_LINKS",
     "EXAMPLE_NETWORKS",
+    "FEDERATION_FILE",
     "Federation",
     "NodeFailed",
     "NodeProcesses",
@@ -131,6 +137,7 @@ EXAMPLE_NETWORKS: dict[str, tuple[str, list[str]]] = {
     "ejn": ("European Judicial Network", EU),
 }
 COORDINATOR = "unodc"
+FEDERATION_FILE = "federation.json"  # what init made: prefix, networks, links (for down)
 COORDINATOR_NAME = "United Nations Office on Drugs and Crime (coordinator)"
 # SEAJust and CASC are linked (the seed's Uzbekistan matter); EJN bridges to Africa.
 EXAMPLE_LINKS: list[tuple[str, str]] = [
@@ -160,7 +167,49 @@ class Federation:
     def coordinator_key(self) -> Path:
         """The coordinator's directory signing key (not its node's message key)."""
         assert self.coordinator is not None
-        return self.root / self.coordinator / "coordinator" / f"{self.coordinator}.1.key"
+        return self.root / self.coordinator / "coordinator" / f"{self.coordinator}-directory.1.key"
+
+    def coordinator_pub(self) -> Path:
+        """Its public half: the file a joining network pins (``mlanet init --coordinator-key``)."""
+        return self.coordinator_key().with_suffix(".pub")
+
+    @classmethod
+    def load(cls, root: Path) -> Federation:
+        """The federation ``build`` recorded in ``root`` (ConfigError when there is none)."""
+        try:
+            raw = json.loads((root / FEDERATION_FILE).read_text(encoding="utf-8"))
+            federation = cls(
+                root,
+                str(raw["prefix"]),
+                tuple(str(network) for network in raw["networks"]),
+                tuple((str(a), str(b)) for a, b in raw["links"]),
+                str(raw["host"]),
+                int(raw["port"]),
+                coordinator=None if raw["coordinator"] is None else str(raw["coordinator"]),
+            )
+            _check_prefix(federation.prefix)
+        except OSError:
+            raise ConfigError(
+                f"{root} holds no {FEDERATION_FILE}: it is not a folder mlanet federation init "
+                "wrote (or an older version wrote it)"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{root / FEDERATION_FILE} cannot be read ({exc})") from None
+        return federation
+
+    def record(self) -> None:
+        """Write ``federation.json``: what ``load`` reads back."""
+        fields = {
+            "prefix": self.prefix,
+            "networks": list(self.networks),
+            "links": [list(link) for link in self.links],
+            "host": self.host,
+            "port": self.port,
+            "coordinator": self.coordinator,
+        }
+        (self.root / FEDERATION_FILE).write_text(
+            json.dumps(fields, indent=2) + "\n", encoding="utf-8"
+        )
 
     def vhost(self, network: str) -> str:
         return f"{self.prefix}-{network}"
@@ -201,6 +250,11 @@ class Federation:
         )
 
 
+def _check_prefix(prefix: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,20}", prefix):
+        raise ValueError("prefix must be short lower-case ASCII")
+
+
 def _write_secret(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as out:
@@ -235,9 +289,20 @@ def build(
     free port when ``operator_port`` is 0 (the node writes its URL to ``state/operator.json``).
     One operator password for the whole local federation: ``operator.secret`` holds it,
     ``operator.password`` its hash.
+
+    A folder that already records a federation with another prefix is refused (ConfigError):
+    its vhosts may still be on the broker, and only its own record lets ``down`` remove them.
     """
-    if not re.fullmatch(r"[a-z][a-z0-9-]{0,20}", prefix):
-        raise ValueError("prefix must be short lower-case ASCII")
+    _check_prefix(prefix)
+    try:
+        earlier: Federation | None = Federation.load(root)
+    except ConfigError:
+        earlier = None
+    if earlier is not None and earlier.prefix != prefix:
+        raise ConfigError(
+            f"{root} holds the federation with prefix {earlier.prefix}: remove it first (mlanet "
+            f"federation down --dir {root}), or write this one to another folder"
+        )
     networks = networks or EXAMPLE_NETWORKS
     links = list(links or EXAMPLE_LINKS)
     nodes = dict(networks)
@@ -247,6 +312,8 @@ def build(
     federation = Federation(
         root, prefix, tuple(networks), tuple(links), host, port, coordinator=coordinator
     )
+    root.mkdir(parents=True, exist_ok=True)
+    federation.record()  # first: whatever else fails, down knows what to remove
     entries = []
     for network, (name, members) in nodes.items():
         folder = root / network
@@ -277,7 +344,9 @@ def build(
     if coordinator is not None:
         key_folder = root / coordinator / "coordinator"
         if not federation.coordinator_key().exists():
-            generate_key_files(key_folder, coordinator, "ed25519:1")
+            # named apart from the node's own unodc.1.key/.pub beside it: joiners pin this one
+            for made in generate_key_files(key_folder, coordinator, "ed25519:1"):
+                made.rename(made.with_name(f"{coordinator}-directory.1{made.suffix}"))
         directory_key = load_signing_key(federation.coordinator_key())
         now = datetime.now(UTC)
         directory = Directory.model_validate(
@@ -316,7 +385,7 @@ def build(
         )
         peers += pins
         if network == coordinator:
-            peers += f'signing_key = "coordinator/{coordinator}.1.key"\n'
+            peers += f'signing_key = "coordinator/{federation.coordinator_key().name}"\n'
         federation.config_path(network).write_text(
             f'network = "{network}"\n'
             f'signing_key = "{network}.1.key"\n'

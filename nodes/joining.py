@@ -1,12 +1,16 @@
 """What a network's operator does to join the federation, rotate its key, and prepare its broker.
 
 - :func:`init_network` (``mlanet init``): a signing key, the broker secrets, a node config
-  skeleton that pins the coordinator's key, and a join request signed with the new key.
+  skeleton that pins the coordinator's key and names the dashboard's password file (``mlanet
+  operator password`` writes it), and a join request signed with the new key.
 - :func:`rotation_request` (``mlanet keys rotate``): the next key and a request signed by the
   current key and the new one.
 - :func:`provision_broker` (``mlanet directory provision``): the node's vhost and user on its
   own broker, its contact points' users (``mlanet contact-point add``), and the peers' inbox
-  permissions the directory calls for.
+  permissions the directory calls for;
+- :func:`remove_from_broker` (``mlanet federation remove``): the other way: a network that
+  joined taken off its broker again (its vhost, its node user, and its link user where the
+  directory made one there).
 
 See ``docs/JOINING.md`` for the whole procedure.
 """
@@ -25,7 +29,7 @@ from broker.directory_signing import sign_request
 from broker.errors import ConfigError, MlanetError
 from broker.keys import generate_key_files, load_public_key_file, load_signing_key
 from broker.management import Management, ManagementEndpoint
-from broker.peer_access import grant_peer, inbox_write_pattern, rabbit_password_hash
+from broker.peer_access import PEER_TAG, grant_peer, inbox_write_pattern, rabbit_password_hash
 from broker.strictjson import canonical_bytes
 from nodes import state_dir
 from nodes.config import NodeConfig, _read_secret
@@ -33,9 +37,16 @@ from nodes.contact_points import vouched_users
 from nodes.directory import DirectoryBook
 from schemas.directory import JoinRequest, KeyRotationRequest, NetworkEntry, NetworkKey
 
-__all__ = ["JoinFiles", "init_network", "provision_broker", "rotation_request"]
+__all__ = [
+    "JoinFiles",
+    "init_network",
+    "provision_broker",
+    "remove_from_broker",
+    "rotation_request",
+]
 
 JOIN_REQUEST = "join-request.json"
+OPERATOR_LOGIN_FILE = "operator.password"  # the dashboard login: mlanet operator password
 
 
 @dataclass(frozen=True)
@@ -129,7 +140,10 @@ def init_network(
         f'user = {_toml_string(link_user)}\npassword_file = "{link_file}"\n\n'
         "[coordinator]                          # the key that signs the directory\n"
         f"network = {_toml_string(pinned.network)}\n"
-        f'keys = [{{ key_id = "{pinned.key_id}", public_key = "{pinned.public_key}" }}]\n',
+        f'keys = [{{ key_id = "{pinned.key_id}", public_key = "{pinned.public_key}" }}]\n\n'
+        "[operator]                             # /metrics and the dashboard (OPERATIONS.md)\n"
+        'host = "127.0.0.1"\nport = 9464\n'
+        f'password_file = "{OPERATOR_LOGIN_FILE}"    # set it: mlanet operator password\n',
         encoding="utf-8",
     )
     return JoinFiles(config_path, request_path, key_path)
@@ -222,4 +236,48 @@ async def provision_broker(config: NodeConfig, admin: ManagementEndpoint) -> lis
                 continue
             await management.delete_permissions(broker.vhost, user)
             done.append(f"former peer ({user}): access removed")
+    return done
+
+
+def _tags(user: dict[str, object]) -> set[str]:
+    tags = user.get("tags")
+    if isinstance(tags, str):
+        return {tag for tag in tags.split(",") if tag}
+    return {str(tag) for tag in tags} if isinstance(tags, list) else set()
+
+
+async def remove_from_broker(config: NodeConfig, admin: ManagementEndpoint) -> list[str]:
+    """Take a network that joined off its own broker (run by its operator, its node stopped):
+    its vhost (queues, exchanges, links and the peers' permissions there go with it), its node
+    user, and its link user where this broker holds the one a directory made (tag
+    ``mlanet-peer``). An account that also serves something else (other tags, rights on another
+    vhost) is kept, and said so. Returns what was done, one line each."""
+    broker = config.broker
+    if broker.vhost == "/" or broker.user == admin.user:
+        raise ConfigError(
+            "refused: the config names the broker's default vhost or the administrator's own "
+            "user; nothing removed"
+        )
+    done = []
+    async with Management(admin) as management:
+        if await management.vhost_exists(broker.vhost):
+            await management.delete_vhost(broker.vhost)
+            done.append(f"vhost {broker.vhost} removed, with its queues, exchanges and links")
+        else:
+            done.append(f"vhost {broker.vhost}: not on this broker")
+        node_user = await management.user(broker.user)
+        if node_user is None:
+            done.append(f"user {broker.user}: not on this broker")
+        elif _tags(node_user) <= {NODE_TAGS} and not await management.user_permissions(broker.user):
+            await management.delete_user(broker.user)
+            done.append(f"user {broker.user} removed")
+        else:
+            done.append(f"user {broker.user} kept: it has other tags or rights on other vhosts")
+        if config.link is not None:
+            link_user = await management.user(config.link.user)
+            if link_user is not None and PEER_TAG in _tags(link_user):
+                await management.delete_user(config.link.user)
+                done.append(f"link user {config.link.user} removed (and its inbox permissions)")
+            elif link_user is not None:
+                done.append(f"link user {config.link.user} kept: not made from a directory")
     return done

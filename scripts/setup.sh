@@ -30,12 +30,36 @@ if ! command -v rabbitmq-server >/dev/null 2>&1 && ! rabbit_answers; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rabbitmq-server >/dev/null
 fi
 
+# RabbitMQ's open-file limit: the default (1024) runs out with a few local federations. Each
+# node has 4 + 2 per peer + 1 per contact point quorum queues, each holding a few files, and
+# each connection a socket (see "Security model" in docs/OPERATIONS.md). Debian's
+# rabbitmq-server wrapper runs the server through su, so PAM's limits apply: a limits.d file
+# for the rabbitmq user, written before this script starts a broker. A broker that already runs
+# is never restarted; its limit is only reported.
+NOFILE=65536
+ensure_nofile() {
+  local limits="${RABBITMQ_LIMITS_FILE:-/etc/security/limits.d/rabbitmq.conf}" current
+  current="$( (awk '$1 == "rabbitmq" && $3 == "nofile" { print $4 }' "$limits" 2>/dev/null || true) | tail -n 1)"
+  if [ -z "$current" ] || [ "$current" -lt "$NOFILE" ] 2>/dev/null; then
+    log "raising RabbitMQ's open-file limit to $NOFILE ($limits)"
+    $SUDO mkdir -p "$(dirname "$limits")"
+    printf 'rabbitmq - nofile %s\n' "$NOFILE" | $SUDO tee "$limits" >/dev/null
+  fi
+}
+
 if ! rabbit_answers; then
+  if command -v rabbitmq-server >/dev/null 2>&1; then ensure_nofile; fi
   log "starting RabbitMQ"
   $SUDO rabbitmq-server -detached || true
   for _ in $(seq 1 90); do rabbit_answers && break; sleep 1; done
 fi
 rabbit_answers || { log "RabbitMQ does not answer on 127.0.0.1:5672; start it with: rabbitmq-server -detached"; exit 1; }
+if command -v rabbitmqctl >/dev/null 2>&1; then
+  fd_limit="$($SUDO rabbitmqctl -q eval 'proplists:get_value(total_limit, file_handle_cache:info([total_limit])).' 2>/dev/null | tr -dc '0-9' || true)"
+  if [ -n "$fd_limit" ] && [ "$fd_limit" -lt 10000 ]; then
+    log "RabbitMQ may open only $fd_limit files (rabbitmqctl status, File Descriptors): restart it after raising its limit (docs/OPERATIONS.md); this script never restarts a running broker"
+  fi
+fi
 
 # mlanet's links are RabbitMQ shovels and its status uses the management API.
 if command -v rabbitmq-plugins >/dev/null 2>&1; then

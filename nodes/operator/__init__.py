@@ -1,6 +1,7 @@
 """What operators see of a node: ``mlanet status``, Prometheus metrics, the dashboard, alerts.
 
-- ``status``: the node's status (queues, links, quarantine, receipts, expiry, alerts);
+- ``status``: the node's status gathered (queues, links, quarantine, receipts, expiry), and
+  its text; ``views``: the frozen values it is made of; ``alerts``: the thresholds it crosses;
 - ``links``: what the running node tracks about its links (last success, oldest waiting);
 - ``metrics``: the Prometheus registry fed by the observer seam and the status polls;
 - ``flow``: recent message metadata for the dashboard;

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from html import escape
 
 from nodes.operator.flow import FlowEvent
-from nodes.operator.status import NodeStatus, human_duration
+from nodes.operator.views import NodeStatus, human_duration
 from schemas.directory import Directory
 
 __all__ = ["STYLESHEET", "dashboard_page", "login_page"]
@@ -55,12 +55,22 @@ def _page(title: str, body: str, refresh: int | None = None) -> str:
     )
 
 
-def login_page(network: str, *, error: str | None = None, enabled: bool = True) -> str:
+def login_page(
+    network: str, *, error: str | None = None, enabled: bool = True, password_set: bool = True
+) -> str:
+    """The login form; without a password file configured (``enabled``), or before a password
+    was set (``password_set``), the reason the dashboard is closed and what opens it."""
     if not enabled:
         form = (
             '<p class="error">The dashboard is closed: no operator password file is configured '
             "(<code>[operator] password_file</code>, written by "
             "<code>mlanet operator password</code>).</p>"
+        )
+    elif not password_set:
+        form = (
+            '<p class="error">The dashboard is closed: no operator password is set yet. Set '
+            "one with <code>mlanet operator password --config node.toml</code>; it takes "
+            "effect at once, the node need not restart.</p>"
         )
     else:
         problem = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
@@ -147,6 +157,11 @@ def dashboard_page(
                 _n(link.backlog),
                 escape(_ago(link.last_success, now)),
                 escape(oldest),
+                escape(
+                    "-"
+                    if link.unanswered_since is None
+                    else f"{link.unanswered} for {human_duration(now - link.unanswered_since)}"
+                ),
             ]
         )
     ours = {link.peer: link.state for link in status.links}
@@ -162,7 +177,15 @@ def dashboard_page(
         '<section id="links"><h2>Links of this node</h2>'
         + (
             _table(
-                ["peer", "state", "shovel", "backlog", "last success", "oldest waiting"],
+                [
+                    "peer",
+                    "state",
+                    "shovel",
+                    "backlog",
+                    "last success",
+                    "oldest waiting",
+                    "no receipt through it",
+                ],
                 link_rows,
                 {3},
             )
@@ -235,7 +258,8 @@ def dashboard_page(
         )
         receipt_html = (
             f"<p><strong>{receipts.awaiting}</strong> own messages awaiting a receipt"
-            f"{escape(oldest)}; <strong>{receipts.overdue}</strong> overdue.</p>"
+            f"{escape(oldest)}; <strong>{receipts.overdue}</strong> overdue; "
+            f"<strong>{receipts.failed_recent}</strong> failed recently.</p>"
             f"<p class=muted>Own messages by state: {states}</p>"
         )
     expiry = status.expiry
@@ -247,7 +271,7 @@ def dashboard_page(
         '<section id="receipts"><h2>Receipts</h2>' + receipt_html + "<h2>Keys and directory</h2>"
         f"<p>Directory version {expiry.directory_version}, issued "
         f"{escape(_when(expiry.directory_issued))}, "
-        + ("valid until " if expiry.directory_expiry_signed else "stale after ")
+        + ("valid until " if expiry.directory_expiry_signed else "trusted until ")
         + f"{escape(_when(expiry.directory_expires))}.</p>"
         + _table(["network", "keys valid until"], key_rows)
         + "</section>"
@@ -273,10 +297,11 @@ def dashboard_page(
             for network, events in flow.items()
         )
     else:
-        tables = "<p>No messages since the node started.</p>"
+        tables = "<p>No messages in the node's audit trail yet.</p>"
     parts.append(
         '<section class="wide" id="flow"><h2>Recent message flow by network</h2>'
-        '<p class="muted">Metadata only, since the node started.</p>' + tables + "</section>"
+        '<p class="muted">Metadata only, from the node\'s audit trail (the same after a '
+        "restart).</p>" + tables + "</section>"
     )
     if status.unavailable:
         notes = "".join(f"<li>{escape(note)}</li>" for note in status.unavailable)

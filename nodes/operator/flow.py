@@ -1,21 +1,31 @@
 """The recent message flow for the dashboard: the last few hundred things that happened to
 messages, grouped by the network on the other side. Metadata only (message id, kind, origin,
-destination, reason code); kept in memory, so it starts empty when the node starts."""
+destination, reason code).
+
+A view of the node's audit trail (``nodes/audit.py``), its durable record of every accept,
+refusal, forward, delivery and receipt: nothing is kept in memory, so the flow is the same
+after a restart. One audit record may give two events: a message accepted from a peer and then
+forwarded has one record (``forwarded``, naming the peer it came ``from``), shown as
+``received`` from that peer and ``forwarded`` to the next.
+"""
 
 from __future__ import annotations
 
-import time
-from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
-from nodes.observe import Flow, Observer
+from nodes.audit import AuditRecord
 
-__all__ = ["FlowEvent", "FlowLog"]
+__all__ = ["AuditReader", "FlowEvent", "FlowLog", "flow_events"]
 
 LOCAL = "local"  # the node's own contact points
+_INBOX_EXCHANGE = "mlanet.inbox.from."
+_SUBMIT = "submit"
 
 
-@dataclass(slots=True)  # not frozen: cheaper to create, on the hot path
+@dataclass(frozen=True, slots=True)
 class FlowEvent:
     at: float
     event: str  # received, submitted, forwarded, delivered, refused, receipt, undeliverable
@@ -27,64 +37,92 @@ class FlowEvent:
     detail: str = ""
 
 
+class AuditReader(Protocol):
+    """What the flow reads: the latest records of the node's audit trail, in order."""
+
+    def records(self, *, last: int | None = None, event: str | None = None) -> list[AuditRecord]:
+        """The last ``last`` records, oldest first."""
+        ...
+
+
+def _text(meta: dict[str, Any], key: str) -> str:
+    value = meta.get(key)
+    return value if isinstance(value, str) and value else "-"
+
+
 def _peer_of(via: str) -> str:
-    prefix = "mlanet.inbox.from."
-    return via.removeprefix(prefix) if via.startswith(prefix) else LOCAL
+    return via.removeprefix(_INBOX_EXCHANGE) if via.startswith(_INBOX_EXCHANGE) else LOCAL
 
 
-class FlowLog(Observer):
-    """A bounded, newest-last record of message metadata events."""
+def _at(record: AuditRecord) -> float:
+    return datetime.fromisoformat(record.at.replace("Z", "+00:00")).timestamp()
 
-    def __init__(self, keep: int = 500) -> None:
-        self._events: deque[FlowEvent] = deque(maxlen=keep)
 
-    def _add(self, event: str, network: str, flow: Flow | None, detail: str = "") -> None:
-        self._events.append(
-            FlowEvent(
-                at=time.time(),
-                event=event,
-                network=network,
-                message_id=flow.message_id if flow else "-",
-                kind=flow.kind if flow else "-",
-                origin=flow.origin if flow else "-",
-                destination=flow.destination if flow else "-",
-                detail=detail,
-            )
-        )
+def flow_events(record: AuditRecord) -> list[FlowEvent]:
+    """The flow events one audit record stands for (none for operator actions)."""
+    meta = record.meta
+    at = _at(record)
 
-    def received(self, sender: str, flow: Flow) -> None:
-        self._add("received", sender, flow)
+    def event(name: str, network: str, detail: str = "", **override: str) -> FlowEvent:
+        fields = {
+            "message_id": _text(meta, "message_id"),
+            "kind": _text(meta, "kind"),
+            "origin": _text(meta, "origin"),
+            "destination": _text(meta, "destination"),
+            **override,
+        }
+        return FlowEvent(at, name, network, detail=detail, **fields)
 
-    def submitted(self, contact_point: str, flow: Flow) -> None:
-        self._add("submitted", LOCAL, flow, f"from {contact_point}")
+    came_from = meta.get("from")
+    via = meta.get("via")
+    out: list[FlowEvent] = []
+    if record.event == "accepted" and via == _SUBMIT:
+        return [event("submitted", LOCAL, f"from {_text(meta, 'from')}")]
+    if isinstance(came_from, str) and came_from and via != _SUBMIT:
+        out.append(event("received", came_from))
+    if record.event == "forwarded":
+        out.append(event("forwarded", _text(meta, "to")))
+    elif record.event == "delivered":
+        to = meta.get("to")
+        names = [str(cp) for cp in to] if isinstance(to, list) else []
+        out.append(event("delivered", LOCAL, ", ".join(names)))
+    elif record.event == "refused":
+        out.append(event("refused", _peer_of(str(via or "")), _text(meta, "reason")))
+    elif record.event == "receipt":
+        by = _text(meta, "by")
+        waited = meta.get("waited_s")
+        detail = f"after {waited:.1f}s" if isinstance(waited, int | float) else ""
+        out.append(event("receipt", by, detail, kind="receipt", origin=by, destination="-"))
+    elif record.event == "undeliverable":
+        out.append(event("undeliverable", LOCAL))
+    return out
 
-    def refused(self, reason: str, via: str, flow: Flow | None) -> None:
-        self._add("refused", _peer_of(via), flow, reason)
 
-    def forwarded(self, peer: str, flow: Flow) -> None:
-        self._add("forwarded", peer, flow)
+class FlowLog:
+    """The latest message events, read from the audit trail each time they are shown."""
 
-    def delivered(self, contact_points: tuple[str, ...], flow: Flow) -> None:
-        self._add("delivered", LOCAL, flow, ", ".join(contact_points))
+    def __init__(self, audit: AuditReader, keep: int = 500) -> None:
+        self._audit = audit
+        self._keep = keep
 
-    def receipt(self, for_id: str, by: str, waited: float) -> None:
-        self._events.append(
-            FlowEvent(
-                time.time(), "receipt", by, for_id, "receipt", by, "-", f"after {waited:.1f}s"
-            )
-        )
-
-    def undeliverable(self, for_id: str) -> None:
-        self._events.append(FlowEvent(time.time(), "undeliverable", LOCAL, for_id, "-", "-", "-"))
+    def _events(self) -> Iterable[FlowEvent]:
+        """Newest first."""
+        for record in reversed(self._audit.records(last=self._keep)):
+            yield from reversed(flow_events(record))
 
     def recent(self, limit: int = 200) -> list[FlowEvent]:
         """The latest events, newest first."""
-        return list(reversed(self._events))[:limit]
+        found: list[FlowEvent] = []
+        for event in self._events():
+            if len(found) >= limit:
+                break
+            found.append(event)
+        return found
 
     def by_network(self, per_network: int = 15) -> dict[str, list[FlowEvent]]:
         """The latest events for each network on the other side, newest first."""
         grouped: dict[str, list[FlowEvent]] = {}
-        for event in reversed(self._events):
+        for event in self._events():
             bucket = grouped.setdefault(event.network, [])
             if len(bucket) < per_network:
                 bucket.append(event)

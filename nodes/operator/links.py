@@ -13,7 +13,17 @@ confirm). :class:`LinkTracker` joins the two:
   not in its memory: the age is then a lower bound (the node's uptime), marked as such;
 - **state**: ``up``; ``down`` when the shovel is not running; ``stalled`` when it runs but
   messages wait and nothing was handed over for :data:`STALL_SECONDS` (a peer broker that
-  refuses, a missing exchange at the peer). ``down_since`` is when it stopped being up.
+  refuses, a missing exchange at the peer). ``down_since`` is when it stopped being up;
+- **unanswered since**: a peer's broker accepts whatever the link hands over, whether or not
+  the peer's node consumes it, so a link stays ``up`` while the node behind it is stopped. The
+  answer to an own message (one that gets a receipt) is its receipt: ``unanswered_since`` is
+  when the link handed over the oldest own message that has no receipt and no newer message
+  handed over the same link has one either (a receipt for a later message shows the peer's node
+  consumes; the earlier one is then ``receipts_overdue``'s concern). Anything else the peer's
+  node sends us (a notice about a message it refused, a message of its own) answers too. A
+  receipt comes from the destination, so a network behind the peer that does not consume looks
+  the same: the alert (``peer_silent``) names both. Kept in memory: after a restart, from the
+  next own message on.
 
 Figures from the management API lag by its statistics interval (5 s by default), so the ages
 are accurate to a few seconds.
@@ -21,8 +31,10 @@ are accurate to a few seconds.
 
 from __future__ import annotations
 
+import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from nodes.observe import Flow, Observer
@@ -45,6 +57,16 @@ class LinkView:
     oldest_waiting: float | None  # seconds
     oldest_at_least: bool  # oldest_waiting is a lower bound (messages from before start)
     down_since: float | None  # epoch seconds
+    unanswered_since: float | None = None  # own messages handed over, no receipt since (epoch s)
+    unanswered: int = 0  # how many own messages handed over the link wait for their receipt
+
+
+@dataclass(slots=True)
+class _Own:
+    """An own message put into the link's queue, awaiting its receipt."""
+
+    put_in: float
+    handed_over: float | None = None  # the poll that saw it leave the queue
 
 
 @dataclass
@@ -55,13 +77,27 @@ class _Link:
     last_success: float | None = None
     down_since: float | None = None
     waiting_since: float | None = None  # backlog without progress since
+    own: OrderedDict[str, _Own] = field(default_factory=OrderedDict)  # by message id, in order
 
 
 class LinkTracker(Observer):
-    """Per-peer memory of sends and hand-overs; fed by the observer seam and by polls."""
+    """Per-peer memory of sends and hand-overs; fed by the observer seam and by polls.
 
-    def __init__(self, peers: tuple[str, ...], *, started: float, keep: int = 100_000) -> None:
+    ``network`` is this node's network and ``answered`` the kinds that get a receipt: an own
+    message of those kinds is followed until its receipt comes (``unanswered_since``)."""
+
+    def __init__(
+        self,
+        peers: tuple[str, ...],
+        *,
+        started: float,
+        network: str = "",
+        answered: Collection[str] = (),
+        keep: int = 100_000,
+    ) -> None:
         self.started = started
+        self._network = network
+        self._answered = frozenset(answered)
         self._keep = keep
         self._links = {peer: _Link() for peer in peers}
 
@@ -69,10 +105,57 @@ class LinkTracker(Observer):
         link = self._links.get(peer)
         if link is None:
             return
-        link.sent.append(time.time())
+        now = time.time()
+        link.sent.append(now)
         link.sent_total += 1
         if len(link.sent) > self._keep:
             link.sent.popleft()
+        if flow.origin == self._network and flow.kind in self._answered:
+            link.own.setdefault(flow.message_id, _Own(now))  # a resend keeps the first
+            if len(link.own) > self._keep:
+                link.own.popitem(last=False)
+
+    def receipt(self, for_id: str, by: str, waited: float) -> None:
+        """The peer's node (or one behind it) consumed: this message and every own message
+        handed over the same link before it are answered for this purpose."""
+        for link in self._links.values():
+            if for_id in link.own:
+                while link.own:
+                    message_id, _ = link.own.popitem(last=False)
+                    if message_id == for_id:
+                        break
+
+    def received(self, sender: str, flow: Flow) -> None:
+        """Anything the peer's node sent that passed our checks (a receipt, a notice about a
+        message it refused, a message of its own) shows it runs: what it was handed before is
+        answered for this purpose."""
+        link = self._links.get(sender)
+        if link is None:
+            return
+        for message_id in [m for m, own in link.own.items() if own.handed_over is not None]:
+            del link.own[message_id]
+
+    def undeliverable(self, for_id: str) -> None:
+        for link in self._links.values():
+            link.own.pop(for_id, None)
+
+    def _unanswered(self, link: _Link, backlog: int | None, now: float) -> float | None:
+        """Mark the own messages that left the queue as handed over (at this poll); when the
+        oldest of them was."""
+        if backlog is not None:
+            # the queue is first in, first out, and ``sent`` holds the put-in times of the
+            # messages waiting in it: what was put in before the oldest of them has left
+            if backlog == 0:
+                waiting_from = math.inf
+            elif backlog <= len(link.sent):
+                waiting_from = link.sent[0]
+            else:  # messages this node does not know of wait before them: all still wait
+                waiting_from = -math.inf
+            for own in link.own.values():
+                if own.handed_over is None and own.put_in < waiting_from:
+                    own.handed_over = now
+        handed = [own.handed_over for own in link.own.values() if own.handed_over is not None]
+        return min(handed) if handed else None
 
     def update(
         self,
@@ -121,6 +204,7 @@ class LinkTracker(Observer):
             link.down_since = None
         elif link.down_since is None:
             link.down_since = link.waiting_since if state == "stalled" else now
+        unanswered_since = self._unanswered(link, backlog, now)
         return LinkView(
             peer=peer,
             state=state,
@@ -131,4 +215,6 @@ class LinkTracker(Observer):
             oldest_waiting=oldest,
             oldest_at_least=at_least,
             down_since=link.down_since,
+            unanswered_since=unanswered_since,
+            unanswered=sum(1 for own in link.own.values() if own.handed_over is not None),
         )

@@ -1,9 +1,18 @@
-"""The node's Prometheus metrics: counters and histograms fed by the observer seam, gauges set
-from each status poll. One registry per node (several nodes may share a process in tests).
+"""The node's Prometheus metrics. One registry per node (several nodes may share a process in
+tests).
 
-Labels are bounded: peers come from the node's config, reasons from the reason-code enum,
-kinds from the catalogue, queues from the node's own vhost. No label ever carries case content
-or a message id.
+- The message counters and the receipt-wait histogram are counts of the node's audit trail
+  (``nodes/audit.py``), its durable record of every accept, refusal, forward, delivery, receipt
+  and message given up on: :meth:`NodeMetrics.count` folds records in, in order, and the
+  operator surface follows the trail (from its first record when the node starts), so the
+  counters survive a restart and never disagree with the audit.
+- The step timings are fed by the observer seam (they are not in any record: they start empty
+  when the node starts).
+- The gauges are set from each status poll.
+
+Labels are bounded: peers and networks come from the directory, reasons from the reason-code
+enum, kinds from the catalogue, queues from the node's own vhost. No label ever carries case
+content or a message id.
 """
 
 from __future__ import annotations
@@ -21,12 +30,14 @@ from prometheus_client import (
 )
 
 from broker import Reason
-from nodes.observe import Flow, Observer
-from nodes.operator.status import NodeStatus
+from nodes.audit import AuditRecord
+from nodes.observe import Observer
+from nodes.operator.views import NodeStatus
 from schemas import KINDS
 
 __all__ = ["STEPS", "NodeMetrics"]
 
+_REASONS = frozenset(reason.value for reason in Reason)
 STEPS = ("verify", "validate", "authorise", "route", "handle", "submit")
 _STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _RECEIPT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
@@ -149,9 +160,23 @@ class NodeMetrics(Observer):
             "How long the oldest own message has awaited its receipt.",
             registry=r,
         )
+        self.failed = Gauge(
+            "mlanet_own_failed_messages",
+            "Own messages that failed (no route, a notice's reason, no receipt in time) within "
+            "[operator.alerts] failed_window_seconds.",
+            registry=r,
+        )
+        self.link_unanswered = Gauge(
+            "mlanet_link_unanswered_seconds",
+            "How long own messages the peer's broker accepted have waited with no receipt "
+            "through that peer (0: none waiting).",
+            ["peer"],
+            registry=r,
+        )
         self.key_expiry = Gauge(
             "mlanet_key_expiry_timestamp_seconds",
-            "When the last key of this network or a peer expires (+Inf: a key without expiry).",
+            "When the last key of this network or a peer stops being valid (its not_after or "
+            "revoked_at; +Inf: a key without expiry).",
             ["network"],
             registry=r,
         )
@@ -162,7 +187,9 @@ class NodeMetrics(Observer):
         )
         self.directory_stale = Gauge(
             "mlanet_directory_stale_timestamp_seconds",
-            "When the directory becomes stale (issued + directory_max_age_days).",
+            "When the node stops trusting its directory and refuses new messages "
+            "(directory_expired): its valid_until, else issued_at + [coordinator] "
+            "max_directory_age_seconds.",
             registry=r,
         )
         self.alerts = Gauge("mlanet_alerts", "Active alerts by severity.", ["severity"], registry=r)
@@ -182,13 +209,14 @@ class NodeMetrics(Observer):
             self.quarantined_total.labels(reason.value)
         self._steps = {step: self.step_seconds.labels(step) for step in STEPS}
         self._children: dict[tuple[int, str], Counter] = {}
+        self.counted_through = 0  # the last audit record counted (its seq)
         for severity in ("warning", "critical"):
             self.alerts.labels(severity)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    # --- the observer seam ---------------------------------------------------------------------
+    # --- the audit trail -----------------------------------------------------------------------
     def _child(self, metric: Counter, label: str) -> Counter:
         """A labelled child, looked up once (``labels()`` costs several times an ``inc()``)."""
         key = (id(metric), label)
@@ -197,28 +225,35 @@ class NodeMetrics(Observer):
             child = self._children[key] = metric.labels(label)
         return child
 
-    def received(self, sender: str, flow: Flow) -> None:
-        self._child(self.received_total, sender).inc()
+    def count(self, record: AuditRecord) -> None:
+        """Fold one audit record into the counters (records are counted once, in order)."""
+        if record.seq <= self.counted_through:
+            return
+        self.counted_through = record.seq
+        meta = record.meta
+        came_from, via = meta.get("from"), meta.get("via")
+        if isinstance(came_from, str) and came_from and via != "submit":
+            self._child(self.received_total, came_from).inc()  # passed the pipeline
+        label = meta.get("kind")
+        kind = label if isinstance(label, str) and label in KINDS else None
+        if record.event == "accepted" and via == "submit" and kind:
+            self._child(self.submitted_total, kind).inc()
+        elif record.event == "forwarded" and isinstance(meta.get("to"), str):
+            self._child(self.forwarded_total, str(meta["to"])).inc()
+        elif record.event == "delivered" and kind:
+            self._child(self.delivered_total, kind).inc()
+        elif record.event == "refused" and isinstance(reason := meta.get("reason"), str):
+            if reason in _REASONS:
+                self._child(self.quarantined_total, reason).inc()
+        elif record.event == "receipt":
+            self.receipts_total.inc()
+            waited = meta.get("waited_s")
+            if isinstance(waited, int | float):
+                self.receipt_wait.observe(max(0.0, float(waited)))
+        elif record.event == "undeliverable":
+            self.undeliverable_total.inc()
 
-    def submitted(self, contact_point: str, flow: Flow) -> None:
-        self._child(self.submitted_total, flow.kind).inc()
-
-    def refused(self, reason: str, via: str, flow: Flow | None) -> None:
-        self._child(self.quarantined_total, reason).inc()
-
-    def forwarded(self, peer: str, flow: Flow) -> None:
-        self._child(self.forwarded_total, peer).inc()
-
-    def delivered(self, contact_points: tuple[str, ...], flow: Flow) -> None:
-        self._child(self.delivered_total, flow.kind).inc()
-
-    def receipt(self, for_id: str, by: str, waited: float) -> None:
-        self.receipts_total.inc()
-        self.receipt_wait.observe(max(0.0, waited))
-
-    def undeliverable(self, for_id: str) -> None:
-        self.undeliverable_total.inc()
-
+    # --- the observer seam ---------------------------------------------------------------------
     def timing(self, step: str, seconds: float) -> None:
         child = self._steps.get(step)
         if child is not None:  # unknown steps are ignored: labels stay bounded
@@ -243,11 +278,16 @@ class NodeMetrics(Observer):
                 self.link_backlog.labels(link.peer).set(link.backlog)
             self.link_oldest.labels(link.peer).set(link.oldest_waiting or 0)
             self.link_success.labels(link.peer).set(link.last_success or 0)
+            unanswered = link.unanswered_since
+            self.link_unanswered.labels(link.peer).set(
+                0 if unanswered is None else max(0.0, status.at - unanswered)
+            )
         self.quarantine_depth.set(status.quarantine.depth or 0)
         if status.receipts is not None:
             self.awaiting.set(status.receipts.awaiting)
             self.overdue.set(status.receipts.overdue)
             self.awaiting_oldest.set(status.receipts.oldest_age or 0)
+            self.failed.set(status.receipts.failed_recent)
         self.key_expiry.clear()
         for network, expires in status.expiry.network_keys.items():
             if network in self._watched:

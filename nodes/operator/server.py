@@ -16,7 +16,10 @@ and the session cookie is SameSite=Strict and HttpOnly. Login attempts are count
 password is hashed (``nodes/operator/auth.py``); a browser that logged in once carries a device
 cookie that keeps others' failures from locking it out. Every response forbids framing and
 scripts (Content-Security-Policy). A status poll every ``poll_seconds`` refreshes the gauges,
-the dashboard and ``<state_dir>/operator.json`` (for ``mlanet status``).
+the dashboard and ``<state_dir>/operator.json`` (for ``mlanet status``), and folds the audit
+records written since the last poll into the message counters (every one of them, from the
+first, when the node starts: the counters are counts of the node's durable record). The
+dashboard's recent flow is read from the audit trail too.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import asyncio
 import contextlib
 import math
 import socket
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
@@ -37,7 +42,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from broker import MlanetError
 from broker.transport import out_queue
+from nodes.audit import AUDIT_FILE, AuditLog, AuditRecord
 from nodes.operator.auth import (
     Devices,
     LoginLimiter,
@@ -72,6 +79,13 @@ _CSP = (
     "frame-ancestors 'none'; base-uri 'none'"
 )
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+COUNT_BATCH = 5000  # audit records read at once when the counters catch up
+
+
+def _audit_after(path: Path, seq: int) -> list[AuditRecord]:
+    """Audit records after ``seq``, read on a connection of their own (in a worker thread)."""
+    with AuditLog(path, readonly=True) as audit:
+        return audit.records_after(seq, COUNT_BATCH)
 
 
 def _harden(headers: MutableMapping[str, str]) -> None:
@@ -133,10 +147,17 @@ class OperatorSurface:
         self.node = node
         self.settings = node.config.operator
         self.network = node.config.network
+        # the kinds that get a receipt; imported here, as nodes.node imports this module
+        from nodes.node import RECEIPTED
+
         peers = tuple(peer.network for peer in node.config.peers)
         self.metrics = NodeMetrics(self.network, peers)
-        self.flow = FlowLog()
-        self.links = LinkTracker(peers, started=time.time())
+        self.flow = FlowLog(node.audit)
+        self.links = LinkTracker(
+            peers, started=time.time(), network=self.network, answered=RECEIPTED
+        )
+        self._audit_path = node.config.state_dir / AUDIT_FILE
+        self._count_lock = asyncio.Lock()
         self.sessions = Sessions(self.settings.session_minutes * 60.0)
         self.limiter = LoginLimiter(self.settings.login_attempts_per_minute)
         self.devices = Devices()
@@ -169,7 +190,7 @@ class OperatorSurface:
         await self.aclose()
 
     async def start(self) -> None:
-        for observer in (self.metrics, self.links, self.flow):
+        for observer in (self.metrics, self.links):
             self.node.observe.add(observer)
         try:
             sock: socket.socket | None = self._bind()
@@ -234,7 +255,7 @@ class OperatorSurface:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-        for observer in (self.metrics, self.links, self.flow):
+        for observer in (self.metrics, self.links):
             self.node.observe.remove(observer)
 
     # --- polling --------------------------------------------------------------------------------
@@ -246,8 +267,24 @@ class OperatorSurface:
                 log.warning("operator_poll_failed", error_type=type(exc).__name__)
             await asyncio.sleep(self.settings.poll_seconds)
 
+    async def count_history(self) -> None:
+        """Fold the audit records written since the last call into the message counters."""
+        async with self._count_lock:
+            try:
+                while True:
+                    after = self.metrics.counted_through
+                    records = await asyncio.to_thread(_audit_after, self._audit_path, after)
+                    for record in records:
+                        self.metrics.count(record)
+                    if len(records) < COUNT_BATCH:
+                        return
+            except (MlanetError, sqlite3.Error) as exc:  # the counters wait for the next
+                # poll (mlanet audit verify names a record that cannot be read); the node runs on
+                log.warning("operator_counters_behind", error_type=type(exc).__name__)
+
     async def poll(self) -> NodeStatus:
-        """Gather the status now, update the gauges and write the snapshot."""
+        """Gather the status now, update the gauges and counters and write the snapshot."""
+        await self.count_history()
         async with self._poll_lock:
             now = time.time()
             config = self.node.config  # peers follow the directory while the node runs
@@ -288,6 +325,10 @@ class OperatorSurface:
 
     # --- handlers -------------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.status is None:
+            await self.poll()  # a scrape before the first poll gets the gauges too
+        else:
+            await self.count_history()
         response = web.Response(body=self.metrics.exposition())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
@@ -309,10 +350,13 @@ class OperatorSurface:
     async def _login_form(self, request: web.Request) -> web.Response:
         if self._logged_in(request):
             return _redirect("/")
-        enabled = self.settings.password_file is not None
-        return web.Response(
-            text=login_page(self.network, enabled=enabled), content_type="text/html"
+        password_file = self.settings.password_file
+        page = login_page(
+            self.network,
+            enabled=password_file is not None,
+            password_set=password_file is None or bool(read_password_line(password_file)),
         )
+        return web.Response(text=page, content_type="text/html")
 
     async def _login(self, request: web.Request) -> web.Response:
         network = self.network
@@ -324,6 +368,12 @@ class OperatorSurface:
         if password_file is None:
             return web.Response(
                 text=login_page(network, enabled=False), content_type="text/html", status=403
+            )
+        # read at every login: a password set while the node runs counts at once
+        stored = read_password_line(password_file)
+        if not stored:
+            return web.Response(
+                text=login_page(network, password_set=False), content_type="text/html", status=403
             )
         # Counted now, before anything is awaited: parallel attempts cannot all be tried.
         device = self.devices.known(request.cookies.get(DEVICE_COOKIE))
@@ -347,11 +397,8 @@ class OperatorSurface:
         ok = False
         try:
             password = form.get("password")
-            stored = read_password_line(password_file)
-            ok = (
-                isinstance(password, str)
-                and stored is not None
-                and await asyncio.to_thread(verify_password, password, stored)
+            ok = isinstance(password, str) and await asyncio.to_thread(
+                verify_password, password, stored
             )
         finally:
             self.limiter.settle(attempt, ok=ok)

@@ -1,7 +1,8 @@
-"""One node's status as operators see it: queues, links, quarantine, receipts, expiry, alerts.
+"""One node's status as operators see it, gathered: queues, links, quarantine, receipts, expiry
+and, from ``nodes/operator/alerts.py``, its alerts; and its terminal rendering.
 
-The same :class:`NodeStatus` feeds ``mlanet status`` (text or ``--json``), the metrics and the
-dashboard. Sources, and what is shown when one is missing:
+The same :class:`~nodes.operator.views.NodeStatus` feeds ``mlanet status`` (text or
+``--json``), the metrics and the dashboard. Sources, and what is shown when one is missing:
 
 - the RabbitMQ **management API** (queue depths, rates, consumers, shovel states). Without it,
   depths and consumers of the node's own queues come from AMQP passive declares and the status
@@ -9,7 +10,8 @@ dashboard. Sources, and what is shown when one is missing:
 - the node's **SQLite state** (messages awaiting a receipt, quarantine reasons) and its
   **quarantine store** (entries per peer, those kept without their body, the last minute's
   refusals: ``nodes/quarantine_store.py``), read-only;
-- the **directory** (key and directory expiry);
+- the **directory** (key and directory expiry: when the node itself stops trusting them,
+  ``nodes/directory_config.py`` ``directory_expiry``);
 - the **running node's link tracker** (last success, oldest waiting message; see
   ``nodes/operator/links.py``), which the node writes to ``<state_dir>/operator.json`` each poll.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,23 @@ from broker.management import (
     ShovelState,
     shovel_states,
 )
-from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, deliver_queue, out_queue
+from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
 from nodes.config import Alerts, NodeConfig, _read_secret
 from nodes.directory import DirectoryBook, effective_config
+from nodes.directory_config import directory_expiry
+from nodes.operator.alerts import compute_alerts
 from nodes.operator.links import LinkView
+from nodes.operator.views import (
+    Alert,
+    ExpiryView,
+    NodeStatus,
+    PeerQuarantine,
+    QuarantineEntry,
+    QuarantineView,
+    ReceiptView,
+    human_duration,
+    iso,
+)
 from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from nodes.reconcile import foreign, link_name
 from nodes.store import Store
@@ -55,6 +70,7 @@ __all__ = [
     "build_status",
     "collect",
     "compute_alerts",
+    "human_duration",
     "link_name",
     "read_snapshot",
     "render_text",
@@ -62,95 +78,6 @@ __all__ = [
 ]
 
 SNAPSHOT = "operator.json"
-
-
-@dataclass(frozen=True)
-class QuarantineEntry:
-    at: float
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class PeerQuarantine:
-    """One peer's entries in the quarantine (``local``: the node's local ways in)."""
-
-    waiting: int
-    without_body: int  # kept as metadata only: the peer's quarantine bound was reached
-    last_minute: int  # refused within the last minute (the refusal-rate alert)
-
-
-@dataclass(frozen=True)
-class QuarantineView:
-    # entries waiting: in the quarantine store, and in mlanet.quarantine for the node to take in
-    depth: int | None
-    by_reason: dict[str, int]  # messages this node quarantined, by reason code (all recorded)
-    recent: list[QuarantineEntry]
-    peers: dict[str, PeerQuarantine] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ReceiptView:
-    awaiting: int  # own messages sent and not yet acknowledged by a receipt
-    oldest_age: float | None
-    overdue: int  # of them, waiting longer than the alert threshold
-    states: dict[str, int]  # all own messages by state
-    unmatched: int = 0  # receipts in the last day for messages this node has no record of
-
-
-@dataclass(frozen=True)
-class ExpiryView:
-    network_keys: dict[str, float | None]  # network -> latest key expiry (None: no expiry)
-    directory_version: int
-    directory_issued: float
-    directory_expires: float  # its valid_until, else issued + directory_max_age_days
-    directory_expiry_signed: bool  # the coordinator set valid_until
-
-
-@dataclass(frozen=True)
-class Alert:
-    code: str  # node_down, link_down, link_backlog, receipts_overdue, key_expiry, ...
-    severity: str  # warning, critical
-    subject: str  # the peer, network or queue concerned ("" for the node)
-    text: str
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    network: str
-    at: float
-    node_running: bool | None  # the node consumes its inbox; None: cannot tell
-    management: bool  # the management API answered
-    queues: list[QueueFigures]
-    links: list[LinkView]
-    quarantine: QuarantineView
-    receipts: ReceiptView | None  # None: the node's state cannot be read
-    expiry: ExpiryView
-    alerts: list[Alert]
-    unavailable: list[str] = field(default_factory=list)  # what cannot be shown, and why
-    foreign: list[str] = field(default_factory=list)  # on the node's vhost, not put by the node
-    dashboard: str | None = None  # the running node's dashboard and /metrics
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready form: timestamps as ISO 8601 UTC, durations in seconds."""
-        raw = asdict(self)
-        raw["at"] = _iso(self.at)
-        for link in raw["links"]:
-            link["last_success"] = _iso(link["last_success"])
-            link["down_since"] = _iso(link["down_since"])
-        for entry in raw["quarantine"]["recent"]:
-            entry["at"] = _iso(entry["at"])
-        expiry = raw["expiry"]
-        expiry["network_keys"] = {k: _iso(v) for k, v in expiry["network_keys"].items()}
-        expiry["directory_issued"] = _iso(expiry["directory_issued"])
-        expiry["directory_expires"] = _iso(expiry["directory_expires"])
-        return raw
-
-
-def _iso(value: float | None) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # --- the broker -------------------------------------------------------------------------------
@@ -232,14 +159,19 @@ async def _passive(
 UNMATCHED_WINDOW = 86400.0  # seconds: receipts for messages this node did not send, counted
 
 
+FAILED_EVENTS = ("failed", "undeliverable")  # an own message's end without its receipt
+
+
 def receipt_view(store: Store, alerts: Alerts, now: float) -> ReceiptView:
     awaiting, oldest, overdue = store.outbox_awaiting(now - alerts.receipt_overdue_seconds)
+    since = now - alerts.failed_window_seconds
     return ReceiptView(
         awaiting=awaiting,
         oldest_age=None if oldest is None else max(0.0, now - oldest),
         overdue=overdue,
         states=store.outbox_states(),
         unmatched=store.count_events("receipt_unmatched", now - UNMATCHED_WINDOW),
+        failed_recent=sum(store.count_events(event, since) for event in FAILED_EVENTS),
     )
 
 
@@ -280,25 +212,20 @@ def _key_end(key: NetworkKey) -> float | None:
     return min(ends) if ends else None
 
 
-def expiry_view(directory: Directory, alerts: Alerts) -> ExpiryView:
-    """When each network's last key stops being valid (expiry or revocation), and when the
-    directory does (the coordinator's ``valid_until``, else the operator's maximum age)."""
+def expiry_view(directory: Directory, config: NodeConfig) -> ExpiryView:
+    """When each network's last key stops being valid (expiry or revocation: a key is no longer
+    valid at its ``not_after``), and when the node stops trusting the directory (the
+    coordinator's ``valid_until``, else ``[coordinator] max_directory_age_seconds``)."""
     keys: dict[str, float | None] = {}
     for network in directory.networks:
         ends = [_key_end(key) for key in network.keys]
         keys[network.id] = None if any(end is None for end in ends) else max(e for e in ends if e)
-    issued = directory.issued_at.timestamp()
-    valid_until = directory.valid_until
     return ExpiryView(
         network_keys=keys,
         directory_version=directory.version,
-        directory_issued=issued,
-        directory_expires=(
-            valid_until.timestamp()
-            if valid_until is not None
-            else issued + alerts.directory_max_age_days * 86400
-        ),
-        directory_expiry_signed=valid_until is not None,
+        directory_issued=directory.issued_at.timestamp(),
+        directory_expires=directory_expiry(directory, config.coordinator).timestamp(),
+        directory_expiry_signed=directory.valid_until is not None,
     )
 
 
@@ -344,7 +271,7 @@ def build_status(
             quarantined.close()
     queues = sorted(view.queues.values(), key=lambda q: (_queue_rank(q.name), q.name))
     linked = sorted(links, key=lambda link: link.peer)
-    expiry = expiry_view(directory, thresholds)
+    expiry = expiry_view(directory, config)
     status = NodeStatus(
         network=config.network,
         at=now,
@@ -368,193 +295,6 @@ def _queue_rank(name: str) -> int:
     if name in order:
         return order[name]
     return 3 if name.startswith("mlanet.out.") else 4
-
-
-# --- alerts ------------------------------------------------------------------------------------
-def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[Alert]:
-    """Every threshold in ``[operator.alerts]`` that the status crosses, most severe first."""
-    limits = config.operator.alerts
-    found: list[Alert] = [
-        Alert("broker_foreign", "critical", "", finding) for finding in status.foreign
-    ]
-    if status.node_running is False:
-        found.append(
-            Alert("node_down", "critical", "", "nobody consumes mlanet.inbox: the node is down")
-        )
-    for link in status.links:
-        if link.state in ("down", "stalled"):
-            down_for = None if link.down_since is None else now - link.down_since
-            if down_for is None or down_for >= limits.link_down_seconds:
-                why = f"shovel {link.shovel}" if link.state == "down" else "nothing handed over"
-                if link.reason:
-                    why += f": {link.reason}"
-                since = "" if down_for is None else f" for {human_duration(down_for)}"
-                found.append(
-                    Alert("link_down", "critical", link.peer, f"link {link.state}{since} ({why})")
-                )
-        if link.backlog is not None and link.backlog >= limits.backlog_messages:
-            found.append(
-                Alert(
-                    "link_backlog",
-                    "warning",
-                    link.peer,
-                    f"{link.backlog} messages waiting (threshold {limits.backlog_messages})",
-                )
-            )
-        elif (
-            link.oldest_waiting is not None and link.oldest_waiting >= limits.oldest_waiting_seconds
-        ):
-            found.append(
-                Alert(
-                    "link_backlog",
-                    "warning",
-                    link.peer,
-                    f"oldest message waiting {'at least ' if link.oldest_at_least else ''}"
-                    f"{human_duration(link.oldest_waiting)}",
-                )
-            )
-    if status.receipts is not None and status.receipts.overdue:
-        found.append(
-            Alert(
-                "receipts_overdue",
-                "warning",
-                "",
-                f"{status.receipts.overdue} messages waiting more than "
-                f"{human_duration(limits.receipt_overdue_seconds)} for a receipt",
-            )
-        )
-    if status.receipts is not None and status.receipts.unmatched:
-        found.append(
-            Alert(
-                "receipts_unmatched",
-                "warning",
-                "",
-                f"{status.receipts.unmatched} receipts in the last day for messages this node "
-                "has no record of: is this network's signing key used outside its node, or was "
-                "its state reset?",
-            )
-        )
-    found.extend(_quarantine_alerts(status, config))
-    found.extend(_delivery_alerts(status, config))
-    relevant = [config.network, *(peer.network for peer in config.peers)]
-    for network in relevant:
-        if network not in status.expiry.network_keys:
-            continue
-        expires = status.expiry.network_keys[network]
-        if expires is None:
-            continue
-        whose = "our signing key" if network == config.network else f"{network}'s keys"
-        if expires <= now:
-            found.append(Alert("key_expiry", "critical", network, f"{whose} expired"))
-        elif expires - now <= limits.key_expiry_days * 86400:
-            found.append(
-                Alert(
-                    "key_expiry",
-                    "critical" if network == config.network else "warning",
-                    network,
-                    f"{whose} expire in {human_duration(expires - now)}",
-                )
-            )
-    left = status.expiry.directory_expires - now
-    if left <= 0:
-        found.append(
-            Alert(
-                "directory_expiry",
-                "critical",
-                "",
-                f"directory version {status.expiry.directory_version} "
-                + (
-                    "has expired (valid_until passed)"
-                    if status.expiry.directory_expiry_signed
-                    else f"is stale (older than {limits.directory_max_age_days:g} days)"
-                ),
-            )
-        )
-    elif left <= limits.directory_expiry_days * 86400:
-        found.append(
-            Alert(
-                "directory_expiry",
-                "warning",
-                "",
-                f"directory version {status.expiry.directory_version} "
-                + ("expires" if status.expiry.directory_expiry_signed else "goes stale")
-                + f" in {human_duration(left)}",
-            )
-        )
-    return sorted(found, key=lambda alert: alert.severity != "critical")
-
-
-def _quarantine_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
-    """A peer refused at more than ``refusals_per_minute``, and a peer whose refusals are kept
-    without their body (its quarantine bound is reached)."""
-    threshold = config.operator.alerts.refusals_per_minute
-    found = []
-    for peer, counts in status.quarantine.peers.items():
-        which = "--local" if peer == "local" else f"--peer {peer}"
-        if counts.last_minute >= threshold:
-            found.append(
-                Alert(
-                    "quarantine_rate",
-                    "warning",
-                    peer,
-                    f"{counts.last_minute} messages refused in the last minute (threshold "
-                    f"{threshold}): mlanet quarantine list {which}",
-                )
-            )
-        if counts.without_body:
-            found.append(
-                Alert(
-                    "quarantine_bound",
-                    "warning",
-                    peer,
-                    f"{counts.without_body} refused messages kept as metadata only: the "
-                    f"quarantine bound is reached (look, then: mlanet quarantine drop "
-                    f"--all-matching {which})",
-                )
-            )
-    return found
-
-
-def _delivery_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
-    """A contact point's delivery queue near (80 %) or at its bound."""
-    bound = config.limits.deliver_queue_messages
-    prefix = deliver_queue("")
-    found = []
-    for queue in status.queues:
-        if not queue.name.startswith(prefix) or queue.messages is None:
-            continue
-        contact_point = queue.name.removeprefix(prefix)
-        if queue.messages >= bound:
-            found.append(
-                Alert(
-                    "delivery_queue",
-                    "critical",
-                    contact_point,
-                    f"{queue.messages} messages wait to be read (bound {bound}): the queue is "
-                    "full, new messages for it go to quarantine as delivery_limit",
-                )
-            )
-        elif queue.messages >= 0.8 * bound:
-            found.append(
-                Alert(
-                    "delivery_queue",
-                    "warning",
-                    contact_point,
-                    f"{queue.messages} messages wait to be read (bound {bound})",
-                )
-            )
-    return found
-
-
-def human_duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
 
 
 # --- the running node's snapshot ---------------------------------------------------------------
@@ -632,6 +372,8 @@ def outside_links(
                     oldest_waiting=known.get("oldest_waiting"),
                     oldest_at_least=bool(known.get("oldest_at_least")),
                     down_since=_epoch(known.get("down_since")),
+                    unanswered_since=_epoch(known.get("unanswered_since")),
+                    unanswered=int(known.get("unanswered") or 0),
                 )
             )
             continue
@@ -695,7 +437,7 @@ def render_text(status: NodeStatus) -> str:
     """The terminal view of ``mlanet status``."""
     now = status.at
     running = {True: "running", False: "NOT RUNNING", None: "unknown"}[status.node_running]
-    lines = [f"mlanet node {status.network}: {running}   ({_iso(now)})"]
+    lines = [f"mlanet node {status.network}: {running}   ({iso(now)})"]
     if status.dashboard:
         lines.append(f"dashboard and /metrics: {status.dashboard}")
     lines.append("")
@@ -721,6 +463,11 @@ def render_text(status: NodeStatus) -> str:
         )
         if link.reason:
             lines.append(f"      reason: {link.reason}")
+        if link.unanswered_since is not None:
+            lines.append(
+                f"      {link.unanswered} own messages handed over, no receipt through it for "
+                f"{human_duration(now - link.unanswered_since)}"
+            )
     lines += ["", "QUEUES"]
     lines.append(
         f"  {'queue':<34} {'depth':>7} {'ready':>7} {'unacked':>7} {'in/s':>7} {'out/s':>7} "
@@ -754,7 +501,7 @@ def render_text(status: NodeStatus) -> str:
         )
         lines.append(
             f"RECEIPTS: {receipts.awaiting} messages awaiting a receipt{oldest}; "
-            f"{receipts.overdue} overdue"
+            f"{receipts.overdue} overdue; {receipts.failed_recent} failed recently"
         )
         if receipts.states:
             states = ", ".join(f"{k} {v}" for k, v in sorted(receipts.states.items()))
@@ -767,13 +514,13 @@ def render_text(status: NodeStatus) -> str:
         + (
             "no expiry set"
             if mine is None
-            else f"expires {_iso(mine)} (in {human_duration(mine - now)})"
+            else f"expires {iso(mine)} (in {human_duration(mine - now)})"
         )
     )
     lines.append(
-        f"  directory version {expiry.directory_version}, issued {_iso(expiry.directory_issued)}, "
-        + ("valid until " if expiry.directory_expiry_signed else "stale after ")
-        + f"{_iso(expiry.directory_expires)} (in {human_duration(expiry.directory_expires - now)})"
+        f"  directory version {expiry.directory_version}, issued {iso(expiry.directory_issued)}, "
+        + ("valid until " if expiry.directory_expiry_signed else "trusted until ")
+        + f"{iso(expiry.directory_expires)} (in {human_duration(expiry.directory_expires - now)})"
     )
     if status.unavailable:
         lines += ["", "NOT SHOWN"]

@@ -46,7 +46,7 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
             "--network", "pilon",
             "--name", "Pacific Islands Law Officers Network",
             "--member", "FJ", "--member", "WS", "--member", "TO",
-            "--coordinator-key", fed.root / "unodc" / "coordinator" / "unodc.1.pub",
+            "--coordinator-key", fed.coordinator_pub(),
             "--vhost", fed.vhost("pilon"),
             "--user", fed.user("pilon"),
             "--link", "seajust",

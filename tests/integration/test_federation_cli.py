@@ -1,16 +1,22 @@
-"""`mlanet federation init` and `down` on the real broker: every node of the federation,
-the coordinator's included, is provisioned and named with its start command; down removes it."""
+"""`mlanet federation init`, `down` and `remove` on the real broker: every node of the
+federation, the coordinator's included, is provisioned and named with its start command; down
+removes it, reading the prefix from the folder (two federations on one broker never remove
+each other's); remove takes a network that joined off the broker."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
 import httpx
 from typer.testing import CliRunner
 
+from broker.management import Management
+from broker.peer_access import PEER_TAG
 from nodes.cli import app
-from nodes.federation import COORDINATOR, EXAMPLE_NETWORKS
+from nodes.federation import COORDINATOR, EXAMPLE_NETWORKS, build, provision, teardown
+from tests.integration.kit import ADMIN
 
 
 def _vhosts(prefix: str) -> set[str]:
@@ -46,3 +52,100 @@ def test_init_names_every_node_and_down_removes_them(tmp_path: Path) -> None:
         )
     assert result.exit_code == 0, result.output
     assert _vhosts(prefix) == set()
+
+
+def _users(prefix: str) -> set[str]:
+    found = httpx.get("http://127.0.0.1:15672/api/users", auth=("guest", "guest"), timeout=60)
+    return {u["name"] for u in found.json() if u["name"].startswith(prefix + "-")}
+
+
+def test_two_federations_on_one_broker_each_go_down_alone(tmp_path: Path) -> None:
+    """Two people on one broker: each folder records its own prefix, down reads it (no
+    --prefix typed) and removes that federation's vhosts and users only."""
+    runner = CliRunner()
+    mine, theirs = "c" + uuid.uuid4().hex[:10], "c" + uuid.uuid4().hex[:10]
+    folders = {mine: tmp_path / "mine", theirs: tmp_path / "theirs"}
+    try:
+        for prefix, folder in folders.items():
+            made = runner.invoke(
+                app,
+                ["federation", "init", "--dir", str(folder), "--prefix", prefix,
+                 "--operator-port", "0"],
+            )  # fmt: skip
+            assert made.exit_code == 0, made.output
+            assert f"mlanet federation down --dir {folder}" in made.output
+            assert "unodc-directory.1.pub" in made.output
+        assert len(_vhosts(mine)) == len(_vhosts(theirs)) == 6
+        down = runner.invoke(app, ["federation", "down", "--dir", str(folders[mine])])
+        assert down.exit_code == 0, down.output
+        assert f"prefix {mine}" in down.output
+        assert _vhosts(mine) == set()
+        assert _users(mine) == set()
+        assert len(_vhosts(theirs)) == 6  # untouched
+        assert len(_users(theirs)) == 12
+    finally:
+        for folder in folders.values():
+            runner.invoke(app, ["federation", "down", "--dir", str(folder)])
+    assert _vhosts(theirs) == set()
+
+
+async def test_a_network_that_joined_is_taken_off_the_broker(tmp_path: Path) -> None:
+    """mlanet init and directory provision put a network on the broker; its link user was made
+    from a directory (tag mlanet-peer) and has its inbox permission at a peer. federation
+    remove takes all three off, and keeps an account that serves something else."""
+    prefix = "c" + uuid.uuid4().hex[:10]
+    fed = build(tmp_path / "federation", prefix=prefix)
+    folder = tmp_path / "pilon"
+    runner = CliRunner()
+    await provision(fed, ADMIN)
+    try:
+        made = runner.invoke(
+            app,
+            [
+                "init", "--dir", str(folder), "--network", "pilon",
+                "--name", "Pacific Islands Law Officers Network", "--member", "FJ",
+                "--coordinator-key", str(fed.coordinator_pub()),
+                "--vhost", f"{prefix}-pilon", "--user", f"{prefix}-pilon", "--link", "seajust",
+            ],
+        )  # fmt: skip
+        assert made.exit_code == 0, made.output
+        provisioned = await asyncio.to_thread(
+            runner.invoke,
+            app,
+            ["directory", "provision", "--config", str(folder / "node.toml"),
+             "--admin-user", ADMIN.user],
+        )  # fmt: skip
+        assert provisioned.exit_code == 0, provisioned.output
+        link_user = f"{prefix}-pilon-link"
+        async with Management(ADMIN) as management:  # as SEAJust's provision does for it
+            await management.put_user(link_user, "a throwaway password", PEER_TAG)
+            await management.put_permissions(
+                fed.vhost("seajust"), link_user, configure="", write="^x$", read=""
+            )
+        assert f"{prefix}-pilon" in _vhosts(prefix)
+        removed = await asyncio.to_thread(
+            runner.invoke, app, ["federation", "remove", "--config", str(folder / "node.toml")]
+        )
+        assert removed.exit_code == 0, removed.output
+        assert f"vhost {prefix}-pilon removed" in removed.output
+        assert f"user {prefix}-pilon removed" in removed.output
+        assert f"link user {link_user} removed" in removed.output
+        assert f"{prefix}-pilon" not in _vhosts(prefix)
+        assert {f"{prefix}-pilon", link_user}.isdisjoint(_users(prefix))
+        assert len(_vhosts(prefix)) == 6  # the federation itself is untouched
+
+        async with Management(ADMIN) as management:  # an account made for something else
+            await management.put_user(link_user, "a throwaway password", "monitoring")
+        again = await asyncio.to_thread(
+            runner.invoke, app, ["federation", "remove", "--config", str(folder / "node.toml")]
+        )
+        assert again.exit_code == 0, again.output
+        assert "not on this broker" in again.output
+        assert f"link user {link_user} kept" in again.output
+        assert link_user in _users(prefix)
+    finally:
+        await teardown(fed, ADMIN)
+        async with Management(ADMIN) as management:
+            await management.delete_vhost(f"{prefix}-pilon")
+            await management.delete_user(f"{prefix}-pilon")
+            await management.delete_user(f"{prefix}-pilon-link")

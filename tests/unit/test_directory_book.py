@@ -242,7 +242,7 @@ def test_a_join_is_approved_only_with_a_valid_request(fed: Federation, tmp_path:
             "--observer", "AU",
             "--contact-point", "fj-ago-1=Central authority",
             "--contact-point", "au-obs-1=Observer",
-            "--coordinator-key", str(fed.root / "unodc" / "coordinator" / "unodc.1.pub"),
+            "--coordinator-key", str(fed.coordinator_pub()),
             "--vhost", "pilon", "--user", "pilon", "--link", "seajust",
         ],
     )  # fmt: skip

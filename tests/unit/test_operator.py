@@ -12,9 +12,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
+from broker import SigningKey
 from broker.management import QueueFigures, ShovelState, shovel_states
+from nodes.audit import AuditLog, AuditTrail
 from nodes.cli import app
 from nodes.config import NodeConfig, load_config
+from nodes.directory_config import CoordinatorConfig
 from nodes.observe import Flow
 from nodes.operator.auth import (
     Devices,
@@ -24,7 +27,7 @@ from nodes.operator.auth import (
     verify_password,
 )
 from nodes.operator.dashboard import dashboard_page, login_page
-from nodes.operator.flow import FlowLog
+from nodes.operator.flow import FlowEvent
 from nodes.operator.links import STALL_SECONDS, LinkTracker, LinkView
 from nodes.operator.metrics import NodeMetrics
 from nodes.operator.status import (
@@ -40,6 +43,7 @@ from nodes.operator.status import (
 from schemas.base import format_timestamp
 from schemas.directory import Directory
 
+AUDIT_KEY = SigningKey.from_seed("seajust", "ed25519:1", bytes(range(32)))
 FLOW = Flow("6f1c0e4e-0000-4000-8000-000000000001", "seajust", "facilitation_request", "UZ")
 NOW = 1_800_000_000.0
 
@@ -227,14 +231,21 @@ def test_key_expiry_alerts_for_our_key_and_a_peers_key(tmp_path: Path) -> None:
     assert {a.text for a in expired.alerts} == {"our signing key expired", "casc's keys expired"}
 
 
-def test_directory_expiry_from_valid_until_or_the_operators_maximum_age(tmp_path: Path) -> None:
-    config = _config(tmp_path, directory_expiry_days=14, directory_max_age_days=180)
+def test_directory_expiry_from_valid_until_or_the_coordinators_maximum_age(tmp_path: Path) -> None:
+    """The directory expires when the node stops trusting it: its valid_until, else issued_at
+    plus [coordinator] max_directory_age_seconds (the directory here was issued a day ago)."""
+    config = _config(tmp_path, directory_expiry_days=14)
     near = datetime.fromtimestamp(NOW, UTC) + timedelta(days=3)
     signed = _status(config, [_link()], directory=_directory(valid_until=near))
     assert [(a.code, a.severity) for a in signed.alerts] == [("directory_expiry", "warning")]
     assert "expires in 3d" in signed.alerts[0].text
-    stale = _status(_config(tmp_path, directory_max_age_days=0.5), [_link()])
+    pinned = {"keys": [{"key_id": "ed25519:1", "public_key": "A" * 43}]}
+    young = config.model_copy(update={"coordinator": CoordinatorConfig.model_validate(pinned)})
+    assert _status(young, [_link()]).alerts == []  # 90 days by default, one gone
+    old = CoordinatorConfig.model_validate({**pinned, "max_directory_age_seconds": 43200})
+    stale = _status(config.model_copy(update={"coordinator": old}), [_link()])
     assert [(a.code, a.severity) for a in stale.alerts] == [("directory_expiry", "critical")]
+    assert "refuses new messages (directory_expired)" in stale.alerts[0].text
 
 
 def test_a_node_nobody_runs_is_a_critical_alert(tmp_path: Path) -> None:
@@ -402,9 +413,10 @@ def test_dashboard_escapes_everything_it_shows(tmp_path: Path) -> None:
         [_link(reason=hostile)],
         quarantine=QuarantineView(1, {hostile: 1}, [QuarantineEntry(NOW, "invalid_json", hostile)]),
     )
-    flow = FlowLog()
-    flow.refused("invalid_json", "mlanet.inbox.from.casc", Flow(hostile, hostile, hostile, hostile))
-    page = dashboard_page(status, _directory(), flow.by_network(), refresh=5)
+    flow = {
+        "casc": [FlowEvent(NOW, "refused", "casc", hostile, hostile, hostile, hostile, hostile)]
+    }
+    page = dashboard_page(status, _directory(), flow, refresh=5)
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
     assert "<script>" not in login_page(hostile, error=hostile)
@@ -418,13 +430,20 @@ def test_status_json_is_plain_json_with_iso_timestamps(tmp_path: Path) -> None:
     assert raw["expiry"]["directory_expires"].endswith("Z")
 
 
-def test_metrics_count_observer_points_with_bounded_labels(tmp_path: Path) -> None:
+def test_metrics_count_audit_records_and_timings_with_bounded_labels(tmp_path: Path) -> None:
+    """The message counters are counts of the audit trail's records (what the node's audit
+    observer writes); step timings come from the observer seam; labels stay bounded."""
+    with AuditLog(tmp_path / "audit.sqlite3", AUDIT_KEY) as audit:
+        trail = AuditTrail(audit)
+        trail.received("casc", FLOW)
+        trail.forwarded("ejn", FLOW)
+        trail.quarantined("q-1", "bad_signature", "detail", "mlanet.inbox.from.casc", None)
+        trail.receipt(FLOW.message_id, "casc", 2.0)
+        audit.commit()
+        records = audit.records()
     metrics = NodeMetrics("seajust", ("casc",))
-    metrics.received("casc", FLOW)
-    metrics.forwarded("casc", FLOW)
-    metrics.delivered(("uz-cp-1",), FLOW)
-    metrics.refused("bad_signature", "mlanet.inbox.from.casc", None)
-    metrics.receipt(FLOW.message_id, "casc", 2.0)
+    for record in [*records, *records]:  # a record is counted once, however often it is read
+        metrics.count(record)
     metrics.timing("verify", 0.0002)
     metrics.timing("not-a-step", 1.0)  # ignored: labels stay bounded
     metrics.update(_status(_config(tmp_path), [_link(backlog=7)]))
@@ -434,6 +453,8 @@ def test_metrics_count_observer_points_with_bounded_labels(tmp_path: Path) -> No
         for s in family.samples
     }
     assert samples[("mlanet_messages_received_total", (("peer", "casc"),))] == 1
+    assert samples[("mlanet_messages_forwarded_total", (("peer", "ejn"),))] == 1
+    assert samples[("mlanet_receipts_received_total", ())] == 1
     assert samples[("mlanet_messages_quarantined_total", (("reason", "bad_signature"),))] == 1
     assert samples[("mlanet_messages_quarantined_total", (("reason", "invalid_json"),))] == 0
     assert samples[("mlanet_step_seconds_count", (("step", "verify"),))] == 1

@@ -147,7 +147,7 @@ def test_the_folders_init_writes_pass(tmp_path: Path) -> None:
                 "--network", "pilon",
                 "--name", "Pacific Islands Law Officers Network",
                 "--member", "FJ",
-                "--coordinator-key", str(fed.root / "unodc" / "coordinator" / "unodc.1.pub"),
+                "--coordinator-key", str(fed.coordinator_pub()),
                 "--vhost", "pilon", "--user", "pilon", "--link", "seajust",
             ],
         )  # fmt: skip

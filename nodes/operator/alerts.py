@@ -1,0 +1,226 @@
+"""The alerts: every threshold in ``[operator.alerts]`` (``nodes/config.py``) that one node's
+status crosses. The table, with each code's severity, is in docs/OPERATIONS.md ("Watching a
+node"). Pure functions of a :class:`~nodes.operator.views.NodeStatus`."""
+
+from __future__ import annotations
+
+from broker.transport import deliver_queue
+from nodes.config import NodeConfig
+from nodes.operator.views import Alert, NodeStatus, human_duration
+
+__all__ = ["compute_alerts"]
+
+
+def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[Alert]:
+    """Every threshold in ``[operator.alerts]`` that the status crosses, most severe first."""
+    limits = config.operator.alerts
+    found: list[Alert] = [
+        Alert("broker_foreign", "critical", "", finding) for finding in status.foreign
+    ]
+    if status.node_running is False:
+        found.append(
+            Alert("node_down", "critical", "", "nobody consumes mlanet.inbox: the node is down")
+        )
+    for link in status.links:
+        if link.state in ("down", "stalled"):
+            down_for = None if link.down_since is None else now - link.down_since
+            if down_for is None or down_for >= limits.link_down_seconds:
+                why = f"shovel {link.shovel}" if link.state == "down" else "nothing handed over"
+                if link.reason:
+                    why += f": {link.reason}"
+                since = "" if down_for is None else f" for {human_duration(down_for)}"
+                found.append(
+                    Alert("link_down", "critical", link.peer, f"link {link.state}{since} ({why})")
+                )
+        silent_for = None if link.unanswered_since is None else now - link.unanswered_since
+        if (
+            link.state == "up"
+            and silent_for is not None
+            and silent_for >= limits.peer_silent_seconds
+        ):
+            found.append(
+                Alert(
+                    "peer_silent",
+                    "warning",
+                    link.peer,
+                    f"{link.peer}'s broker accepted {link.unanswered} own messages, and no "
+                    f"receipt came back for {human_duration(silent_for)}: is {link.peer}'s "
+                    "node (or a network behind it) consuming?",
+                )
+            )
+        if link.backlog is not None and link.backlog >= limits.backlog_messages:
+            found.append(
+                Alert(
+                    "link_backlog",
+                    "warning",
+                    link.peer,
+                    f"{link.backlog} messages waiting (threshold {limits.backlog_messages})",
+                )
+            )
+        elif (
+            link.oldest_waiting is not None and link.oldest_waiting >= limits.oldest_waiting_seconds
+        ):
+            found.append(
+                Alert(
+                    "link_backlog",
+                    "warning",
+                    link.peer,
+                    f"oldest message waiting {'at least ' if link.oldest_at_least else ''}"
+                    f"{human_duration(link.oldest_waiting)}",
+                )
+            )
+    if status.receipts is not None and status.receipts.overdue:
+        found.append(
+            Alert(
+                "receipts_overdue",
+                "warning",
+                "",
+                f"{status.receipts.overdue} messages waiting more than "
+                f"{human_duration(limits.receipt_overdue_seconds)} for a receipt",
+            )
+        )
+    if status.receipts is not None and status.receipts.failed_recent >= limits.failed_messages:
+        found.append(
+            Alert(
+                "own_failed",
+                "warning",
+                "",
+                f"{status.receipts.failed_recent} own messages failed in the last "
+                f"{human_duration(limits.failed_window_seconds)} (no route, refused on the way, "
+                "or no receipt in time): their senders got a notice; mlanet track shows why",
+            )
+        )
+    if status.receipts is not None and status.receipts.unmatched:
+        found.append(
+            Alert(
+                "receipts_unmatched",
+                "warning",
+                "",
+                f"{status.receipts.unmatched} receipts in the last day for messages this node "
+                "has no record of: is this network's signing key used outside its node, or was "
+                "its state reset?",
+            )
+        )
+    found.extend(_quarantine_alerts(status, config))
+    found.extend(_delivery_alerts(status, config))
+    relevant = [config.network, *(peer.network for peer in config.peers)]
+    for network in relevant:
+        if network not in status.expiry.network_keys:
+            continue
+        expires = status.expiry.network_keys[network]
+        if expires is None:
+            continue
+        whose = "our signing key" if network == config.network else f"{network}'s keys"
+        if expires <= now:
+            found.append(Alert("key_expiry", "critical", network, f"{whose} expired"))
+        elif expires - now <= limits.key_expiry_days * 86400:
+            found.append(
+                Alert(
+                    "key_expiry",
+                    "critical" if network == config.network else "warning",
+                    network,
+                    f"{whose} expire in {human_duration(expires - now)}",
+                )
+            )
+    left = status.expiry.directory_expires - now
+    if left <= 0:
+        found.append(
+            Alert(
+                "directory_expiry",
+                "critical",
+                "",
+                f"directory version {status.expiry.directory_version} "
+                + (
+                    "has expired (valid_until passed)"
+                    if status.expiry.directory_expiry_signed
+                    else "is older than [coordinator] max_directory_age_seconds"
+                )
+                + ": the node refuses new messages (directory_expired) until a newer one arrives",
+            )
+        )
+    elif left <= limits.directory_expiry_days * 86400:
+        found.append(
+            Alert(
+                "directory_expiry",
+                "warning",
+                "",
+                f"directory version {status.expiry.directory_version} expires in "
+                f"{human_duration(left)}: then the node refuses new messages until a newer "
+                "one arrives",
+            )
+        )
+    return sorted(found, key=lambda alert: alert.severity != "critical")
+
+
+def _quarantine_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
+    """Entries waiting in the quarantine (at least ``quarantine_messages``), a peer refused at
+    more than ``refusals_per_minute``, and a peer whose refusals are kept without their body
+    (its quarantine bound is reached)."""
+    threshold = config.operator.alerts.refusals_per_minute
+    found = []
+    depth = status.quarantine.depth
+    if depth is not None and depth >= config.operator.alerts.quarantine_messages:
+        found.append(
+            Alert(
+                "quarantine_depth",
+                "warning",
+                "",
+                f"{depth} refused messages wait in the quarantine: look (mlanet quarantine "
+                "list), then release or drop them",
+            )
+        )
+    for peer, counts in status.quarantine.peers.items():
+        which = "--local" if peer == "local" else f"--peer {peer}"
+        if counts.last_minute >= threshold:
+            found.append(
+                Alert(
+                    "quarantine_rate",
+                    "warning",
+                    peer,
+                    f"{counts.last_minute} messages refused in the last minute (threshold "
+                    f"{threshold}): mlanet quarantine list {which}",
+                )
+            )
+        if counts.without_body:
+            found.append(
+                Alert(
+                    "quarantine_bound",
+                    "warning",
+                    peer,
+                    f"{counts.without_body} refused messages kept as metadata only: the "
+                    f"quarantine bound is reached (look, then: mlanet quarantine drop "
+                    f"--all-matching {which})",
+                )
+            )
+    return found
+
+
+def _delivery_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
+    """A contact point's delivery queue near (80 %) or at its bound."""
+    bound = config.limits.deliver_queue_messages
+    prefix = deliver_queue("")
+    found = []
+    for queue in status.queues:
+        if not queue.name.startswith(prefix) or queue.messages is None:
+            continue
+        contact_point = queue.name.removeprefix(prefix)
+        if queue.messages >= bound:
+            found.append(
+                Alert(
+                    "delivery_queue",
+                    "critical",
+                    contact_point,
+                    f"{queue.messages} messages wait to be read (bound {bound}): the queue is "
+                    "full, new messages for it go to quarantine as delivery_limit",
+                )
+            )
+        elif queue.messages >= 0.8 * bound:
+            found.append(
+                Alert(
+                    "delivery_queue",
+                    "warning",
+                    contact_point,
+                    f"{queue.messages} messages wait to be read (bound {bound})",
+                )
+            )
+    return found
