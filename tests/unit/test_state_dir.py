@@ -21,6 +21,7 @@ from nodes.audit import AUDIT_FILE, AuditLog
 from nodes.cli import app
 from nodes.config import load_config
 from nodes.contact import ARCHIVE_FILE, open_archive
+from nodes.contact_points import Credentials
 from nodes.federation import build
 from nodes.state_dir import secure
 from nodes.store import Store
@@ -157,5 +158,8 @@ def test_the_folders_init_writes_pass(tmp_path: Path) -> None:
         state = load_config(path).state_dir
         assert mode(state) == 0o700, path
         assert secure(state) == state
-        open_archive(load_config(path)).close()  # what `mlanet inbox` opens first
-        assert mode(state / ARCHIVE_FILE) == 0o600
+    # a contact point's archive is in its own credentials folder, owner-only too
+    folder = fed.credentials("kh-cp-1")
+    assert mode(folder) == 0o700
+    open_archive(load_config(fed.config_path("seajust")), Credentials.load(folder)).close()
+    assert mode(folder / ARCHIVE_FILE) == 0o600
