@@ -469,18 +469,21 @@ def demo(
     ] = 300.0,
 ) -> None:
     """Start the five example networks and send the Cambodia -> Uzbekistan journey."""
-    from nodes.demo import DEMO_PREFIX, fresh_folder, run_demo
+    from nodes.demo import demo_prefix, fresh_folder, run_demo
 
     fresh_folder(directory)
     # the demo stops its nodes and removes its federation when it gives up (within timeout);
     # the watchdog is for a clean-up that hangs itself (the nodes stop with the demo)
     line = (
         f"mlanet: demo did not end within {timeout + DEMO_CLEANUP:g} s; remove what is left"
-        f" with: mlanet federation down --dir {directory} --prefix {DEMO_PREFIX}"
+        f" with: mlanet federation down --dir {directory}"
     )
+    prefix = demo_prefix()  # its own vhosts and users, recorded in the folder (federation.json)
     with watchdog(timeout + DEMO_CLEANUP, lambda: line):
         try:
-            asyncio.run(run_demo(directory, say=typer.echo, keep=keep, within=timeout))
+            asyncio.run(
+                run_demo(directory, say=typer.echo, keep=keep, within=timeout, prefix=prefix)
+            )
         except MlanetError as exc:
             raise fail(str(exc), 1) from None
 

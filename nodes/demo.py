@@ -11,6 +11,7 @@ its nodes and removes its federation in any case."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import uuid
 from collections.abc import Callable
@@ -26,10 +27,15 @@ from nodes.contact_points import Credentials
 from nodes.store import TrackEvent
 from schemas.submission import Submission
 
-__all__ = ["DEMO_PREFIX", "DemoFailed", "fresh_folder", "journeys", "run_demo"]
+__all__ = ["DemoFailed", "demo_prefix", "fresh_folder", "journeys", "run_demo"]
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
-DEMO_PREFIX = "mlanet-demo"
+
+
+def demo_prefix() -> str:
+    """A prefix of the demo's own for each run: two people (or two runs) on one broker never
+    provision, or remove, each other's vhosts and users."""
+    return f"demo-{secrets.token_hex(4)}"
 
 
 class DemoFailed(MlanetError):
@@ -148,12 +154,19 @@ def fresh_folder(root: Path) -> None:
 
 
 async def run_demo(
-    root: Path, *, say: Callable[[str], None], keep: bool = False, within: float = 300.0
+    root: Path,
+    *,
+    say: Callable[[str], None],
+    keep: bool = False,
+    within: float = 300.0,
+    prefix: str | None = None,
 ) -> None:
     """Provision, start the nodes, send the journeys; give up after ``within`` seconds with
     DemoFailed naming what it waited for. The nodes are stopped and (unless ``keep``) the
     federation removed in every case."""
-    fed = federation.build(root, prefix=DEMO_PREFIX, receipts={"retry_after_seconds": 10.0})
+    fed = federation.build(
+        root, prefix=prefix or demo_prefix(), receipts={"retry_after_seconds": 10.0}
+    )
     nodes = federation.NodeProcesses(fed, ADMIN)
     progress = _Progress(nodes)
     try:
@@ -172,7 +185,7 @@ async def run_demo(
             except MlanetError as exc:
                 say(
                     f"could not remove the federation ({exc}); later: mlanet federation down"
-                    f" --dir {root} --prefix {DEMO_PREFIX}"
+                    f" --dir {root}"
                 )
 
 
