@@ -265,9 +265,14 @@ class Management:
         await self._request("POST", "/definitions", definitions)
 
     async def delete_users(self, users: list[str]) -> None:
-        """Delete many users in one request (absent ones are skipped)."""
-        if users:
-            await self._request("POST", "/users/bulk-delete", {"users": users})
+        """Delete many users in one request; absent ones are skipped (RabbitMQ refuses a bulk
+        delete that names a user it does not have)."""
+        if not users:
+            return
+        listed = await self._request("GET", "/users?columns=name")
+        present = {str(u.get("name")) for u in listed or [] if isinstance(u, dict)}
+        if found := [user for user in users if user in present]:
+            await self._request("POST", "/users/bulk-delete", {"users": found})
 
     async def permissions(self, vhost: str, user: str) -> dict[str, Any] | None:
         found = await self._request("GET", f"/permissions/{_q(vhost)}/{_q(user)}")

@@ -334,9 +334,9 @@ def test_the_administrator_password_is_never_an_argument(tmp_path: Path) -> None
         app,
         [
             "federation",
-            "down",
+            "init",
             "--dir",
-            str(tmp_path),
+            str(tmp_path / "federation"),
             "--admin-user",
             "admin",
             "--admin-password-file",
