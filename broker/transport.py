@@ -252,7 +252,11 @@ class Transport:
             connection = aio_pika.RobustConnection(URL(self._url), reconnect_interval=1)
             if self._max_body is not None:  # aiormq's socket, also on every reconnection
                 connection.kwargs["transport_factory"] = BodyCap(self._max_body)
-            await connection.connect()
+            try:
+                await connection.connect()
+            except asyncio.CancelledError:  # a caller's deadline: no reconnecting after it
+                await connection.close()
+                raise
             self._connection = connection
             self._publish = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
