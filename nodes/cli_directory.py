@@ -159,7 +159,7 @@ def _issue(
         if completed is not None:
             typer.echo(
                 f"directory version {completed.version}, left pending by an earlier command,"
-                " handed over again and confirmed"
+                " is published now"
             )
         return await coordinator.issue(build, within=timeout)
 

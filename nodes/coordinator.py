@@ -62,7 +62,6 @@ __all__ = [
     "ISSUED_FILE",
     "PENDING_FILE",
     "Coordinator",
-    "HandOverFailed",
     "Progress",
     "approve_join",
     "approve_rotation",
@@ -277,26 +276,18 @@ def change_membership(
 Change = Callable[[Directory, datetime], Directory]
 
 
-class HandOverFailed(TransportError):
-    """The coordinator's node did not confirm a version in time. ``sent``: the publish went out
-    (the version may still arrive, so it stays pending and its number used); otherwise nothing
-    left the coordinator and the number is free again."""
-
-    def __init__(self, version: int, sent: bool, why: str) -> None:
-        self.version = version
-        self.sent = sent
-        if sent:
-            text = (
-                f"version {version} was handed over but not confirmed ({why}): it may still"
-                " reach the node, so it stays pending and the next directory command hands it"
-                " over again, unchanged, before it signs anything new"
-            )
-        else:
-            text = (
-                f"version {version} was not published ({why}): nothing was used up, the next"
-                f" directory command signs version {version} again"
-            )
-        super().__init__(text)
+def _not_published(version: int, sent: bool, why: str) -> TransportError:
+    """Why a hand-over failed, and what it means for the version number (module docstring)."""
+    if sent:
+        return TransportError(
+            f"version {version} was handed over but not confirmed ({why}): it may still reach"
+            " the node, so it stays pending and the next directory command hands it over again,"
+            " unchanged, before it signs anything new"
+        )
+    return TransportError(
+        f"version {version} was not published ({why}): nothing was used up, the next directory"
+        f" command signs version {version} again"
+    )
 
 
 @dataclass
@@ -358,7 +349,8 @@ class Coordinator:
         self, verified: VerifiedDirectory, *, within: float = HAND_OVER_SECONDS, again: bool = False
     ) -> None:
         """Hand ``verified`` to the coordinator's node and record it as issued once the broker
-        confirmed it; raise :class:`HandOverFailed` otherwise (see the module docstring).
+        confirmed it; raise TransportError otherwise, saying whether the version number is used
+        (see the module docstring).
         ``again``: it is the pending version, handed over once before: it stays pending
         whatever happens now."""
         pending = self.config.state_dir / PENDING_FILE
@@ -374,7 +366,7 @@ class Coordinator:
                 why = f"nothing within {within:g} s" if isinstance(exc, TimeoutError) else str(exc)
                 if not (progress.sent or again):
                     pending.unlink(missing_ok=True)  # it never left: its number is free
-                raise HandOverFailed(verified.version, progress.sent or again, why) from exc
+                raise _not_published(verified.version, progress.sent or again, why) from exc
         pending.replace(pending.with_name(ISSUED_FILE))
 
     async def complete_pending(

@@ -148,7 +148,34 @@ async def test_a_version_sent_without_a_confirm_is_handed_over_again_before_the_
         assert held_version(fed, "unodc") == 1
 
         after = await mlanet(*change, fed.config_path("unodc"), "--add-observer", "KR")
-        assert "directory version 2, left pending by an earlier command" in after.output
+        assert (
+            "directory version 2, left pending by an earlier command, is published" in after.output
+        )
+        assert "directory version 3 signed and published" in after.output
+        await all_hold(fed, 3, NODES)
+        assert _observers(fed, "seajust", "seajust") == ["JP", "KR"]
+        assert not (_state(fed) / PENDING_FILE).exists()
+        for network in NODES:
+            assert await quarantine_depth(fed, network) == 0, f"{network} refused a version"
+
+
+async def test_a_pending_version_the_node_already_holds_is_not_signed_again(
+    dfed: Federation,
+) -> None:
+    """The confirm was lost after the node took the version (the state a crash between the
+    broker's confirm and the record leaves: version 2 published, still marked pending). The next
+    command never signs another version 2: it completes version 2 and goes on with version 3."""
+    fed = dfed
+    change = ("directory", "membership", "--network", "seajust", "--config")
+    async with running(fed, *NODES):
+        await mlanet(*change, fed.config_path("unodc"), "--add-observer", "JP")
+        await all_hold(fed, 2, NODES)
+        (_state(fed) / ISSUED_FILE).replace(_state(fed) / PENDING_FILE)
+
+        after = await mlanet(*change, fed.config_path("unodc"), "--add-observer", "KR")
+        assert (
+            "directory version 2, left pending by an earlier command, is published" in after.output
+        )
         assert "directory version 3 signed and published" in after.output
         await all_hold(fed, 3, NODES)
         assert _observers(fed, "seajust", "seajust") == ["JP", "KR"]
