@@ -4,7 +4,7 @@ routing and local delivery cases over it, key and password files, and the edge c
 header's size cap and of numbers in the header.
 
 Run once (``.venv/bin/python tests/vectors/make_protocol.py``); the file is then frozen and
-``tests/unit/test_protocol_doc.py`` checks every value against the document, against an
+``tests/unit/test_protocol_*.py`` check every value against the document, against an
 independent implementation of the document (``tests/independent.py``) and against the
 reference. Regenerating (``--force``) changes what other implementations are tested with.
 """
