@@ -175,6 +175,14 @@ def _b64_field(value: object, name: str) -> str:
     return value
 
 
+def _has_fraction(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_fraction(item) for item in value.values())
+    return isinstance(value, list) and any(_has_fraction(item) for item in value)
+
+
 def _signed_json(b64: str, name: str) -> tuple[bytes, dict[str, Any]]:
     """Decode a base64url JSON part, strictly, and insist on its canonical form."""
     if len(b64) > MAX_HEADER_BYTES * 4 // 3 + 4:
@@ -183,7 +191,8 @@ def _signed_json(b64: str, name: str) -> tuple[bytes, dict[str, Any]]:
     value = loads_strict(raw, max_bytes=MAX_HEADER_BYTES, max_depth=4)
     if not isinstance(value, dict):
         raise RefusedMessage(Reason.BAD_ENVELOPE, f"{name} is not an object")
-    if canonical_bytes(value) != raw:
+    # Canonical JSON writes integers only: a fraction or an exponent has no canonical form.
+    if _has_fraction(value) or canonical_bytes(value) != raw:
         raise RefusedMessage(Reason.NON_CANONICAL_HEADER, f"{name} is not in canonical form")
     return raw, value
 

@@ -22,6 +22,7 @@ from nodes.cli_common import (
     load_or_exit,
 )
 from nodes.coordinator import (
+    HAND_OVER_SECONDS,
     Coordinator,
     approve_join,
     approve_rotation,
@@ -42,6 +43,9 @@ directory_app = typer.Typer(
     no_args_is_help=True, help="The signed federation directory (show, approve, revoke, ...)."
 )
 ValidFor = Annotated[float, typer.Option(help="Days the new version is trusted.")]
+Timeout = Annotated[
+    float, typer.Option(help="Seconds to wait for the coordinator's node to confirm a version.")
+]
 Out = Annotated[Path | None, typer.Option(help="Also write the signed directory here.")]
 
 
@@ -140,19 +144,27 @@ def _issue(
     change: Any,
     valid_for: float,
     out: Path | None,
+    timeout: float = HAND_OVER_SECONDS,
 ) -> VerifiedDirectory:
-    """Build the next version with ``change(base, now)``, sign, record, publish."""
+    """Build the next version with ``change(base, now)``, sign and publish it; a version is used
+    up only once the coordinator's node confirmed it (``nodes/coordinator.py``)."""
     cfg = load_or_exit(config)
-    try:
-        coordinator = Coordinator.open(cfg)
-        base = coordinator.base().directory
-        now = datetime.now(UTC)
+
+    def build(base: Directory, now: datetime) -> Directory:
         networks, links = change(base, now)
-        directory = next_version(
-            base, now, timedelta(days=valid_for), networks=networks, links=links
-        )
-        verified = coordinator.issue(directory)
-        asyncio.run(coordinator.publish(verified))
+        return next_version(base, now, timedelta(days=valid_for), networks=networks, links=links)
+
+    async def run(coordinator: Coordinator) -> VerifiedDirectory:
+        completed = await coordinator.complete_pending(within=timeout)
+        if completed is not None:
+            typer.echo(
+                f"directory version {completed.version}, left pending by an earlier command,"
+                " is published now"
+            )
+        return await coordinator.issue(build, within=timeout)
+
+    try:
+        verified = asyncio.run(run(Coordinator.open(cfg)))
     except MlanetError as exc:
         raise _fail(str(exc)) from None
     if out is not None:
@@ -182,6 +194,7 @@ def approve(
     ] = False,
     valid_for: ValidFor = 30.0,
     out: Out = None,
+    timeout: Timeout = HAND_OVER_SECONDS,
 ) -> None:
     """Approve a network's join request or key rotation request: sign the next directory
     version and publish it through the coordinator's node."""
@@ -204,7 +217,7 @@ def approve(
         )
         return networks, None
 
-    _issue(config, change, valid_for, out)
+    _issue(config, change, valid_for, out, timeout)
 
 
 @directory_app.command("revoke")
@@ -214,10 +227,17 @@ def revoke(
     key_id: Annotated[str, typer.Option(help="The key, ed25519:<n>.")],
     valid_for: ValidFor = 30.0,
     out: Out = None,
+    timeout: Timeout = HAND_OVER_SECONDS,
 ) -> None:
     """Emergency revocation of a network's key, effective at each node when the update arrives
     (also for messages already waiting in a queue)."""
-    _issue(config, lambda base, now: (revoke_key(base, network, key_id, now), None), valid_for, out)
+    _issue(
+        config,
+        lambda base, now: (revoke_key(base, network, key_id, now), None),
+        valid_for,
+        out,
+        timeout,
+    )
 
 
 @directory_app.command("handover")
@@ -230,6 +250,7 @@ def handover(
     at: Annotated[str | None, typer.Option(help="When, e.g. 2026-05-01T00:00:00.000Z.")] = None,
     valid_for: ValidFor = 30.0,
     out: Out = None,
+    timeout: Timeout = HAND_OVER_SECONDS,
 ) -> None:
     """Replace a contact point: what is addressed to it, and what waits for it, goes to the
     successor from then on."""
@@ -238,7 +259,7 @@ def handover(
     def change(base: Directory, now: datetime) -> tuple[list[NetworkEntry], None]:
         return hand_over(base, network, previous, successor, when or now, role), None
 
-    _issue(config, change, valid_for, out)
+    _issue(config, change, valid_for, out, timeout)
 
 
 @directory_app.command("membership")
@@ -254,6 +275,7 @@ def membership(
     ] = None,
     valid_for: ValidFor = 30.0,
     out: Out = None,
+    timeout: Timeout = HAND_OVER_SECONDS,
 ) -> None:
     """Change a network's member and observer countries and appoint their contact points."""
     points = [
@@ -273,14 +295,19 @@ def membership(
         )
         return networks, None
 
-    _issue(config, change, valid_for, out)
+    _issue(config, change, valid_for, out, timeout)
 
 
 @directory_app.command("renew")
-def renew(config: ConfigOption, valid_for: ValidFor = 30.0, out: Out = None) -> None:
+def renew(
+    config: ConfigOption,
+    valid_for: ValidFor = 30.0,
+    out: Out = None,
+    timeout: Timeout = HAND_OVER_SECONDS,
+) -> None:
     """Issue the same directory as a new version with a new validity (nodes fail closed for
     new messages once the version they hold has expired)."""
-    _issue(config, lambda base, now: (None, None), valid_for, out)
+    _issue(config, lambda base, now: (None, None), valid_for, out, timeout)
 
 
 @directory_app.command("publish")

@@ -2,19 +2,36 @@
 contact points over, renew; sign each new version and publish it through the coordinator's node.
 
 Every change is a pure function from one :class:`~schemas.directory.Directory` to the next
-(version + 1, ``issued_at`` now, ``valid_until`` now + the validity); :class:`Coordinator` signs
-it with the directory key named in ``[coordinator] signing_key``, records it as the last issued
-version (``<state_dir>/issued-directory.json``, so that two changes in a row never reuse a
-version number) and hands it to the coordinator's own node on ``mlanet.directory``. The node
-applies it and passes it on to its peers, and they to theirs.
+(version + 1, ``issued_at`` now, ``valid_until`` now + the validity); :meth:`Coordinator.issue`
+signs it with the directory key named in ``[coordinator] signing_key`` and hands it to the
+coordinator's own node on ``mlanet.directory``. The node applies it and passes it on to its
+peers, and they to theirs.
+
+A version number is used only once the hand-over was confirmed (docs/PROTOCOL.md 14.6):
+
+- the signed version is first written as *pending* (``<state_dir>/pending-directory.json``):
+  from then on no other document is ever signed with its number;
+- the hand-over (connect, declare, publish, broker confirm) has a deadline, so a broker that
+  stalls or cannot be reached never makes a command hang;
+- confirmed: the version becomes the last issued one (``<state_dir>/issued-directory.json``),
+  the base of the next change;
+- failed before anything was sent (the broker could not be reached): the pending file is
+  removed and the number is free again: the next change is signed with the same number;
+- failed after the publish was sent (no confirm in time, or a nack): the version may still reach
+  the node, so it stays pending, and the next issuing command hands the same bytes over again
+  (a node that has it already does nothing) before it signs anything new.
+
+So the versions nodes see are consecutive, and no number is ever signed twice with different
+content (which nodes would refuse as ``equivocation``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from broker.directory_signing import (
@@ -23,7 +40,7 @@ from broker.directory_signing import (
     request_signed_by,
     sign_directory,
 )
-from broker.errors import ConfigError, Reason, RefusedMessage
+from broker.errors import ConfigError, MlanetError, Reason, RefusedMessage, TransportError
 from broker.keys import SigningKey, load_signing_key
 from broker.transport import Transport
 from nodes import state_dir
@@ -41,8 +58,11 @@ from schemas.directory import (
 )
 
 __all__ = [
+    "HAND_OVER_SECONDS",
     "ISSUED_FILE",
+    "PENDING_FILE",
     "Coordinator",
+    "Progress",
     "approve_join",
     "approve_rotation",
     "change_membership",
@@ -52,6 +72,9 @@ __all__ = [
 ]
 
 ISSUED_FILE = "issued-directory.json"
+PENDING_FILE = "pending-directory.json"
+# How long a hand-over to the coordinator's node may take before the command gives up.
+HAND_OVER_SECONDS = 30.0
 # Revoked keys stay listed this long (nodes that hold them learn they are revoked), then go.
 KEEP_REVOKED = timedelta(days=90)
 
@@ -250,6 +273,23 @@ def change_membership(
     return _replace_network(directory, changed)
 
 
+Change = Callable[[Directory, datetime], Directory]
+
+
+def _not_published(version: int, sent: bool, why: str) -> TransportError:
+    """Why a hand-over failed, and what it means for the version number (module docstring)."""
+    if sent:
+        return TransportError(
+            f"version {version} was handed over but not confirmed ({why}): it may still reach"
+            " the node, so it stays pending and the next directory command hands it over again,"
+            " unchanged, before it signs anything new"
+        )
+    return TransportError(
+        f"version {version} was not published ({why}): nothing was used up, the next directory"
+        f" command signs version {version} again"
+    )
+
+
 @dataclass
 class Coordinator:
     """The coordinator's node config and its directory signing key."""
@@ -269,40 +309,111 @@ class Coordinator:
             raise ConfigError("the directory signing key belongs to another network")
         return cls(config, key)
 
-    def base(self) -> VerifiedDirectory:
-        """The newest directory: what the node holds, or what was issued last if newer."""
-        book = DirectoryBook.load(self.config, persist=False)
-        held = book.held
-        try:
-            data = (self.config.state_dir / ISSUED_FILE).read_bytes()
-        except OSError:
-            return held
-        issued = open_directory(data, book.coordinator_trust(), now=book.clock())
-        return issued if issued.version > held.version else held
+    def _book(self) -> DirectoryBook:
+        return DirectoryBook.load(self.config, persist=False)
 
-    def issue(self, directory: Directory) -> VerifiedDirectory:
-        """Sign ``directory`` and record it as the last issued version."""
+    def _read(self, name: str, book: DirectoryBook) -> VerifiedDirectory | None:
+        try:
+            data = (self.config.state_dir / name).read_bytes()
+        except OSError:
+            return None
+        return open_directory(data, book.coordinator_trust(), now=book.clock())
+
+    def base(self) -> VerifiedDirectory:
+        """The newest published directory: what the node holds, or what was confirmed last
+        if newer (the node has not applied it yet)."""
+        book = self._book()
+        issued = self._read(ISSUED_FILE, book)
+        return issued if issued is not None and issued.version > book.held.version else book.held
+
+    def pending(self) -> VerifiedDirectory | None:
+        """A version signed and handed over without a confirm, if any."""
+        return self._read(PENDING_FILE, self._book())
+
+    def sign(self, directory: Directory) -> VerifiedDirectory:
+        """Sign ``directory`` (nothing is recorded: see :meth:`publish`)."""
         if directory.coordinator != self.key.network:
             raise _refuse("the directory names another coordinator")
         if not any(k.key_id == self.key.key_id for k in directory.coordinator_keys):
             raise _refuse("the directory does not list the coordinator key that signs it")
-        verified = sign_directory(directory, self.key)
-        path = state_dir.secure(self.config.state_dir) / ISSUED_FILE
+        return sign_directory(directory, self.key)
+
+    def _write(self, name: str, data: bytes) -> None:
+        path = state_dir.secure(self.config.state_dir) / name
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(verified.to_bytes())
+        tmp.write_bytes(data)
         tmp.chmod(0o600)  # owner-only like the rest of the state
         tmp.replace(path)
+
+    async def publish(
+        self, verified: VerifiedDirectory, *, within: float = HAND_OVER_SECONDS, again: bool = False
+    ) -> None:
+        """Hand ``verified`` to the coordinator's node and record it as issued once the broker
+        confirmed it; raise TransportError otherwise, saying whether the version number is used
+        (see the module docstring).
+        ``again``: it is the pending version, handed over once before: it stays pending
+        whatever happens now."""
+        pending = self.config.state_dir / PENDING_FILE
+        if not again:
+            self._write(PENDING_FILE, verified.to_bytes())
+        progress = Progress()
+        try:
+            await asyncio.wait_for(
+                publish_directory(self.config, verified.to_bytes(), progress=progress), within
+            )
+        except (TimeoutError, MlanetError) as exc:
+            if not progress.confirmed:  # (a close that failed after the confirm is no failure)
+                why = f"nothing within {within:g} s" if isinstance(exc, TimeoutError) else str(exc)
+                if not (progress.sent or again):
+                    pending.unlink(missing_ok=True)  # it never left: its number is free
+                raise _not_published(verified.version, progress.sent or again, why) from exc
+        pending.replace(pending.with_name(ISSUED_FILE))
+
+    async def complete_pending(
+        self, *, within: float = HAND_OVER_SECONDS
+    ) -> VerifiedDirectory | None:
+        """Hand over again a version an earlier command left pending (None when none was).
+        One the node already holds is only recorded as issued."""
+        pending = self.pending()
+        if pending is None:
+            return None
+        if self._book().held.version >= pending.version:
+            path = self.config.state_dir / PENDING_FILE
+            path.replace(path.with_name(ISSUED_FILE))
+        else:
+            await self.publish(pending, within=within, again=True)
+        return pending
+
+    async def issue(
+        self, change: Change, *, within: float = HAND_OVER_SECONDS
+    ) -> VerifiedDirectory:
+        """Complete a pending version, then build the next one from the newest published
+        directory with ``change(base, now)``, sign it and publish it."""
+        await self.complete_pending(within=within)
+        directory = change(self.base().directory, datetime.now(UTC))
+        verified = self.sign(directory)
+        await self.publish(verified, within=within)
         return verified
 
-    async def publish(self, verified: VerifiedDirectory) -> None:
-        """Hand the signed directory to the coordinator's node (broker-confirmed)."""
-        await publish_directory(self.config, verified.to_bytes())
+
+@dataclass
+class Progress:
+    """How far a hand-over got: the publish went out (``sent``), the broker confirmed it."""
+
+    sent: bool = False
+    confirmed: bool = False
 
 
-async def publish_directory(config: NodeConfig, data: bytes) -> None:
-    """Put a signed directory on a node's local directory queue (the node checks it)."""
+async def publish_directory(
+    config: NodeConfig, data: bytes, *, progress: Progress | None = None
+) -> None:
+    """Put a signed directory on a node's local directory queue (the node checks it), broker
+    confirmed; ``progress`` follows how far it got."""
+    progress = progress or Progress()
     async with Transport(config.amqp_url()) as transport:
         await transport.declare_queue(DIRECTORY_QUEUE, delivery_limit=config.limits.delivery_limit)
+        progress.sent = True
         await transport.publish(
             DIRECTORY_QUEUE, data, message_id=str(uuid.uuid4()), kind="directory"
         )
+        progress.confirmed = True

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.base import WireModel
+from schemas.directory import Directory, SignedDirectory
 from schemas.header import FORMAT_VERSION, KINDS, Header, HopRecord, Kind
 from schemas.payloads import (
     DirectoryUpdate,
@@ -47,9 +48,12 @@ def payload_model(kind: Kind) -> type[WireModel]:
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """File name -> JSON Schema (draft 2020-12) for the header and every payload kind."""
+    """File name -> JSON Schema (draft 2020-12) for the header, the hop record, every payload
+    kind, the federation directory (the document the coordinator signs) and the signed
+    directory around it."""
     models: dict[str, type[WireModel]] = {"header": Header, "hop_record": HopRecord}
     models.update({str(kind): model for kind, model in PAYLOADS.items()})
+    models.update({"directory": Directory, "signed_directory": SignedDirectory})
     out: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         schema = model.model_json_schema(mode="validation")

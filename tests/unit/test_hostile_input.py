@@ -487,7 +487,6 @@ _LONG_CP = "uz-" + "a" * 40
         {"created_at": "2026-02-30T09:30:00.125Z"},
         {"created_at": 1772443800},
         {"hop_limit": "6"},
-        {"hop_limit": 6.5},
         {"hop_limit": 0},
         {"hop_limit": 17},
         {"hop_limit": True},

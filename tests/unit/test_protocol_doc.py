@@ -1,192 +1,39 @@
-"""docs/PROTOCOL.md and the code cannot drift apart.
+"""docs/PROTOCOL.md and the code cannot drift apart, and the document is enough to implement.
 
-The worked example is extracted from the document (fenced blocks after an
-``<!-- mlanet-example: NAME -->`` marker) and verified twice: by an independent verifier written
-here from the document's steps alone (``json``, ``hashlib``, ``base64`` and ``cryptography``;
-nothing from ``broker``), and by the reference ``broker.open_envelope``. Other tests compare the
-document's tables (reason codes, limits, AMQP names) with the reference's constants.
+Every worked example is extracted from the document (``tests/protocol_examples.py``) and checked
+three ways: it equals the frozen vector (``tests/vectors/golden.json``,
+``tests/vectors/protocol.json``), it holds for the independent implementation written from the
+document alone (``tests/independent.py``: nothing from ``broker``, ``nodes`` or ``schemas``), and
+it holds for the reference. Other tests compare the document's tables (reason codes, limits, AMQP
+names) with the reference's constants. Routing is in ``test_protocol_routing.py``, the directory
+and the key files in ``test_protocol_directory.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import ast
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from jsonschema import Draft202012Validator
 
-ROOT = Path(__file__).parents[2]
-DOC = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
-SCHEMAS = ROOT / "schemas" / "json"
-_BLOCK = re.compile(r"<!-- mlanet-example: (\w+) -->\n```\w*\n(.*?)\n```\n", re.DOTALL)
-
-
-def _examples() -> dict[str, str]:
-    blocks: dict[str, str] = {}
-    for name, text in _BLOCK.findall(DOC):
-        assert name not in blocks, f"two example blocks named {name}"
-        blocks[name] = text
-    return blocks
-
-
-EXAMPLES = _examples()
-
-
-# --- an independent verifier, from the document's steps -------------------------------------
-
-
-class Refused(Exception):
-    """The independent verifier refuses; ``args[0]`` is the documented reason code."""
-
-
-_B64U = re.compile(r"[A-Za-z0-9_-]*\Z")
-
-
-def b64u_decode(text: object) -> bytes:
-    """Section 3.2: unpadded base64url, alphabet, length and canonical trailing bits."""
-    if not isinstance(text, str) or not _B64U.match(text) or len(text) % 4 == 1:
-        raise Refused("bad_base64")
-    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if b64u_encode(raw) != text:
-        raise Refused("bad_base64")
-    return raw
-
-
-def b64u_encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    if len({key for key, _ in pairs}) != len(pairs):
-        raise Refused("duplicate_key")
-    return dict(pairs)
-
-
-def _refuse_constant(_: str) -> Any:
-    raise Refused("non_finite_number")
-
-
-def strict_json(raw: bytes, cap: int) -> Any:
-    """Section 4, the rules this example can exercise (size, BOM, UTF-8, duplicates, NaN)."""
-    if len(raw) > cap:
-        raise Refused("oversized")
-    if raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
-        raise Refused("byte_order_mark")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Refused("not_utf8") from None
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
-    except json.JSONDecodeError:
-        raise Refused("invalid_json") from None
-
-
-def canonical(value: Any) -> bytes:
-    """Section 3.3."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def signed_part(b64: object, name: str) -> tuple[bytes, dict[str, Any]]:
-    """Section 9 step 3: decode, strict JSON (2048 bytes), an object, canonical."""
-    raw = b64u_decode(b64)
-    value = strict_json(raw, 2048)
-    if not isinstance(value, dict):
-        raise Refused("bad_envelope")
-    if canonical(value) != raw:
-        raise Refused("non_canonical_header")
-    _schema(name).validate(value)
-    return raw, value
-
-
-def _schema(name: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text(encoding="utf-8")))
-
-
-def ed25519_verify(
-    keys: dict[tuple[str, str], str], signer: tuple[str, str], sig: bytes, data: bytes, reason: str
-) -> None:
-    """Section 7: the signer must be trusted, then Ed25519 over the signing input."""
-    if signer not in keys:
-        raise Refused("unknown_key")
-    try:
-        Ed25519PublicKey.from_public_bytes(b64u_decode(keys[signer])).verify(sig, data)
-    except InvalidSignature:
-        raise Refused(reason) from None
-
-
-def link_digest(signing_input: bytes, signature_b64: str) -> str:
-    """Section 7.3."""
-    return b64u_encode(hashlib.sha256(signing_input + b"." + signature_b64.encode()).digest())
-
-
-def verify_as_documented(wire: bytes, keys: dict[tuple[str, str], str]) -> dict[str, Any]:
-    """Sections 5 to 9, in order. Returns what a node would learn from the message."""
-    frame = strict_json(wire, 262144)
-    if not isinstance(frame, dict) or set(frame) != {
-        "mlanet",
-        "header",
-        "payload",
-        "signature",
-        "hops",
-    }:
-        raise Refused("bad_envelope")
-    if type(frame["mlanet"]) is not int or frame["mlanet"] != 1:
-        raise Refused("unsupported_version")
-    if not all(isinstance(frame[m], str) for m in ("header", "payload", "signature")):
-        raise Refused("bad_envelope")
-    if not isinstance(frame["hops"], list) or len(frame["hops"]) > 16:
-        raise Refused("bad_envelope")
-
-    header_raw, header = signed_part(frame["header"], "header")
-    payload_raw = b64u_decode(frame["payload"])
-    origin_input = f"mlanet-v1:origin:{frame['header']}.{frame['payload']}".encode("ascii")
-    signer = (header["origin"]["network"], header["key_id"])
-    ed25519_verify(keys, signer, b64u_decode(frame["signature"]), origin_input, "bad_signature")
-
-    path = [header["origin"]["network"]]
-    records = []
-    prev = link_digest(origin_input, frame["signature"])
-    origin_link = prev
-    for hop in frame["hops"]:
-        if not isinstance(hop, dict) or set(hop) != {"record", "signature"}:
-            raise Refused("bad_envelope")
-        record_raw, record = signed_part(hop["record"], "hop_record")
-        hop_input = f"mlanet-v1:hop:{hop['record']}".encode("ascii")
-        hop_signer = (record["network"], record["key_id"])
-        signature = b64u_decode(hop["signature"])
-        ed25519_verify(keys, hop_signer, signature, hop_input, "bad_hop_signature")
-        if record["prev"] != prev:
-            raise Refused("hop_chain_broken")
-        prev = link_digest(hop_input, hop["signature"])
-        path.append(record["network"])
-        records.append(record_raw)
-
-    payload = strict_json(payload_raw, 262144)
-    _schema(header["kind"]).validate(payload)
-    return {
-        "header_bytes": header_raw,
-        "payload_bytes": payload_raw,
-        "records": records,
-        "path": path,
-        "origin_link_digest": origin_link,
-        "content_sha256": b64u_encode(hashlib.sha256(origin_input).digest()),
-        "origin_input": origin_input,
-    }
-
-
-def _keys() -> dict[tuple[str, str], str]:
-    listed = json.loads(EXAMPLES["keys"])
-    return {(network, entry["key_id"]): entry["public_key"] for network, entry in listed.items()}
-
-
-# --- the worked example -------------------------------------------------------------------------
+from tests import independent
+from tests.independent import Refused
+from tests.protocol_examples import (
+    DOC,
+    EXAMPLES,
+    GOLDEN,
+    VECTORS,
+    at,
+    directory,
+    json_lines,
+    keys,
+    section,
+    trust,
+)
 
 
 def test_the_document_has_every_example_block() -> None:
@@ -199,17 +46,52 @@ def test_the_document_has_every_example_block() -> None:
         "payload_bytes",
         "content_sha256",
         "refusal_notice_payload",
+        "receipt_key",
+        "receipt_wire",
+        "receipt_header",
+        "receipt_payload",
+        "header_sizes",
+        "header_numbers",
+        "routing",
+        "amqp",
+        "quarantine_headers",
+        "directory_key",
+        "directory",
+        "directory_signature",
+        "key_file",
+        "pub_file",
+        "password_file",
+        "password_hash",
     }
 
 
+def test_the_independent_implementation_uses_nothing_of_the_reference() -> None:
+    """``tests/independent.py`` is written from the document: it imports no mlanet module."""
+    tree = ast.parse(Path(independent.__file__).read_text(encoding="utf-8"))
+    imported = {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    } | {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not imported & {"broker", "nodes", "schemas", "tests"}, imported
+
+
+# --- section 13: the golden message ----------------------------------------------------------
+
+
 def test_the_example_verifies_by_the_documented_steps_alone() -> None:
-    learned = verify_as_documented(EXAMPLES["wire"].encode("ascii"), _keys())
-    assert learned["header_bytes"] == EXAMPLES["header_bytes"].encode("ascii")
-    assert learned["payload_bytes"] == EXAMPLES["payload_bytes"].encode("ascii")
-    assert learned["records"] == [EXAMPLES["record_bytes"].encode("ascii")]
-    assert learned["path"] == ["seajust", "casc"]
-    assert learned["origin_link_digest"] == EXAMPLES["origin_link_digest"]
-    assert learned["content_sha256"] == EXAMPLES["content_sha256"]
+    learned = independent.open_envelope(EXAMPLES["wire"].encode("ascii"), keys("keys"))
+    assert learned.header_bytes == EXAMPLES["header_bytes"].encode("ascii")
+    assert learned.payload_bytes == EXAMPLES["payload_bytes"].encode("ascii")
+    assert learned.record_bytes == [EXAMPLES["record_bytes"].encode("ascii")]
+    assert learned.path == ["seajust", "casc"]
+    assert learned.origin_link_digest == EXAMPLES["origin_link_digest"]
+    assert learned.content_sha256 == EXAMPLES["content_sha256"]
 
 
 def _swap(text: str, at: int) -> str:
@@ -240,25 +122,19 @@ def test_the_independent_verifier_refuses_tampered_copies(change: Any, reason: s
 
     wire = json.dumps(change(json.loads(EXAMPLES["wire"]))).encode()
     with pytest.raises(Refused) as refused:
-        verify_as_documented(wire, _keys())
+        independent.open_envelope(wire, keys("keys"))
     assert refused.value.args[0] == reason
-    trust = broker.TrustStore()
-    for (network, key_id), public in _keys().items():
-        trust.add(network, key_id, public)
     with pytest.raises(broker.RefusedMessage) as reference:
-        broker.open_envelope(wire, trust)
+        broker.open_envelope(wire, trust(keys("keys")))
     assert reference.value.reason.value == reason
 
 
 def test_the_example_opens_with_the_reference_implementation() -> None:
     import broker
 
-    trust = broker.TrustStore()
-    for (network, key_id), public in _keys().items():
-        trust.add(network, key_id, public)
-    message = broker.open_envelope(EXAMPLES["wire"].encode("ascii"), trust)
-    learned = verify_as_documented(EXAMPLES["wire"].encode("ascii"), _keys())
-    assert message.signing_input == learned["origin_input"]
+    message = broker.open_envelope(EXAMPLES["wire"].encode("ascii"), trust(keys("keys")))
+    learned = independent.open_envelope(EXAMPLES["wire"].encode("ascii"), keys("keys"))
+    assert message.signing_input == learned.origin_input
     assert message.content_sha256 == EXAMPLES["content_sha256"]
     assert message.path == ("seajust", "casc")
     assert message.hops[0].signing_input == b"mlanet-v1:hop:" + message.hops[0].record_b64.encode()
@@ -270,16 +146,288 @@ def test_the_example_opens_with_the_reference_implementation() -> None:
 
 
 def test_the_example_is_the_golden_vector() -> None:
-    golden = json.loads((ROOT / "tests" / "vectors" / "golden.json").read_text(encoding="ascii"))
-    assert EXAMPLES["wire"] == golden["wire"]
-    assert EXAMPLES["header_bytes"] == golden["header_bytes"]
-    assert EXAMPLES["payload_bytes"] == golden["payload_bytes"]
-    assert EXAMPLES["record_bytes"] == golden["hop"]["record_bytes"]
-    assert EXAMPLES["content_sha256"] == golden["content_sha256"]
-    assert _keys() == {
-        (network, entry["key_id"]): entry["public_key"] for network, entry in golden["keys"].items()
+    assert EXAMPLES["wire"] == GOLDEN["wire"]
+    assert EXAMPLES["header_bytes"] == GOLDEN["header_bytes"]
+    assert EXAMPLES["payload_bytes"] == GOLDEN["payload_bytes"]
+    assert EXAMPLES["record_bytes"] == GOLDEN["hop"]["record_bytes"]
+    assert EXAMPLES["content_sha256"] == GOLDEN["content_sha256"]
+    assert keys("keys") == {
+        (network, entry["key_id"]): entry["public_key"] for network, entry in GOLDEN["keys"].items()
     }
-    assert f"one line, {len(golden['wire'])} bytes" in DOC
+    assert f"one line, {len(GOLDEN['wire'])} bytes" in DOC
+
+
+# --- section 8.1: receipts ---------------------------------------------------------------------
+
+
+def _golden() -> independent.Opened:
+    return independent.open_envelope(EXAMPLES["wire"].encode("ascii"), keys("keys"))
+
+
+def _receipt() -> independent.Opened:
+    return independent.open_envelope(EXAMPLES["receipt_wire"].encode("ascii"), keys("receipt_key"))
+
+
+def test_the_receipt_example_is_the_vector() -> None:
+    assert EXAMPLES["receipt_wire"] == VECTORS["receipt"]["wire"]
+    assert (
+        json.loads(EXAMPLES["receipt_key"])["ejn"]["public_key"]
+        == (VECTORS["keys"]["ejn"]["public_key"])
+    )
+
+
+def test_the_receipt_example_is_built_and_checked_as_section_8_1_says() -> None:
+    """EJN's receipt: its header and payload as documented, and the origin's three checks mark
+    the golden message delivered."""
+    receipt, sent = _receipt(), _golden()
+    assert receipt.header_bytes == EXAMPLES["receipt_header"].encode("ascii")
+    assert receipt.payload_bytes == EXAMPLES["receipt_payload"].encode("ascii")
+    header = receipt.header
+    assert header["kind"] == "receipt"
+    assert header["origin"] == {"network": "ejn"}
+    assert header["destination"] == sent.header["origin"]
+    assert header["in_reply_to"] == sent.header["message_id"]
+    assert receipt.payload["receipt_for"] == sent.header["message_id"]
+    assert receipt.payload["received_by"] == "node"
+    target, _ = independent.next_hop(sent.header, [], directory(), "seajust", at())
+    assert (target, sent.header["destination"]["network"]) == ("forward", "ejn")
+    assert independent.receipt_counts(receipt, sent, target="ejn")
+
+
+def test_the_receipt_example_opens_with_the_reference_implementation() -> None:
+    import broker
+    from schemas import Receipt
+
+    message = broker.open_envelope(
+        EXAMPLES["receipt_wire"].encode("ascii"), trust(keys("receipt_key"))
+    )
+    payload = broker.decode_payload(message)
+    assert isinstance(payload, Receipt)
+    assert payload.receipt_for == message.header.in_reply_to == GOLDEN["header"]["message_id"]
+    assert payload.content_sha256 == GOLDEN["content_sha256"]
+
+
+def test_the_documented_receipt_checks_refuse_a_relay_and_other_content() -> None:
+    """A receipt signed by the relay, or for other content, is ``unauthorised``; one about
+    another message changes nothing (section 8.1, checks 1 to 3)."""
+    sent = _golden()
+    when = datetime(2026, 3, 2, 9, 31, tzinfo=UTC)
+    known = {**keys("keys"), **keys("receipt_key")}
+    casc_seed = bytes.fromhex(VECTORS["keys"]["casc"]["seed_hex"])
+    ejn_seed = bytes.fromhex(VECTORS["keys"]["ejn"]["seed_hex"])
+    by_relay = independent.receipt_for(
+        sent, network="casc", key_id="ed25519:1", seed=casc_seed, delivered_to=None, at=when
+    )
+    other_content = independent.receipt_for(
+        sent,
+        network="ejn",
+        key_id="ed25519:1",
+        seed=ejn_seed,
+        delivered_to="de-bfj-1",
+        at=when,
+        content_sha256=GOLDEN["origin_link_digest"],
+    )
+    for wire in (by_relay, other_content):
+        with pytest.raises(Refused, match="unauthorised"):
+            independent.receipt_counts(independent.open_envelope(wire, known), sent, target="ejn")
+    fine = independent.receipt_for(
+        sent, network="ejn", key_id="ed25519:1", seed=ejn_seed, delivered_to="de-bfj-1", at=when
+    )
+    assert independent.receipt_counts(independent.open_envelope(fine, known), sent, target="ejn")
+    assert not independent.receipt_counts(_golden(), sent, target="ejn")  # not a receipt
+
+
+def test_the_documented_receipted_kinds_are_the_reference_ones() -> None:
+    from nodes.node import RECEIPTED
+
+    which = section("8.1").split("**When.**")[0]
+    before_never = which.split("never get one")[0]
+    listed = set(re.findall(r"`([a-z_]+)`", before_never.split("contact points:")[1]))
+    never = set(re.findall(r"`([a-z_]+)`", before_never.split("contact points:")[1].split(".")[1]))
+    assert listed - never == set(RECEIPTED) == set(independent.RECEIPTED)
+    assert never == {"receipt", "notice", "directory_update"}
+
+
+# --- section 9.1: edge cases of the header -----------------------------------------------------
+
+
+def _seajust() -> tuple[independent.Keys, bytes]:
+    keys = {("seajust", "ed25519:1"): VECTORS["keys"]["seajust"]["public_key"]}
+    return keys, bytes.fromhex(VECTORS["keys"]["seajust"]["seed_hex"])
+
+
+def _envelope_with_header(header_text: str, seed: bytes) -> bytes:
+    """An envelope whose header is ``header_text`` (B64U already), signed over ``{}``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    payload = independent.b64u_encode(b"{}")
+    signing_input = f"mlanet-v1:origin:{header_text}.{payload}".encode("ascii")
+    signature = Ed25519PrivateKey.from_private_bytes(seed).sign(signing_input)
+    frame = {
+        "header": header_text,
+        "hops": [],
+        "mlanet": 1,
+        "payload": payload,
+        "signature": independent.b64u_encode(signature),
+    }
+    return json.dumps(frame).encode("ascii")
+
+
+def _both_verdicts(wire: bytes, keys: independent.Keys) -> tuple[str, str]:
+    import broker
+
+    try:
+        independent.open_envelope(wire, keys, payload=False)
+        mine = "accepted"
+    except Refused as refused:
+        mine = refused.args[0]
+    try:
+        broker.open_envelope(wire, trust(keys))
+        theirs = "accepted"
+    except broker.RefusedMessage as refused:
+        theirs = refused.reason.value
+    return mine, theirs
+
+
+@pytest.mark.parametrize("line", json_lines("header_sizes"), ids=lambda line: str(line))
+def test_a_header_text_around_the_size_cap_gets_the_documented_reason(line: dict[str, Any]) -> None:
+    keys, seed = _seajust()
+    chars = line["characters"]
+    filler = "a" * (chars * 3 // 4 - len('{"x":""}'))
+    text = independent.b64u_encode(('{"x":"' + filler + '"}').encode("ascii"))
+    text = (text + "A" * chars)[:chars]
+    assert len(text) == chars
+    mine, theirs = _both_verdicts(_envelope_with_header(text, seed), keys)
+    assert mine == theirs == line["reason"]
+
+
+@pytest.mark.parametrize("line", json_lines("header_numbers"), ids=lambda line: line["literal"])
+def test_a_number_in_the_header_gets_the_documented_reason(line: dict[str, Any]) -> None:
+    keys, seed = _seajust()
+    default = "6" if line["member"] == "hop_limit" else "1"
+    header = EXAMPLES["header_bytes"].replace(
+        f'"{line["member"]}":{default}', f'"{line["member"]}":{line["literal"]}'
+    )
+    assert (header != EXAMPLES["header_bytes"]) == (line["literal"] != default)
+    wire = _envelope_with_header(independent.b64u_encode(header.encode("ascii")), seed)
+    mine, theirs = _both_verdicts(wire, keys)
+    assert mine == theirs == line["reason"]
+
+
+def test_the_edge_examples_are_the_vectors() -> None:
+    assert json_lines("header_sizes") == VECTORS["edges"]["header_sizes"]
+    assert json_lines("header_numbers") == VECTORS["edges"]["header_numbers"]
+
+
+def test_a_fraction_anywhere_in_a_hop_record_is_not_canonical() -> None:
+    """Section 2: also in a hop record, and in a member no schema allows."""
+    import broker
+    from tests.unit.wirekit import sign_hop, signed
+
+    record = signed(hops=1).hops[0].record.model_dump(mode="json")
+    raw = independent.canonical(record).replace(b'"at"', b'"x":1.5,"at"', 1)
+    message = signed()
+    wire = {**message.to_wire(), "hops": [sign_hop(raw)]}
+    with pytest.raises(broker.RefusedMessage) as refused:
+        broker.open_envelope(json.dumps(wire).encode(), trust(_all_wirekitkeys()))
+    assert refused.value.reason.value == "non_canonical_header"
+    with pytest.raises(Refused, match="non_canonical_header"):
+        independent.signed_part(wire["hops"][0]["record"])
+
+
+def _all_wirekitkeys() -> independent.Keys:
+    from tests.unit.wirekit import CASC, SEAJUST
+
+    return {(k.network, k.key_id): k.public_b64() for k in (SEAJUST, CASC)}
+
+
+# --- section 12: the AMQP layer ------------------------------------------------------------------
+
+
+def test_the_amqp_section_uses_the_transport_names() -> None:
+    from broker import transport
+
+    section = DOC[DOC.index("## 12. The AMQP layer") : DOC.index("## 13.")]
+    assert f"`content_type` = `{transport.CONTENT_TYPE}`" in section
+    for name in (
+        transport.INBOX,
+        transport.peer_inbox("<peer>"),
+        transport.SUBMIT,
+        transport.QUARANTINE,
+        transport.UNROUTABLE,
+        transport.inbox_exchange("<peer>"),
+        transport.out_queue("<peer>"),
+        transport.deliver_queue("<contact_point>"),
+    ):
+        assert f"`{name}`" in section, name
+
+
+def test_the_amqp_declarations_are_the_references() -> None:
+    """The policies and the link's shovel as the reference defines them (the live declarations
+    are compared on the real broker in tests/integration/test_protocol_live.py)."""
+    from broker.management import ShovelSpec
+    from nodes.config import Limits, PeerLimits
+    from nodes.directory_runtime import DIRECTORY_QUEUE
+    from nodes.fairness import INBOX_POLICY_PRIORITY, inbox_policy
+    from nodes.reconcile import link_name
+
+    declared = json.loads(EXAMPLES["amqp"])
+    assert {q["name"] for q in declared["queues"]} >= {DIRECTORY_QUEUE}
+    limits = Limits()
+    poison = {
+        "x-dead-letter-exchange": "mlanet.unroutable",
+        "x-delivery-limit": limits.delivery_limit,
+        "x-queue-type": "quorum",
+    }
+    for queue in declared["queues"]:
+        quorum_only = queue["name"] in ("mlanet.quarantine", "mlanet.out.<peer>")
+        quorum_only |= queue["name"].startswith("mlanet.deliver.")
+        assert queue["arguments"] == ({"x-queue-type": "quorum"} if quorum_only else poison)
+    name, pattern, definition = inbox_policy("<peer>", PeerLimits())
+    inbox = declared["policies"][0]
+    assert (inbox["name"], inbox["pattern"]) == (name, pattern)
+    assert (inbox["definition"], inbox["priority"]) == (definition, INBOX_POLICY_PRIORITY)
+    deliver = declared["policies"][1]
+    assert deliver["definition"] == {
+        "max-length": limits.deliver_queue_messages,
+        "max-length-bytes": limits.deliver_queue_bytes,
+        "overflow": "reject-publish",
+    }
+    spec = ShovelSpec(
+        name=link_name("<peer>"),
+        vhost="v",
+        src_uri="amqp://",
+        src_queue="mlanet.out.<peer>",
+        dest_uri="amqp://",
+        dest_exchange="mlanet.inbox.from.<network>",
+    )
+    value = {k: v for k, v in spec.definition()["value"].items() if not k.endswith("-uri")}
+    assert declared["shovels"] == [{"name": spec.name, "value": value}]
+
+
+def test_the_quarantine_headers_example_is_read_as_documented() -> None:
+    from nodes.quarantine import entry_of
+
+    example = json.loads(EXAMPLES["quarantine_headers"])
+    entry = entry_of(b"refused bytes", "", example["message_id"], example["headers"])
+    headers = example["headers"]
+    assert (entry.id, entry.reason, entry.detail, entry.via) == (
+        example["message_id"],
+        headers["x-mlanet-reason"],
+        headers["x-mlanet-detail"],
+        headers["x-mlanet-via"],
+    )
+    assert entry.at == datetime.fromisoformat(headers["x-mlanet-at"]).timestamp()
+    documented = set(re.findall(r"`(x-mlanet-[a-z0-9-]+)`", section("12.2")))
+    assert documented == {
+        "x-mlanet-reason",
+        "x-mlanet-detail",
+        "x-mlanet-via",
+        "x-mlanet-at",
+        "x-mlanet-size",
+        "x-mlanet-truncated",
+        "x-mlanet-sha256",
+    }
 
 
 # --- the document's tables against the reference ------------------------------------------------
@@ -324,184 +472,7 @@ def test_the_limits_table_states_the_reference_limits() -> None:
     assert number("most hop records") == envelope.MAX_HOPS
     assert envelope.ORIGIN_CONTEXT.decode() in DOC
     assert envelope.HOP_CONTEXT.decode() in DOC
-    assert f"longer than {envelope.MAX_HEADER_BYTES * 4 // 3 + 4} characters" in DOC
-
-
-def test_the_amqp_section_uses_the_transport_names() -> None:
-    from broker import transport
-
-    section = DOC[DOC.index("## 12. The AMQP layer") : DOC.index("## 13.")]
-    assert f"`content_type` = `{transport.CONTENT_TYPE}`" in section
-    for name in (
-        transport.INBOX,
-        transport.peer_inbox("<peer>"),
-        transport.SUBMIT,
-        transport.QUARANTINE,
-        transport.inbox_exchange("<peer>"),
-        transport.out_queue("<peer>"),
-        transport.deliver_queue("<contact_point>"),
-    ):
-        assert f"`{name}`" in section, name
-
-
-# --- section 10.1: a refusal notice, checked at the origin --------------------------------------
-
-
-def check_refusal_as_documented(
-    payload: dict[str, Any],
-    signer: str,
-    sent_wire: bytes,
-    keys: dict[tuple[str, str], str],
-    *,
-    addressee: str | None,
-    first_step: str | None,
-) -> None:
-    """Section 10.1, "At the origin", steps 1 to 3 (the path rules of section 7.3 need a
-    directory, which the example does not give): raises Refused with the documented code."""
-    _schema("notice").validate(payload)
-    sent = json.loads(sent_wire)
-    origin_input = f"mlanet-v1:origin:{sent['header']}.{sent['payload']}".encode("ascii")
-    if payload.get("content_sha256") != b64u_encode(hashlib.sha256(origin_input).digest()):
-        raise Refused("unauthorised")
-    copy = {**sent, "hops": payload.get("hops", [])}
-    learned = verify_as_documented(canonical(copy), keys)
-    records = [json.loads(raw) for raw in learned["records"]]
-    if signer == addressee:
-        return
-    if records and records[-1]["to"] == signer:
-        return
-    if not records and signer == first_step:
-        return
-    raise Refused("unauthorised")
-
-
-def check_refusal_by_the_reference(
-    payload: dict[str, Any],
-    signer: str,
-    sent_wire: bytes,
-    keys: dict[tuple[str, str], str],
-    *,
-    addressee: str | None,
-    first_step: str | None,
-) -> None:
-    """The same with the reference code (``broker.provenance``), raising Refused likewise."""
-    from datetime import UTC, datetime
-
-    import broker
-    from broker.provenance import check_refuser, refused_copy
-    from schemas import Notice
-
-    trust = broker.TrustStore()
-    for (network, key_id), public in keys.items():
-        trust.add(network, key_id, public)
-    notice = Notice.model_validate(payload)
-    try:
-        copy = refused_copy(
-            broker.open_envelope(sent_wire, trust),
-            notice.content_sha256,
-            notice.hops or (),
-            trust,
-            now=datetime(2026, 3, 2, 10, 0, tzinfo=UTC),
-        )
-        check_refuser(signer, copy, addressee=addressee, first_step=first_step)
-    except broker.RefusedMessage as refused:
-        raise Refused(refused.reason.value) from None
-
-
-def _sent_by_seajust() -> bytes:
-    """The envelope of section 13 as its origin sent it: without CASC's hop."""
-    return canonical({**json.loads(EXAMPLES["wire"]), "hops": []})
-
-
-def _notice_payload() -> dict[str, Any]:
-    return dict(json.loads(EXAMPLES["refusal_notice_payload"]))
-
-
-CHECKS = [check_refusal_as_documented, check_refusal_by_the_reference]
-
-
-@pytest.mark.parametrize("check", CHECKS, ids=["documented", "reference"])
-@pytest.mark.parametrize(
-    ("signer", "hops", "addressee", "first_step"),
-    [
-        ("ejn", True, None, "casc"),  # the `to` of the last hop record
-        ("ejn", True, "ejn", "casc"),  # and the addressee
-        ("ejn", False, "ejn", "casc"),  # the addressee, with no hop records
-        ("casc", False, None, "casc"),  # the origin's first step, with no hop records
-    ],
-    ids=["last-hop", "addressee-too", "addressee", "first-step"],
-)
-def test_the_refusal_notice_example_counts_from_a_network_that_held_the_message(
-    check: Any, signer: str, hops: bool, addressee: str | None, first_step: str
-) -> None:
-    """Section 10.1: the example's notice is taken from EJN (the `to` of CASC's hop record,
-    whether or not it is also the addressee) and from the origin's own first step."""
-    payload = _notice_payload() if hops else {**_notice_payload(), "hops": []}
-    check(payload, signer, _sent_by_seajust(), _keys(), addressee=addressee, first_step=first_step)
-
-
-def _forged_hop_signature(payload: dict[str, Any]) -> dict[str, Any]:
-    hop = payload["hops"][0]
-    return {**payload, "hops": [{**hop, "signature": _swap(hop["signature"], 7)}]}
-
-
-def _another_content(payload: dict[str, Any]) -> dict[str, Any]:
-    return {**payload, "content_sha256": _swap(payload["content_sha256"], 3)}
-
-
-@pytest.mark.parametrize("check", CHECKS, ids=["documented", "reference"])
-@pytest.mark.parametrize(
-    ("signer", "change", "first_step", "reason"),
-    [
-        ("wacap", lambda p: p, "casc", "unauthorised"),
-        ("ejn", lambda p: {**p, "hops": []}, "casc", "unauthorised"),
-        ("ejn", _forged_hop_signature, "casc", "bad_hop_signature"),
-        ("ejn", _another_content, "casc", "unauthorised"),
-        (
-            "ejn",
-            lambda p: {k: v for k, v in p.items() if k != "content_sha256"},
-            None,
-            "unauthorised",
-        ),
-    ],
-    ids=["never-held", "no-proof", "forged-hop", "other-content", "no-content-hash"],
-)
-def test_a_refusal_notice_from_a_network_that_never_held_the_message_is_refused(
-    check: Any, signer: str, change: Any, first_step: str | None, reason: str
-) -> None:
-    """Section 10.1: WACAP, which never held the message, cannot use the example's notice; EJN
-    cannot without CASC's hop record, nor with a hop signature it changed, nor for other
-    content. Both implementations refuse with the same documented code."""
-    with pytest.raises(Refused) as refused:
-        check(
-            change(_notice_payload()),
-            signer,
-            _sent_by_seajust(),
-            _keys(),
-            addressee=None,
-            first_step=first_step,
-        )
-    assert refused.value.args[0] == reason
-
-
-def test_the_refusal_notice_example_is_what_the_reference_node_sends() -> None:
-    """The documented payload is the reference's refusal notice about the section 13 message."""
-    import broker
-    from nodes.refusals import refusal_notice
-
-    trust = broker.TrustStore()
-    for (network, key_id), public in _keys().items():
-        trust.add(network, key_id, public)
-    message = broker.open_envelope(EXAMPLES["wire"].encode("ascii"), trust)
-    notice = refusal_notice(message, broker.RefusedMessage(broker.Reason.NO_ROUTE, "none here"))
-    assert notice.model_dump(mode="json", exclude_none=True) == _notice_payload()
-
-
-def test_the_refusal_notice_section_states_the_reference_rate_limits() -> None:
-    from nodes import refusals
-
-    section = DOC[DOC.index("### 10.1 Refusal notices") : DOC.index("## 11.")]
-    assert f"per {refusals.PER_MESSAGE_EVERY:g} seconds" in section
-    assert f"at most {refusals.PER_ORIGIN_RATE:g} a second" in section
-    assert f"(bursts of {refusals.PER_ORIGIN_BURST})" in section
-    assert f"`{refusals.TITLE}`" in section
+    cap = envelope.MAX_HEADER_BYTES * 4 // 3 + 4
+    assert f"longer than {cap} characters" in DOC
+    assert cap == independent.HEADER_TEXT_CAP
+    assert f"longer than **{cap}** characters" in section("9.1")

@@ -56,10 +56,11 @@ def test_json_schema_files_match_the_models_byte_for_byte() -> None:
         )
 
 
-def test_there_is_a_schema_for_the_header_the_hop_record_and_every_kind() -> None:
-    assert set(json_schemas()) == {f"{name}.json" for name in _MODELS}
+def test_there_is_a_schema_for_the_header_the_hop_record_every_kind_and_the_directory() -> None:
+    directory = {"directory", "signed_directory"}  # checked in tests/unit/test_protocol_doc.py
+    assert set(json_schemas()) == {f"{name}.json" for name in (*_MODELS, *directory)}
     assert set(_MODELS) == {"header", "hop_record", *KINDS}
-    for name in _MODELS:
+    for name in (*_MODELS, *directory):
         schema = json.loads((JSON_SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8"))
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         assert schema["$id"].endswith(f"/v1/{name}.json")

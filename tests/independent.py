@@ -1,0 +1,553 @@
+"""An independent implementation of docs/PROTOCOL.md, written from the document alone.
+
+It uses ``json``, ``hashlib``, ``base64``, ``cryptography`` and ``jsonschema`` (with the JSON
+Schemas in ``schemas/json/``) and nothing of mlanet's own code (``broker``, ``nodes``,
+``schemas``): ``tests/unit/test_protocol_doc.py`` checks that it imports none of them. Where it
+and the reference agree on the document's worked examples and vectors, the document is complete
+enough for a second implementation; where they disagree, the document or the code is wrong.
+
+Covered: opening an envelope (sections 3 to 9, the header size cap and the rule on numbers
+included), receipts (8.1), choosing the next hop and local delivery (10.1, 10.2), opening a
+signed directory and its schema (14.1), key and password files (15), and building and signing
+messages and receipts the way section 8.1 says (so that integration tests can act as a second
+implementation on the real broker).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from jsonschema import Draft202012Validator
+
+ROOT = Path(__file__).parents[1]
+SCHEMAS = ROOT / "schemas" / "json"
+
+HEADER_CAP = 2048  # section 4: bytes of the header (and of a hop record) after decoding
+HEADER_TEXT_CAP = 2734  # section 9, step 3: characters of its text before decoding
+MESSAGE_CAP = 262144
+RECEIPTED = (
+    "facilitation_request",
+    "status_update",
+    "information_request",
+    "information_response",
+    "meeting_request",
+)
+OBSERVER_KINDS = ("notice", "receipt")
+
+
+class Refused(Exception):
+    """The independent implementation refuses; ``args[0]`` is the documented reason code."""
+
+
+# --- sections 3 and 4 ---------------------------------------------------------------------------
+_B64U = re.compile(r"[A-Za-z0-9_-]*\Z")
+
+
+def b64u_decode(text: object) -> bytes:
+    """Section 3.2: unpadded base64url, alphabet, length and canonical trailing bits."""
+    if not isinstance(text, str) or not _B64U.match(text) or len(text) % 4 == 1:
+        raise Refused("bad_base64")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64u_encode(raw) != text:
+        raise Refused("bad_base64")
+    return raw
+
+
+def b64u_encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise Refused("duplicate_key")
+    return dict(pairs)
+
+
+def _refuse_constant(_: str) -> Any:
+    raise Refused("non_finite_number")
+
+
+class _Fraction(float):
+    """A number written with a fraction or an exponent (section 2: never in the header)."""
+
+
+def strict_json(raw: bytes, cap: int) -> Any:
+    """Section 4, the rules the examples exercise (size, BOM, UTF-8, duplicates, NaN)."""
+    if len(raw) > cap:
+        raise Refused("oversized")
+    if raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        raise Refused("byte_order_mark")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused("not_utf8") from None
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_refuse_constant,
+            parse_float=_Fraction,
+        )
+    except json.JSONDecodeError:
+        raise Refused("invalid_json") from None
+
+
+def _has_fraction(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_fraction(v) for v in value.values())
+    return isinstance(value, list) and any(_has_fraction(v) for v in value)
+
+
+def canonical(value: Any) -> bytes:
+    """Section 3.3 (integers only: a number with a fraction or exponent has no canonical form)."""
+    if _has_fraction(value):
+        raise Refused("non_canonical_header")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def schema(name: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text(encoding="utf-8")))
+
+
+def _valid(name: str, value: Any) -> None:
+    if not schema(name).is_valid(value):
+        raise Refused("schema_invalid")
+
+
+def signed_part(b64: object) -> tuple[bytes, dict[str, Any]]:
+    """Section 9 step 3: the size cap on the text, then decode, strict JSON (2048 bytes), an
+    object, canonical."""
+    if isinstance(b64, str) and len(b64) > HEADER_TEXT_CAP:
+        raise Refused("oversized")
+    raw = b64u_decode(b64)
+    value = strict_json(raw, HEADER_CAP)
+    if not isinstance(value, dict):
+        raise Refused("bad_envelope")
+    if canonical(value) != raw:
+        raise Refused("non_canonical_header")
+    return raw, value
+
+
+# --- section 7 ----------------------------------------------------------------------------------
+Keys = dict[tuple[str, str], str]
+
+
+def ed25519_verify(
+    keys: Keys, signer: tuple[str, str], sig: bytes, data: bytes, reason: str
+) -> None:
+    """Section 7: the signer must be trusted, then Ed25519 over the signing input."""
+    if signer not in keys:
+        raise Refused("unknown_key")
+    try:
+        Ed25519PublicKey.from_public_bytes(b64u_decode(keys[signer])).verify(sig, data)
+    except InvalidSignature:
+        raise Refused(reason) from None
+
+
+def link_digest(signing_input: bytes, signature_b64: str) -> str:
+    """Section 7.3."""
+    return b64u_encode(hashlib.sha256(signing_input + b"." + signature_b64.encode()).digest())
+
+
+def content_hash(frame: dict[str, Any]) -> str:
+    """Section 7.4."""
+    origin_input = f"mlanet-v1:origin:{frame['header']}.{frame['payload']}".encode("ascii")
+    return b64u_encode(hashlib.sha256(origin_input).digest())
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What a node learns from a message (sections 5 to 9)."""
+
+    header: dict[str, Any]
+    header_bytes: bytes
+    payload: Any
+    payload_bytes: bytes
+    records: list[dict[str, Any]]
+    record_bytes: list[bytes]
+    path: list[str]
+    origin_link_digest: str
+    content_sha256: str
+    origin_input: bytes
+
+
+def open_envelope(wire: bytes, keys: Keys, *, payload: bool = True) -> Opened:
+    """Sections 5 to 9, in order (the payload last, when ``payload``)."""
+    frame = strict_json(wire, MESSAGE_CAP)
+    if not isinstance(frame, dict) or set(frame) != {
+        "mlanet",
+        "header",
+        "payload",
+        "signature",
+        "hops",
+    }:
+        raise Refused("bad_envelope")
+    if type(frame["mlanet"]) is not int or frame["mlanet"] != 1:
+        raise Refused("unsupported_version")
+    if not all(isinstance(frame[m], str) for m in ("header", "payload", "signature")):
+        raise Refused("bad_envelope")
+    if not isinstance(frame["hops"], list) or len(frame["hops"]) > 16:
+        raise Refused("bad_envelope")
+
+    header_raw, header = signed_part(frame["header"])
+    origin = header.get("origin")
+    network = origin.get("network") if isinstance(origin, dict) else None
+    if not isinstance(network, str) or not isinstance(header.get("key_id"), str):
+        raise Refused("schema_invalid")
+    payload_raw = b64u_decode(frame["payload"])
+    signature = b64u_decode(frame["signature"])
+    origin_input = f"mlanet-v1:origin:{frame['header']}.{frame['payload']}".encode("ascii")
+    ed25519_verify(keys, (network, header["key_id"]), signature, origin_input, "bad_signature")
+    _valid("header", header)
+
+    path = [network]
+    records, record_bytes = [], []
+    prev = origin_link = link_digest(origin_input, frame["signature"])
+    for hop in frame["hops"]:
+        if not isinstance(hop, dict) or set(hop) != {"record", "signature"}:
+            raise Refused("bad_envelope")
+        if not all(isinstance(hop[m], str) for m in ("record", "signature")):
+            raise Refused("bad_envelope")
+        raw, record = signed_part(hop["record"])
+        if not isinstance(record.get("network"), str) or not isinstance(record.get("key_id"), str):
+            raise Refused("schema_invalid")
+        hop_input = f"mlanet-v1:hop:{hop['record']}".encode("ascii")
+        hop_signature = b64u_decode(hop["signature"])
+        signer = (record["network"], record["key_id"])
+        ed25519_verify(keys, signer, hop_signature, hop_input, "bad_hop_signature")
+        _valid("hop_record", record)
+        if record["prev"] != prev:
+            raise Refused("hop_chain_broken")
+        prev = link_digest(hop_input, hop["signature"])
+        path.append(record["network"])
+        records.append(record)
+        record_bytes.append(raw)
+
+    value = None
+    if payload:
+        value = strict_json(payload_raw, MESSAGE_CAP)
+        _valid(header["kind"], value)
+    return Opened(
+        header=header,
+        header_bytes=header_raw,
+        payload=value,
+        payload_bytes=payload_raw,
+        records=records,
+        record_bytes=record_bytes,
+        path=path,
+        origin_link_digest=origin_link,
+        content_sha256=b64u_encode(hashlib.sha256(origin_input).digest()),
+        origin_input=origin_input,
+    )
+
+
+# --- building and signing, as another implementation would ---------------------------------------
+def timestamp(at: datetime) -> str:
+    """Section 2: ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    at = at.astimezone(UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def sign(header: dict[str, Any], payload: dict[str, Any], seed: bytes) -> bytes:
+    """An envelope with no hops, signed by the origin (sections 5 and 7.2)."""
+    header_b64 = b64u_encode(canonical(header))
+    payload_b64 = b64u_encode(canonical(payload))
+    signing_input = f"mlanet-v1:origin:{header_b64}.{payload_b64}".encode("ascii")
+    signature = Ed25519PrivateKey.from_private_bytes(seed).sign(signing_input)
+    frame = {
+        "header": header_b64,
+        "hops": [],
+        "mlanet": 1,
+        "payload": payload_b64,
+        "signature": b64u_encode(signature),
+    }
+    return canonical(frame)
+
+
+def receipt_for(
+    received: Opened,
+    *,
+    network: str,
+    key_id: str,
+    seed: bytes,
+    delivered_to: str | None,
+    at: datetime,
+    origin: dict[str, str] | None = None,
+    content_sha256: str | None = None,
+) -> bytes:
+    """Section 8.1: the receipt the destination ``network`` signs for a message it delivered.
+    ``origin`` (default ``{"network": network}``) and ``content_sha256`` may be given to build
+    the variants section 8.1 allows or refuses."""
+    original = received.header
+    header = {
+        "content": "json",
+        "created_at": timestamp(at),
+        "destination": dict(original["origin"]),
+        "format": 1,
+        "hop_limit": 6,
+        "in_reply_to": original["message_id"],
+        "key_id": key_id,
+        "kind": "receipt",
+        "message_id": str(uuid.uuid4()),
+        "origin": origin or {"network": network},
+        "urgency": "normal",
+    }
+    payload = {
+        "content_sha256": content_sha256 or received.content_sha256,
+        "received_at": timestamp(at),
+        "received_by": "node",
+        "receipt_for": original["message_id"],
+    }
+    if delivered_to is not None:
+        payload["delivered_to"] = delivered_to
+    return sign(header, payload, seed)
+
+
+def receipt_counts(receipt: Opened, sent: Opened, target: str) -> bool:
+    """Section 8.1: does ``receipt`` (opened) mark ``sent`` (a message this node sent towards
+    ``target``) delivered? Raises Refused("unauthorised") for one that must be refused."""
+    payload = receipt.payload
+    if receipt.header["kind"] != "receipt" or not isinstance(payload, dict):
+        return False
+    if payload["receipt_for"] != sent.header["message_id"]:
+        return False  # about another message: changes nothing about this one
+    if receipt.header["origin"]["network"] != target:
+        raise Refused("unauthorised")
+    if payload["content_sha256"] != sent.content_sha256:
+        raise Refused("unauthorised")
+    return True
+
+
+# --- section 10.1 and 10.2: the next hop, local delivery -----------------------------------------
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+
+
+def contact_points_as_of(network: dict[str, Any], at: datetime) -> dict[str, str | None]:
+    """Section 10.2: the contact points that count at ``at``, each with whom it hands over to
+    (None: it receives itself), in directory order."""
+    listed = {cp["id"]: cp for cp in network["contact_points"]}
+
+    def active(cp: dict[str, Any]) -> bool:
+        start, end = cp.get("not_before"), cp.get("not_after")
+        return (start is None or _parse_time(start) <= at) and (
+            end is None or at < _parse_time(end)
+        )
+
+    view: dict[str, str | None] = {}
+    for cp in network["contact_points"]:
+        start, end = cp.get("not_before"), cp.get("not_after")
+        if start is not None and at < _parse_time(start):
+            continue  # not appointed yet
+        ended = end is not None and at >= _parse_time(end)
+        successor = cp.get("successor")
+        if successor is not None:
+            view[cp["id"]] = successor if ended or end is None else None
+        elif ended:
+            standing_in = [a for a in cp.get("alternates", []) if active(listed[a])]
+            if standing_in:
+                view[cp["id"]] = standing_in[0]
+        else:
+            view[cp["id"]] = None
+    changed = True
+    while changed:  # a handover to one that does not count leads nowhere
+        changed = False
+        for cp_id, to in list(view.items()):
+            if to is not None and to not in view:
+                del view[cp_id]
+                changed = True
+    return view
+
+
+def _is_observer(network: dict[str, Any], country: str | None) -> bool:
+    if network.get("role", "member") == "observer":
+        return True
+    return country is not None and country in network.get("observers", [])
+
+
+def _entitled(header: dict[str, Any], network: dict[str, Any], country: str | None) -> bool:
+    if not _is_observer(network, country):
+        return True
+    return header["kind"] in OBSERVER_KINDS and header.get("members_only") is None
+
+
+def deliver_locally(
+    header: dict[str, Any], network: dict[str, Any], at: datetime
+) -> tuple[str, list[str]]:
+    """Section 10.2: ("deliver", contact points) or ("refuse", [reason])."""
+    view = contact_points_as_of(network, at)
+    country_of = {cp["id"]: cp["country"] for cp in network["contact_points"]}
+    destination = header["destination"]
+    if destination.get("contact_point") is not None:
+        current: str | None = destination["contact_point"]
+        for _ in range(7):  # at most 7 successors followed
+            if current not in view or view[current] is None:
+                break
+            current = view[current]
+        if current not in view or view[current] is not None:
+            return "refuse", ["no_route"]
+        if not _entitled(header, network, country_of[current]):
+            return "refuse", ["not_for_observers"]
+        return "deliver", [current]
+    receiving = [cp for cp, to in view.items() if to is None]
+    if destination.get("country") is not None:
+        country = destination["country"]
+        found = [cp for cp in receiving if country_of[cp] == country]
+        if not found:
+            return "refuse", ["no_route"]
+        if not _entitled(header, network, country):
+            return "refuse", ["not_for_observers"]
+        return "deliver", found[:1]
+    entitled = [cp for cp in receiving if _entitled(header, network, country_of[cp])]
+    if entitled:
+        return "deliver", entitled
+    return "refuse", ["not_for_observers" if receiving else "no_route"]
+
+
+def _neighbours(directory: dict[str, Any], network: str) -> set[str]:
+    return {b for a, b in directory["links"] if a == network} | {
+        a for a, b in directory["links"] if b == network
+    }
+
+
+def _shortest_paths(
+    directory: dict[str, Any], start: str, goal: str, avoid: set[str]
+) -> list[list[str]]:
+    """Every shortest link path start -> goal (without ``start``) that enters no network of
+    ``avoid``: breadth first, keeping every path of the current length."""
+    paths = [[start]]
+    reached = {start}
+    while paths:
+        longer = []
+        for path in paths:
+            for nxt in _neighbours(directory, path[-1]):
+                if nxt not in reached and nxt not in avoid:
+                    longer.append([*path, nxt])
+        done = [path[1:] for path in longer if path[-1] == goal]
+        if done:
+            return done
+        reached |= {path[-1] for path in longer}
+        paths = longer
+    return []
+
+
+def _rule_matches(rule: dict[str, Any], header: dict[str, Any], target: str) -> bool:
+    destination = header["destination"]
+    return (
+        (not rule.get("kinds") or header["kind"] in rule["kinds"])
+        and (not rule.get("countries") or destination.get("country") in rule["countries"])
+        and (not rule.get("networks") or target in rule["networks"])
+        and (rule.get("urgency") is None or header.get("urgency", "normal") == rule["urgency"])
+    )
+
+
+def next_hop(
+    header: dict[str, Any],
+    path: Sequence[str],
+    directory: dict[str, Any],
+    here: str,
+    at: datetime,
+    rules: Iterable[dict[str, Any]] = (),
+) -> tuple[str, list[str]]:
+    """Section 10.1: ("forward", [peer]), ("deliver", contact points) or ("refuse", [reason])."""
+    networks = {n["id"]: n for n in directory["networks"]}
+    if here in path:
+        return "refuse", ["loop_detected"]
+    destination = header["destination"]
+    target = destination.get("network")
+    if target is None:
+        country = destination["country"]
+        serving = sorted(n for n, e in networks.items() if country in e["members"])
+        serving = serving or sorted(
+            n for n, e in networks.items() if country in e.get("observers", [])
+        )
+        target = here if here in serving else (serving[0] if serving else None)
+    if target == here:
+        return deliver_locally(header, networks[here], at)
+    if target is None or target not in networks:
+        return "refuse", ["no_route"]
+    if not _entitled(header, networks[target], destination.get("country")):
+        return "refuse", ["not_for_observers"]
+    if target in path:
+        return "refuse", ["loop_detected"]
+    if len(path) > header.get("hop_limit", 6):
+        return "refuse", ["hop_limit_exceeded"]
+    observers = {n for n, e in networks.items() if e.get("role") == "observer"} - {target}
+    avoid = set(path) | observers
+    linked = _neighbours(directory, here)
+    for rule in rules:
+        if (
+            _rule_matches(rule, header, target)
+            and rule["via"] in linked
+            and rule["via"] not in avoid
+        ):
+            return "forward", [rule["via"]]
+    if target in linked:
+        return "forward", [target]
+    candidates = _shortest_paths(directory, here, target, avoid)
+    if candidates:
+        return "forward", [min(candidates)[0]]
+    if _shortest_paths(directory, here, target, observers):
+        return "refuse", ["loop_detected"]
+    return "refuse", ["no_route"]
+
+
+# --- section 14.1: a signed directory ---------------------------------------------------------
+def open_directory(data: bytes, coordinator_keys: Keys) -> dict[str, Any]:
+    """Section 14.1, the steps the examples exercise: the frame, the signature over the exact
+    ``document`` text, then the document, strictly parsed and valid under its schema."""
+    frame = strict_json(data, MESSAGE_CAP)
+    if not isinstance(frame, dict) or not frame.get("signature"):
+        raise Refused("unsigned_directory")
+    if set(frame) != {"mlanet_directory", "signer", "key_id", "document", "signature"}:
+        raise Refused("bad_envelope")
+    _valid("signed_directory", frame)
+    signer = (frame["signer"], frame["key_id"])
+    signing_input = b"mlanet-v1:directory:" + frame["document"].encode("ascii")
+    ed25519_verify(
+        coordinator_keys, signer, b64u_decode(frame["signature"]), signing_input, "bad_signature"
+    )
+    document = strict_json(b64u_decode(frame["document"]), MESSAGE_CAP)
+    _valid("directory", document)
+    if document.get("coordinator") != frame["signer"]:
+        raise Refused("unauthorised")
+    return dict(document)
+
+
+# --- section 15: files ----------------------------------------------------------------------------
+def private_key_file(text: str) -> tuple[str, str, bytes]:
+    """A ``.key`` file: (network, key id, seed)."""
+    value = json.loads(text)
+    seed = b64u_decode(value["seed"])
+    if len(seed) != 32:
+        raise Refused("malformed_key")
+    return value["network"], value["key_id"], seed
+
+
+def public_key_of(seed: bytes) -> str:
+    return b64u_encode(Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw())
+
+
+def password_of(text: str) -> str:
+    """A password file: its content without surrounding whitespace."""
+    return text.strip()
+
+
+def password_hash(password: str, salt: bytes) -> str:
+    """Section 14.5: RabbitMQ's ``rabbit_password_hashing_sha256``."""
+    return base64.b64encode(
+        salt + hashlib.sha256(salt + password.encode("utf-8")).digest()
+    ).decode()
