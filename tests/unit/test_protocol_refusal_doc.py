@@ -1,183 +1,33 @@
 """PROTOCOL.md section 10.4 (refusal notices) and the code cannot drift apart: its worked
-example is checked by a verifier written here from the document's steps alone (``json``,
-``hashlib``, ``base64`` and ``cryptography``; nothing from ``broker``) and by the reference.
+example is checked by the independent implementation (``tests/independent.py``, written from the
+document alone) and by the reference.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import re
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from jsonschema import Draft202012Validator
 
-ROOT = Path(__file__).parents[2]
-DOC = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
-SCHEMAS = ROOT / "schemas" / "json"
-_BLOCK = re.compile(r"<!-- mlanet-example: (\w+) -->\n```\w*\n(.*?)\n```\n", re.DOTALL)
+from tests import independent
+from tests.independent import Refused, b64u_encode, canonical
+from tests.protocol_examples import DOC, EXAMPLES
 
 
-def _examples() -> dict[str, str]:
-    blocks: dict[str, str] = {}
-    for name, text in _BLOCK.findall(DOC):
-        assert name not in blocks, f"two example blocks named {name}"
-        blocks[name] = text
-    return blocks
+def _schema(name: str) -> Any:
+    return independent.schema(name)
 
 
-EXAMPLES = _examples()
+def verify_as_documented(wire: bytes, keys: independent.Keys) -> dict[str, Any]:
+    """The envelope opened by the independent implementation (tests/independent.py), as the
+    fields these tests read."""
+    opened = independent.open_envelope(wire, keys, payload=False)
+    return {"header_bytes": opened.header_bytes, "records": opened.record_bytes}
 
 
-# --- an independent verifier, from the document's steps -------------------------------------
-
-
-class Refused(Exception):
-    """The independent verifier refuses; ``args[0]`` is the documented reason code."""
-
-
-_B64U = re.compile(r"[A-Za-z0-9_-]*\Z")
-
-
-def b64u_decode(text: object) -> bytes:
-    """Section 3.2: unpadded base64url, alphabet, length and canonical trailing bits."""
-    if not isinstance(text, str) or not _B64U.match(text) or len(text) % 4 == 1:
-        raise Refused("bad_base64")
-    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if b64u_encode(raw) != text:
-        raise Refused("bad_base64")
-    return raw
-
-
-def b64u_encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    if len({key for key, _ in pairs}) != len(pairs):
-        raise Refused("duplicate_key")
-    return dict(pairs)
-
-
-def _refuse_constant(_: str) -> Any:
-    raise Refused("non_finite_number")
-
-
-def strict_json(raw: bytes, cap: int) -> Any:
-    """Section 4, the rules this example can exercise (size, BOM, UTF-8, duplicates, NaN)."""
-    if len(raw) > cap:
-        raise Refused("oversized")
-    if raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
-        raise Refused("byte_order_mark")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Refused("not_utf8") from None
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
-    except json.JSONDecodeError:
-        raise Refused("invalid_json") from None
-
-
-def canonical(value: Any) -> bytes:
-    """Section 3.3."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def signed_part(b64: object, name: str) -> tuple[bytes, dict[str, Any]]:
-    """Section 9 step 3: decode, strict JSON (2048 bytes), an object, canonical."""
-    raw = b64u_decode(b64)
-    value = strict_json(raw, 2048)
-    if not isinstance(value, dict):
-        raise Refused("bad_envelope")
-    if canonical(value) != raw:
-        raise Refused("non_canonical_header")
-    _schema(name).validate(value)
-    return raw, value
-
-
-def _schema(name: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text(encoding="utf-8")))
-
-
-def ed25519_verify(
-    keys: dict[tuple[str, str], str], signer: tuple[str, str], sig: bytes, data: bytes, reason: str
-) -> None:
-    """Section 7: the signer must be trusted, then Ed25519 over the signing input."""
-    if signer not in keys:
-        raise Refused("unknown_key")
-    try:
-        Ed25519PublicKey.from_public_bytes(b64u_decode(keys[signer])).verify(sig, data)
-    except InvalidSignature:
-        raise Refused(reason) from None
-
-
-def link_digest(signing_input: bytes, signature_b64: str) -> str:
-    """Section 7.3."""
-    return b64u_encode(hashlib.sha256(signing_input + b"." + signature_b64.encode()).digest())
-
-
-def verify_as_documented(wire: bytes, keys: dict[tuple[str, str], str]) -> dict[str, Any]:
-    """Sections 5 to 9, in order. Returns what a node would learn from the message."""
-    frame = strict_json(wire, 262144)
-    if not isinstance(frame, dict) or set(frame) != {
-        "mlanet",
-        "header",
-        "payload",
-        "signature",
-        "hops",
-    }:
-        raise Refused("bad_envelope")
-    if type(frame["mlanet"]) is not int or frame["mlanet"] != 1:
-        raise Refused("unsupported_version")
-    if not all(isinstance(frame[m], str) for m in ("header", "payload", "signature")):
-        raise Refused("bad_envelope")
-    if not isinstance(frame["hops"], list) or len(frame["hops"]) > 16:
-        raise Refused("bad_envelope")
-
-    header_raw, header = signed_part(frame["header"], "header")
-    payload_raw = b64u_decode(frame["payload"])
-    origin_input = f"mlanet-v1:origin:{frame['header']}.{frame['payload']}".encode("ascii")
-    signer = (header["origin"]["network"], header["key_id"])
-    ed25519_verify(keys, signer, b64u_decode(frame["signature"]), origin_input, "bad_signature")
-
-    path = [header["origin"]["network"]]
-    records = []
-    prev = link_digest(origin_input, frame["signature"])
-    origin_link = prev
-    for hop in frame["hops"]:
-        if not isinstance(hop, dict) or set(hop) != {"record", "signature"}:
-            raise Refused("bad_envelope")
-        record_raw, record = signed_part(hop["record"], "hop_record")
-        hop_input = f"mlanet-v1:hop:{hop['record']}".encode("ascii")
-        hop_signer = (record["network"], record["key_id"])
-        signature = b64u_decode(hop["signature"])
-        ed25519_verify(keys, hop_signer, signature, hop_input, "bad_hop_signature")
-        if record["prev"] != prev:
-            raise Refused("hop_chain_broken")
-        prev = link_digest(hop_input, hop["signature"])
-        path.append(record["network"])
-        records.append(record_raw)
-
-    payload = strict_json(payload_raw, 262144)
-    _schema(header["kind"]).validate(payload)
-    return {
-        "header_bytes": header_raw,
-        "payload_bytes": payload_raw,
-        "records": records,
-        "path": path,
-        "origin_link_digest": origin_link,
-        "content_sha256": b64u_encode(hashlib.sha256(origin_input).digest()),
-        "origin_input": origin_input,
-    }
-
-
-def _keys() -> dict[tuple[str, str], str]:
+def _keys() -> independent.Keys:
     listed = json.loads(EXAMPLES["keys"])
     return {(network, entry["key_id"]): entry["public_key"] for network, entry in listed.items()}
 
