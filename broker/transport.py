@@ -61,7 +61,6 @@ __all__ = [
     "SUBMIT_EXCHANGE",
     "UNROUTABLE",
     "CutBody",
-    "Held",
     "Incoming",
     "Topology",
     "Transport",
@@ -238,22 +237,6 @@ def _incoming(raw: AbstractIncomingMessage, *, capped: bool = False) -> Incoming
         content_encoding=raw.content_encoding,
         expires=raw.expiration is not None,
     )
-
-
-@dataclass
-class Held:
-    """Every message of a queue, held unacked by one consumer (see :meth:`Transport.holding`)."""
-
-    messages: list[Incoming]
-    taken: list[Incoming] = field(default_factory=list)
-
-    async def take(self, incoming: Incoming) -> None:
-        """Ack one held message: it leaves the queue (confirmed when the holding ends)."""
-        try:
-            await incoming._raw.ack()
-        except _CHANNEL_GONE as exc:
-            raise TransportError(f"could not remove the message ({type(exc).__name__})") from exc
-        self.taken.append(incoming)
 
 
 class Transport:
@@ -550,74 +533,6 @@ class Transport:
         if raw is None:
             return None
         return _incoming(raw, capped=self._max_body is not None)
-
-    @contextlib.asynccontextmanager
-    async def holding(self, queue: str, *, lock: str, within: float = 30.0) -> AsyncIterator[Held]:
-        """Hold every message of ``queue`` unacked, on a connection of its own, while the
-        caller takes (acks) some of them; the rest go back in their order when the block ends.
-
-        ``lock`` names an exclusive queue declared on that connection first: a second holder
-        fails with TransportError instead of seeing only part of the queue, and the lock goes
-        with the connection if the process dies (unacked messages go back to the queue then).
-        Nothing is lost or duplicated: a message is either taken (acked) or returned.
-        """
-        seconds = self._timeout
-        async with self._short_lived() as connection:
-            try:
-                locking = await _within(seconds, connection.channel())
-                await _within(
-                    seconds, locking.declare_queue(lock, exclusive=True, auto_delete=True)
-                )
-            except OSError as exc:
-                raise self._unreachable(exc) from exc
-            except _CHANNEL_GONE as exc:
-                raise TransportError(f"{queue} is being worked on elsewhere; try again") from exc
-            try:
-                channel = await _within(seconds, connection.channel())
-                await _within(seconds, channel.set_qos(prefetch_count=0))
-                declared = await _within(seconds, channel.declare_queue(queue, passive=True))
-            except OSError as exc:
-                raise self._unreachable(exc) from exc
-            except _CHANNEL_GONE as exc:
-                raise TransportError(f"queue {queue} is not there") from exc
-            ready = int(declared.declaration_result.message_count or 0)
-            received: list[Incoming] = []
-            arrived = asyncio.Event()
-
-            async def on_message(raw: AbstractIncomingMessage) -> None:
-                received.append(_incoming(raw))
-                arrived.set()
-
-            try:
-                tag = await _within(seconds, declared.consume(on_message, no_ack=False))
-            except _BROKER_GONE as exc:
-                raise self._unreachable(exc) from exc
-            try:
-                while len(received) < ready:
-                    arrived.clear()
-                    await asyncio.wait_for(arrived.wait(), within)
-            except TimeoutError as exc:
-                raise TransportError(f"could not read all of {queue} in time") from exc
-            finally:
-                with contextlib.suppress(*_BROKER_GONE):
-                    await _within(self._timeout, declared.cancel(tag))
-            held = Held(list(received))
-            try:
-                yield held
-            finally:
-                with contextlib.suppress(*_BROKER_GONE):
-                    # back in their order; anything delivered after the count goes back too
-                    for incoming in received:
-                        if not any(incoming is taken for taken in held.taken):
-                            await _within(self._timeout, incoming._raw.nack(requeue=True))
-            # A clean channel close means the broker processed every ack sent before it.
-            confirmed = not channel.is_closed
-            try:
-                await _within(self._timeout, channel.close())
-            except _BROKER_GONE:
-                confirmed = False
-            if held.taken and not confirmed:
-                raise TransportError("could not confirm that the message was removed")
 
     async def _passive(self, queue: str) -> tuple[int, int]:
         """(messages ready, consumers) of a queue; TransportError if it does not exist."""
