@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from broker.curve import PointCheck, check_public_point
 from broker.errors import KeyRefused, Reason, RefusedMessage
+from schemas.base import KEY_ID, NETWORK_ID
 from schemas.directory import NetworkKey
+from schemas.validity import KeyState, key_state
 
 __all__ = [
     "PublicKeyInfo",
@@ -38,8 +40,6 @@ __all__ = [
     "parse_public_key",
 ]
 
-_KEY_ID = re.compile(r"^ed25519:(?:0|[1-9][0-9]{0,8})$")
-_NETWORK = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 _B64U = re.compile(r"^[A-Za-z0-9_-]*$")
 
 
@@ -71,7 +71,7 @@ def b64u_decode(text: str | bytes, *, reason: Reason = Reason.BAD_BASE64) -> byt
 
 
 def _check_key_id(key_id: str) -> str:
-    if not _KEY_ID.fullmatch(key_id):
+    if not KEY_ID.fullmatch(key_id):
         raise KeyRefused(Reason.MALFORMED_KEY, "key id must look like ed25519:<n>")
     return key_id
 
@@ -128,7 +128,7 @@ def generate_key_files(
     directory: Path, network: str, key_id: str = "ed25519:1"
 ) -> tuple[Path, Path]:
     """Write a new key pair: ``<network>.<n>.key`` (0600) and ``<network>.<n>.pub``."""
-    if not _NETWORK.fullmatch(network):
+    if not NETWORK_ID.fullmatch(network):
         raise KeyRefused(Reason.MALFORMED_KEY, "network id must look like 'seajust'")
     _check_key_id(key_id)
     directory.mkdir(parents=True, exist_ok=True)
@@ -193,6 +193,12 @@ class TrustedKey:
         raw = self.public.public_bytes_raw()
         object.__setattr__(self, "_sodium", nacl.signing.VerifyKey(raw))
 
+    def state(self, at: datetime) -> KeyState:
+        """This key at ``at`` (``schemas/validity.py``)."""
+        return key_state(
+            at, not_before=self.not_before, not_after=self.not_after, revoked=self.revoked
+        )
+
     def check(self, signature: bytes, data: bytes) -> bool:
         try:
             self._sodium.verify(data, signature)
@@ -221,7 +227,7 @@ class TrustStore:
 
         A revoked key stays known (what it signed earlier can still be read from an archive)
         but every check made with a time refuses it as ``key_revoked``."""
-        if not _NETWORK.fullmatch(network):
+        if not NETWORK_ID.fullmatch(network):
             raise KeyRefused(Reason.MALFORMED_KEY, "network id must look like 'seajust'")
         public = parse_public_key(public_key)
         self._keys[(network, _check_key_id(key_id))] = TrustedKey(
@@ -259,17 +265,15 @@ class TrustStore:
         trusted = self._keys.get((network, key_id))
         if trusted is None:
             # Unverified text from the sender: repeated only when it is a well-formed id.
-            shown_key = key_id if _KEY_ID.fullmatch(key_id) else "(malformed key id)"
-            shown_network = network if _NETWORK.fullmatch(network) else "(malformed network id)"
+            shown_key = key_id if KEY_ID.fullmatch(key_id) else "(malformed key id)"
+            shown_network = network if NETWORK_ID.fullmatch(network) else "(malformed network id)"
             raise RefusedMessage(
                 Reason.UNKNOWN_KEY, f"no trusted key {shown_key} for {shown_network}"
             )
-        if at is not None and trusted.revoked:
+        state = KeyState.VALID if at is None else trusted.state(at)
+        if state is KeyState.REVOKED:
             raise RefusedMessage(Reason.KEY_REVOKED, f"key {key_id} of {network} was revoked")
-        if at is not None and (
-            (trusted.not_before is not None and at < trusted.not_before)
-            or (trusted.not_after is not None and at >= trusted.not_after)
-        ):
+        if state is not KeyState.VALID:
             raise RefusedMessage(Reason.EXPIRED, f"key {key_id} of {network} not valid then")
         if not trusted.check(signature, data):
             raise RefusedMessage(reason, f"signature by {network} {key_id} does not verify")
