@@ -3,6 +3,10 @@
 A network signs with one private key at a time; its key id is ``ed25519:<n>``. Private key files
 are JSON, written owner-only (0600) and refused when group or others can read them. Public keys
 enter the trust store only after :func:`broker.curve.check_public_point` accepts them.
+
+Every key is held by one library, libsodium (PyNaCl): it generates, signs and verifies (faster
+than OpenSSL here, and its verification also refuses non-canonical signatures, S >= L, and
+small-order R).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from broker.curve import PointCheck, check_public_point
 from broker.errors import KeyRefused, Reason, RefusedMessage
@@ -76,7 +79,7 @@ def _check_key_id(key_id: str) -> str:
     return key_id
 
 
-def parse_public_key(encoded: str) -> Ed25519PublicKey:
+def parse_public_key(encoded: str) -> nacl.signing.VerifyKey:
     """Decode a b64url public key and refuse malformed or weak ones."""
     try:
         raw = b64u_decode(encoded)
@@ -89,7 +92,7 @@ def parse_public_key(encoded: str) -> Ed25519PublicKey:
         raise KeyRefused(Reason.MALFORMED_KEY, f"public key is {verdict.value}")
     if verdict is not PointCheck.OK:
         raise KeyRefused(Reason.WEAK_KEY, f"public key is {verdict.value}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return nacl.signing.VerifyKey(raw)
 
 
 @dataclass(frozen=True)
@@ -98,23 +101,20 @@ class SigningKey:
 
     network: str
     key_id: str
-    private: Ed25519PrivateKey = field(repr=False)
-    # libsodium signs the same deterministic Ed25519 signatures faster (hot path of relays)
-    _sodium: nacl.signing.SigningKey = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        seed = self.private.private_bytes_raw()
-        object.__setattr__(self, "_sodium", nacl.signing.SigningKey(seed))
+    private: nacl.signing.SigningKey = field(repr=False)
 
     @classmethod
     def from_seed(cls, network: str, key_id: str, seed: bytes) -> SigningKey:
-        return cls(network, _check_key_id(key_id), Ed25519PrivateKey.from_private_bytes(seed))
+        return cls(network, _check_key_id(key_id), nacl.signing.SigningKey(seed))
 
     def sign(self, data: bytes) -> bytes:
-        return self._sodium.sign(data).signature
+        return self.private.sign(data).signature
+
+    def public_raw(self) -> bytes:
+        return bytes(self.private.verify_key)
 
     def public_b64(self) -> str:
-        return b64u_encode(self.private.public_key().public_bytes_raw())
+        return b64u_encode(self.public_raw())
 
 
 @dataclass(frozen=True)
@@ -134,19 +134,15 @@ def generate_key_files(
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"{network}.{key_id.split(':')[1]}"
     key_path, pub_path = directory / f"{stem}.key", directory / f"{stem}.pub"
-    private = Ed25519PrivateKey.generate()
-    secret = {
-        "network": network,
-        "key_id": key_id,
-        "seed": b64u_encode(private.private_bytes_raw()),
-    }
+    private = nacl.signing.SigningKey.generate()
+    secret = {"network": network, "key_id": key_id, "seed": b64u_encode(bytes(private))}
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as out:
         json.dump(secret, out)
     public = {
         "network": network,
         "key_id": key_id,
-        "public_key": b64u_encode(private.public_key().public_bytes_raw()),
+        "public_key": b64u_encode(bytes(private.verify_key)),
     }
     pub_path.write_text(json.dumps(public, indent=2) + "\n", encoding="ascii")
     return key_path, pub_path
@@ -181,17 +177,10 @@ def load_public_key_file(path: Path) -> PublicKeyInfo:
 class TrustedKey:
     network: str
     key_id: str
-    public: Ed25519PublicKey = field(repr=False)
+    public: nacl.signing.VerifyKey = field(repr=False)
     not_before: datetime | None = None
     not_after: datetime | None = None
     revoked: bool = False
-    # Verification runs through libsodium: faster than OpenSSL here, and it also refuses
-    # non-canonical signatures (S >= L) and small-order R.
-    _sodium: nacl.signing.VerifyKey = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        raw = self.public.public_bytes_raw()
-        object.__setattr__(self, "_sodium", nacl.signing.VerifyKey(raw))
 
     def state(self, at: datetime) -> KeyState:
         """This key at ``at`` (``schemas/validity.py``)."""
@@ -201,7 +190,7 @@ class TrustedKey:
 
     def check(self, signature: bytes, data: bytes) -> bool:
         try:
-            self._sodium.verify(data, signature)
+            self.public.verify(data, signature)
         except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
             return False
         return True
