@@ -170,7 +170,7 @@ def test_a_command_stuck_past_its_time_limit_ends_in_one_line() -> None:
         from nodes.cli_common import time_limited
 
         def stuck() -> None:
-            time.sleep(120)
+            time.sleep(120)  # the hang under test: only the watchdog ends it
 
         cli.app.command("stuck")(time_limited("send", stuck))
         sys.argv = ["mlanet", "stuck", "--timeout", "1"]
