@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from broker.management import Management, ManagementEndpoint, QueueFigures, ShovelSpec
-from broker.topology import LINK_PREFIX, link_name, peer_of_inbox_exchange
+from broker.topology import LINK_PREFIX, link_name, peer_of_inbox_exchange, peer_of_link
 from broker.transport import inbox_exchange, out_queue
 from nodes.config import NodeConfig
 from nodes.fairness import node_policies
@@ -120,7 +120,7 @@ class Reconciler:
                 if name.startswith(LINK_PREFIX) and name not in wanted:
                     await management.delete_shovel(vhost, name)
                     repairs.append(Repair("shovel", name, "removed"))
-                    log.info("link_removed", peer=name.removeprefix(LINK_PREFIX))
+                    log.info("link_removed", peer=peer_of_link(name) or "(not a network id)")
             for exchange in await management.exchange_names(vhost):
                 sender = peer_of_inbox_exchange(exchange)
                 if sender is not None and sender not in peers:
