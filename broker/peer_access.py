@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from broker.management import Management
+from broker.topology import inbox_exchange
 from schemas.directory import LinkUser
 
 __all__ = ["PEER_TAG", "grant_peer", "inbox_write_pattern", "rabbit_password_hash", "revoke_peer"]
@@ -39,7 +40,7 @@ def rabbit_password_hash(password: str, salt: bytes | None = None) -> str:
 
 
 def inbox_write_pattern(peer: str) -> str:
-    return rf"^mlanet\.inbox\.from\.{re.escape(peer)}$"
+    return f"^{re.escape(inbox_exchange(peer))}$"
 
 
 def _tags(user: dict[str, Any]) -> set[str]:

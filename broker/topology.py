@@ -3,25 +3,36 @@
 Pure names and values, no I/O (``broker/transport.py`` declares them): a peer publishes into
 its inbox exchange ``mlanet.inbox.from.<peer>``, which feeds ``mlanet.inbox.<peer>``; the node
 forwards through ``mlanet.out.<peer>`` (drained by the link's shovel) and delivers to
-``mlanet.deliver.<contact point>``.
+``mlanet.deliver.<contact point>``. Each link is the shovel ``mlanet-link-<peer>``. Names are
+built here and read back here (``*_of`` functions: the identifier in a name, or None for a name
+that is not one of ours), never by hand elsewhere.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from schemas.base import CONTACT_POINT_ID, NETWORK_ID
 
 __all__ = [
     "CONTENT_TYPE",
     "INBOX",
+    "LINK_PREFIX",
     "QUARANTINE",
     "SUBMIT",
     "SUBMIT_EXCHANGE",
     "UNROUTABLE",
     "Topology",
+    "contact_point_of_deliver_queue",
     "deliver_queue",
     "inbox_exchange",
+    "link_name",
     "out_queue",
     "peer_inbox",
+    "peer_of_inbox_exchange",
+    "peer_of_link",
+    "peer_of_out_queue",
 ]
 
 CONTENT_TYPE = "application/vnd.mlanet+json; v=1"
@@ -52,6 +63,46 @@ def out_queue(peer: str) -> str:
 
 def deliver_queue(contact_point: str) -> str:
     return f"mlanet.deliver.{contact_point}"
+
+
+LINK_PREFIX = "mlanet-link-"
+
+
+def link_name(peer: str) -> str:
+    """The shovel that carries ``mlanet.out.<peer>`` to the peer's inbox exchange."""
+    return f"{LINK_PREFIX}{peer}"
+
+
+_INBOX_EXCHANGE_PREFIX = inbox_exchange("")
+_OUT_PREFIX = out_queue("")
+_DELIVER_PREFIX = deliver_queue("")
+
+
+def _suffix(name: str, prefix: str, grammar: re.Pattern[str]) -> str | None:
+    if not name.startswith(prefix):
+        return None
+    rest = name[len(prefix) :]
+    return rest if grammar.fullmatch(rest) else None
+
+
+def peer_of_inbox_exchange(name: str) -> str | None:
+    """The peer whose inbox exchange ``name`` is (``mlanet.inbox.from.<peer>``), else None."""
+    return _suffix(name, _INBOX_EXCHANGE_PREFIX, NETWORK_ID)
+
+
+def peer_of_out_queue(name: str) -> str | None:
+    """The peer that ``name`` (``mlanet.out.<peer>``) forwards to, else None."""
+    return _suffix(name, _OUT_PREFIX, NETWORK_ID)
+
+
+def contact_point_of_deliver_queue(name: str) -> str | None:
+    """The contact point of ``name`` (``mlanet.deliver.<contact point>``), else None."""
+    return _suffix(name, _DELIVER_PREFIX, CONTACT_POINT_ID)
+
+
+def peer_of_link(name: str) -> str | None:
+    """The peer of the link shovel ``name`` (``mlanet-link-<peer>``), else None."""
+    return _suffix(name, LINK_PREFIX, NETWORK_ID)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from broker.errors import ConfigError
 from broker.routing import RouteRule
 from nodes.directory_config import CoordinatorConfig, LinkConfig
-from schemas import KINDS, Kind
+from schemas import KINDS, Kind, NetworkId
 from schemas.directory import BrokerAddress, Directory
 
 __all__ = [
@@ -73,7 +73,7 @@ class PeerLimits(_Config):
 class PeerConfig(_Config):
     """A linked peer network: our credentials at its broker, and what it may send us."""
 
-    network: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    network: NetworkId
     user: str
     password_file: Path
     kinds: tuple[Kind, ...] = KINDS
@@ -154,7 +154,7 @@ class ContactPointsConfig(_Config):
 
 
 class NodeConfig(_Config):
-    network: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    network: NetworkId
     signing_key: Path
     directory: Path
     state_dir: Path

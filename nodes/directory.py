@@ -145,11 +145,7 @@ def effective_config(config: NodeConfig, directory: Directory) -> NodeConfig:
 
 
 def _active(key: NetworkKey, at: datetime) -> bool:
-    return (
-        key.revoked_at is None
-        and (key.not_before is None or key.not_before <= at)
-        and (key.not_after is None or at < key.not_after)
-    )
+    return key.valid_at(at)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -49,6 +49,7 @@ from broker.provenance import (
     check_refuser,
     refused_copy,
 )
+from broker.quarantine_headers import REASON as QUARANTINE_REASON
 from broker.routing import Deliver, Forward, Refuse, route, target_network
 from broker.submission_signing import Returned, frame_cap, open_submission
 from broker.transport import (
@@ -682,7 +683,7 @@ class Node:
         flow = entry.claim.flow()
         # a refusal's publisher (a contact point's reader) recorded it in track and the audit
         # trail already: one fact, one record
-        recorded = "x-mlanet-reason" in incoming.headers
+        recorded = QUARANTINE_REASON in incoming.headers
         with bound_contextvars(quarantine_id=entry.id, **log_context(flow)):
             if not recorded:
                 self.store.event(

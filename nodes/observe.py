@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from nodes.logs import error_fields
 from schemas import Destination, Header
 
 __all__ = ["Flow", "Observer", "Observers"]
@@ -130,7 +131,7 @@ class Observers(Observer):
                     "observer_failed",
                     observer=type(observer).__name__,
                     point=point,
-                    error_type=type(exc).__name__,
+                    **error_fields(exc),
                 )
                 if any(observer is required for required in self._required):
                     raise

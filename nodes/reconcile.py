@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from broker.management import Management, ManagementEndpoint, QueueFigures, ShovelSpec
+from broker.topology import LINK_PREFIX, link_name, peer_of_inbox_exchange, peer_of_link
 from broker.transport import inbox_exchange, out_queue
 from nodes.config import NodeConfig
 from nodes.fairness import node_policies
@@ -36,14 +37,6 @@ from schemas.directory import Directory
 __all__ = ["LINK_PREFIX", "Reconciler", "expected_shovels", "foreign", "link_name"]
 
 log = structlog.get_logger("mlanet.reconcile")
-
-LINK_PREFIX = "mlanet-link-"
-_INBOX_PREFIX = inbox_exchange("")
-
-
-def link_name(peer: str) -> str:
-    """The name of the shovel that carries this node's messages to ``peer``."""
-    return f"{LINK_PREFIX}{peer}"
 
 
 def expected_shovels(config: NodeConfig, directory: Directory) -> dict[str, ShovelSpec]:
@@ -127,10 +120,10 @@ class Reconciler:
                 if name.startswith(LINK_PREFIX) and name not in wanted:
                     await management.delete_shovel(vhost, name)
                     repairs.append(Repair("shovel", name, "removed"))
-                    log.info("link_removed", peer=name.removeprefix(LINK_PREFIX))
+                    log.info("link_removed", peer=peer_of_link(name) or "(not a network id)")
             for exchange in await management.exchange_names(vhost):
-                sender = exchange.removeprefix(_INBOX_PREFIX)
-                if exchange.startswith(_INBOX_PREFIX) and sender not in peers:
+                sender = peer_of_inbox_exchange(exchange)
+                if sender is not None and sender not in peers:
                     # its link user keeps a write permission until the operator runs mlanet
                     # directory provision; without the exchange it cannot publish anything
                     await management.delete_exchange(vhost, exchange)

@@ -45,6 +45,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from broker import MlanetError
 from broker.transport import out_queue
 from nodes.audit import AUDIT_FILE, AuditLog, AuditRecord
+from nodes.logs import error_fields
 from nodes.operator.auth import (
     Devices,
     LoginLimiter,
@@ -264,7 +265,7 @@ class OperatorSurface:
             try:
                 await self.poll()
             except Exception as exc:  # a failed poll must not stop the node; the next one retries
-                log.warning("operator_poll_failed", error_type=type(exc).__name__)
+                log.warning("operator_poll_failed", **error_fields(exc))
             await asyncio.sleep(self.settings.poll_seconds)
 
     async def count_history(self) -> None:
@@ -280,7 +281,7 @@ class OperatorSurface:
                         return
             except (MlanetError, sqlite3.Error) as exc:  # the counters wait for the next
                 # poll (mlanet audit verify names a record that cannot be read); the node runs on
-                log.warning("operator_counters_behind", error_type=type(exc).__name__)
+                log.warning("operator_counters_behind", **error_fields(exc))
 
     async def poll(self) -> NodeStatus:
         """Gather the status now, update the gauges and counters and write the snapshot."""

@@ -262,7 +262,7 @@ class Load:
             lane = self.lanes[n % len(self.lanes)]
             submission = request(lane, shapes.randint(*self.sizes), n)
             delay = start + n / self.rate - loop.time()
-            if delay > 0:
+            if delay > 0:  # the pace of the load: its offered rate
                 await asyncio.sleep(delay)
             client = clients[lane.origin]
             tasks.append(asyncio.create_task(client.send(lane, submission, self.expect(lane, n))))

@@ -55,7 +55,7 @@ async def test_a_key_rotated_while_messages_flow_refuses_none(dfed: Federation) 
                 message = request("kh-cp-1", country="UZ")
                 await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
                 sent.append(message.message_id)
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # the pace of the traffic that runs across the rotation
 
         sender = asyncio.create_task(flow())
         await eventually(lambda: _at_least(sent, 5), within=90)
