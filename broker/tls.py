@@ -11,6 +11,18 @@ while and :func:`ca_bundle` writes both into the one ``cacertfile``. Fingerprint
 computed here (:func:`fingerprint`, :func:`spki_fingerprint`): they are how operators and
 ``status`` name a certificate, and :func:`probe` can pin one when a caller wants that too.
 
+Link users (issue 13, point 2): a peer's broker logs the link user in by its client
+certificate (RabbitMQ's EXTERNAL mechanism, ``ssl_cert_login_from = common_name``), not by a
+password over TLS. RabbitMQ maps the certificate's CN to a user whatever CA issued it, so a
+broker must accept client certificates only from issuers that may name that user: its own
+network's CA (its operators administer that broker anyway) and the coordinator's **link CA**,
+which issues each network's link certificate with the link user named in the directory the
+coordinator signs. A broker that trusted its peers' network CAs would let any peer mint a
+certificate for another peer's link user. With EXTERNAL no secret sits in a shovel URI (which
+the broker keeps in its runtime parameters), nothing about a password is published, every link
+credential expires, and it rotates with overlap like a signing key: two certificates with the
+same CN are both valid until the old one expires.
+
 Keys are ECDSA P-256 (every TLS stack involved, Erlang's included, speaks it); certificates
 carry SHA-256 signatures. Private keys are written 0600, unencrypted PEM: the broker reads them
 at start and the shovel at every connect, both without a passphrase.
@@ -61,6 +73,7 @@ __all__ = [
     "load_identity",
     "not_after",
     "not_before",
+    "peer_ca_file",
     "probe",
     "shovel_uri",
     "spki_fingerprint",
@@ -313,15 +326,22 @@ def issue_client_certificate(
 
 
 def generate_identity(
-    network: str, link_user: str, server_names: Iterable[str] = ()
+    network: str,
+    link_user: str,
+    *,
+    link_ca: CertificateAuthority | None = None,
+    server_names: Iterable[str] = (),
 ) -> TlsIdentity:
     """A fresh CA for ``network``, its broker's server certificate and its link user's client
-    certificate."""
+    certificate. In a federation the link certificate comes from the coordinator's link CA
+    (``link_ca``), which every broker trusts for client certificates: a network's own CA must
+    not be able to name another network's link user (see the module's docstring). Without
+    ``link_ca`` the network's CA issues it: for a broker that only its own network uses."""
     ca = generate_ca(f"mlanet {network} CA")
     return TlsIdentity(
         ca=ca,
         server=issue_server_certificate(ca, server_names),
-        client=issue_client_certificate(ca, link_user),
+        client=issue_client_certificate(link_ca or ca, link_user),
     )
 
 
@@ -360,8 +380,8 @@ def write_identity(identity: TlsIdentity, folder: Path) -> TlsFiles:
     return files
 
 
-def write_issued(issued: Issued, cert_path: Path, key_path: Path) -> None:
-    """Write one certificate and its key, both 0600."""
+def write_issued(issued: Issued | CertificateAuthority, cert_path: Path, key_path: Path) -> None:
+    """Write one certificate (a CA's too) and its key, both 0600."""
     _write_private(cert_path, _pem(issued.certificate))
     _write_private(key_path, _key_pem(issued.key))
 
@@ -422,6 +442,21 @@ def ca_bundle(certificates: Iterable[x509.Certificate], path: Path) -> Path:
     temporary.chmod(0o644)
     temporary.replace(path)
     return path
+
+
+def peer_ca_file(certificates: Iterable[x509.Certificate], folder: Path, peer: str) -> Path:
+    """The ``cacertfile`` a shovel to ``peer`` names: the peer's CA certificates as the
+    directory lists them, in a file named after its content (``peer-<peer>-<digest>.pem``).
+    Erlang caches a PEM file by its path for minutes, so a rotated CA written over the old file
+    would not be seen at once; a new file name (and so a new shovel URI) is."""
+    data = b"".join(_pem(certificate) for certificate in certificates)
+    if not data:
+        raise ValueError("a peer's CA file needs at least one certificate")
+    folder.mkdir(parents=True, exist_ok=True)
+    return ca_bundle(
+        x509.load_pem_x509_certificates(data),
+        folder / f"peer-{peer}-{hashlib.sha256(data).hexdigest()[:16]}.pem",
+    )
 
 
 # --- naming a certificate ------------------------------------------------------------------------
