@@ -319,7 +319,9 @@ def _peer_ca_file(fed: Federation, peer: Network, trusted: Network) -> Path:
     return peer_ca_file([trusted.identity.ca.certificate], fed.alpha.files.folder, peer.name)
 
 
-def _shovel(fed: Federation, name: str, peer_ca: Path) -> ShovelSpec:
+def _shovel(
+    fed: Federation, name: str, peer_ca: Path, server_name: str = "localhost"
+) -> ShovelSpec:
     return ShovelSpec(
         name=name,
         vhost=fed.alpha.vhost,
@@ -332,6 +334,7 @@ def _shovel(fed: Federation, name: str, peer_ca: Path) -> ShovelSpec:
             cacertfile=peer_ca,
             certfile=fed.alpha.files.client_cert,
             keyfile=fed.alpha.files.client_key,
+            server_name=server_name,
         ),
         dest_exchange="mlanet.inbox.from.alpha",
     )
@@ -377,16 +380,27 @@ async def test_shovel_moves_messages_over_mutual_tls_with_external_login(
         await api.delete_shovel(fed.alpha.vhost, "mlanet-link-beta")
 
 
+@pytest.mark.parametrize(
+    ("wrong", "logged"),
+    [("ca", "unknown ca"), ("name", "hostname_check_failed")],
+    ids=["another-ca", "another-name"],
+)
 async def test_shovel_to_a_broker_with_an_unexpected_certificate_does_not_come_up(
-    fed: Federation,
+    fed: Federation, wrong: str, logged: str
 ) -> None:
-    """When the CA alpha's node has for beta is not the one beta's certificate comes from, the
-    shovel never connects: it never runs, alpha's outgoing message waits, and alpha's broker
-    logs that the peer's certificate is from an unknown CA."""
+    """When the CA alpha's node has for beta is not the one beta's certificate comes from, or
+    the name it expects is not in that certificate, the shovel never connects: it never runs,
+    alpha's outgoing message waits, and alpha's broker logs why (unknown CA, host name)."""
+    name = f"mlanet-link-wrong-{wrong}"
+    if wrong == "ca":
+        spec = _shovel(fed, name, _peer_ca_file(fed, fed.beta, fed.alpha))
+    else:
+        peer_ca = _peer_ca_file(fed, fed.beta, fed.beta)
+        spec = _shovel(fed, name, peer_ca, server_name="broker.gamma.example")
+    log = fed.alpha.broker.log_folder / "rabbit.log"
+    seen = len(log.read_bytes())
     async with fed.alpha.broker.management() as api:
-        await api.put_shovel(
-            _shovel(fed, "mlanet-link-wrong", _peer_ca_file(fed, fed.beta, fed.alpha))
-        )
+        await api.put_shovel(spec)
     before = await _depth(fed.beta, "inbox.alpha")
     connection = await fed.alpha.admin()
     async with connection:
@@ -395,18 +409,17 @@ async def test_shovel_to_a_broker_with_an_unexpected_certificate_does_not_come_u
             aio_pika.Message(b"envelope", delivery_mode=2), routing_key="mlanet.out.beta"
         )
         try:
-            log = fed.alpha.broker.log_folder / "rabbit.log"
             deadline = asyncio.get_running_loop().time() + 30
-            while "unknown ca" not in log.read_text(encoding="utf-8", errors="replace").lower():
-                assert asyncio.get_running_loop().time() < deadline, "no TLS refusal logged"
-                status = await _shovel_status(fed.alpha, "mlanet-link-wrong")
+            while logged not in log.read_bytes()[seen:].decode(errors="replace").lower():
+                assert asyncio.get_running_loop().time() < deadline, f"no {logged} logged"
+                status = await _shovel_status(fed.alpha, name)
                 assert status.get("state") != "running", status
                 await asyncio.sleep(0.5)
-            assert (await _shovel_status(fed.alpha, "mlanet-link-wrong")).get("state") != "running"
+            assert (await _shovel_status(fed.alpha, name)).get("state") != "running"
             assert await _depth(fed.alpha, "mlanet.out.beta") == 1
             assert await _depth(fed.beta, "inbox.alpha") == before
         finally:
             async with fed.alpha.broker.management() as api:
-                await api.delete_shovel(fed.alpha.vhost, "mlanet-link-wrong")
+                await api.delete_shovel(fed.alpha.vhost, name)
             outgoing = await channel.get_queue("mlanet.out.beta", ensure=False)
             await outgoing.purge()
