@@ -23,6 +23,10 @@ the broker keeps in its runtime parameters), nothing about a password is publish
 credential expires, and it rotates with overlap like a signing key: two certificates with the
 same CN are both valid until the old one expires.
 
+Erlang caches a PEM file by its path for minutes: a peer's CA file is named by its content
+(:func:`peer_ca_file`), so a rotated CA is a new path in a new shovel URI and takes effect at
+once; a broker's own ``ssl_options.cacertfile`` rewritten in place needs the cache cleared.
+
 Keys are ECDSA P-256 (every TLS stack involved, Erlang's included, speaks it); certificates
 carry SHA-256 signatures. Private keys are written 0600, unencrypted PEM: the broker reads them
 at start and the shovel at every connect, both without a passphrase.
@@ -194,6 +198,21 @@ def _window(
     return start, end
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates (and CRLs) only; a leaf signs handshakes (ECDHE) only."""
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not ca,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def generate_ca(
     common_name: str,
     *,
@@ -215,20 +234,7 @@ def generate_ca(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -256,20 +262,7 @@ def _leaf(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
