@@ -13,6 +13,8 @@ test_exception_tree.py`` walks every module and holds this drawing to what it fi
     ├── QuarantineError            nodes/quarantine.py: an operator's quarantine command failed
     │   ├── NotInQuarantine        no entry has that id (any longer)
     │   └── QuarantineBusy         another command holds the entry: try again
+    ├── TlsError                   broker/tls.py: a certificate unusable or not the expected one
+    ├── LocalBrokerError           nodes/local_brokers.py: a broker of its own failed to start/stop
     ├── NodeFailed                 nodes/federation.py: a local federation's node process failed
     └── DemoFailed                 nodes/demo.py: the demo could not go on
 
