@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from broker import RefusedMessage
 from broker.routing import Forward, Refuse, route
 from nodes.config import NodeConfig
+from nodes.directory import load_directory
 from schemas import Header, Origin
 from schemas.directory import Directory
 from schemas.submission import Submission
@@ -55,7 +56,7 @@ def check_route(
         urgency=submission.urgency,
         members_only=submission.members_only,
     )
-    view = directory if directory is not None else config.load_directory()
+    view = directory if directory is not None else load_directory(config)
     routing = route(header, (), view, config.routes, config.network)
     if isinstance(routing, Forward):
         # How the target network will deliver it, by the same directory: a network without
