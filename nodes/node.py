@@ -14,8 +14,8 @@ The node wires its parts (``nodes/seams.py`` draws how they see each other) and 
 - the directory keeper (``nodes/directory_runtime.py``) owns what the node trusts, the
   :class:`~nodes.seams.DirectoryView` every part reads;
 - the actions (``nodes/actions.py``): sign, forward, deliver, quarantine;
-- the outbox (``nodes/outbox.py``): submissions, the node's own messages until their receipt,
-  receipts and notices;
+- the outbox (``nodes/outbox.py``): submissions, the node's own messages until their receipt;
+- receipts and notices (``nodes/receipts.py``), sent and taken in;
 - the links (``nodes/links.py``): topology, shovels, peer consumers;
 - here: the lifecycle, the receiving of each delivery (``nodes/pipeline.py`` judges it) and the
   group commit that makes its records durable before it is acked.
@@ -57,10 +57,11 @@ from nodes.links import Links
 from nodes.logs import error_fields, failure_fields
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
-from nodes.outbox import RECEIPTED, Outbox
+from nodes.outbox import Outbox
 from nodes.pipeline import Accepted, Properties, dedupe, judge, open_delivery
 from nodes.quarantine import claim, log_context
 from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
+from nodes.receipts import RECEIPTED, Receipts
 from nodes.reconcile import Reconciler
 from nodes.seams import DirectoryView
 from nodes.store import Store
@@ -135,13 +136,16 @@ class Node:
             observe=self.observe,
             durable=self._durable,
         )
+        self.receipts = Receipts(
+            self.keeper, clock=clock, store=self.store, observe=self.observe, actions=self.actions
+        )
         self.outbox = Outbox(
             self.keeper,
-            clock=clock,
             transport=self.transport,
             store=self.store,
             observe=self.observe,
             actions=self.actions,
+            own=self.receipts,
             contact_point_keys=self.contact_point_keys,
             durable=self._durable,
         )
@@ -355,7 +359,7 @@ class Node:
                 redelivered=incoming.redelivered,
             )
             if opened is not None:
-                await self.outbox.tell_origin(opened, refused)
+                await self.receipts.tell_origin(opened, refused)
             return
         crashpoints.reached("after_receive_before_forward")
         header = accepted.message.header
@@ -392,21 +396,21 @@ class Node:
                 return
             if header.kind == "receipt":
                 assert accepted.payload is not None  # validated: this node is the destination
-                self.outbox.on_receipt(message, accepted.payload)
+                self.receipts.on_receipt(message, accepted.payload)
                 self.store.remember(
                     header.origin.network, header.message_id, message.content_sha256, "consumed"
                 )
                 return
             if header.kind == "notice":
                 assert accepted.payload is not None
-                self.outbox.on_notice(message, accepted.payload)
+                self.receipts.on_notice(message, accepted.payload)
             if duplicate is None:
                 await self.actions.deliver(message, routing)
             else:
                 self.store.event(header.message_id, "duplicate", "already delivered; not again")
                 log.info("duplicate_not_delivered_again")
             if header.kind in RECEIPTED:
-                await self.outbox.send_receipt(message, routing)
+                await self.receipts.send_receipt(message, routing)
         except RefusedMessage as refused:
             await self.actions.quarantine(
                 message.to_bytes(),
@@ -416,7 +420,7 @@ class Node:
                 message=message,
                 redelivered=redelivered,
             )
-            await self.outbox.tell_origin(message, refused)
+            await self.receipts.tell_origin(message, refused)
 
     async def settle(self, incoming: Incoming, work: Awaitable[None]) -> None:
         """Ack once the work is durable; requeue on a transient failure; never crash."""

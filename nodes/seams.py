@@ -3,6 +3,7 @@
     DirectoryKeeper --view------> Actions, Outbox, Links, Node   (DirectoryView, read only)
     Outbox, DirectoryKeeper --Outbound--> Actions      (sign, forward, deliver, quarantine)
     DirectoryKeeper --LinksPort--> Links                           (follow a directory change)
+    Outbox --OwnDelivery--> Receipts                (a message for a contact point of its own)
 
 The keeper (``nodes/directory_runtime.py``) owns the node's view of the directory and hands it
 out as a :class:`DirectoryView`: a new value whenever a directory is applied or a part of it
@@ -26,7 +27,7 @@ from nodes.observe import Flow
 from schemas import Destination, WireModel
 from schemas.directory import Directory
 
-__all__ = ["Commit", "DirectoryView", "LinksPort", "Outbound", "ViewSource"]
+__all__ = ["Commit", "DirectoryView", "LinksPort", "Outbound", "OwnDelivery", "ViewSource"]
 
 # Waits until every store and audit write so far is committed (the node's group commit).
 Commit = Callable[[], Awaitable[None]]
@@ -88,6 +89,13 @@ class Outbound(Protocol):
         message: SignedMessage | None = None,
         redelivered: bool = False,
     ) -> None: ...
+
+
+class OwnDelivery(Protocol):
+    """Delivering a message this node signed for one of its own contact points
+    (``nodes/receipts.py``): a receipt or notice is taken in, anything else delivered."""
+
+    async def deliver_own(self, message: SignedMessage, routing: Deliver) -> None: ...
 
 
 class LinksPort(Protocol):

@@ -65,7 +65,7 @@ from nodes.operator.status import (
     link_name,
     write_snapshot,
 )
-from nodes.outbox import RECEIPTED
+from nodes.receipts import RECEIPTED
 from nodes.store import Store
 from schemas.directory import Directory
 
