@@ -30,7 +30,7 @@ A maintenance loop re-derives the time-dependent parts (handovers that fall due,
 that becomes active, expiry) and warns ahead of expiry.
 
 The keeper holds no node: what it does on the broker and with messages goes through the
-:class:`DirectoryPorts` the node hands to each call (``nodes/seams.py``).
+:class:`DirectoryPorts` the node hands to each call (their protocols: ``nodes/seams.py``).
 """
 
 from __future__ import annotations

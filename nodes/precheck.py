@@ -6,7 +6,7 @@ reaches, an observer for anything but a notice) would be signed, quarantined at 
 answered with a notice a moment later; one that the target network will refuse by the same
 directory (it has no contact points, or not the one named) would travel there to be refused.
 The sender is told at once instead, and nothing is submitted. The node still checks every
-submission itself (``Node.send_from_outbox``), and the target network when the message arrives:
+submission itself (``Outbox.send_from_outbox``), and the target network when the message arrives:
 this is a convenience for the person at the keyboard, not a safeguard.
 
 Routing is a pure function of the header, the directory and the node's rules
