@@ -131,7 +131,7 @@ class DirectoryKeeper:
             trust=self.book.message_trust(),
             contact_points=tuple(me.active_contact_points()) if me else (),
             handovers=tuple(sorted(handovers.items())),
-            key=self.book.signing_key(self.clock()),
+            key=self.book.signing_key(now),
         )
 
     def closed(self) -> RefusedMessage | None:
