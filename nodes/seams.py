@@ -1,9 +1,9 @@
 """How the parts of a running node see each other: one frozen value and a few small protocols.
 
-    DirectoryKeeper --view------> Actions, Outbox, Links, Node   (DirectoryView, read only)
-    Outbox, DirectoryKeeper --Outbound--> Actions      (sign, forward, deliver, quarantine)
-    DirectoryKeeper --LinksPort--> Links                           (follow a directory change)
-    Outbox --OwnDelivery--> Receipts                (a message for a contact point of its own)
+    DirectoryKeeper --view--> Actions, Outbox, Receipts, Links, Node  (DirectoryView, read only)
+    Outbox, Receipts, DirectoryKeeper --Outbound--> Actions (sign, forward, deliver, quarantine)
+    DirectoryKeeper --LinksPort--> Links                          (follow a directory change)
+    Outbox --OwnDelivery--> Receipts               (a message for a contact point of its own)
 
 The keeper (``nodes/directory_runtime.py``) owns the node's view of the directory and hands it
 out as a :class:`DirectoryView`: a new value whenever a directory is applied or a part of it
