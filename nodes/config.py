@@ -17,7 +17,7 @@ from broker.errors import ConfigError
 from broker.routing import RouteRule
 from nodes.directory_config import CoordinatorConfig, LinkConfig
 from schemas import KINDS, Kind, NetworkId
-from schemas.directory import BrokerAddress, Directory
+from schemas.directory import BrokerAddress
 
 __all__ = [
     "Alerts",
@@ -225,13 +225,6 @@ class NodeConfig(_Config):
             _read_secret(peer.password_file),
             self.broker.heartbeat,
         )
-
-    def load_directory(self) -> Directory:
-        """The directory this node trusts now: the newest valid signed one it holds (its state
-        or the file named by ``directory``), as it stands now (``nodes/directory.py``)."""
-        from nodes.directory import DirectoryBook  # the book reads this config
-
-        return DirectoryBook.load(self, persist=False).view()
 
 
 def _amqp_url(host: str, port: int, vhost: str, user: str, password: str, heartbeat: int) -> str:

@@ -62,6 +62,7 @@ __all__ = [
     "Outcome",
     "RefusedFile",
     "effective_config",
+    "load_directory",
     "message_trust",
 ]
 
@@ -201,6 +202,12 @@ def _pinned_message_key(data: bytes, network: str, pinned: list[tuple[str, str]]
         f"{network}.1.pub), not the key that signs the directory: pin the coordinator's "
         f"directory key (in a local federation, {network}/coordinator/{network}-directory.1.pub)"
     )
+
+
+def load_directory(config: NodeConfig) -> Directory:
+    """The directory a node with ``config`` trusts now: the newest valid signed one it holds
+    (its state or the file named by ``directory``), as it stands now. Nothing is written."""
+    return DirectoryBook.load(config, persist=False).view()
 
 
 class DirectoryBook:

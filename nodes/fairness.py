@@ -136,7 +136,7 @@ def deliver_policy(config: NodeConfig) -> tuple[str, str, dict[str, object]]:
 
 @dataclass(frozen=True)
 class OwnPolicy:
-    """A policy that the node puts on its own vhost and keeps in place (nodes/node.py repairs it
+    """A policy that the node puts on its own vhost and keeps in place (nodes/links.py repairs it
     when it was changed or removed under the node)."""
 
     name: str

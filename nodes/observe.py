@@ -8,7 +8,7 @@ what it does with a message. The one exception is an observer added with ``requi
 (the audit trail): its error propagates, so the node does not ack a delivery whose record could
 not be written (the delivery is retried instead).
 
-The points, with stable names (``node`` = ``nodes/node.py``)::
+The points, with stable names (the node and its parts call them)::
 
     received(sender, flow)           a peer's message passed the receiving pipeline
     submitted(contact_point, flow)   a local submission was signed and queued for sending

@@ -4,7 +4,7 @@ Only the node's own broker user (and the broker's administrator) can change anyt
 node's vhost: no peer holds a right there beyond writing its one inbox exchange (see "Security
 model" in docs/OPERATIONS.md). Still, a shovel or a policy deleted or altered under the node
 would lose or divert case messages without a word, so the node checks every few seconds
-(``nodes/node.py`` calls :meth:`Reconciler.reconcile`):
+(``nodes/links.py`` calls :meth:`Reconciler.reconcile`):
 
 - each link's shovel (``mlanet-link-<peer>``) exists with exactly the definition the node
   declares, else it is put back (``broker_repaired``); a ``mlanet-link-*`` shovel of a network

@@ -40,7 +40,7 @@ from broker.contact_point_keys import ContactPointKey
 from broker.management import ManagementEndpoint
 from broker.transport import QUARANTINE, Transport
 from nodes.contact import ARCHIVE_FILE, Taken, submit_on, take_delivered
-from nodes.directory import message_trust
+from nodes.directory import load_directory, message_trust
 from nodes.federation import Federation
 from nodes.store import Store
 from schemas.submission import Submission
@@ -292,7 +292,7 @@ class Reader:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = config(self.fed, self.network)
-        trust: TrustStore = message_trust(cfg.load_directory())
+        trust: TrustStore = message_trust(load_directory(cfg))
         store = Store(archive_path(self.fed, self.network))
         try:
             while not stop.is_set():

@@ -10,7 +10,7 @@ import pytest
 from broker import open_envelope
 from broker.keys import load_signing_key
 from nodes.contact import read_inbox, submit
-from nodes.directory import message_trust
+from nodes.directory import load_directory, message_trust
 from nodes.federation import Federation
 from tests.integration.directory_kit import (
     all_hold,
@@ -158,7 +158,7 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
             "at delivery: key_revoked: refused at delivery by uz-cp-1",
         ) in events(fed, "casc", early[0].message_id)
         refused = await drain(fed, "casc", "mlanet.quarantine")
-        trust = message_trust(config(fed, "casc").load_directory())
+        trust = message_trust(load_directory(config(fed, "casc")))
         assert sorted(
             (
                 open_envelope(r.body, trust).header.message_id,
