@@ -34,6 +34,9 @@ import contextlib
 import cProfile
 import os
 import pstats
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -454,6 +457,7 @@ async def node_phase(
             raise RuntimeError(f"casc's inbox holds {loaded} messages, not {args.messages}")
         node = _Unlinked(casc)
         profile = cProfile.Profile() if args.profile else None
+        sampler: subprocess.Popen[bytes] | None = None
         async with running([node]):
             # The node starts consuming before it reports ready, so the clock starts at its
             # first forward and counts the messages after it (a small run could otherwise be
@@ -463,10 +467,14 @@ async def node_phase(
             cpu = time.process_time()
             if profile is not None:
                 profile.enable()
+            if args.sample:
+                sampler = start_sampler(args.sample)
             end = await wait_depth(channel, out_queue("ejn"), args.messages, within=300)
             if profile is not None:
                 profile.disable()
             cpu = time.process_time() - cpu
+            if sampler is not None:
+                stop_sampler(sampler)
         timed = args.messages - first
         if timed < args.messages // 2:
             raise RuntimeError(
@@ -482,15 +490,39 @@ async def node_phase(
             file=report,
         )
         print(f"    {_cpu(cpu, end - start, timed)}", file=report)
+        commits = node.commits
+        print(
+            f"    group commits: {commits.commits}, {commits.waited / max(commits.commits, 1):.1f}"
+            " deliveries each on average",
+            file=report,
+        )
         measured = Throughput(rate, cpu / timed)
         # Phase (c) starts with an empty link: drop what (b) left in casc's queue to ejn.
         await (await channel.get_queue(out_queue("ejn"), ensure=False)).purge()
+    if sampler is not None:
+        print(f"    py-spy samples of the node phase written to {args.sample}", file=report)
     if profile is not None:
         profile.dump_stats(args.profile)
         stats = pstats.Stats(args.profile, stream=report)
         print(f"    cProfile of the node phase written to {args.profile}; top 25 by self time:")
         stats.sort_stats("tottime").print_stats(25)
     return measured
+
+
+def start_sampler(path: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling this process (the node phase only) into ``path`` (raw collapsed
+    stacks, or speedscope JSON when ``path`` ends in ``.json``)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    form = "speedscope" if path.endswith(".json") else "raw"
+    command = [spy, "record", "--rate", "250", "--format", form, "-o", path]
+    return subprocess.Popen(
+        [*command, "--pid", str(os.getpid())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def stop_sampler(sampler: subprocess.Popen[bytes]) -> None:
+    sampler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    sampler.wait(timeout=30)
 
 
 def _contact_points(network: str) -> tuple[str, ...]:
@@ -665,6 +697,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-raw", action="store_true", help="skip (a): no ceiling, no ratio")
     parser.add_argument(
         "--profile", metavar="FILE", help="cProfile the node phase (b) into FILE and summarise it"
+    )
+    parser.add_argument(
+        "--sample",
+        metavar="FILE",
+        help="py-spy (pip install py-spy) samples phase (b) into FILE: raw stacks, or speedscope"
+        " JSON when FILE ends in .json",
     )
     return parser.parse_args(argv)
 

@@ -18,7 +18,7 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 
@@ -69,6 +69,7 @@ from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper
 from nodes.fairness import TokenBucket, paced
+from nodes.group_commit import GroupCommit
 from nodes.keyed_lock import KeyedLock
 from nodes.lifecycle import LifecycleFile, Phase
 from nodes.logs import error_fields, failure_fields
@@ -87,12 +88,10 @@ __all__ = ["Node"]
 
 log = structlog.get_logger("mlanet.node")
 
-COMMIT_EVERY = 0.2  # seconds: the longest a write outside a delivery waits for its commit
 START_BACKOFF_FIRST = 1.0  # seconds before the second attempt to start; doubles each time
 START_BACKOFF_MAX = 30.0  # seconds: the longest wait between two attempts to start
 DRAIN_SECONDS = 5.0  # on stop: the longest wait for the deliveries being handled
 STOP_GRACE = 3.0  # on stop: the longest wait for a cancelled start or the operator surface
-GROUP_WAIT = 0.005  # seconds: the longest a finished delivery waits for others to share its commit
 TOPOLOGY_EVERY = 3.0  # seconds between two checks of the node's queues, bindings, links, policies
 
 _REASONS = frozenset(reason.value for reason in Reason)
@@ -130,14 +129,11 @@ class Node:
         self.contact_point_keys = KeyFolder(config.contact_points.keys)
         self.store = Store(config.state_dir / "node.sqlite3")
         # Group commit: one SQLite commit for every delivery finished in one pass of the event
-        # loop, before any of them is acked (see _durable); a writer outside a delivery is
-        # committed within COMMIT_EVERY seconds by _commit_loop.
+        # loop, before any of them is acked (nodes/group_commit.py).
         self.store.group_commits()
         # Refused messages, indexed: written at the same group commit, before the acks.
         self.quarantined = QuarantineStore(config.state_dir / QUARANTINE_FILE)
-        self._commit: asyncio.Future[None] | None = None
-        self._commit_timer: asyncio.TimerHandle | None = None
-        self._working = 0  # deliveries being handled that have not yet asked for their commit
+        self.commits = GroupCommit(self._commit_all)
         # a body above the size cap is never read whole (broker/amqp_decode.py)
         self.transport = Transport(config.amqp_url(), max_body=config.limits.max_message_bytes)
         broker = config.broker
@@ -267,7 +263,7 @@ class Node:
             background = [
                 group.create_task(self._resend_loop()),
                 group.create_task(self.keeper.maintain(self, self._stop)),
-                group.create_task(self._commit_loop()),
+                group.create_task(self.commits.run(self._stop)),
                 group.create_task(self._keep_topology()),
             ]
             await self._stop.wait()
@@ -278,7 +274,7 @@ class Node:
         unfinished = await self.transport.drain(DRAIN_SECONDS, self._hurry)
         if unfinished:
             log.info("deliveries_returned", count=unfinished)  # unacked: the broker has them
-        self._commit_all()
+        self.commits.commit_now()
 
     def topology(self) -> Topology:
         return Topology(
@@ -445,9 +441,9 @@ class Node:
     async def _settle(self, incoming: Incoming, work: Awaitable[None]) -> None:
         """Ack once the work is durable; requeue on a transient failure; never crash."""
         try:
-            with self._at_work():
+            with self.commits.working():
                 await work
-                await self._durable()
+                await self.commits.durable()
         except TransportError as exc:
             with bound_contextvars(**self._about(incoming)):
                 log.warning("transient_failure_requeued", error=str(exc))
@@ -462,63 +458,11 @@ class Node:
             return
         await incoming.ack()
 
-    @contextlib.contextmanager
-    def _at_work(self) -> Iterator[None]:
-        """Count a delivery being handled; when the last one stops, a waiting commit runs."""
-        self._working += 1
-        try:
-            yield
-        finally:
-            self._working -= 1
-            if self._working <= 0 and self._commit is not None:
-                asyncio.get_running_loop().call_soon(self._flush)  # nobody else is coming
-
     def _commit_all(self) -> None:
         """Audit records first: committed state never lacks the record of what was done."""
         self.audit.commit()
         self.quarantined.commit()
         self.store.commit()
-
-    async def _durable(self) -> None:
-        """Wait until every store and audit write so far is committed.
-
-        Group commit: one commit (and one audit checkpoint signature) serves every delivery
-        that asks for it meanwhile. It runs as soon as no other delivery is still being
-        handled (a lone message is not kept waiting), else after at most GROUP_WAIT seconds,
-        so that under load the deliveries whose publishes the broker confirmed together share
-        it."""
-        loop = asyncio.get_running_loop()
-        if self._commit is None:
-            self._commit = loop.create_future()
-            self._commit_timer = loop.call_later(GROUP_WAIT, self._flush)
-        commit = self._commit
-        self._working -= 1  # waiting now, not working
-        try:
-            if self._working <= 0:
-                loop.call_soon(self._flush)
-            await asyncio.shield(commit)
-        finally:
-            self._working += 1
-
-    def _flush(self) -> None:
-        done, self._commit = self._commit, None
-        if self._commit_timer is not None:
-            self._commit_timer.cancel()
-            self._commit_timer = None
-        if done is None:
-            return
-        try:
-            self._commit_all()
-        except Exception as exc:  # the waiters requeue: nothing acked without its record
-            done.set_exception(exc)
-        else:
-            done.set_result(None)
-
-    async def _commit_loop(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), COMMIT_EVERY)
-            self._commit_all()
 
     def _about(self, incoming: Incoming) -> dict[str, str]:
         """What a failed delivery claims to be, for its log lines (read on failure only)."""
@@ -549,8 +493,8 @@ class Node:
             "forwarded",
             f"forwarded to {routing.peer} (for {routing.target})",
         )
-        with bound_contextvars(**_context(header)):  # a receipt or notice names itself
-            log.info("message_forwarded", peer=routing.peer, target=routing.target)
+        # named in the line itself (a receipt or notice names itself): cheaper than binding
+        log.info("message_forwarded", **_context(header), peer=routing.peer, target=routing.target)
         self.observe.forwarded(routing.peer, Flow.of(header))
 
     async def deliver(self, message: SignedMessage, routing: Deliver) -> None:
@@ -570,8 +514,9 @@ class Node:
             "delivered",
             "delivered to " + ",".join(routing.contact_points),
         )
-        with bound_contextvars(**_context(header)):
-            log.info("message_delivered", contact_points=list(routing.contact_points))
+        log.info(
+            "message_delivered", **_context(header), contact_points=list(routing.contact_points)
+        )
         self.observe.delivered(routing.contact_points, Flow.of(header))
 
     async def quarantine(
@@ -644,7 +589,7 @@ class Node:
                 log.error("equivocation_detected", via=via)
             self.observe.refused(refused.reason.value, via, flow)
             self.observe.quarantined(entry.id, refused.reason.value, refused.detail, via, seen)
-        await self._durable()
+        await self.commits.durable()
 
     def _quarantine_bound(self, peer: str) -> Bound:
         """What one peer's refused messages may keep in the quarantine (``""``: local ones)."""
@@ -657,9 +602,9 @@ class Node:
         quarantine store; acked once committed. Never dead-lettered: a failure waits a moment
         and hands the message back."""
         try:
-            with self._at_work():
+            with self.commits.working():
                 self._take_in(incoming)
-                await self._durable()
+                await self.commits.durable()
         except Exception as exc:  # the store cannot be written now (a full disk): retry
             log.error("quarantine_intake_failed", **error_fields(exc))
             await asyncio.sleep(1.0)
@@ -964,7 +909,7 @@ class Node:
                 log.info("message_queued")
                 # Durable before it is published: after a crash the same signed bytes are sent
                 # again, never a second signature of the same message id (an equivocation).
-                await self._durable()
+                await self.commits.durable()
                 crashpoints.reached("after_sign_before_forward")
                 self.observe.submitted(submission.sender, Flow.of(message.header))
             elif entry.state != "queued":
