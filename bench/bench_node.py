@@ -84,6 +84,7 @@ from nodes.contact import facilitation_request
 from nodes.contact_points import Credentials
 from nodes.logs import configure_logging
 from nodes.node import Node
+from nodes.store import Store
 from schemas import Destination, FacilitationRequest, Header, Origin
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
@@ -118,6 +119,10 @@ class Latency:
     name: str
     sent: int
     received: list[float]  # seconds
+    rate: float = 0.0  # offered, msg/s
+
+    def p99(self) -> float:
+        return percentile(self.received, 0.99) if self.received else float("inf")
 
     def line(self) -> str:
         if not self.received:
@@ -306,7 +311,7 @@ async def hop_through(
 
 async def raw_phase(
     args: argparse.Namespace, body: bytes, floor_step: Callable[[bytes], bytes], report: TextIO
-) -> tuple[Throughput, Throughput, Latency]:
+) -> tuple[Throughput, Throughput, list[Latency]]:
     vhost = f"bench-raw-{uuid.uuid4().hex[:10]}"
     async with Management(ADMIN) as management:
         await management.put_vhost(vhost)
@@ -338,7 +343,9 @@ async def raw_phase(
                 file=report,
             )
             print(f"    {_cpu(cpu, elapsed, args.messages)}", file=report)
-            latency = await raw_latency(connection, control, body, args)
+            latency = (
+                [] if args.skip_latency else await raw_latency(connection, control, body, args)
+            )
         return raw, floor, latency
     finally:
         async with Management(ADMIN) as management:
@@ -350,8 +357,8 @@ async def raw_latency(
     control: AbstractChannel,
     body: bytes,
     args: argparse.Namespace,
-) -> Latency:
-    """One raw hop (lat.a -> lat.b) at the offered rate, timed from publish to consume."""
+) -> list[Latency]:
+    """One raw hop (lat.a -> lat.b) at each offered rate, timed from publish to consume."""
     await Hop().start(connection, "lat.a", "lat.b", args.raw_prefetch)
     arrivals = Arrivals()
     reader = await connection.channel()
@@ -367,10 +374,13 @@ async def raw_latency(
             routing_key="lat.a",
         )
 
-    arrivals.reset(round(args.rate * args.duration))
-    sent = await paced(args.rate, args.duration, send)
-    await arrivals.wait(10.0)
-    return Latency("raw one hop (aio-pika)", sent, arrivals.latencies)
+    results = []
+    for rate in args.rate:
+        arrivals.reset(round(rate * args.duration))
+        sent = await paced(rate, args.duration, send)
+        await arrivals.wait(10.0)
+        results.append(Latency("raw one hop (aio-pika)", sent, arrivals.latencies, rate))
+    return results
 
 
 # --- the federation ----------------------------------------------------------------------------
@@ -543,72 +553,96 @@ def submission(key: ContactPointKey, country: str) -> tuple[str, bytes]:
     return value.message_id, sign_submission(value, key)
 
 
-async def receipts_settled(origin: Node, within: float) -> str:
-    """Wait until every message ``origin`` sent has its signed receipt back (so that no work
-    is in flight when the nodes stop); describe the outbox states."""
+async def receipts_settled(store_path: Path, within: float) -> str:
+    """Wait until every message the origin sent has its signed receipt back (so that no work
+    is in flight when the nodes stop), reading its store as ``mlanet track`` does; describe
+    the outbox states."""
     deadline = time.perf_counter() + within
-    while set(states := origin.store.outbox_states()) - {"delivered"}:
-        if time.perf_counter() > deadline:
+    while True:
+        store = Store(store_path, readonly=True)
+        try:
+            states = store.outbox_states()
+        finally:
+            store.close()
+        if not set(states) - {"delivered"} or time.perf_counter() > deadline:
             break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.2)  # the last receipts' acks
+        await asyncio.sleep(0.1)
     return ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+
+
+JOURNEYS = [
+    ("seajust -> casc (KH -> UZ)", "casc", "UZ"),
+    ("seajust -> casc -> ejn (KH -> FR)", "ejn", "FR"),
+]
 
 
 async def latency_phase(
     fed: federation.Federation, args: argparse.Namespace
 ) -> tuple[list[Latency], str]:
-    """(c): the three nodes in-process with their links; submissions timed to delivery."""
-    nodes = [Node(load_config(fed.config_path(network))) for network in NETWORKS]
-    journeys = [
-        ("seajust -> casc (KH -> UZ)", "casc", "UZ"),
-        ("seajust -> casc -> ejn (KH -> FR)", "ejn", "FR"),
-    ]
+    """(c): each network's node in a process of its own (``mlanet node run``, as in
+    production) with its links; submissions timed to delivery, at each offered rate."""
+    processes = federation.NodeProcesses(fed, ADMIN)
     results = []
     # kh-cp-1 hands its submissions in as mlanet send does: as its own broker user, through the
     # mlanet.submit exchange, each signed with its own key
     kh_cp_1 = Credentials.load(fed.credentials("kh-cp-1"))
-    async with running(nodes), contextlib.AsyncExitStack() as stack:
-        submit = await stack.enter_async_context(
-            await aio_pika.connect(kh_cp_1.amqp_url(load_config(fed.config_path("seajust"))))
-        )
-        channel = await submit.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(SUBMIT_EXCHANGE, ensure=False)
-        arrivals = Arrivals()
-        for _name, network, country in journeys:
-            reader = await stack.enter_async_context(
-                await aio_pika.connect(amqp_url(fed.vhost(network)))
+    seajust = load_config(fed.config_path("seajust"))
+    try:
+        for network in NETWORKS:
+            processes.start(network)
+        await processes.wait_ready(within=120.0)
+        async with contextlib.AsyncExitStack() as stack:
+            submit = await stack.enter_async_context(
+                await aio_pika.connect(kh_cp_1.amqp_url(seajust))
             )
-            queue = await (await reader.channel()).get_queue(
-                deliver_queue(f"{country.lower()}-cp-1"), ensure=False
-            )
-            await queue.consume(arrivals.on_message, no_ack=True)
-
-        for name, _network, country in journeys:
-
-            async def send(_: int, country: str = country) -> None:
-                message_id, body = submission(kh_cp_1.key, country)
-                arrivals.sent[message_id] = time.perf_counter()
-                await exchange.publish(
-                    aio_pika.Message(
-                        body,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        message_id=message_id,
-                    ),
-                    routing_key="",
+            channel = await submit.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(SUBMIT_EXCHANGE, ensure=False)
+            arrivals = Arrivals()
+            for _name, network, country in JOURNEYS:
+                reader = await stack.enter_async_context(
+                    await aio_pika.connect(amqp_url(fed.vhost(network)))
                 )
+                queue = await (await reader.channel()).get_queue(
+                    deliver_queue(f"{country.lower()}-cp-1"), ensure=False
+                )
+                await queue.consume(arrivals.on_message, no_ack=True)
 
-            arrivals.reset(1)  # one warm-up message: the links must be up
-            await send(0)
-            await arrivals.wait(30.0)
-            if not arrivals.latencies:
-                raise RuntimeError(f"warm-up message for {name} did not arrive")
-            arrivals.reset(round(args.rate * args.duration))
-            sent = await paced(args.rate, args.duration, send)
-            await arrivals.wait(15.0)
-            results.append(Latency(name, sent, list(arrivals.latencies)))
-        outbox = await receipts_settled(nodes[0], within=30.0)
+            for rate in args.rate:
+                for name, _network, country in JOURNEYS:
+
+                    async def send(_: int, country: str = country) -> None:
+                        message_id, body = submission(kh_cp_1.key, country)
+                        arrivals.sent[message_id] = time.perf_counter()
+                        await exchange.publish(
+                            aio_pika.Message(
+                                body,
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                message_id=message_id,
+                            ),
+                            routing_key="",
+                        )
+
+                    arrivals.reset(1)  # one warm-up message: the links must be up
+                    await send(0)
+                    await arrivals.wait(30.0)
+                    if not arrivals.latencies:
+                        processes.check_running()
+                        raise RuntimeError(f"warm-up message for {name} did not arrive")
+                    arrivals.reset(round(rate * args.duration))
+                    sent = await paced(rate, args.duration, send)
+                    await arrivals.wait(15.0)
+                    results.append(Latency(name, sent, list(arrivals.latencies), rate))
+            outbox = await receipts_settled(seajust.state_dir / "node.sqlite3", within=30.0)
+        processes.check_running()
+    finally:
+        processes.stop_all()
     return results, outbox
+
+
+def count_lines(folder: Path) -> int:
+    """Log lines the nodes wrote: in-process ones to nodes.log, processes to <network>/."""
+    paths = [folder / "nodes.log", *folder.glob("*/node.log")]
+    return sum(len(path.read_bytes().splitlines()) for path in paths)
 
 
 # --- entry point -------------------------------------------------------------------------------
@@ -618,7 +652,7 @@ async def main(args: argparse.Namespace) -> None:
     report = sys.stdout
     print(
         f"mlanet node benchmark: {args.messages} messages for throughput, "
-        f"{args.rate:g} msg/s for {args.duration:g} s for latency",
+        f"{', '.join(f'{rate:g}' for rate in args.rate)} msg/s for {args.duration:g} s for latency",
         file=report,
     )
     key = SigningKey.from_seed("seajust", "ed25519:1", os.urandom(32))
@@ -626,8 +660,8 @@ async def main(args: argparse.Namespace) -> None:
     trust = TrustStore()
     trust.add_signing_key(key)
     body = signed_requests(key, 1, "FR")[0].to_bytes()
-    raw, floor, raw_latency_result = (
-        (None, None, None)
+    raw, floor, raw_latencies = (
+        (None, None, [])
         if args.skip_raw
         else await raw_phase(args, body, crypto_step(relay, trust), report)
     )
@@ -663,17 +697,24 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             await federation.teardown(fed, ADMIN)
             log.flush()
-            log_lines = len(log_path.read_bytes().splitlines())
+            log_lines = count_lines(folder)
     if not args.skip_latency:
         print(
-            f"(c) end-to-end latency at {args.rate:g} msg/s for {args.duration:g} s "
-            "(submit -> mlanet.deliver.<cp>):",
+            f"(c) end-to-end latency, each node in its own process, {args.duration:g} s per"
+            " journey and rate (submit -> mlanet.deliver.<cp>):",
             file=report,
         )
-        for result in latencies:
-            print(result.line(), file=report)
-        if raw_latency_result is not None:
-            print(raw_latency_result.line(), file=report)
+        for rate in args.rate:
+            print(f"  at {rate:g} msg/s offered:", file=report)
+            here = [result for result in latencies if result.rate == rate]
+            for result in here:
+                print(result.line(), file=report)
+            raw_here = [result for result in raw_latencies if result.rate == rate]
+            for result in raw_here:
+                print(result.line(), file=report)
+            if raw_here and here:
+                ratio = here[-1].p99() / raw_here[0].p99()
+                print(f"    p99 three networks / raw one hop = {ratio:.1f}", file=report)
         print(f"    seajust outbox after the journeys: {outbox} (receipts back)", file=report)
     print(f"    ({log_lines} node log lines written)", file=report)
 
@@ -691,7 +732,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1_000_000,
         help="the nodes' [limits.peer] rate and burst (default: no cap within reach)",
     )
-    parser.add_argument("--rate", type=float, default=50.0, help="offered rate for (c), msg/s")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[50.0, 200.0],
+        help="offered rates for (c), msg/s (each journey is timed at each rate)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per journey in (c)")
     parser.add_argument("--skip-latency", action="store_true", help="run (a) and (b) only")
     parser.add_argument("--skip-raw", action="store_true", help="skip (a): no ceiling, no ratio")
