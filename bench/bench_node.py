@@ -121,6 +121,7 @@ class Latency:
     sent: int
     received: list[float]  # seconds
     rate: float = 0.0  # offered, msg/s
+    note: str = ""  # what else was measured meanwhile (the machine's load, the nodes' CPU)
 
     def p99(self) -> float:
         return percentile(self.received, 0.99) if self.received else float("inf")
@@ -132,7 +133,7 @@ class Latency:
         return (
             f"  {self.name:<34} p50 {percentile(ms, 0.50):7.2f} ms   p99 "
             f"{percentile(ms, 0.99):7.2f} ms   max {max(ms):7.2f} ms   "
-            f"({len(ms)}/{self.sent} received)"
+            f"({len(ms)}/{self.sent} received)" + (f"\n      {self.note}" if self.note else "")
         )
 
 
@@ -405,7 +406,8 @@ class RawLatency:
         sent = await paced(rate, duration, send)
         await self.arrivals.wait(10.0)
         name = "raw 5 hops, 6 queues (aio-pika)" if chain else "raw one hop (aio-pika)"
-        return Latency(name, sent, list(self.arrivals.latencies), rate)
+        note = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        return Latency(name, sent, list(self.arrivals.latencies), rate, note)
 
 
 # --- the federation ----------------------------------------------------------------------------
@@ -657,14 +659,27 @@ async def latency_phase(
                         processes.check_running()
                         raise RuntimeError(f"warm-up message for {name} did not arrive")
                     arrivals.reset(round(rate * args.duration))
+                    pids = {n: p.pid for n, p in processes.processes.items()}
+                    cpu = {network: process_cpu(pid) for network, pid in pids.items()}
                     sent = await paced(rate, args.duration, send)
                     await arrivals.wait(15.0)
-                    results.append(Latency(name, sent, list(arrivals.latencies), rate))
+                    used = {n: (process_cpu(pid) - cpu[n]) / sent for n, pid in pids.items()}
+                    note = "node CPU per message: " + ", ".join(
+                        f"{network} {seconds * 1e6:,.0f} us" for network, seconds in used.items()
+                    )
+                    note += f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+                    results.append(Latency(name, sent, list(arrivals.latencies), rate, note))
             outbox = await receipts_settled(seajust.state_dir / "node.sqlite3", within=30.0)
         processes.check_running()
     finally:
         processes.stop_all()
     return results, outbox
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far (Linux: /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def count_lines(folder: Path) -> int:
