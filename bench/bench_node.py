@@ -750,7 +750,8 @@ async def federation_phases(
                 print(
                     f"    ratio node / raw = {node.rate / raw.rate:.2f}  (by CPU per message: "
                     f"{raw.cpu / node.cpu:.2f}); node / cryptographic floor ="
-                    f" {node.rate / floor.rate:.2f}",
+                    f" {node.rate / floor.rate:.2f}  (by CPU per message: "
+                    f"{floor.cpu / node.cpu:.2f})",
                     file=report,
                 )
             latencies, outbox = (
