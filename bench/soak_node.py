@@ -117,7 +117,8 @@ class Sink:
         self.count = 0
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        self.count += 1
+        if message.type == "facilitation_request":  # not the directory casc passes on
+            self.count += 1
 
 
 def timed_command(args: list[str]) -> tuple[float, int, str]:
