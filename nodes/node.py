@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
@@ -51,6 +51,7 @@ from nodes.actions import Actions, describe
 from nodes.audit import AUDIT_FILE, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper, DirectoryPorts
+from nodes.group_commit import GroupCommit
 from nodes.keyed_lock import KeyedLock
 from nodes.lifecycle import LifecycleFile, Phase
 from nodes.links import Links
@@ -72,12 +73,10 @@ __all__ = ["RECEIPTED", "Node"]
 
 log = structlog.get_logger("mlanet.node")
 
-COMMIT_EVERY = 0.2  # seconds: the longest a write outside a delivery waits for its commit
 START_BACKOFF_FIRST = 1.0  # seconds before the second attempt to start; doubles each time
 START_BACKOFF_MAX = 30.0  # seconds: the longest wait between two attempts to start
 DRAIN_SECONDS = 5.0  # on stop: the longest wait for the deliveries being handled
 STOP_GRACE = 3.0  # on stop: the longest wait for a cancelled start or the operator surface
-GROUP_WAIT = 0.005  # seconds: the longest a finished delivery waits for others to share its commit
 
 
 def _now() -> datetime:
@@ -99,14 +98,11 @@ class Node:
         self.contact_point_keys = KeyFolder(config.contact_points.keys)
         self.store = Store(config.state_dir / "node.sqlite3")
         # Group commit: one SQLite commit for every delivery finished in one pass of the event
-        # loop, before any of them is acked (see _durable); a writer outside a delivery is
-        # committed within COMMIT_EVERY seconds by _commit_loop.
+        # loop, before any of them is acked (nodes/group_commit.py).
         self.store.group_commits()
         # Refused messages, indexed: written at the same group commit, before the acks.
         self.quarantined = QuarantineStore(config.state_dir / QUARANTINE_FILE)
-        self._commit: asyncio.Future[None] | None = None
-        self._commit_timer: asyncio.TimerHandle | None = None
-        self._working = 0  # deliveries being handled that have not yet asked for their commit
+        self.commits = GroupCommit(self._commit_all)
         # a body above the size cap is never read whole (broker/amqp_decode.py)
         self.transport = Transport(config.amqp_url(), max_body=config.limits.max_message_bytes)
         broker = config.broker
@@ -134,7 +130,7 @@ class Node:
             store=self.store,
             quarantined=self.quarantined,
             observe=self.observe,
-            durable=self._durable,
+            durable=self.commits.durable,
         )
         self.receipts = Receipts(
             self.keeper, clock=clock, store=self.store, observe=self.observe, actions=self.actions
@@ -147,7 +143,7 @@ class Node:
             actions=self.actions,
             own=self.receipts,
             contact_point_keys=self.contact_point_keys,
-            durable=self._durable,
+            durable=self.commits.durable,
         )
         self.links = Links(
             self.keeper,
@@ -296,7 +292,7 @@ class Node:
             background = [
                 group.create_task(self.outbox.resend(self._stop)),
                 group.create_task(self.keeper.maintain(self._ports, self._stop)),
-                group.create_task(self._commit_loop()),
+                group.create_task(self.commits.run(self._stop)),
                 group.create_task(self.links.keep(self._stop)),
             ]
             await self._stop.wait()
@@ -307,7 +303,7 @@ class Node:
         unfinished = await self.transport.drain(DRAIN_SECONDS, self._hurry)
         if unfinished:
             log.info("deliveries_returned", count=unfinished)  # unacked: the broker has them
-        self._commit_all()
+        self.commits.commit_now()
 
     async def ensure_links(self) -> None:
         """Put the links' shovels and policies, consume a new peer's inbox (``nodes/links.py``)."""
@@ -425,9 +421,9 @@ class Node:
     async def settle(self, incoming: Incoming, work: Awaitable[None]) -> None:
         """Ack once the work is durable; requeue on a transient failure; never crash."""
         try:
-            with self._at_work():
+            with self.commits.working():
                 await work
-                await self._durable()
+                await self.commits.durable()
         except TransportError as exc:
             with bound_contextvars(**self._about(incoming)):
                 log.warning("transient_failure_requeued", error=str(exc))
@@ -442,63 +438,11 @@ class Node:
             return
         await incoming.ack()
 
-    @contextlib.contextmanager
-    def _at_work(self) -> Iterator[None]:
-        """Count a delivery being handled; when the last one stops, a waiting commit runs."""
-        self._working += 1
-        try:
-            yield
-        finally:
-            self._working -= 1
-            if self._working <= 0 and self._commit is not None:
-                asyncio.get_running_loop().call_soon(self._flush)  # nobody else is coming
-
     def _commit_all(self) -> None:
         """Audit records first: committed state never lacks the record of what was done."""
         self.audit.commit()
         self.quarantined.commit()
         self.store.commit()
-
-    async def _durable(self) -> None:
-        """Wait until every store and audit write so far is committed.
-
-        Group commit: one commit (and one audit checkpoint signature) serves every delivery
-        that asks for it meanwhile. It runs as soon as no other delivery is still being
-        handled (a lone message is not kept waiting), else after at most GROUP_WAIT seconds,
-        so that under load the deliveries whose publishes the broker confirmed together share
-        it."""
-        loop = asyncio.get_running_loop()
-        if self._commit is None:
-            self._commit = loop.create_future()
-            self._commit_timer = loop.call_later(GROUP_WAIT, self._flush)
-        commit = self._commit
-        self._working -= 1  # waiting now, not working
-        try:
-            if self._working <= 0:
-                loop.call_soon(self._flush)
-            await asyncio.shield(commit)
-        finally:
-            self._working += 1
-
-    def _flush(self) -> None:
-        done, self._commit = self._commit, None
-        if self._commit_timer is not None:
-            self._commit_timer.cancel()
-            self._commit_timer = None
-        if done is None:
-            return
-        try:
-            self._commit_all()
-        except Exception as exc:  # the waiters requeue: nothing acked without its record
-            done.set_exception(exc)
-        else:
-            done.set_result(None)
-
-    async def _commit_loop(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), COMMIT_EVERY)
-            self._commit_all()
 
     def _about(self, incoming: Incoming) -> dict[str, str]:
         """What a failed delivery claims to be, for its log lines (read on failure only)."""
@@ -518,9 +462,9 @@ class Node:
         quarantine store; acked once committed. Never dead-lettered: a failure waits a moment
         and hands the message back."""
         try:
-            with self._at_work():
+            with self.commits.working():
                 self.actions.take_in(incoming)
-                await self._durable()
+                await self.commits.durable()
         except Exception as exc:  # the store cannot be written now (a full disk): retry
             log.error("quarantine_intake_failed", **error_fields(exc))
             await asyncio.sleep(1.0)
