@@ -132,6 +132,9 @@ class DirectoryKeeper:
         key = self.signing_key()
         if key.key_id != node.key.key_id:
             log.info("signing_key_changed", previous=node.key.key_id, key_id=key.key_id)
+            node.store.event(
+                "-", "signing_key_changed", previous=node.key.key_id, key_id=key.key_id
+            )
         if not self.book.key_valid(key.key_id, self.clock()):
             log.error(
                 "no_valid_signing_key",
@@ -215,7 +218,7 @@ class DirectoryKeeper:
                 "directory_applied", version=outcome.verified.version, source=source or "local"
             )
             node.store.event(
-                "-", "directory_applied", f"version {outcome.verified.version} from {source}"
+                "-", "directory_applied", version=outcome.verified.version, from_=source or "local"
             )
             self._pending_flood = (outcome.verified, source)
             self._reconciled = False
@@ -246,7 +249,13 @@ class DirectoryKeeper:
             # A peer that is behind (it announced what it holds): not applied; it gets ours.
             # Anything else (forged, unsigned, another with our version) is quarantined.
             log.info("directory_not_newer", peer=accepted.sender, reason=refused.reason.value)
-            node.store.event(header.message_id, "directory_refused", str(refused))
+            node.store.event(
+                header.message_id,
+                "directory_refused",
+                refused.detail,
+                reason=refused.reason.value,
+                from_=accepted.sender,
+            )
             async with self._lock:
                 await self._send(node, self.book.held, accepted.sender)
         return True
@@ -316,7 +325,9 @@ class DirectoryKeeper:
         """A new message while the directory is too old to trust: quarantined, the reason
         recorded for ``mlanet track`` and sent to the submitting contact point as a notice."""
         await node.quarantine(body, refused, SUBMIT)
-        node.store.event(submission.message_id, "failed", str(refused))
+        node.store.event(
+            submission.message_id, "failed", refused.detail, reason=refused.reason.value
+        )
         notice = Notice(
             topic="delivery",
             title="Message refused: the node's directory is too old to trust",
@@ -412,7 +423,7 @@ class DirectoryKeeper:
                     kind=header.kind,
                 )
                 await incoming.ack()
-                node.store.event(header.message_id, "handed_over", f"from {old} to {successor}")
+                node.store.event(header.message_id, "handed_over", from_=old, to=successor)
                 moved += 1
             if moved:
                 log.info(

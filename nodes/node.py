@@ -50,7 +50,7 @@ from broker.provenance import (
     refused_copy,
 )
 from broker.routing import Deliver, Forward, Refuse, route, target_network
-from broker.submission_signing import Returned, frame_cap, open_submission
+from broker.submission_signing import Returned, open_submission
 from broker.transport import (
     QUARANTINE,
     SUBMIT,
@@ -65,7 +65,7 @@ from broker.transport import (
     peer_inbox,
 )
 from nodes import crashpoints, state_dir
-from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
+from nodes.audit import AuditError, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper
 from nodes.fairness import TokenBucket, paced
@@ -128,7 +128,9 @@ class Node:
         self.contact_points = self.keeper.contact_points
         # the contact points' keys this node's operator vouches for (nodes/contact_points.py)
         self.contact_point_keys = KeyFolder(config.contact_points.keys)
-        self.store = Store(config.state_dir / "node.sqlite3")
+        # dedupe, outbox and the journal of every fact (nodes/journal.py), signed by the key
+        # the node holds at each commit
+        self.store = Store(config.state_dir / "node.sqlite3", key=lambda: self.key)
         # Group commit: one SQLite commit for every delivery finished in one pass of the event
         # loop, before any of them is acked (see _durable); a writer outside a delivery is
         # committed within COMMIT_EVERY seconds by _commit_loop.
@@ -156,10 +158,9 @@ class Node:
         self._consumed_peers: set[str] = set()
         self.observe = Observers()  # metrics, dashboard flow and audit trail watch here
         self.operator: OperatorSurface | None = None  # /metrics and the dashboard, while running
-        # the audit record of a delivery is committed before its ack, or it is not acked
-        self.audit = AuditLog(config.state_dir / AUDIT_FILE, self.key)
+        # the journal row of a delivery is committed before its ack, or it is not acked
+        self.audit = self.store.journal  # committed with the store's group commit
         self.observe.add(AuditTrail(self.audit), required=True)
-        self.audit.group_commits()  # committed with the store's group commit (_commit_all)
 
     # --- lifecycle ----------------------------------------------------------------------------
     # starting -> (retrying -> starting)* -> running -> draining -> stopped, or failed; each
@@ -181,7 +182,6 @@ class Node:
             async with AsyncExitStack() as stack:
                 stack.callback(self.store.close)  # closed last: after the consumers are gone
                 stack.callback(self.quarantined.close)
-                stack.callback(self.audit.close)
                 stack.push_async_callback(self.transport.aclose)
                 if await self._start(stack):
                     await self._serve()
@@ -474,10 +474,10 @@ class Node:
                 asyncio.get_running_loop().call_soon(self._flush)  # nobody else is coming
 
     def _commit_all(self) -> None:
-        """Audit records first: committed state never lacks the record of what was done."""
-        self.audit.commit()
-        self.quarantined.commit()
+        """The state with its journal first (one transaction): committed state never lacks
+        the record of what was done."""
         self.store.commit()
+        self.quarantined.commit()
 
     async def _durable(self) -> None:
         """Wait until every store and audit write so far is committed.
@@ -547,7 +547,6 @@ class Node:
             header.message_id,
             message.content_sha256,
             "forwarded",
-            f"forwarded to {routing.peer} (for {routing.target})",
         )
         with bound_contextvars(**_context(header)):  # a receipt or notice names itself
             log.info("message_forwarded", peer=routing.peer, target=routing.target)
@@ -568,7 +567,6 @@ class Node:
             header.message_id,
             message.content_sha256,
             "delivered",
-            "delivered to " + ",".join(routing.contact_points),
         )
         with bound_contextvars(**_context(header)):
             log.info("message_delivered", contact_points=list(routing.contact_points))
@@ -630,9 +628,6 @@ class Node:
                 fresh=fresh,
                 redelivered=redelivered,
             )
-            self.store.event(
-                "-", "quarantined", f"{refused.reason.value}: {refused.detail} (via {via})"
-            )
             log.warning(
                 "message_quarantined",
                 reason=refused.reason.value,
@@ -684,12 +679,6 @@ class Node:
         # trail already: one fact, one record
         recorded = "x-mlanet-reason" in incoming.headers
         with bound_contextvars(quarantine_id=entry.id, **log_context(flow)):
-            if not recorded:
-                self.store.event(
-                    "-",
-                    "quarantined",
-                    f"{entry.reason}: {entry.detail} (via {entry.via})",
-                )
             log.warning(
                 "message_quarantined",
                 reason=entry.reason,
@@ -812,7 +801,7 @@ class Node:
             # of: it was signed around the node (a tool holding the key), or before the node's
             # state was lost. Not the signer's fault, so not a refusal: recorded and raised as
             # an alert (mlanet status: receipts_unmatched), never put into the quarantine.
-            self.store.event(payload.receipt_for, "receipt_unmatched", f"receipt from {signer}")
+            self.store.event(payload.receipt_for, "receipt_unmatched", by=signer)
             log.warning("receipt_unmatched", receipt_for=payload.receipt_for, by=signer)
             return
         check_addressee("receipt", signer, self._addressee(entry))
@@ -856,7 +845,12 @@ class Node:
         self._check_refusal(signer, entry, payload)
         if entry.state not in ("delivered", "failed"):
             self.store.outbox_update(
-                payload.regarding, "failed", f"{payload.reason}: refused by {signer}"
+                payload.regarding,
+                "failed",
+                f"{payload.reason}: refused by {signer}",
+                record=True,
+                reason=payload.reason,
+                by=signer,
             )
             log.warning(
                 "message_refused_downstream",
@@ -962,11 +956,12 @@ class Node:
                     next_attempt=time.time() + self.config.receipts.retry_after_seconds,
                 )
                 log.info("message_queued")
+                # recorded in the same transaction as the outbox row
+                self.observe.submitted(submission.sender, Flow.of(message.header))
                 # Durable before it is published: after a crash the same signed bytes are sent
                 # again, never a second signature of the same message id (an equivocation).
                 await self._durable()
                 crashpoints.reached("after_sign_before_forward")
-                self.observe.submitted(submission.sender, Flow.of(message.header))
             elif entry.state != "queued":
                 log.info("submission_repeated", state=entry.state)
                 return
@@ -975,10 +970,7 @@ class Node:
     async def _refuse_submission(self, body: bytes, refused: RefusedMessage) -> None:
         """Quarantine a refused submission, never signed or sent; ``mlanet track`` shows the
         refusal under the message id it claims. No notice: its sender may not be who it says."""
-        await self.quarantine(body, refused, SUBMIT)
-        claimed = claim(body, max_bytes=frame_cap(self.config.limits.max_message_bytes))
-        if claimed.message_id:
-            self.store.event(claimed.message_id, "refused", str(refused))
+        await self.quarantine(body, refused, SUBMIT)  # its journal row names the claimed id
 
     async def _returned(self, returned: Returned) -> None:
         """A delivered message its contact point would not take (no longer valid when it read
@@ -988,10 +980,7 @@ class Node:
         refused = RefusedMessage(
             returned.reason, f"refused at delivery by {returned.contact_point}"
         )
-        await self.quarantine(returned.message, refused, via)
-        claimed = claim(returned.message, max_bytes=self.config.limits.max_message_bytes)
-        if claimed.message_id:
-            self.store.event(claimed.message_id, "quarantined", f"at delivery: {refused}")
+        await self.quarantine(returned.message, refused, via)  # its journal row names the id
 
     async def send_from_outbox(self, message_id: str) -> None:
         entry = self.store.outbox_get(message_id)
@@ -1002,7 +991,9 @@ class Node:
             entry.attempts, 5
         )
         if isinstance(routing, Refuse):
-            self.store.outbox_update(message_id, "failed", routing.reason.value)
+            self.store.outbox_update(
+                message_id, "failed", routing.reason.value, record=True, reason=routing.reason.value
+            )
             log.warning("message_not_routable", reason=routing.reason.value)
             notice = Notice(
                 topic="delivery",
