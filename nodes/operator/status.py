@@ -38,6 +38,7 @@ from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
 from nodes.config import Alerts, NodeConfig, _read_secret
 from nodes.directory import DirectoryBook, effective_config
 from nodes.directory_config import directory_expiry
+from nodes.journal import JournalError
 from nodes.operator.alerts import compute_alerts
 from nodes.operator.links import LinkView
 from nodes.operator.views import (
@@ -53,7 +54,6 @@ from nodes.operator.views import (
 )
 from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from nodes.reconcile import foreign, link_name
-from nodes.journal import JournalError
 from nodes.store import Store
 from schemas.directory import Directory, NetworkKey
 

@@ -30,7 +30,9 @@ def test_grouped_writes_are_durable_only_after_commit(tmp_path: Path) -> None:
     assert reader.seen("seajust", "m-1") is not None
     assert reader.seen("seajust", "m-2") is not None
     assert [(e.event, e.detail) for e in reader.events("m-1")] == [("delivered", "to uz-cp-1")]
-    assert reader.journal.head() is not None and reader.journal.head()[0] == 2
+    head = reader.journal.head()
+    assert head is not None
+    assert head[0] == 2
     reader.close()
     writer.close()
 
