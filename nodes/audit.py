@@ -79,7 +79,7 @@ class AuditLog(Journal):
         self.path = path
         self._readonly = readonly
         db = open_state(path, readonly=readonly, key=key, busy_ms=10000)
-        super().__init__(db, key)
+        super().__init__(db, key, emit=False)  # a command prints what it did
 
     def close(self) -> None:
         try:

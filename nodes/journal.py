@@ -223,9 +223,17 @@ class Journal:
     """
 
     def __init__(
-        self, db: sqlite3.Connection, key: Signer | None, *, attached: bool = False
+        self,
+        db: sqlite3.Connection,
+        key: Signer | None,
+        *,
+        attached: bool = False,
+        emit: bool = True,
     ) -> None:
+        """``emit``: each row written is also logged (the node's log line of the fact); an
+        operator's command, which prints what it did, does not log."""
         self._db = db
+        self._emit = emit
         self._key = key  # or what gives the node's key now (it follows a rotation)
         self._attached = attached
         self._grouped = False
@@ -319,7 +327,8 @@ class Journal:
             )
             prev = _digest(record)
             rows.append((seq, at, event, *columns_of(meta), record.decode("ascii"), prev, ""))
-            log.info(event, **meta)  # the fact's log line (metadata only)
+            if self._emit:
+                log.info(event, **meta)  # the fact's log line (metadata only)
         self._db.executemany(_INSERT, rows)
         self._write_head(key, seq, prev)
 

@@ -157,35 +157,41 @@ def _v2(db: sqlite3.Connection, trail: Path | None, key: SigningKey | None) -> N
 
 def _take_trail(db: sqlite3.Connection, trail: Path) -> None:
     """Copy the audit trail of ``audit.sqlite3``: records, hashes and signatures verbatim."""
-    db.execute("ATTACH DATABASE ? AS trail", (f"file:{trail}?mode=ro",))
+    old = sqlite3.connect(f"file:{trail}?mode=ro", uri=True)
     try:
         tables = {
-            row[0] for row in db.execute("SELECT name FROM trail.sqlite_master WHERE type='table'")
+            row[0] for row in old.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
-        rows = (
-            db.execute("SELECT seq, record, hash, signature FROM trail.audit ORDER BY seq")
-            if "audit" in tables
-            else []
+
+        def rows(query: str, table: str) -> list[tuple[object, ...]]:
+            return old.execute(query).fetchall() if table in tables else []
+
+        records = rows("SELECT seq, record, hash, signature FROM audit ORDER BY seq", "audit")
+        checkpoints = rows(
+            "SELECT seq, hash, key_id, signature FROM audit_checkpoint", "audit_checkpoint"
         )
-        for seq, record, digest, signature in rows:
-            parsed = parse_record(str(record), str(digest))
-            at = _epoch(parsed.at)
-            db.execute(
-                "INSERT INTO journal (seq, at, event, message_id, origin, destination, kind,"
-                " source, target, by_network, reason, detail, via, quarantine_id, operator,"
-                " record, hash, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                " ?, ?, ?, ?)",
-                (seq, at, parsed.event, *columns_of(parsed.meta), record, digest, signature),
-            )
-        if "audit_checkpoint" in tables:
-            db.execute(
-                "INSERT INTO journal_checkpoint SELECT seq, hash, key_id, signature"
-                " FROM trail.audit_checkpoint"
-            )
-        if "audit_head" in tables:
-            db.execute("INSERT INTO journal_head SELECT * FROM trail.audit_head")
+        heads = rows("SELECT one, seq, hash, key_id, signature FROM audit_head", "audit_head")
     finally:
-        db.execute("DETACH DATABASE trail")
+        old.close()
+    for seq, record, digest, signature in records:
+        parsed = parse_record(str(record), str(digest))
+        db.execute(
+            "INSERT INTO journal (seq, at, event, message_id, origin, destination, kind,"
+            " source, target, by_network, reason, detail, via, quarantine_id, operator,"
+            " record, hash, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, ?, ?)",
+            (
+                seq,
+                _epoch(parsed.at),
+                parsed.event,
+                *columns_of(parsed.meta),
+                record,
+                digest,
+                signature,
+            ),
+        )
+    db.executemany("INSERT INTO journal_checkpoint VALUES (?, ?, ?, ?)", checkpoints)
+    db.executemany("INSERT INTO journal_head VALUES (?, ?, ?, ?, ?)", heads)
 
 
 def _epoch(at: str) -> float:
