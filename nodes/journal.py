@@ -278,6 +278,7 @@ class Journal:
             if earlier is not None:
                 cleaned = {**earlier, **cleaned}
         self._buffer.append((time.time() if at is None else at, event, cleaned))
+        self._log(event, cleaned)
         if not self._grouped:
             self.commit()
 
@@ -300,7 +301,9 @@ class Journal:
         if self._accepted:
             accepted, self._accepted = self._accepted, {}
             now = time.time()
-            self._buffer.extend((now, "accepted", meta) for meta in accepted.values())
+            for meta in accepted.values():
+                self._buffer.append((now, "accepted", meta))
+                self._log("accepted", meta)
         if not self._buffer:
             return
         if self._key is None:
@@ -327,10 +330,14 @@ class Journal:
             )
             prev = _digest(record)
             rows.append((seq, at, event, *columns_of(meta), record.decode("ascii"), prev, ""))
-            if self._emit:
-                log.info(event, **meta)  # the fact's log line (metadata only)
         self._db.executemany(_INSERT, rows)
         self._write_head(key, seq, prev)
+
+    def _log(self, event: str, meta: Mapping[str, Any]) -> None:
+        """The fact's log line: one event, the row's fields (metadata only), in the context
+        the node bound for the message it handles; ``message_<event>`` when about a message."""
+        if self._emit:
+            log.info(f"message_{event}" if "message_id" in meta else event, **meta)
 
     def commit(self) -> None:
         """Flush and commit (the owner commits instead when the journal is attached to the

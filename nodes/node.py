@@ -428,7 +428,6 @@ class Node:
                 await self.deliver(message, routing)
             else:
                 self.store.event(header.message_id, "duplicate", "already delivered; not again")
-                log.info("duplicate_not_delivered_again")
             if header.kind in RECEIPTED:
                 await self.send_receipt(message, routing)
         except RefusedMessage as refused:
@@ -549,8 +548,7 @@ class Node:
             "forwarded",
         )
         with bound_contextvars(**_context(header)):  # a receipt or notice names itself
-            log.info("message_forwarded", peer=routing.peer, target=routing.target)
-        self.observe.forwarded(routing.peer, Flow.of(header))
+            self.observe.forwarded(routing.peer, Flow.of(header))  # its journal row and log line
 
     async def deliver(self, message: SignedMessage, routing: Deliver) -> None:
         header = message.header
@@ -569,8 +567,7 @@ class Node:
             "delivered",
         )
         with bound_contextvars(**_context(header)):
-            log.info("message_delivered", contact_points=list(routing.contact_points))
-        self.observe.delivered(routing.contact_points, Flow.of(header))
+            self.observe.delivered(routing.contact_points, Flow.of(header))  # row and log line
 
     async def quarantine(
         self,
@@ -802,7 +799,6 @@ class Node:
             # state was lost. Not the signer's fault, so not a refusal: recorded and raised as
             # an alert (mlanet status: receipts_unmatched), never put into the quarantine.
             self.store.event(payload.receipt_for, "receipt_unmatched", by=signer)
-            log.warning("receipt_unmatched", receipt_for=payload.receipt_for, by=signer)
             return
         check_addressee("receipt", signer, self._addressee(entry))
         if entry.content_sha256 != payload.content_sha256:
@@ -813,7 +809,6 @@ class Node:
                 "delivered",
                 f"receipt from {signer} ({payload.delivered_to or 'node'})",
             )
-            log.info("receipt_received", receipt_for=payload.receipt_for, by=signer)
             self.observe.receipt(payload.receipt_for, signer, time.time() - entry.created_at)
 
     def _addressee(self, entry: OutboxEntry) -> str | None:
@@ -955,7 +950,6 @@ class Node:
                     wire=message.to_bytes(),
                     next_attempt=time.time() + self.config.receipts.retry_after_seconds,
                 )
-                log.info("message_queued")
                 # recorded in the same transaction as the outbox row
                 self.observe.submitted(submission.sender, Flow.of(message.header))
                 # Durable before it is published: after a crash the same signed bytes are sent
@@ -1030,8 +1024,7 @@ class Node:
                 next_attempt=retry_at,
                 attempt=True,
             )
-            log.info("message_forwarded", peer=routing.peer, target=routing.target)
-            self.observe.forwarded(routing.peer, Flow.of(message.header))
+            self.observe.forwarded(routing.peer, Flow.of(message.header))  # row and log line
         else:
             await self._deliver_own(message, routing)
 
@@ -1055,7 +1048,6 @@ class Node:
                             self.store.outbox_update(
                                 entry.message_id, "undeliverable", "no receipt in time"
                             )
-                            log.warning("message_undeliverable", attempts=entry.attempts)
                             self.observe.undeliverable(entry.message_id)
                             continue
                         log.info("message_resent", attempt=entry.attempts + 1)
