@@ -51,6 +51,8 @@ __all__ = [
     "GENESIS",
     "HEAD_CONTEXT",
     "JOURNAL_FILE",
+    "OUTCOMES",
+    "RECEIVED",
     "Journal",
     "JournalError",
     "JournalRecord",
@@ -98,6 +100,9 @@ _INSERT = (
 # The rows that end the handling of a message accepted from a peer: the first of them about it
 # carries its acceptance (``Journal.accepted``).
 OUTCOMES = frozenset({"forwarded", "delivered", "refused", "duplicate", "directory_refused"})
+# The rows whose ``from`` is the peer a message was received from (the others' ``from`` is
+# where a directory came from, or the contact point a hand-over moved messages from).
+RECEIVED = OUTCOMES | {"accepted"}
 
 
 class JournalError(MlanetError):
