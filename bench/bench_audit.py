@@ -224,6 +224,8 @@ async def node_phase(messages: int, rounds: int) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    with open(os.devnull, "w", encoding="utf-8") as quiet, contextlib.redirect_stderr(quiet):  # noqa: ASYNC230
+        configure_logging("warning")  # as in (b): the node's info lines are not what is timed
     with tempfile.TemporaryDirectory(prefix="mlanet-bench-") as folder:
         records_phase(Path(folder), args.number, args.repeat, args.batch)
     if not args.skip_node:

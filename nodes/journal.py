@@ -92,6 +92,7 @@ COLUMNS = (
     ("operator", "operator"),
 )
 _NAMES = ", ".join(name for name, _ in COLUMNS)
+_KEYS = tuple(key for _, key in COLUMNS)
 _INSERT = (
     f"INSERT INTO journal (seq, at, event, {_NAMES}, record, hash, signature)"  # noqa: S608 - fixed names
     f" VALUES ({', '.join('?' * (len(COLUMNS) + 6))})"
@@ -167,16 +168,11 @@ def clean(meta: Mapping[str, MetaValue]) -> dict[str, Any]:
 
 def columns_of(meta: Mapping[str, Any]) -> tuple[str | None, ...]:
     """The indexed columns of a record's meta, in :data:`COLUMNS` order."""
-    out: list[str | None] = []
-    for _, key in COLUMNS:
-        value = meta.get(key)
-        if value is None:
-            out.append(None)
-        elif isinstance(value, list):
-            out.append(",".join(str(item) for item in value))
-        else:
-            out.append(str(value))
-    return tuple(out)
+    values = list(map(meta.get, _KEYS))
+    for n, value in enumerate(values):
+        if value is not None and type(value) is not str:
+            values[n] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return tuple(values)
 
 
 def parse_record(record: str, digest: str) -> JournalRecord:

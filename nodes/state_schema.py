@@ -98,7 +98,7 @@ CREATE TABLE journal (
 );
 CREATE INDEX journal_message ON journal (message_id);
 CREATE INDEX journal_event ON journal (event, at);
-CREATE INDEX journal_quarantine ON journal (quarantine_id);
+CREATE INDEX journal_quarantine ON journal (quarantine_id) WHERE quarantine_id IS NOT NULL;
 CREATE TABLE journal_checkpoint (
     seq INTEGER PRIMARY KEY,
     hash TEXT NOT NULL,
