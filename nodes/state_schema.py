@@ -22,7 +22,7 @@ from pathlib import Path
 
 from broker import SigningKey
 from nodes import state_dir
-from nodes.journal import Journal, JournalError, columns_of, parse_record
+from nodes.journal import JOURNAL_FILE, Journal, JournalError, columns_of, parse_record
 
 __all__ = ["AUDIT_FILE_V1", "SCHEMA_VERSION", "open_state"]
 
@@ -143,7 +143,7 @@ def _v2(db: sqlite3.Connection, trail: Path | None, key: SigningKey | None) -> N
     if trail is not None:
         _take_trail(db, trail)
     if events:
-        journal = Journal(db, key, attached=True)
+        journal = Journal(db, key, attached=True, emit=False)  # not facts of now: not logged
         journal.group_commits()
         for at, message_id, event, detail in events:
             journal.append(
@@ -229,7 +229,7 @@ def open_state(
                 raise JournalError(
                     "the node's state is from an earlier version: start the node once to upgrade it"
                 )
-            _migrate(db, path.parent, key)
+            _migrate(db, path, key)
         elif version > SCHEMA_VERSION:
             db.close()
             raise JournalError(
@@ -241,7 +241,7 @@ def open_state(
     return db
 
 
-def _migrate(db: sqlite3.Connection, folder: Path, key: SigningKey | None) -> None:
+def _migrate(db: sqlite3.Connection, path: Path, key: SigningKey | None) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         version = int(db.execute("PRAGMA user_version").fetchone()[0])  # under the lock
@@ -249,8 +249,10 @@ def _migrate(db: sqlite3.Connection, folder: Path, key: SigningKey | None) -> No
             version == 0
             and not db.execute("SELECT 1 FROM sqlite_master WHERE name='events'").fetchone()
         )
-        # a new database takes nothing over: a trail beside it is not its own
-        trail = None if fresh else folder / AUDIT_FILE_V1
+        # a new database takes nothing over: a trail beside it is not its own; nor does
+        # another database of the state (a contact points' archive)
+        ours = not fresh and path.name == JOURNAL_FILE
+        trail = path.parent / AUDIT_FILE_V1 if ours else None
         for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
             step(db, trail, key)
             db.execute(f"PRAGMA user_version={number}")
