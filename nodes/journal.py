@@ -243,7 +243,7 @@ class Journal:
         # messages accepted from a peer whose outcome is not yet known: the first row about
         # one of them names the peer (``from``); those left at the flush get an ``accepted``
         # row of their own
-        self._accepted: dict[str, dict[str, Any]] = {}
+        self._accepted: dict[str, list[dict[str, Any]]] = {}  # copies of one id each count
 
     # --- writing ----------------------------------------------------------------------------
     @property
@@ -266,7 +266,7 @@ class Journal:
         cleaned = clean(meta)
         message_id = cleaned.get("message_id")
         if isinstance(message_id, str):
-            self._accepted[message_id] = cleaned
+            self._accepted.setdefault(message_id, []).append(cleaned)
 
     def append(self, event: str, meta: Mapping[str, MetaValue], *, at: float | None = None) -> None:
         """Record one fact (now, or ``at``); without group commits, also write and commit it."""
@@ -275,9 +275,11 @@ class Journal:
         cleaned = clean(meta)
         message_id = cleaned.get("message_id")
         if event in OUTCOMES and isinstance(message_id, str) and self._accepted:
-            earlier = self._accepted.pop(message_id, None)
-            if earlier is not None:
-                cleaned = {**earlier, **cleaned}
+            copies = self._accepted.get(message_id)
+            if copies:
+                cleaned = {**copies.pop(0), **cleaned}
+                if not copies:
+                    del self._accepted[message_id]
         self._buffer.append((time.time() if at is None else at, event, cleaned))
         self._log(event, cleaned)
         if not self._grouped:
@@ -302,9 +304,10 @@ class Journal:
         if self._accepted:
             accepted, self._accepted = self._accepted, {}
             now = time.time()
-            for meta in accepted.values():
-                self._buffer.append((now, "accepted", meta))
-                self._log("accepted", meta)
+            for copies in accepted.values():
+                for meta in copies:
+                    self._buffer.append((now, "accepted", meta))
+                    self._log("accepted", meta)
         if not self._buffer:
             return
         if self._key is None:

@@ -252,8 +252,9 @@ async def test_copies_arriving_together_are_delivered_once_and_equivocation_is_c
 
         await eventually(settled, within=120)
         await asyncio.sleep(1)  # a wrongly delivered extra copy would arrive by now
-        for frame in replayed:
-            assert _events(fed, _message_id(wire(frame))) == ["delivered", "duplicate", "duplicate"]
+        for frame in replayed:  # a copy still waiting for the first at a commit: accepted then
+            outcomes = [e for e in _events(fed, _message_id(wire(frame))) if e != "accepted"]
+            assert outcomes == ["delivered", "duplicate", "duplicate"]
     arrived = [_message_id(m.body) for m in await drain(fed, RECEIVER, DELIVER)]
     assert sorted(arrived) == sorted(
         _message_id(wire(f)) for f in [*replayed, *(p[0] for p in pairs)]
