@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from broker import SigningKey
 from nodes.store import Store
@@ -71,3 +72,30 @@ def test_uncommitted_batch_is_lost_when_the_connection_dies(tmp_path: Path) -> N
     again = Store(tmp_path / "node.sqlite3", readonly=True)
     assert again.seen("seajust", "m-1") is None
     again.close()
+
+
+def test_each_journal_row_is_one_log_line_of_its_fields(tmp_path: Path) -> None:
+    """The fact's log line is its row: one event (``message_<event>`` when about a message),
+    the row's fields, nothing else; a copy accepted from a peer is folded into its outcome."""
+    store = Store(tmp_path / "node.sqlite3", key=KEY)
+    store.group_commits()
+    with capture_logs() as logs:
+        store.journal.accepted({"message_id": "m-1", "origin": "seajust", "from": "seajust"})
+        store.event("m-1", "duplicate", "already delivered; not again")
+        store.event("-", "directory_applied", version=4, from_="unodc")
+        store.commit()
+    assert logs == [
+        {
+            "event": "message_duplicate",
+            "log_level": "info",
+            "message_id": "m-1",
+            "origin": "seajust",
+            "from": "seajust",
+            "detail": "already delivered; not again",
+        },
+        {"event": "directory_applied", "log_level": "info", "version": 4, "from": "unodc"},
+    ]
+    assert [(e.event, e.detail) for e in store.events("m-1")] == [
+        ("duplicate", "from seajust already delivered; not again")
+    ]
+    store.close()
