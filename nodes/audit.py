@@ -39,9 +39,9 @@ from nodes.journal import (
     JournalRecord,
     MetaValue,
     columns_of,
+    digest_of,
     head_input,
 )
-from nodes.journal import _digest as _sha256
 from nodes.observe import Flow, Observer
 from nodes.state_schema import open_state
 
@@ -65,9 +65,6 @@ AUDIT_FILE = JOURNAL_FILE  # the trail is the journal of the node's state databa
 AUDIT_CONTEXT = b"mlanet-v1:audit:"  # records signed one by one (trails of early releases)
 AuditError = JournalError
 AuditRecord = JournalRecord
-_MAX_RECORD_BYTES = MAX_RECORD_BYTES
-_digest = _sha256
-_head_input = head_input
 
 
 class AuditLog(Journal):
@@ -118,10 +115,10 @@ def _check_record(
 ) -> tuple[dict[str, Any] | None, str]:
     """The record's body when it is intact (hash, form, signature), else a problem."""
     raw = record.encode("utf-8", errors="replace")
-    if _digest(raw) != digest:
+    if digest_of(raw) != digest:
         return None, "altered: its content does not match its hash"
     try:
-        body = loads_strict(raw, max_bytes=_MAX_RECORD_BYTES, max_depth=4)
+        body = loads_strict(raw, max_bytes=MAX_RECORD_BYTES, max_depth=4)
     except RefusedMessage:
         return None, "altered: it is not a well-formed record"
     if (
@@ -165,7 +162,7 @@ def _signed_by(
             network,
             str(key_id),
             b64u_decode(str(signature)),
-            _head_input(network, seq, digest),
+            head_input(network, seq, digest),
             reason=Reason.BAD_SIGNATURE,
         )
     except RefusedMessage:
@@ -175,7 +172,7 @@ def _signed_by(
 
 def _claimed_seq(record: object) -> int | None:
     try:
-        seq = loads_strict(str(record).encode("utf-8"), max_bytes=_MAX_RECORD_BYTES)["seq"]
+        seq = loads_strict(str(record).encode("utf-8"), max_bytes=MAX_RECORD_BYTES)["seq"]
     except (RefusedMessage, TypeError, KeyError):
         return None
     return seq if type(seq) is int else None

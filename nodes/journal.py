@@ -60,6 +60,7 @@ __all__ = [
     "Signer",
     "TrackEvent",
     "columns_of",
+    "digest_of",
     "head_input",
     "parse_record",
     "track_detail",
@@ -143,7 +144,7 @@ class TrackEvent:
     detail: str
 
 
-def _digest(record: bytes) -> str:
+def digest_of(record: bytes) -> str:
     return hashlib.sha256(record).hexdigest()
 
 
@@ -332,7 +333,7 @@ class Journal:
                     "seq": seq,
                 }
             )
-            prev = _digest(record)
+            prev = digest_of(record)
             rows.append((seq, at, event, *columns_of(meta), record.decode("ascii"), prev, ""))
         self._db.executemany(_INSERT, rows)
         self._write_head(key, seq, prev)
