@@ -2,7 +2,8 @@
 
 Every fact about a message (accepted, forwarded, delivered, refused and quarantined, receipt,
 duplicate, resent, failed, undeliverable, released or dropped by an operator) and every change
-of trust (a directory applied or refused, a contact point handed over) is one row of the
+of trust (a directory applied, refused or issued, the signing key changed, a contact point
+handed over or added) is one row of the
 ``journal`` table in the node's state database (``node.sqlite3``), written in the same SQLite
 transaction as the dedupe and outbox rows it goes with. ``mlanet track``, ``mlanet status``,
 the dashboard's flow, the quarantine views and ``mlanet audit show``/``verify`` are queries on
@@ -240,7 +241,6 @@ class Journal:
         self._attached = attached
         self._grouped = False
         self._buffer: list[tuple[float, str, dict[str, Any]]] = []
-        self._before_commit: list[Callable[[], None]] = []
         # messages accepted from a peer whose outcome is not yet known: the first row about
         # one of them names the peer (``from``); those left at the flush get an ``accepted``
         # row of their own
@@ -255,10 +255,6 @@ class Journal:
         """From now on, appends accumulate until the owner's commit, which writes them in one
         transaction under one signed checkpoint."""
         self._grouped = True
-
-    def before_commit(self, hook: Callable[[], None]) -> None:
-        """Call ``hook`` at the start of every flush (it may append what it held back)."""
-        self._before_commit.append(hook)
 
     def accepted(self, meta: Mapping[str, MetaValue]) -> None:
         """A message accepted from a peer (``meta`` names it and the peer, ``from``): its
@@ -300,8 +296,6 @@ class Journal:
         chained to the rows before them, and sign a checkpoint (the new head) over the last.
         The write lock is held from here to the owner's COMMIT (``BEGIN IMMEDIATE``): another
         writer (an operator's command) appends between two batches."""
-        for hook in self._before_commit:
-            hook()
         if self._accepted:
             accepted, self._accepted = self._accepted, {}
             now = time.time()
