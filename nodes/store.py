@@ -4,8 +4,10 @@ the journal of every fact (``nodes/journal.py``), written in the same transactio
 Survives a restart or a SIGKILL of the node (WAL with ``synchronous=NORMAL`` loses no committed
 transaction when the process dies; an operating-system crash can lose the last ones, see
 ``docs/OPERATIONS.md``). Holds metadata and the signed bytes of messages this node originated
-(for resending); it never writes case content anywhere else. One writer: the node process;
-the CLI opens it read-only except for a contact point's inbox archive.
+(for resending); it never writes case content anywhere else. The node process writes it; the
+operator's commands read it, and append their own journal rows one committed transaction at a
+time (``BEGIN IMMEDIATE`` serialises the writers). A contact point's inbox archive is a
+database of the same schema in its credentials folder.
 
 Case content at rest is owner-only: the state folder is checked (and created 0700) before a
 database in it is opened, and a new database file is created 0600, which SQLite passes on to
