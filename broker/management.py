@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-_LISTING_RETRIES = (0.1, 0.3)  # seconds before asking again a GET that answered 500
+_LISTING_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6)  # s before asking again a GET that got 500
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ class Management:
                         break
                     # RabbitMQ builds a listing (users, vhosts) name by name, and one deleted
                     # meanwhile fails the whole GET with 500 (rabbit_mgmt_wm_users: badmatch
-                    # not_found). A GET changes nothing: it is asked again.
+                    # not_found). A GET changes nothing: it is asked again, for up to 3 s.
                     await asyncio.sleep(pause)
                     response = await self._client.request(method, path)
         except (httpx.TimeoutException, TimeoutError) as exc:
