@@ -1,7 +1,9 @@
 """The names a node uses on its own broker, and :class:`Topology`: what it declares there.
 
 Pure names and values, no I/O (``broker/transport.py`` declares them): a peer publishes into
-its inbox exchange ``mlanet.inbox.from.<peer>``, which feeds ``mlanet.inbox.<peer>``; the node
+its inbox exchange ``mlanet.inbox.from.<peer>``, which feeds ``mlanet.inbox.<peer>``; both live
+in the peer's own door vhost ``<vhost>:door:<peer>`` (:func:`door_vhost`), never in the node's
+vhost, so that the peer's link user can see nothing of the node's other queues. The node
 forwards through ``mlanet.out.<peer>`` (drained by the link's shovel) and delivers to
 ``mlanet.deliver.<contact point>``.
 """
@@ -19,6 +21,8 @@ __all__ = [
     "UNROUTABLE",
     "Topology",
     "deliver_queue",
+    "door_sender",
+    "door_vhost",
     "inbox_exchange",
     "out_queue",
     "peer_inbox",
@@ -54,9 +58,26 @@ def deliver_queue(contact_point: str) -> str:
     return f"mlanet.deliver.{contact_point}"
 
 
+DOOR_MARK = ":door:"  # ':' is in no directory vhost (``^[A-Za-z0-9._-]{1,64}$``) nor network id
+
+
+def door_vhost(vhost: str, sender: str) -> str:
+    """The vhost where ``sender``'s links land at the network whose vhost is ``vhost``: it holds
+    only ``sender``'s inbox exchange and queue (the one place its link user may write)."""
+    return f"{vhost}{DOOR_MARK}{sender}"
+
+
+def door_sender(vhost: str, door: str) -> str | None:
+    """The sender whose door ``door`` is, among the doors of ``vhost``; None for another vhost."""
+    prefix = door_vhost(vhost, "")
+    sender = door.removeprefix(prefix)
+    return sender if door.startswith(prefix) and sender and DOOR_MARK not in sender else None
+
+
 @dataclass(frozen=True)
 class Topology:
-    """What a node declares on its own broker."""
+    """What a node declares in its own vhost (each peer's inbox is in that peer's door vhost,
+    :func:`door_vhost`)."""
 
     peers: tuple[str, ...]
     contact_points: tuple[str, ...]
@@ -67,7 +88,6 @@ class Topology:
             INBOX,
             SUBMIT,
             QUARANTINE,
-            *(peer_inbox(peer) for peer in self.peers),
             *(out_queue(peer) for peer in self.peers),
             *(deliver_queue(cp) for cp in self.contact_points),
         ]

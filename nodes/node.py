@@ -62,13 +62,12 @@ from broker.transport import (
     deliver_queue,
     inbox_exchange,
     out_queue,
-    peer_inbox,
 )
 from nodes import crashpoints, state_dir
 from nodes.audit import AUDIT_FILE, AuditError, AuditLog, AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper
-from nodes.fairness import TokenBucket, paced
+from nodes.doors import Doors, over_limit
 from nodes.keyed_lock import KeyedLock
 from nodes.lifecycle import LifecycleFile, Phase
 from nodes.logs import error_fields, failure_fields
@@ -153,7 +152,7 @@ class Node:
         self.ready = asyncio.Event()
         self._handling = KeyedLock()  # copies of one message are handled one at a time
         self._notices = NoticeGate()  # how often the origin of a refused message is told
-        self._consumed_peers: set[str] = set()
+        self.doors = Doors(self.transport)  # each peer's inbox, in its door vhost
         self.observe = Observers()  # metrics, dashboard flow and audit trail watch here
         self.operator: OperatorSurface | None = None  # /metrics and the dashboard, while running
         # the audit record of a delivery is committed before its ack, or it is not acked
@@ -200,7 +199,7 @@ class Node:
             except TransportError as exc:
                 attempt += 1
                 await self.transport.aclose()
-                self._consumed_peers.clear()
+                self.doors.reset()
                 wait = min(START_BACKOFF_MAX, START_BACKOFF_FIRST * 2 ** min(attempt - 1, 10))
                 wait *= 0.8 + secrets.randbelow(41) / 100  # nodes of one broker spread out
                 retry_at = time.time() + wait
@@ -309,6 +308,7 @@ class Node:
                 for queue in await self.transport.declare(self.topology()):
                     log.warning("queue_declared_otherwise", queue=queue)
                 await self.reconciler.reconcile(self.config, self.directory)
+                await self.consume_peers()  # a door the operator made meanwhile
             except TransportError as exc:
                 log.warning("topology_check_failed", error=str(exc))
 
@@ -320,18 +320,9 @@ class Node:
             await self.consume_peers()
 
     async def consume_peers(self) -> None:
-        """Consume each peer's own inbox queue at that peer's rate (nodes/fairness.py); a peer
-        already consumed is left as it is."""
-        for peer in self.config.peers:
-            if peer.network in self._consumed_peers:
-                continue
-            limits = self.config.peer_limits(peer.network)
-            await self.transport.consume(
-                peer_inbox(peer.network),
-                paced(TokenBucket(limits.rate, limits.burst), self.on_inbox),
-                prefetch=limits.prefetch or self.config.limits.prefetch,
-            )
-            self._consumed_peers.add(peer.network)
+        """Consume each peer's own inbox queue, in its door vhost, at that peer's rate
+        (nodes/doors.py); a peer already consumed is left as it is."""
+        await self.doors.open(self.config, self.on_inbox)
 
     # --- from peers -------------------------------------------------------------------------
     async def on_inbox(self, incoming: Incoming) -> None:
@@ -341,6 +332,12 @@ class Node:
         started = time.perf_counter()
         now = self.clock()
         opened: SignedMessage | None = None  # once verified: its origin is told of a refusal
+        if over_limit(incoming, self.config.limits.delivery_limit):  # a door has no broker limit
+            refused = RefusedMessage(
+                Reason.DELIVERY_LIMIT, f"handed out {incoming.delivery_count} time(s) unfinished"
+            )
+            await self.quarantine(incoming.body, refused, incoming.exchange, redelivered=True)
+            return
         try:
             sender, opened = open_delivery(
                 incoming.body,
