@@ -54,6 +54,7 @@ from broker.errors import ConfigError, MlanetError
 from broker.keys import b64u_decode, generate_key_files, load_public_key_file, load_signing_key
 from broker.management import Management, ManagementEndpoint
 from broker.peer_access import door_vhosts, open_door, rabbit_password_hash
+from broker.topology import door_vhost
 from nodes import state_dir
 from nodes.contact_points import vouched_users, write_contact_point
 from nodes.lifecycle import Lifecycle, Phase, read_lifecycle
@@ -215,6 +216,10 @@ class Federation:
 
     def vhost(self, network: str) -> str:
         return f"{self.prefix}-{network}"
+
+    def door(self, network: str, peer: str) -> str:
+        """The vhost where ``peer``'s links land at ``network`` (``broker.topology.door_vhost``)."""
+        return door_vhost(self.vhost(network), peer)
 
     def user(self, network: str) -> str:
         return f"{self.prefix}-{network}"

@@ -29,9 +29,18 @@ from schemas import Destination, FacilitationRequest, Header, Origin
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 
 
-def amqp(fed: Federation, network: str, *, user: str = "guest", password: str = "guest") -> str:
+def amqp(
+    fed: Federation,
+    network: str,
+    *,
+    user: str = "guest",
+    password: str = "guest",
+    door: str | None = None,
+) -> str:
+    """The URL of ``network``'s vhost, or of the door of its peer ``door`` there."""
+    vhost = fed.vhost(network) if door is None else fed.door(network, door)
     return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:5672/" + quote(
-        fed.vhost(network), safe=""
+        vhost, safe=""
     )
 
 
@@ -96,7 +105,13 @@ def facilitation(
 async def inject(fed: Federation, receiver: str, sender: str, body: bytes, **props: Any) -> None:
     """Publish ``body`` into ``receiver``'s inbox as peer ``sender`` would (its own user)."""
     connection = await aio_pika.connect(
-        amqp(fed, receiver, user=fed.link_user(sender), password=fed.link_password(sender))
+        amqp(
+            fed,
+            receiver,
+            user=fed.link_user(sender),
+            password=fed.link_password(sender),
+            door=sender,
+        )
     )
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -206,16 +221,18 @@ async def running(fed: Federation, *networks: str) -> AsyncIterator[InProcessNod
 
 
 async def close_connections(fed: Federation, network: str) -> None:
-    """Force-close every connection of a network's vhost (nodes and shovels alike)."""
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl",
-        "-q",
-        "close_all_connections",
-        "--vhost",
-        fed.vhost(network),
-        "mlanet fault test",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await process.communicate()
-    assert process.returncode == 0, err.decode(errors="replace")
+    """Force-close every connection of a network's vhost and its doors (nodes and shovels
+    alike)."""
+    for vhost in (fed.vhost(network), *(fed.door(network, peer) for peer in fed.peers(network))):
+        process = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "-q",
+            "close_all_connections",
+            "--vhost",
+            vhost,
+            "mlanet fault test",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await process.communicate()
+        assert process.returncode == 0, err.decode(errors="replace")
