@@ -18,16 +18,20 @@ a delivery that the broker already handed out ``delivery_limit`` times unfinishe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import structlog
 
 from broker.errors import TransportError
-from broker.transport import Handler, Incoming, Transport, door_vhost, peer_inbox
+from broker.transport import Handler, Incoming, Transport, door_vhost, inbox_exchange, peer_inbox
 from nodes.config import NodeConfig
 from nodes.fairness import TokenBucket, paced
 
-__all__ = ["Doors", "over_limit"]
+__all__ = ["DoorPublisher", "Doors", "over_limit"]
 
 log = structlog.get_logger("mlanet.doors")
+
+_INBOX_PREFIX = inbox_exchange("")
 
 
 def over_limit(incoming: Incoming, limit: int) -> bool:
@@ -78,3 +82,30 @@ class Doors:
             if self._closed.pop(peer.network, None) is not None:
                 log.info("door_opened", peer=peer.network)
             self._consumed.add(peer.network)
+
+
+class DoorPublisher:
+    """Publishes as the node's :class:`Transport` does, except through a peer's inbox exchange,
+    which is in that peer's door (a quarantined message released the way it came in)."""
+
+    def __init__(self, transport: Transport, vhost: str) -> None:
+        self._transport = transport
+        self._vhost = vhost
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str,
+        kind: str,
+        headers: Mapping[str, str] | None = None,
+        exchange: str | None = None,
+    ) -> None:
+        target = self._transport
+        sender = (exchange or "").removeprefix(_INBOX_PREFIX)
+        if exchange is not None and exchange.startswith(_INBOX_PREFIX) and sender:
+            target = await self._transport.door(door_vhost(self._vhost, sender))
+        await target.publish(
+            queue, body, message_id=message_id, kind=kind, headers=headers, exchange=exchange
+        )

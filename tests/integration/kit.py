@@ -146,8 +146,9 @@ async def drain(fed: Federation, network: str, queue: str) -> list[Drained]:
     return out
 
 
-async def depth(fed: Federation, network: str, queue: str) -> int:
-    connection = await aio_pika.connect(amqp(fed, network))
+async def depth(fed: Federation, network: str, queue: str, *, door: str | None = None) -> int:
+    """Messages ready in ``queue`` of ``network`` (in the door of its peer ``door``)."""
+    connection = await aio_pika.connect(amqp(fed, network, door=door))
     async with connection:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
