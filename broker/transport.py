@@ -73,6 +73,7 @@ __all__ = [
     "inbox_exchange",
     "out_queue",
     "peer_inbox",
+    "with_vhost",
 ]
 
 harden()  # a peer's property bytes must never break the connection: broker/amqp_decode.py
@@ -92,7 +93,7 @@ def broker_address(url: str) -> str:
     return f"{parsed.host or '?'}:{parsed.port or 5672}"
 
 
-def _with_vhost(url: str, vhost: str) -> str:
+def with_vhost(url: str, vhost: str) -> str:
     """``url`` with another vhost (the same user, password, host and options)."""
     return str(URL(url).with_path("/" + vhost))
 
@@ -411,7 +412,7 @@ class Transport:
         door = self._doors.get(vhost)
         if door is None:
             door = Transport(
-                _with_vhost(self._url, vhost), max_body=self._max_body, timeout=self._timeout
+                with_vhost(self._url, vhost), max_body=self._max_body, timeout=self._timeout
             )
             try:
                 await door.connect()

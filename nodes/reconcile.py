@@ -34,9 +34,10 @@ from typing import Any
 
 import structlog
 
+from broker.errors import TransportError
 from broker.management import Management, ManagementEndpoint, QueueFigures, ShovelSpec
 from broker.topology import door_sender
-from broker.transport import door_vhost, inbox_exchange, out_queue, peer_inbox
+from broker.transport import door_vhost, inbox_exchange, out_queue, peer_inbox, with_vhost
 from nodes.config import NodeConfig
 from nodes.fairness import node_policies
 from schemas.directory import Directory
@@ -46,6 +47,7 @@ __all__ = ["LINK_PREFIX", "Reconciler", "doors", "expected_shovels", "foreign", 
 log = structlog.get_logger("mlanet.reconcile")
 
 LINK_PREFIX = "mlanet-link-"
+MOVE_PREFIX = "mlanet-move-"  # moves what an older version's inbox queue held into the door
 _INBOX_PREFIX = inbox_exchange("")
 
 
@@ -109,7 +111,7 @@ def foreign(
         if figures.operator_policy is not None:
             found.append(f"operator policy {figures.operator_policy} on {where(figures.name, at)}")
     for at, shovel in sorted(shovels):
-        if at != vhost or not shovel.startswith(LINK_PREFIX):
+        if at != vhost or not shovel.startswith((LINK_PREFIX, MOVE_PREFIX)):
             found.append(f"shovel {where(shovel, at)} was not declared by the node")
     return found
 
@@ -156,6 +158,7 @@ class Reconciler:
                     log.info("link_removed", peer=name.removeprefix(LINK_PREFIX))
             queues = await management.queue_figures(None)
             repairs += await self._doors(management, config, visible, queues)
+            repairs += await self._move_in(management, config, visible, queues, set(current))
             policies = {
                 (str(p.get("vhost")), str(p.get("name"))): p
                 for p in await management.policies(None)
@@ -230,6 +233,51 @@ class Reconciler:
             if (door, exchange, queue) not in bindings:
                 await management.bind(door, exchange, queue)
                 repairs.append(Repair("binding", f"{door}/{exchange}", "missing"))
+        return repairs
+
+    async def _move_in(
+        self,
+        management: Management,
+        config: NodeConfig,
+        visible: set[str],
+        figures: list[QueueFigures],
+        moving: set[str],
+    ) -> list[Repair]:
+        """Versions before doors kept each peer's inbox queue in the node's vhost. What such a
+        queue still holds moves into the peer's door, through its inbox exchange there (so the
+        node sees the same sender), by a shovel of the node's (``mlanet-move-<peer>``). Once
+        the queue looks empty the shovel goes first (a shovel declares its source queue again)
+        and then the queue, which the broker deletes only when it is empty indeed; else the
+        shovel is put back at the next pass."""
+        vhost = config.broker.vhost
+        open_doors = {peer: door for peer, door in doors(config).items() if door in visible}
+        repairs = []
+        for figures_of in figures:
+            sender = figures_of.name.removeprefix(peer_inbox(""))
+            if figures_of.vhost != vhost or figures_of.name == sender or sender not in open_doors:
+                continue
+            move = f"{MOVE_PREFIX}{sender}"
+            if figures_of.messages == 0:
+                if move in moving:
+                    await management.delete_shovel(vhost, move)
+                try:  # the figures lag: the broker refuses while a message is still there
+                    await management.delete_queue(vhost, figures_of.name, if_empty=True)
+                except TransportError:
+                    continue
+                repairs.append(Repair("queue", figures_of.name, "removed"))
+                log.info("inbox_moved_to_door", peer=sender)
+            elif figures_of.messages and move not in moving:
+                await management.put_shovel(
+                    ShovelSpec(
+                        name=move,
+                        vhost=vhost,
+                        src_uri=config.amqp_url(),
+                        src_queue=figures_of.name,
+                        dest_uri=with_vhost(config.amqp_url(), open_doors[sender]),
+                        dest_exchange=inbox_exchange(sender),
+                    )
+                )
+                log.info("inbox_moving_to_door", peer=sender, messages=figures_of.messages)
         return repairs
 
     def _report(self, findings: list[str]) -> None:

@@ -128,15 +128,18 @@ class Drained:
     message_id: str | None
 
 
-async def drain(fed: Federation, network: str, queue: str) -> list[Drained]:
-    """Take every message out of a queue of ``network`` (as the broker administrator); for
-    ``mlanet.quarantine``, every entry of the node's quarantine store first."""
+async def drain(
+    fed: Federation, network: str, queue: str, *, door: str | None = None
+) -> list[Drained]:
+    """Take every message out of a queue of ``network`` (in the door of its peer ``door``), as
+    the broker administrator; for ``mlanet.quarantine``, every entry of the node's quarantine
+    store first."""
     out: list[Drained] = []
     if queue == QUARANTINE:
         from tests.integration.quarantine_kit import take_entries
 
         out = take_entries(fed, network)
-    connection = await aio_pika.connect(amqp(fed, network))
+    connection = await aio_pika.connect(amqp(fed, network, door=door))
     async with connection:
         channel = await connection.channel()
         declared = await channel.get_queue(queue, ensure=False)

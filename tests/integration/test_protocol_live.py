@@ -319,7 +319,7 @@ async def test_messages_of_another_implementation_go_where_sections_10_1_and_10_
         back: list[independent.Opened] = []
 
         async def two_receipts() -> bool:  # none for the notice
-            for drained in await drain(fed, "seajust", "mlanet.inbox.casc"):
+            for drained in await drain(fed, "seajust", "mlanet.inbox.casc", door="casc"):
                 back.append(independent.open_envelope(drained.body, keys))
             return sum(m.header["kind"] == "receipt" for m in back) >= 2
 
@@ -372,7 +372,7 @@ async def test_the_origin_takes_receipts_built_from_the_document_and_refuses_fal
         arrived: list[independent.Opened] = []
 
         async def the_request() -> bool:  # SEAJust's directory announcement comes too
-            for drained in await drain(fed, "casc", "mlanet.inbox.seajust"):
+            for drained in await drain(fed, "casc", "mlanet.inbox.seajust", door="seajust"):
                 arrived.append(independent.open_envelope(drained.body, keys))
             return any(m.header["message_id"] == outgoing.message_id for m in arrived)
 
