@@ -352,9 +352,9 @@ class Management:
             "PUT", f"/queues/{_q(vhost)}/{_q(name)}", {"durable": True, "arguments": arguments}
         )
 
-    async def delete_queue(self, vhost: str, name: str, *, if_empty: bool = False) -> None:
-        suffix = "?if-empty=true" if if_empty else ""
-        await self._request("DELETE", f"/queues/{_q(vhost)}/{_q(name)}{suffix}")
+    async def delete_queue(self, vhost: str, name: str) -> None:
+        """Delete a queue with what it holds (RabbitMQ deletes no quorum queue ``if-empty``)."""
+        await self._request("DELETE", f"/queues/{_q(vhost)}/{_q(name)}")
 
     async def bindings_everywhere(self) -> set[tuple[str, str, str]]:
         """(vhost, exchange, queue) of every exchange-to-queue binding this user may see."""

@@ -34,7 +34,6 @@ from typing import Any
 
 import structlog
 
-from broker.errors import TransportError
 from broker.management import Management, ManagementEndpoint, QueueFigures, ShovelSpec
 from broker.topology import door_sender
 from broker.transport import door_vhost, inbox_exchange, out_queue, peer_inbox, with_vhost
@@ -246,9 +245,9 @@ class Reconciler:
         """Versions before doors kept each peer's inbox queue in the node's vhost. What such a
         queue still holds moves into the peer's door, through its inbox exchange there (so the
         node sees the same sender), by a shovel of the node's (``mlanet-move-<peer>``). Once
-        the queue looks empty the shovel goes first (a shovel declares its source queue again)
-        and then the queue, which the broker deletes only when it is empty indeed; else the
-        shovel is put back at the next pass."""
+        the queue is empty the shovel goes (what it had not acknowledged goes back to the queue,
+        and is moved again), and once the broker's figures show the queue empty with no
+        consumer, the queue goes (RabbitMQ deletes no quorum queue ``if-empty``)."""
         vhost = config.broker.vhost
         open_doors = {peer: door for peer, door in doors(config).items() if door in visible}
         repairs = []
@@ -257,13 +256,10 @@ class Reconciler:
             if figures_of.vhost != vhost or figures_of.name == sender or sender not in open_doors:
                 continue
             move = f"{MOVE_PREFIX}{sender}"
-            if figures_of.messages == 0:
-                if move in moving:
-                    await management.delete_shovel(vhost, move)
-                try:  # the figures lag: the broker refuses while a message is still there
-                    await management.delete_queue(vhost, figures_of.name, if_empty=True)
-                except TransportError:
-                    continue
+            if figures_of.messages == 0 and move in moving:
+                await management.delete_shovel(vhost, move)
+            elif figures_of.messages == 0 and figures_of.consumers == 0:
+                await management.delete_queue(vhost, figures_of.name)
                 repairs.append(Repair("queue", figures_of.name, "removed"))
                 log.info("inbox_moved_to_door", peer=sender)
             elif figures_of.messages and move not in moving:

@@ -53,7 +53,6 @@ async def test_what_an_older_version_left_in_the_nodes_vhost_moves_into_the_door
 
         async def delivered() -> bool:
             items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
-            print("inbox", [(i.message.header.kind, i.message.header.message_id) for i in items])
             return [i.message.header.message_id for i in items] == [message.header.message_id]
 
         await eventually(delivered, within=60, every=0.5)
