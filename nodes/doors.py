@@ -11,7 +11,7 @@ every few seconds (``nodes/reconcile.py``).
 
 A door's queue has no broker-side delivery limit: there is no quarantine in a door to
 dead-letter into, and a limit without one would drop the message. The node counts instead:
-a delivery that the broker already handed out ``delivery_limit`` times unfinished
+a redelivery that the broker already handed out ``delivery_limit`` times unfinished
 (``x-delivery-count``) is quarantined as ``delivery_limit`` before it is handled again
 (:func:`over_limit`).
 """
@@ -35,8 +35,13 @@ _INBOX_PREFIX = inbox_exchange("")
 
 
 def over_limit(incoming: Incoming, limit: int) -> bool:
-    """Did the broker already hand this delivery out ``limit`` times without an ack?"""
-    return incoming.delivery_count >= limit
+    """Did the broker already hand this delivery out ``limit`` times without an ack?
+
+    Only a redelivery's ``x-delivery-count`` is the broker's: a quorum queue writes its count
+    over the header once it hands a message out again, but on the first delivery the header is
+    whatever the publisher set (a peer's link shovel copies the count of the peer's own out
+    queue, where nacked messages went round; a hostile peer may write any number)."""
+    return incoming.redelivered and incoming.delivery_count >= limit
 
 
 class Doors:

@@ -17,6 +17,7 @@ from tests.integration.kit import (
     credentials,
     eventually,
     facilitation,
+    inject,
     running,
 )
 
@@ -64,3 +65,19 @@ async def test_what_an_older_version_left_in_the_nodes_vhost_moves_into_the_door
             return legacy not in queues and "mlanet-move-seajust" not in shovels
 
         await eventually(cleared, within=60, every=0.5)
+
+
+async def test_a_delivery_count_set_by_the_peer_is_not_the_brokers(fed: Federation) -> None:
+    """A door's queue has no delivery limit of the broker's; the node counts deliveries by the
+    ``x-delivery-count`` header, which the broker writes only when it hands a message out
+    again. On a first delivery the header is the publisher's (a peer's shovel copies the count
+    of its own out queue): a message arriving with a high count is handled, not quarantined."""
+    message = facilitation(fed, "seajust", "kh-cp-1", "UZ")
+    async with running(fed, "casc"):
+        await inject(fed, "casc", "seajust", message.to_bytes(), headers={"x-delivery-count": 99})
+
+        async def delivered() -> bool:
+            items = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
+            return [i.message.header.message_id for i in items] == [message.header.message_id]
+
+        await eventually(delivered, within=60, every=0.5)
