@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import cryptography
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from broker import (
     SignedMessage,
@@ -114,10 +115,16 @@ def main() -> None:
     opened = open_envelope(wire, trust)
 
     data = message.signing_input
-    private, public = origin.private, origin.private.public_key()
+    # the bare baseline: OpenSSL through cryptography, from the same seeds
+    private = Ed25519PrivateKey.from_private_bytes(bytes(origin.private))
+    public = private.public_key()
     signature = private.sign(data)
-    hop_checks = [(origin.private.public_key(), signature, data)] + [
-        (key.private.public_key(), key.sign(hop.signing_input), hop.signing_input)
+    hop_checks = [(public, signature, data)] + [
+        (
+            Ed25519PublicKey.from_public_bytes(key.public_raw()),
+            key.sign(hop.signing_input),
+            hop.signing_input,
+        )
         for key, hop in zip(relays, relayed.hops, strict=True)
     ]
 

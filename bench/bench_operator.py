@@ -31,6 +31,7 @@ from tempfile import TemporaryDirectory
 
 from broker import SigningKey, TrustStore, open_envelope, sign_message
 from broker.management import QueueFigures, ShovelState
+from broker.topology import link_name
 from nodes.config import NodeConfig
 from nodes.observe import Flow, Observers
 from nodes.operator.links import LinkTracker
@@ -126,7 +127,7 @@ def status_inputs(folder: Path) -> tuple[NodeConfig, Directory, BrokerView]:
     names += ["mlanet.out.ejn", *(f"mlanet.deliver.uz-cp-{i}" for i in range(8))]
     queues = {name: QueueFigures(name, 3, 3, 0, 1, 10.0, 10.0, 100) for name in names}
     shovels = {
-        f"mlanet-link-{peer}": ShovelState(f"mlanet-link-{peer}", "running", None, None)
+        link_name(peer): ShovelState(link_name(peer), "running", None, None)
         for peer in ("seajust", "ejn")
     }
     return config, directory, BrokerView(queues, shovels, None)

@@ -92,8 +92,8 @@ class VouchedKey:
     _sodium: nacl.signing.VerifyKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        raw = parse_public_key(self.public_key).public_bytes_raw()  # weak keys refused
-        object.__setattr__(self, "_sodium", nacl.signing.VerifyKey(raw))
+        # weak keys refused
+        object.__setattr__(self, "_sodium", parse_public_key(self.public_key))
 
     def check(self, signature: bytes, data: bytes) -> bool:
         try:

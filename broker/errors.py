@@ -1,15 +1,28 @@
 """mlanet's errors and the reason codes a refused message carries.
 
-The tree::
+Every exception mlanet defines descends from :class:`MlanetError` (``tests/unit/
+test_exception_tree.py`` walks every module and holds this drawing to what it finds). The tree::
 
     MlanetError                    root of everything mlanet raises on purpose
     ├── RefusedMessage             a message is refused; carries a Reason (a wire reason code)
+    │   └── OlderDirectory         nodes/directory.py: a valid directory older than the one held
     ├── KeyRefused                 a key file or public key cannot be used (carries a Reason)
     ├── ConfigError                a node's configuration is invalid
-    └── TransportError             the broker could not do what was asked (transient)
+    ├── TransportError             the broker could not do what was asked (transient)
+    ├── AuditError                 nodes/audit.py: the audit trail cannot be written or read
+    ├── QuarantineError            nodes/quarantine.py: an operator's quarantine command failed
+    │   ├── NotInQuarantine        no entry has that id (any longer)
+    │   └── QuarantineBusy         another command holds the entry: try again
+    ├── TlsError                   broker/tls.py: a certificate unusable or not the expected one
+    ├── LocalBrokerError           nodes/local_brokers.py: a broker of its own failed to start/stop
+    ├── NodeFailed                 nodes/federation.py: a local federation's node process failed
+    └── DemoFailed                 nodes/demo.py: the demo could not go on
 
 What a peer or an operator is told is the reason code and a short fixed text; never a traceback
-and never case content. ``detail`` strings are built by mlanet from metadata only.
+and never case content. ``detail`` strings are built by mlanet from metadata only. Third-party
+errors are translated at the edge (``raise ... from exc``); an exception nobody expected is
+logged by its type and place only (``nodes/logs.py``, ``error_fields``: file, line, function),
+never by its text or values.
 """
 
 from __future__ import annotations

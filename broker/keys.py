@@ -3,6 +3,10 @@
 A network signs with one private key at a time; its key id is ``ed25519:<n>``. Private key files
 are JSON, written owner-only (0600) and refused when group or others can read them. Public keys
 enter the trust store only after :func:`broker.curve.check_public_point` accepts them.
+
+Every key is held by one library, libsodium (PyNaCl): it generates, signs and verifies (faster
+than OpenSSL here, and its verification also refuses non-canonical signatures, S >= L, and
+small-order R).
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from broker.curve import PointCheck, check_public_point
 from broker.errors import KeyRefused, Reason, RefusedMessage
+from schemas.base import KEY_ID, NETWORK_ID
 from schemas.directory import NetworkKey
+from schemas.validity import KeyState, key_state
 
 __all__ = [
     "PublicKeyInfo",
@@ -38,8 +43,6 @@ __all__ = [
     "parse_public_key",
 ]
 
-_KEY_ID = re.compile(r"^ed25519:(?:0|[1-9][0-9]{0,8})$")
-_NETWORK = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 _B64U = re.compile(r"^[A-Za-z0-9_-]*$")
 
 
@@ -71,12 +74,12 @@ def b64u_decode(text: str | bytes, *, reason: Reason = Reason.BAD_BASE64) -> byt
 
 
 def _check_key_id(key_id: str) -> str:
-    if not _KEY_ID.fullmatch(key_id):
+    if not KEY_ID.fullmatch(key_id):
         raise KeyRefused(Reason.MALFORMED_KEY, "key id must look like ed25519:<n>")
     return key_id
 
 
-def parse_public_key(encoded: str) -> Ed25519PublicKey:
+def parse_public_key(encoded: str) -> nacl.signing.VerifyKey:
     """Decode a b64url public key and refuse malformed or weak ones."""
     try:
         raw = b64u_decode(encoded)
@@ -89,7 +92,7 @@ def parse_public_key(encoded: str) -> Ed25519PublicKey:
         raise KeyRefused(Reason.MALFORMED_KEY, f"public key is {verdict.value}")
     if verdict is not PointCheck.OK:
         raise KeyRefused(Reason.WEAK_KEY, f"public key is {verdict.value}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return nacl.signing.VerifyKey(raw)
 
 
 @dataclass(frozen=True)
@@ -98,23 +101,20 @@ class SigningKey:
 
     network: str
     key_id: str
-    private: Ed25519PrivateKey = field(repr=False)
-    # libsodium signs the same deterministic Ed25519 signatures faster (hot path of relays)
-    _sodium: nacl.signing.SigningKey = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        seed = self.private.private_bytes_raw()
-        object.__setattr__(self, "_sodium", nacl.signing.SigningKey(seed))
+    private: nacl.signing.SigningKey = field(repr=False)
 
     @classmethod
     def from_seed(cls, network: str, key_id: str, seed: bytes) -> SigningKey:
-        return cls(network, _check_key_id(key_id), Ed25519PrivateKey.from_private_bytes(seed))
+        return cls(network, _check_key_id(key_id), nacl.signing.SigningKey(seed))
 
     def sign(self, data: bytes) -> bytes:
-        return self._sodium.sign(data).signature
+        return self.private.sign(data).signature
+
+    def public_raw(self) -> bytes:
+        return bytes(self.private.verify_key)
 
     def public_b64(self) -> str:
-        return b64u_encode(self.private.public_key().public_bytes_raw())
+        return b64u_encode(self.public_raw())
 
 
 @dataclass(frozen=True)
@@ -128,25 +128,21 @@ def generate_key_files(
     directory: Path, network: str, key_id: str = "ed25519:1"
 ) -> tuple[Path, Path]:
     """Write a new key pair: ``<network>.<n>.key`` (0600) and ``<network>.<n>.pub``."""
-    if not _NETWORK.fullmatch(network):
+    if not NETWORK_ID.fullmatch(network):
         raise KeyRefused(Reason.MALFORMED_KEY, "network id must look like 'seajust'")
     _check_key_id(key_id)
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"{network}.{key_id.split(':')[1]}"
     key_path, pub_path = directory / f"{stem}.key", directory / f"{stem}.pub"
-    private = Ed25519PrivateKey.generate()
-    secret = {
-        "network": network,
-        "key_id": key_id,
-        "seed": b64u_encode(private.private_bytes_raw()),
-    }
+    private = nacl.signing.SigningKey.generate()
+    secret = {"network": network, "key_id": key_id, "seed": b64u_encode(bytes(private))}
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as out:
         json.dump(secret, out)
     public = {
         "network": network,
         "key_id": key_id,
-        "public_key": b64u_encode(private.public_key().public_bytes_raw()),
+        "public_key": b64u_encode(bytes(private.verify_key)),
     }
     pub_path.write_text(json.dumps(public, indent=2) + "\n", encoding="ascii")
     return key_path, pub_path
@@ -181,21 +177,20 @@ def load_public_key_file(path: Path) -> PublicKeyInfo:
 class TrustedKey:
     network: str
     key_id: str
-    public: Ed25519PublicKey = field(repr=False)
+    public: nacl.signing.VerifyKey = field(repr=False)
     not_before: datetime | None = None
     not_after: datetime | None = None
     revoked: bool = False
-    # Verification runs through libsodium: faster than OpenSSL here, and it also refuses
-    # non-canonical signatures (S >= L) and small-order R.
-    _sodium: nacl.signing.VerifyKey = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        raw = self.public.public_bytes_raw()
-        object.__setattr__(self, "_sodium", nacl.signing.VerifyKey(raw))
+    def state(self, at: datetime) -> KeyState:
+        """This key at ``at`` (``schemas/validity.py``)."""
+        return key_state(
+            at, not_before=self.not_before, not_after=self.not_after, revoked=self.revoked
+        )
 
     def check(self, signature: bytes, data: bytes) -> bool:
         try:
-            self._sodium.verify(data, signature)
+            self.public.verify(data, signature)
         except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
             return False
         return True
@@ -221,7 +216,7 @@ class TrustStore:
 
         A revoked key stays known (what it signed earlier can still be read from an archive)
         but every check made with a time refuses it as ``key_revoked``."""
-        if not _NETWORK.fullmatch(network):
+        if not NETWORK_ID.fullmatch(network):
             raise KeyRefused(Reason.MALFORMED_KEY, "network id must look like 'seajust'")
         public = parse_public_key(public_key)
         self._keys[(network, _check_key_id(key_id))] = TrustedKey(
@@ -259,17 +254,15 @@ class TrustStore:
         trusted = self._keys.get((network, key_id))
         if trusted is None:
             # Unverified text from the sender: repeated only when it is a well-formed id.
-            shown_key = key_id if _KEY_ID.fullmatch(key_id) else "(malformed key id)"
-            shown_network = network if _NETWORK.fullmatch(network) else "(malformed network id)"
+            shown_key = key_id if KEY_ID.fullmatch(key_id) else "(malformed key id)"
+            shown_network = network if NETWORK_ID.fullmatch(network) else "(malformed network id)"
             raise RefusedMessage(
                 Reason.UNKNOWN_KEY, f"no trusted key {shown_key} for {shown_network}"
             )
-        if at is not None and trusted.revoked:
+        state = KeyState.VALID if at is None else trusted.state(at)
+        if state is KeyState.REVOKED:
             raise RefusedMessage(Reason.KEY_REVOKED, f"key {key_id} of {network} was revoked")
-        if at is not None and (
-            (trusted.not_before is not None and at < trusted.not_before)
-            or (trusted.not_after is not None and at >= trusted.not_after)
-        ):
+        if state is not KeyState.VALID:
             raise RefusedMessage(Reason.EXPIRED, f"key {key_id} of {network} not valid then")
         if not trusted.check(signature, data):
             raise RefusedMessage(reason, f"signature by {network} {key_id} does not verify")

@@ -12,6 +12,7 @@ as is an answer that is not JSON.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -181,12 +182,19 @@ def _why(exc: httpx.HTTPError) -> str:
 class Management:
     """A small async client for the parts of the management API that mlanet uses."""
 
-    def __init__(self, endpoint: ManagementEndpoint, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        endpoint: ManagementEndpoint,
+        *,
+        timeout: float = 10.0,
+        verify: ssl.SSLContext | None = None,  # an https API checked against its own CA
+    ) -> None:
         self._timeout = timeout
         self._client = httpx.AsyncClient(
             base_url=endpoint.url.rstrip("/") + "/api",
             auth=(endpoint.user, endpoint.password),
             timeout=httpx.Timeout(timeout),
+            verify=verify if verify is not None else True,
         )
         url = self._client.base_url
         self.address = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"

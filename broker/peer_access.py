@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from broker.management import Management
-from broker.topology import door_sender, door_vhost
+from broker.topology import door_sender, door_vhost, inbox_exchange
 from schemas.directory import LinkUser
 
 __all__ = [
@@ -52,7 +52,7 @@ def rabbit_password_hash(password: str, salt: bytes | None = None) -> str:
 
 
 def inbox_write_pattern(peer: str) -> str:
-    return rf"^mlanet\.inbox\.from\.{re.escape(peer)}$"
+    return f"^{re.escape(inbox_exchange(peer))}$"
 
 
 def _tags(user: dict[str, Any]) -> set[str]:

@@ -41,6 +41,7 @@ from broker.strictjson import canonical_bytes
 from schemas import FacilitationRequest, Header, HopRecord, WireModel
 from schemas.directory import Directory, NetworkEntry
 from schemas.payloads import NoticeHop
+from schemas.validity import ended, not_yet
 
 __all__ = [
     "check_addressee",
@@ -60,11 +61,11 @@ def serving(network: NetworkEntry, contact_point: str, at: datetime) -> bool:
     It serves from its ``not_before`` until its ``not_after``; one with a ``successor`` and no
     ``not_after`` has handed over at once (as :meth:`NetworkEntry.as_of` resolves it)."""
     entry = network.contact_point(contact_point)
-    if entry is None or (entry.not_before is not None and at < entry.not_before):
+    if entry is None or not_yet(at, entry.not_before):
         return False
     if entry.not_after is None:
         return entry.successor is None
-    return at < entry.not_after
+    return not ended(at, entry.not_after)
 
 
 def _belongs(network: NetworkEntry, country: str) -> bool:

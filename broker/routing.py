@@ -25,10 +25,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from broker.errors import Reason
-from schemas import Header
+from schemas import Header, NetworkId
 from schemas.directory import Directory, NetworkEntry
 
 __all__ = ["Deliver", "Forward", "Refuse", "RouteRule", "Routing", "route", "target_network"]
@@ -39,7 +39,7 @@ class RouteRule(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    via: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    via: NetworkId
     kinds: tuple[str, ...] = ()
     countries: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()

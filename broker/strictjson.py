@@ -34,41 +34,38 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-class _Duplicate(Exception):
-    pass
+# The parser's hooks refuse directly: json passes their exceptions on unchanged.
+def _non_finite() -> RefusedMessage:
+    return RefusedMessage(Reason.NON_FINITE_NUMBER, "NaN or Infinity")
 
 
-class _NonFinite(Exception):
-    pass
-
-
-class _LongNumber(Exception):
-    pass
+def _long_number() -> RefusedMessage:
+    return RefusedMessage(Reason.NUMBER_TOO_LONG, "number literal too long")
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)  # in C: this hook runs once for every object in the input
     if len(obj) != len(pairs):
-        raise _Duplicate
+        raise RefusedMessage(Reason.DUPLICATE_KEY, "an object repeats a key")
     return obj
 
 
 def _refuse_constant(_: str) -> Any:
-    raise _NonFinite
+    raise _non_finite()
 
 
 def _parse_float(text: str) -> float:
     if len(text) > MAX_NUMBER_CHARS:
-        raise _LongNumber
+        raise _long_number()
     value = float(text)
     if not math.isfinite(value):
-        raise _NonFinite
+        raise _non_finite()
     return value
 
 
 def _parse_int(text: str) -> int:
     if len(text) > MAX_NUMBER_CHARS:
-        raise _LongNumber
+        raise _long_number()
     return int(text)
 
 
@@ -122,12 +119,6 @@ def loads_strict(data: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> 
     try:
         start = len(text) - len(text.lstrip(" \t\r\n"))
         value, end = _DECODER.raw_decode(text, start)
-    except _Duplicate:
-        raise RefusedMessage(Reason.DUPLICATE_KEY, "an object repeats a key") from None
-    except _NonFinite:
-        raise RefusedMessage(Reason.NON_FINITE_NUMBER, "NaN or Infinity") from None
-    except _LongNumber:
-        raise RefusedMessage(Reason.NUMBER_TOO_LONG, "number literal too long") from None
     except json.JSONDecodeError as exc:
         raise RefusedMessage(Reason.INVALID_JSON, f"{exc.msg} at char {exc.pos}") from None
     except (RecursionError, ValueError):

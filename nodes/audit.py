@@ -193,7 +193,7 @@ class AuditLog:
     def group_commits(self) -> None:
         """From now on, appends accumulate until :meth:`commit`, which writes them in one
         transaction under one signed checkpoint (the node commits before it acks any delivery
-        whose records are in the batch, see ``Node._durable``)."""
+        whose records are in the batch, see ``nodes/group_commit.py``)."""
         self._grouped = True
 
     def before_commit(self, hook: Callable[[], None]) -> None:

@@ -12,6 +12,7 @@ import typer
 from broker import ConfigError, MlanetError
 from nodes.cli_common import ConfigOption, fail, load_or_exit
 from nodes.contact_points import Credentials, add_contact_point
+from nodes.directory import load_directory
 
 __all__ = ["CredentialsOption", "contact_point_app", "credentials_or_exit"]
 
@@ -60,7 +61,7 @@ def add(
     except FileExistsError as exc:
         raise fail(f"refused: {exc} exists; {contact_point} has credentials already") from None
     with contextlib.suppress(MlanetError):  # a node without a directory yet: nothing to say
-        entry = cfg.load_directory().network(cfg.network)
+        entry = load_directory(cfg).network(cfg.network)
         if entry is not None and contact_point not in {cp.id for cp in entry.contact_points}:
             typer.echo(
                 f"note: the directory lists no {contact_point} at {cfg.network}; the node refuses"

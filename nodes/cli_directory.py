@@ -64,11 +64,7 @@ def _show_network(network: NetworkEntry, now: datetime) -> list[str]:
     if network.observers:
         lines.append(f"    observers: {', '.join(network.observers)}")
     for key in network.keys:
-        state = "revoked" if key.revoked_at else "valid"
-        if not key.revoked_at and key.not_before and now < key.not_before:
-            state = "not yet valid"
-        if not key.revoked_at and key.not_after and now >= key.not_after:
-            state = "expired"
+        state = key.state(now).value
         lines.append(
             f"    key {key.key_id}: {state}, from {_when(key.not_before)} until"
             f" {_when(key.not_after)}"

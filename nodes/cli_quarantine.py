@@ -332,12 +332,12 @@ def audit_verify(
 ) -> None:
     """Check every record's hash, signature, order and link, and the signed head; name the
     first record that was altered, removed or reordered (exit status 1)."""
-    from nodes.directory import message_trust
+    from nodes.directory import load_directory, message_trust
 
     cfg = load_or_exit(config)
     expected = _anchor(anchor)
     try:
-        trust = message_trust(cfg.load_directory())
+        trust = message_trust(load_directory(cfg))
     except MlanetError as exc:
         raise fail(str(exc), 1) from None
     with _audit(cfg) as log:

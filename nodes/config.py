@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from broker.errors import ConfigError
 from broker.routing import RouteRule
 from nodes.directory_config import CoordinatorConfig, LinkConfig
-from schemas import KINDS, Kind
-from schemas.directory import BrokerAddress, Directory
+from schemas import KINDS, Kind, NetworkId
+from schemas.directory import BrokerAddress
 
 __all__ = [
     "Alerts",
@@ -73,7 +73,7 @@ class PeerLimits(_Config):
 class PeerConfig(_Config):
     """A linked peer network: our credentials at its broker, and what it may send us."""
 
-    network: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    network: NetworkId
     user: str
     password_file: Path
     kinds: tuple[Kind, ...] = KINDS
@@ -154,7 +154,7 @@ class ContactPointsConfig(_Config):
 
 
 class NodeConfig(_Config):
-    network: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    network: NetworkId
     signing_key: Path
     directory: Path
     state_dir: Path
@@ -225,13 +225,6 @@ class NodeConfig(_Config):
             _read_secret(peer.password_file),
             self.broker.heartbeat,
         )
-
-    def load_directory(self) -> Directory:
-        """The directory this node trusts now: the newest valid signed one it holds (its state
-        or the file named by ``directory``), as it stands now (``nodes/directory.py``)."""
-        from nodes.directory import DirectoryBook  # the book reads this config
-
-        return DirectoryBook.load(self, persist=False).view()
 
 
 def _amqp_url(host: str, port: int, vhost: str, user: str, password: str, heartbeat: int) -> str:

@@ -24,7 +24,7 @@ from broker.submission_signing import sign_returned, sign_submission
 from broker.transport import SUBMIT, SUBMIT_EXCHANGE, Transport, deliver_queue
 from nodes.config import NodeConfig
 from nodes.contact_points import Credentials
-from nodes.directory import message_trust
+from nodes.directory import load_directory, message_trust
 from nodes.store import OutboxEntry, Store, TrackEvent
 from schemas import WireModel, payload_model
 from schemas.submission import Submission
@@ -130,7 +130,7 @@ async def read_inbox(config: NodeConfig, credentials: Credentials) -> list[Inbox
 
     Each message is verified again end to end (origin and every hop) before it is archived.
     """
-    trust = message_trust(config.load_directory())
+    trust = message_trust(load_directory(config))
     store = open_archive(config, credentials)
     try:
         async with Transport(credentials.amqp_url(config)) as transport:

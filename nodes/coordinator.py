@@ -56,6 +56,7 @@ from schemas.directory import (
     NetworkKey,
     SignedRequest,
 )
+from schemas.validity import ended
 
 __all__ = [
     "HAND_OVER_SECONDS",
@@ -101,7 +102,7 @@ def next_version(
         keys = [
             key
             for key in network.keys
-            if (key.not_after is None or key.not_after > now)
+            if not ended(now, key.not_after)
             and (key.revoked_at is None or key.revoked_at > now - KEEP_REVOKED)
         ]
         kept.append(network.model_copy(update={"keys": keys or network.keys}))

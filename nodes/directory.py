@@ -62,6 +62,7 @@ __all__ = [
     "Outcome",
     "RefusedFile",
     "effective_config",
+    "load_directory",
     "message_trust",
 ]
 
@@ -145,11 +146,7 @@ def effective_config(config: NodeConfig, directory: Directory) -> NodeConfig:
 
 
 def _active(key: NetworkKey, at: datetime) -> bool:
-    return (
-        key.revoked_at is None
-        and (key.not_before is None or key.not_before <= at)
-        and (key.not_after is None or at < key.not_after)
-    )
+    return key.valid_at(at)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -205,6 +202,12 @@ def _pinned_message_key(data: bytes, network: str, pinned: list[tuple[str, str]]
         f"{network}.1.pub), not the key that signs the directory: pin the coordinator's "
         f"directory key (in a local federation, {network}/coordinator/{network}-directory.1.pub)"
     )
+
+
+def load_directory(config: NodeConfig) -> Directory:
+    """The directory a node with ``config`` trusts now: the newest valid signed one it holds
+    (its state or the file named by ``directory``), as it stands now. Nothing is written."""
+    return DirectoryBook.load(config, persist=False).view()
 
 
 class DirectoryBook:

@@ -24,6 +24,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas import KeyId, NetworkId
 from schemas.directory import Directory
 
 __all__ = [
@@ -43,14 +44,14 @@ class _Config(BaseModel):
 
 
 class PinnedKey(_Config):
-    key_id: str = Field(pattern=r"^ed25519:(?:0|[1-9][0-9]{0,8})$")
+    key_id: KeyId
     public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
 
 
 class CoordinatorConfig(_Config):
     """Who signs the directory, and how long a directory is trusted."""
 
-    network: str = Field(default="unodc", pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    network: NetworkId = "unodc"
     keys: tuple[PinnedKey, ...] = Field(min_length=1, max_length=8)
     # Only at the coordinator's own node: the directory signing key (mlanet directory approve).
     signing_key: Path | None = None

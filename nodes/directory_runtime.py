@@ -7,10 +7,12 @@ in full (signature, schema, every key it lists: ``broker/directory_signing.py``)
 is written or sent; a refused one is quarantined with its reason. When a newer directory is
 accepted it
 
-1. persists it (the book), then swaps the node's trust store, routes, peers and signing key;
-2. declares the topology for new peers and contact points, puts shovels for new links and
-   removes those of links that are gone (nodes/reconcile.py), and says what the operator must
-   do for a new peer's write access (``mlanet directory provision``);
+1. persists it (the book), then replaces its :class:`~nodes.seams.DirectoryView` (the trust
+   store, peers, contact points and signing key, as one frozen value that every part of the
+   node reads as ``keeper.view``);
+2. has the links follow (``nodes/links.py``): the topology for new peers and contact points,
+   shovels for new links and none for links that are gone, and what the operator must do for
+   a new peer's write access (``mlanet directory provision``);
 3. moves messages waiting for a replaced contact point to its successor;
 4. passes the signed directory on to every linked peer but the one it came from, as a
    ``directory_update`` message (each peer checks the coordinator's signature itself).
@@ -26,6 +28,9 @@ is received again.
 
 A maintenance loop re-derives the time-dependent parts (handovers that fall due, a new key
 that becomes active, expiry) and warns ahead of expiry.
+
+The keeper holds no node: what it does on the broker and with messages goes through the
+:class:`DirectoryPorts` the node hands to each call (their protocols: ``nodes/seams.py``).
 """
 
 from __future__ import annotations
@@ -33,10 +38,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import structlog
 from pydantic import ValidationError
@@ -44,21 +48,18 @@ from pydantic import ValidationError
 from broker.directory_signing import VerifiedDirectory
 from broker.envelope import decode_payload, open_envelope
 from broker.errors import Reason, RefusedMessage, TransportError
-from broker.keys import SigningKey, TrustStore, b64u_decode
-from broker.routing import Deliver
+from broker.keys import b64u_decode
 from broker.strictjson import canonical_bytes, loads_strict
-from broker.transport import SUBMIT, Incoming, Topology, deliver_queue, out_queue
+from broker.transport import Incoming, Transport, deliver_queue, out_queue
 from nodes.config import NodeConfig
 from nodes.directory import DirectoryBook, OlderDirectory, Outcome
-from schemas import Destination, DirectoryUpdate, Notice
-from schemas.directory import BrokerAddress, Directory, SignedDirectory
-from schemas.submission import Submission
+from nodes.pipeline import Accepted
+from nodes.seams import DirectoryView, LinksPort, Outbound
+from nodes.store import Store
+from schemas import Destination, DirectoryUpdate
+from schemas.directory import Directory, SignedDirectory
 
-if TYPE_CHECKING:
-    from nodes.node import Node
-    from nodes.pipeline import Accepted
-
-__all__ = ["DIRECTORY_QUEUE", "DirectoryKeeper"]
+__all__ = ["DIRECTORY_QUEUE", "DirectoryKeeper", "DirectoryPorts"]
 
 log = structlog.get_logger("mlanet.directory")
 
@@ -68,16 +69,20 @@ _REPEAT_WARNINGS_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
-class _Links:
-    """What the links were before a change: peers and their link users and brokers."""
+class DirectoryPorts:
+    """What the keeper acts through, handed to it by the node."""
 
-    peers: frozenset[str]
-    users: dict[str, str]
-    brokers: dict[str, BrokerAddress]
+    transport: Transport
+    store: Store
+    outbound: Outbound
+    links: LinksPort
+    # run a delivery's work, then ack it once durable (requeued on a transient failure)
+    settle: Callable[[Incoming, Awaitable[None]], Awaitable[None]]
 
 
 class DirectoryKeeper:
-    """The node's directory, and how it follows changes while the node runs."""
+    """The node's directory, and how it follows changes while the node runs. The node and
+    its parts read :attr:`view`; only the keeper replaces it."""
 
     def __init__(self, config: NodeConfig, clock: Callable[[], datetime]) -> None:
         self.base = config
@@ -98,80 +103,76 @@ class DirectoryKeeper:
         self._reconciled = True
         self._warned: dict[str, float] = {}
         self._was_closed = False
-        self._derive()
+        self._next_change: datetime | None = None
+        self._view = self._derive()
 
     # --- derived state -----------------------------------------------------------------------
-    def _derive(self) -> None:
+    @property
+    def view(self) -> DirectoryView:
+        """What the node trusts now; replaced as a whole, never changed in place."""
+        return self._view
+
+    def _derive(self) -> DirectoryView:
         now = self.clock()
-        self.view: Directory = self.book.view(now)
+        directory = self.book.view(now)
         self._next_change = _next_change(self.book.held.directory, self.base.network, now)
-        self.trust: TrustStore = self.book.message_trust()
-        self.config: NodeConfig = self.book.effective_config()
-        me = self.view.network(self.base.network)
-        self.contact_points: tuple[str, ...] = tuple(me.active_contact_points()) if me else ()
-        self.handovers: dict[str, str] = {}
+        me = directory.network(self.base.network)
+        handovers: dict[str, str] = {}
         if me is not None:
             for contact_point in me.contact_points:
                 if contact_point.successor is not None:
                     successor = me.resolve(contact_point.id)
                     if successor is not None:
-                        self.handovers[contact_point.id] = successor
-
-    def signing_key(self) -> SigningKey:
-        return self.book.signing_key(self.clock())
+                        handovers[contact_point.id] = successor
+        return DirectoryView(
+            config=self.book.effective_config(),
+            held=self.book.held,
+            directory=directory,
+            trust=self.book.message_trust(),
+            contact_points=tuple(me.active_contact_points()) if me else (),
+            handovers=tuple(sorted(handovers.items())),
+            key=self.book.signing_key(now),
+        )
 
     def closed(self) -> RefusedMessage | None:
         """The refusal for new messages while the held directory is too old to trust."""
         return self.book.closed(self.clock())
 
-    def _adopt(self, node: Node) -> None:
-        node.config = self.config
-        node.directory = self.view
-        node.trust = self.trust
-        node.contact_points = self.contact_points
-        key = self.signing_key()
-        if key.key_id != node.key.key_id:
-            log.info("signing_key_changed", previous=node.key.key_id, key_id=key.key_id)
+    def _rederive(self) -> DirectoryView:
+        """Replace the view from the held directory now; returns the one it replaced."""
+        before, self._view = self._view, self._derive()
+        key = self._view.key
+        if key.key_id != before.key.key_id:
+            log.info("signing_key_changed", previous=before.key.key_id, key_id=key.key_id)
         if not self.book.key_valid(key.key_id, self.clock()):
             log.error(
                 "no_valid_signing_key",
                 key_id=key.key_id,
                 detail="the directory lists no key of this network as valid now: rotate",
             )
-        node.key = key
-
-    def _links(self) -> _Links:
-        peers = frozenset(peer.network for peer in self.config.peers)
-        users, brokers = {}, {}
-        for peer in peers:
-            entry = self.view.network(peer)
-            if entry is not None:
-                brokers[peer] = entry.broker
-                if entry.link_user is not None:
-                    users[peer] = entry.link_user.name
-        return _Links(peers, users, brokers)
+        return before
 
     # --- lifecycle -----------------------------------------------------------------------------
-    async def start(self, node: Node) -> None:
+    async def start(self, ports: DirectoryPorts) -> None:
         """Once the node's own topology is there: the local directory queue, peer access,
         handovers, and an announcement of what this node holds to its peers."""
         # With a delivery limit, as every queue the node consumes: a directory that fails
         # other than by a refusal goes to quarantine after a few deliveries, never round again.
-        if not await node.transport.declare_queue(
-            DIRECTORY_QUEUE, delivery_limit=node.config.limits.delivery_limit
+        if not await ports.transport.declare_queue(
+            DIRECTORY_QUEUE, delivery_limit=self._view.config.limits.delivery_limit
         ):
             log.warning("queue_declared_otherwise", queue=DIRECTORY_QUEUE)
 
         async def on_local(incoming: Incoming) -> None:
-            await node._settle(incoming, self._local(node, incoming))
+            await ports.settle(incoming, self._local(ports, incoming))
 
-        await node.transport.consume(DIRECTORY_QUEUE, on_local, prefetch=1)
-        await self._reconcile(node, None)
+        await ports.transport.consume(DIRECTORY_QUEUE, on_local, prefetch=1)
+        await self._reconcile(ports, None)
         self._pending_flood = (self.book.held, None)
-        await self._flush_flood(node)
+        await self._flush_flood(ports)
         self._report()
 
-    async def maintain(self, node: Node, stop: asyncio.Event) -> None:
+    async def maintain(self, ports: DirectoryPorts, stop: asyncio.Event) -> None:
         """Re-check the time-dependent parts until ``stop`` is set."""
         assert self.base.coordinator is not None
         every = self.base.coordinator.check_every_seconds
@@ -181,110 +182,109 @@ class DirectoryKeeper:
             if stop.is_set():
                 return
             try:
-                await self.tick(node)
+                await self.tick(ports)
             except (TransportError, RefusedMessage) as exc:
                 log.warning("directory_maintenance_failed", error=str(exc))
 
-    async def tick(self, node: Node) -> None:
+    async def tick(self, ports: DirectoryPorts) -> None:
         async with self._lock:
             due = self._next_change is not None and self.clock() >= self._next_change
             if due:  # a handover, a contact point's window or one of our keys changes now
-                before = self._links()
-                self._derive()
-                self._adopt(node)
+                before = self._rederive()
                 self._reconciled = False
-                await self._reconcile(node, before)
+                await self._reconcile(ports, before)
             elif not self._reconciled:
-                await self._reconcile(node, self._links())
-            await self._flush_flood(node)
-            await self._hand_over(node)
+                await self._reconcile(ports, self._view)
+            await self._flush_flood(ports)
+            await self._hand_over(ports)
         self._report()
 
     # --- applying ------------------------------------------------------------------------------
-    async def apply(self, node: Node, data: bytes | SignedDirectory, source: str | None) -> Outcome:
+    async def apply(
+        self, ports: DirectoryPorts, data: bytes | SignedDirectory, source: str | None
+    ) -> Outcome:
         """Consider a signed directory; when it is newer, hold it and apply it to the node."""
         raw = data if isinstance(data, bytes) else _signed_bytes(data)
         async with self._lock:
             outcome = self.book.consider(raw, self.clock())
             if outcome.state == "same":
                 return outcome
-            before = self._links()
-            self._derive()
-            self._adopt(node)
+            before = self._rederive()
             log.info(
                 "directory_applied", version=outcome.verified.version, source=source or "local"
             )
-            node.store.event(
+            ports.store.event(
                 "-", "directory_applied", f"version {outcome.verified.version} from {source}"
             )
             self._pending_flood = (outcome.verified, source)
             self._reconciled = False
-            await self._reconcile(node, before)
-            await self._flush_flood(node)
+            await self._reconcile(ports, before)
+            await self._flush_flood(ports)
         self._report()
         return outcome
 
-    async def on_update(self, node: Node, accepted: Accepted) -> bool:
+    async def on_update(self, ports: DirectoryPorts, accepted: Accepted) -> bool:
         """A ``directory_update`` for this node from a peer; False when it is not for us."""
         message = accepted.message
         header = message.header
-        if header.kind != "directory_update" or header.destination.network != node.config.network:
+        config = self._view.config
+        if header.kind != "directory_update" or header.destination.network != config.network:
             return False
         # Read here also when the pipeline did not (a node without contact points routes
         # a message for itself nowhere, so it has not parsed the payload).
         payload = accepted.payload or decode_payload(
-            message, max_bytes=node.config.limits.max_message_bytes
+            message, max_bytes=config.limits.max_message_bytes
         )
         if not isinstance(payload, DirectoryUpdate):
             raise RefusedMessage(Reason.SCHEMA_INVALID, "not a directory update")
-        node.store.remember(
+        ports.store.remember(
             header.origin.network, header.message_id, message.content_sha256, "consumed"
         )
         try:
-            await self.apply(node, payload.directory, accepted.sender)
+            await self.apply(ports, payload.directory, accepted.sender)
         except OlderDirectory as refused:
             # A peer that is behind (it announced what it holds): not applied; it gets ours.
             # Anything else (forged, unsigned, another with our version) is quarantined.
             log.info("directory_not_newer", peer=accepted.sender, reason=refused.reason.value)
-            node.store.event(header.message_id, "directory_refused", str(refused))
+            ports.store.event(header.message_id, "directory_refused", str(refused))
             async with self._lock:
-                await self._send(node, self.book.held, accepted.sender)
+                await self._send(ports, self.book.held, accepted.sender)
         return True
 
-    async def _local(self, node: Node, incoming: Incoming) -> None:
+    async def _local(self, ports: DirectoryPorts, incoming: Incoming) -> None:
         """A signed directory handed to this node by its operator (or the coordinator).
 
         Refused -> quarantined with its reason, then acked: never requeued. One that keeps
         failing otherwise is quarantined as ``delivery_limit``: by the queue's own limit, and
         here once it has been delivered ``delivery_limit`` times (so also on a queue that an
         older version declared without a limit)."""
-        limit = node.config.limits.delivery_limit
+        limit = self._view.config.limits.delivery_limit
         if incoming.delivery_count >= limit:
             refused = RefusedMessage(
                 Reason.DELIVERY_LIMIT, f"not settled after {incoming.delivery_count} deliveries"
             )
-            await node.quarantine(incoming.body, refused, DIRECTORY_QUEUE)
+            await ports.outbound.quarantine(incoming.body, refused, DIRECTORY_QUEUE)
             return
         try:
-            outcome = await self.apply(node, incoming.body, None)
+            outcome = await self.apply(ports, incoming.body, None)
         except RefusedMessage as refused:
-            await node.quarantine(incoming.body, refused, DIRECTORY_QUEUE)
+            await ports.outbound.quarantine(incoming.body, refused, DIRECTORY_QUEUE)
             return
         if outcome.state == "same":  # published again: pass it on again
             async with self._lock:
                 self._pending_flood = (outcome.verified, None)
-                await self._flush_flood(node)
+                await self._flush_flood(ports)
 
-    async def salvage(self, node: Node, body: bytes, refused: RefusedMessage) -> bool:
+    async def salvage(self, ports: DirectoryPorts, body: bytes, refused: RefusedMessage) -> bool:
         """True when ``body``, refused because this node's trust is behind, carried a newer
         directory that is now applied (the caller then receives the message again)."""
         if refused.reason not in (Reason.UNKNOWN_KEY, Reason.EXPIRED, Reason.KEY_REVOKED):
             return False
-        signed = _carried_directory(body, node.config.limits.max_message_bytes)
+        signed = _carried_directory(body, self._view.config.limits.max_message_bytes)
         if signed is None:
             return False
         try:
-            outcome = await self.apply(node, signed, "a message not yet verifiable")
+            outcome = await self.apply(ports, signed, "a message not yet verifiable")
         except RefusedMessage as carried:
             # the message is quarantined for its own refusal; this says why its directory
             # did not help
@@ -300,7 +300,7 @@ class DirectoryKeeper:
         if refused.reason is not Reason.UNKNOWN_KEY or redelivered:
             return False
         for network, key_id in _claimed_keys(body, self.base.limits.max_message_bytes):
-            entry = self.view.network(network)
+            entry = self._view.directory.network(network)
             if entry is None or not key_id.startswith("ed25519:"):
                 continue
             known = [int(key.key_id.split(":")[1]) for key in entry.keys]
@@ -308,33 +308,6 @@ class DirectoryKeeper:
             if number.isdigit() and int(number) > max(known, default=-1):
                 return True
         return False
-
-    # --- fail closed ---------------------------------------------------------------------------
-    async def refuse_submission(
-        self, node: Node, body: bytes, submission: Submission, refused: RefusedMessage
-    ) -> None:
-        """A new message while the directory is too old to trust: quarantined, the reason
-        recorded for ``mlanet track`` and sent to the submitting contact point as a notice."""
-        await node.quarantine(body, refused, SUBMIT)
-        node.store.event(submission.message_id, "failed", str(refused))
-        notice = Notice(
-            topic="delivery",
-            title="Message refused: the node's directory is too old to trust",
-            regarding=submission.message_id,
-            reason=refused.reason.value,
-        )
-        sender = submission.sender
-        await node.deliver(
-            node._sign(
-                "notice",
-                Destination(
-                    network=node.config.network, country=sender[:2].upper(), contact_point=sender
-                ),
-                notice,
-                in_reply_to=submission.message_id,
-            ),
-            Deliver((sender,)),
-        )
 
     def _report(self) -> None:
         closed = self.closed()
@@ -351,68 +324,37 @@ class DirectoryKeeper:
                 log.warning("expiry_warning", subject=warning.subject, detail=warning.text())
 
     # --- the broker side -----------------------------------------------------------------------
-    async def _reconcile(self, node: Node, before: _Links | None) -> None:
+    async def _reconcile(self, ports: DirectoryPorts, before: DirectoryView | None) -> None:
         """Make the broker match the held directory (idempotent; retried by the loop)."""
-        now = self._links()
-        await node.transport.declare(
-            Topology(
-                peers=tuple(sorted(now.peers)),
-                contact_points=self.contact_points,
-                delivery_limit=node.config.limits.delivery_limit,
-            )
-        )
-        if before is not None and (before.peers != now.peers or before.brokers != now.brokers):
-            await node.ensure_links()  # also removes the links of former peers
-        self._peer_access(before, now)
-        await self._hand_over(node)
+        await ports.links.follow(before)
+        await self._hand_over(ports)
         self._reconciled = True
 
-    def _peer_access(self, before: _Links | None, now: _Links) -> None:
-        """A node never holds the broker administrator's password: a new peer's link user gets
-        its write permission here when the operator runs ``mlanet directory provision``. A
-        former peer cannot publish any more once its inbox exchange is gone (nodes/reconcile.py);
-        its permission entry goes at the same command."""
-        if before is None:
-            return
-        for peer in sorted(now.peers - before.peers):
-            log.warning(
-                "peer_access_needs_operator",
-                peer=peer,
-                user=now.users.get(peer),
-                detail="run mlanet directory provision to let its link write its inbox here",
-            )
-        for peer in sorted(before.peers - now.peers):
-            log.warning(
-                "peer_access_needs_operator",
-                peer=peer,
-                user=before.users.get(peer),
-                detail="no longer linked: run mlanet directory provision to remove its access",
-            )
-
-    async def _hand_over(self, node: Node) -> None:
+    async def _hand_over(self, ports: DirectoryPorts) -> None:
         """Move what waits for a replaced contact point to its successor; nothing is lost:
         each message is published (confirmed) to the successor before it leaves the old queue."""
-        for old, successor in sorted(self.handovers.items()):
+        transport = ports.transport
+        for old, successor in self._view.handovers:
             try:
-                waiting = await node.transport.queue_depth(deliver_queue(old))
+                waiting = await transport.queue_depth(deliver_queue(old))
             except TransportError:
                 continue  # never declared here: nothing can be waiting
             moved = 0
-            while waiting and (incoming := await node.transport.get(deliver_queue(old))):
+            while waiting and (incoming := await transport.get(deliver_queue(old))):
                 try:
-                    header = open_envelope(incoming.body, self.trust).header
+                    header = open_envelope(incoming.body, self._view.trust).header
                 except RefusedMessage as refused:
-                    await node.quarantine(incoming.body, refused, deliver_queue(old))
+                    await ports.outbound.quarantine(incoming.body, refused, deliver_queue(old))
                     await incoming.ack()
                     continue
-                await node.transport.publish(
+                await transport.publish(
                     deliver_queue(successor),
                     incoming.body,
                     message_id=header.message_id,
                     kind=header.kind,
                 )
                 await incoming.ack()
-                node.store.event(header.message_id, "handed_over", f"from {old} to {successor}")
+                ports.store.event(header.message_id, "handed_over", f"from {old} to {successor}")
                 moved += 1
             if moved:
                 log.info(
@@ -420,26 +362,26 @@ class DirectoryKeeper:
                 )
 
     # --- passing it on -------------------------------------------------------------------------
-    async def _flush_flood(self, node: Node) -> None:
+    async def _flush_flood(self, ports: DirectoryPorts) -> None:
         if self._pending_flood is None:
             return
         verified, source = self._pending_flood
         if verified.version != self.book.version:
             self._pending_flood = None  # a newer one replaced it (and has its own flood)
             return
-        for peer in sorted(p.network for p in node.config.peers):
+        for peer in sorted(p.network for p in self._view.config.peers):
             if peer != source:
-                await self._send(node, verified, peer)
+                await self._send(ports, verified, peer)
         self._pending_flood = None
         log.info("directory_passed_on", version=verified.version)
 
-    async def _send(self, node: Node, verified: VerifiedDirectory, peer: str) -> None:
-        message = node._sign(
+    async def _send(self, ports: DirectoryPorts, verified: VerifiedDirectory, peer: str) -> None:
+        message = ports.outbound.sign(
             "directory_update",
             Destination(network=peer),
             DirectoryUpdate(directory=verified.signed),
         )
-        await node.transport.publish(
+        await ports.transport.publish(
             out_queue(peer),
             message.to_bytes(),
             message_id=message.header.message_id,

@@ -8,7 +8,7 @@ what it does with a message. The one exception is an observer added with ``requi
 (the audit trail): its error propagates, so the node does not ack a delivery whose record could
 not be written (the delivery is retried instead).
 
-The points, with stable names (``node`` = ``nodes/node.py``)::
+The points, with stable names (the node and its parts call them)::
 
     received(sender, flow)           a peer's message passed the receiving pipeline
     submitted(contact_point, flow)   a local submission was signed and queued for sending
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from nodes.logs import error_fields
 from schemas import Destination, Header
 
 __all__ = ["Flow", "Observer", "Observers"]
@@ -130,7 +131,7 @@ class Observers(Observer):
                     "observer_failed",
                     observer=type(observer).__name__,
                     point=point,
-                    error_type=type(exc).__name__,
+                    **error_fields(exc),
                 )
                 if any(observer is required for required in self._required):
                     raise

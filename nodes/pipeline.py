@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from broker import Reason, RefusedMessage, SignedMessage, TrustStore, decode_payload, open_envelope
 from broker.provenance import check_origin, check_path, check_payload_origin
 from broker.routing import Deliver, Routing, route
+from broker.topology import peer_of_inbox_exchange
 from broker.transport import CONTENT_TYPE, body_size
 from nodes.config import NodeConfig
 from nodes.store import Seen, Store
@@ -32,8 +33,6 @@ from schemas import WireModel
 from schemas.directory import Directory
 
 __all__ = ["Accepted", "Properties", "judge", "open_delivery", "receive"]
-
-_INBOX_PREFIX = "mlanet.inbox.from."
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +65,9 @@ def size_cap(body: bytes, config: NodeConfig) -> None:
 
 def sender_of(exchange: str, config: NodeConfig) -> str:
     """The peer that handed us the message: only its user may write its inbox exchange."""
-    if not exchange.startswith(_INBOX_PREFIX):
+    sender = peer_of_inbox_exchange(exchange)
+    if sender is None:
         raise RefusedMessage(Reason.BAD_TRANSPORT, "message did not arrive through a peer inbox")
-    sender = exchange.removeprefix(_INBOX_PREFIX)
     if config.peer(sender) is None:
         raise RefusedMessage(Reason.UNAUTHORISED, f"{sender} is not a configured peer")
     return sender

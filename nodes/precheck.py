@@ -6,7 +6,7 @@ reaches, an observer for anything but a notice) would be signed, quarantined at 
 answered with a notice a moment later; one that the target network will refuse by the same
 directory (it has no contact points, or not the one named) would travel there to be refused.
 The sender is told at once instead, and nothing is submitted. The node still checks every
-submission itself (``Node.send_from_outbox``), and the target network when the message arrives:
+submission itself (``Outbox.send_from_outbox``), and the target network when the message arrives:
 this is a convenience for the person at the keyboard, not a safeguard.
 
 Routing is a pure function of the header, the directory and the node's rules
@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from broker import RefusedMessage
 from broker.routing import Forward, Refuse, route
 from nodes.config import NodeConfig
+from nodes.directory import load_directory
 from schemas import Header, Origin
 from schemas.directory import Directory
 from schemas.submission import Submission
@@ -55,7 +56,7 @@ def check_route(
         urgency=submission.urgency,
         members_only=submission.members_only,
     )
-    view = directory if directory is not None else config.load_directory()
+    view = directory if directory is not None else load_directory(config)
     routing = route(header, (), view, config.routes, config.network)
     if isinstance(routing, Forward):
         # How the target network will deliver it, by the same directory: a network without

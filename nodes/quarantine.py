@@ -49,12 +49,15 @@ from typing import Any, Protocol
 
 from broker import MlanetError, Reason, RefusedMessage, TransportError, loads_strict
 from broker.keys import b64u_decode
+from broker.quarantine_headers import RELEASED_FROM, read_quarantine_headers
+from broker.quarantine_headers import header_text as _text
 from broker.submission_signing import signed_inner
+from broker.topology import peer_of_inbox_exchange
 from broker.transport import INBOX, SUBMIT
 from nodes.audit import AuditLog
 from nodes.observe import Flow
 from schemas import KINDS, Header
-from schemas.base import format_timestamp
+from schemas.base import CONTACT_POINT_ID, COUNTRY_CODE, MESSAGE_ID, NETWORK_ID, format_timestamp
 
 __all__ = [
     "Claim",
@@ -75,15 +78,11 @@ __all__ = [
     "refusal_id",
 ]
 
-_INBOX_PREFIX = "mlanet.inbox.from."
-_INBOX_EXCHANGE = re.compile(r"^mlanet\.inbox\.from\.([a-z][a-z0-9-]{1,31})$")
-_MESSAGE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_NETWORK = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
-_CONTACT_POINT = re.compile(r"^[a-z]{2}-[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-_REASON = re.compile(r"^[a-z][a-z0-9_]{1,39}$")  # bad_base64, not_utf8: digits too
+_MESSAGE_ID = MESSAGE_ID
+_NETWORK = NETWORK_ID
+_COUNTRY = COUNTRY_CODE
+_CONTACT_POINT = CONTACT_POINT_ID
 _MAX_CLAIM_BYTES = 16 * 1024 * 1024
-_SHA256_B64U = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
 # --- what a refused message claims to be (unverified, identifiers only) ----------------------
@@ -186,8 +185,7 @@ def payload_text(body: bytes) -> str:
 def peer_of(via: str) -> str:
     """The peer network a message came from (its inbox exchange), or ``""`` for a local way
     in (``mlanet.submit``, a delivery queue, anything else)."""
-    found = _INBOX_EXCHANGE.fullmatch(via)
-    return found[1] if found else ""
+    return peer_of_inbox_exchange(via) or ""
 
 
 # --- one quarantined message ------------------------------------------------------------------
@@ -242,14 +240,6 @@ def _iso(at: float) -> str:
     return format_timestamp(datetime.fromtimestamp(at, UTC))
 
 
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value if isinstance(value, str) else ""
-
-
 def _when(value: object, default: float) -> float:
     """A header's time (an AMQP timestamp or ISO 8601 text) in epoch seconds, else ``default``."""
     if isinstance(value, datetime):
@@ -272,16 +262,6 @@ def _derived(prefix: str, *parts: bytes | str) -> str:
     return f"{prefix}-{digest.hexdigest()[:24]}"
 
 
-def _full_sha256(value: object) -> str | None:
-    text = _text(value)
-    if not _SHA256_B64U.fullmatch(text):
-        return None
-    try:
-        return b64u_decode(text).hex()
-    except RefusedMessage:
-        return None
-
-
 def refusal_id(header: Header, content_sha256: str, reason: str) -> str:
     """The entry id of the node's own refusal of an opened message: every copy of one message
     (origin, message id, content) refused for one reason is one entry, ``rf-...``, whatever
@@ -301,8 +281,7 @@ def entry_of(
     docstring). ``now`` is its time when its headers name none (an unroutable message)."""
     received = time.time() if now is None else now
     returns = headers.get("x-delivery-count", 0)
-    size = _text(headers.get("x-mlanet-size"))
-    truncated = _text(headers.get("x-mlanet-truncated")) == "true" and size.isdigit()
+    told = read_quarantine_headers(headers)
 
     def entry(entry_id: str, reason: str, detail: str, via: str, at: float) -> Entry:
         return Entry(
@@ -316,22 +295,14 @@ def entry_of(
             returns=returns if isinstance(returns, int) else 0,
             claim=claim(body),
             body=body,
-            truncated_from=int(size) if truncated else None,
-            full_sha256=_full_sha256(headers.get("x-mlanet-sha256")) if truncated else None,
+            truncated_from=told.whole_size,
+            full_sha256=told.whole_sha256,
         )
 
-    reason = _text(headers.get("x-mlanet-reason"))
-    if reason:
-        via, at = _text(headers.get("x-mlanet-via")), _text(headers.get("x-mlanet-at"))
+    if told.reason:
         if not (message_id and _MESSAGE_ID.fullmatch(message_id)):
-            message_id = _derived("nq", body, via, at)
-        return entry(
-            message_id,
-            reason if _REASON.fullmatch(reason) else "unknown",
-            _text(headers.get("x-mlanet-detail"))[:500],
-            via,
-            _when(at, received),
-        )
+            message_id = _derived("nq", body, told.via, told.at)
+        return entry(message_id, told.reason, told.detail, told.via, _when(told.at, received))
     deaths = headers.get("x-death")
     if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
         last = deaths[0]  # RabbitMQ puts the latest dead-lettering first
@@ -521,7 +492,7 @@ class QuarantineAction:
                     entry.body,
                     message_id=entry.claim.message_id or entry.id,
                     kind=entry.claim.kind or "released",
-                    headers={"x-mlanet-released-from": entry.id},
+                    headers={RELEASED_FROM: entry.id},
                     exchange=exchange,
                 )
             except TransportError as exc:
@@ -585,7 +556,7 @@ def _way_in(entry: Entry) -> tuple[str | None, str]:
             f"{entry.id} was kept only in part ({entry.size} of {entry.truncated_from} bytes,"
             " over the size cap), so it cannot be released; drop it instead"
         )
-    if entry.via.startswith(_INBOX_PREFIX) and peer_of(entry.via):
+    if peer_of(entry.via):
         return entry.via, INBOX
     if entry.via == SUBMIT:
         return None, SUBMIT

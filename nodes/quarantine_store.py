@@ -13,7 +13,7 @@ that, nor the node for the command. Two tables:
 **The node** adds entries with :meth:`QuarantineStore.add` (copies of one refused message are
 one entry whose ``copies`` grows): the rows wait in memory and are
 written by :meth:`QuarantineStore.commit`, in one short transaction, at the node's group commit
-and before the deliveries they are about are acked (``Node._commit_all``). A peer keeps at most
+and before the deliveries they are about are acked (``nodes/group_commit.py``). A peer keeps at most
 ``quarantine_messages`` bodies and ``quarantine_bytes`` bytes of bodies here (its
 :class:`Bound`); beyond that, an entry keeps its metadata only. The node counts each peer's kept
 bodies in memory and counts again from the table when a bound seems reached (at most once a

@@ -35,7 +35,14 @@ from typing import Any
 import structlog
 
 from broker.management import Management, ManagementEndpoint, QueueFigures, ShovelSpec
-from broker.topology import door_sender
+from broker.topology import (
+    LINK_PREFIX,
+    door_sender,
+    link_name,
+    peer_of_inbox_exchange,
+    peer_of_link,
+    peer_of_peer_inbox,
+)
 from broker.transport import door_vhost, inbox_exchange, out_queue, peer_inbox, with_vhost
 from nodes.config import NodeConfig
 from nodes.fairness import node_policies
@@ -45,14 +52,7 @@ __all__ = ["LINK_PREFIX", "Reconciler", "doors", "expected_shovels", "foreign", 
 
 log = structlog.get_logger("mlanet.reconcile")
 
-LINK_PREFIX = "mlanet-link-"
 MOVE_PREFIX = "mlanet-move-"  # moves what an older version's inbox queue held into the door
-_INBOX_PREFIX = inbox_exchange("")
-
-
-def link_name(peer: str) -> str:
-    """The name of the shovel that carries this node's messages to ``peer``."""
-    return f"{LINK_PREFIX}{peer}"
 
 
 def expected_shovels(config: NodeConfig, directory: Directory) -> dict[str, ShovelSpec]:
@@ -154,7 +154,7 @@ class Reconciler:
                 if name.startswith(LINK_PREFIX) and name not in wanted:
                     await management.delete_shovel(vhost, name)
                     repairs.append(Repair("shovel", name, "removed"))
-                    log.info("link_removed", peer=name.removeprefix(LINK_PREFIX))
+                    log.info("link_removed", peer=peer_of_link(name) or "(not a network id)")
             queues = await management.queue_figures(None)
             repairs += await self._doors(management, config, visible, queues)
             repairs += await self._move_in(management, config, visible, queues, set(current))
@@ -211,7 +211,7 @@ class Reconciler:
         repairs = []
         exchanges = await management.exchanges_everywhere()
         for at, exchange in sorted(exchanges):
-            if not exchange.startswith(_INBOX_PREFIX):
+            if peer_of_inbox_exchange(exchange) is None:
                 continue
             sender = door_sender(vhost, at)
             if at == vhost or (sender is not None and sender not in open_doors):
@@ -252,8 +252,8 @@ class Reconciler:
         open_doors = {peer: door for peer, door in doors(config).items() if door in visible}
         repairs = []
         for figures_of in figures:
-            sender = figures_of.name.removeprefix(peer_inbox(""))
-            if figures_of.vhost != vhost or figures_of.name == sender or sender not in open_doors:
+            sender = peer_of_peer_inbox(figures_of.name)
+            if figures_of.vhost != vhost or sender is None or sender not in open_doors:
                 continue
             move = f"{MOVE_PREFIX}{sender}"
             if figures_of.messages == 0 and move in moving:

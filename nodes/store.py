@@ -357,7 +357,7 @@ class Store:
         """From now on, writes accumulate in one open transaction until :meth:`commit`.
 
         The node commits once for all the deliveries handled in one pass of its event loop,
-        and acks none of them before that commit (``Node._durable``). Each write block stays
+        and acks none of them before that commit (``nodes/group_commit.py``). Each write block stays
         atomic on its own (a savepoint), so a failed one leaves nothing half-written.
         """
         self._grouped = True

@@ -22,6 +22,16 @@ from pydantic import (
 )
 
 __all__ = [
+    "CONTACT_POINT_ID",
+    "CONTACT_POINT_ID_PATTERN",
+    "COUNTRY_CODE",
+    "COUNTRY_CODE_PATTERN",
+    "KEY_ID",
+    "KEY_ID_PATTERN",
+    "MESSAGE_ID",
+    "MESSAGE_ID_PATTERN",
+    "NETWORK_ID",
+    "NETWORK_ID_PATTERN",
     "CaseReference",
     "ContactPointId",
     "CountryCode",
@@ -52,24 +62,32 @@ class WireModel(BaseModel):
     )
 
 
+# The identifier grammars, once: the annotated types below, the names of queues and exchanges
+# (broker/topology.py) and every check of an identifier outside a model use these patterns.
 # A network id: lowercase ASCII, starts with a letter ("seajust", "casc", "ejn").
-NetworkId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,31}$", max_length=32)]
+NETWORK_ID_PATTERN = r"^[a-z][a-z0-9-]{1,31}$"
 # ISO 3166-1 alpha-2, upper case.
-CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$", max_length=2)]
+COUNTRY_CODE_PATTERN = r"^[A-Z]{2}$"
 # A contact point: the member country in lower case, a dash, then a short local name.
-ContactPointId = Annotated[
-    str,
-    StringConstraints(pattern=r"^[a-z]{2}-[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$", max_length=35),
-]
+CONTACT_POINT_ID_PATTERN = r"^[a-z]{2}-[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$"
 # A signing key of a network: "ed25519:<n>", n without leading zeros.
-KeyId = Annotated[str, StringConstraints(pattern=r"^ed25519:(?:0|[1-9][0-9]{0,8})$", max_length=17)]
+KEY_ID_PATTERN = r"^ed25519:(?:0|[1-9][0-9]{0,8})$"
 # A message id: a lower-case canonical UUID.
-MessageId = Annotated[
-    str,
-    StringConstraints(
-        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", max_length=36
-    ),
-]
+MESSAGE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+# Compiled, for checks outside a model; always use ``fullmatch`` ("$" alone would also match
+# before a trailing newline).
+NETWORK_ID = re.compile(NETWORK_ID_PATTERN)
+COUNTRY_CODE = re.compile(COUNTRY_CODE_PATTERN)
+CONTACT_POINT_ID = re.compile(CONTACT_POINT_ID_PATTERN)
+KEY_ID = re.compile(KEY_ID_PATTERN)
+MESSAGE_ID = re.compile(MESSAGE_ID_PATTERN)
+
+NetworkId = Annotated[str, StringConstraints(pattern=NETWORK_ID_PATTERN, max_length=32)]
+CountryCode = Annotated[str, StringConstraints(pattern=COUNTRY_CODE_PATTERN, max_length=2)]
+ContactPointId = Annotated[str, StringConstraints(pattern=CONTACT_POINT_ID_PATTERN, max_length=35)]
+KeyId = Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN, max_length=17)]
+MessageId = Annotated[str, StringConstraints(pattern=MESSAGE_ID_PATTERN, max_length=36)]
 # A case reference as the requesting authority writes it: "KH-MLA-2020-0042".
 CaseReference = Annotated[
     str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9/._-]{2,63}$", max_length=64)

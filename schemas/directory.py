@@ -27,6 +27,7 @@ from schemas.base import (
     Timestamp,
     WireModel,
 )
+from schemas.validity import KeyState, ended, in_window, key_state, not_yet
 
 __all__ = [
     "BrokerAddress",
@@ -76,9 +77,7 @@ class ContactPointEntry(WireModel):
         return self
 
     def active(self, at: datetime) -> bool:
-        return (self.not_before is None or self.not_before <= at) and (
-            self.not_after is None or at < self.not_after
-        )
+        return in_window(at, self.not_before, self.not_after)
 
 
 class NetworkKey(WireModel):
@@ -89,6 +88,18 @@ class NetworkKey(WireModel):
     not_before: Timestamp | None = None
     not_after: Timestamp | None = None
     revoked_at: Timestamp | None = None
+
+    def state(self, at: datetime) -> KeyState:
+        """This key at ``at`` (``schemas/validity.py``)."""
+        return key_state(
+            at,
+            not_before=self.not_before,
+            not_after=self.not_after,
+            revoked=self.revoked_at is not None,
+        )
+
+    def valid_at(self, at: datetime) -> bool:
+        return self.state(at) is KeyState.VALID
 
 
 class LinkUser(WireModel):
@@ -186,12 +197,12 @@ class NetworkEntry(WireModel):
         by_id = {cp.id: cp for cp in self.contact_points}
         out: list[ContactPointEntry] = []
         for cp in self.contact_points:
-            if cp.not_before is not None and at < cp.not_before:
+            if not_yet(at, cp.not_before):
                 continue
-            ended = cp.not_after is not None and at >= cp.not_after
-            if cp.successor is not None and not ended and cp.not_after is not None:
+            over = ended(at, cp.not_after)
+            if cp.successor is not None and not over and cp.not_after is not None:
                 out.append(cp.model_copy(update={"successor": None}))  # handover not yet due
-            elif ended and cp.successor is None:
+            elif over and cp.successor is None:
                 standing_in = [a for a in cp.alternates if by_id[a].active(at)]
                 if standing_in:
                     out.append(cp.model_copy(update={"successor": standing_in[0]}))

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from broker.topology import peer_of_inbox_exchange
 from nodes.audit import AuditRecord
 
 __all__ = ["AuditReader", "FlowEvent", "FlowLog", "flow_events"]
 
 LOCAL = "local"  # the node's own contact points
-_INBOX_EXCHANGE = "mlanet.inbox.from."
 _SUBMIT = "submit"
 
 
@@ -51,7 +51,7 @@ def _text(meta: dict[str, Any], key: str) -> str:
 
 
 def _peer_of(via: str) -> str:
-    return via.removeprefix(_INBOX_EXCHANGE) if via.startswith(_INBOX_EXCHANGE) else LOCAL
+    return peer_of_inbox_exchange(via) or LOCAL
 
 
 def _at(record: AuditRecord) -> float:

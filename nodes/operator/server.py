@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Protocol, Self
 from urllib.parse import urlsplit
 
 import structlog
@@ -43,8 +43,11 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker import MlanetError
-from broker.transport import out_queue
+from broker.transport import Transport, out_queue
 from nodes.audit import AUDIT_FILE, AuditLog, AuditRecord
+from nodes.config import NodeConfig
+from nodes.logs import error_fields
+from nodes.observe import Observers
 from nodes.operator.auth import (
     Devices,
     LoginLimiter,
@@ -63,11 +66,11 @@ from nodes.operator.status import (
     link_name,
     write_snapshot,
 )
+from nodes.receipts import RECEIPTED
+from nodes.store import Store
+from schemas.directory import Directory
 
-if TYPE_CHECKING:
-    from nodes.node import Node
-
-__all__ = ["COOKIE", "DEVICE_COOKIE", "OperatorSurface"]
+__all__ = ["COOKIE", "DEVICE_COOKIE", "OperatorSurface", "RunningNode"]
 
 log = structlog.get_logger("mlanet.operator")
 
@@ -140,16 +143,40 @@ def _same_origin(request: web.Request) -> bool:
     return origin != "null" and urlsplit(origin).netloc == request.host
 
 
+class RunningNode(Protocol):
+    """What the operator surface reads of the node it serves (``nodes/node.py``)."""
+
+    @property
+    def config(self) -> NodeConfig:
+        """Its configuration now: peers follow the directory while the node runs."""
+        ...
+
+    @property
+    def directory(self) -> Directory: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+    @property
+    def observe(self) -> Observers: ...
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def ready(self) -> asyncio.Event: ...
+
+
 class OperatorSurface:
     """Metrics, dashboard and status polling for one running node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: RunningNode) -> None:
         self.node = node
         self.settings = node.config.operator
         self.network = node.config.network
-        # the kinds that get a receipt; imported here, as nodes.node imports this module
-        from nodes.node import RECEIPTED
-
         peers = tuple(peer.network for peer in node.config.peers)
         self.metrics = NodeMetrics(self.network, peers)
         self.flow = FlowLog(node.audit)
@@ -264,7 +291,7 @@ class OperatorSurface:
             try:
                 await self.poll()
             except Exception as exc:  # a failed poll must not stop the node; the next one retries
-                log.warning("operator_poll_failed", error_type=type(exc).__name__)
+                log.warning("operator_poll_failed", **error_fields(exc))
             await asyncio.sleep(self.settings.poll_seconds)
 
     async def count_history(self) -> None:
@@ -280,7 +307,7 @@ class OperatorSurface:
                         return
             except (MlanetError, sqlite3.Error) as exc:  # the counters wait for the next
                 # poll (mlanet audit verify names a record that cannot be read); the node runs on
-                log.warning("operator_counters_behind", error_type=type(exc).__name__)
+                log.warning("operator_counters_behind", **error_fields(exc))
 
     async def poll(self) -> NodeStatus:
         """Gather the status now, update the gauges and counters and write the snapshot."""

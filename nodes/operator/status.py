@@ -35,6 +35,7 @@ from broker.management import (
     ShovelState,
     shovel_states,
 )
+from broker.topology import link_name, peer_of_out_queue
 from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
 from nodes.config import Alerts, NodeConfig, _read_secret
 from nodes.directory import DirectoryBook, effective_config
@@ -54,7 +55,7 @@ from nodes.operator.views import (
 )
 from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from nodes.reconcile import doors as door_vhosts
-from nodes.reconcile import foreign, link_name
+from nodes.reconcile import foreign
 from nodes.store import Store
 from schemas.directory import Directory, NetworkKey
 
@@ -301,7 +302,7 @@ def _queue_rank(name: str) -> int:
     order = {INBOX: 0, SUBMIT: 1, QUARANTINE: 2}
     if name in order:
         return order[name]
-    return 3 if name.startswith("mlanet.out.") else 4
+    return 3 if peer_of_out_queue(name) is not None else 4
 
 
 # --- the running node's snapshot ---------------------------------------------------------------

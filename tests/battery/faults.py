@@ -82,7 +82,7 @@ class Supervisor:
         self.history.add("fault", "faults", reason=f"{network} node killed")
         self.processes.kill(network)
         if restart_after:
-            await asyncio.sleep(restart_after)
+            await asyncio.sleep(restart_after)  # the node stays down this long: the fault
         self.start(network)
         self.restarts += 1
         await self.wait_ready([network])

@@ -188,7 +188,7 @@ class FaultProxy:
                 if not chunk:
                     break
                 if self._delay:
-                    await asyncio.sleep(self._delay)
+                    await asyncio.sleep(self._delay)  # the injected latency: the fault
                 await gate.wait()  # black-holed while reading: hold the bytes, drop nothing
                 sink.write(chunk)
                 await sink.drain()

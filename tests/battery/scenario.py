@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.topology import INBOX, SUBMIT, deliver_queue, out_queue, peer_inbox
+from broker.transport import Transport
 from nodes.federation import EXAMPLE_NETWORKS, Federation, build, provision, teardown
 from nodes.store import Store
 from tests.battery.checker import Verdict, check
@@ -29,6 +31,7 @@ from tests.battery.faults import BrokerControl, Supervisor, tune
 from tests.battery.history import History, OpType
 from tests.battery.proxy import FaultProxy
 from tests.battery.workload import (
+    BROKER_ERRORS,
     Client,
     Collector,
     Lane,
@@ -158,7 +161,7 @@ class Battery:
     async def at(self, seconds: float) -> None:
         """Sleep until ``seconds`` after the load started."""
         delay = self._t0 + seconds - asyncio.get_running_loop().time()
-        if delay > 0:
+        if delay > 0:  # a fault script's schedule: when each fault starts is part of the test
             await asyncio.sleep(delay)
 
     async def run(
@@ -179,7 +182,9 @@ class Battery:
         await asyncio.gather(*jobs)
         drained = await until(self._settled, within=drain, every=0.5)
         receipted = await until(self._receipted, within=receipts_within, every=0.5)
-        await asyncio.sleep(1.0)  # late repeats, if any, show up now
+        # late repeats, if any, show up once nothing waits in any node's queues any more (the
+        # readers then sweep their delivery queues once more when they stop)
+        quiet = await until(self._quiet, within=30, every=0.5)
         self._stop.set()
         for task in self._background:
             await asyncio.wait_for(task, 60)
@@ -187,6 +192,8 @@ class Battery:
         missed = sum(reconcile(self.fed, reader, self.history) for reader in self.readers)
         verdict = check(self.name, self.history.ops)
         verdict.notes.extend(self._notes(drained, receipted))
+        if not quiet:
+            verdict.notes.append("messages still waited in a node's queues when the run ended")
         if missed:
             verdict.notes.append(f"archived but not recorded by a reader (reconciled): {missed}")
         verdict.unreceipted = sum(
@@ -208,6 +215,24 @@ class Battery:
             wanted = arrived if expected.get(key) == "deliver" else refused
             if key not in wanted:
                 return False
+        return True
+
+    async def _quiet(self) -> bool:
+        """No message waits in any node's queues (submissions, inboxes, links, deliveries)."""
+        try:
+            for network in self.plan.networks:
+                queues = [INBOX, SUBMIT]
+                for peer in self.fed.peers(network):
+                    queues += [peer_inbox(peer), out_queue(peer)]
+                for reader in self.readers:
+                    if reader.network == network:
+                        queues += [deliver_queue(cp) for cp in reader.contact_points]
+                async with Transport(node_url(self.fed, network)) as transport:
+                    for queue in queues:
+                        if await transport.queue_depth(queue):
+                            return False
+        except BROKER_ERRORS:
+            return False
         return True
 
     def outbox_states(self) -> dict[str, int]:

@@ -58,7 +58,7 @@ async def test_the_broker_killed_mid_stream_and_restarted_loses_nothing(tmp_path
             await battery.at(4)
             battery.fault("broker SIGKILLed")
             await broker.kill()
-            await asyncio.sleep(2)
+            await asyncio.sleep(2)  # the fault lasts this long: what the scenario tests
             await broker.restart()
             battery.fault("broker back")
 

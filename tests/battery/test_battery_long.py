@@ -90,7 +90,7 @@ async def test_broker_killed_mid_stream_and_restarted(tmp_path: Path) -> None:
                 await battery.at(seconds(at))
                 battery.fault("broker SIGKILLed")
                 await broker.kill()
-                await asyncio.sleep(down)
+                await asyncio.sleep(down)  # the fault lasts this long: what the scenario tests
                 await broker.restart()
                 battery.fault("broker back")
 
@@ -114,13 +114,13 @@ async def test_memory_and_disk_alarms(tmp_path: Path) -> None:
             await battery.at(seconds(10))
             battery.fault("memory alarm")
             await broker.memory_alarm(True)
-            await asyncio.sleep(seconds(15))
+            await asyncio.sleep(seconds(15))  # the fault lasts this long: what the scenario tests
             await broker.memory_alarm(False)
             battery.fault("memory alarm cleared")
             await battery.at(seconds(35))
             battery.fault("disk alarm")
             await broker.disk_alarm(True)
-            await asyncio.sleep(seconds(15))
+            await asyncio.sleep(seconds(15))  # the fault lasts this long: what the scenario tests
             await broker.disk_alarm(False)
             battery.fault("disk alarm cleared")
 
@@ -221,7 +221,7 @@ async def test_links_and_a_node_black_holed_longer_than_the_heartbeat(
                 await battery.at(seconds(at))
                 battery.fault(f"{proxy.name} black-holed")
                 proxy.blackhole()
-                await asyncio.sleep(20)
+                await asyncio.sleep(20)  # the fault lasts this long: what the scenario tests
                 proxy.heal()
                 battery.fault(f"{proxy.name} healed")
 
@@ -248,9 +248,9 @@ async def test_lost_publisher_confirms_are_resent_and_delivered_once(
                 await battery.at(seconds(at))
                 battery.fault("confirms black-holed, then connections reset")
                 proxy.blackhole("down")
-                await asyncio.sleep(2)
+                await asyncio.sleep(2)  # the fault lasts this long: what the scenario tests
                 proxy.cut()
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # the fault lasts this long: what the scenario tests
                 proxy.heal()
 
         verdict = await battery.run(load(), faults)
@@ -277,7 +277,7 @@ async def test_a_peer_unreachable_for_minutes_under_load(
             await battery.at(seconds(10))
             battery.fault("links into casc cut")
             links.cut()
-            await asyncio.sleep(seconds(180))
+            await asyncio.sleep(seconds(180))  # the fault lasts this long: what the scenario tests
             links.heal()
             battery.fault("links into casc healed")
 
@@ -300,12 +300,12 @@ async def test_a_flapping_link(tmp_path: Path, battery_broker: ScratchBroker) ->
             end = asyncio.get_running_loop().time() + seconds(45)
             while asyncio.get_running_loop().time() < end:
                 links.cut()
-                await asyncio.sleep(2)
+                await asyncio.sleep(2)  # the fault lasts this long: what the scenario tests
                 links.heal()
-                await asyncio.sleep(3)
+                await asyncio.sleep(3)  # the fault lasts this long: what the scenario tests
             battery.fault("links into casc slow (+50 ms per chunk each way)")
             links.delay(0.05)
-            await asyncio.sleep(10)
+            await asyncio.sleep(10)  # the fault lasts this long: what the scenario tests
             links.heal()
             battery.fault("links into casc steady")
 
@@ -390,12 +390,12 @@ async def test_two_routes_to_the_same_destination(
             await battery.at(seconds(10))
             battery.fault("casc stopped with requests in its inbox")
             battery.supervisor.processes.kill("casc")
-            await asyncio.sleep(seconds(10))
+            await asyncio.sleep(seconds(10))  # the fault lasts this long: what the scenario tests
             text = path.read_text(encoding="utf-8").replace('via = "casc"', 'via = "wacap"')
             path.write_text(text, encoding="utf-8")
             battery.fault("seajust switched to the wacap route")
             await battery.supervisor.kill("seajust")
-            await asyncio.sleep(seconds(15))
+            await asyncio.sleep(seconds(15))  # the fault lasts this long: what the scenario tests
             battery.supervisor.start("casc")
             await battery.supervisor.wait_ready(["casc"])
             battery.fault("casc back: its copies flow too")
@@ -418,7 +418,7 @@ async def test_receipts_lost_for_a_while(tmp_path: Path, battery_broker: Scratch
             await battery.at(seconds(10))
             battery.fault("links into seajust cut")
             links.cut()
-            await asyncio.sleep(30)
+            await asyncio.sleep(30)  # the fault lasts this long: what the scenario tests
             links.heal()
             battery.fault("links into seajust healed")
 

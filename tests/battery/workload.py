@@ -40,7 +40,7 @@ from broker.contact_point_keys import ContactPointKey
 from broker.management import ManagementEndpoint
 from broker.transport import QUARANTINE, Transport
 from nodes.contact import ARCHIVE_FILE, Taken, submit_on, take_delivered
-from nodes.directory import message_trust
+from nodes.directory import load_directory, message_trust
 from nodes.federation import Federation
 from nodes.store import Store
 from schemas.submission import Submission
@@ -266,7 +266,7 @@ class Load:
             lane = self.lanes[n % len(self.lanes)]
             submission = request(lane, shapes.randint(*self.sizes), n)
             delay = start + n / self.rate - loop.time()
-            if delay > 0:
+            if delay > 0:  # the pace of the load: its offered rate
                 await asyncio.sleep(delay)
             client = clients[lane.origin]
             tasks.append(asyncio.create_task(client.send(lane, submission, self.expect(lane, n))))
@@ -296,7 +296,7 @@ class Reader:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = config(self.fed, self.network)
-        trust: TrustStore = message_trust(cfg.load_directory())
+        trust: TrustStore = message_trust(load_directory(cfg))
         store = Store(archive_path(self.fed, self.network))
         try:
             while not stop.is_set():

@@ -92,13 +92,13 @@ class Harness:
             keys=keys,
             users={network: federation.link_user(network) for network in federation.networks},
             now=now,
-            max_bytes=keeper.config.limits.max_message_bytes,
+            max_bytes=keeper.view.config.limits.max_message_bytes,
         )
         return cls(federation, keeper, Store(root / "store" / "node.sqlite3"), scene)
 
     @property
     def config(self) -> NodeConfig:
-        return self.keeper.config
+        return self.keeper.view.config
 
     def judge(self, publication: Publication) -> Reason | Accepted:
         """The reason the node would quarantine it with, or what the pipeline accepted."""
@@ -109,8 +109,8 @@ class Harness:
                 publication.body,
                 exchange,
                 config=self.config,
-                trust=self.keeper.trust,
-                directory=self.keeper.view,
+                trust=self.keeper.view.trust,
+                directory=self.keeper.view.directory,
                 store=self.store,
                 now=self.scene.now,
                 properties=properties_of(publication),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +25,7 @@ from nodes.joining import provision_broker
 from nodes.node import Node
 from nodes.store import Store
 from schemas import Destination, FacilitationRequest, Header, Origin
+from tests.polling import eventually
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 
@@ -163,14 +164,14 @@ async def depth(fed: Federation, network: str, queue: str, *, door: str | None =
     return count
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, within: float = 30.0, every: float = 0.1
-) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(every)
+async def drained(fed: Federation, network: str, *queues: str, within: float = 60.0) -> None:
+    """Wait until none of ``network``'s ``queues`` holds a message: nothing more is on its way
+    through them (what a test checks for absence after this)."""
+
+    async def empty() -> bool:
+        return all([await depth(fed, network, queue) == 0 for queue in queues])
+
+    await eventually(empty, within=within, what=f"{', '.join(queues)} empty at {network}")
 
 
 def outbox_state(fed: Federation, network: str, message_id: str) -> str | None:

@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from broker.keys import b64u_encode
+from broker.quarantine_headers import QuarantineHeaders
 from nodes.federation import Federation
 from nodes.quarantine import Entry, Where
 from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
@@ -32,18 +32,14 @@ def stored(fed: Federation, network: str) -> int:
 
 def headers(entry: Entry) -> dict[str, Any]:
     """The entry's metadata as the ``x-mlanet-*`` headers a refused message carried."""
-    found: dict[str, Any] = {
-        "x-mlanet-reason": entry.reason,
-        "x-mlanet-detail": entry.detail,
-        "x-mlanet-via": entry.via,
-        "x-mlanet-at": entry.metadata()["at"],
-    }
-    if entry.truncated_from is not None:
-        found["x-mlanet-truncated"] = "true"
-        found["x-mlanet-size"] = str(entry.truncated_from)
-        if entry.full_sha256 is not None:
-            found["x-mlanet-sha256"] = b64u_encode(bytes.fromhex(entry.full_sha256))
-    return found
+    return QuarantineHeaders(
+        reason=entry.reason,
+        detail=entry.detail,
+        via=entry.via,
+        at=entry.metadata()["at"],
+        whole_size=entry.truncated_from,
+        whole_sha256=entry.full_sha256,
+    ).headers()
 
 
 def take_entries(fed: Federation, network: str) -> list[Drained]:

@@ -10,7 +10,7 @@ import pytest
 from broker import open_envelope
 from broker.keys import load_signing_key
 from nodes.contact import read_inbox, submit
-from nodes.directory import message_trust
+from nodes.directory import load_directory, message_trust
 from nodes.federation import Federation
 from tests.integration.directory_kit import (
     all_hold,
@@ -55,7 +55,7 @@ async def test_a_key_rotated_while_messages_flow_refuses_none(dfed: Federation) 
                 message = request("kh-cp-1", country="UZ")
                 await submit(config(fed, "seajust"), credentials(fed, message.sender), message)
                 sent.append(message.message_id)
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # the pace of the traffic that runs across the rotation
 
         sender = asyncio.create_task(flow())
         await eventually(lambda: _at_least(sent, 5), within=90)
@@ -158,7 +158,7 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
             "at delivery: key_revoked: refused at delivery by uz-cp-1",
         ) in events(fed, "casc", early[0].message_id)
         refused = await drain(fed, "casc", "mlanet.quarantine")
-        trust = message_trust(config(fed, "casc").load_directory())
+        trust = message_trust(load_directory(config(fed, "casc")))
         assert sorted(
             (
                 open_envelope(r.body, trust).header.message_id,

@@ -3,8 +3,6 @@ connections closed under load, and a node killed with SIGKILL mid-stream."""
 
 from __future__ import annotations
 
-import asyncio
-
 from nodes.contact import facilitation_request, read_inbox, submit
 from nodes.federation import Federation, NodeProcesses
 from nodes.store import Store
@@ -57,8 +55,11 @@ async def test_a_peer_away_for_a_while_loses_nothing(fed: Federation) -> None:
             request = _request("kh-cp-1", "UZ", n)
             await submit(config(fed, "seajust"), credentials(fed, request.sender), request)
             ids.append(request.message_id)
-        await asyncio.sleep(2)
-        assert _states(fed, "seajust", ids) == {"forwarded": 30}
+
+        async def all_forwarded() -> bool:  # and held in CASC's inbox while it is away
+            return _states(fed, "seajust", ids) == {"forwarded": 30}
+
+        await eventually(all_forwarded, within=30)
         await nodes.start("casc")
         await eventually(lambda: _all_receipted(fed, ids), within=60)
         await _exactly_once(fed, ids)

@@ -12,7 +12,6 @@ meant to arrive, each once.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ import pytest
 
 from broker import Reason
 from broker.keys import b64u_decode, b64u_encode
+from broker.topology import peer_inbox
 from nodes.federation import Federation
 from nodes.store import Store
 from tests.hostile.corpus import (
@@ -42,7 +42,7 @@ from tests.hostile.corpus import (
 from tests.hostile.forge import facilitation_payload, header, sign, wire
 from tests.hostile.harness import rotate
 from tests.hostile.peer import BrokerRefusal, Publication, amqp_url, publish, publish_all
-from tests.integration.kit import config, depth, drain, eventually, key, running
+from tests.integration.kit import config, depth, drain, drained, eventually, key, running
 
 QUARANTINE = "mlanet.quarantine"
 DELIVER = f"mlanet.deliver.{CONTACT_POINT}"
@@ -177,7 +177,8 @@ async def test_every_hostile_message_gets_its_outcome_and_the_node_keeps_working
             asking = facilitation_payload(requesting_country=good_header["origin"]["country"])
             good = sign(good_header, asking, key(fed, peer))
             await battery.deliver(Publication(wire(good), as_network=peer))
-        await asyncio.sleep(1)  # anything still on its way would show up below
+        # nothing more on its way from either peer: whatever was to arrive has arrived
+        await drained(fed, RECEIVER, peer_inbox(HOSTILE), peer_inbox(HONEST))
         assert not nodes.tasks[RECEIVER].done()
 
     assert len(outcomes) == len([e for e in CORPUS if not e.big])
@@ -253,7 +254,11 @@ async def test_copies_arriving_together_are_delivered_once_and_equivocation_is_c
             return handled >= len(replayed) + 2 * len(pairs)
 
         await eventually(settled, within=120)
-        await asyncio.sleep(1)  # a wrongly delivered extra copy would arrive by now
+
+        async def every_copy_recorded() -> bool:  # three copies each: none more to arrive
+            return all(len(_events(fed, _message_id(wire(frame)))) >= 3 for frame in replayed)
+
+        await eventually(every_copy_recorded, within=60)
         for frame in replayed:
             assert _events(fed, _message_id(wire(frame))) == ["delivered", "duplicate", "duplicate"]
     arrived = [_message_id(m.body) for m in await drain(fed, RECEIVER, DELIVER)]

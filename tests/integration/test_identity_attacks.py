@@ -311,7 +311,7 @@ async def test_receipts_and_notices_count_only_from_the_network_a_message_was_se
 async def _sent(fed: Federation, message_id: str) -> SignedMessage:
     """The signed bytes SEAJust keeps for its own message."""
     from broker import open_envelope
-    from nodes.directory import message_trust
+    from nodes.directory import load_directory, message_trust
 
     store = Store(config(fed, "seajust").state_dir / "node.sqlite3", readonly=True)
     try:
@@ -320,7 +320,7 @@ async def _sent(fed: Federation, message_id: str) -> SignedMessage:
         wire = entry.wire
     finally:
         store.close()
-    return open_envelope(wire, message_trust(config(fed, "seajust").load_directory()))
+    return open_envelope(wire, message_trust(load_directory(config(fed, "seajust"))))
 
 
 async def test_a_route_leading_back_to_a_network_on_the_path_is_a_loop(fed: Federation) -> None:

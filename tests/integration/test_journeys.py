@@ -8,7 +8,7 @@ import uuid
 
 from broker import open_envelope
 from nodes.contact import facilitation_request, read_inbox, submit
-from nodes.directory import message_trust
+from nodes.directory import load_directory, message_trust
 from nodes.federation import Federation
 from nodes.store import Store
 from schemas import Notice
@@ -242,5 +242,5 @@ async def test_the_same_id_with_other_content_is_refused_as_equivocation(fed: Fe
         delivered = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
         assert len(delivered) == 1
         assert delivered[0].message.content_sha256 == honest.content_sha256
-        trust = message_trust(config(fed, "casc").load_directory())
+        trust = message_trust(load_directory(config(fed, "casc")))
         assert open_envelope(refused[0].body, trust).content_sha256 == other.content_sha256

@@ -34,7 +34,7 @@ from broker import SignedMessage, add_hop, open_envelope, sign_message
 from broker.keys import b64u_decode, b64u_encode
 from broker.strictjson import canonical_bytes
 from nodes.contact import facilitation_request, read_inbox, submit, track
-from nodes.directory import message_trust
+from nodes.directory import load_directory, message_trust
 from nodes.federation import Federation
 from nodes.quarantine import Entry, Where
 from nodes.store import Store
@@ -188,7 +188,7 @@ def _sent(fed: Federation, network: str, message_id: str) -> SignedMessage:
         wire = entry.wire
     finally:
         store.close()
-    return open_envelope(wire, message_trust(config(fed, network).load_directory()))
+    return open_envelope(wire, message_trust(load_directory(config(fed, network))))
 
 
 def _refusal_by(

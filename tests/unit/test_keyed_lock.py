@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from nodes.keyed_lock import KeyedLock
+from tests.polling import eventually
 
 
 async def test_holders_of_one_key_take_turns_and_other_keys_run_meanwhile() -> None:
@@ -28,9 +29,10 @@ async def test_holders_of_one_key_take_turns_and_other_keys_run_meanwhile() -> N
             order.append("b in")
 
     tasks = [asyncio.create_task(first())]
-    await asyncio.sleep(0)
+    await eventually(lambda: order == ["a1 in"], within=5, every=0.001)
     tasks += [asyncio.create_task(second()), asyncio.create_task(other())]
-    await asyncio.sleep(0.01)
+    # b gets in although a1 holds "a"; a2, started before b, is still waiting when b is in
+    await eventually(lambda: "b in" in order, within=5, every=0.001)
     assert order == ["a1 in", "b in"]  # a2 waits for a1; b does not
     release.set()
     await asyncio.gather(*tasks)

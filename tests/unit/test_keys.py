@@ -9,58 +9,38 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl import bindings
 from typer.testing import CliRunner
 
 from broker import KeyRefused, Reason, TrustStore, generate_key_files, load_signing_key
-from broker.curve import _IDENTITY, L, P, PointCheck, _add, _decode, _is_identity, _mul
+from broker.curve import PointCheck
 from broker.curve import check_public_point as classify
 from broker.keys import b64u_encode, load_public_key_file, parse_public_key
 from nodes.cli import app
 from tests.unit.wirekit import SEAJUST
 
-_Point = tuple[int, int, int, int]
+P = 2**255 - 19
+IDENTITY = bytes([1]) + bytes(31)
 
 
-def _encode(point: _Point) -> bytes:
-    """RFC 8032 encoding of an extended-coordinates point: y, with the sign of x in bit 255."""
-    x, y, z, _ = point
-    z_inv = pow(z, P - 2, P)
-    x, y = x * z_inv % P, y * z_inv % P
-    return (y | (x & 1) << 255).to_bytes(32, "little")
+def _add(p: bytes, q: bytes) -> bytes:
+    """Point addition (libsodium's, on canonical encodings of points of the curve)."""
+    return bytes(bindings.crypto_core_ed25519_add(p, q))
 
 
-def _point(raw: bytes) -> _Point:
-    point = _decode(raw)
-    assert not isinstance(point, PointCheck)
-    return point
+def _times(n: int, point: bytes) -> bytes:
+    result = IDENTITY
+    for _ in range(n):
+        result = _add(result, point)
+    return result
 
 
-def _order(point: _Point) -> int:
+def _order(point: bytes) -> int:
+    """The order of a small-order point (1, 2, 4 or 8), else 0."""
     for order in (1, 2, 4, 8):
-        if _is_identity(_mul(order, point)):
+        if _times(order, point) == IDENTITY:
             return order
     return 0
-
-
-def _torsion_generator() -> _Point:
-    """A point of order 8: the torsion component L*Q of some curve point Q."""
-    for y in range(2, 1000):
-        candidate = _decode(y.to_bytes(32, "little"))
-        if isinstance(candidate, PointCheck):
-            continue
-        torsion = _mul(L, candidate)
-        if _order(torsion) == 8:
-            return torsion
-    raise AssertionError("no point of order 8 found")
-
-
-def _small_order_encodings() -> set[bytes]:
-    generator = _torsion_generator()
-    points, point = [], _IDENTITY
-    for _ in range(8):
-        points.append(point)
-        point = _add(point, generator)
-    return {_encode(p) for p in points}
 
 
 # The canonical encodings of the eight points of order 1, 2, 4 and 8, as listed (without the sign
@@ -103,10 +83,12 @@ def _refused(public_key: str) -> Reason:
 
 
 def test_the_listed_small_order_points_are_exactly_the_eight_torsion_points() -> None:
-    """The hard-coded list agrees with the curve: 8 distinct points, each killed by 8."""
+    """The hard-coded list agrees with the curve: 8 distinct points, the multiples of a point of
+    order 8 (so every point of order 1, 2, 4 or 8)."""
     assert len(set(SMALL_ORDER)) == 8
-    assert set(SMALL_ORDER) == _small_order_encodings()
-    orders = sorted(_order(_point(raw)) for raw in SMALL_ORDER)
+    generator = bytes.fromhex(_ORDER_8_Y[0])
+    assert {_times(n, generator) for n in range(8)} == set(SMALL_ORDER)
+    orders = sorted(_order(raw) for raw in SMALL_ORDER)
     assert orders == [1, 2, 4, 4, 8, 8, 8, 8]
 
 
@@ -119,11 +101,9 @@ def test_small_order_public_keys_are_weak(raw: bytes) -> None:
 @pytest.mark.parametrize("torsion_order", [2, 4, 8])
 def test_mixed_order_public_keys_are_weak(torsion_order: int) -> None:
     """A valid key plus a torsion point: on the curve, but not in the prime-order subgroup."""
-    generator = _torsion_generator()
-    torsion = _mul(8 // torsion_order, generator)
+    torsion = _times(8 // torsion_order, bytes.fromhex(_ORDER_8_Y[0]))
     assert _order(torsion) == torsion_order
-    valid = _point(SEAJUST.private.public_key().public_bytes_raw())
-    mixed = _encode(_add(valid, torsion))
+    mixed = _add(SEAJUST.public_raw(), torsion)
     assert classify(mixed) is PointCheck.MIXED_ORDER
     assert _refused(_b64(mixed)) is Reason.WEAK_KEY
 
@@ -185,9 +165,10 @@ def test_bad_base64url_public_keys_are_malformed() -> None:
 
 
 def test_a_fresh_key_is_accepted_and_verifies() -> None:
-    private = Ed25519PrivateKey.generate()
-    public = _b64(private.public_key().public_bytes_raw())
-    assert classify(private.public_key().public_bytes_raw()) is PointCheck.OK
+    private = Ed25519PrivateKey.generate()  # another library's key: OpenSSL's
+    raw = private.public_key().public_bytes_raw()
+    public = _b64(raw)
+    assert classify(raw) is PointCheck.OK
     trust = TrustStore()
     trust.add("casc", "ed25519:1", public)
     assert trust.networks() == {"casc"}

@@ -60,6 +60,12 @@ def test_a_failing_observer_is_logged_and_the_others_still_hear() -> None:
     assert [entry["event"] for entry in logs] == ["observer_failed"]
     assert logs[0]["observer"] == "Broken"
     assert logs[0]["point"] == "received"
+    assert logs[0]["error_type"] == "RuntimeError"
+    # where: the innermost frame of mlanet's own code, and the observer's frame that raised
+    assert (logs[0]["file"], logs[0]["function"]) == ("nodes/observe.py", "_each")
+    assert isinstance(logs[0]["line"], int)
+    assert logs[0]["raised_in"].startswith("tests/unit/test_observe.py:")
+    assert logs[0]["raised_in"].endswith(" received")
     assert "observer defect" not in str(logs)
 
 

@@ -59,8 +59,8 @@ def _receive(
             body,
             exchange,
             config=harness.config,
-            trust=harness.keeper.trust,
-            directory=harness.keeper.view,
+            trust=harness.keeper.view.trust,
+            directory=harness.keeper.view.directory,
             store=harness.store,
             now=harness.scene.now,
             properties=properties or Properties(),
@@ -91,7 +91,7 @@ def _check(harness: Harness, accepted: Accepted, exchange: str) -> None:
     if message.hops:
         assert message.hops[-1].record.to == config.network
     assert len(message.hops) <= header_.hop_limit
-    assert harness.keeper.view.network(header_.origin.network) is not None
+    assert harness.keeper.view.directory.network(header_.origin.network) is not None
     skew = timedelta(seconds=config.limits.max_clock_skew_seconds)
     assert header_.created_at <= harness.scene.now + skew
     if isinstance(accepted.routing, Deliver):
@@ -99,14 +99,14 @@ def _check(harness: Harness, accepted: Accepted, exchange: str) -> None:
     if isinstance(accepted.routing, Forward | Deliver):
         assert config.network not in message.path
     # Provenance: the origin's claims belong to it, and the path is one of links, in time.
-    origin = harness.keeper.view.network(header_.origin.network)
+    origin = harness.keeper.view.directory.network(header_.origin.network)
     assert origin is not None
     if header_.origin.country is not None:
         assert header_.origin.country in origin.members + origin.observers
     if header_.origin.contact_point is not None:
         assert origin.contact_point(header_.origin.contact_point) is not None
     assert len(set(message.path)) == len(message.path)
-    links = harness.keeper.view.links
+    links = harness.keeper.view.directory.links
     for here, there in pairwise((*message.path, config.network)):
         assert (here, there) in links or (there, here) in links
     for hop_ in message.hops:

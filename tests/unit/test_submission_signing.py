@@ -1,6 +1,6 @@
 """A contact point's signed submissions and returned deliveries: the format (pinned by a golden
 vector from a fixed seed and checked with an independent Ed25519 implementation), and every
-refusal with its own reason code. The node refuses what these refuse (nodes/node.py)."""
+refusal with its own reason code. The node refuses what these refuse (nodes/outbox.py)."""
 
 from __future__ import annotations
 

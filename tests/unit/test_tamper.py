@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from broker import MlanetError, Reason, RefusedMessage, TrustStore, add_hop, open_envelope
-from broker.curve import L
 from broker.keys import b64u_decode, b64u_encode
 from broker.strictjson import canonical_bytes, loads_strict
 from tests.unit.wirekit import (
@@ -31,6 +30,8 @@ from tests.unit.wirekit import (
     trust_store,
     wire_bytes,
 )
+
+L = 2**252 + 27742317777372353535851937790883648493  # the group order (RFC 8032)
 
 # Replacement strategies for one byte: bit flips, and characters that matter to JSON and base64.
 _FLIPS = (0x01, 0x02, 0x20, 0x80)

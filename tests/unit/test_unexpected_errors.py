@@ -5,12 +5,15 @@ Commands give up at their time limit with one line, and Ctrl-C is one line."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -167,7 +170,7 @@ def test_a_command_stuck_past_its_time_limit_ends_in_one_line() -> None:
         from nodes.cli_common import time_limited
 
         def stuck() -> None:
-            time.sleep(120)
+            time.sleep(120)  # the hang under test: only the watchdog ends it
 
         cli.app.command("stuck")(time_limited("send", stuck))
         sys.argv = ["mlanet", "stuck", "--timeout", "1"]
@@ -180,3 +183,41 @@ def test_a_command_stuck_past_its_time_limit_ends_in_one_line() -> None:
         "config; check that "
         "RabbitMQ runs there and accepts connections (its log, its open-file limit)"
     ]
+
+
+def _broad(handler: ast.ExceptHandler) -> bool:
+    names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return handler.type is None or any(
+        isinstance(name, ast.Name) and name.id in {"Exception", "BaseException"} for name in names
+    )
+
+
+def _logs(handler: ast.ExceptHandler) -> bool:
+    levels = {"debug", "info", "warning", "error", "exception", "critical", "enter"}
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in levels
+        for node in ast.walk(handler)
+    )
+
+
+def test_every_handler_of_unexpected_exceptions_logs_their_place_only() -> None:
+    """Wherever mlanet catches any exception and logs it, it logs ``error_fields`` or
+    ``failure_fields`` (type, file, line, function), never the exception's text."""
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for package in ("schemas", "broker", "nodes"):
+        for path in sorted((root / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for handler in ast.walk(tree):
+                if not (isinstance(handler, ast.ExceptHandler) and _broad(handler)):
+                    continue
+                if not _logs(handler):
+                    continue
+                text = ast.unparse(handler)
+                if "error_fields(" not in text and "failure_fields(" not in text:
+                    found.append(f"{path.relative_to(root)}:{handler.lineno}")
+                if handler.name and re.search(rf"\b(?:str|repr)\({handler.name}\)", text):
+                    found.append(f"{path.relative_to(root)}:{handler.lineno} (its text)")
+    assert found == []
