@@ -17,6 +17,7 @@ import aio_pika
 
 from broker import SignedMessage, SigningKey, load_signing_key, sign_message
 from broker.management import ManagementEndpoint
+from broker.topology import peer_of_peer_inbox
 from broker.transport import CONTENT_TYPE, QUARANTINE
 from nodes.config import NodeConfig, load_config
 from nodes.contact_points import Credentials, add_contact_point
@@ -140,6 +141,7 @@ async def drain(
         from tests.integration.quarantine_kit import take_entries
 
         out = take_entries(fed, network)
+    door = door or peer_of_peer_inbox(queue)  # a peer's inbox queue is in its door
     connection = await aio_pika.connect(amqp(fed, network, door=door))
     async with connection:
         channel = await connection.channel()
@@ -151,8 +153,9 @@ async def drain(
 
 
 async def depth(fed: Federation, network: str, queue: str, *, door: str | None = None) -> int:
-    """Messages ready in ``queue`` of ``network`` (in the door of its peer ``door``)."""
-    connection = await aio_pika.connect(amqp(fed, network, door=door))
+    """Messages ready in ``queue`` of ``network`` (in the door of its peer ``door``; a peer's
+    inbox queue is always in that peer's door)."""
+    connection = await aio_pika.connect(amqp(fed, network, door=door or peer_of_peer_inbox(queue)))
     async with connection:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
