@@ -1,9 +1,10 @@
 """Benchmark: what the audit trail costs, against baselines measured in the same run.
 
-(a) per record: ``AuditLog.append`` (canonical JSON, SHA-256, the signed checkpoint of its
-    batch: alone, one signature and one SQLite transaction per record) beside the node's own
-    per-message state write (``Store.remember``, one SQLite transaction) and a bare Ed25519
-    signature, on the same disk;
+(a) per record: a journal row appended alone (``AuditLog.append``, an operator's command:
+    canonical JSON, SHA-256, one signed checkpoint and one SQLite transaction per row) and in
+    group commits, beside the node's dedupe write (``Store.remember``) done the same two ways,
+    the node's whole per-message write (``Store.remember`` and its journal row, grouped: one
+    transaction and one checkpoint per batch) and a bare Ed25519 signature, on the same disk;
 (b) per message: the casc node relaying N signed messages seajust -> ejn (phase (b) of
     ``bench_node.py``) with its audit trail, and with the audit trail replaced by an observer
     that does nothing, alternating runs; medians and the ratio with / without.
@@ -71,11 +72,21 @@ def records_phase(folder: Path, number: int, repeat: int, batch: int) -> None:
 
     def remember(into: Store) -> Callable[[int], object]:
         def write(n: int) -> None:
-            into.remember("seajust", str(uuid.uuid4()), "0" * 43, "forwarded", "to ejn")
+            into.remember("seajust", str(uuid.uuid4()), "0" * 43, "forwarded")
             if into is store_grouped and n % batch == batch - 1:
                 into.commit()
 
         return write
+
+    node_state = Store(folder / "n.sqlite3", key=key)
+    node_state.group_commits()
+
+    def per_message(n: int) -> None:  # what the node writes for one relayed message
+        message_id = str(uuid.uuid4())
+        node_state.remember("seajust", message_id, "0" * 43, "forwarded")
+        node_state.journal.append("forwarded", {**META, "message_id": message_id})
+        if n % batch == batch - 1:
+            node_state.commit()
 
     def append(n: int) -> None:
         grouped.append("forwarded", META)
@@ -88,14 +99,19 @@ def records_phase(folder: Path, number: int, repeat: int, batch: int) -> None:
         state_grouped = _per_call(remember(store_grouped), number, repeat)
         record = _per_call(lambda n: alone.append("forwarded", META), number, repeat)
         record_grouped = _per_call(append, number, repeat)
+        message = _per_call(per_message, number, repeat)
     finally:
-        for closing in (alone, grouped, store, store_grouped):
+        for closing in (alone, grouped, store, store_grouped, node_state):
             closing.close()
     print(f"(a) per record (median of {repeat} x {number}), same run:")
     print(f"    audit record alone       {record:7.1f} us   Store.remember alone   {state:7.1f} us")
     print(
         f"    audit record, groups of {batch:<3} {record_grouped:6.1f} us   "
         f"Store.remember grouped {state_grouped:7.1f} us"
+    )
+    print(
+        f"    per message: dedupe row and journal row in one group commit {message:7.1f} us"
+        f" (before the journal: Store.remember grouped + audit record grouped, two commits)"
     )
     print(f"    Ed25519 signature        {sign:7.1f} us")
     print(
@@ -208,6 +224,8 @@ async def node_phase(messages: int, rounds: int) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    with open(os.devnull, "w", encoding="utf-8") as quiet, contextlib.redirect_stderr(quiet):  # noqa: ASYNC230
+        configure_logging("warning")  # as in (b): the node's info lines are not what is timed
     with tempfile.TemporaryDirectory(prefix="mlanet-bench-") as folder:
         records_phase(Path(folder), args.number, args.repeat, args.batch)
     if not args.skip_node:

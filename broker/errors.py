@@ -9,7 +9,7 @@ test_exception_tree.py`` walks every module and holds this drawing to what it fi
     ├── KeyRefused                 a key file or public key cannot be used (carries a Reason)
     ├── ConfigError                a node's configuration is invalid
     ├── TransportError             the broker could not do what was asked (transient)
-    ├── AuditError                 nodes/audit.py: the audit trail cannot be written or read
+    ├── JournalError               nodes/journal.py: the journal cannot be written or read
     ├── QuarantineError            nodes/quarantine.py: an operator's quarantine command failed
     │   ├── NotInQuarantine        no entry has that id (any longer)
     │   └── QuarantineBusy         another command holds the entry: try again

@@ -32,6 +32,9 @@ __all__ = [
 ]
 
 
+_LISTING_RETRIES = (0.1, 0.3)  # seconds before asking again a GET that answered 500
+
+
 @dataclass(frozen=True)
 class ManagementEndpoint:
     url: str
@@ -218,6 +221,14 @@ class Management:
             # httpx's timeout is per read; this one bounds the whole request
             async with asyncio.timeout(self._timeout * 2):
                 response = await self._client.request(method, path, json=body)
+                for pause in _LISTING_RETRIES if method == "GET" else ():
+                    if response.status_code != 500:
+                        break
+                    # RabbitMQ builds a listing (users, vhosts) name by name, and one deleted
+                    # meanwhile fails the whole GET with 500 (rabbit_mgmt_wm_users: badmatch
+                    # not_found). A GET changes nothing: it is asked again.
+                    await asyncio.sleep(pause)
+                    response = await self._client.request(method, path)
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise TransportError(
                 f"the management API at {self.address} did not answer within "

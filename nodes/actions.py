@@ -120,11 +120,9 @@ class Actions:
             header.message_id,
             message.content_sha256,
             "forwarded",
-            f"forwarded to {routing.peer} (for {routing.target})",
         )
         with bound_contextvars(**message_context(header)):  # a receipt or notice names itself
-            log.info("message_forwarded", peer=routing.peer, target=routing.target)
-        self._observe.forwarded(routing.peer, Flow.of(header))
+            self._observe.forwarded(routing.peer, Flow.of(header))  # its journal row and log line
 
     async def deliver(self, message: SignedMessage, routing: Deliver) -> None:
         header = message.header
@@ -141,11 +139,9 @@ class Actions:
             header.message_id,
             message.content_sha256,
             "delivered",
-            "delivered to " + ",".join(routing.contact_points),
         )
         with bound_contextvars(**message_context(header)):
-            log.info("message_delivered", contact_points=list(routing.contact_points))
-        self._observe.delivered(routing.contact_points, Flow.of(header))
+            self._observe.delivered(routing.contact_points, Flow.of(header))  # row and log line
 
     async def quarantine(
         self,
@@ -204,9 +200,6 @@ class Actions:
                 fresh=fresh,
                 redelivered=redelivered,
             )
-            self._store.event(
-                "-", "quarantined", f"{refused.reason.value}: {refused.detail} (via {via})"
-            )
             log.warning(
                 "message_quarantined",
                 reason=refused.reason.value,
@@ -245,12 +238,6 @@ class Actions:
         # trail already: one fact, one record
         recorded = QUARANTINE_REASON in incoming.headers
         with bound_contextvars(quarantine_id=entry.id, **log_context(flow)):
-            if not recorded:
-                self._store.event(
-                    "-",
-                    "quarantined",
-                    f"{entry.reason}: {entry.detail} (via {entry.via})",
-                )
             log.warning(
                 "message_quarantined",
                 reason=entry.reason,

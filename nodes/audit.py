@@ -1,54 +1,49 @@
-"""The node's audit trail: an append-only, hash-chained log under the node's signature.
+"""The node's audit trail: the journal (``nodes/journal.py``) read as a signed, hash-chained
+log, and the observer that records the node's message facts in it.
 
-Each record is a canonical JSON object::
+The trail is the ``journal`` table of the node's state database, ``node.sqlite3`` (WAL,
+``synchronous=NORMAL``: a committed row survives the death of the process; owner-only like
+the rest of the state, ``nodes/state_dir.py``). The node writes it in its group commits, in
+the same transaction as its dedupe and outbox rows, before any delivery they are about is
+acked. The ``mlanet quarantine`` commands append operator actions from another process, one
+committed row at a time (``BEGIN IMMEDIATE`` serialises the writers; each holds the lock only
+while it writes).
 
-    {"at": "...Z", "event": "forwarded", "key_id": "ed25519:1", "meta": {...},
-     "network": "casc", "prev": "<sha-256 of the previous record>", "seq": 42}
-
-stored with its SHA-256. ``meta`` holds metadata only (message id, origin, destination, kind,
-peer, reason, quarantine id, operator), never case content. Records are written in batches;
-each batch ends with a *checkpoint*: an Ed25519 signature by the network's signing key over
-``HEAD_CONTEXT + "network:seq:hash"`` of its last record (a context no message signature
-uses). Through the hash chain, a checkpoint covers every record before it, so one signature
-per batch proves the whole batch, made when it was written and by the key of that time. The
-latest checkpoint is also kept as the *head*, rewritten in the same transaction, so that
-cutting records off the end is noticed too. (Trails written by earlier versions signed every
-record on its own: those signatures are still checked.)
-
-The log is a table in ``<state_dir>/audit.sqlite3`` (WAL, ``synchronous=NORMAL`` like the node's
-state: a committed record survives the death of the process; owner-only like the rest of the
-state, ``nodes/state_dir.py``). The node appends in group commits: records accumulate in memory
-and are written in one transaction, with one checkpoint, before any delivery they are about is
-acked. The ``mlanet quarantine`` commands append operator actions from another process, and
-``mlanet inbox`` a message it refuses when a contact point reads it, one committed record at a
-time (``BEGIN IMMEDIATE`` serialises the writers; each holds the lock only while it writes).
-
-:func:`verify_audit` walks the chain and names the first record that was altered, removed or
-reordered; :class:`AuditTrail` is the observer (``nodes/observe.py``) that writes the node's
-records.
+:func:`verify_audit` walks the chain and names the first row that was altered, removed or
+reordered (also a row whose indexed columns say other than its record); :class:`AuditTrail`
+is the observer (``nodes/observe.py``) that writes the node's rows. Trails written by the
+release before the journal (``audit.sqlite3``, every record signed on its own at first) are
+taken over verbatim when the node upgrades its state (``nodes/state_schema.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import sqlite3
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from broker import MlanetError, RefusedMessage, SigningKey, TrustStore, canonical_bytes
+from broker import RefusedMessage, SigningKey, TrustStore, canonical_bytes
 from broker.errors import Reason
-from broker.keys import b64u_decode, b64u_encode
+from broker.keys import b64u_decode
 from broker.strictjson import loads_strict
-from nodes import state_dir
+from nodes.journal import (
+    GENESIS,
+    HEAD_CONTEXT,
+    JOURNAL_FILE,
+    MAX_RECORD_BYTES,
+    Journal,
+    JournalError,
+    JournalRecord,
+    MetaValue,
+    columns_of,
+    digest_of,
+    head_input,
+)
 from nodes.observe import Flow, Observer
-from schemas.base import format_timestamp
+from nodes.state_schema import open_state
 
 __all__ = [
     "AUDIT_CONTEXT",
@@ -66,119 +61,26 @@ __all__ = [
 
 log = structlog.get_logger("mlanet.audit")
 
-AUDIT_FILE = "audit.sqlite3"
-AUDIT_CONTEXT = b"mlanet-v1:audit:"
-HEAD_CONTEXT = b"mlanet-v1:audit-head:"
-GENESIS = "0" * 64
-_MAX_RECORD_BYTES = 16 * 1024
-
-MetaValue = str | int | float | bool | None | Sequence[str]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    record TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    signature TEXT NOT NULL,
-    event TEXT NOT NULL,
-    message_id TEXT,
-    quarantine_id TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_quarantine ON audit (quarantine_id);
-CREATE TABLE IF NOT EXISTS audit_checkpoint (
-    seq INTEGER PRIMARY KEY,
-    hash TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    signature TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit_head (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
-    seq INTEGER NOT NULL,
-    hash TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    signature TEXT NOT NULL
-);
-"""
+AUDIT_FILE = JOURNAL_FILE  # the trail is the journal of the node's state database
+AUDIT_CONTEXT = b"mlanet-v1:audit:"  # records signed one by one (trails of early releases)
+AuditError = JournalError
+AuditRecord = JournalRecord
 
 
-class AuditError(MlanetError):
-    """The audit trail cannot be written or read."""
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    seq: int
-    at: str
-    event: str
-    network: str
-    key_id: str
-    meta: dict[str, Any]
-    prev: str
-    hash: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "at": self.at,
-            "event": self.event,
-            "network": self.network,
-            "meta": self.meta,
-            "hash": self.hash,
-        }
-
-
-def _digest(record: bytes) -> str:
-    return hashlib.sha256(record).hexdigest()
-
-
-def _head_input(network: str, seq: int, digest: str) -> bytes:
-    return HEAD_CONTEXT + f"{network}:{seq}:{digest}".encode("ascii")
-
-
-def _clean(meta: Mapping[str, MetaValue]) -> dict[str, Any]:
-    """Drop empty values; keep lists as lists of strings; round floats to milliseconds."""
-    out: dict[str, Any] = {}
-    for key, value in meta.items():
-        if value is None or value == "":
-            continue
-        if isinstance(value, float):
-            out[key] = round(value, 3)
-        elif isinstance(value, str | int | bool):
-            out[key] = value
-        else:
-            out[key] = [str(item) for item in value]
-    return out
-
-
-class AuditLog:
-    """The audit table of one node. ``key`` is needed to append, not to read."""
+class AuditLog(Journal):
+    """The journal opened on a connection of its own (operator commands, the dashboard's
+    readers, tests). ``key`` is needed to append (and to upgrade an earlier version's state),
+    not to read."""
 
     def __init__(self, path: Path, key: SigningKey | None = None, *, readonly: bool = False):
         self.path = path
-        self._key = key
         self._readonly = readonly
-        self._grouped = False
-        # appended, not yet written: (time, event, cleaned meta)
-        self._buffer: list[tuple[float, str, dict[str, Any]]] = []
-        self._before_commit: list[Callable[[], None]] = []
-        state_dir.secure(path.parent)  # owner-only, or ConfigError with what to run
-        try:
-            if readonly:
-                if not path.exists():
-                    raise AuditError(f"no audit trail at {path.name}")
-                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-            else:
-                self._db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.executescript(_SCHEMA)
-            self._db.execute("PRAGMA busy_timeout=10000")
-        except sqlite3.Error as exc:
-            raise AuditError(f"cannot open the audit trail ({type(exc).__name__})") from exc
+        db = open_state(path, readonly=readonly, key=key, busy_ms=10000)
+        super().__init__(db, key, emit=False)  # a command prints what it did
 
     def close(self) -> None:
         try:
-            if not self._readonly:
+            if not self._readonly and self.writable:
                 self.commit()
         finally:
             self._db.close()
@@ -188,164 +90,6 @@ class AuditLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # --- writing ----------------------------------------------------------------------------
-    def group_commits(self) -> None:
-        """From now on, appends accumulate until :meth:`commit`, which writes them in one
-        transaction under one signed checkpoint (the node commits before it acks any delivery
-        whose records are in the batch, see ``nodes/group_commit.py``)."""
-        self._grouped = True
-
-    def before_commit(self, hook: Callable[[], None]) -> None:
-        """Call ``hook`` at the start of every commit (it may append what it held back)."""
-        self._before_commit.append(hook)
-
-    def append(self, event: str, meta: Mapping[str, MetaValue]) -> None:
-        """Append one record; without group commits, also commit it (and sign its head)."""
-        if self._key is None:
-            raise AuditError("the audit trail was opened without the signing key")
-        self._buffer.append((time.time(), event, _clean(meta)))
-        if not self._grouped:
-            self.commit()
-
-    def commit(self) -> None:
-        """Write what was appended since the last commit, chained to the records before it,
-        and sign a checkpoint (the new head) over the last one: one signature per batch.
-
-        The write lock is held for this call only (``BEGIN IMMEDIATE``): another writer (an
-        operator's command) appends between two batches. A batch that cannot be written is
-        dropped whole, and AuditError raised: the node then acks none of its deliveries."""
-        for hook in self._before_commit:
-            hook()
-        if not self._buffer:
-            return
-        key = self._key
-        assert key is not None
-        batch, self._buffer = self._buffer, []
-        try:
-            self._db.execute("BEGIN IMMEDIATE")  # the write lock: no other writer until COMMIT
-            row = self._db.execute("SELECT seq, hash FROM audit_head").fetchone()
-            seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS)
-            rows = []
-            for at, event, meta in batch:
-                seq += 1
-                record = canonical_bytes(
-                    {
-                        "at": format_timestamp(datetime.fromtimestamp(at, UTC)),
-                        "event": event,
-                        "key_id": key.key_id,
-                        "meta": meta,
-                        "network": key.network,
-                        "prev": prev,
-                        "seq": seq,
-                    }
-                )
-                prev = _digest(record)
-                rows.append(
-                    (
-                        seq,
-                        record.decode("ascii"),
-                        prev,
-                        event,
-                        meta.get("message_id"),
-                        meta.get("quarantine_id"),
-                    )
-                )
-            self._db.executemany(
-                "INSERT INTO audit (seq, record, hash, signature, event, message_id,"
-                " quarantine_id) VALUES (?, ?, ?, '', ?, ?, ?)",
-                rows,
-            )
-            self._write_head(key, seq, prev)
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            raise AuditError(f"cannot write the audit trail ({type(exc).__name__})") from exc
-
-    def _write_head(self, key: SigningKey, seq: int, digest: str) -> None:
-        """The signed head (the last record), kept also as a checkpoint: every record stays
-        covered by the signature made when it was written, by the key of that time."""
-        head = (
-            seq,
-            digest,
-            key.key_id,
-            b64u_encode(key.sign(_head_input(key.network, seq, digest))),
-        )
-        self._db.execute(
-            "INSERT INTO audit_head (one, seq, hash, key_id, signature)"
-            " VALUES (1, ?, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET seq=excluded.seq,"
-            " hash=excluded.hash, key_id=excluded.key_id, signature=excluded.signature",
-            head,
-        )
-        self._db.execute(
-            "INSERT INTO audit_checkpoint (seq, hash, key_id, signature) VALUES (?, ?, ?, ?)",
-            head,
-        )
-
-    # --- reading ----------------------------------------------------------------------------
-    def records(self, *, last: int | None = None, event: str | None = None) -> list[AuditRecord]:
-        """Records in order (the last ``last`` of them), parsed without verification."""
-        where, args = ("WHERE event=?", [event]) if event else ("", [])
-        limit = f"LIMIT {int(last)}" if last is not None else ""
-        rows = self._db.execute(
-            f"SELECT record, hash FROM (SELECT seq, record, hash FROM audit {where}"  # noqa: S608 - fixed fragments
-            f" ORDER BY seq DESC {limit}) ORDER BY seq",
-            args,
-        ).fetchall()
-        return [_parse(record, digest) for record, digest in rows]
-
-    def records_after(self, seq: int, limit: int) -> list[AuditRecord]:
-        """Up to ``limit`` records after ``seq``, in order (for a reader that follows the trail:
-        the operator surface's counters)."""
-        rows = self._db.execute(
-            "SELECT record, hash FROM audit WHERE seq>? ORDER BY seq LIMIT ?", (seq, limit)
-        ).fetchall()
-        return [_parse(record, digest) for record, digest in rows]
-
-    def about_quarantine(self, quarantine_id: str) -> list[AuditRecord]:
-        rows = self._db.execute(
-            "SELECT record, hash FROM audit WHERE quarantine_id=? ORDER BY seq",
-            (quarantine_id,),
-        ).fetchall()
-        return [_parse(record, digest) for record, digest in rows]
-
-    def head(self) -> tuple[int, str] | None:
-        row = self._db.execute("SELECT seq, hash FROM audit_head").fetchone()
-        return (int(row[0]), str(row[1])) if row else None
-
-    def raw_rows(self) -> Iterator[tuple[Any, Any, Any, Any]]:
-        """(seq, record, hash, signature) as stored, in seq order, for verification."""
-        yield from self._db.execute("SELECT seq, record, hash, signature FROM audit ORDER BY seq")
-
-    def raw_checkpoints(self) -> Iterator[tuple[Any, Any, Any, Any]]:
-        """(seq, hash, key id, signature) of every signed checkpoint, in seq order."""
-        found = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit_checkpoint'"
-        ).fetchone()
-        if found:  # a trail written before checkpoints has none
-            yield from self._db.execute(
-                "SELECT seq, hash, key_id, signature FROM audit_checkpoint ORDER BY seq"
-            )
-
-    def raw_head(self) -> tuple[Any, Any, Any, Any] | None:
-        """(seq, hash, key id, signature) of the signed head as stored."""
-        row = self._db.execute("SELECT seq, hash, key_id, signature FROM audit_head").fetchone()
-        return tuple(row) if row else None
-
-
-def _parse(record: str, digest: str) -> AuditRecord:
-    body = loads_strict(record.encode("utf-8"), max_bytes=_MAX_RECORD_BYTES, max_depth=4)
-    return AuditRecord(
-        int(body["seq"]),
-        str(body["at"]),
-        str(body["event"]),
-        str(body["network"]),
-        str(body["key_id"]),
-        dict(body["meta"]),
-        str(body["prev"]),
-        digest,
-    )
 
 
 # --- verification ---------------------------------------------------------------------------
@@ -371,10 +115,10 @@ def _check_record(
 ) -> tuple[dict[str, Any] | None, str]:
     """The record's body when it is intact (hash, form, signature), else a problem."""
     raw = record.encode("utf-8", errors="replace")
-    if _digest(raw) != digest:
+    if digest_of(raw) != digest:
         return None, "altered: its content does not match its hash"
     try:
-        body = loads_strict(raw, max_bytes=_MAX_RECORD_BYTES, max_depth=4)
+        body = loads_strict(raw, max_bytes=MAX_RECORD_BYTES, max_depth=4)
     except RefusedMessage:
         return None, "altered: it is not a well-formed record"
     if (
@@ -402,6 +146,14 @@ def _check_record(
     return body, ""
 
 
+def _indexed_as_recorded(body: dict[str, Any], columns: list[Any]) -> bool:
+    """Do the indexed columns (what the views read) say what the signed record says?"""
+    meta = body["meta"]
+    return isinstance(meta, dict) and columns_of(meta) == tuple(
+        None if value is None else str(value) for value in columns
+    )
+
+
 def _signed_by(
     trust: TrustStore, network: str, key_id: object, signature: object, seq: int, digest: str
 ) -> bool:
@@ -410,7 +162,7 @@ def _signed_by(
             network,
             str(key_id),
             b64u_decode(str(signature)),
-            _head_input(network, seq, digest),
+            head_input(network, seq, digest),
             reason=Reason.BAD_SIGNATURE,
         )
     except RefusedMessage:
@@ -420,7 +172,7 @@ def _signed_by(
 
 def _claimed_seq(record: object) -> int | None:
     try:
-        seq = loads_strict(str(record).encode("utf-8"), max_bytes=_MAX_RECORD_BYTES)["seq"]
+        seq = loads_strict(str(record).encode("utf-8"), max_bytes=MAX_RECORD_BYTES)["seq"]
     except (RefusedMessage, TypeError, KeyError):
         return None
     return seq if type(seq) is int else None
@@ -441,14 +193,17 @@ def verify_audit(
     claimed = {_claimed_seq(row[1]) for row in rows}
     expected, prev = 1, GENESIS
     hashes: dict[int, str] = {}
+    misindexed: int | None = None
 
     def bad(seq: int, problem: str) -> Verdict:
         return Verdict(len(hashes), head, seq, f"record {seq} {problem}")
 
-    for row_seq, record, digest, signature in rows:
+    for row_seq, record, digest, signature, *columns in rows:
         body, problem = _check_record(str(record), str(digest), str(signature), trust, network)
         if body is None:
             return bad(min(int(row_seq), expected), problem)
+        if not _indexed_as_recorded(body, columns) and misindexed is None:
+            misindexed = expected  # named once the chain itself is known to be whole
         seq = body["seq"]
         if seq != expected or int(row_seq) != expected:
             if seq > expected and expected not in claimed:
@@ -491,6 +246,8 @@ def verify_audit(
             return bad(seq, "altered: it does not match the checkpoint signed over it")
     if anchor is not None and hashes.get(anchor[0]) != anchor[1]:
         return bad(anchor[0], "does not match the anchor kept elsewhere (altered or removed)")
+    if misindexed is not None:
+        return bad(misindexed, "altered: its indexed columns do not say what its record says")
     return Verdict(len(hashes), head)
 
 
@@ -524,34 +281,25 @@ def refusal(
 
 
 class AuditTrail(Observer):
-    """Appends a record for every accept, refusal, forward, delivery and receipt.
+    """Records a journal row for every accept, refusal, forward, delivery and receipt.
 
-    A message accepted from a peer and then forwarded, delivered or refused gets one record,
-    of its outcome, naming the peer it came from (``from``); one whose outcome is not known by
-    the next commit (or that has none of these: a receipt, a repeat) gets an ``accepted``
-    record of its own then.
+    A message accepted from a peer and then forwarded, delivered, refused or found a
+    duplicate gets one row, of its outcome, naming the peer it came from (``from``); one whose
+    outcome is not known by the next commit (or that has none: a receipt) gets an ``accepted``
+    row of its own then (``Journal.accepted``).
 
-    Registered as a *required* observer: a record that cannot be written raises, so the node
-    does not ack the delivery it is about (it is redelivered and the record written then).
+    Registered as a *required* observer: a row that cannot be written raises, so the node
+    does not ack the delivery it is about (it is redelivered and the row written then).
     """
 
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: Journal) -> None:
         self.audit = audit
-        self._accepted: dict[str, dict[str, MetaValue]] = {}  # by message id, not yet written
-        audit.before_commit(self._write_accepted)
-
-    def _write_accepted(self) -> None:
-        accepted, self._accepted = self._accepted, {}
-        for meta in accepted.values():
-            self.audit.append("accepted", meta)
 
     def _outcome(self, flow: Flow | None) -> dict[str, MetaValue]:
-        if flow is None:
-            return {}
-        return self._accepted.pop(flow.message_id, None) or flow_meta(flow)
+        return flow_meta(flow)
 
     def received(self, sender: str, flow: Flow) -> None:
-        self._accepted[flow.message_id] = {**flow_meta(flow), "from": sender}
+        self.audit.accepted({**flow_meta(flow), "from": sender})
 
     def submitted(self, contact_point: str, flow: Flow) -> None:
         self.audit.append("accepted", {**flow_meta(flow), "from": contact_point, "via": "submit"})

@@ -310,7 +310,10 @@ def track(
     from nodes.contact import track as track_message
 
     cfg = load_or_exit(config)
-    found = track_message(cfg, message_id)
+    try:
+        found = track_message(cfg, message_id)
+    except MlanetError as exc:  # no state yet, or one the node has not upgraded yet
+        raise fail(str(exc), 1) from None
     if found.entry is None and not found.events:
         raise fail(f"{message_id} is not known at {cfg.network}", 1)
     state = found.entry.state if found.entry else "relayed"

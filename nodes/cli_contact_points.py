@@ -11,6 +11,7 @@ import typer
 
 from broker import ConfigError, MlanetError
 from nodes.cli_common import ConfigOption, fail, load_or_exit
+from nodes.cli_journal import record_command
 from nodes.contact_points import Credentials, add_contact_point
 from nodes.directory import load_directory
 
@@ -68,6 +69,7 @@ def add(
                 " its submissions until it does",
                 err=True,
             )
+    record_command(cfg, "contact_point_added", to=contact_point)
     typer.echo(f"credentials: {added.credentials} (key and broker password, owner-only)")
     typer.echo(f"public key:  {added.public_key}")
     typer.echo(f"broker user: {added.user} ({added.user_file})")

@@ -21,6 +21,7 @@ from nodes.cli_common import (
     fail,
     load_or_exit,
 )
+from nodes.cli_journal import record_command
 from nodes.coordinator import (
     HAND_OVER_SECONDS,
     Coordinator,
@@ -165,6 +166,7 @@ def _issue(
         raise _fail(str(exc)) from None
     if out is not None:
         out.write_bytes(verified.to_bytes())
+    record_command(cfg, "directory_issued", version=verified.version)
     typer.echo(
         f"directory version {verified.version} signed and published (valid until"
         f" {_when(verified.directory.valid_until)})"
@@ -429,5 +431,6 @@ def keys_rotate(config: ConfigOption) -> None:
         key_path, request = rotation_request(cfg)
     except MlanetError as exc:
         raise _fail(str(exc)) from None
+    record_command(cfg, "key_rotation_requested", detail=key_path.name)
     typer.echo(f"new key:          {key_path} (owner-only)")
     typer.echo(f"rotation request: {request} (send it to the coordinator)")

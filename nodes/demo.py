@@ -68,13 +68,8 @@ def _request(sender: str, country: str, case_ref: str) -> Submission:
 
 
 def _line(network: str, event: TrackEvent) -> str:
-    """One thing that happened at ``network``, said once ("forwarded to ejn (for ejn)", not
-    "forwarded forwarded to ..."); at the origin a receipt is called one."""
-    name, detail = event.event, event.detail
-    detail = detail.removeprefix(f"{name} ")
-    if name == "delivered" and detail.startswith("receipt "):
-        name, detail = "receipt", detail.removeprefix("receipt ")
-    return f"    {'[' + network + ']':<10} {name:<10} {detail}"
+    """One row of ``network``'s journal about the message, as ``mlanet track`` renders it."""
+    return f"    {'[' + network + ']':<10} {event.event:<10} {event.detail}"
 
 
 async def _journey(

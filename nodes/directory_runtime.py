@@ -138,12 +138,14 @@ class DirectoryKeeper:
         """The refusal for new messages while the held directory is too old to trust."""
         return self.book.closed(self.clock())
 
-    def _rederive(self) -> DirectoryView:
-        """Replace the view from the held directory now; returns the one it replaced."""
+    def _rederive(self, store: Store) -> DirectoryView:
+        """Replace the view from the held directory now; returns the one it replaced. A change
+        of the key the node signs with is a fact of the journal."""
         before, self._view = self._view, self._derive()
         key = self._view.key
         if key.key_id != before.key.key_id:
             log.info("signing_key_changed", previous=before.key.key_id, key_id=key.key_id)
+            store.event("-", "signing_key_changed", previous=before.key.key_id, key_id=key.key_id)
         if not self.book.key_valid(key.key_id, self.clock()):
             log.error(
                 "no_valid_signing_key",
@@ -190,7 +192,7 @@ class DirectoryKeeper:
         async with self._lock:
             due = self._next_change is not None and self.clock() >= self._next_change
             if due:  # a handover, a contact point's window or one of our keys changes now
-                before = self._rederive()
+                before = self._rederive(ports.store)
                 self._reconciled = False
                 await self._reconcile(ports, before)
             elif not self._reconciled:
@@ -209,12 +211,12 @@ class DirectoryKeeper:
             outcome = self.book.consider(raw, self.clock())
             if outcome.state == "same":
                 return outcome
-            before = self._rederive()
+            before = self._rederive(ports.store)
             log.info(
                 "directory_applied", version=outcome.verified.version, source=source or "local"
             )
             ports.store.event(
-                "-", "directory_applied", f"version {outcome.verified.version} from {source}"
+                "-", "directory_applied", version=outcome.verified.version, from_=source or "local"
             )
             self._pending_flood = (outcome.verified, source)
             self._reconciled = False
@@ -246,7 +248,13 @@ class DirectoryKeeper:
             # A peer that is behind (it announced what it holds): not applied; it gets ours.
             # Anything else (forged, unsigned, another with our version) is quarantined.
             log.info("directory_not_newer", peer=accepted.sender, reason=refused.reason.value)
-            ports.store.event(header.message_id, "directory_refused", str(refused))
+            ports.store.event(
+                header.message_id,
+                "directory_refused",
+                refused.detail,
+                reason=refused.reason.value,
+                from_=accepted.sender,
+            )
             async with self._lock:
                 await self._send(ports, self.book.held, accepted.sender)
         return True
@@ -354,7 +362,7 @@ class DirectoryKeeper:
                     kind=header.kind,
                 )
                 await incoming.ack()
-                ports.store.event(header.message_id, "handed_over", f"from {old} to {successor}")
+                ports.store.event(header.message_id, "handed_over", from_=old, to=successor)
                 moved += 1
             if moved:
                 log.info(

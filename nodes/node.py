@@ -48,7 +48,7 @@ from broker.routing import Forward, Refuse
 from broker.transport import QUARANTINE, SUBMIT, Incoming, Transport, inbox_exchange
 from nodes import crashpoints, state_dir
 from nodes.actions import Actions, describe
-from nodes.audit import AUDIT_FILE, AuditLog, AuditTrail
+from nodes.audit import AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper, DirectoryPorts
 from nodes.doors import over_limit
@@ -97,7 +97,9 @@ class Node:
             raise RefusedMessage(Reason.MALFORMED_KEY, "signing key belongs to another network")
         # the contact points' keys this node's operator vouches for (nodes/contact_points.py)
         self.contact_point_keys = KeyFolder(config.contact_points.keys)
-        self.store = Store(config.state_dir / "node.sqlite3")
+        # dedupe, outbox and the journal of every fact (nodes/journal.py), signed by the key
+        # the node holds at each commit
+        self.store = Store(config.state_dir / "node.sqlite3", key=lambda: self.key)
         # Group commit: one SQLite commit for every delivery finished in one pass of the event
         # loop, before any of them is acked (nodes/group_commit.py).
         self.store.group_commits()
@@ -119,10 +121,9 @@ class Node:
         self._handling = KeyedLock()  # copies of one message are handled one at a time
         self.observe = Observers()  # metrics, dashboard flow and audit trail watch here
         self.operator: OperatorSurface | None = None  # /metrics and the dashboard, while running
-        # the audit record of a delivery is committed before its ack, or it is not acked
-        self.audit = AuditLog(config.state_dir / AUDIT_FILE, self.key)
+        # the journal row of a delivery is committed before its ack, or it is not acked
+        self.audit = self.store.journal  # committed with the store's group commit
         self.observe.add(AuditTrail(self.audit), required=True)
-        self.audit.group_commits()  # committed with the store's group commit (_commit_all)
         # --- the parts, each reading the keeper's view when it acts ---
         self.actions = Actions(
             self.keeper,
@@ -207,7 +208,6 @@ class Node:
             async with AsyncExitStack() as stack:
                 stack.callback(self.store.close)  # closed last: after the consumers are gone
                 stack.callback(self.quarantined.close)
-                stack.callback(self.audit.close)
                 stack.push_async_callback(self.transport.aclose)
                 if await self._start(stack):
                     await self._serve()
@@ -413,7 +413,6 @@ class Node:
                 await self.actions.deliver(message, routing)
             else:
                 self.store.event(header.message_id, "duplicate", "already delivered; not again")
-                log.info("duplicate_not_delivered_again")
             if header.kind in RECEIPTED:
                 await self.receipts.send_receipt(message, routing)
         except RefusedMessage as refused:
@@ -448,10 +447,10 @@ class Node:
         await incoming.ack()
 
     def _commit_all(self) -> None:
-        """Audit records first: committed state never lacks the record of what was done."""
-        self.audit.commit()
-        self.quarantined.commit()
+        """The state with its journal first (one transaction): committed state never lacks
+        the record of what was done."""
         self.store.commit()
+        self.quarantined.commit()
 
     def _about(self, incoming: Incoming) -> dict[str, str]:
         """What a failed delivery claims to be, for its log lines (read on failure only)."""

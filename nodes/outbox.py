@@ -30,13 +30,12 @@ from broker.provenance import (
     check_payload_origin,
 )
 from broker.routing import Deliver, Forward, Refuse, route
-from broker.submission_signing import Returned, frame_cap, open_submission
+from broker.submission_signing import Returned, open_submission
 from broker.transport import SUBMIT, Transport, deliver_queue, out_queue
 from nodes import crashpoints
 from nodes.actions import describe
 from nodes.audit import AuditError
 from nodes.observe import Flow, Observers
-from nodes.quarantine import claim
 from nodes.seams import Commit, Outbound, OwnDelivery, ViewSource
 from nodes.store import Store
 from schemas import Destination, Notice, payload_model
@@ -140,12 +139,12 @@ class Outbox:
                     wire=message.to_bytes(),
                     next_attempt=time.time() + self._views.view.config.receipts.retry_after_seconds,
                 )
-                log.info("message_queued")
+                # recorded in the same transaction as the outbox row
+                self._observe.submitted(submission.sender, Flow.of(message.header))
                 # Durable before it is published: after a crash the same signed bytes are sent
                 # again, never a second signature of the same message id (an equivocation).
                 await self._durable()
                 crashpoints.reached("after_sign_before_forward")
-                self._observe.submitted(submission.sender, Flow.of(message.header))
             elif entry.state != "queued":
                 log.info("submission_repeated", state=entry.state)
                 return
@@ -154,11 +153,7 @@ class Outbox:
     async def _refuse_submission(self, body: bytes, refused: RefusedMessage) -> None:
         """Quarantine a refused submission, never signed or sent; ``mlanet track`` shows the
         refusal under the message id it claims. No notice: its sender may not be who it says."""
-        await self._actions.quarantine(body, refused, SUBMIT)
-        max_bytes = self._views.view.config.limits.max_message_bytes
-        claimed = claim(body, max_bytes=frame_cap(max_bytes))
-        if claimed.message_id:
-            self._store.event(claimed.message_id, "refused", str(refused))
+        await self._actions.quarantine(body, refused, SUBMIT)  # its journal row names the id
 
     async def _refuse_closed(
         self, body: bytes, submission: Submission, refused: RefusedMessage
@@ -166,7 +161,9 @@ class Outbox:
         """A new message while the directory is too old to trust: quarantined, the reason
         recorded for ``mlanet track`` and sent to the submitting contact point as a notice."""
         await self._actions.quarantine(body, refused, SUBMIT)
-        self._store.event(submission.message_id, "failed", str(refused))
+        self._store.event(
+            submission.message_id, "failed", refused.detail, reason=refused.reason.value
+        )
         notice = Notice(
             topic="delivery",
             title="Message refused: the node's directory is too old to trust",
@@ -193,11 +190,7 @@ class Outbox:
         refused = RefusedMessage(
             returned.reason, f"refused at delivery by {returned.contact_point}"
         )
-        await self._actions.quarantine(returned.message, refused, via)
-        max_bytes = self._views.view.config.limits.max_message_bytes
-        claimed = claim(returned.message, max_bytes=max_bytes)
-        if claimed.message_id:
-            self._store.event(claimed.message_id, "quarantined", f"at delivery: {refused}")
+        await self._actions.quarantine(returned.message, refused, via)  # its row names the id
 
     # --- sending and resending --------------------------------------------------------------
     async def send_from_outbox(self, message_id: str) -> None:
@@ -209,7 +202,9 @@ class Outbox:
         routing = route(message.header, (), view.directory, config.routes, config.network)
         retry_at = time.time() + config.receipts.retry_after_seconds * 2 ** min(entry.attempts, 5)
         if isinstance(routing, Refuse):
-            self._store.outbox_update(message_id, "failed", routing.reason.value)
+            self._store.outbox_update(
+                message_id, "failed", routing.reason.value, record=True, reason=routing.reason.value
+            )
             log.warning("message_not_routable", reason=routing.reason.value)
             notice = Notice(
                 topic="delivery",
@@ -246,8 +241,7 @@ class Outbox:
                 next_attempt=retry_at,
                 attempt=True,
             )
-            log.info("message_forwarded", peer=routing.peer, target=routing.target)
-            self._observe.forwarded(routing.peer, Flow.of(message.header))
+            self._observe.forwarded(routing.peer, Flow.of(message.header))  # row and log line
         else:
             await self._own.deliver_own(message, routing)
 
@@ -272,7 +266,6 @@ class Outbox:
                             self._store.outbox_update(
                                 entry.message_id, "undeliverable", "no receipt in time"
                             )
-                            log.warning("message_undeliverable", attempts=entry.attempts)
                             self._observe.undeliverable(entry.message_id)
                             continue
                         log.info("message_resent", attempt=entry.attempts + 1)

@@ -151,8 +151,7 @@ class Receipts:
             # of: it was signed around the node (a tool holding the key), or before the node's
             # state was lost. Not the signer's fault, so not a refusal: recorded and raised as
             # an alert (mlanet status: receipts_unmatched), never put into the quarantine.
-            self._store.event(payload.receipt_for, "receipt_unmatched", f"receipt from {signer}")
-            log.warning("receipt_unmatched", receipt_for=payload.receipt_for, by=signer)
+            self._store.event(payload.receipt_for, "receipt_unmatched", by=signer)
             return
         check_addressee("receipt", signer, self._addressee(entry))
         if entry.content_sha256 != payload.content_sha256:
@@ -163,7 +162,6 @@ class Receipts:
                 "delivered",
                 f"receipt from {signer} ({payload.delivered_to or 'node'})",
             )
-            log.info("receipt_received", receipt_for=payload.receipt_for, by=signer)
             self._observe.receipt(payload.receipt_for, signer, time.time() - entry.created_at)
 
     def _addressee(self, entry: OutboxEntry) -> str | None:
@@ -196,7 +194,12 @@ class Receipts:
         self._check_refusal(signer, entry, payload)
         if entry.state not in ("delivered", "failed"):
             self._store.outbox_update(
-                payload.regarding, "failed", f"{payload.reason}: refused by {signer}"
+                payload.regarding,
+                "failed",
+                f"{payload.reason}: refused by {signer}",
+                record=True,
+                reason=payload.reason,
+                by=signer,
             )
             log.warning(
                 "message_refused_downstream",

@@ -1,10 +1,13 @@
-"""The node's embedded state (SQLite, WAL): dedupe records, its own messages' states, events.
+"""The node's embedded state (SQLite, WAL): dedupe records, its own messages' states, and
+the journal of every fact (``nodes/journal.py``), written in the same transactions.
 
 Survives a restart or a SIGKILL of the node (WAL with ``synchronous=NORMAL`` loses no committed
 transaction when the process dies; an operating-system crash can lose the last ones, see
 ``docs/OPERATIONS.md``). Holds metadata and the signed bytes of messages this node originated
-(for resending); it never writes case content anywhere else. One writer: the node process;
-the CLI opens it read-only except for a contact point's inbox archive.
+(for resending); it never writes case content anywhere else. The node process writes it; the
+operator's commands read it, and append their own journal rows one committed transaction at a
+time (``BEGIN IMMEDIATE`` serialises the writers). A contact point's inbox archive is a
+database of the same schema in its credentials folder.
 
 Case content at rest is owner-only: the state folder is checked (and created 0700) before a
 database in it is opened, and a new database file is created 0600, which SQLite passes on to
@@ -13,69 +16,24 @@ its ``-wal`` and ``-shm`` files (``nodes/state_dir.py``).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodes import state_dir
+from broker import SigningKey
+from nodes.journal import Journal, JournalError, MetaValue, Signer, TrackEvent
+from nodes.state_schema import open_state
 
 __all__ = ["OutboxEntry", "Seen", "Store", "TrackEvent"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS seen (
-    origin TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    content_sha256 TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (origin, message_id)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    message_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    sender TEXT,
-    destination TEXT NOT NULL,
-    target TEXT,
-    state TEXT NOT NULL,
-    content_sha256 TEXT NOT NULL,
-    wire BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, next_attempt);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    message_id TEXT NOT NULL,
-    event TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS events_message ON events (message_id);
-CREATE INDEX IF NOT EXISTS events_kind ON events (event, id);
-CREATE TABLE IF NOT EXISTS inbox (
-    contact_point TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    content_sha256 TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    wire BLOB NOT NULL,
-    received_at REAL NOT NULL,
-    PRIMARY KEY (contact_point, origin, message_id)
-);
-"""
-
 
 _REMEMBER = (
     "INSERT INTO seen (origin, message_id, content_sha256, outcome, at) "
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin, message_id) DO UPDATE SET "
     "outcome=excluded.outcome WHERE seen.content_sha256=excluded.content_sha256"
 )
-_EVENT = "INSERT INTO events (at, message_id, event, detail) VALUES (?, ?, ?, ?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,34 +59,29 @@ class OutboxEntry:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class TrackEvent:
-    at: float
-    event: str
-    detail: str
-
-
 class Store:
     """SQLite state of one node. Not thread-safe; used from the node's event loop."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, key: Signer | None = None) -> None:
+        """``key``: the node's signing key (or what gives it now: it follows a rotation),
+        which signs the journal's checkpoints and upgrades a database of an earlier version;
+        without it, nothing can be recorded."""
         self._grouped = False
-        # With group commits, the per-message rows wait here and go in with one executemany
-        # each at the commit (readers of this connection see them: _write_pending first).
+        # With group commits, the dedupe rows wait here and go in with one executemany at the
+        # commit (readers of this connection see them: _write_pending first).
         self._seen_rows: dict[tuple[str, str], tuple[str, str, str, str, float]] = {}
-        self._event_rows: list[tuple[float, str, str, str]] = []
-        state_dir.secure(path.parent)
-        if readonly:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-        else:
-            self._db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        self._db.execute("PRAGMA busy_timeout=5000")
+        now = key if key is None or isinstance(key, SigningKey) else key()
+        self._db = open_state(path, readonly=readonly, key=now)
+        self.journal = Journal(self._db, key, attached=True)
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            if self._db.in_transaction or self.journal.pending():
+                self.commit()
+        except (sqlite3.Error, JournalError):
+            pass  # closing: what was not committed is not acked either
+        finally:
+            self._db.close()
 
     # --- dedupe ---------------------------------------------------------------------------------
     def seen(self, origin: str, message_id: str) -> Seen | None:
@@ -141,10 +94,9 @@ class Store:
         ).fetchone()
         return Seen(row[0], row[1]) if row else None
 
-    def remember(
-        self, origin: str, message_id: str, content_sha256: str, outcome: str, event: str = ""
-    ) -> None:
-        """Record the outcome of a message (and its tracking event) in one transaction."""
+    def remember(self, origin: str, message_id: str, content_sha256: str, outcome: str) -> None:
+        """Record the outcome of a message for dedupe (its journal row is written by whoever
+        records the fact, in the same transaction: ``nodes/audit.py``'s observer)."""
         now = time.time()
         if self._grouped:
             earlier = self._seen_rows.get((origin, message_id))
@@ -156,13 +108,9 @@ class Store:
                     outcome,
                     now,
                 )
-            if event:
-                self._event(now, message_id, outcome, event)
             return
         with self._tx():
             self._db.execute(_REMEMBER, (origin, message_id, content_sha256, outcome, now))
-            if event:
-                self._event(now, message_id, outcome, event)
 
     # --- messages this node originated ------------------------------------------------------------
     def outbox_get(self, message_id: str) -> OutboxEntry | None:
@@ -198,7 +146,6 @@ class Store:
                     next_attempt,
                 ),
             )
-            self._event(now, message_id, "queued", f"signed, to {destination}")
 
     def outbox_update(
         self,
@@ -209,7 +156,14 @@ class Store:
         target: str | None = None,
         next_attempt: float | None = None,
         attempt: bool = False,
+        record: bool = False,
+        **fields: MetaValue,
     ) -> None:
+        """Change the state of one of our messages; ``record``: it is a fact of its own (a
+        failure), recorded in the journal in the same transaction as a row named ``state``
+        with ``detail`` and ``fields`` (``reason``, ``by``). The facts that come with the
+        other states (forwarded, delivered, receipt, undeliverable) are recorded by the
+        node's observer (``nodes/audit.py``), in the same group commit."""
         now = time.time()
         with self._tx():
             self._db.execute(
@@ -217,7 +171,8 @@ class Store:
                 " next_attempt=COALESCE(?, next_attempt), attempts=attempts+? WHERE message_id=?",
                 (state, detail, now, target, next_attempt, 1 if attempt else 0, message_id),
             )
-            self._event(now, message_id, state, detail)
+            if record:
+                self.journal.record(state, message_id=message_id, detail=detail, **fields)
 
     def outbox_due(self, now: float) -> list[OutboxEntry]:
         rows = self._db.execute(
@@ -241,45 +196,31 @@ class Store:
         ).fetchone()
         return int(row[0]), row[1], int(row[2])
 
-    # --- tracking ---------------------------------------------------------------------------------
-    def event(self, message_id: str, event: str, detail: str = "") -> None:
+    # --- the journal: facts, and the views that query them ------------------------------------
+    def event(self, message_id: str, event: str, detail: str = "", **fields: MetaValue) -> None:
+        """Record one fact about a message (``"-"``: none) in the journal: a row named
+        ``event`` with ``detail`` and structured ``fields`` (``reason``, ``via``, ``peer``...)."""
         with self._tx():
-            self._event(time.time(), message_id, event, detail)
+            self.journal.record(
+                event, message_id=None if message_id == "-" else message_id, detail=detail, **fields
+            )
 
-    def recent_events(self, event: str, limit: int = 50) -> list[TrackEvent]:
-        """The latest ``limit`` events of one kind (e.g. ``quarantined``), newest first."""
-        self._write_pending()
-        rows = self._db.execute(
-            "SELECT at, event, detail FROM events WHERE event=? ORDER BY id DESC LIMIT ?",
-            (event, limit),
-        ).fetchall()
-        return [TrackEvent(*row) for row in rows]
+    def recent_events(self, event: str, limit: int = 50) -> list[tuple[float, str, str]]:
+        """(at, reason, detail) of the latest ``limit`` rows of one kind, newest first."""
+        return self.journal.recent(event, limit)
 
     def count_events(self, event: str, since: float) -> int:
-        """How many events of one kind were recorded at or after ``since``."""
-        self._write_pending()
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM events WHERE event=? AND at>=?", (event, since)
-        ).fetchone()
-        return int(row[0])
+        """How many rows of one kind were recorded at or after ``since``."""
+        return self.journal.count(event, since)
 
     def quarantine_reasons(self) -> dict[str, int]:
-        """How many messages this node quarantined, by reason code (all recorded time); a
-        refusal when a contact point read its delivery is recorded as ``at delivery: <reason>``."""
-        self._write_pending()
-        rows = self._db.execute(
-            "SELECT substr(d, 1, instr(d, ':') - 1) AS reason, COUNT(*) FROM (SELECT CASE WHEN"
-            " detail LIKE 'at delivery: %' THEN substr(detail, 14) ELSE detail END AS d"
-            " FROM events WHERE event='quarantined') GROUP BY reason"
-        ).fetchall()
-        return {reason: count for reason, count in rows if reason}
+        """How many messages this node refused into its quarantine, by reason code (all
+        recorded time)."""
+        return self.journal.by_reason("refused")
 
     def events(self, message_id: str) -> list[TrackEvent]:
-        self._write_pending()
-        rows = self._db.execute(
-            "SELECT at, event, detail FROM events WHERE message_id=? ORDER BY id", (message_id,)
-        ).fetchall()
-        return [TrackEvent(*row) for row in rows]
+        """What happened to one message, in order (``mlanet track``)."""
+        return self.journal.about_message(message_id)
 
     # --- a contact point's archive of delivered messages ---------------------------------
     def inbox_add(
@@ -335,22 +276,14 @@ class Store:
         )
 
     # --- internals ---------------------------------------------------------------------
-    def _event(self, at: float, message_id: str, event: str, detail: str) -> None:
-        if self._grouped:
-            self._event_rows.append((at, message_id, event, detail))
-        else:
-            self._db.execute(_EVENT, (at, message_id, event, detail))
-
     def _write_pending(self) -> None:
-        """Write the rows waiting for the group commit, in the order they came."""
-        if not (self._seen_rows or self._event_rows):
+        """Write the dedupe rows waiting for the group commit."""
+        if not self._seen_rows:
             return
         if not self._db.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
         seen_rows, self._seen_rows = self._seen_rows, {}
-        event_rows, self._event_rows = self._event_rows, []
         self._db.executemany(_REMEMBER, seen_rows.values())
-        self._db.executemany(_EVENT, event_rows)
 
     # --- group commit ----------------------------------------------------------------------
     def group_commits(self) -> None:
@@ -358,16 +291,25 @@ class Store:
 
         The node commits once for all the deliveries handled in one pass of its event loop,
         and acks none of them before that commit (``nodes/group_commit.py``). Each write block stays
-        atomic on its own (a savepoint), so a failed one leaves nothing half-written.
+        atomic on its own (a savepoint), so a failed one leaves nothing half-written. The
+        journal's rows go into the same transaction, under one signed checkpoint.
         """
         self._grouped = True
+        self.journal.group_commits()
 
     def commit(self) -> None:
+        """Write what waits (dedupe rows, the journal's rows and checkpoint) and commit it
+        all in one transaction; JournalError when it cannot be written (nothing of it is)."""
         try:
             self._write_pending()
-        finally:
+            self.journal.flush()
             if self._db.in_transaction:
                 self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            raise JournalError(f"cannot write the node's state ({type(exc).__name__})") from exc
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db, grouped=self._grouped)

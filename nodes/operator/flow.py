@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from broker.topology import peer_of_inbox_exchange
 from nodes.audit import AuditRecord
+from nodes.journal import RECEIVED
 
 __all__ = ["AuditReader", "FlowEvent", "FlowLog", "flow_events"]
 
@@ -78,7 +79,7 @@ def flow_events(record: AuditRecord) -> list[FlowEvent]:
     out: list[FlowEvent] = []
     if record.event == "accepted" and via == _SUBMIT:
         return [event("submitted", LOCAL, f"from {_text(meta, 'from')}")]
-    if isinstance(came_from, str) and came_from and via != _SUBMIT:
+    if record.event in RECEIVED and isinstance(came_from, str) and came_from and via != _SUBMIT:
         out.append(event("received", came_from))
     if record.event == "forwarded":
         out.append(event("forwarded", _text(meta, "to")))

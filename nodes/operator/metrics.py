@@ -31,6 +31,7 @@ from prometheus_client import (
 
 from broker import Reason
 from nodes.audit import AuditRecord
+from nodes.journal import RECEIVED
 from nodes.observe import Observer
 from nodes.operator.views import NodeStatus
 from schemas import KINDS
@@ -232,7 +233,12 @@ class NodeMetrics(Observer):
         self.counted_through = record.seq
         meta = record.meta
         came_from, via = meta.get("from"), meta.get("via")
-        if isinstance(came_from, str) and came_from and via != "submit":
+        if (
+            record.event in RECEIVED
+            and isinstance(came_from, str)
+            and came_from
+            and via != "submit"
+        ):
             self._child(self.received_total, came_from).inc()  # passed the pipeline
         label = meta.get("kind")
         kind = label if isinstance(label, str) and label in KINDS else None

@@ -46,6 +46,7 @@ from broker import MlanetError
 from broker.transport import Transport, out_queue
 from nodes.audit import AUDIT_FILE, AuditLog, AuditRecord
 from nodes.config import NodeConfig
+from nodes.journal import Journal
 from nodes.logs import error_fields
 from nodes.observe import Observers
 from nodes.operator.auth import (
@@ -155,7 +156,9 @@ class RunningNode(Protocol):
     def directory(self) -> Directory: ...
 
     @property
-    def audit(self) -> AuditLog: ...
+    def audit(self) -> Journal:
+        """The node's journal (its store's, committed with it)."""
+        ...
 
     @property
     def observe(self) -> Observers: ...

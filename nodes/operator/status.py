@@ -40,6 +40,7 @@ from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
 from nodes.config import Alerts, NodeConfig, _read_secret
 from nodes.directory import DirectoryBook, effective_config
 from nodes.directory_config import directory_expiry
+from nodes.journal import JournalError
 from nodes.operator.alerts import compute_alerts
 from nodes.operator.links import LinkView
 from nodes.operator.views import (
@@ -204,9 +205,8 @@ def quarantine_view(
     if store is None:
         return QuarantineView(depth, {}, [], peers)
     entries = []
-    for event in store.recent_events("quarantined", recent):
-        reason, _, detail = event.detail.removeprefix("at delivery: ").partition(": ")
-        entries.append(QuarantineEntry(event.at, reason, detail))
+    for at, reason, detail in store.recent_events("refused", recent):  # journal columns
+        entries.append(QuarantineEntry(at, reason, detail))
     return QuarantineView(depth, store.quarantine_reasons(), entries, peers)
 
 
@@ -409,7 +409,10 @@ async def collect(config: NodeConfig, now: float) -> NodeStatus:
     config = effective_config(config, directory)  # peers are the directory's links
     view = await broker_view(config)
     database = config.state_dir / "node.sqlite3"
-    store = Store(database, readonly=True) if database.exists() else None
+    try:
+        store = Store(database, readonly=True) if database.exists() else None
+    except JournalError:  # not upgraded yet (the node does it at start): said in the notes
+        store = None
     try:
         snapshot = read_snapshot(config.state_dir)
         links, notes = outside_links(config, view, snapshot, now)

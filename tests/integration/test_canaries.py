@@ -395,8 +395,12 @@ async def test_canaries_in_case_fields_reach_contact_points_and_nothing_else(
     assert c.found_in(cli) == [], "canary in quarantine list/show output"
     for network in NETWORKS:
         state = config(fed, network).state_dir
-        audit = _table_text(state / AUDIT_FILE, "SELECT record FROM audit")
+        audit = _table_text(state / AUDIT_FILE, "SELECT record FROM journal")
         assert "refused" in audit or network == "ejn"
         assert c.found_in(audit) == [], f"canary in {network}'s audit trail"
-        events = _table_text(state / "node.sqlite3", "SELECT event, detail FROM events")
-        assert c.found_in(events) == [], f"canary in {network}'s tracking events"
+        columns = _table_text(
+            state / "node.sqlite3",
+            "SELECT event, message_id, origin, destination, kind, source, target, by_network,"
+            " reason, detail, via, quarantine_id, operator FROM journal",
+        )
+        assert c.found_in(columns) == [], f"canary in {network}'s journal columns"

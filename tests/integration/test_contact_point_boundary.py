@@ -331,7 +331,10 @@ async def test_a_message_a_contact_point_refuses_at_delivery_is_quarantined_by_i
     assert entry["x-mlanet-detail"] == "refused at delivery by uz-cp-1"
     assert entry["body"] == altered
     assert _events(fed, "casc", header.message_id) == [
-        ("quarantined", "at delivery: bad_signature: refused at delivery by uz-cp-1")
+        (
+            "refused",
+            "bad_signature: refused at delivery by uz-cp-1 (via mlanet.deliver.uz-cp-1)",
+        )
     ]
 
 

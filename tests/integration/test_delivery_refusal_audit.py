@@ -99,7 +99,7 @@ async def test_a_refusal_when_the_contact_point_reads_it_is_in_the_audit_trail(
     }
     assert SUMMARY.encode() not in trail
     assert [e.event for e in track(config(fed, "casc"), request.message_id).events][-1] == (
-        "quarantined"
+        "refused"
     )
     code, out, err = await mlanet("audit", "verify", "--config", casc)
     assert code == 0, out + err

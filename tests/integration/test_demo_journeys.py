@@ -36,21 +36,26 @@ async def test_the_demo_tells_each_journey_in_order_once_and_explains_its_hop_re
     # 1: the request is delivered at CASC before its receipt reaches SEAJust (said in that order)
     _before(
         first,
-        "[seajust] queued",
+        "[seajust] accepted from kh-cp-1 (via submit)",
         "[seajust] forwarded to casc",
-        "[casc] delivered to uz-cp-1",
-        "[seajust] receipt from casc",
+        "[casc] delivered from seajust to uz-cp-1",
+        "[seajust] receipt by casc",
         "[uz-cp-1] reads facilitation_request",
     )
     assert "no hop record (no network relayed it" in first[-1]
-    _before(second, "[casc] queued", "[seajust] delivered to kh-cp-1", "[casc] receipt")
+    _before(
+        second,
+        "[casc] accepted from uz-cp-1 (via submit)",
+        "[seajust] delivered from casc to kh-cp-1",
+        "[casc] receipt by seajust",
+    )
     # 3: relayed by CASC, said in the order it happened at the three networks
     _before(
         third,
         "[seajust] forwarded to casc",
-        "[casc] forwarded to ejn (for ejn)",
-        "[ejn] delivered to fr-cp-1",
-        "[seajust] receipt from ejn",
+        "[casc] forwarded from seajust to ejn",
+        "[ejn] delivered from casc to fr-cp-1",
+        "[seajust] receipt by ejn",
         "[fr-cp-1] reads facilitation_request",
     )
     assert "1 hop record (casc relayed it)" in third[-3] + third[-2] + third[-1]

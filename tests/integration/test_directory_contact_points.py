@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from broker import sign_message
+from nodes.audit import AUDIT_FILE, AuditLog
 from nodes.contact import read_inbox, submit
 from nodes.federation import Federation
 from schemas import Destination, Header, Notice, Origin
@@ -95,6 +96,16 @@ async def test_a_replaced_contact_points_messages_reach_its_successor(dfed: Fede
             fed, "casc", pending[0].message_id
         )
         assert await quarantine_depth(fed, "casc") == 0
+    # the directory change and the hand-over are in casc's signed trail, which verifies
+    with AuditLog(config(fed, "casc").state_dir / AUDIT_FILE, readonly=True) as journal:
+        applied = [r.meta for r in journal.records(event="directory_applied")]
+        handed = [r.meta for r in journal.records(event="handed_over")]
+    assert any(meta.get("version") == 2 for meta in applied)
+    assert {(meta["message_id"], meta["from"], meta["to"]) for meta in handed} == {
+        (m.message_id, "uz-cp-1", "uz-cp-2") for m in pending
+    }
+    verified = await mlanet("audit", "verify", "--config", fed.config_path("casc"))
+    assert "audit trail of casc ok: " in verified.output
 
 
 async def test_observers_get_notices_and_never_a_members_only_message(dfed: Federation) -> None:

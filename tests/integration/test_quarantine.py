@@ -224,7 +224,7 @@ async def test_a_release_after_a_config_fix_is_delivered_with_its_original_sende
 
     db = sqlite3.connect(config(fed, "casc").state_dir / AUDIT_FILE)
     with db:  # make the refusal look like a different one
-        db.execute("UPDATE audit SET record=replace(record, 'unauthorised', 'bad_signature')")
+        db.execute("UPDATE journal SET record=replace(record, 'unauthorised', 'bad_signature')")
     db.close()
     tampered = await mlanet(fed, "casc", "audit", "verify")
     assert tampered.code == 1

@@ -90,7 +90,7 @@ async def test_another_local_user_reads_none_of_the_state(open_fed: Federation) 
         states.append(fed.credentials("uz-cp-1"))
         files = sorted(p for state in states for p in state.iterdir())
         names = {p.name for p in files}
-        assert {"node.sqlite3", "node.sqlite3-wal", "node.sqlite3-shm", "audit.sqlite3"} <= names
+        assert {"node.sqlite3", "node.sqlite3-wal", "node.sqlite3-shm"} <= names  # the journal
         assert "inbox.sqlite3" in names
 
         control = read_as_nobody(fed.config_path("casc"))  # 0644 outside the state: readable

@@ -61,7 +61,7 @@ def _sql(path: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
 
 def _row(path: Path, seq: int) -> tuple[str, str, str]:
     db = sqlite3.connect(path)
-    row = db.execute("SELECT record, hash, signature FROM audit WHERE seq=?", (seq,)).fetchone()
+    row = db.execute("SELECT record, hash, signature FROM journal WHERE seq=?", (seq,)).fetchone()
     db.close()
     return row[0], row[1], row[2]
 
@@ -80,7 +80,7 @@ def test_an_untouched_chain_verifies_and_reports_its_head(path: Path) -> None:
 
 def test_an_edited_record_is_named_by_its_hash(path: Path) -> None:
     record, _, _ = _row(path, 4)
-    _sql(path, ("UPDATE audit SET record=? WHERE seq=4", (record.replace("ejn", "gljc"),)))
+    _sql(path, ("UPDATE journal SET record=? WHERE seq=4", (record.replace("ejn", "gljc"),)))
     assert _verify(path) == (4, "record 4 altered: its content does not match its hash")
 
 
@@ -90,7 +90,7 @@ def test_an_edited_record_with_a_recomputed_hash_is_named_by_the_chain(path: Pat
     record, _, _ = _row(path, 6)
     forged = record.replace("ejn", "gljc")
     digest = hashlib.sha256(forged.encode()).hexdigest()
-    _sql(path, ("UPDATE audit SET record=?, hash=? WHERE seq=6", (forged, digest)))
+    _sql(path, ("UPDATE journal SET record=?, hash=? WHERE seq=6", (forged, digest)))
     assert _verify(path) == (
         6,
         "record 6 altered: its hash is not the one record 7 was chained to",
@@ -105,18 +105,18 @@ def test_a_rewritten_tail_is_named_by_the_checkpoint_signed_over_it(path: Path) 
 
     db = sqlite3.connect(path)
     with db:
-        prev = db.execute("SELECT hash FROM audit WHERE seq=7").fetchone()[0]
+        prev = db.execute("SELECT hash FROM journal WHERE seq=7").fetchone()[0]
         for seq in range(8, N + 1):
             body = loads_strict(_row(path, seq)[0].encode(), max_bytes=10_000)
             body["meta"]["to"], body["prev"] = "gljc", prev
             forged = canonical_bytes(body)
             prev = hashlib.sha256(forged).hexdigest()
             db.execute(
-                "UPDATE audit SET record=?, hash=? WHERE seq=?", (forged.decode(), prev, seq)
+                "UPDATE journal SET record=?, hash=? WHERE seq=?", (forged.decode(), prev, seq)
             )
     db.close()
     assert _verify(path) == (N, "record 10 altered: it does not match the signed head")
-    _sql(path, ("UPDATE audit_head SET hash=?", (prev,)))
+    _sql(path, ("UPDATE journal_head SET hash=?", (prev,)))
     assert _verify(path) == (None, "the head is altered: its signature does not verify")
 
 
@@ -131,8 +131,8 @@ def test_a_checkpoint_covers_its_batch_with_the_key_of_its_time(tmp_path: Path) 
             for n in numbers:
                 audit.append("forwarded", {"n": n})
     db = sqlite3.connect(where)
-    checkpoints = db.execute("SELECT seq, key_id FROM audit_checkpoint ORDER BY seq").fetchall()
-    signatures = {row[0] for row in db.execute("SELECT signature FROM audit")}
+    checkpoints = db.execute("SELECT seq, key_id FROM journal_checkpoint ORDER BY seq").fetchall()
+    signatures = {row[0] for row in db.execute("SELECT signature FROM journal")}
     db.close()
     assert checkpoints == [(3, "ed25519:1"), (6, "ed25519:2")]
     assert signatures == {""}  # no record is signed on its own
@@ -146,13 +146,13 @@ def test_a_checkpoint_covers_its_batch_with_the_key_of_its_time(tmp_path: Path) 
 def test_a_truncation_to_an_older_head_is_named_by_the_later_checkpoints(path: Path) -> None:
     db = sqlite3.connect(path)
     old_head = db.execute(
-        "SELECT seq, hash, key_id, signature FROM audit_checkpoint WHERE seq=7"
+        "SELECT seq, hash, key_id, signature FROM journal_checkpoint WHERE seq=7"
     ).fetchone()
     db.close()
     _sql(
         path,
-        ("DELETE FROM audit WHERE seq>7", ()),
-        ("UPDATE audit_head SET seq=?, hash=?, key_id=?, signature=?", tuple(old_head)),
+        ("DELETE FROM journal WHERE seq>7", ()),
+        ("UPDATE journal_head SET seq=?, hash=?, key_id=?, signature=?", tuple(old_head)),
     )
     assert _verify(path) == (8, "record 8 was removed: a checkpoint was signed over it")
 
@@ -166,28 +166,31 @@ def test_a_record_re_signed_with_another_key_is_refused(path: Path) -> None:
     signature = b64u_encode(OTHER.sign(AUDIT_CONTEXT + forged.encode()))
     _sql(
         path,
-        ("UPDATE audit SET record=?, hash=?, signature=? WHERE seq=2", (forged, digest, signature)),
+        (
+            "UPDATE journal SET record=?, hash=?, signature=? WHERE seq=2",
+            (forged, digest, signature),
+        ),
     )
     assert _verify(path)[0] == 2
 
 
 def test_a_deleted_record_is_named(path: Path) -> None:
-    _sql(path, ("DELETE FROM audit WHERE seq=5", ()))
+    _sql(path, ("DELETE FROM journal WHERE seq=5", ()))
     assert _verify(path) == (5, "record 5 was removed (the chain jumps from 4 to 6)")
 
 
 def test_a_deletion_hidden_by_renumbering_is_still_named(path: Path) -> None:
     _sql(
         path,
-        ("DELETE FROM audit WHERE seq=5", ()),
-        ("UPDATE audit SET seq=seq-1 WHERE seq>5", ()),
+        ("DELETE FROM journal WHERE seq=5", ()),
+        ("UPDATE journal SET seq=seq-1 WHERE seq>5", ()),
     )
     assert _verify(path) == (5, "record 5 was removed (the chain jumps from 4 to 6)")
 
 
 def test_two_swapped_records_are_named_at_the_first_place(path: Path) -> None:
     three, eight = _row(path, 3), _row(path, 8)
-    update = "UPDATE audit SET record=?, hash=?, signature=? WHERE seq=?"
+    update = "UPDATE journal SET record=?, hash=?, signature=? WHERE seq=?"
     _sql(path, (update, (*eight, 3)), (update, (*three, 8)))
     assert _verify(path) == (3, "record 3 was reordered (record 8 is in its place)")
 
@@ -195,15 +198,15 @@ def test_two_swapped_records_are_named_at_the_first_place(path: Path) -> None:
 def test_swapped_sequence_numbers_are_named_too(path: Path) -> None:
     _sql(
         path,
-        ("UPDATE audit SET seq=-1 WHERE seq=7", ()),
-        ("UPDATE audit SET seq=7 WHERE seq=8", ()),
-        ("UPDATE audit SET seq=8 WHERE seq=-1", ()),
+        ("UPDATE journal SET seq=-1 WHERE seq=7", ()),
+        ("UPDATE journal SET seq=7 WHERE seq=8", ()),
+        ("UPDATE journal SET seq=8 WHERE seq=-1", ()),
     )
     assert _verify(path) == (7, "record 7 was reordered (record 8 is in its place)")
 
 
 def test_a_truncated_log_is_named_at_the_first_missing_record(path: Path) -> None:
-    _sql(path, ("DELETE FROM audit WHERE seq>7", ()))
+    _sql(path, ("DELETE FROM journal WHERE seq>7", ()))
     first_bad, problem = _verify(path)
     assert first_bad == 8
     assert "the log was truncated" in problem
@@ -213,8 +216,8 @@ def test_a_truncation_with_a_forged_head_fails_the_head_signature(path: Path) ->
     _, digest, _ = _row(path, 7)
     _sql(
         path,
-        ("DELETE FROM audit WHERE seq>7", ()),
-        ("UPDATE audit_head SET seq=7, hash=?", (digest,)),
+        ("DELETE FROM journal WHERE seq>7", ()),
+        ("UPDATE journal_head SET seq=7, hash=?", (digest,)),
     )
     first_bad, problem = _verify(path)
     assert first_bad is None
@@ -227,7 +230,7 @@ def test_a_truncation_to_an_older_signed_head_is_caught_by_an_anchor(tmp_path: P
         for n in range(5):
             audit.append("accepted", {"n": n})
         db = sqlite3.connect(where)
-        old_head = db.execute("SELECT seq, hash, key_id, signature FROM audit_head").fetchone()
+        old_head = db.execute("SELECT seq, hash, key_id, signature FROM journal_head").fetchone()
         db.close()
         for n in range(5, 9):
             audit.append("accepted", {"n": n})
@@ -235,9 +238,9 @@ def test_a_truncation_to_an_older_signed_head_is_caught_by_an_anchor(tmp_path: P
     assert anchor is not None
     _sql(
         where,
-        ("DELETE FROM audit WHERE seq>5", ()),
-        ("DELETE FROM audit_checkpoint WHERE seq>5", ()),
-        ("UPDATE audit_head SET seq=?, hash=?, key_id=?, signature=?", tuple(old_head)),
+        ("DELETE FROM journal WHERE seq>5", ()),
+        ("DELETE FROM journal_checkpoint WHERE seq>5", ()),
+        ("UPDATE journal_head SET seq=?, hash=?, key_id=?, signature=?", tuple(old_head)),
     )
     assert _verify(where) == (None, "")  # an older state put back whole cannot be told apart
     with AuditLog(where, readonly=True) as audit:
@@ -247,7 +250,7 @@ def test_a_truncation_to_an_older_signed_head_is_caught_by_an_anchor(tmp_path: P
 
 
 def test_a_deleted_head_is_reported(path: Path) -> None:
-    _sql(path, ("DELETE FROM audit_head", ()))
+    _sql(path, ("DELETE FROM journal_head", ()))
     assert _verify(path) == (None, "the signed head is missing")
 
 

@@ -76,7 +76,7 @@ async def test_the_window_bounds_the_wait_for_a_delivery_that_does_not_finish() 
             await stuck.wait()
 
     other = asyncio.create_task(slow())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the other delivery starts its work
     with group.working():
         async with asyncio.timeout(5.0):
             await group.durable()
@@ -121,7 +121,7 @@ async def test_a_cancelled_waiter_leaves_the_others_commit_alone() -> None:
             await group.durable()
 
     other = asyncio.create_task(in_flight())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the other delivery starts its work
     waiting = asyncio.create_task(delivery(wait=False))
     for _ in range(3):
         await asyncio.sleep(0)

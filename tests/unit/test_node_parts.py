@@ -24,7 +24,6 @@ def node(tmp_path: Path) -> Iterator[Node]:
     yield built
     built.store.close()
     built.quarantined.close()
-    built.audit.close()
 
 
 def test_the_node_reads_what_it_trusts_from_the_keepers_one_view(node: Node) -> None:

@@ -136,7 +136,7 @@ def test_own_messages_that_failed_or_were_given_up_on_alert_within_their_window(
     """An own message with no route (failed) and one with no receipt in time (undeliverable)
     are counted from the node's state and raise own_failed; outside the window they do not."""
     config = _config(tmp_path, failed_window_seconds=3600)
-    store = Store(tmp_path / "state" / "node.sqlite3")
+    store = Store(tmp_path / "state" / "node.sqlite3", key=KEY)
     try:
         for message_id, state in (("m-1", "failed"), ("m-2", "undeliverable")):
             store.outbox_add(
@@ -148,7 +148,9 @@ def test_own_messages_that_failed_or_were_given_up_on_alert_within_their_window(
                 wire=b"{}",
                 next_attempt=0.0,
             )
-            store.outbox_update(message_id, state, "no_route" if state == "failed" else "")
+            store.outbox_update(
+                message_id, state, "no_route" if state == "failed" else "", record=True
+            )
         now = time.time()
         status = _status(config, [_link()], store=store, now=now)
         assert status.receipts is not None

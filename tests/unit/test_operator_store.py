@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from broker import SigningKey
 from nodes.store import Store
+
+KEY = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
 
 
 def _add(store: Store, message_id: str) -> None:
@@ -36,18 +39,24 @@ def test_awaiting_counts_queued_and_forwarded_and_the_overdue_among_them(tmp_pat
     store.close()
 
 
-def test_quarantine_reasons_are_counted_from_the_recorded_events(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.sqlite3")
-    store.event("-", "quarantined", "bad_signature: origin signature (via mlanet.inbox.from.casc)")
-    store.event("-", "quarantined", "bad_signature: hop 1 (via mlanet.inbox.from.casc)")
-    store.event("-", "quarantined", "schema_invalid: payload.summary (via mlanet.submit)")
-    store.event("m-1", "delivered", "delivered to uz-cp-1")
-    store.event("m-2", "quarantined", "at delivery: key_revoked: key ed25519:1 of casc")
+def test_quarantine_reasons_are_counted_from_the_journal_columns(tmp_path: Path) -> None:
+    """Reasons and details are columns of the journal's ``refused`` rows: counted and listed
+    by a query, never split out of a line of text."""
+    store = Store(tmp_path / "node.sqlite3", key=KEY)
+    inbox = "mlanet.inbox.from.casc"
+    store.event("-", "refused", "origin signature", reason="bad_signature", via=inbox)
+    store.event("-", "refused", "hop 1", reason="bad_signature", via=inbox)
+    store.event("-", "refused", "payload.summary", reason="schema_invalid", via="mlanet.submit")
+    store.event("m-1", "delivered", to=["uz-cp-1"])
+    store.event("m-2", "refused", "key ed25519:1 of casc: a: b", reason="key_revoked")
     assert store.quarantine_reasons() == {
         "bad_signature": 2,
         "schema_invalid": 1,
         "key_revoked": 1,
     }
-    recent = store.recent_events("quarantined", limit=2)
-    assert [event.detail.split(":")[0] for event in recent] == ["at delivery", "schema_invalid"]
+    recent = store.recent_events("refused", limit=2)
+    assert [(reason, detail) for _, reason, detail in recent] == [
+        ("key_revoked", "key ed25519:1 of casc: a: b"),
+        ("schema_invalid", "payload.summary"),
+    ]
     store.close()

@@ -44,7 +44,8 @@ def test_every_state_database_and_its_wal_and_shm_are_owner_only_whatever_the_um
     tmp_path: Path,
 ) -> None:
     """The files the review read as another user: node.sqlite3 (outbox payloads),
-    inbox.sqlite3 (the contact points' archive), audit.sqlite3, and their -wal and -shm files
+    inbox.sqlite3 (the contact points' archive), the journal in node.sqlite3, and their -wal
+    and -shm files
     (which SQLite creates later), written here with the most permissive umask."""
     (key_path, _) = generate_key_files(tmp_path / "keys", "casc", "ed25519:1")
     state = tmp_path / "state"
@@ -65,7 +66,7 @@ def test_every_state_database_and_its_wal_and_shm_are_owner_only_whatever_the_um
         audit.append("delivered", {"message_id": "m-2"})
         try:
             written = sorted(p.name for p in state.iterdir())
-            assert {"node.sqlite3-wal", "node.sqlite3-shm", "audit.sqlite3-wal"} <= set(written)
+            assert {"node.sqlite3-wal", "node.sqlite3-shm", "inbox.sqlite3-wal"} <= set(written)
             assert {name: mode(state / name) for name in written} == dict.fromkeys(written, 0o600)
             assert mode(state) == 0o700
         finally:

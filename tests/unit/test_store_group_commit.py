@@ -6,15 +6,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+from broker import SigningKey
 from nodes.store import Store
+
+KEY = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
 
 
 def test_grouped_writes_are_durable_only_after_commit(tmp_path: Path) -> None:
-    writer = Store(tmp_path / "node.sqlite3")
+    """The dedupe rows and the journal's rows of a batch become visible together, at the
+    group commit (one transaction)."""
+    writer = Store(tmp_path / "node.sqlite3", key=KEY)
     writer.group_commits()
-    writer.remember("seajust", "m-1", "h-1", "delivered", "delivered to uz-cp-1")
-    writer.remember("seajust", "m-2", "h-2", "forwarded", "forwarded to ejn")
+    writer.remember("seajust", "m-1", "h-1", "delivered")
+    writer.journal.record("delivered", message_id="m-1", to=["uz-cp-1"])
+    writer.remember("seajust", "m-2", "h-2", "forwarded")
+    writer.journal.record("forwarded", message_id="m-2", to="ejn")
     assert writer.seen("seajust", "m-1") is not None  # the writer sees its own batch
 
     reader = Store(tmp_path / "node.sqlite3", readonly=True)
@@ -22,7 +30,10 @@ def test_grouped_writes_are_durable_only_after_commit(tmp_path: Path) -> None:
     writer.commit()
     assert reader.seen("seajust", "m-1") is not None
     assert reader.seen("seajust", "m-2") is not None
-    assert [e.event for e in reader.events("m-1")] == ["delivered"]
+    assert [(e.event, e.detail) for e in reader.events("m-1")] == [("delivered", "to uz-cp-1")]
+    head = reader.journal.head()
+    assert head is not None
+    assert head[0] == 2
     reader.close()
     writer.close()
 
@@ -30,14 +41,15 @@ def test_grouped_writes_are_durable_only_after_commit(tmp_path: Path) -> None:
 def test_a_failed_write_block_leaves_nothing_of_itself_but_keeps_the_batch(
     tmp_path: Path,
 ) -> None:
-    store = Store(tmp_path / "node.sqlite3")
+    store = Store(tmp_path / "node.sqlite3", key=KEY)
     store.group_commits()
-    store.remember("seajust", "m-1", "h-1", "delivered", "ok")
+    store.remember("seajust", "m-1", "h-1", "delivered")
 
     def half_way() -> None:
         with store._tx():
             store._db.execute(
-                "INSERT INTO events (at, message_id, event, detail) VALUES (0, 'm-2', 'x', '')"
+                "INSERT INTO seen (origin, message_id, content_sha256, outcome, at)"
+                " VALUES ('seajust', 'm-2', 'h-2', 'x', 0)"
             )
             raise RuntimeError("fails half-way")
 
@@ -46,7 +58,7 @@ def test_a_failed_write_block_leaves_nothing_of_itself_but_keeps_the_batch(
     store.commit()
     store.close()
     again = Store(tmp_path / "node.sqlite3", readonly=True)
-    assert again.events("m-2") == []
+    assert again.seen("seajust", "m-2") is None
     assert again.seen("seajust", "m-1") is not None
     again.close()
 
@@ -55,8 +67,35 @@ def test_uncommitted_batch_is_lost_when_the_connection_dies(tmp_path: Path) -> N
     """What a SIGKILL does: the open transaction is gone; the node had not acked it either."""
     store = Store(tmp_path / "node.sqlite3")
     store.group_commits()
-    store.remember("seajust", "m-1", "h-1", "delivered", "ok")
+    store.remember("seajust", "m-1", "h-1", "delivered")
     store._db.close()  # no commit
     again = Store(tmp_path / "node.sqlite3", readonly=True)
     assert again.seen("seajust", "m-1") is None
     again.close()
+
+
+def test_each_journal_row_is_one_log_line_of_its_fields(tmp_path: Path) -> None:
+    """The fact's log line is its row: one event (``message_<event>`` when about a message),
+    the row's fields, nothing else; a copy accepted from a peer is folded into its outcome."""
+    store = Store(tmp_path / "node.sqlite3", key=KEY)
+    store.group_commits()
+    with capture_logs() as logs:
+        store.journal.accepted({"message_id": "m-1", "origin": "seajust", "from": "seajust"})
+        store.event("m-1", "duplicate", "already delivered; not again")
+        store.event("-", "directory_applied", version=4, from_="unodc")
+        store.commit()
+    assert logs == [
+        {
+            "event": "message_duplicate",
+            "log_level": "info",
+            "message_id": "m-1",
+            "origin": "seajust",
+            "from": "seajust",
+            "detail": "already delivered; not again",
+        },
+        {"event": "directory_applied", "log_level": "info", "version": 4, "from": "unodc"},
+    ]
+    assert [(e.event, e.detail) for e in store.events("m-1")] == [
+        ("duplicate", "from seajust already delivered; not again")
+    ]
+    store.close()
