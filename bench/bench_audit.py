@@ -130,7 +130,7 @@ class NoAudit(Observer):
 async def _preload(fed: federation.Federation, bodies: list[bytes]) -> None:
     """Publish into casc's inbox exchange for seajust as seajust's link would (with confirms)."""
     url = bench_node.amqp_url(
-        fed.vhost("casc"), fed.link_user("seajust"), fed.link_password("seajust")
+        fed.door("casc", "seajust"), fed.link_user("seajust"), fed.link_password("seajust")
     )
     async with await aio_pika.connect(url) as connection:
         channel = await connection.channel(publisher_confirms=True)

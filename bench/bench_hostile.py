@@ -132,9 +132,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
-def _url(fed: Federation, vhost_of: str, user: str, password: str) -> str:
+def _url(fed: Federation, vhost_of: str, user: str, password: str, door: str = "") -> str:
+    """``vhost_of``'s vhost, or the door of its peer ``door`` there."""
+    vhost = fed.door(vhost_of, door) if door else fed.vhost(vhost_of)
     return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:5672/" + quote(
-        fed.vhost(vhost_of), safe=""
+        vhost, safe=""
     )
 
 
@@ -157,7 +159,7 @@ async def _measure(
     target: str,
 ) -> tuple[float, float]:
     """(node CPU seconds, wall seconds) to take ``publications`` into ``target``."""
-    sender = _url(fed, RECEIVER, fed.link_user(HOSTILE), fed.link_password(HOSTILE))
+    sender = _url(fed, RECEIVER, fed.link_user(HOSTILE), fed.link_password(HOSTILE), HOSTILE)
     connection = await aio_pika.connect(sender)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)

@@ -479,19 +479,23 @@ async def node_phase(
         await transport.declare(
             Topology(peers=tuple(fed.peers("casc")), contact_points=_contact_points("casc"))
         )
+        await (await transport.door(fed.door("casc", "seajust"))).declare_inbox("seajust")
     key = load_signing_key(fed.root / "seajust" / "seajust.1.key")
     bodies = [m.to_bytes() for m in signed_requests(key, args.messages, "FR")]
-    as_seajust = amqp_url(fed.vhost("casc"), fed.link_user("seajust"), fed.link_password("seajust"))
+    door = fed.door("casc", "seajust")  # where seajust's link lands at casc
+    as_seajust = amqp_url(door, fed.link_user("seajust"), fed.link_password("seajust"))
     async with await aio_pika.connect(as_seajust) as connection:
         channel = await connection.channel(publisher_confirms=True)
         await publish_confirmed(
             channel, "", bodies, exchange=inbox_exchange("seajust"), outstanding=500
         )
+    async with await aio_pika.connect(amqp_url(door)) as connection:
+        loaded = await queue_depth(await connection.channel(), peer_inbox("seajust"))
+    if loaded != args.messages:
+        raise RuntimeError(f"casc's inbox holds {loaded} messages, not {args.messages}")
 
     async with await aio_pika.connect(admin_casc) as watcher:
         channel = await watcher.channel()
-        if (loaded := await queue_depth(channel, peer_inbox("seajust"))) != args.messages:
-            raise RuntimeError(f"casc's inbox holds {loaded} messages, not {args.messages}")
         node = _Unlinked(casc)
         profile = cProfile.Profile() if args.profile else None
         sampler: subprocess.Popen[bytes] | None = None

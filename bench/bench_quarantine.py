@@ -126,7 +126,9 @@ async def intake_phase(fed: Federation, flood: int) -> None:
     try:
         processes.start(RECEIVER)
         await processes.wait_ready([RECEIVER])
-        url = amqp_url(fed.user("seajust"), fed.password("seajust"), fed.vhost(RECEIVER))
+        url = amqp_url(
+            fed.link_user("seajust"), fed.link_password("seajust"), fed.door(RECEIVER, "seajust")
+        )
         bodies = [b"flood junk %d {" % n for n in range(flood)]
         started = time.perf_counter()
         for start in range(0, flood, 1000):

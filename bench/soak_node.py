@@ -145,6 +145,8 @@ async def soak(args: argparse.Namespace, folder: Path) -> None:
             await transport.declare(
                 Topology(peers=tuple(fed.peers("ejn")), contact_points=("fr-cp-1",))
             )
+            # casc's link lands in its door at ejn: its inbox there is what the soak drains
+            await (await transport.door(fed.door("ejn", "casc"))).declare_inbox("casc")
         node = processes.start("casc")
         await processes.wait_ready(["casc"], within=120.0)
         state = folder / "casc" / "state"
@@ -167,8 +169,10 @@ async def run_load(
     samples: list[Sample] = []
     first_id = last_id = ""
     started = time.perf_counter()
-    as_seajust = amqp_url(fed.vhost("casc"), fed.link_user("seajust"), fed.link_password("seajust"))
-    ejn_admin = amqp_url(fed.vhost("ejn"), ADMIN.user, ADMIN.password)
+    as_seajust = amqp_url(
+        fed.door("casc", "seajust"), fed.link_user("seajust"), fed.link_password("seajust")
+    )
+    ejn_admin = amqp_url(fed.door("ejn", "casc"), ADMIN.user, ADMIN.password)
     async with (
         await aio_pika.connect(as_seajust) as feeder,
         await aio_pika.connect(ejn_admin) as drainer,

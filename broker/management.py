@@ -88,6 +88,7 @@ class QueueFigures:
     acked: int | None  # acknowledgements since the broker started counting for this queue
     policy: str | None = None  # the policy in effect on the queue, by name
     operator_policy: str | None = None  # an administrator's operator policy in effect
+    vhost: str | None = None  # where the queue is (listings of every vhost the user may see)
 
     @classmethod
     def from_api(cls, raw: dict[str, Any]) -> QueueFigures:
@@ -103,6 +104,7 @@ class QueueFigures:
             acked=_int(stats.get("ack", 0)) if stats else None,  # counted: 0 until one
             policy=_name(raw.get("policy")),
             operator_policy=_name(raw.get("operator_policy")),
+            vhost=_name(raw.get("vhost")),
         )
 
 
@@ -148,6 +150,7 @@ def _rate(details: object) -> float | None:
 _FIGURE_COLUMNS = ",".join(
     [
         "name",
+        "vhost",
         "messages",
         "messages_ready",
         "messages_unacknowledged",
@@ -249,8 +252,14 @@ class Management:
             ) from exc
 
     # --- provisioning ---------------------------------------------------------------------------
-    async def put_vhost(self, vhost: str) -> None:
-        await self._request("PUT", f"/vhosts/{_q(vhost)}", {"description": "mlanet network"})
+    async def put_vhost(self, vhost: str, description: str = "mlanet network") -> None:
+        await self._request("PUT", f"/vhosts/{_q(vhost)}", {"description": description})
+
+    async def vhost_names(self) -> list[str]:
+        """The vhosts this user may see (every vhost for an administrator, else those it has a
+        permission on)."""
+        found = await self._request("GET", "/vhosts?columns=name")
+        return sorted(str(item.get("name", "")) for item in found or [] if isinstance(item, dict))
 
     async def delete_vhost(self, vhost: str) -> None:
         await self._request("DELETE", f"/vhosts/{_q(vhost)}")
@@ -341,6 +350,45 @@ class Management:
     async def delete_exchange(self, vhost: str, name: str) -> None:
         await self._request("DELETE", f"/exchanges/{_q(vhost)}/{_q(name)}")
 
+    async def exchanges_everywhere(self) -> set[tuple[str, str]]:
+        """(vhost, name) of every exchange in the vhosts this user may see."""
+        found = await self._request("GET", "/exchanges?columns=name,vhost")
+        return {
+            (str(item.get("vhost", "")), str(item.get("name", "")))
+            for item in found or []
+            if isinstance(item, dict)
+        }
+
+    async def put_exchange(self, vhost: str, name: str, kind: str = "fanout") -> None:
+        """Declare a durable exchange (idempotent when it exists alike)."""
+        await self._request(
+            "PUT", f"/exchanges/{_q(vhost)}/{_q(name)}", {"type": kind, "durable": True}
+        )
+
+    async def put_queue(self, vhost: str, name: str, arguments: dict[str, Any]) -> None:
+        """Declare a durable queue (idempotent when it exists alike)."""
+        await self._request(
+            "PUT", f"/queues/{_q(vhost)}/{_q(name)}", {"durable": True, "arguments": arguments}
+        )
+
+    async def delete_queue(self, vhost: str, name: str) -> None:
+        """Delete a queue with what it holds (RabbitMQ deletes no quorum queue ``if-empty``)."""
+        await self._request("DELETE", f"/queues/{_q(vhost)}/{_q(name)}")
+
+    async def bindings_everywhere(self) -> set[tuple[str, str, str]]:
+        """(vhost, exchange, queue) of every exchange-to-queue binding this user may see."""
+        found = await self._request(
+            "GET", "/bindings?columns=vhost,source,destination,destination_type"
+        )
+        return {
+            (str(item.get("vhost", "")), str(item.get("source", "")), str(item["destination"]))
+            for item in found or []
+            if isinstance(item, dict) and item.get("destination_type") == "queue"
+        }
+
+    async def bind(self, vhost: str, exchange: str, queue: str) -> None:
+        await self._request("POST", f"/bindings/{_q(vhost)}/e/{_q(exchange)}/q/{_q(queue)}", {})
+
     # --- links ------------------------------------------------------------------------------------
     async def put_shovel(self, spec: ShovelSpec) -> None:
         await self._request(
@@ -356,6 +404,16 @@ class Management:
         found = await self._request("GET", f"/parameters/shovel/{_q(vhost)}")
         return {
             str(item.get("name", "")): dict(item.get("value") or {})
+            for item in found or []
+            if isinstance(item, dict)
+        }
+
+    async def shovels_everywhere(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Each shovel in the vhosts this user may see, by (vhost, name): its definition (it
+        holds credentials: never log or show it)."""
+        found = await self._request("GET", "/parameters/shovel")
+        return {
+            (str(item.get("vhost", "")), str(item.get("name", ""))): dict(item.get("value") or {})
             for item in found or []
             if isinstance(item, dict)
         }
@@ -386,9 +444,12 @@ class Management:
             },
         )
 
-    async def policies(self, vhost: str) -> list[dict[str, Any]]:
-        """Every policy of ``vhost`` (name, pattern, apply-to, definition, priority)."""
-        found = await self._request("GET", f"/policies/{_q(vhost)}")
+    async def policies(self, vhost: str | None) -> list[dict[str, Any]]:
+        """Every policy of ``vhost`` (name, vhost, pattern, apply-to, definition, priority); of
+        every vhost this user may see when ``vhost`` is None."""
+        found = await self._request(
+            "GET", "/policies" if vhost is None else f"/policies/{_q(vhost)}"
+        )
         return [dict(item) for item in found or [] if isinstance(item, dict)]
 
     async def delete_policy(self, vhost: str, name: str) -> None:
@@ -403,10 +464,12 @@ class Management:
         found = await self._request("GET", f"/queues/{_q(vhost)}")
         return list(found or [])
 
-    async def queue_figures(self, vhost: str) -> list[QueueFigures]:
-        """Depth, consumers and rates of every queue in ``vhost``, by name (only the columns
-        these figures need: nodes poll this every few seconds)."""
-        found = await self._request("GET", f"/queues/{_q(vhost)}?columns={_FIGURE_COLUMNS}")
+    async def queue_figures(self, vhost: str | None) -> list[QueueFigures]:
+        """Depth, consumers and rates of every queue in ``vhost`` (in every vhost this user may
+        see when None), by name (only the columns these figures need: nodes poll this every few
+        seconds)."""
+        where = "/queues" if vhost is None else f"/queues/{_q(vhost)}"
+        found = await self._request("GET", f"{where}?columns={_FIGURE_COLUMNS}")
         return sorted((QueueFigures.from_api(raw) for raw in found or []), key=lambda q: q.name)
 
     async def overview(self) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """Peer access on a network's own broker, from the directory: who may write which inbox.
 
 Every network names, in the directory, the broker user its links log in as at its peers'
-brokers, with a salted hash of that user's password (``schemas.directory.LinkUser``). A node
-that applies a directory linking it to a peer gives the peer's user, on its own broker, write
-permission on exactly one resource: ``mlanet.inbox.from.<peer>``. The user is created from the
+brokers, with a salted hash of that user's password (``schemas.directory.LinkUser``). Each peer
+gets a door on the network's broker (:func:`open_door`): a vhost of its own,
+``<vhost>:door:<peer>``, where the node's user (and the administrator) have every right and the
+peer's user has write permission on exactly one resource, ``mlanet.inbox.from.<peer>``, and
+nothing else anywhere on the broker: not even a passive ``queue.declare`` (which RabbitMQ checks
+no permission for) can show it the network's other queues. The user is created from the
 published hash when it does not exist (tagged ``mlanet-peer``), so the password never leaves
 the peer. A user that exists and was not created this way (a local account, an operator, the
 node's own user) is never changed: it only gets the write permission when it has no
@@ -21,10 +24,19 @@ from collections.abc import Iterable
 from typing import Any
 
 from broker.management import Management
-from broker.topology import inbox_exchange
+from broker.topology import door_sender, door_vhost, inbox_exchange
 from schemas.directory import LinkUser
 
-__all__ = ["PEER_TAG", "grant_peer", "inbox_write_pattern", "rabbit_password_hash", "revoke_peer"]
+__all__ = [
+    "PEER_TAG",
+    "close_door",
+    "door_vhosts",
+    "grant_peer",
+    "inbox_write_pattern",
+    "open_door",
+    "rabbit_password_hash",
+    "revoke_peer",
+]
 
 PEER_TAG = "mlanet-peer"
 NONE = "^$"
@@ -88,4 +100,44 @@ async def revoke_peer(management: Management, vhost: str, peer: str, user: str) 
     if current is None or current.get("write") != inbox_write_pattern(peer):
         return False
     await management.delete_permissions(vhost, user)
+    return True
+
+
+async def open_door(
+    management: Management,
+    vhost: str,
+    peer: str,
+    link_user: LinkUser,
+    *,
+    owners: Iterable[str],
+    protected: Iterable[str] = (),
+) -> str:
+    """Make ``peer``'s door on the network whose vhost is ``vhost`` (idempotent): the vhost
+    ``<vhost>:door:<peer>``, every right there for ``owners`` (the node's user, the
+    administrator), and the peer's link user's write permission on its inbox exchange there
+    (:func:`grant_peer`'s answer is returned). The node declares the exchange and queue."""
+    door = door_vhost(vhost, peer)
+    await management.put_vhost(door, "mlanet door")
+    for owner in owners:
+        await management.put_permissions(door, owner, configure=".*", write=".*", read=".*")
+    return await grant_peer(management, door, peer, link_user, protected=protected)
+
+
+async def door_vhosts(management: Management, vhost: str) -> dict[str, str]:
+    """The doors of the network whose vhost is ``vhost`` on this broker, by sender."""
+    found = {}
+    for name in await management.vhost_names():
+        sender = door_sender(vhost, name)
+        if sender is not None:
+            found[sender] = name
+    return found
+
+
+async def close_door(management: Management, door: str) -> bool:
+    """Delete a former peer's door, with its link user's permission there, unless a message
+    still waits in it (the node consumes it first); True when it was deleted."""
+    for figures in await management.queue_figures(door):
+        if figures.messages is None or figures.messages > 0:
+            return False
+    await management.delete_vhost(door)
     return True

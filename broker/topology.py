@@ -1,7 +1,9 @@
 """The names a node uses on its own broker, and :class:`Topology`: what it declares there.
 
 Pure names and values, no I/O (``broker/transport.py`` declares them): a peer publishes into
-its inbox exchange ``mlanet.inbox.from.<peer>``, which feeds ``mlanet.inbox.<peer>``; the node
+its inbox exchange ``mlanet.inbox.from.<peer>``, which feeds ``mlanet.inbox.<peer>``; both live
+in the peer's own door vhost ``<vhost>:door:<peer>`` (:func:`door_vhost`), never in the node's
+vhost, so that the peer's link user can see nothing of the node's other queues. The node
 forwards through ``mlanet.out.<peer>`` (drained by the link's shovel) and delivers to
 ``mlanet.deliver.<contact point>``. Each link is the shovel ``mlanet-link-<peer>``. Names are
 built here and read back here (``*_of`` functions: the identifier in a name, or None for a name
@@ -26,6 +28,8 @@ __all__ = [
     "Topology",
     "contact_point_of_deliver_queue",
     "deliver_queue",
+    "door_sender",
+    "door_vhost",
     "inbox_exchange",
     "link_name",
     "out_queue",
@@ -33,6 +37,7 @@ __all__ = [
     "peer_of_inbox_exchange",
     "peer_of_link",
     "peer_of_out_queue",
+    "peer_of_peer_inbox",
 ]
 
 CONTENT_TYPE = "application/vnd.mlanet+json; v=1"
@@ -90,6 +95,11 @@ def peer_of_inbox_exchange(name: str) -> str | None:
     return _suffix(name, _INBOX_EXCHANGE_PREFIX, NETWORK_ID)
 
 
+def peer_of_peer_inbox(name: str) -> str | None:
+    """The peer whose inbox queue ``name`` is (``mlanet.inbox.<peer>``), else None."""
+    return _suffix(name, peer_inbox(""), NETWORK_ID)
+
+
 def peer_of_out_queue(name: str) -> str | None:
     """The peer that ``name`` (``mlanet.out.<peer>``) forwards to, else None."""
     return _suffix(name, _OUT_PREFIX, NETWORK_ID)
@@ -105,9 +115,24 @@ def peer_of_link(name: str) -> str | None:
     return _suffix(name, LINK_PREFIX, NETWORK_ID)
 
 
+DOOR_MARK = ":door:"  # ':' is in no directory vhost (``^[A-Za-z0-9._-]{1,64}$``) nor network id
+
+
+def door_vhost(vhost: str, sender: str) -> str:
+    """The vhost where ``sender``'s links land at the network whose vhost is ``vhost``: it holds
+    only ``sender``'s inbox exchange and queue (the one place its link user may write)."""
+    return f"{vhost}{DOOR_MARK}{sender}"
+
+
+def door_sender(vhost: str, door: str) -> str | None:
+    """The sender whose door ``door`` is, among the doors of ``vhost``; None for another vhost."""
+    return _suffix(door, door_vhost(vhost, ""), NETWORK_ID)
+
+
 @dataclass(frozen=True)
 class Topology:
-    """What a node declares on its own broker."""
+    """What a node declares in its own vhost (each peer's inbox is in that peer's door vhost,
+    :func:`door_vhost`)."""
 
     peers: tuple[str, ...]
     contact_points: tuple[str, ...]
@@ -118,7 +143,6 @@ class Topology:
             INBOX,
             SUBMIT,
             QUARANTINE,
-            *(peer_inbox(peer) for peer in self.peers),
             *(out_queue(peer) for peer in self.peers),
             *(deliver_queue(cp) for cp in self.contact_points),
         ]

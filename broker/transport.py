@@ -45,6 +45,7 @@ from broker.topology import (
     UNROUTABLE,
     Topology,
     deliver_queue,
+    door_vhost,
     inbox_exchange,
     out_queue,
     peer_inbox,
@@ -68,9 +69,11 @@ __all__ = [
     "body_size",
     "broker_address",
     "deliver_queue",
+    "door_vhost",
     "inbox_exchange",
     "out_queue",
     "peer_inbox",
+    "with_vhost",
 ]
 
 harden()  # a peer's property bytes must never break the connection: broker/amqp_decode.py
@@ -88,6 +91,11 @@ def broker_address(url: str) -> str:
     """``host:port`` of an AMQP URL: what errors name (never the user or password)."""
     parsed = URL(url)
     return f"{parsed.host or '?'}:{parsed.port or 5672}"
+
+
+def with_vhost(url: str, vhost: str) -> str:
+    """``url`` with another vhost (the same user, password, host and options)."""
+    return str(URL(url).with_path("/" + vhost))
 
 
 def _why(exc: BaseException, timeout: float) -> str:
@@ -257,6 +265,7 @@ class Transport:
         self._handling: set[asyncio.Task[Any]] = set()  # deliveries being handled
         self._idle = asyncio.Event()
         self._idle.set()
+        self._doors: dict[str, Transport] = {}  # vhost -> a connection to a peer's door
 
     @property
     def address(self) -> str:
@@ -306,6 +315,9 @@ class Transport:
         connection, self._connection = self._connection, None
         self._publish = None
         self._consumers.clear()
+        doors, self._doors = list(self._doors.values()), {}
+        for door in doors:
+            await door.aclose()
         if connection is not None:
             await _close_quietly(connection, min(self._timeout, CLOSE_WAIT))
 
@@ -332,7 +344,9 @@ class Transport:
         """Declare exchanges, queues and bindings idempotently (durable quorum queues); return
         the queues that exist with other arguments than these (kept as they are).
 
-        Declared over a short-lived connection of its own, so that a reconnection does not
+        Each peer's inbox exchange and queue are in that peer's door vhost, not here
+        (:meth:`door`, :meth:`declare_inbox`). Declared over a short-lived connection of its
+        own, so that a reconnection does not
         declare them again: a queue re-created with other arguments meanwhile (a shovel
         re-creates its deleted source queue as a classic queue) would fail every reconnection.
         The node calls this again now and then to put back what an operator deleted.
@@ -350,19 +364,10 @@ class Transport:
                 unroutable = await declarer.exchange(UNROUTABLE)
                 quarantine = await declarer.queue(QUARANTINE, quorum)
                 await declarer.bind(quarantine, unroutable)
-                inbox = await declarer.queue(INBOX, poison)
+                await declarer.queue(INBOX, poison)  # drains what an older version left there
                 submit = await declarer.queue(SUBMIT, poison)
                 await declarer.bind(submit, await declarer.exchange(SUBMIT_EXCHANGE))
-                for peer in topology.peers:
-                    exchange = await declarer.exchange(
-                        inbox_exchange(peer), arguments={"alternate-exchange": UNROUTABLE}
-                    )
-                    # Each peer's exchange feeds that peer's own inbox queue (bounded by a
-                    # policy the node puts, nodes/fairness.py); mlanet.inbox only drains what an
-                    # older version of the node left there, so its binding is removed.
-                    queue = await declarer.queue(peer_inbox(peer), poison)
-                    await declarer.bind(queue, exchange)
-                    await declarer.bind(inbox, exchange, unbind=True)
+                for peer in topology.peers:  # its inbox is in its door vhost (declare_inbox)
                     await declarer.queue(out_queue(peer), quorum)
                 for contact_point in topology.contact_points:
                     await declarer.queue(deliver_queue(contact_point), quorum)
@@ -399,6 +404,39 @@ class Transport:
             self._arguments.pop(queue, None)  # consumed as it is (a passive declaration)
             return False
         return True
+
+    async def door(self, vhost: str) -> Transport:
+        """A connection of its own, as this transport's user, to ``vhost`` (a peer's door vhost,
+        where that peer's inbox is): consumed with :meth:`consume` like this one, drained and
+        closed with it. One AMQP connection per door: a channel cannot leave its vhost."""
+        door = self._doors.get(vhost)
+        if door is None:
+            door = Transport(
+                with_vhost(self._url, vhost), max_body=self._max_body, timeout=self._timeout
+            )
+            try:
+                await door.connect()
+            except TransportError as exc:
+                raise TransportError(f"cannot open the door vhost {vhost}: {exc}") from exc
+            self._doors[vhost] = door
+        return door
+
+    async def declare_inbox(self, sender: str) -> list[str]:
+        """Declare, in this transport's vhost (``sender``'s door), ``sender``'s inbox exchange
+        feeding its inbox queue, idempotently; return the queues that exist with other arguments.
+        The queue has no delivery limit of the broker's (it would drop what passes it: no
+        quarantine in a door to dead-letter into); the node counts deliveries itself."""
+        quorum: Arguments = {"x-queue-type": "quorum"}
+        async with self._short_lived() as connection:
+            try:
+                declarer = _Declarer(connection, self._arguments, self._timeout)
+                queue = await declarer.queue(peer_inbox(sender), quorum)
+                await declarer.bind(queue, await declarer.exchange(inbox_exchange(sender)))
+                return declarer.mismatched
+            except _BROKER_GONE as exc:
+                raise TransportError(
+                    f"cannot declare the inbox of {sender} ({_why(exc, self._timeout)})"
+                ) from exc
 
     async def publish(
         self,
@@ -497,6 +535,15 @@ class Transport:
         ``hurry`` is set) for the deliveries being handled to finish, then cancel those still
         being handled; return how many that was. Nothing is lost: what is not acked goes back
         to its queue when the connection closes, and is handled again (deduplicated)."""
+        if self._doors:  # every door's deliveries, alongside this connection's
+            counts = await asyncio.gather(
+                self._drain(within, hurry),
+                *(door.drain(within, hurry) for door in self._doors.values()),
+            )
+            return sum(counts)
+        return await self._drain(within, hurry)
+
+    async def _drain(self, within: float, hurry: asyncio.Event | None) -> int:
         consumers, self._consumers = self._consumers, []
 
         async def cancel(declared: aio_pika.abc.AbstractQueue, tag: str) -> None:

@@ -96,6 +96,7 @@ def _with_quarantine(
     """Run one audited operation on the node's quarantine store (and, for ``broker``, with a
     connection to the node's broker); every error becomes a short message and exit status 1."""
     from broker.transport import Transport
+    from nodes.doors import DoorPublisher
     from nodes.quarantine import QuarantineAction
     from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
 
@@ -112,8 +113,9 @@ def _with_quarantine(
             who = operator or getpass.getuser()
             if not broker:
                 return await act(QuarantineAction(entries, log, None, who))
-            async with Transport(config.amqp_url()) as transport:
-                return await act(QuarantineAction(entries, log, transport, who))
+            async with Transport(config.amqp_url()) as transport:  # and a peer's door
+                publisher = DoorPublisher(transport, config.broker.vhost)
+                return await act(QuarantineAction(entries, log, publisher, who))
 
     try:
         return asyncio.run(main())

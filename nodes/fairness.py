@@ -1,16 +1,17 @@
 """A noisy peer must not starve the others: each peer has its own bounded inbox and its own rate.
 
-Each peer's inbox exchange feeds that peer's own quorum queue ``mlanet.inbox.<peer>``
-(``broker/transport.py``). Two limits from the node's config (``nodes.config.PeerLimits``) keep
-one peer's flood to that peer's share:
+Each peer's inbox exchange feeds that peer's own quorum queue ``mlanet.inbox.<peer>``, both in
+that peer's door vhost (``broker.topology.door_vhost``). Two limits from the node's config
+(``nodes.config.PeerLimits``) keep one peer's flood to that peer's share:
 
-- **Bound**: a policy per peer queue (``max-length``, ``max-length-bytes``, ``overflow:
-  reject-publish``). When the queue is full the broker refuses the peer's publishes with a
-  nack, never dropping what it already holds (``drop-head`` would drop the oldest, possibly
-  valid, messages). The peer's link, a shovel in on-confirm mode, answers a nack by returning
-  the message to the peer's own ``mlanet.out.<us>`` queue and trying again: the backlog waits
-  on the sender's side, as it does when the link is down, and nothing is lost.
-- **Rate**: the node consumes each peer queue on a channel of its own, with a prefetch of its
+- **Bound**: a policy per peer queue, in the peer's door vhost (``max-length``,
+  ``max-length-bytes``, ``overflow: reject-publish``). When the queue is full the broker
+  refuses the peer's publishes with a nack, never dropping what it already holds
+  (``drop-head`` would drop the oldest, possibly valid, messages). The peer's link, a shovel
+  in on-confirm mode, answers a nack by returning the message to the peer's own
+  ``mlanet.out.<us>`` queue and trying again: the backlog waits on the sender's side, as it
+  does when the link is down, and nothing is lost.
+- **Rate**: the node consumes each peer queue (over a connection to its door) with a prefetch of its
   own, and takes tokens from that peer's :class:`TokenBucket` before handling each delivery
   (valid, invalid or oversized alike): one per started :data:`BYTES_PER_TOKEN` of the body, as
   the cost of refusing a message grows with its size (``bench/bench_hostile.py``: a 220 KB
@@ -35,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from broker.management import Management
-from broker.transport import Handler, Incoming, deliver_queue, peer_inbox
+from broker.transport import Handler, Incoming, deliver_queue, door_vhost, peer_inbox
 from nodes.config import NodeConfig, PeerLimits
 
 __all__ = [
@@ -136,9 +137,10 @@ def deliver_policy(config: NodeConfig) -> tuple[str, str, dict[str, object]]:
 
 @dataclass(frozen=True)
 class OwnPolicy:
-    """A policy that the node puts on its own vhost and keeps in place (nodes/links.py repairs it
-    when it was changed or removed under the node)."""
+    """A policy that the node puts on its own vhost or one of its doors and keeps in place
+    (nodes/reconcile.py repairs it when it was changed or removed under the node)."""
 
+    vhost: str
     name: str
     pattern: str
     definition: dict[str, object]
@@ -146,14 +148,17 @@ class OwnPolicy:
 
 
 def node_policies(config: NodeConfig) -> list[OwnPolicy]:
-    """Every policy the node owns on its vhost: the single list that the node puts, checks and
-    repairs. A policy on the node's queues that is not in this list was set by someone else."""
+    """Every policy the node owns on its vhost and its peers' doors: the single list that the
+    node puts, checks and repairs. A policy on the node's queues that is not in this list was
+    set by someone else."""
+    vhost = config.broker.vhost
     policies = []
     for peer in config.peers:
         name, pattern, definition = inbox_policy(peer.network, config.peer_limits(peer.network))
-        policies.append(OwnPolicy(name, pattern, definition, INBOX_POLICY_PRIORITY))
+        door = door_vhost(vhost, peer.network)
+        policies.append(OwnPolicy(door, name, pattern, definition, INBOX_POLICY_PRIORITY))
     name, pattern, definition = deliver_policy(config)
-    policies.append(OwnPolicy(name, pattern, definition, INBOX_POLICY_PRIORITY))
+    policies.append(OwnPolicy(vhost, name, pattern, definition, INBOX_POLICY_PRIORITY))
     return policies
 
 
@@ -161,7 +166,7 @@ async def bound_inboxes(management: Management, config: NodeConfig) -> None:
     """Put (or update) every policy the node owns (idempotent)."""
     for policy in node_policies(config):
         await management.put_policy(
-            config.broker.vhost,
+            policy.vhost,
             policy.name,
             pattern=policy.pattern,
             definition=policy.definition,

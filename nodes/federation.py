@@ -1,15 +1,17 @@
 """A local federation on one RabbitMQ: six nodes, the five example networks and the
 coordinator's.
 
-One vhost and two broker users per network (see "Security model" in docs/OPERATIONS.md):
+One vhost, one door vhost per linked peer and two broker users per network (see "Security
+model" in docs/OPERATIONS.md):
 
-- the node's user (``<prefix>-<network>``): everything in its own vhost and nothing anywhere
-  else; tagged ``policymaker`` only (it declares its links' shovels and its queues' policies in
-  its own vhost), so through the management API it sees its own vhost and connections only;
+- the node's user (``<prefix>-<network>``): everything in its own vhost and in its doors
+  (``<prefix>-<network>:door:<peer>``, where each peer's links land) and nothing anywhere else;
+  tagged ``policymaker`` only (it declares its links' shovels and its queues' policies there),
+  so through the management API it sees its own vhosts and connections only;
 - the link user (``<prefix>-<network>-link``), which its links log in as at each peer: no
-  management tag, and in each linked peer's vhost only write on one exchange,
-  ``mlanet.inbox.from.<network>``. Its password is in the shovel definitions of the network's
-  own vhost, which no peer can read.
+  management tag, and in its door at each linked peer only write on one exchange,
+  ``mlanet.inbox.from.<network>``; no right in any network's own vhost. Its password is in the
+  shovel definitions of the network's own vhost, which no peer can read.
 
 Each contact point of the directory has a key and a broker user of its own
 (``<prefix>-<network>-cp-<contact point>``: write on the exchange ``mlanet.submit`` and read on
@@ -51,7 +53,8 @@ from broker.directory_signing import sign_directory
 from broker.errors import ConfigError, MlanetError
 from broker.keys import b64u_decode, generate_key_files, load_public_key_file, load_signing_key
 from broker.management import Management, ManagementEndpoint
-from broker.peer_access import grant_peer, rabbit_password_hash
+from broker.peer_access import door_vhosts, open_door, rabbit_password_hash
+from broker.topology import door_vhost
 from nodes import state_dir
 from nodes.contact_points import vouched_users, write_contact_point
 from nodes.lifecycle import Lifecycle, Phase, read_lifecycle
@@ -213,6 +216,10 @@ class Federation:
 
     def vhost(self, network: str) -> str:
         return f"{self.prefix}-{network}"
+
+    def door(self, network: str, peer: str) -> str:
+        """The vhost where ``peer``'s links land at ``network`` (``broker.topology.door_vhost``)."""
+        return door_vhost(self.vhost(network), peer)
 
     def user(self, network: str) -> str:
         return f"{self.prefix}-{network}"
@@ -419,9 +426,9 @@ NODE_TAGS = "policymaker"  # declares shovels and policies in its own vhost; see
 
 async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
     """Create each network's vhost and node user, each of its contact points' users (from the
-    hashes in its node's folder), and each link user's write-only permission on its one inbox
-    exchange in each linked peer's vhost (from the directory's published hash), as ``mlanet
-    directory provision`` does for a network on a broker of its own."""
+    hashes in its node's folder), and each link's door: a vhost per (network, peer) where the
+    peer's link user may only write its one inbox exchange (from the directory's published
+    hash), as ``mlanet directory provision`` does for a network on a broker of its own."""
     signed = json.loads((federation.root / "directory.json").read_bytes())
     directory = Directory.model_validate_json(b64u_decode(signed["document"]))
     async with Management(admin) as management:
@@ -446,21 +453,24 @@ async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
                 entry = directory.network(peer)
                 if entry is None or entry.link_user is None:
                     continue
-                await grant_peer(
+                await open_door(
                     management,
                     federation.vhost(network),
                     peer,
                     entry.link_user,
+                    owners=(federation.user(network), admin.user),
                     protected=protected,
                 )
 
 
 async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
-    """Delete the federation's vhosts (their queues and shovels go with them) and users (its
-    contact points' users are the ones its nodes' folders vouch for)."""
+    """Delete the federation's vhosts and doors (their queues and shovels go with them) and
+    users (its contact points' users are the ones its nodes' folders vouch for)."""
     async with Management(admin) as management:
         contact_points = []
         for network in federation.nodes:
+            for door in (await door_vhosts(management, federation.vhost(network))).values():
+                await management.delete_vhost(door)
             await management.delete_vhost(federation.vhost(network))
             await management.delete_user(federation.user(network))
             await management.delete_user(federation.link_user(network))

@@ -29,8 +29,16 @@ from broker.directory_signing import sign_request
 from broker.errors import ConfigError, MlanetError
 from broker.keys import generate_key_files, load_public_key_file, load_signing_key
 from broker.management import Management, ManagementEndpoint
-from broker.peer_access import PEER_TAG, grant_peer, inbox_write_pattern, rabbit_password_hash
+from broker.peer_access import (
+    PEER_TAG,
+    close_door,
+    door_vhosts,
+    inbox_write_pattern,
+    open_door,
+    rabbit_password_hash,
+)
 from broker.strictjson import canonical_bytes
+from broker.topology import door_sender
 from nodes import state_dir
 from nodes.config import NodeConfig, _read_secret
 from nodes.contact_points import vouched_users
@@ -186,8 +194,9 @@ async def provision_broker(config: NodeConfig, admin: ManagementEndpoint) -> lis
     only), a user for each contact point the node vouches for (``[contact_points] keys``: write
     on the ``mlanet.submit`` exchange, read on its own delivery queue) and none for a contact
     point it no longer vouches for, write access to exactly one inbox exchange for each peer
-    the directory links to this network, and no access for a former peer. Returns what was
-    done, one line each."""
+    the directory links to this network (in the peer's own door vhost, ``<vhost>:door:<peer>``:
+    ``broker/peer_access.py``), and no access for a former peer (its door is removed once no
+    message waits in it). Returns what was done, one line each."""
     broker = config.broker
     done = []
     async with Management(admin) as management:
@@ -201,7 +210,8 @@ async def provision_broker(config: NodeConfig, admin: ManagementEndpoint) -> lis
             broker.vhost, broker.user, configure=".*", write=".*", read=".*"
         )
         for held in await management.user_permissions(broker.user):
-            if held.get("vhost") != broker.vhost:  # an earlier version's rights at peers
+            at = str(held.get("vhost"))
+            if at != broker.vhost and door_sender(broker.vhost, at) is None:  # rights at peers
                 await management.delete_permissions(str(held.get("vhost")), broker.user)
                 done.append(f"{broker.user}: access to vhost {held.get('vhost')} removed")
         await management.put_permissions(
@@ -225,17 +235,29 @@ async def provision_broker(config: NodeConfig, admin: ManagementEndpoint) -> lis
             entry = directory.network(peer)
             if entry is None or entry.link_user is None:
                 continue
-            result = await grant_peer(
-                management, broker.vhost, peer, entry.link_user, protected=protected
+            result = await open_door(
+                management,
+                broker.vhost,
+                peer,
+                entry.link_user,
+                owners=(broker.user, admin.user),
+                protected=protected,
             )
-            done.append(f"peer {peer} ({entry.link_user.name}): {result}")
-        current = {inbox_write_pattern(peer) for peer in peers}
+            done.append(f"peer {peer} ({entry.link_user.name}): door {result}")
+        for peer, door in sorted((await door_vhosts(management, broker.vhost)).items()):
+            if peer in peers:
+                continue
+            if await close_door(management, door):
+                done.append(f"former peer {peer}: door {door} removed")
+            else:
+                done.append(f"former peer {peer}: door {door} kept until its queue is empty")
+        # links land in doors: no link user writes anything in the node's own vhost any more
         for grant in await management.vhost_permissions(broker.vhost):
             user, write = str(grant.get("user")), str(grant.get("write"))
-            if user in protected or write in current or not write.startswith(_INBOX_WRITE):
+            if user in protected or not write.startswith(_INBOX_WRITE):
                 continue
             await management.delete_permissions(broker.vhost, user)
-            done.append(f"former peer ({user}): access removed")
+            done.append(f"{user}: access to vhost {broker.vhost} removed (it has its door)")
     return done
 
 
@@ -260,6 +282,9 @@ async def remove_from_broker(config: NodeConfig, admin: ManagementEndpoint) -> l
         )
     done = []
     async with Management(admin) as management:
+        for door in sorted((await door_vhosts(management, broker.vhost)).values()):
+            await management.delete_vhost(door)
+            done.append(f"door vhost {door} removed")
         if await management.vhost_exists(broker.vhost):
             await management.delete_vhost(broker.vhost)
             done.append(f"vhost {broker.vhost} removed, with its queues, exchanges and links")

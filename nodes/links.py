@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import structlog
 
 from broker import TransportError
-from broker.transport import Handler, Topology, Transport, peer_inbox
-from nodes.fairness import TokenBucket, paced
+from broker.transport import Handler, Topology, Transport
+from nodes.doors import Doors
 from nodes.reconcile import Reconciler
 from nodes.seams import DirectoryView, ViewSource
 from schemas.directory import BrokerAddress
@@ -70,7 +70,7 @@ class Links:
         self._on_inbox = on_inbox  # what each peer's inbox queue is consumed with
         self._ready = ready  # the node consumes: a new peer's inbox is consumed at once
         self._doubt = asyncio.Event()  # a publish failed: is a queue missing?
-        self._consumed: set[str] = set()
+        self._doors = Doors(transport)  # each peer's inbox, in its door vhost
 
     def topology(self) -> Topology:
         view = self._views.view
@@ -107,6 +107,7 @@ class Links:
                     log.warning("queue_declared_otherwise", queue=queue)
                 view = self._views.view
                 await self._reconciler.reconcile(view.config, view.directory)
+                await self.consume_peers()  # a door the operator made meanwhile
             except TransportError as exc:
                 log.warning("topology_check_failed", error=str(exc))
 
@@ -119,23 +120,13 @@ class Links:
             await self.consume_peers()
 
     async def consume_peers(self) -> None:
-        """Consume each peer's own inbox queue at that peer's rate (nodes/fairness.py); a peer
-        already consumed is left as it is."""
-        config = self._views.view.config
-        for peer in config.peers:
-            if peer.network in self._consumed:
-                continue
-            limits = config.peer_limits(peer.network)
-            await self._transport.consume(
-                peer_inbox(peer.network),
-                paced(TokenBucket(limits.rate, limits.burst), self._on_inbox),
-                prefetch=limits.prefetch or config.limits.prefetch,
-            )
-            self._consumed.add(peer.network)
+        """Consume each peer's own inbox queue, in its door vhost, at that peer's rate
+        (nodes/doors.py); a peer already consumed is left as it is."""
+        await self._doors.open(self._views.view.config, self._on_inbox)
 
     def forget_consumers(self) -> None:
         """The connection is gone, and every consumer with it."""
-        self._consumed.clear()
+        self._doors.reset()
 
     async def follow(self, before: DirectoryView | None) -> None:
         """Make the broker match the current view (idempotent; the keeper retries it):

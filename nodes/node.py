@@ -51,6 +51,7 @@ from nodes.actions import Actions, describe
 from nodes.audit import AuditTrail
 from nodes.config import NodeConfig, _read_secret
 from nodes.directory_runtime import DirectoryKeeper, DirectoryPorts
+from nodes.doors import over_limit
 from nodes.group_commit import GroupCommit
 from nodes.keyed_lock import KeyedLock
 from nodes.lifecycle import LifecycleFile, Phase
@@ -317,6 +318,14 @@ class Node:
         started = time.perf_counter()
         now = self.clock()
         opened: SignedMessage | None = None  # once verified: its origin is told of a refusal
+        if over_limit(incoming, self.config.limits.delivery_limit):  # a door has no broker limit
+            refused = RefusedMessage(
+                Reason.DELIVERY_LIMIT, f"handed out {incoming.delivery_count} time(s) unfinished"
+            )
+            await self.actions.quarantine(
+                incoming.body, refused, incoming.exchange, redelivered=True
+            )
+            return
         try:
             sender, opened = open_delivery(
                 incoming.body,

@@ -11,8 +11,8 @@ tests).
 - The gauges are set from each status poll.
 
 Labels are bounded: peers and networks come from the directory, reasons from the reason-code
-enum, kinds from the catalogue, queues from the node's own vhost. No label ever carries case
-content or a message id.
+enum, kinds from the catalogue, queues from the node's own vhost and its doors. No label ever
+carries case content or a message id.
 """
 
 from __future__ import annotations

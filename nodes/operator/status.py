@@ -4,7 +4,8 @@ and, from ``nodes/operator/alerts.py``, its alerts; and its terminal rendering.
 The same :class:`~nodes.operator.views.NodeStatus` feeds ``mlanet status`` (text or
 ``--json``), the metrics and the dashboard. Sources, and what is shown when one is missing:
 
-- the RabbitMQ **management API** (queue depths, rates, consumers, shovel states). Without it,
+- the RabbitMQ **management API** (queue depths, rates, consumers, shovel states; each peer's
+  inbox queue is read in that peer's door vhost, ``nodes/doors.py``). Without it,
   depths and consumers of the node's own queues come from AMQP passive declares and the status
   says plainly that rates, unacknowledged counts and link states cannot be shown;
 - the node's **SQLite state** (messages awaiting a receipt, quarantine reasons) and its
@@ -54,6 +55,7 @@ from nodes.operator.views import (
     iso,
 )
 from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
+from nodes.reconcile import doors as door_vhosts
 from nodes.reconcile import foreign
 from nodes.store import Store
 from schemas.directory import Directory, NetworkKey
@@ -111,9 +113,14 @@ async def broker_view(config: NodeConfig, transport: Transport | None = None) ->
     definitions: dict[str, dict[str, Any]] | None = None
     try:
         async with Management(management_endpoint(config), timeout=5.0) as management:
-            queues = {q.name: q for q in await management.queue_figures(config.broker.vhost)}
-            definitions = await management.shovel_definitions(config.broker.vhost)
-        found = foreign(config, queues, definitions)
+            # the node's vhost and its doors (each peer's inbox queue is in the peer's door)
+            figures = await management.queue_figures(None)
+            everywhere = await management.shovels_everywhere()
+        vhost, doors = config.broker.vhost, set(door_vhosts(config).values())
+        mine = [q for q in figures if q.vhost in (None, vhost) or q.vhost in doors]
+        queues = {q.name: q for q in sorted(mine, key=lambda q: q.vhost in doors)}  # doors win
+        definitions = {name: value for (at, name), value in everywhere.items() if at == vhost}
+        found = foreign(config, mine, everywhere)
     except TransportError as exc:
         problem = str(exc)
         queues = {}

@@ -187,10 +187,15 @@ async def test_connections_closed_under_load(tmp_path: Path, battery_broker: Scr
             for at in (10, 20, 30, 40):
                 await battery.at(seconds(at))
                 battery.fault("all connections closed")
+                fed = battery.fed
                 await asyncio.gather(
                     *(
-                        battery.broker.close_all_connections(battery.fed.vhost(network))
+                        battery.broker.close_all_connections(vhost)
                         for network in battery.plan.networks
+                        for vhost in (
+                            fed.vhost(network),
+                            *(fed.door(network, peer) for peer in fed.peers(network)),
+                        )
                     )
                 )
 
@@ -322,6 +327,7 @@ async def test_queues_and_a_binding_deleted_under_the_nodes(
     async with Battery("queues and a binding deleted", tmp_path, broker=battery_broker) as battery:
         await battery.start(LANES)
         casc, seajust = battery.fed.vhost("casc"), battery.fed.vhost("seajust")
+        door = battery.fed.door("casc", "seajust")  # where seajust's link lands at casc
 
         async def faults(battery: Battery) -> None:
             steps = [
@@ -334,13 +340,13 @@ async def test_queues_and_a_binding_deleted_under_the_nodes(
                     20,
                     "casc binding of seajust's inbox deleted",
                     lambda: delete_binding(
-                        battery.admin, casc, inbox_exchange("seajust"), peer_inbox("seajust")
+                        battery.admin, door, inbox_exchange("seajust"), peer_inbox("seajust")
                     ),
                 ),
                 (
                     30,
                     "casc inbox queue of seajust deleted",
-                    lambda: delete_queue(battery.admin, casc, peer_inbox("seajust")),
+                    lambda: delete_queue(battery.admin, door, peer_inbox("seajust")),
                 ),
                 (
                     40,

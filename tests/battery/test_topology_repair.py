@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import aio_pika
 import httpx
@@ -49,11 +50,15 @@ async def fed(tmp_path: Path, battery_broker: ScratchBroker) -> AsyncIterator[Fe
 
 
 class Broker:
-    """The management API and an administrator's AMQP connection, for one network."""
+    """The management API and an administrator's AMQP connection, for one network (its vhost,
+    or the door of its peer ``door``)."""
 
     def __init__(self, fed: Federation, broker: ScratchBroker, network: str) -> None:
         self.fed, self.broker, self.network = fed, broker, network
-        self.vhost = fed.vhost(network)
+
+    def _vhost(self, door: str | None) -> str:
+        vhost = self.fed.vhost(self.network) if door is None else self.fed.door(self.network, door)
+        return quote(vhost, safe="")
 
     async def api(self, method: str, path: str) -> httpx.Response:
         admin = self.broker.admin
@@ -62,24 +67,26 @@ class Broker:
         ) as client:
             return await client.request(method, path)
 
-    async def has_queue(self, queue: str) -> bool:
-        return (await self.api("GET", f"/queues/{self.vhost}/{queue}")).status_code == 200
+    async def has_queue(self, queue: str, door: str | None = None) -> bool:
+        found = await self.api("GET", f"/queues/{self._vhost(door)}/{queue}")
+        return found.status_code == 200
 
-    async def delete_queue(self, queue: str) -> None:
-        found = await self.api("DELETE", f"/queues/{self.vhost}/{queue}")
+    async def delete_queue(self, queue: str, door: str | None = None) -> None:
+        found = await self.api("DELETE", f"/queues/{self._vhost(door)}/{queue}")
         assert found.status_code == 204, found.status_code
 
-    async def bindings(self, exchange: str, queue: str) -> list[str]:
-        found = await self.api("GET", f"/bindings/{self.vhost}/e/{exchange}/q/{queue}")
+    async def bindings(self, exchange: str, queue: str, door: str | None = None) -> list[str]:
+        found = await self.api("GET", f"/bindings/{self._vhost(door)}/e/{exchange}/q/{queue}")
         return [b["properties_key"] for b in found.json()] if found.status_code == 200 else []
 
-    async def unbind(self, exchange: str, queue: str) -> None:
-        for key in await self.bindings(exchange, queue):
-            path = f"/bindings/{self.vhost}/e/{exchange}/q/{queue}/{key}"
+    async def unbind(self, exchange: str, queue: str, door: str | None = None) -> None:
+        for key in await self.bindings(exchange, queue, door):
+            path = f"/bindings/{self._vhost(door)}/e/{exchange}/q/{queue}/{key}"
             assert (await self.api("DELETE", path)).status_code == 204
 
-    async def consumers(self, queue: str) -> int:
-        connection = await aio_pika.connect(admin_url(self.fed, self.network, self.broker.admin))
+    async def consumers(self, queue: str, door: str | None = None) -> int:
+        url = admin_url(self.fed, self.network, self.broker.admin, door=door)
+        connection = await aio_pika.connect(url)
         async with connection:
             channel = await connection.channel()
             declared = await channel.declare_queue(queue, passive=True)
@@ -121,35 +128,43 @@ async def test_a_queue_of_other_arguments_is_reported_and_the_rest_is_declared(
     async with Transport(url) as transport:
         assert await transport.declare(topology) == [out_queue("ejn")]
         assert await transport.declare(topology) == [out_queue("ejn")]
-    for queue in (out_queue("seajust"), peer_inbox("ejn"), deliver_queue("uz-cp-1"), SUBMIT):
+        door = await transport.door(fed.door("casc", "ejn"))  # the peer's inbox: in its door
+        assert await door.declare_inbox("ejn") == []
+    for queue in (out_queue("seajust"), deliver_queue("uz-cp-1"), SUBMIT):
         assert await casc.has_queue(queue), queue
-    assert await casc.bindings(inbox_exchange("ejn"), peer_inbox("ejn"))
+    assert not await casc.has_queue(peer_inbox("ejn"))
+    assert await casc.has_queue(peer_inbox("ejn"), door="ejn")
+    assert await casc.bindings(inbox_exchange("ejn"), peer_inbox("ejn"), door="ejn")
     assert await casc.bindings(SUBMIT_EXCHANGE, SUBMIT)  # contact points' only way in
 
 
 async def test_queues_and_bindings_deleted_under_a_node_come_back_and_messages_flow(
     fed: Federation, battery_broker: ScratchBroker
 ) -> None:
-    """Under a running CASC node an operator deletes its inbox queue for SEAJust (consumed), the
-    binding that feeds it, its delivery queue for Uzbekistan and its submission queue
+    """Under a running CASC node an operator deletes its inbox queue for SEAJust (consumed, in
+    SEAJust's door), the binding that feeds it, its delivery queue for Uzbekistan and its
+    submission queue
     (consumed; its binding to the contact points' ``mlanet.submit`` exchange goes with it):
     the node declares them again, binds and consumes again, and a request from SEAJust is
     delivered and receipted."""
     casc = Broker(fed, battery_broker, "casc")
     async with running(fed, "seajust", "casc"):
-        deleted = [peer_inbox("seajust"), deliver_queue("uz-cp-1"), SUBMIT]
+        deleted = [deliver_queue("uz-cp-1"), SUBMIT]
         for queue in deleted:
             await casc.delete_queue(queue)
-        await casc.unbind(inbox_exchange("seajust"), peer_inbox("seajust"))
+        await casc.delete_queue(peer_inbox("seajust"), door="seajust")
+        await casc.unbind(inbox_exchange("seajust"), peer_inbox("seajust"), door="seajust")
 
         async def repaired() -> bool:
             for queue in deleted:
                 if not await casc.has_queue(queue):
                     return False
+            inbox = inbox_exchange("seajust"), peer_inbox("seajust")
             return (
-                bool(await casc.bindings(inbox_exchange("seajust"), peer_inbox("seajust")))
+                await casc.has_queue(peer_inbox("seajust"), door="seajust")
+                and bool(await casc.bindings(*inbox, door="seajust"))
                 and bool(await casc.bindings(SUBMIT_EXCHANGE, SUBMIT))  # put back with it
-                and await casc.consumers(peer_inbox("seajust")) > 0
+                and await casc.consumers(peer_inbox("seajust"), door="seajust") > 0
                 and await casc.consumers(SUBMIT) > 0
             )
 

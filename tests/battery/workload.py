@@ -97,10 +97,14 @@ def node_url(fed: Federation, network: str, *, port: int | None = None) -> str:
     )
 
 
-def admin_url(fed: Federation, network: str, admin: ManagementEndpoint) -> str:
+def admin_url(
+    fed: Federation, network: str, admin: ManagementEndpoint, *, door: str | None = None
+) -> str:
+    """The administrator's URL of ``network``'s vhost, or of its peer ``door``'s door there."""
+    vhost = fed.vhost(network) if door is None else fed.door(network, door)
     return (
         f"amqp://{quote(admin.user, safe='')}:{quote(admin.password, safe='')}@"
-        f"{fed.host}:{fed.port}/{quote(fed.vhost(network), safe='')}"
+        f"{fed.host}:{fed.port}/{quote(vhost, safe='')}"
     )
 
 

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from broker.management import Management
+from broker.peer_access import door_vhosts
 from nodes.cli import app
 from nodes.contact_points import vouched_users
 from nodes.directory import DirectoryBook
@@ -40,7 +41,10 @@ async def dfed(tmp_path: Path) -> AsyncIterator[Federation]:
         async with Management(ADMIN, timeout=60) as management:  # slow when the broker is busy
             for folder in federation.root.iterdir():
                 if folder.is_dir() and folder.name not in federation.nodes:
-                    await management.delete_vhost(federation.vhost(folder.name))
+                    vhost = federation.vhost(folder.name)
+                    for door in (await door_vhosts(management, vhost)).values():
+                        await management.delete_vhost(door)
+                    await management.delete_vhost(vhost)
                     await management.delete_user(federation.user(folder.name))
                     await management.delete_user(federation.link_user(folder.name))
                     vouched = vouched_users(folder / "contact-points")

@@ -17,6 +17,7 @@ import aio_pika
 
 from broker import SignedMessage, SigningKey, load_signing_key, sign_message
 from broker.management import ManagementEndpoint
+from broker.topology import peer_of_peer_inbox
 from broker.transport import CONTENT_TYPE, QUARANTINE
 from nodes.config import NodeConfig, load_config
 from nodes.contact_points import Credentials, add_contact_point
@@ -30,9 +31,18 @@ from tests.polling import eventually
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 
 
-def amqp(fed: Federation, network: str, *, user: str = "guest", password: str = "guest") -> str:
+def amqp(
+    fed: Federation,
+    network: str,
+    *,
+    user: str = "guest",
+    password: str = "guest",
+    door: str | None = None,
+) -> str:
+    """The URL of ``network``'s vhost, or of the door of its peer ``door`` there."""
+    vhost = fed.vhost(network) if door is None else fed.door(network, door)
     return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:5672/" + quote(
-        fed.vhost(network), safe=""
+        vhost, safe=""
     )
 
 
@@ -97,7 +107,13 @@ def facilitation(
 async def inject(fed: Federation, receiver: str, sender: str, body: bytes, **props: Any) -> None:
     """Publish ``body`` into ``receiver``'s inbox as peer ``sender`` would (its own user)."""
     connection = await aio_pika.connect(
-        amqp(fed, receiver, user=fed.link_user(sender), password=fed.link_password(sender))
+        amqp(
+            fed,
+            receiver,
+            user=fed.link_user(sender),
+            password=fed.link_password(sender),
+            door=sender,
+        )
     )
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -114,15 +130,19 @@ class Drained:
     message_id: str | None
 
 
-async def drain(fed: Federation, network: str, queue: str) -> list[Drained]:
-    """Take every message out of a queue of ``network`` (as the broker administrator); for
-    ``mlanet.quarantine``, every entry of the node's quarantine store first."""
+async def drain(
+    fed: Federation, network: str, queue: str, *, door: str | None = None
+) -> list[Drained]:
+    """Take every message out of a queue of ``network`` (in the door of its peer ``door``), as
+    the broker administrator; for ``mlanet.quarantine``, every entry of the node's quarantine
+    store first."""
     out: list[Drained] = []
     if queue == QUARANTINE:
         from tests.integration.quarantine_kit import take_entries
 
         out = take_entries(fed, network)
-    connection = await aio_pika.connect(amqp(fed, network))
+    door = door or peer_of_peer_inbox(queue)  # a peer's inbox queue is in its door
+    connection = await aio_pika.connect(amqp(fed, network, door=door))
     async with connection:
         channel = await connection.channel()
         declared = await channel.get_queue(queue, ensure=False)
@@ -132,8 +152,10 @@ async def drain(fed: Federation, network: str, queue: str) -> list[Drained]:
     return out
 
 
-async def depth(fed: Federation, network: str, queue: str) -> int:
-    connection = await aio_pika.connect(amqp(fed, network))
+async def depth(fed: Federation, network: str, queue: str, *, door: str | None = None) -> int:
+    """Messages ready in ``queue`` of ``network`` (in the door of its peer ``door``; a peer's
+    inbox queue is always in that peer's door)."""
+    connection = await aio_pika.connect(amqp(fed, network, door=door or peer_of_peer_inbox(queue)))
     async with connection:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
@@ -207,16 +229,18 @@ async def running(fed: Federation, *networks: str) -> AsyncIterator[InProcessNod
 
 
 async def close_connections(fed: Federation, network: str) -> None:
-    """Force-close every connection of a network's vhost (nodes and shovels alike)."""
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl",
-        "-q",
-        "close_all_connections",
-        "--vhost",
-        fed.vhost(network),
-        "mlanet fault test",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await process.communicate()
-    assert process.returncode == 0, err.decode(errors="replace")
+    """Force-close every connection of a network's vhost and its doors (nodes and shovels
+    alike)."""
+    for vhost in (fed.vhost(network), *(fed.door(network, peer) for peer in fed.peers(network))):
+        process = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "-q",
+            "close_all_connections",
+            "--vhost",
+            vhost,
+            "mlanet fault test",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await process.communicate()
+        assert process.returncode == 0, err.decode(errors="replace")

@@ -90,22 +90,29 @@ async def _journey_delivered(fed: Federation) -> None:
 
 
 async def test_each_broker_user_has_only_the_rights_its_job_needs(fed: Federation) -> None:
-    """A node's user: tag policymaker only, rights on its own vhost only. A link user: no
-    management tag, and in each peer's vhost write on exactly its one inbox exchange."""
+    """A node's user: tag policymaker only, rights on its own vhost and its peers' doors there
+    only. A link user: no management tag, no right in any network's own vhost, and in its door
+    at each peer write on exactly its one inbox exchange."""
     async with Management(ADMIN) as management:
         for network in fed.nodes:
             node = await management.user(fed.user(network))
             assert node is not None
             assert set(node["tags"]) == {"policymaker"}
             grants = await management.user_permissions(fed.user(network))
-            assert [(g["vhost"], g["configure"]) for g in grants] == [(fed.vhost(network), ".*")]
+            assert sorted((g["vhost"], g["configure"]) for g in grants) == sorted(
+                (vhost, ".*")
+                for vhost in (
+                    fed.vhost(network),
+                    *(fed.door(network, peer) for peer in fed.peers(network)),
+                )
+            )
 
             link = await management.user(fed.link_user(network))
             assert link is not None
             assert set(link["tags"]) == {"mlanet-peer"}
             grants = await management.user_permissions(fed.link_user(network))
             assert sorted(g["vhost"] for g in grants) == sorted(
-                fed.vhost(peer) for peer in fed.peers(network)
+                fed.door(peer, network) for peer in fed.peers(network)
             )
             for grant in grants:
                 assert (grant["configure"], grant["read"]) == ("^$", "^$")
@@ -177,9 +184,11 @@ async def test_a_peer_cannot_police_or_unlink_another_network(
         )
         assert unlink.status_code in (401, 403), unlink.text
     async with Management(ADMIN) as management:
-        assert sorted(p["name"] for p in await management.policies(theirs)) == sorted(
-            policy.name for policy in node_policies(linked.nodes[VICTIM].config)
-        )
+        own = node_policies(linked.nodes[VICTIM].config)
+        for vhost in {policy.vhost for policy in own}:
+            assert sorted(p["name"] for p in await management.policies(vhost)) == sorted(
+                policy.name for policy in own if policy.vhost == vhost
+            )
         assert f"mlanet-link-{ATTACKER}" in await management.shovel_names(theirs)
     await _journey_delivered(fed)
 
@@ -188,32 +197,41 @@ async def test_a_peer_sees_no_other_vhost_connection_or_user(
     fed: Federation, linked: InProcessNodes
 ) -> None:
     """Review: the attacker listed every vhost, connection and user on the broker. Its node user
-    sees its own vhost and connections only; its link user is not a management user at all."""
+    sees its own vhost and doors and their connections only; its link user is not a management
+    user at all."""
     node, link = _node_auth(fed, ATTACKER), _link_auth(fed, ATTACKER)
+    own = {fed.vhost(ATTACKER), *(fed.door(ATTACKER, peer) for peer in fed.peers(ATTACKER))}
     vhosts = await _api(node, "GET", "/vhosts")
-    assert [v["name"] for v in vhosts.json()] == [fed.vhost(ATTACKER)]
+    assert {v["name"] for v in vhosts.json()} == own
     connections = await _api(node, "GET", "/connections")
     assert {c["user"] for c in connections.json()} <= {fed.user(ATTACKER)}
+    assert {c["vhost"] for c in connections.json()} <= own
     queues = await _api(node, "GET", "/queues")
-    assert {q["vhost"] for q in queues.json()} == {fed.vhost(ATTACKER)}
+    assert {q["vhost"] for q in queues.json()} <= own
     assert (await _api(node, "GET", "/users")).status_code in (401, 403)
     for path in ("/vhosts", "/connections", "/users", "/overview", "/queues"):
         assert (await _api(link, "GET", path)).status_code in (401, 403), path
 
 
+def _amqp(auth: tuple[str, str], vhost: str) -> str:
+    user, password = (_q(part) for part in auth)
+    return f"amqp://{user}:{password}@127.0.0.1:5672/{_q(vhost)}"
+
+
 async def test_over_amqp_a_peer_may_only_publish_its_own_inbox_exchange(
     fed: Federation, linked: InProcessNodes
 ) -> None:
-    """The attacker's node user cannot open the victim's vhost at all; its link user can publish
-    to ``mlanet.inbox.from.seajust`` there and nothing else (not ``mlanet.submit``, not another
-    network's inbox exchange), and can consume nothing."""
-    theirs = _q(fed.vhost(VICTIM))
-    user, password = (_q(part) for part in _node_auth(fed, ATTACKER))
-    with pytest.raises(aiormq.exceptions.AMQPError):  # the broker closes it: not allowed
-        await aio_pika.connect(f"amqp://{user}:{password}@127.0.0.1:5672/{theirs}", timeout=30)
-    user, password = (_q(part) for part in _link_auth(fed, ATTACKER))
+    """The attacker's node user cannot open the victim's vhost or doors at all; its link user
+    can open only its own door there, and publish to ``mlanet.inbox.from.seajust`` there and
+    nothing else (not ``mlanet.submit``, not another network's inbox exchange, not the default
+    exchange), and can consume nothing."""
+    victim = (fed.vhost(VICTIM), *(fed.door(VICTIM, peer) for peer in fed.peers(VICTIM)))
+    for vhost in victim:
+        with pytest.raises(aiormq.exceptions.AMQPError):  # the broker closes it: not allowed
+            await aio_pika.connect(_amqp(_node_auth(fed, ATTACKER), vhost), timeout=30)
+    door = fed.door(VICTIM, ATTACKER)
     async with await aio_pika.connect(
-        f"amqp://{user}:{password}@127.0.0.1:5672/{theirs}", timeout=30
+        _amqp(_link_auth(fed, ATTACKER), door), timeout=30
     ) as connection:
         for exchange in ("mlanet.submit", "mlanet.inbox.from.ejn", ""):
             channel = await connection.channel(publisher_confirms=True)
@@ -225,35 +243,85 @@ async def test_over_amqp_a_peer_may_only_publish_its_own_inbox_exchange(
             with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
                 await target.publish(aio_pika.Message(b"{}"), routing_key="mlanet.submit")
         channel = await connection.channel()
-        queue = await channel.get_queue("mlanet.deliver.uz-cp-1", ensure=False)
+        queue = await channel.get_queue(f"mlanet.inbox.{ATTACKER}", ensure=False)
         with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
             await queue.get(fail=False)
+    await _journey_delivered(fed)
+
+
+async def test_a_peer_cannot_see_another_networks_queues(
+    fed: Federation, linked: InProcessNodes
+) -> None:
+    """Review: RabbitMQ checks no permission on a passive ``queue.declare``, so a link user that
+    could open the victim's vhost learnt which queues exist there, their depth and consumers
+    (the victim's traffic with its contact points and its other peers). The link user now
+    cannot open the victim's vhost, nor another peer's door; in its own door a passive declare
+    of any of the victim's queues (delivery, out, quarantine, submit, another peer's inbox)
+    finds nothing, though each of them exists."""
+    theirs = fed.vhost(VICTIM)
+    other = next(peer for peer in fed.peers(VICTIM) if peer != ATTACKER)
+    hidden = [
+        "mlanet.deliver.uz-cp-1",
+        f"mlanet.out.{other}",
+        "mlanet.quarantine",
+        "mlanet.submit",
+        f"mlanet.inbox.{other}",
+    ]
+    async with await aio_pika.connect(_amqp((ADMIN.user, ADMIN.password), theirs)) as admin:
+        channel = await admin.channel()
+        for name in hidden[:-1]:  # they are there, in the victim's vhost
+            await channel.declare_queue(name, passive=True)
+    async with await aio_pika.connect(
+        _amqp((ADMIN.user, ADMIN.password), fed.door(VICTIM, other))
+    ) as admin:
+        await (await admin.channel()).declare_queue(hidden[-1], passive=True)
+
+    link = _link_auth(fed, ATTACKER)
+    for vhost in (theirs, fed.door(VICTIM, other)):
+        with pytest.raises(aiormq.exceptions.AMQPError):  # not allowed: closed at once
+            await aio_pika.connect(_amqp(link, vhost), timeout=30)
+    async with await aio_pika.connect(
+        _amqp(link, fed.door(VICTIM, ATTACKER)), timeout=30
+    ) as connection:
+        for name in hidden:
+            channel = await connection.channel()
+            with pytest.raises(
+                (aiormq.exceptions.ChannelNotFoundEntity, aiormq.exceptions.ChannelAccessRefused)
+            ):
+                await channel.declare_queue(name, passive=True)
     await _journey_delivered(fed)
 
 
 async def test_a_shovel_or_policy_removed_or_changed_under_a_node_is_put_back(
     fed: Federation, linked: InProcessNodes
 ) -> None:
-    """Even the broker's administrator (the only other account with rights in the vhost) cannot
-    quietly unlink a node: a deleted or redirected link shovel and a deleted or altered inbox
-    policy are put back within seconds, and the journey still arrives."""
-    vhost = fed.vhost(VICTIM)
+    """Even the broker's administrator (the only other account with rights in the vhost and its
+    doors) cannot quietly unlink a node: a deleted or redirected link shovel, a deleted or
+    altered inbox policy and a door's deleted binding are put back within seconds, and the
+    journey still arrives."""
+    vhost, door = fed.vhost(VICTIM), fed.door(VICTIM, ATTACKER)
     link = f"mlanet-link-{ATTACKER}"
+    exchange, queue = f"mlanet.inbox.from.{ATTACKER}", f"mlanet.inbox.{ATTACKER}"
     async with Management(ADMIN) as management:
         declared = (await management.shovel_definitions(vhost))[link]
         await management.delete_shovel(vhost, link)
         policy = f"mlanet-inbox-{ATTACKER}"
-        await management.put_policy(
-            vhost, policy, pattern="^nothing$", definition={"max-length": 1}
+        await management.put_policy(door, policy, pattern="^nothing$", definition={"max-length": 1})
+        unbound = await _api(
+            (ADMIN.user, ADMIN.password),
+            "DELETE",
+            f"/bindings/{_q(door)}/e/{_q(exchange)}/q/{_q(queue)}/~",
         )
+        assert unbound.status_code == 204, unbound.text
 
         async def repaired() -> bool:
             shovels = await management.shovel_definitions(vhost)
-            found = await management.policy(vhost, policy)
+            found = await management.policy(door, policy)
             return (
                 shovels.get(link) == declared
                 and found is not None
                 and found["pattern"] != "^nothing$"
+                and (door, exchange, queue) in await management.bindings_everywhere()
             )
 
         await eventually(repaired, within=20)

@@ -99,12 +99,14 @@ def _update(fed: Federation, sender: str, receiver: str, data: bytes) -> bytes:
     return sign_message(header, payload, key(fed, sender)).to_bytes()
 
 
-async def _settled(fed: Federation, network: str, queue: str) -> None:
-    """Wait until ``queue`` holds nothing, ready or unacknowledged (the broker's own count)."""
+async def _settled(fed: Federation, network: str, queue: str, *, door: str | None = None) -> None:
+    """Wait until ``queue`` (in the door of ``network``'s peer ``door``) holds nothing, ready or
+    unacknowledged (the broker's own count)."""
+    vhost = fed.vhost(network) if door is None else fed.door(network, door)
 
     async def empty() -> bool:
         async with Management(ADMIN) as management:
-            for found in await management.queues(fed.vhost(network)):
+            for found in await management.queues(vhost):
                 if found["name"] == queue:
                     return found.get("messages") == 0
         return False
@@ -178,7 +180,7 @@ async def test_weak_keys_in_an_update_from_a_peer_are_refused_and_nothing_follow
                 await inject(fed, "casc", "seajust", _update(fed, "seajust", "casc", data))
 
             assert await _taken(fed, "casc", len(forgeries) + 1) == expected
-            await _settled(fed, "casc", "mlanet.inbox.seajust")
+            await _settled(fed, "casc", "mlanet.inbox.seajust", door="seajust")
             assert not _events(logs, "directory_applied")
             assert {e["version"] for e in _events(logs, "directory_passed_on")} == {1}
             assert not [e for e in logs if e["event"] in REQUEUED]
@@ -244,15 +246,16 @@ async def test_mlanet_directory_publish_refuses_them_and_a_node_quarantines_them
 
 async def test_the_directory_queue_has_a_delivery_limit(dfed: Federation) -> None:
     """What the node consumes is bounded: ``mlanet.directory`` dead-letters a message that keeps
-    failing to quarantine after ``delivery_limit`` deliveries, as the inboxes and
-    ``mlanet.submit`` do. (The peer link queues, ``mlanet.out.<peer>``, are drained by shovels,
-    not by the node, and stay unbounded: a full peer inbox hands messages back to them, which
-    is flow control, not poison.)"""
+    failing to quarantine after ``delivery_limit`` deliveries, as ``mlanet.submit`` does. (A
+    peer's inbox queue, in its door, has no quarantine to dead-letter into: the node counts its
+    deliveries itself, test_quarantine.py. The peer link queues, ``mlanet.out.<peer>``, are
+    drained by shovels, not by the node, and stay unbounded: a full peer inbox hands messages
+    back to them, which is flow control, not poison.)"""
     fed = dfed
     async with running(fed, "seajust"), Management(ADMIN) as management:
         queues = {q["name"]: q for q in await management.queues(fed.vhost("seajust"))}
     limit = config(fed, "seajust").limits.delivery_limit
-    for name in (DIRECTORY_QUEUE, "mlanet.submit", "mlanet.inbox", "mlanet.inbox.casc"):
+    for name in (DIRECTORY_QUEUE, "mlanet.submit", "mlanet.inbox"):
         arguments = queues[name]["arguments"]
         assert arguments["x-delivery-limit"] == limit, name
         assert arguments["x-dead-letter-exchange"] == "mlanet.unroutable", name

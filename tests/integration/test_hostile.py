@@ -79,7 +79,9 @@ class Battery:
     async def send(self, publication: Publication) -> None:
         sender = publication.as_network or HOSTILE
         url = amqp_url(
-            self.fed.link_user(sender), self.fed.link_password(sender), self.fed.vhost(RECEIVER)
+            self.fed.link_user(sender),
+            self.fed.link_password(sender),
+            self.fed.door(RECEIVER, sender),
         )
         await publish(url, sender, publication)
 
@@ -243,7 +245,7 @@ async def test_copies_arriving_together_are_delivered_once_and_equivocation_is_c
         )
     bodies = [wire(frame) for frame in replayed for _ in range(3)]
     bodies += [wire(frame) for pair in pairs for frame in pair]
-    url = amqp_url(fed.link_user(HOSTILE), fed.link_password(HOSTILE), fed.vhost(RECEIVER))
+    url = amqp_url(fed.link_user(HOSTILE), fed.link_password(HOSTILE), fed.door(RECEIVER, HOSTILE))
     async with running(fed, RECEIVER):
         await publish_all(url, HOSTILE, bodies)
 

@@ -67,11 +67,12 @@ def limit_peer(node_toml: Path, peer: str, limits: dict[str, float | int]) -> No
 
 
 def _url(fed: Federation, vhost_of: str, user_of: str) -> str:
-    """``user_of``'s node user in its own vhost, its link user in another network's."""
+    """``user_of``'s node user in its own vhost, its link user in its door at another network."""
     own = vhost_of == user_of
     user = quote(fed.user(user_of) if own else fed.link_user(user_of), safe="")
     password = quote(fed.password(user_of) if own else fed.link_password(user_of), safe="")
-    return f"amqp://{user}:{password}@127.0.0.1:5672/{quote(fed.vhost(vhost_of), safe='')}"
+    vhost = fed.vhost(vhost_of) if own else fed.door(vhost_of, user_of)
+    return f"amqp://{user}:{password}@127.0.0.1:5672/{quote(vhost, safe='')}"
 
 
 async def _link(fed: Federation, sender: str, prefetch: int = 1000) -> None:
@@ -195,7 +196,7 @@ async def test_a_flooding_peer_gets_its_rate_the_others_are_not_starved_and_noth
 
         async def watch() -> None:
             while not stop.is_set():
-                here = await depth(fed, RECEIVER, peer_inbox(NOISY))
+                here = await depth(fed, RECEIVER, peer_inbox(NOISY), door=NOISY)
                 peaks["receiver"] = max(peaks["receiver"], here)
                 await asyncio.sleep(0.1)
 
@@ -209,7 +210,7 @@ async def test_a_flooding_peer_gets_its_rate_the_others_are_not_starved_and_noth
         # Offered and confirmed on SEAJust's side by now; what CASC neither handled nor holds
         # waits on SEAJust's side (ready, or unacked by the shovel that got nacks for it).
         handled = len(noisy_arrived) + await depth(fed, RECEIVER, "mlanet.quarantine")
-        backlog = len(flood) - handled - await depth(fed, RECEIVER, peer_inbox(NOISY))
+        backlog = len(flood) - handled - await depth(fed, RECEIVER, peer_inbox(NOISY), door=NOISY)
 
         async def quiet_all_in() -> bool:
             return len(quiet_arrived) == QUIET_MESSAGES

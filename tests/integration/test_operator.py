@@ -172,7 +172,7 @@ async def test_status_shows_a_link_down_with_its_backlog_and_then_the_link_drain
     messages wait and how old the oldest is, alerts (exit 3); once access is back the backlog
     drains, the link is up with a last success, and the receipt clears the waiting message."""
     tune(fed, "seajust", "poll_seconds = 0.5\n", "link_down_seconds = 0\nbacklog_messages = 1\n")
-    casc_vhost, seajust_user = fed.vhost("casc"), fed.link_user("seajust")
+    casc_vhost, seajust_user = fed.door("casc", "seajust"), fed.link_user("seajust")
     async with Management(ADMIN) as management:
         granted = await management.permissions(casc_vhost, seajust_user)
         assert granted is not None

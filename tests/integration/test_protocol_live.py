@@ -120,9 +120,12 @@ async def test_a_running_node_declares_exactly_what_section_12_1_lists(fed: Fede
     async with running(fed, network):
 
         async def settled() -> bool:  # policies and shovels are put a moment after the start
-            policies = await _api(f"policies/{vhost}")
+            policies = await _api("policies")  # the node's vhost's and its doors'
             shovels = await _api(f"parameters/shovel/{vhost}")
-            return len(policies) >= len(peers) + 1 and len(shovels) >= len(peers)
+            mine = {fed.vhost(network), *(fed.door(network, peer) for peer in peers)}
+            return len([p for p in policies if p["vhost"] in mine]) >= len(peers) + 1 and len(
+                shovels
+            ) >= len(peers)
 
         await eventually(settled)
         exchanges = {e["name"]: e for e in await _api(f"exchanges/{vhost}")}
@@ -130,6 +133,17 @@ async def test_a_running_node_declares_exactly_what_section_12_1_lists(fed: Fede
         bindings = {(b["source"], b["destination"]) for b in await _api(f"bindings/{vhost}")}
         policies = {p["name"]: p for p in await _api(f"policies/{vhost}")}
         shovels = {s["name"]: s["value"] for s in await _api(f"parameters/shovel/{vhost}")}
+        doors: dict[str, dict[str, Any]] = {}
+        for peer in peers:  # each peer's door, named as the document says
+            door = _expand(declared["door"]["vhost"], vhost=fed.vhost(network), peer=peer)
+            assert door == fed.door(network, peer)
+            at = quote(door, safe="")
+            doors[peer] = {
+                "exchanges": {e["name"]: e for e in await _api(f"exchanges/{at}")},
+                "queues": {q["name"]: q for q in await _api(f"queues/{at}")},
+                "bindings": {(b["source"], b["destination"]) for b in await _api(f"bindings/{at}")},
+                "policies": {p["name"]: p for p in await _api(f"policies/{at}")},
+            }
 
     for template in declared["exchanges"]:
         for wanted in each(template):
@@ -155,6 +169,21 @@ async def test_a_running_node_declares_exactly_what_section_12_1_lists(fed: Fede
             assert value == wanted["value"]
     documented = {q["name"] for t in declared["queues"] for q in each(t)}
     assert set(queues) == documented, "the node declares a queue the document does not list"
+    for peer, found in doors.items():
+        wanted = _expand(declared["door"], peer=peer, network=network)
+        for exchange in wanted["exchanges"]:
+            there = found["exchanges"][exchange["name"]]
+            assert {k: there[k] for k in exchange} == exchange
+        assert {q["name"] for q in wanted["queues"]} == set(found["queues"]), peer
+        for queue in wanted["queues"]:
+            there = found["queues"][queue["name"]]
+            assert (there["durable"], there["arguments"]) == (queue["durable"], queue["arguments"])
+        assert {(b["source"], b["destination"]) for b in wanted["bindings"]} <= found["bindings"]
+        for policy in wanted["policies"]:
+            there = found["policies"][policy["name"]]
+            assert {k: there[k] for k in policy} == policy
+        # nothing of the node's own vhost is in a door
+        assert not set(found["exchanges"]) & {"mlanet.unroutable", "mlanet.submit"}
 
 
 async def test_a_refusal_published_with_the_documented_headers_is_quarantined_as_such(
@@ -290,7 +319,7 @@ async def test_messages_of_another_implementation_go_where_sections_10_1_and_10_
         back: list[independent.Opened] = []
 
         async def two_receipts() -> bool:  # none for the notice
-            for drained in await drain(fed, "seajust", "mlanet.inbox.casc"):
+            for drained in await drain(fed, "seajust", "mlanet.inbox.casc", door="casc"):
                 back.append(independent.open_envelope(drained.body, keys))
             return sum(m.header["kind"] == "receipt" for m in back) >= 2
 
@@ -343,7 +372,7 @@ async def test_the_origin_takes_receipts_built_from_the_document_and_refuses_fal
         arrived: list[independent.Opened] = []
 
         async def the_request() -> bool:  # SEAJust's directory announcement comes too
-            for drained in await drain(fed, "casc", "mlanet.inbox.seajust"):
+            for drained in await drain(fed, "casc", "mlanet.inbox.seajust", door="seajust"):
                 arrived.append(independent.open_envelope(drained.body, keys))
             return any(m.header["message_id"] == outgoing.message_id for m in arrived)
 

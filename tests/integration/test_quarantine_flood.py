@@ -54,7 +54,7 @@ def _append(path: Path, text: str) -> None:
 
 async def _flood(fed: Federation, sender: str, receiver: str, count: int, tag: bytes) -> None:
     """``count`` junk bodies into ``receiver``'s inbox as ``sender`` (its own broker user)."""
-    url = amqp_url(fed.link_user(sender), fed.link_password(sender), fed.vhost(receiver))
+    url = amqp_url(fed.link_user(sender), fed.link_password(sender), fed.door(receiver, sender))
     for start in range(0, count, 1000):
         bodies = [b"%s junk %d {" % (tag, n) for n in range(start, min(count, start + 1000))]
         await publish_all(url, sender, bodies)

@@ -366,6 +366,7 @@ def test_the_amqp_declarations_are_the_references() -> None:
     """The policies and the link's shovel as the reference defines them (the live declarations
     are compared on the real broker in tests/integration/test_protocol_live.py)."""
     from broker.management import ShovelSpec
+    from broker.topology import door_vhost, inbox_exchange, peer_inbox
     from nodes.config import Limits, PeerLimits
     from nodes.directory_runtime import DIRECTORY_QUEUE
     from nodes.fairness import INBOX_POLICY_PRIORITY, inbox_policy
@@ -383,11 +384,17 @@ def test_the_amqp_declarations_are_the_references() -> None:
         quorum_only = queue["name"] in ("mlanet.quarantine", "mlanet.out.<peer>")
         quorum_only |= queue["name"].startswith("mlanet.deliver.")
         assert queue["arguments"] == ({"x-queue-type": "quorum"} if quorum_only else poison)
+    door = declared["door"]
+    assert door["vhost"] == door_vhost("<vhost>", "<peer>")
+    assert [q["name"] for q in door["queues"]] == [peer_inbox("<peer>")]
+    assert door["queues"][0]["arguments"] == {"x-queue-type": "quorum"}  # no dead-lettering
+    assert [e["name"] for e in door["exchanges"]] == [inbox_exchange("<peer>")]
+    assert door["exchanges"][0]["arguments"] == {}  # no alternate exchange in a door
     name, pattern, definition = inbox_policy("<peer>", PeerLimits())
-    inbox = declared["policies"][0]
+    [inbox] = door["policies"]
     assert (inbox["name"], inbox["pattern"]) == (name, pattern)
     assert (inbox["definition"], inbox["priority"]) == (definition, INBOX_POLICY_PRIORITY)
-    deliver = declared["policies"][1]
+    [deliver] = declared["policies"]
     assert deliver["definition"] == {
         "max-length": limits.deliver_queue_messages,
         "max-length-bytes": limits.deliver_queue_bytes,
