@@ -29,14 +29,14 @@ from unittest import mock
 import aio_pika
 import bench_node
 
-from broker import SigningKey, load_signing_key
-from broker.transport import CONTENT_TYPE, inbox_exchange, out_queue
-from nodes import federation
-from nodes.audit import AuditLog
-from nodes.config import load_config
-from nodes.logs import configure_logging
-from nodes.observe import Observer
-from nodes.store import Store
+from mlanet.broker import SigningKey, load_signing_key
+from mlanet.broker.transport import CONTENT_TYPE, inbox_exchange, out_queue
+from mlanet.nodes.config import load_config
+from mlanet.nodes.local import federation
+from mlanet.nodes.logs import configure_logging
+from mlanet.nodes.runtime.observe import Observer
+from mlanet.nodes.state.audit import AuditLog
+from mlanet.nodes.state.store import Store
 
 META = {
     "message_id": "5b0c2f1e-8d3a-4c6b-9e7f-0a1b2c3d4e5f",
@@ -195,7 +195,7 @@ async def node_phase(messages: int, rounds: int) -> None:
                 order = ("with", "without") if round_ % 2 == 0 else ("without", "with")
                 for variant in order:
                     patch = (
-                        mock.patch("nodes.node.AuditTrail", NoAudit)
+                        mock.patch("mlanet.nodes.runtime.node.AuditTrail", NoAudit)
                         if variant == "without"
                         else contextlib.nullcontext()
                     )

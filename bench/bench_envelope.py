@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 import cryptography
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from broker import (
+from mlanet.broker import (
     SignedMessage,
     SigningKey,
     TrustStore,
@@ -38,7 +38,7 @@ from broker import (
     open_envelope,
     sign_message,
 )
-from schemas import Destination, FacilitationRequest, Header, Origin
+from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
 
 TARGET_WIRE_BYTES = 1024
 

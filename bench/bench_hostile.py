@@ -3,8 +3,9 @@
 Two measurements over the hostile corpus (``tests/hostile/corpus.py``):
 
 (a) pipeline: every corpus entry the receiving pipeline judges, through
-    ``nodes.pipeline.receive`` in this process (no broker), with the receiving node's real
-    config, trust store and a SQLite store; process CPU per call (``time.process_time_ns``),
+    ``mlanet.nodes.runtime.pipeline.receive`` in this process (no broker), with the receiving
+    node's real config, trust store and a SQLite store; process CPU per call
+    (``time.process_time_ns``),
     beside the CPU of accepting a valid facilitation request (verify, authorise, dedupe,
     route, payload validation), and the ratio.
 (b) node: a real ``mlanet node run`` process for CASC on the local RabbitMQ (127.0.0.1:5672,
@@ -38,10 +39,10 @@ import aio_pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package
 
-from broker.management import Management, ManagementEndpoint
-from broker.transport import CONTENT_TYPE, QUARANTINE, inbox_exchange
-from nodes.config import load_config
-from nodes.federation import Federation, NodeProcesses, build, provision, teardown
+from mlanet.broker.management import Management, ManagementEndpoint
+from mlanet.broker.transport import CONTENT_TYPE, QUARANTINE, inbox_exchange
+from mlanet.nodes.config import load_config
+from mlanet.nodes.local.federation import Federation, NodeProcesses, build, provision, teardown
 from tests.hostile.corpus import (
     CORPUS,
     HOSTILE,
@@ -85,7 +86,9 @@ def pipeline_phase(root: Path) -> None:
     # Signing is part of making the valid message, not of receiving it: sign once, judge many.
     one_valid = Publication(wire(sign(header(key, scene.now), facilitation_payload(), key)))
     baseline = _per_call_us(lambda: harness.judge(one_valid))
-    print("(a) pipeline: CPU per message through nodes.pipeline.receive, this process")
+    print(
+        "(a) pipeline: CPU per message through mlanet.nodes.runtime.pipeline.receive, this process"
+    )
     print(f"    accepting a valid request (baseline): {baseline:8.1f} us")
     print(f"    {'entry':52s} {'outcome':22s} {'bytes':>9s} {'us':>9s} {'ratio':>7s}")
     rows = []

@@ -57,7 +57,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from broker import (
+from mlanet.broker import (
     SignedMessage,
     SigningKey,
     TrustStore,
@@ -66,10 +66,10 @@ from broker import (
     open_envelope,
     sign_message,
 )
-from broker.contact_point_keys import ContactPointKey
-from broker.management import Management, ManagementEndpoint
-from broker.submission_signing import sign_submission
-from broker.transport import (
+from mlanet.broker.contact_point_keys import ContactPointKey
+from mlanet.broker.management import Management, ManagementEndpoint
+from mlanet.broker.submission_signing import sign_submission
+from mlanet.broker.transport import (
     CONTENT_TYPE,
     SUBMIT_EXCHANGE,
     Topology,
@@ -79,14 +79,14 @@ from broker.transport import (
     out_queue,
     peer_inbox,
 )
-from nodes import federation
-from nodes.config import load_config
-from nodes.contact import facilitation_request
-from nodes.contact_points import Credentials
-from nodes.logs import configure_logging
-from nodes.node import Node
-from nodes.store import Store
-from schemas import Destination, FacilitationRequest, Header, Origin
+from mlanet.nodes.cli.contact import facilitation_request
+from mlanet.nodes.config import load_config
+from mlanet.nodes.directory.contact_points import Credentials
+from mlanet.nodes.local import federation
+from mlanet.nodes.logs import configure_logging
+from mlanet.nodes.runtime.node import Node
+from mlanet.nodes.state.store import Store
+from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 HOST, PORT = "127.0.0.1", 5672

@@ -29,17 +29,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from broker import SigningKey, TrustStore, open_envelope, sign_message
-from broker.management import QueueFigures, ShovelState
-from broker.topology import link_name
-from nodes.config import NodeConfig
-from nodes.observe import Flow, Observers
-from nodes.operator.links import LinkTracker
-from nodes.operator.metrics import NodeMetrics
-from nodes.operator.status import BrokerView, build_status
-from schemas import Destination, FacilitationRequest, Header, Origin
-from schemas.base import format_timestamp
-from schemas.directory import Directory
+from mlanet.broker import SigningKey, TrustStore, open_envelope, sign_message
+from mlanet.broker.management import QueueFigures, ShovelState
+from mlanet.broker.topology import link_name
+from mlanet.nodes.config import NodeConfig
+from mlanet.nodes.operator.links import LinkTracker
+from mlanet.nodes.operator.metrics import NodeMetrics
+from mlanet.nodes.operator.status import BrokerView, build_status
+from mlanet.nodes.runtime.observe import Flow, Observers
+from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
+from mlanet.schemas.base import format_timestamp
+from mlanet.schemas.directory import Directory
 
 
 def per_call_ns(fn: Callable[[], object], number: int, repeat: int) -> float:

@@ -39,12 +39,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package
 
-from broker.management import ManagementEndpoint
-from broker.transport import Topology, Transport
-from nodes.config import NodeConfig, load_config
-from nodes.federation import Federation, NodeProcesses, build, provision, teardown
-from nodes.quarantine import Claim, Entry, Where
-from nodes.quarantine_store import QUARANTINE_FILE, Bound, QuarantineStore
+from mlanet.broker.management import ManagementEndpoint
+from mlanet.broker.transport import Topology, Transport
+from mlanet.nodes.config import NodeConfig, load_config
+from mlanet.nodes.local.federation import Federation, NodeProcesses, build, provision, teardown
+from mlanet.nodes.state.quarantine import Claim, Entry, Where
+from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, Bound, QuarantineStore
 from tests.hostile.peer import amqp_url, publish_all
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
@@ -96,7 +96,7 @@ def fill(config: NodeConfig, entries: int) -> float:
 
 def cli(fed: Federation, *args: str) -> tuple[float, str]:
     """Run ``mlanet quarantine ...`` as an operator would; (wall seconds, stdout)."""
-    command = [sys.executable, "-m", "nodes", "quarantine", *args]
+    command = [sys.executable, "-m", "mlanet", "quarantine", *args]
     started = time.perf_counter()
     done = subprocess.run(
         [*command, "--config", str(fed.config_path(RECEIVER))],

@@ -1,6 +1,6 @@
 """Benchmark: a link between two brokers of their own, over plaintext AMQP and over mutual TLS.
 
-Two RabbitMQ nodes are started on this machine (``nodes/local_brokers.py``; the shared broker on
+Two RabbitMQ nodes are started on this machine (``nodes/local/brokers.py``; the shared broker on
 :5672 is not used), each with its own CA, an AMQPS listener that requires a client certificate,
 and for this comparison also a plaintext listener. A RabbitMQ dynamic shovel on broker A moves a
 durable quorum queue into an exchange on broker B, bound to a durable quorum queue, with
@@ -35,8 +35,8 @@ import aio_pika
 from cryptography import x509
 from pamqp.common import FieldTable
 
-from broker.management import ShovelSpec
-from broker.tls import (
+from mlanet.broker.management import ShovelSpec
+from mlanet.broker.tls import (
     TlsFiles,
     ca_bundle,
     generate_ca,
@@ -45,7 +45,7 @@ from broker.tls import (
     shovel_uri,
     write_identity,
 )
-from nodes.local_brokers import BrokerTlsFiles, LocalBroker, LocalBrokerSpec
+from mlanet.nodes.local.brokers import BrokerTlsFiles, LocalBroker, LocalBrokerSpec
 
 VHOST = "mlanet-bench"
 SOURCE = "mlanet.out.b"

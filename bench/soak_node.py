@@ -37,11 +37,11 @@ from urllib.parse import quote
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from broker import SigningKey, load_signing_key, sign_message
-from broker.management import ManagementEndpoint
-from broker.transport import CONTENT_TYPE, Topology, Transport, inbox_exchange, peer_inbox
-from nodes import federation
-from schemas import Destination, FacilitationRequest, Header, Origin
+from mlanet.broker import SigningKey, load_signing_key, sign_message
+from mlanet.broker.management import ManagementEndpoint
+from mlanet.broker.transport import CONTENT_TYPE, Topology, Transport, inbox_exchange, peer_inbox
+from mlanet.nodes.local import federation
+from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 NETWORKS = {name: federation.EXAMPLE_NETWORKS[name] for name in ("seajust", "casc", "ejn")}
@@ -125,7 +125,7 @@ def timed_command(args: list[str]) -> tuple[float, int, str]:
     """Run ``mlanet <args>`` as an operator does: (seconds, exit status, first output line)."""
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "nodes", *args], capture_output=True, check=False, timeout=60
+        [sys.executable, "-m", "mlanet", *args], capture_output=True, check=False, timeout=60
     )
     elapsed = time.perf_counter() - start
     out = (done.stdout or done.stderr).decode("utf-8", "replace").strip().splitlines()

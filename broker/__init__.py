@@ -3,7 +3,7 @@
 ``broker`` depends on ``schemas`` and never on ``nodes``.
 """
 
-from broker.envelope import (
+from mlanet.broker.envelope import (
     DEFAULT_MAX_BYTES,
     SignedHop,
     SignedMessage,
@@ -12,7 +12,7 @@ from broker.envelope import (
     open_envelope,
     sign_message,
 )
-from broker.errors import (
+from mlanet.broker.errors import (
     ConfigError,
     KeyRefused,
     MlanetError,
@@ -20,14 +20,14 @@ from broker.errors import (
     RefusedMessage,
     TransportError,
 )
-from broker.keys import (
+from mlanet.broker.keys import (
     SigningKey,
     TrustStore,
     generate_key_files,
     load_signing_key,
     parse_public_key,
 )
-from broker.strictjson import canonical_bytes, loads_strict
+from mlanet.broker.strictjson import canonical_bytes, loads_strict
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from broker.management import Management
-from broker.transport import SUBMIT_EXCHANGE, deliver_queue
+from mlanet.broker.management import Management
+from mlanet.broker.transport import SUBMIT_EXCHANGE, deliver_queue
 
 __all__ = [
     "CONTACT_POINT_TAG",
@@ -54,7 +54,7 @@ class ContactPointUser:
     vhost: str
     contact_point: str
     name: str
-    password_hash: str  # RabbitMQ's rabbit_password_hashing_sha256 (broker.peer_access)
+    password_hash: str  # RabbitMQ's rabbit_password_hashing_sha256 (mlanet.broker.peer_access)
     hashing_algorithm: str = RABBIT_SHA256
 
 

@@ -28,9 +28,9 @@ import nacl.exceptions
 import nacl.signing
 from pydantic import TypeAdapter, ValidationError
 
-from broker.errors import KeyRefused, Reason, RefusedMessage
-from broker.keys import SigningKey, b64u_decode, b64u_encode, parse_public_key
-from schemas.base import ContactPointId, KeyId
+from mlanet.broker.errors import KeyRefused, Reason, RefusedMessage
+from mlanet.broker.keys import SigningKey, b64u_decode, b64u_encode, parse_public_key
+from mlanet.schemas.base import ContactPointId, KeyId
 
 __all__ = [
     "ContactPointKey",

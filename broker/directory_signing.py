@@ -1,6 +1,6 @@
 """Signing and opening the federation directory, and networks' signed requests to the coordinator.
 
-A signed directory is one JSON object (``schemas.directory.SignedDirectory``)::
+A signed directory is one JSON object (``mlanet.schemas.directory.SignedDirectory``)::
 
     {"document": B64U(directory JSON bytes), "key_id": "ed25519:<n>", "mlanet_directory": 1,
      "signature": B64U(Ed25519 over b"mlanet-v1:directory:" + document), "signer": "<coordinator>"}
@@ -33,10 +33,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.errors import KeyRefused, Reason, RefusedMessage, error_location
-from broker.keys import SigningKey, TrustStore, b64u_decode, b64u_encode
-from broker.strictjson import canonical_bytes, loads_strict
-from schemas.directory import (
+from mlanet.broker.errors import KeyRefused, Reason, RefusedMessage, error_location
+from mlanet.broker.keys import SigningKey, TrustStore, b64u_decode, b64u_encode
+from mlanet.broker.strictjson import canonical_bytes, loads_strict
+from mlanet.schemas.directory import (
     Directory,
     JoinRequest,
     KeyRotationRequest,
@@ -99,7 +99,7 @@ def _validation_detail(exc: ValidationError) -> str:
 def check_listed_keys(directory: Directory) -> None:
     """Raise RefusedMessage (``malformed_key`` or ``weak_key``) unless every public key the
     directory lists, its networks' and its coordinator's, enters a trust store: the same check
-    (:meth:`broker.keys.TrustStore.add_listed`) that the node's trust stores make later."""
+    (:meth:`mlanet.broker.keys.TrustStore.add_listed`) that the node's trust stores make later."""
     listed = [
         ("coordinator", directory.coordinator or "", key) for key in directory.coordinator_keys
     ]

@@ -21,10 +21,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.errors import Reason, RefusedMessage, error_location
-from broker.keys import SigningKey, TrustStore, b64u_check, b64u_decode, b64u_encode
-from broker.strictjson import canonical_bytes, loads_strict
-from schemas import (
+from mlanet.broker.errors import Reason, RefusedMessage, error_location
+from mlanet.broker.keys import SigningKey, TrustStore, b64u_check, b64u_decode, b64u_encode
+from mlanet.broker.strictjson import canonical_bytes, loads_strict
+from mlanet.schemas import (
     FORMAT_VERSION,
     Header,
     HopRecord,

@@ -5,18 +5,18 @@ test_exception_tree.py`` walks every module and holds this drawing to what it fi
 
     MlanetError                    root of everything mlanet raises on purpose
     ├── RefusedMessage             a message is refused; carries a Reason (a wire reason code)
-    │   └── OlderDirectory         nodes/directory.py: a valid directory older than the one held
+    │   └── OlderDirectory         nodes/directory/book.py: older than the directory held
     ├── KeyRefused                 a key file or public key cannot be used (carries a Reason)
     ├── ConfigError                a node's configuration is invalid
     ├── TransportError             the broker could not do what was asked (transient)
-    ├── JournalError               nodes/journal.py: the journal cannot be written or read
-    ├── QuarantineError            nodes/quarantine.py: an operator's quarantine command failed
+    ├── JournalError               nodes/state/journal.py: the journal cannot be written or read
+    ├── QuarantineError            nodes/state/quarantine.py: a quarantine command failed
     │   ├── NotInQuarantine        no entry has that id (any longer)
     │   └── QuarantineBusy         another command holds the entry: try again
     ├── TlsError                   broker/tls.py: a certificate unusable or not the expected one
-    ├── LocalBrokerError           nodes/local_brokers.py: a broker of its own failed to start/stop
-    ├── NodeFailed                 nodes/federation.py: a local federation's node process failed
-    └── DemoFailed                 nodes/demo.py: the demo could not go on
+    ├── LocalBrokerError           nodes/local/brokers.py: a broker of its own failed to start/stop
+    ├── NodeFailed                 nodes/local/federation.py: a local federation's node failed
+    └── DemoFailed                 nodes/local/demo.py: the demo could not go on
 
 What a peer or an operator is told is the reason code and a short fixed text; never a traceback
 and never case content. ``detail`` strings are built by mlanet from metadata only. Third-party

@@ -2,7 +2,7 @@
 
 A network signs with one private key at a time; its key id is ``ed25519:<n>``. Private key files
 are JSON, written owner-only (0600) and refused when group or others can read them. Public keys
-enter the trust store only after :func:`broker.curve.check_public_point` accepts them.
+enter the trust store only after :func:`mlanet.broker.curve.check_public_point` accepts them.
 
 Every key is held by one library, libsodium (PyNaCl): it generates, signs and verifies (faster
 than OpenSSL here, and its verification also refuses non-canonical signatures, S >= L, and
@@ -23,11 +23,11 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
-from broker.curve import PointCheck, check_public_point
-from broker.errors import KeyRefused, Reason, RefusedMessage
-from schemas.base import KEY_ID, NETWORK_ID
-from schemas.directory import NetworkKey
-from schemas.validity import KeyState, key_state
+from mlanet.broker.curve import PointCheck, check_public_point
+from mlanet.broker.errors import KeyRefused, Reason, RefusedMessage
+from mlanet.schemas.base import KEY_ID, NETWORK_ID
+from mlanet.schemas.directory import NetworkKey
+from mlanet.schemas.validity import KeyState, key_state
 
 __all__ = [
     "PublicKeyInfo",

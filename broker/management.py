@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
-from broker.errors import TransportError
+from mlanet.broker.errors import TransportError
 
 __all__ = [
     "Management",

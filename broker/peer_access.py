@@ -1,7 +1,8 @@
 """Peer access on a network's own broker, from the directory: who may write which inbox.
 
 Every network names, in the directory, the broker user its links log in as at its peers'
-brokers, with a salted hash of that user's password (``schemas.directory.LinkUser``). Each peer
+brokers, with a salted hash of that user's password
+(``mlanet.schemas.directory.LinkUser``). Each peer
 gets a door on the network's broker (:func:`open_door`): a vhost of its own,
 ``<vhost>:door:<peer>``, where the node's user (and the administrator) have every right and the
 peer's user has write permission on exactly one resource, ``mlanet.inbox.from.<peer>``, and
@@ -23,9 +24,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from broker.management import Management
-from broker.topology import door_sender, door_vhost, inbox_exchange
-from schemas.directory import LinkUser
+from mlanet.broker.management import Management
+from mlanet.broker.topology import door_sender, door_vhost, inbox_exchange
+from mlanet.schemas.directory import LinkUser
 
 __all__ = [
     "PEER_TAG",

@@ -25,7 +25,7 @@ to what the directory says it may claim (``docs/PROTOCOL.md``, sections 6, 7.3 a
   than the skew (``clock_skew``). The last step, to the receiver, is the sending peer's, which
   is linked by definition (a network the directory does not link to is no peer).
 
-Each check raises :class:`~broker.errors.RefusedMessage`; its detail names networks, contact
+Each check raises :class:`~mlanet.broker.errors.RefusedMessage`; its detail names networks, contact
 points, countries and indexes only (never case content).
 """
 
@@ -34,14 +34,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from broker.envelope import SignedMessage, open_envelope
-from broker.errors import Reason, RefusedMessage
-from broker.keys import TrustStore
-from broker.strictjson import canonical_bytes
-from schemas import FacilitationRequest, Header, HopRecord, WireModel
-from schemas.directory import Directory, NetworkEntry
-from schemas.payloads import NoticeHop
-from schemas.validity import ended, not_yet
+from mlanet.broker.envelope import SignedMessage, open_envelope
+from mlanet.broker.errors import Reason, RefusedMessage
+from mlanet.broker.keys import TrustStore
+from mlanet.broker.strictjson import canonical_bytes
+from mlanet.schemas import FacilitationRequest, Header, HopRecord, WireModel
+from mlanet.schemas.directory import Directory, NetworkEntry
+from mlanet.schemas.payloads import NoticeHop
+from mlanet.schemas.validity import ended, not_yet
 
 __all__ = [
     "check_addressee",

@@ -3,7 +3,7 @@
 
 A contact point's reader that refuses a delivery publishes it into ``mlanet.quarantine`` with
 these headers; the node reads them when it takes the message into its quarantine store
-(``nodes/quarantine.py``). Reading is total: every value a publisher sends is untrusted, a
+(``nodes/state/quarantine.py``). Reading is total: every value a publisher sends is untrusted, a
 header of the wrong type reads as absent, a reason that is not a reason code's shape reads as
 ``unknown``, the detail is kept to its first :data:`DETAIL_KEPT` characters, and a body size or
 SHA-256 counts only together with ``x-mlanet-truncated: true``.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from broker.errors import RefusedMessage
-from broker.keys import b64u_decode, b64u_encode
+from mlanet.broker.errors import RefusedMessage
+from mlanet.broker.keys import b64u_decode, b64u_encode
 
 __all__ = [
     "AT",

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
-from broker.errors import Reason
-from schemas import Header, NetworkId
-from schemas.directory import Directory, NetworkEntry
+from mlanet.broker.errors import Reason
+from mlanet.schemas import Header, NetworkId
+from mlanet.schemas.directory import Directory, NetworkEntry
 
 __all__ = ["Deliver", "Forward", "Refuse", "RouteRule", "Routing", "route", "target_network"]
 

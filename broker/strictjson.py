@@ -15,7 +15,7 @@ from array import array
 from itertools import accumulate
 from typing import Any
 
-from broker.errors import Reason, RefusedMessage
+from mlanet.broker.errors import Reason, RefusedMessage
 
 __all__ = ["MAX_DEPTH", "canonical_bytes", "loads_strict"]
 

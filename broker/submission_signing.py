@@ -1,20 +1,21 @@
 """What a contact point hands its own node, signed with its own key: a submission, or a delivered
 message it hands back. Local to one network (``mlanet.submit``); never sent between networks.
 
-A signed submission is one JSON object (``schemas.submission.SignedSubmission``)::
+A signed submission is one JSON object (``mlanet.schemas.submission.SignedSubmission``)::
 
     {"contact_point": "kh-cp-1", "key_id": "ed25519:1", "mlanet_submission": 1,
      "signature": B64U(Ed25519 over b"mlanet-v1:submission:" + submission),
      "submission": B64U(the submission's JSON bytes)}
 
-A returned delivery (``schemas.submission.ReturnedDelivery``) is signed over
+A returned delivery (``mlanet.schemas.submission.ReturnedDelivery``) is signed over
 ``b"mlanet-v1:returned:" + reason + b"." + message``, ``message`` being B64U of the delivered
 bytes. The contexts differ, so neither signature can pass for the other, nor for a message's,
 a hop's, the directory's or the audit trail's.
 
 Opening follows the envelope's rule, verify first and parse second: the frame is parsed strictly
 (duplicate keys refused), the signature is checked over the exact ``submission`` text with the
-key the node vouches for that contact point (a ``broker.contact_point_keys.ContactPointKeyring``),
+key the node vouches for that contact point (a
+``mlanet.broker.contact_point_keys.ContactPointKeyring``),
 and only then is the submission decoded, parsed strictly and validated. Refusals:
 ``unsigned_submission`` (a bare submission, or a frame without a signature), ``bad_envelope``
 (members missing or added), ``schema_invalid``, ``unknown_key`` (the contact point has no key at
@@ -30,11 +31,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from broker.contact_point_keys import ContactPointKey, ContactPointKeyring
-from broker.errors import KeyRefused, Reason, RefusedMessage, error_location
-from broker.keys import b64u_decode, b64u_encode
-from broker.strictjson import canonical_bytes, loads_strict
-from schemas.submission import ReturnedDelivery, SignedSubmission, Submission
+from mlanet.broker.contact_point_keys import ContactPointKey, ContactPointKeyring
+from mlanet.broker.errors import KeyRefused, Reason, RefusedMessage, error_location
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.broker.strictjson import canonical_bytes, loads_strict
+from mlanet.schemas.submission import ReturnedDelivery, SignedSubmission, Submission
 
 __all__ = [
     "RETURNED_CONTEXT",

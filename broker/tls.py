@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker.errors import MlanetError
+from mlanet.broker.errors import MlanetError
 
 __all__ = [
     "CertificateAuthority",

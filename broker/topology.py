@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from schemas.base import CONTACT_POINT_ID, NETWORK_ID
+from mlanet.schemas.base import CONTACT_POINT_ID, NETWORK_ID
 
 __all__ = [
     "CONTENT_TYPE",

@@ -34,9 +34,9 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from pamqp.common import Arguments
 from yarl import URL
 
-from broker.amqp_decode import CUT_SHA256, CUT_SIZE, BodyCap, harden
-from broker.errors import TransportError
-from broker.topology import (
+from mlanet.broker.amqp_decode import CUT_SHA256, CUT_SIZE, BodyCap, harden
+from mlanet.broker.errors import TransportError
+from mlanet.broker.topology import (
     CONTENT_TYPE,
     INBOX,
     QUARANTINE,

@@ -13,11 +13,11 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from broker.errors import ConfigError
-from broker.routing import RouteRule
-from nodes.directory_config import CoordinatorConfig, LinkConfig
-from schemas import KINDS, Kind, NetworkId
-from schemas.directory import BrokerAddress
+from mlanet.broker.errors import ConfigError
+from mlanet.broker.routing import RouteRule
+from mlanet.nodes.directory.config import CoordinatorConfig, LinkConfig
+from mlanet.schemas import KINDS, Kind, NetworkId
+from mlanet.schemas.directory import BrokerAddress
 
 __all__ = [
     "Alerts",
@@ -58,7 +58,7 @@ class PeerLimits(_Config):
     ``queue_bytes`` bytes; beyond that the broker refuses the peer's publishes
     (``reject-publish``), and its link keeps the messages on its side and retries. Its refused
     messages keep their bodies in the quarantine up to ``quarantine_messages`` and
-    ``quarantine_bytes``; beyond that, their metadata only (``nodes/quarantine_store.py``).
+    ``quarantine_bytes``; beyond that, their metadata only (``nodes/state/quarantine_store.py``).
     """
 
     rate: float = Field(default=1000.0, gt=0, le=1_000_000)
@@ -86,7 +86,7 @@ class Limits(_Config):
     max_age_seconds: int = Field(default=30 * 86400, ge=60)
     prefetch: int = Field(default=64, ge=1, le=5000)
     delivery_limit: int = Field(default=5, ge=1, le=100)
-    # bound of each mlanet.deliver.<contact point> (reject-publish, see nodes/fairness.py)
+    # bound of each mlanet.deliver.<contact point> (reject-publish, see nodes/runtime/fairness.py)
     deliver_queue_messages: int = Field(default=100_000, ge=1, le=100_000_000)
     deliver_queue_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024, le=2**40)
     peer: PeerLimits = PeerLimits()  # every peer's, unless its [[peers]] table has [peers.limits]

@@ -148,7 +148,7 @@ def error_fields(exc: BaseException) -> dict[str, Any]:
 def failure_fields(exc: BaseException) -> dict[str, Any]:
     """Why a process (the node) fails, as log fields: mlanet's own errors by their text (built
     from metadata only, ``broker/errors.py``), anything else by :func:`error_fields`."""
-    from broker.errors import MlanetError
+    from mlanet.broker.errors import MlanetError
 
     error = first_error(exc)
     if isinstance(error, MlanetError):

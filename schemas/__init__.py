@@ -3,7 +3,7 @@
 ``schemas`` never imports ``broker`` or ``nodes``.
 """
 
-from schemas.base import (
+from mlanet.schemas.base import (
     CaseReference,
     ContactPointId,
     CountryCode,
@@ -15,8 +15,8 @@ from schemas.base import (
     format_timestamp,
     parse_timestamp,
 )
-from schemas.catalogue import PAYLOADS, json_schemas, payload_model, write_json_schemas
-from schemas.header import (
+from mlanet.schemas.catalogue import PAYLOADS, json_schemas, payload_model, write_json_schemas
+from mlanet.schemas.header import (
     FORMAT_VERSION,
     KINDS,
     Destination,
@@ -26,7 +26,7 @@ from schemas.header import (
     Origin,
     Urgency,
 )
-from schemas.payloads import (
+from mlanet.schemas.payloads import (
     DirectoryUpdate,
     FacilitationRequest,
     InformationRequest,

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.base import WireModel
-from schemas.directory import Directory, SignedDirectory
-from schemas.header import FORMAT_VERSION, KINDS, Header, HopRecord, Kind
-from schemas.payloads import (
+from mlanet.schemas.base import WireModel
+from mlanet.schemas.directory import Directory, SignedDirectory
+from mlanet.schemas.header import FORMAT_VERSION, KINDS, Header, HopRecord, Kind
+from mlanet.schemas.payloads import (
     DirectoryUpdate,
     FacilitationRequest,
     InformationRequest,

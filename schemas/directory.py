@@ -18,7 +18,7 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from schemas.base import (
+from mlanet.schemas.base import (
     ContactPointId,
     CountryCode,
     KeyId,
@@ -27,7 +27,7 @@ from schemas.base import (
     Timestamp,
     WireModel,
 )
-from schemas.validity import KeyState, ended, in_window, key_state, not_yet
+from mlanet.schemas.validity import KeyState, ended, in_window, key_state, not_yet
 
 __all__ = [
     "BrokerAddress",

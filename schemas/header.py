@@ -10,7 +10,7 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from schemas.base import (
+from mlanet.schemas.base import (
     ContactPointId,
     CountryCode,
     KeyId,

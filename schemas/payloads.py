@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.base import (
+from mlanet.schemas.base import (
     CaseReference,
     ContactPointId,
     CountryCode,
@@ -22,8 +22,8 @@ from schemas.base import (
     Timestamp,
     WireModel,
 )
-from schemas.directory import SignedDirectory
-from schemas.header import Urgency
+from mlanet.schemas.directory import SignedDirectory
+from mlanet.schemas.header import Urgency
 
 __all__ = [
     "DirectoryUpdate",

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from schemas.base import ContactPointId, KeyId, MessageId, WireModel
-from schemas.header import Destination, Kind, Urgency
+from mlanet.schemas.base import ContactPointId, KeyId, MessageId, WireModel
+from mlanet.schemas.header import Destination, Kind, Urgency
 
 __all__ = ["MAX_FRAME_CHARS", "ReturnedDelivery", "SignedSubmission", "Submission"]
 

@@ -45,7 +45,7 @@ def keys(*blocks: str) -> independent.Keys:
 
 def trust(listed: independent.Keys) -> Any:
     """The reference's trust store of ``listed``."""
-    import broker
+    from mlanet import broker
 
     store = broker.TrustStore()
     for (network, key_id), public in listed.items():

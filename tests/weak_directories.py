@@ -2,7 +2,8 @@
 the attacks of the security review ("a signed directory carrying a weak key"), shared by the unit
 and the integration tests.
 
-:func:`sign_anyway` signs exactly as ``broker.directory_signing.sign_directory`` does, without
+:func:`sign_anyway` signs exactly as ``mlanet.broker.directory_signing.sign_directory`` does,
+without
 its refusal of such keys: what a coordinator key that signs anything (stolen, or a coordinator
 tool with a bug) produces. A node must refuse the result however it arrives.
 """
@@ -12,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from broker import Reason, SigningKey
-from broker.directory_signing import DIRECTORY_CONTEXT
-from broker.keys import b64u_encode
-from broker.strictjson import canonical_bytes
-from schemas.directory import Directory
+from mlanet.broker import Reason, SigningKey
+from mlanet.broker.directory_signing import DIRECTORY_CONTEXT
+from mlanet.broker.keys import b64u_encode
+from mlanet.broker.strictjson import canonical_bytes
+from mlanet.schemas.directory import Directory
 
 P = 2**255 - 19
 

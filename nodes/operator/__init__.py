@@ -9,9 +9,9 @@
 - ``dashboard``: the HTML pages; ``server``: the aiohttp surface started with the node.
 """
 
-from nodes.operator.auth import hash_password, verify_password
-from nodes.operator.server import OperatorSurface
-from nodes.operator.status import NodeStatus, collect, render_text
+from mlanet.nodes.operator.auth import hash_password, verify_password
+from mlanet.nodes.operator.server import OperatorSurface
+from mlanet.nodes.operator.status import NodeStatus, collect, render_text
 
 __all__ = [
     "NodeStatus",

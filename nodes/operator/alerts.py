@@ -1,12 +1,12 @@
 """The alerts: every threshold in ``[operator.alerts]`` (``nodes/config.py``) that one node's
 status crosses. The table, with each code's severity, is in docs/OPERATIONS.md ("Watching a
-node"). Pure functions of a :class:`~nodes.operator.views.NodeStatus`."""
+node"). Pure functions of a :class:`~mlanet.nodes.operator.views.NodeStatus`."""
 
 from __future__ import annotations
 
-from broker.transport import deliver_queue
-from nodes.config import NodeConfig
-from nodes.operator.views import Alert, NodeStatus, human_duration
+from mlanet.broker.transport import deliver_queue
+from mlanet.nodes.config import NodeConfig
+from mlanet.nodes.operator.views import Alert, NodeStatus, human_duration
 
 __all__ = ["compute_alerts"]
 

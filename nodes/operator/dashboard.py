@@ -7,9 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 
-from nodes.operator.flow import FlowEvent
-from nodes.operator.views import NodeStatus, human_duration
-from schemas.directory import Directory
+from mlanet.nodes.operator.flow import FlowEvent
+from mlanet.nodes.operator.views import NodeStatus, human_duration
+from mlanet.schemas.directory import Directory
 
 __all__ = ["STYLESHEET", "dashboard_page", "login_page"]
 

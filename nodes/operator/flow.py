@@ -2,7 +2,7 @@
 messages, grouped by the network on the other side. Metadata only (message id, kind, origin,
 destination, reason code).
 
-A view of the node's audit trail (``nodes/audit.py``), its durable record of every accept,
+A view of the node's audit trail (``nodes/state/audit.py``), its durable record of every accept,
 refusal, forward, delivery and receipt: nothing is kept in memory, so the flow is the same
 after a restart. One audit record may give two events: a message accepted from a peer and then
 forwarded has one record (``forwarded``, naming the peer it came ``from``), shown as
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from broker.topology import peer_of_inbox_exchange
-from nodes.audit import AuditRecord
-from nodes.journal import RECEIVED
+from mlanet.broker.topology import peer_of_inbox_exchange
+from mlanet.nodes.state.audit import AuditRecord
+from mlanet.nodes.state.journal import RECEIVED
 
 __all__ = ["AuditReader", "FlowEvent", "FlowLog", "flow_events"]
 

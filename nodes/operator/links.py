@@ -37,7 +37,7 @@ from collections import OrderedDict, deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from nodes.observe import Flow, Observer
+from mlanet.nodes.runtime.observe import Flow, Observer
 
 __all__ = ["STALL_SECONDS", "LinkTracker", "LinkView"]
 

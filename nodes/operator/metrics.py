@@ -2,8 +2,8 @@
 tests).
 
 - The message counters and the receipt-wait histogram are counts of the node's audit trail
-  (``nodes/audit.py``), its durable record of every accept, refusal, forward, delivery, receipt
-  and message given up on: :meth:`NodeMetrics.count` folds records in, in order, and the
+  (``nodes/state/audit.py``), its durable record of every accept, refusal, forward, delivery,
+  receipt and message given up on: :meth:`NodeMetrics.count` folds records in, in order, and the
   operator surface follows the trail (from its first record when the node starts), so the
   counters survive a restart and never disagree with the audit.
 - The step timings are fed by the observer seam (they are not in any record: they start empty
@@ -29,12 +29,12 @@ from prometheus_client import (
     generate_latest,
 )
 
-from broker import Reason
-from nodes.audit import AuditRecord
-from nodes.journal import RECEIVED
-from nodes.observe import Observer
-from nodes.operator.views import NodeStatus
-from schemas import KINDS
+from mlanet.broker import Reason
+from mlanet.nodes.operator.views import NodeStatus
+from mlanet.nodes.runtime.observe import Observer
+from mlanet.nodes.state.audit import AuditRecord
+from mlanet.nodes.state.journal import RECEIVED
+from mlanet.schemas import KINDS
 
 __all__ = ["STEPS", "NodeMetrics"]
 

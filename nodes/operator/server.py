@@ -42,34 +42,34 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from broker import MlanetError
-from broker.transport import Transport, out_queue
-from nodes.audit import AUDIT_FILE, AuditLog, AuditRecord
-from nodes.config import NodeConfig
-from nodes.journal import Journal
-from nodes.logs import error_fields
-from nodes.observe import Observers
-from nodes.operator.auth import (
+from mlanet.broker import MlanetError
+from mlanet.broker.transport import Transport, out_queue
+from mlanet.nodes.config import NodeConfig
+from mlanet.nodes.logs import error_fields
+from mlanet.nodes.operator.auth import (
     Devices,
     LoginLimiter,
     Sessions,
     read_password_line,
     verify_password,
 )
-from nodes.operator.dashboard import STYLESHEET, dashboard_page, login_page
-from nodes.operator.flow import FlowLog
-from nodes.operator.links import LinkTracker
-from nodes.operator.metrics import NodeMetrics
-from nodes.operator.status import (
+from mlanet.nodes.operator.dashboard import STYLESHEET, dashboard_page, login_page
+from mlanet.nodes.operator.flow import FlowLog
+from mlanet.nodes.operator.links import LinkTracker
+from mlanet.nodes.operator.metrics import NodeMetrics
+from mlanet.nodes.operator.status import (
     NodeStatus,
     broker_view,
     build_status,
     link_name,
     write_snapshot,
 )
-from nodes.receipts import RECEIPTED
-from nodes.store import Store
-from schemas.directory import Directory
+from mlanet.nodes.runtime.observe import Observers
+from mlanet.nodes.runtime.receipts import RECEIPTED
+from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog, AuditRecord
+from mlanet.nodes.state.journal import Journal
+from mlanet.nodes.state.store import Store
+from mlanet.schemas.directory import Directory
 
 __all__ = ["COOKIE", "DEVICE_COOKIE", "OperatorSurface", "RunningNode"]
 
@@ -145,7 +145,7 @@ def _same_origin(request: web.Request) -> bool:
 
 
 class RunningNode(Protocol):
-    """What the operator surface reads of the node it serves (``nodes/node.py``)."""
+    """What the operator surface reads of the node it serves (``nodes/runtime/node.py``)."""
 
     @property
     def config(self) -> NodeConfig:

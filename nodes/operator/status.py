@@ -1,18 +1,18 @@
 """One node's status as operators see it, gathered: queues, links, quarantine, receipts, expiry
 and, from ``nodes/operator/alerts.py``, its alerts; and its terminal rendering.
 
-The same :class:`~nodes.operator.views.NodeStatus` feeds ``mlanet status`` (text or
+The same :class:`~mlanet.nodes.operator.views.NodeStatus` feeds ``mlanet status`` (text or
 ``--json``), the metrics and the dashboard. Sources, and what is shown when one is missing:
 
 - the RabbitMQ **management API** (queue depths, rates, consumers, shovel states; each peer's
-  inbox queue is read in that peer's door vhost, ``nodes/doors.py``). Without it,
+  inbox queue is read in that peer's door vhost, ``nodes/runtime/doors.py``). Without it,
   depths and consumers of the node's own queues come from AMQP passive declares and the status
   says plainly that rates, unacknowledged counts and link states cannot be shown;
 - the node's **SQLite state** (messages awaiting a receipt, quarantine reasons) and its
   **quarantine store** (entries per peer, those kept without their body, the last minute's
-  refusals: ``nodes/quarantine_store.py``), read-only;
+  refusals: ``nodes/state/quarantine_store.py``), read-only;
 - the **directory** (key and directory expiry: when the node itself stops trusting them,
-  ``nodes/directory_config.py`` ``directory_expiry``);
+  ``nodes/directory/config.py`` ``directory_expiry``);
 - the **running node's link tracker** (last success, oldest waiting message; see
   ``nodes/operator/links.py``), which the node writes to ``<state_dir>/operator.json`` each poll.
 """
@@ -27,23 +27,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.errors import TransportError
-from broker.management import (
+from mlanet.broker.errors import TransportError
+from mlanet.broker.management import (
     Management,
     ManagementEndpoint,
     QueueFigures,
     ShovelState,
     shovel_states,
 )
-from broker.topology import link_name, peer_of_out_queue
-from broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
-from nodes.config import Alerts, NodeConfig, _read_secret
-from nodes.directory import DirectoryBook, effective_config
-from nodes.directory_config import directory_expiry
-from nodes.journal import JournalError
-from nodes.operator.alerts import compute_alerts
-from nodes.operator.links import LinkView
-from nodes.operator.views import (
+from mlanet.broker.topology import link_name, peer_of_out_queue
+from mlanet.broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
+from mlanet.nodes.config import Alerts, NodeConfig, _read_secret
+from mlanet.nodes.directory.book import DirectoryBook, effective_config
+from mlanet.nodes.directory.config import directory_expiry
+from mlanet.nodes.operator.alerts import compute_alerts
+from mlanet.nodes.operator.links import LinkView
+from mlanet.nodes.operator.views import (
     Alert,
     ExpiryView,
     NodeStatus,
@@ -54,11 +53,12 @@ from nodes.operator.views import (
     human_duration,
     iso,
 )
-from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
-from nodes.reconcile import doors as door_vhosts
-from nodes.reconcile import foreign
-from nodes.store import Store
-from schemas.directory import Directory, NetworkKey
+from mlanet.nodes.runtime.reconcile import doors as door_vhosts
+from mlanet.nodes.runtime.reconcile import foreign
+from mlanet.nodes.state.journal import JournalError
+from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
+from mlanet.nodes.state.store import Store
+from mlanet.schemas.directory import Directory, NetworkKey
 
 __all__ = [
     "SNAPSHOT",
@@ -90,7 +90,7 @@ class BrokerView:
     queues: dict[str, QueueFigures]
     shovels: dict[str, ShovelState] | None  # None: the management API did not answer
     problem: str | None  # why the management API did not answer
-    foreign: list[str] = field(default_factory=list)  # nodes.reconcile.foreign
+    foreign: list[str] = field(default_factory=list)  # mlanet.nodes.runtime.reconcile.foreign
 
 
 def management_endpoint(config: NodeConfig) -> ManagementEndpoint:
@@ -315,7 +315,7 @@ def write_snapshot(state_dir: Path, status: NodeStatus, url: str | None) -> None
         json.dumps({"url": url, "written_at": status.at, "status": status.to_json()}),
         encoding="utf-8",
     )
-    temporary.chmod(0o600)  # owner-only like the rest of the state (nodes/state_dir.py)
+    temporary.chmod(0o600)  # owner-only like the rest of the state (nodes/state/state_dir.py)
     temporary.replace(target)
 
 

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from broker.management import QueueFigures
-from nodes.operator.links import LinkView
+from mlanet.broker.management import QueueFigures
+from mlanet.nodes.operator.links import LinkView
 
 __all__ = [
     "Alert",

@@ -16,13 +16,13 @@ from urllib.parse import quote
 
 import httpx
 
-from broker.directory_signing import sign_directory
-from broker.keys import b64u_decode, load_signing_key
-from broker.management import ManagementEndpoint
-from nodes.config import load_config
-from nodes.crashpoints import CLOCK_OFFSET, CRASH_AT, CRASH_EXIT_CODE
-from nodes.federation import Federation, NodeProcesses
-from schemas.directory import Directory, SignedDirectory
+from mlanet.broker.directory_signing import sign_directory
+from mlanet.broker.keys import b64u_decode, load_signing_key
+from mlanet.broker.management import ManagementEndpoint
+from mlanet.nodes.config import load_config
+from mlanet.nodes.local.federation import Federation, NodeProcesses
+from mlanet.nodes.runtime.crashpoints import CLOCK_OFFSET, CRASH_AT, CRASH_EXIT_CODE
+from mlanet.schemas.directory import Directory, SignedDirectory
 from tests.battery.history import History
 
 __all__ = [

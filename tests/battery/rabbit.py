@@ -23,7 +23,7 @@ from typing import Self
 
 import httpx
 
-from broker.management import ManagementEndpoint
+from mlanet.broker.management import ManagementEndpoint
 
 __all__ = ["ScratchBroker", "rabbit_scripts"]
 

@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.topology import INBOX, SUBMIT, deliver_queue, out_queue, peer_inbox
-from broker.transport import Transport
-from nodes.federation import EXAMPLE_NETWORKS, Federation, build, provision, teardown
-from nodes.store import Store
+from mlanet.broker.topology import INBOX, SUBMIT, deliver_queue, out_queue, peer_inbox
+from mlanet.broker.transport import Transport
+from mlanet.nodes.local.federation import EXAMPLE_NETWORKS, Federation, build, provision, teardown
+from mlanet.nodes.state.store import Store
 from tests.battery.checker import Verdict, check
 from tests.battery.faults import BrokerControl, Supervisor, tune
 from tests.battery.history import History, OpType

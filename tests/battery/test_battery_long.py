@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.transport import SUBMIT, inbox_exchange, out_queue, peer_inbox
+from mlanet.broker.transport import SUBMIT, inbox_exchange, out_queue, peer_inbox
 from tests.battery.checker import Verdict
 from tests.battery.faults import (
     delete_binding,

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broker.errors import ConfigError
-from nodes import crashpoints
-from nodes.crashpoints import CRASH_EXIT_CODE, POINTS, CrashPlan, parse_crash_at
+from mlanet.broker.errors import ConfigError
+from mlanet.nodes.runtime import crashpoints
+from mlanet.nodes.runtime.crashpoints import CRASH_EXIT_CODE, POINTS, CrashPlan, parse_crash_at
 
 
 def test_parse_reads_points_and_pass_numbers() -> None:
@@ -59,7 +59,7 @@ def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 _PASSES = """
     import asyncio
-    from nodes import crashpoints
+    from mlanet.nodes.runtime import crashpoints
 
     async def publish() -> str:
         return "confirmed"
@@ -135,12 +135,12 @@ def test_a_node_with_a_misspelt_crash_point_does_not_start(tmp_path: object) -> 
     (a fault test must not run with its fault silently disarmed)."""
     from pathlib import Path
 
-    from nodes.federation import build
+    from mlanet.nodes.local.federation import build
 
     assert isinstance(tmp_path, Path)
     fed = build(tmp_path / "federation", prefix="crash")
     result = subprocess.run(
-        [sys.executable, "-m", "nodes", "node", "run", "--config", str(fed.config_path("casc"))],
+        [sys.executable, "-m", "mlanet", "node", "run", "--config", str(fed.config_path("casc"))],
         env={"PATH": "/usr/bin:/bin", crashpoints.CRASH_AT: "after_confirm_before_akc:1"},
         capture_output=True,
         text=True,

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from nodes.contact import ARCHIVE_FILE, read_inbox, submit
-from nodes.federation import Federation, build, provision, teardown
-from nodes.store import Store
-from schemas.submission import Submission
+from mlanet.nodes.cli.contact import ARCHIVE_FILE, read_inbox, submit
+from mlanet.nodes.local.federation import Federation, build, provision, teardown
+from mlanet.nodes.state.store import Store
+from mlanet.schemas.submission import Submission
 from tests.battery.rabbit import ScratchBroker
 from tests.integration.kit import config, credentials, eventually, outbox_state, running
 
@@ -95,7 +95,7 @@ def test_an_archive_kept_in_the_node_state_is_adopted_for_its_own_contact_point_
     the contact points' shared archive in the node's state folder) is copied into the contact
     point's own archive, in its credentials folder, the first time it is opened, once; another
     contact point's messages are not."""
-    from nodes.contact import open_archive
+    from mlanet.nodes.cli.contact import open_archive
 
     state = tmp_path / "state"
     older = Store(state / "node.sqlite3")

@@ -13,7 +13,7 @@ import aio_pika
 import httpx
 import pytest
 
-from broker.transport import (
+from mlanet.broker.transport import (
     SUBMIT,
     SUBMIT_EXCHANGE,
     Topology,
@@ -23,9 +23,9 @@ from broker.transport import (
     out_queue,
     peer_inbox,
 )
-from nodes.contact import read_inbox, submit
-from nodes.federation import Federation, build, provision, teardown
-from schemas.submission import Submission
+from mlanet.nodes.cli.contact import read_inbox, submit
+from mlanet.nodes.local.federation import Federation, build, provision, teardown
+from mlanet.schemas.submission import Submission
 from tests.battery.rabbit import ScratchBroker
 from tests.battery.workload import admin_url
 from tests.integration.kit import config, credentials, eventually, outbox_state, running

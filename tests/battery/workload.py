@@ -35,15 +35,15 @@ from urllib.parse import quote
 import aio_pika
 import aiormq
 
-from broker import MlanetError, TrustStore
-from broker.contact_point_keys import ContactPointKey
-from broker.management import ManagementEndpoint
-from broker.transport import QUARANTINE, Transport
-from nodes.contact import ARCHIVE_FILE, Taken, submit_on, take_delivered
-from nodes.directory import load_directory, message_trust
-from nodes.federation import Federation
-from nodes.store import Store
-from schemas.submission import Submission
+from mlanet.broker import MlanetError, TrustStore
+from mlanet.broker.contact_point_keys import ContactPointKey
+from mlanet.broker.management import ManagementEndpoint
+from mlanet.broker.transport import QUARANTINE, Transport
+from mlanet.nodes.cli.contact import ARCHIVE_FILE, Taken, submit_on, take_delivered
+from mlanet.nodes.directory.book import load_directory, message_trust
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.store import Store
+from mlanet.schemas.submission import Submission
 from tests.battery.history import History
 from tests.integration.kit import config, credentials
 from tests.integration.quarantine_kit import take_entries
@@ -110,7 +110,7 @@ def admin_url(
 
 def archive_path(fed: Federation, network: str) -> Path:
     """The archive a network's reader keeps for all of its contact points (in a folder of its
-    own: case content at rest is owner-only, nodes/state_dir.py)."""
+    own: case content at rest is owner-only, nodes/state/state_dir.py)."""
     return fed.root / network / "reader" / ARCHIVE_FILE
 
 

@@ -20,7 +20,7 @@ name, the layer it attacks, how it is built, a builder and the outcome:
 Entries with ``setup`` publish those messages first (each must be delivered) and the hostile
 one after. The builders take a :class:`Scene` (the federation's keys and the receiver's limits)
 so that the same corpus drives the integration battery, the unit check through
-``nodes.pipeline.receive`` and ``bench/bench_hostile.py``.
+``mlanet.nodes.runtime.pipeline.receive`` and ``bench/bench_hostile.py``.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from broker import Reason, SigningKey, canonical_bytes
-from broker.keys import b64u_encode
-from schemas import KINDS
+from mlanet.broker import Reason, SigningKey, canonical_bytes
+from mlanet.broker.keys import b64u_encode
+from mlanet.schemas import KINDS
 from tests.hostile.forge import (
     Frame,
     facilitation_payload,
@@ -809,7 +809,7 @@ def restrict_kinds(node_toml: Path, peer: str = HOSTILE, without: str = RESTRICT
     """Let ``peer`` send every kind but ``without`` to the node of ``node_toml``.
 
     Adds a ``[[peers]]`` table for ``peer`` (with the ``[link]`` credentials the file already
-    names), which the node applies to that linked network (``nodes/directory.py``).
+    names), which the node applies to that linked network (``nodes/directory/book.py``).
     """
     config = tomllib.loads(node_toml.read_text(encoding="utf-8"))
     if any(entry.get("network") == peer for entry in config.get("peers", [])):

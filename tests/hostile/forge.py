@@ -14,9 +14,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from broker import SigningKey, canonical_bytes
-from broker.keys import b64u_encode
-from schemas.base import format_timestamp
+from mlanet.broker import SigningKey, canonical_bytes
+from mlanet.broker.keys import b64u_encode
+from mlanet.schemas.base import format_timestamp
 
 __all__ = [
     "ORIGIN_CONTEXT",

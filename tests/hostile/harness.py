@@ -1,6 +1,7 @@
 """The receiving node's pipeline without a broker: a federation written to disk (keys, signed
 directory, configs), ``casc``'s effective config and trust as its node would hold them, and a
-fresh SQLite store. ``judge`` runs one publication through ``nodes.pipeline.receive`` and says
+fresh SQLite store. ``judge`` runs one publication through
+``mlanet.nodes.runtime.pipeline.receive`` and says
 what the node would do with it. Used by the unit tests and ``bench/bench_hostile.py``."""
 
 from __future__ import annotations
@@ -9,17 +10,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from broker import Reason, RefusedMessage, load_signing_key
-from broker.directory_signing import sign_directory
-from broker.keys import b64u_decode
-from broker.routing import Refuse
-from broker.transport import CONTENT_TYPE, inbox_exchange
-from nodes.config import NodeConfig, load_config
-from nodes.directory_runtime import DirectoryKeeper
-from nodes.federation import Federation, build
-from nodes.pipeline import Accepted, Properties, receive
-from nodes.store import Store
-from schemas.directory import Directory, NetworkKey, SignedDirectory
+from mlanet.broker import Reason, RefusedMessage, load_signing_key
+from mlanet.broker.directory_signing import sign_directory
+from mlanet.broker.keys import b64u_decode
+from mlanet.broker.routing import Refuse
+from mlanet.broker.transport import CONTENT_TYPE, inbox_exchange
+from mlanet.nodes.config import NodeConfig, load_config
+from mlanet.nodes.directory.keeper import DirectoryKeeper
+from mlanet.nodes.local.federation import Federation, build
+from mlanet.nodes.runtime.pipeline import Accepted, Properties, receive
+from mlanet.nodes.state.store import Store
+from mlanet.schemas.directory import Directory, NetworkKey, SignedDirectory
 from tests.hostile.corpus import HOSTILE, RECEIVER, REVOKED, ROTATED_OUT, Scene, restrict_kinds
 from tests.hostile.peer import Publication
 

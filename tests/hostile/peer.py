@@ -19,7 +19,7 @@ from urllib.parse import quote
 import aiormq
 from pamqp.commands import Basic
 
-from broker.transport import CONTENT_TYPE
+from mlanet.broker.transport import CONTENT_TYPE
 
 __all__ = [
     "BrokerRefusal",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.federation import Federation, build, provision, teardown
+from mlanet.nodes.local.federation import Federation, build, provision, teardown
 from tests.integration.kit import ADMIN
 
 

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from broker.management import Management
-from broker.peer_access import door_vhosts
-from nodes.cli import app
-from nodes.contact_points import vouched_users
-from nodes.directory import DirectoryBook
-from nodes.federation import Federation, build, provision, teardown
-from nodes.store import Store
-from schemas.submission import Submission
+from mlanet.broker.management import Management
+from mlanet.broker.peer_access import door_vhosts
+from mlanet.nodes.cli.app import app
+from mlanet.nodes.directory.book import DirectoryBook
+from mlanet.nodes.directory.contact_points import vouched_users
+from mlanet.nodes.local.federation import Federation, build, provision, teardown
+from mlanet.nodes.state.store import Store
+from mlanet.schemas.submission import Submission
 from tests.integration.kit import ADMIN, config, depth, drain, eventually
 
 

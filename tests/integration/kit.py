@@ -15,17 +15,17 @@ from urllib.parse import quote
 
 import aio_pika
 
-from broker import SignedMessage, SigningKey, load_signing_key, sign_message
-from broker.management import ManagementEndpoint
-from broker.topology import peer_of_peer_inbox
-from broker.transport import CONTENT_TYPE, QUARANTINE
-from nodes.config import NodeConfig, load_config
-from nodes.contact_points import Credentials, add_contact_point
-from nodes.federation import Federation
-from nodes.joining import provision_broker
-from nodes.node import Node
-from nodes.store import Store
-from schemas import Destination, FacilitationRequest, Header, Origin
+from mlanet.broker import SignedMessage, SigningKey, load_signing_key, sign_message
+from mlanet.broker.management import ManagementEndpoint
+from mlanet.broker.topology import peer_of_peer_inbox
+from mlanet.broker.transport import CONTENT_TYPE, QUARANTINE
+from mlanet.nodes.config import NodeConfig, load_config
+from mlanet.nodes.directory.contact_points import Credentials, add_contact_point
+from mlanet.nodes.directory.joining import provision_broker
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.runtime.node import Node
+from mlanet.nodes.state.store import Store
+from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
 from tests.polling import eventually
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")

@@ -1,6 +1,6 @@
 """The quarantine as the tests read it: the node keeps its entries in its quarantine store
-(``nodes/quarantine_store.py``); what RabbitMQ put into ``mlanet.quarantine`` waits there until
-the node takes it in. ``kit.drain`` and ``kit.depth`` use these for ``mlanet.quarantine``."""
+(``nodes/state/quarantine_store.py``); what RabbitMQ put into ``mlanet.quarantine`` waits there
+until the node takes it in. ``kit.drain`` and ``kit.depth`` use these for ``mlanet.quarantine``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import time
 import uuid
 from typing import Any
 
-from broker.quarantine_headers import QuarantineHeaders
-from nodes.federation import Federation
-from nodes.quarantine import Entry, Where
-from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
+from mlanet.broker.quarantine_headers import QuarantineHeaders
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.quarantine import Entry, Where
+from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from tests.integration.kit import Drained, config
 
 

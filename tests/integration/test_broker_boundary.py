@@ -18,14 +18,14 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from broker import ConfigError
-from broker.management import Management
-from nodes.cli import app
-from nodes.config import load_config
-from nodes.contact import facilitation_request, read_inbox, submit
-from nodes.fairness import node_policies
-from nodes.federation import Federation
-from nodes.operator.status import collect
+from mlanet.broker import ConfigError
+from mlanet.broker.management import Management
+from mlanet.nodes.cli.app import app
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.config import load_config
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.operator.status import collect
+from mlanet.nodes.runtime.fairness import node_policies
 from tests.integration.kit import (
     ADMIN,
     InProcessNodes,

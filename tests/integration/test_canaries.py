@@ -19,15 +19,15 @@ from typing import Any
 
 import httpx
 
-from broker import canonical_bytes, sign_message
-from broker.keys import b64u_decode, b64u_encode
-from broker.submission_signing import sign_submission
-from broker.transport import QUARANTINE, SUBMIT, SUBMIT_EXCHANGE, Transport
-from nodes.audit import AUDIT_FILE
-from nodes.contact import read_inbox, submit
-from nodes.federation import Federation, NodeProcesses
-from nodes.quarantine_store import QUARANTINE_FILE
-from schemas.submission import Submission
+from mlanet.broker import canonical_bytes, sign_message
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.broker.submission_signing import sign_submission
+from mlanet.broker.transport import QUARANTINE, SUBMIT, SUBMIT_EXCHANGE, Transport
+from mlanet.nodes.cli.contact import read_inbox, submit
+from mlanet.nodes.local.federation import Federation, NodeProcesses
+from mlanet.nodes.state.audit import AUDIT_FILE
+from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE
+from mlanet.schemas.submission import Submission
 from tests.integration.kit import (
     ADMIN,
     config,

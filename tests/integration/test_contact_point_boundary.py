@@ -17,17 +17,17 @@ import aiormq
 import httpx
 import pytest
 
-from broker import canonical_bytes, sign_message
-from broker.contact_point_access import CONTACT_POINT_TAG
-from broker.keys import b64u_encode
-from broker.management import Management
-from broker.submission_signing import SUBMISSION_CONTEXT
-from broker.transport import CONTENT_TYPE, SUBMIT, SUBMIT_EXCHANGE, deliver_queue, out_queue
-from nodes.contact import facilitation_request, read_inbox, submit
-from nodes.contact_points import Credentials, broker_user
-from nodes.federation import Federation
-from nodes.store import Store
-from schemas import Destination, FacilitationRequest, Header, Origin
+from mlanet.broker import canonical_bytes, sign_message
+from mlanet.broker.contact_point_access import CONTACT_POINT_TAG
+from mlanet.broker.keys import b64u_encode
+from mlanet.broker.management import Management
+from mlanet.broker.submission_signing import SUBMISSION_CONTEXT
+from mlanet.broker.transport import CONTENT_TYPE, SUBMIT, SUBMIT_EXCHANGE, deliver_queue, out_queue
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.directory.contact_points import Credentials, broker_user
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.store import Store
+from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
 from tests.integration.kit import (
     ADMIN,
     config,

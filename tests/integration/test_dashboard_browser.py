@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright
 
-from broker import SigningKey
-from nodes.contact import submit
-from nodes.federation import Federation
-from nodes.operator.server import COOKIE
+from mlanet.broker import SigningKey
+from mlanet.nodes.cli.contact import submit
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.operator.server import COOKIE
 from tests.integration.kit import (
     config,
     credentials,

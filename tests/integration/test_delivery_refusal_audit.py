@@ -9,13 +9,13 @@ import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 
-from broker import load_signing_key
-from broker.directory_signing import sign_directory
-from nodes.audit import AUDIT_FILE, AuditLog
-from nodes.contact import facilitation_request, submit, track
-from nodes.coordinator import next_version, revoke_key
-from nodes.directory import DirectoryBook
-from nodes.federation import Federation
+from mlanet.broker import load_signing_key
+from mlanet.broker.directory_signing import sign_directory
+from mlanet.nodes.cli.contact import facilitation_request, submit, track
+from mlanet.nodes.directory.book import DirectoryBook
+from mlanet.nodes.directory.coordinator import next_version, revoke_key
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
 from tests.integration.kit import (
     config,
     credentials,
@@ -46,7 +46,7 @@ async def mlanet(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodes",
+        "mlanet",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from nodes.demo import journeys
-from nodes.federation import Federation
+from mlanet.nodes.local.demo import journeys
+from mlanet.nodes.local.federation import Federation
 from tests.integration.kit import running
 
 pytestmark = pytest.mark.timeout(300)  # five nodes and three journeys on a shared broker

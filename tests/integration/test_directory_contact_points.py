@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broker import sign_message
-from nodes.audit import AUDIT_FILE, AuditLog
-from nodes.contact import read_inbox, submit
-from nodes.federation import Federation
-from schemas import Destination, Header, Notice, Origin
-from schemas.submission import Submission
+from mlanet.broker import sign_message
+from mlanet.nodes.cli.contact import read_inbox, submit
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
+from mlanet.schemas import Destination, Header, Notice, Origin
+from mlanet.schemas.submission import Submission
 from tests.integration.directory_kit import (
     all_hold,
     dfed,

@@ -8,8 +8,8 @@ import hashlib
 
 import pytest
 
-from nodes.contact import read_inbox, submit
-from nodes.federation import Federation
+from mlanet.nodes.cli.contact import read_inbox, submit
+from mlanet.nodes.local.federation import Federation
 from tests.integration.directory_kit import (
     all_hold,
     dfed,

@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from broker import open_envelope
-from broker.keys import load_signing_key
-from nodes.contact import read_inbox, submit
-from nodes.directory import load_directory, message_trust
-from nodes.federation import Federation
+from mlanet.broker import open_envelope
+from mlanet.broker.keys import load_signing_key
+from mlanet.nodes.cli.contact import read_inbox, submit
+from mlanet.nodes.directory.book import load_directory, message_trust
+from mlanet.nodes.local.federation import Federation
 from tests.integration.directory_kit import (
     all_hold,
     dfed,

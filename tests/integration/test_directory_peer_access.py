@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
-from broker.management import Management
-from broker.peer_access import PEER_TAG, grant_peer, rabbit_password_hash, revoke_peer
-from schemas.directory import LinkUser
+from mlanet.broker.management import Management
+from mlanet.broker.peer_access import PEER_TAG, grant_peer, rabbit_password_hash, revoke_peer
+from mlanet.schemas.directory import LinkUser
 from tests.integration.kit import ADMIN
 
 

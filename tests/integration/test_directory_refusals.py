@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broker import sign_message
-from broker.directory_signing import sign_directory
-from broker.keys import SigningKey, b64u_decode, b64u_encode
-from broker.strictjson import canonical_bytes
-from nodes.contact import read_inbox, submit
-from nodes.coordinator import publish_directory
-from nodes.directory import DirectoryBook
-from nodes.federation import Federation
-from schemas import Destination, DirectoryUpdate, Header, Notice, Origin
-from schemas.directory import Directory, SignedDirectory
+from mlanet.broker import sign_message
+from mlanet.broker.directory_signing import sign_directory
+from mlanet.broker.keys import SigningKey, b64u_decode, b64u_encode
+from mlanet.broker.strictjson import canonical_bytes
+from mlanet.nodes.cli.contact import read_inbox, submit
+from mlanet.nodes.directory.book import DirectoryBook
+from mlanet.nodes.directory.coordinator import publish_directory
+from mlanet.nodes.local.federation import Federation
+from mlanet.schemas import Destination, DirectoryUpdate, Header, Notice, Origin
+from mlanet.schemas.directory import Directory, SignedDirectory
 from tests.integration.directory_kit import (
     all_hold,
     dfed,

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from broker.management import Management
-from nodes.cli import app
-from nodes.coordinator import ISSUED_FILE, PENDING_FILE
-from nodes.federation import Federation
+from mlanet.broker.management import Management
+from mlanet.nodes.cli.app import app
+from mlanet.nodes.directory.coordinator import ISSUED_FILE, PENDING_FILE
+from mlanet.nodes.local.federation import Federation
 from tests.battery.proxy import FaultProxy
 from tests.integration.directory_kit import (
     all_hold,
@@ -69,7 +69,7 @@ def _state(fed: Federation) -> Path:
 
 
 def _observers(fed: Federation, network: str, of: str) -> list[str]:
-    from nodes.directory import DirectoryBook
+    from mlanet.nodes.directory.book import DirectoryBook
 
     entry = DirectoryBook.load(config(fed, network), persist=False).held.directory.network(of)
     assert entry is not None

@@ -25,17 +25,17 @@ import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
-from broker import sign_message
-from broker.keys import load_signing_key
-from broker.management import Management
-from broker.strictjson import canonical_bytes
-from broker.transport import Incoming, Transport
-from nodes.coordinator import publish_directory
-from nodes.directory import PREVIOUS_FILE, REFUSED_FILE, STATE_FILE, DirectoryBook
-from nodes.directory_runtime import DIRECTORY_QUEUE
-from nodes.federation import Federation, NodeProcesses
-from schemas import Destination, DirectoryUpdate, Header, Origin
-from schemas.directory import SignedDirectory
+from mlanet.broker import sign_message
+from mlanet.broker.keys import load_signing_key
+from mlanet.broker.management import Management
+from mlanet.broker.strictjson import canonical_bytes
+from mlanet.broker.transport import Incoming, Transport
+from mlanet.nodes.directory.book import PREVIOUS_FILE, REFUSED_FILE, STATE_FILE, DirectoryBook
+from mlanet.nodes.directory.coordinator import publish_directory
+from mlanet.nodes.directory.keeper import DIRECTORY_QUEUE
+from mlanet.nodes.local.federation import Federation, NodeProcesses
+from mlanet.schemas import Destination, DirectoryUpdate, Header, Origin
+from mlanet.schemas.directory import SignedDirectory
 from tests.integration.directory_kit import all_hold, dfed, held_version, mlanet, quarantine_depth
 from tests.integration.kit import (
     ADMIN,
@@ -137,7 +137,7 @@ async def _cli(*args: str | Path) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodes",
+        "mlanet",
         *(str(arg) for arg in args),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

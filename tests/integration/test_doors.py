@@ -1,15 +1,15 @@
 """Doors on the real broker: each peer's link lands in a vhost of its own at the receiving
-network (``nodes/doors.py``), and what an older version left in the node's own vhost is not
+network (``nodes/runtime/doors.py``), and what an older version left in the node's own vhost is not
 lost on the way there."""
 
 from __future__ import annotations
 
 import aio_pika
 
-from broker.management import Management
-from broker.transport import CONTENT_TYPE, peer_inbox
-from nodes.contact import read_inbox
-from nodes.federation import Federation
+from mlanet.broker.management import Management
+from mlanet.broker.transport import CONTENT_TYPE, peer_inbox
+from mlanet.nodes.cli.contact import read_inbox
+from mlanet.nodes.local.federation import Federation
 from tests.integration.kit import (
     ADMIN,
     amqp,

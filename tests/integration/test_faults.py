@@ -3,10 +3,10 @@ connections closed under load, and a node killed with SIGKILL mid-stream."""
 
 from __future__ import annotations
 
-from nodes.contact import facilitation_request, read_inbox, submit
-from nodes.federation import Federation, NodeProcesses
-from nodes.store import Store
-from schemas.submission import Submission
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.local.federation import Federation, NodeProcesses
+from mlanet.nodes.state.store import Store
+from mlanet.schemas.submission import Submission
 from tests.integration.kit import ADMIN, close_connections, config, credentials, eventually, running
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
-from broker.management import Management
-from broker.peer_access import PEER_TAG
-from nodes.cli import app
-from nodes.federation import COORDINATOR, EXAMPLE_NETWORKS, build, provision, teardown
+from mlanet.broker.management import Management
+from mlanet.broker.peer_access import PEER_TAG
+from mlanet.nodes.cli.app import app
+from mlanet.nodes.local.federation import COORDINATOR, EXAMPLE_NETWORKS, build, provision, teardown
 from tests.integration.kit import ADMIN
 
 

@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broker import Reason
-from broker.keys import b64u_decode, b64u_encode
-from broker.topology import peer_inbox
-from nodes.federation import Federation
-from nodes.store import Store
+from mlanet.broker import Reason
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.broker.topology import peer_inbox
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.store import Store
 from tests.hostile.corpus import (
     CONTACT_POINT,
     CORPUS,

@@ -15,11 +15,11 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from broker import SignedMessage, add_hop, sign_message
-from nodes.contact import facilitation_request, read_inbox, submit
-from nodes.federation import Federation
-from nodes.store import Store
-from schemas import Destination, FacilitationRequest, Header, Notice, Origin, Receipt
+from mlanet.broker import SignedMessage, add_hop, sign_message
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.store import Store
+from mlanet.schemas import Destination, FacilitationRequest, Header, Notice, Origin, Receipt
 from tests.integration.kit import (
     config,
     credentials,
@@ -310,8 +310,8 @@ async def test_receipts_and_notices_count_only_from_the_network_a_message_was_se
 
 async def _sent(fed: Federation, message_id: str) -> SignedMessage:
     """The signed bytes SEAJust keeps for its own message."""
-    from broker import open_envelope
-    from nodes.directory import load_directory, message_trust
+    from mlanet.broker import open_envelope
+    from mlanet.nodes.directory.book import load_directory, message_trust
 
     store = Store(config(fed, "seajust").state_dir / "node.sqlite3", readonly=True)
     try:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import inspect
 import uuid
 
-from broker import open_envelope
-from nodes.contact import facilitation_request, read_inbox, submit
-from nodes.directory import load_directory, message_trust
-from nodes.federation import Federation
-from nodes.store import Store
-from schemas import Notice
-from schemas.submission import Submission
+from mlanet.broker import open_envelope
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.directory.book import load_directory, message_trust
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.store import Store
+from mlanet.schemas import Notice
+from mlanet.schemas.submission import Submission
 from tests.integration.kit import (
     config,
     credentials,
@@ -137,7 +137,7 @@ async def test_a_message_coming_back_to_a_network_on_its_path_is_a_loop(fed: Fed
         # casc is not the last signer: wrong_sender catches it before routing
         assert refused[0].headers["x-mlanet-reason"] == "wrong_sender"
 
-        from broker import add_hop
+        from mlanet.broker import add_hop
         from tests.integration.kit import key
 
         relayed = add_hop(own, key(fed, "casc"), to="seajust", at=own.header.created_at)
@@ -156,7 +156,7 @@ async def test_bad_messages_are_quarantined_while_the_ones_behind_them_flow(
 ) -> None:
     """A tampered message and one signed by an unknown key go to quarantine with their reasons;
     the good messages sent before and after them are delivered."""
-    from broker import SigningKey
+    from mlanet.broker import SigningKey
 
     async with running(fed, "casc"):
         first = facilitation(fed, "seajust", "kh-cp-1", "UZ")
@@ -164,7 +164,7 @@ async def test_bad_messages_are_quarantined_while_the_ones_behind_them_flow(
         tampered = facilitation(fed, "seajust", "kh-cp-1", "UZ")
         payload = bytearray(tampered.payload_bytes)
         payload[payload.index(b"Test")] = ord("B")
-        from broker.keys import b64u_encode
+        from mlanet.broker.keys import b64u_encode
 
         tampered_wire = tampered.to_bytes().replace(
             tampered.payload_b64.encode(), b64u_encode(bytes(payload)).encode()

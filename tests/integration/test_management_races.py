@@ -12,7 +12,7 @@ import secrets
 
 import pytest
 
-from broker.management import Management, ManagementEndpoint
+from mlanet.broker.management import Management, ManagementEndpoint
 
 pytestmark = pytest.mark.integration
 

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from nodes.contact import facilitation_request, read_inbox, submit
-from nodes.federation import Federation, NodeFailed, NodeProcesses, teardown
-from nodes.lifecycle import Lifecycle, Phase
-from nodes.store import Store
-from schemas.submission import Submission
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.local.federation import Federation, NodeFailed, NodeProcesses, teardown
+from mlanet.nodes.runtime.lifecycle import Lifecycle, Phase
+from mlanet.nodes.state.store import Store
+from mlanet.schemas.submission import Submission
 from tests.battery.faults import tune
 from tests.battery.proxy import FaultProxy
 from tests.integration.kit import ADMIN, config, credentials, eventually
@@ -52,7 +52,7 @@ async def _mlanet(*args: str, interrupt_when: FaultProxy | None = None) -> Ended
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodes",
+        "mlanet",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -29,9 +29,9 @@ from urllib.parse import quote
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from broker.keys import b64u_decode
-from broker.management import Management, ShovelSpec
-from broker.transport import (
+from mlanet.broker.keys import b64u_decode
+from mlanet.broker.management import Management, ShovelSpec
+from mlanet.broker.transport import (
     CONTENT_TYPE,
     Topology,
     Transport,
@@ -39,7 +39,7 @@ from broker.transport import (
     out_queue,
     peer_inbox,
 )
-from nodes.federation import Federation
+from mlanet.nodes.local.federation import Federation
 from tests.hostile.forge import facilitation_payload, header, sign, wire
 from tests.integration.kit import ADMIN, amqp, depth, drain, drained, eventually, key, running
 

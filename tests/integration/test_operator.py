@@ -19,12 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from broker.management import Management
-from nodes.contact import facilitation_request, submit
-from nodes.federation import Federation
-from nodes.node import Node
-from nodes.operator.server import COOKIE
-from schemas.submission import Submission
+from mlanet.broker.management import Management
+from mlanet.nodes.cli.contact import facilitation_request, submit
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.operator.server import COOKIE
+from mlanet.nodes.runtime.node import Node
+from mlanet.schemas.submission import Submission
 from tests.integration.kit import (
     ADMIN,
     config,
@@ -60,7 +60,7 @@ async def status_cli(config_path: Path) -> tuple[int, dict[str, Any]]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodes",
+        "mlanet",
         "status",
         "--config",
         str(config_path),
@@ -201,7 +201,7 @@ async def test_status_shows_a_link_down_with_its_backlog_and_then_the_link_drain
         assert casc_link["oldest_waiting"] is not None
         assert seen["document"]["receipts"]["awaiting"] == 1
         text = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nodes", "status", "--config", str(path),
+            sys.executable, "-m", "mlanet", "status", "--config", str(path),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, _ = await text.communicate()

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodes.contact import facilitation_request, submit
-from nodes.directory import DirectoryBook
-from nodes.federation import Federation
-from nodes.node import Node
-from nodes.operator.status import NodeStatus
+from mlanet.nodes.cli.contact import facilitation_request, submit
+from mlanet.nodes.directory.book import DirectoryBook
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.operator.status import NodeStatus
+from mlanet.nodes.runtime.node import Node
 from tests.integration.kit import config, credentials, eventually, inject, outbox_state, running
 from tests.integration.test_operator import status_cli, tune
 
@@ -100,7 +100,7 @@ async def test_a_refused_message_and_an_own_message_with_no_route_are_alerts(
         assert seen["code"] == 1
         assert seen["document"]["receipts"]["failed_recent"] == 1
         text = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nodes", "status", "--config", str(fed.config_path("seajust")),
+            sys.executable, "-m", "mlanet", "status", "--config", str(fed.config_path("seajust")),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, _ = await text.communicate()
@@ -210,7 +210,7 @@ async def test_a_password_set_while_the_node_runs_opens_the_dashboard_without_a_
             closed = await client.post("/login", data={"password": secret})
             assert closed.status_code == 403
             setting = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "nodes", "operator", "password",
+                sys.executable, "-m", "mlanet", "operator", "password",
                 "--config", str(path), "--stdin",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

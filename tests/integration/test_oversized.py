@@ -10,10 +10,10 @@ import asyncio
 import contextlib
 import hashlib
 
-from broker.keys import b64u_encode
-from broker.transport import CutBody, Incoming, body_size
-from nodes.federation import Federation
-from nodes.node import Node
+from mlanet.broker.keys import b64u_encode
+from mlanet.broker.transport import CutBody, Incoming, body_size
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.runtime.node import Node
 from tests.integration.kit import (
     close_connections,
     config,

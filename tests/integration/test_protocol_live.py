@@ -28,8 +28,8 @@ import aio_pika
 import httpx
 import pytest
 
-from nodes.contact import submit
-from nodes.federation import Federation
+from mlanet.nodes.cli.contact import submit
+from mlanet.nodes.local.federation import Federation
 from tests import independent
 from tests.integration.directory_kit import quarantined, request
 from tests.integration.kit import (

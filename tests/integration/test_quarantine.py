@@ -17,13 +17,13 @@ from typing import Any
 
 import aio_pika
 
-from broker import SigningKey, canonical_bytes
-from broker.keys import b64u_encode
-from broker.transport import QUARANTINE, Transport, peer_inbox
-from nodes.audit import AUDIT_FILE, AuditLog
-from nodes.contact import read_inbox
-from nodes.federation import Federation
-from nodes.quarantine_store import QUARANTINE_FILE, QuarantineStore
+from mlanet.broker import SigningKey, canonical_bytes
+from mlanet.broker.keys import b64u_encode
+from mlanet.broker.transport import QUARANTINE, Transport, peer_inbox
+from mlanet.nodes.cli.contact import read_inbox
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
+from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from tests.integration.kit import (
     amqp,
     config,
@@ -53,7 +53,7 @@ async def mlanet(fed: Federation, network: str, *args: str) -> Result:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodes",
+        "mlanet",
         *args,
         "--config",
         str(fed.config_path(network)),

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from broker.transport import QUARANTINE
-from nodes.audit import AUDIT_FILE, AuditLog
-from nodes.contact import facilitation_request, read_inbox, submit
-from nodes.federation import Federation
-from nodes.store import Store
+from mlanet.broker.transport import QUARANTINE
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
+from mlanet.nodes.state.store import Store
 from tests.hostile.peer import amqp_url, publish_all
 from tests.integration.kit import (
     config,

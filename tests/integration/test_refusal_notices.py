@@ -30,18 +30,18 @@ from typing import Any
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from broker import SignedMessage, add_hop, open_envelope, sign_message
-from broker.keys import b64u_decode, b64u_encode
-from broker.strictjson import canonical_bytes
-from nodes.contact import facilitation_request, read_inbox, submit, track
-from nodes.directory import load_directory, message_trust
-from nodes.federation import Federation
-from nodes.quarantine import Entry, Where
-from nodes.store import Store
-from schemas import Destination, Header, Notice, Origin
-from schemas.base import format_timestamp
-from schemas.payloads import NoticeHop
-from schemas.submission import Submission
+from mlanet.broker import SignedMessage, add_hop, open_envelope, sign_message
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.broker.strictjson import canonical_bytes
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit, track
+from mlanet.nodes.directory.book import load_directory, message_trust
+from mlanet.nodes.local.federation import Federation
+from mlanet.nodes.state.quarantine import Entry, Where
+from mlanet.nodes.state.store import Store
+from mlanet.schemas import Destination, Header, Notice, Origin
+from mlanet.schemas.base import format_timestamp
+from mlanet.schemas.payloads import NoticeHop
+from mlanet.schemas.submission import Submission
 from tests.integration.kit import (
     config,
     credentials,
@@ -394,7 +394,7 @@ async def _send(fed: Federation, *flags: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodes",
+        "mlanet",
         "send",
         "--config",
         str(fed.config_path("seajust")),

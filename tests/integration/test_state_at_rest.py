@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from nodes.contact import facilitation_request, read_inbox, submit
-from nodes.federation import Federation, build, provision, teardown
-from nodes.store import Store
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.local.federation import Federation, build, provision, teardown
+from mlanet.nodes.state.store import Store
 from tests.integration.kit import ADMIN, config, credentials, eventually, outbox_state, running
 
 SUMMARY = "Case content at rest: nobody else may read this."

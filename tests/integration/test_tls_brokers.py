@@ -1,6 +1,6 @@
 """Two networks, each on a RabbitMQ node of its own, linked over AMQPS with mutual TLS (issue 13).
 
-Alpha's and beta's brokers (``nodes/local_brokers.py``) listen for AMQPS only, require a client
+Alpha's and beta's brokers (``nodes/local/brokers.py``) listen for AMQPS only, require a client
 certificate, and log a client in by its certificate's common name (EXTERNAL). Each network's CA
 issued its broker's certificate; the federation's link CA (the coordinator's) issued each
 network's link certificate; a broker accepts client certificates from its own CA and the link
@@ -23,8 +23,8 @@ import aiormq
 import httpx
 import pytest
 
-from broker.management import ShovelSpec
-from broker.tls import (
+from mlanet.broker.management import ShovelSpec
+from mlanet.broker.tls import (
     CertificateAuthority,
     TlsError,
     TlsFiles,
@@ -42,7 +42,7 @@ from broker.tls import (
     write_identity,
     write_issued,
 )
-from nodes.local_brokers import BrokerTlsFiles, LocalBroker, LocalBrokerSpec
+from mlanet.nodes.local.brokers import BrokerTlsFiles, LocalBroker, LocalBrokerSpec
 
 NO_HASH = "rabbit_password_hashing_sha256"
 REFUSED = aiormq.exceptions.AMQPConnectionError  # aiormq wraps the TLS and socket errors

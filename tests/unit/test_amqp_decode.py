@@ -25,9 +25,9 @@ from pamqp.body import ContentBody
 from pamqp.heartbeat import Heartbeat
 from yarl import URL
 
-import broker.transport  # importing the transport installs the hardening
-from broker.amqp_decode import CUT_SHA256, CUT_SIZE, MAX_NESTING, BodyCap
-from broker.transport import CutBody, body_sha256, body_size
+import mlanet.broker.transport  # importing the transport installs the hardening
+from mlanet.broker.amqp_decode import CUT_SHA256, CUT_SIZE, MAX_NESTING, BodyCap
+from mlanet.broker.transport import CutBody, body_sha256, body_size
 
 _SETTINGS = settings(
     max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -73,7 +73,7 @@ def test_a_content_type_that_is_not_utf8_never_equals_the_mlanet_content_type() 
     raw = b"application/vnd.mlanet+json; v=1\xff"
     _, props = _properties(_header_frame(_FLAG["content_type"], _short(raw)))
     assert props.content_type == "application/vnd.mlanet+json; v=1\ufffd"
-    assert props.content_type != broker.transport.CONTENT_TYPE
+    assert props.content_type != mlanet.broker.transport.CONTENT_TYPE
 
 
 def test_a_timestamp_beyond_the_year_9999_decodes_as_none() -> None:

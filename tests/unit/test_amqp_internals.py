@@ -17,8 +17,8 @@ import aiormq.exceptions
 import pytest
 from pamqp import body, commands, common, decode, header, heartbeat
 
-import broker.amqp_decode as amqp_decode
-import broker.transport  # noqa: F401  # importing the transport installs the hardening
+import mlanet.broker.amqp_decode as amqp_decode
+import mlanet.broker.transport  # noqa: F401  # importing the transport installs the hardening
 
 
 def _parameters(function: Callable[..., Any]) -> list[str]:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import SigningKey, TrustStore
-from broker.keys import b64u_encode
-from nodes.audit import AUDIT_CONTEXT, AuditError, AuditLog, AuditTrail, verify_audit
-from nodes.observe import Flow, Observer, Observers
+from mlanet.broker import SigningKey, TrustStore
+from mlanet.broker.keys import b64u_encode
+from mlanet.nodes.runtime.observe import Flow, Observer, Observers
+from mlanet.nodes.state.audit import AUDIT_CONTEXT, AuditError, AuditLog, AuditTrail, verify_audit
 
 KEY = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
 OTHER = SigningKey.from_seed("casc", "ed25519:1", bytes(range(1, 33)))
@@ -101,7 +101,7 @@ def test_a_rewritten_tail_is_named_by_the_checkpoint_signed_over_it(path: Path) 
     """Every record from 8 on edited and re-chained: only the signatures can tell."""
     import hashlib
 
-    from broker.strictjson import canonical_bytes, loads_strict
+    from mlanet.broker.strictjson import canonical_bytes, loads_strict
 
     db = sqlite3.connect(path)
     with db:
@@ -388,7 +388,7 @@ def test_an_uncommitted_batch_is_lost_whole_and_the_chain_stays_valid(tmp_path: 
         "import os, sys\n"
         "from pathlib import Path\n"
         "from broker import SigningKey\n"
-        "from nodes.audit import AuditLog\n"
+        "from mlanet.nodes.state.audit import AuditLog\n"
         "key = SigningKey.from_seed('casc', 'ed25519:1', bytes(range(32)))\n"
         "node = AuditLog(Path(sys.argv[1]), key)\n"
         "node.group_commits()\n"

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.errors import TransportError
-from broker.management import Management, ManagementEndpoint
-from broker.transport import Transport
+from mlanet.broker.errors import TransportError
+from mlanet.broker.management import Management, ManagementEndpoint
+from mlanet.broker.transport import Transport
 from tests.polling import eventually
 
 SECRET = "s3cret-password-9c1f"

@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from broker import ConfigError, Reason
-from broker.submission_signing import sign_returned, sign_submission
-from nodes.config import load_config
-from nodes.contact import facilitation_request
-from nodes.contact_points import Credentials, broker_user, vouched_users, write_contact_point
-from nodes.quarantine import claim, payload_text
+from mlanet.broker import ConfigError, Reason
+from mlanet.broker.submission_signing import sign_returned, sign_submission
+from mlanet.nodes.cli.contact import facilitation_request
+from mlanet.nodes.config import load_config
+from mlanet.nodes.directory.contact_points import (
+    Credentials,
+    broker_user,
+    vouched_users,
+    write_contact_point,
+)
+from mlanet.nodes.state.quarantine import claim, payload_text
 
 NODE_TOML = """network = "seajust"
 signing_key = "seajust.1.key"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodes.demo import demo_prefix
-from nodes.federation import Federation, build
+from mlanet.nodes.local.demo import demo_prefix
+from mlanet.nodes.local.federation import Federation, build
 
 
 def test_each_demo_run_has_its_own_prefix_recorded_in_its_folder(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from nodes.cli import app
+from mlanet.nodes.cli.app import app
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 

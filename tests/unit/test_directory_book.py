@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker import ConfigError, Reason, RefusedMessage
-from broker.directory_signing import open_request, sign_directory, sign_request
-from broker.keys import generate_key_files, load_signing_key
-from nodes.cli import app
-from nodes.config import load_config
-from nodes.coordinator import (
+from mlanet.broker import ConfigError, Reason, RefusedMessage
+from mlanet.broker.directory_signing import open_request, sign_directory, sign_request
+from mlanet.broker.keys import generate_key_files, load_signing_key
+from mlanet.nodes.cli.app import app
+from mlanet.nodes.config import load_config
+from mlanet.nodes.directory.book import STATE_FILE, DirectoryBook, effective_config
+from mlanet.nodes.directory.coordinator import (
     approve_join,
     approve_rotation,
     change_membership,
@@ -25,9 +26,8 @@ from nodes.coordinator import (
     next_version,
     revoke_key,
 )
-from nodes.directory import STATE_FILE, DirectoryBook, effective_config
-from nodes.federation import Federation, build
-from schemas.directory import Directory, JoinRequest, KeyRotationRequest
+from mlanet.nodes.local.federation import Federation, build
+from mlanet.schemas.directory import Directory, JoinRequest, KeyRotationRequest
 
 DAY = timedelta(days=1)
 

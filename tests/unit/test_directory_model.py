@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from broker import Reason
-from broker.routing import Deliver, Forward, Refuse, route
-from schemas import Header
-from schemas.directory import Directory, NetworkEntry
+from mlanet.broker import Reason
+from mlanet.broker.routing import Deliver, Forward, Refuse, route
+from mlanet.schemas import Header
+from mlanet.schemas.directory import Directory, NetworkEntry
 
 T = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
 KEY = [{"key_id": "ed25519:1", "public_key": "A" * 43}]

@@ -10,11 +10,11 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import Reason, RefusedMessage, SigningKey, sign_message
-from nodes.config import load_config
-from nodes.directory_runtime import DirectoryKeeper, _carried_directory, _claimed_keys
-from nodes.federation import build
-from schemas import DirectoryUpdate
+from mlanet.broker import Reason, RefusedMessage, SigningKey, sign_message
+from mlanet.nodes.config import load_config
+from mlanet.nodes.directory.keeper import DirectoryKeeper, _carried_directory, _claimed_keys
+from mlanet.nodes.local.federation import build
+from mlanet.schemas import DirectoryUpdate
 from tests.unit.wirekit import SEAJUST, make_header, sample_directory, sample_payloads, signed
 
 

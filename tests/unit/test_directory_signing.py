@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker import Reason, RefusedMessage, SigningKey
-from broker.directory_signing import (
+from mlanet.broker import Reason, RefusedMessage, SigningKey
+from mlanet.broker.directory_signing import (
     DIRECTORY_CONTEXT,
     coordinator_trust,
     open_directory,
@@ -21,9 +21,9 @@ from broker.directory_signing import (
     sign_directory,
     sign_request,
 )
-from broker.keys import b64u_decode, b64u_encode
-from broker.strictjson import canonical_bytes
-from schemas.directory import Directory, JoinRequest, KeyRotationRequest, NetworkKey
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.broker.strictjson import canonical_bytes
+from mlanet.schemas.directory import Directory, JoinRequest, KeyRotationRequest, NetworkKey
 from tests.unit.wirekit import CASC, COORDINATOR, SEAJUST, sample_directory
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

@@ -15,17 +15,23 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker import ConfigError, Reason, RefusedMessage, decode_payload, sign_message
-from broker.curve import PointCheck, check_public_point
-from broker.directory_signing import coordinator_trust, open_directory, sign_directory
-from broker.keys import TrustStore, b64u_decode, load_signing_key
-from nodes.cli import app
-from nodes.config import load_config
-from nodes.coordinator import next_version
-from nodes.directory import PREVIOUS_FILE, REFUSED_FILE, STATE_FILE, DirectoryBook, RefusedFile
-from nodes.federation import Federation, build
-from schemas import DirectoryUpdate
-from schemas.directory import Directory
+from mlanet.broker import ConfigError, Reason, RefusedMessage, decode_payload, sign_message
+from mlanet.broker.curve import PointCheck, check_public_point
+from mlanet.broker.directory_signing import coordinator_trust, open_directory, sign_directory
+from mlanet.broker.keys import TrustStore, b64u_decode, load_signing_key
+from mlanet.nodes.cli.app import app
+from mlanet.nodes.config import load_config
+from mlanet.nodes.directory.book import (
+    PREVIOUS_FILE,
+    REFUSED_FILE,
+    STATE_FILE,
+    DirectoryBook,
+    RefusedFile,
+)
+from mlanet.nodes.directory.coordinator import next_version
+from mlanet.nodes.local.federation import Federation, build
+from mlanet.schemas import DirectoryUpdate
+from mlanet.schemas.directory import Directory
 from tests.unit.wirekit import COORDINATOR, SEAJUST, make_header, sample_directory
 from tests.weak_directories import (
     ATTACKS,

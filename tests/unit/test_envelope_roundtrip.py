@@ -8,7 +8,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker import (
+from mlanet.broker import (
     Reason,
     RefusedMessage,
     SigningKey,
@@ -17,8 +17,8 @@ from broker import (
     open_envelope,
     sign_message,
 )
-from broker.keys import b64u_decode, b64u_encode
-from schemas import KINDS, PAYLOADS, Kind
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.schemas import KINDS, PAYLOADS, Kind
 from tests.unit.wirekit import (
     CASC,
     SEAJUST,

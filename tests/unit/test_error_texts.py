@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from broker import Reason, RefusedMessage, SigningKey, TrustStore, canonical_bytes, sign_message
-from broker.envelope import decode_payload
-from broker.errors import error_location
-from schemas import Destination, Header, Origin
+from mlanet.broker import (
+    Reason,
+    RefusedMessage,
+    SigningKey,
+    TrustStore,
+    canonical_bytes,
+    sign_message,
+)
+from mlanet.broker.envelope import decode_payload
+from mlanet.broker.errors import error_location
+from mlanet.schemas import Destination, Header, Origin
 
 CANARY = "CANARY-ERROR-TEXT-5E1D"
 KEY = SigningKey.from_seed("seajust", "ed25519:1", bytes(range(32)))

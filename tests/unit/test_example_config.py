@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodes.config import load_config
+from mlanet.nodes.config import load_config
 
 EXAMPLE = Path(__file__).parents[2] / "nodes" / "examples" / "node.toml"
 

@@ -1,5 +1,6 @@
 """One documented exception tree: every exception class defined in mlanet's packages descends
-from :class:`broker.errors.MlanetError`, and the tree drawn in ``broker/errors.py``'s docstring
+from :class:`mlanet.broker.errors.MlanetError`, and the tree drawn in ``broker/errors.py``'s
+docstring
 is exactly the tree the modules define (every class, under its real parent)."""
 
 from __future__ import annotations
@@ -9,11 +10,9 @@ import inspect
 import pkgutil
 import re
 
-import broker
-import broker.errors
-import nodes
-import schemas
-from broker.errors import MlanetError
+import mlanet.broker.errors
+from mlanet import broker, nodes, schemas
+from mlanet.broker.errors import MlanetError
 
 
 def _project_exceptions() -> dict[str, type[BaseException]]:
@@ -37,7 +36,7 @@ def _project_exceptions() -> dict[str, type[BaseException]]:
 
 def _drawn() -> dict[str, str | None]:
     """The docstring's tree: each class name with the class drawn as its parent."""
-    doc = broker.errors.__doc__ or ""
+    doc = mlanet.broker.errors.__doc__ or ""
     lines = doc[doc.index("The tree::") :].splitlines()[2:]
     parents: dict[str, str | None] = {}
     stack: list[tuple[int, str]] = []
@@ -72,7 +71,7 @@ def test_the_drawn_tree_is_the_defined_tree() -> None:
 
 def test_the_root_is_exported_where_the_tree_is_drawn() -> None:
     assert broker.MlanetError is MlanetError
-    assert set(broker.errors.__all__) >= {
+    assert set(mlanet.broker.errors.__all__) >= {
         "ConfigError",
         "KeyRefused",
         "MlanetError",

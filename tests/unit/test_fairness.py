@@ -1,4 +1,4 @@
-"""Per-peer fairness (nodes/fairness.py): the token bucket's arithmetic on a fake clock, the
+"""Per-peer fairness (nodes/runtime/fairness.py): the token bucket's arithmetic on a fake clock, the
 policy that bounds a peer's inbox, and where a peer's limits come from in the config."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.transport import Incoming
-from nodes.config import NodeConfig, PeerLimits
-from nodes.fairness import BYTES_PER_TOKEN, TokenBucket, inbox_policy, paced
+from mlanet.broker.transport import Incoming
+from mlanet.nodes.config import NodeConfig, PeerLimits
+from mlanet.nodes.runtime.fairness import BYTES_PER_TOKEN, TokenBucket, inbox_policy, paced
 
 
 class FakeTime:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker import (
+from mlanet.broker import (
     SigningKey,
     TrustStore,
     add_hop,
@@ -19,8 +19,8 @@ from broker import (
     open_envelope,
     sign_message,
 )
-from broker.keys import b64u_decode, b64u_encode
-from schemas import FacilitationRequest, Header, HopRecord
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.schemas import FacilitationRequest, Header, HopRecord
 
 GOLDEN_PATH = Path(__file__).parents[1] / "vectors" / "golden.json"
 

@@ -1,4 +1,4 @@
-"""The node's group commit (nodes/group_commit.py): a lone delivery is committed without
+"""The node's group commit (nodes/runtime/group_commit.py): a lone delivery is committed without
 waiting for the window, deliveries in flight together share one commit, a failed commit is
 every waiter's error, and nothing returns from ``durable`` before its commit ran."""
 
@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from nodes.group_commit import GroupCommit
+from mlanet.nodes.runtime.group_commit import GroupCommit
 
 LONG = 30.0  # a window no test may wait for: a test that did would hit pytest's timeout
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from broker import Reason, RefusedMessage
-from broker.provenance import check_path
-from nodes.federation import EXAMPLE_LINKS, EXAMPLE_NETWORKS
-from nodes.pipeline import Accepted
-from schemas import Header, HopRecord
-from schemas.directory import Directory
+from mlanet.broker import Reason, RefusedMessage
+from mlanet.broker.provenance import check_path
+from mlanet.nodes.local.federation import EXAMPLE_LINKS, EXAMPLE_NETWORKS
+from mlanet.nodes.runtime.pipeline import Accepted
+from mlanet.schemas import Header, HopRecord
+from mlanet.schemas.directory import Directory
 from tests.hostile.corpus import HOSTILE, RECEIVER
 from tests.hostile.forge import facilitation_payload, header, hop, sign, wire
 from tests.hostile.harness import Harness

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.routing import Deliver
-from nodes.pipeline import Accepted
+from mlanet.broker.routing import Deliver
+from mlanet.nodes.runtime.pipeline import Accepted
 from tests.hostile.corpus import (
     CORPUS,
     Deduplicated,

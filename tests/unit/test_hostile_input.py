@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from broker import (
+from mlanet.broker import (
     DEFAULT_MAX_BYTES,
     MlanetError,
     Reason,
@@ -23,8 +23,8 @@ from broker import (
     open_envelope,
     sign_message,
 )
-from broker.keys import b64u_encode
-from schemas import Kind
+from mlanet.broker.keys import b64u_encode
+from mlanet.schemas import Kind
 from tests.unit.wirekit import (
     DIGEST,
     SEAJUST,

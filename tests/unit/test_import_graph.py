@@ -1,13 +1,15 @@
-"""The import graph of ``schemas``, ``broker`` and ``nodes``: no two modules import each other
-(through any chain, also under ``TYPE_CHECKING``: a part that needs another part's shape names a
-``typing.Protocol`` instead), and the layers point one way, ``schemas`` <- ``broker`` <- ``nodes``.
+"""The import graph of ``mlanet.schemas``, ``mlanet.broker`` and ``mlanet.nodes``: no two
+modules import each other (through any chain, also under ``TYPE_CHECKING``: a part that needs
+another part's shape names a ``typing.Protocol`` instead), and the layers point one way,
+``schemas`` <- ``broker`` <- ``nodes``.
 
 The graph is read from the source (the AST of every module's imports, wherever they stand in the
 module), not from what Python happens to have imported. An edge is an import that names a module
-of these packages: ``from nodes.actions import Actions`` is an edge to ``nodes.actions``; ``from
-nodes import crashpoints`` an edge to ``nodes.crashpoints`` (a module) and to ``nodes`` (the
-package's ``__init__``). Importing a submodule also runs its packages' ``__init__``, but those are
-not counted as edges: a package that re-exports its modules would otherwise be a cycle with each.
+of these packages: ``from mlanet.nodes.runtime.actions import Actions`` is an edge to
+``mlanet.nodes.runtime.actions``; ``from mlanet.nodes.runtime import crashpoints`` an edge to
+``mlanet.nodes.runtime.crashpoints`` (a module) and to ``mlanet.nodes.runtime`` (the package's
+``__init__``). Importing a submodule also runs its packages' ``__init__``, but those are not
+counted as edges: a package that re-exports its modules would otherwise be a cycle with each.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ MAY_IMPORT = {"schemas": set(), "broker": {"schemas"}, "nodes": {"schemas", "bro
 
 
 def modules(root: Path, packages: Iterable[str] = PACKAGES) -> dict[str, Path]:
-    """Every module of ``packages`` under ``root``, by dotted name (a package by its own)."""
+    """Every module of ``mlanet.<package>`` for each of ``packages`` under ``root`` (the folder
+    that holds ``mlanet/``), by dotted name (a package by its own)."""
     found = {}
     for package in packages:
-        for path in sorted((root / package).rglob("*.py")):
+        for path in sorted((root / "mlanet" / package).rglob("*.py")):
             parts = path.relative_to(root).with_suffix("").parts
             if parts[-1] == "__init__":
                 parts = parts[:-1]
@@ -98,9 +101,9 @@ def layer_breaches(graph: Mapping[str, set[str]]) -> list[str]:
     """Imports that point the wrong way between the packages, one line each."""
     breaches = []
     for module, edges in sorted(graph.items()):
-        package = module.split(".")[0]
+        package = module.split(".")[1]
         for other in sorted(edges):
-            target = other.split(".")[0]
+            target = other.split(".")[1]
             if target != package and target not in MAY_IMPORT[package]:
                 breaches.append(f"{module} imports {other}")
     return breaches
@@ -137,36 +140,41 @@ def test_a_cycle_through_type_checking_or_a_relative_import_is_found(tmp_path: P
     _tree(
         tmp_path,
         {
-            "nodes/__init__.py": "",
-            "nodes/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-            "    from nodes.b import B\n",
-            "nodes/b.py": "from nodes import a\n",
-            "nodes/c/__init__.py": "from .d import D\n",
-            "nodes/c/d.py": "from .e import E\n",
-            "nodes/c/e.py": "from ..c.d import D\n",
-            "nodes/f/__init__.py": "from nodes.f.g import G\n",
-            "nodes/f/g.py": "from nodes.f.h import H\n",
-            "nodes/f/h.py": "import json\n",
+            "mlanet/nodes/__init__.py": "",
+            "mlanet/nodes/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from mlanet.nodes.b import B\n",
+            "mlanet/nodes/b.py": "from mlanet.nodes import a\n",
+            "mlanet/nodes/c/__init__.py": "from .d import D\n",
+            "mlanet/nodes/c/d.py": "from .e import E\n",
+            "mlanet/nodes/c/e.py": "from ..c.d import D\n",
+            "mlanet/nodes/f/__init__.py": "from mlanet.nodes.f.g import G\n",
+            "mlanet/nodes/f/g.py": "from mlanet.nodes.f.h import H\n",
+            "mlanet/nodes/f/h.py": "import json\n",
         },
     )
     graph = import_graph(modules(tmp_path, ("nodes",)))
-    assert cycles(graph) == [["nodes.a", "nodes.b"], ["nodes.c.d", "nodes.c.e"]]
+    assert cycles(graph) == [
+        ["mlanet.nodes.a", "mlanet.nodes.b"],
+        ["mlanet.nodes.c.d", "mlanet.nodes.c.e"],
+    ]
 
 
 def test_an_import_against_the_layers_is_found(tmp_path: Path) -> None:
     _tree(
         tmp_path,
         {
-            "schemas/__init__.py": "",
-            "schemas/model.py": "import broker.keys\n",
-            "broker/__init__.py": "",
-            "broker/keys.py": "from schemas import model\nfrom nodes.node import Node\n",
-            "nodes/__init__.py": "",
-            "nodes/node.py": "from broker import keys\nfrom schemas.model import M\n",
+            "mlanet/schemas/__init__.py": "",
+            "mlanet/schemas/model.py": "import mlanet.broker.keys\n",
+            "mlanet/broker/__init__.py": "",
+            "mlanet/broker/keys.py": "from mlanet.schemas import model\n"
+            "from mlanet.nodes.node import Node\n",
+            "mlanet/nodes/__init__.py": "",
+            "mlanet/nodes/node.py": "from mlanet.broker import keys\n"
+            "from mlanet.schemas.model import M\n",
         },
     )
     graph = import_graph(modules(tmp_path))
     assert layer_breaches(graph) == [
-        "broker.keys imports nodes.node",
-        "schemas.model imports broker.keys",
+        "mlanet.broker.keys imports mlanet.nodes.node",
+        "mlanet.schemas.model imports mlanet.broker.keys",
     ]

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker import TrustStore
-from broker.keys import generate_key_files, load_signing_key
-from nodes.audit import AuditLog, verify_audit
-from nodes.cli_journal import record_command
-from nodes.config import NodeConfig
-from nodes.store import Store
+from mlanet.broker import TrustStore
+from mlanet.broker.keys import generate_key_files, load_signing_key
+from mlanet.nodes.cli.journal import record_command
+from mlanet.nodes.config import NodeConfig
+from mlanet.nodes.state.audit import AuditLog, verify_audit
+from mlanet.nodes.state.store import Store
 
 
 def _config(tmp_path: Path) -> NodeConfig:

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from broker import SigningKey, TrustStore, canonical_bytes
-from broker.keys import b64u_encode
-from nodes.audit import AuditLog, verify_audit
-from nodes.journal import JournalError
-from nodes.state_schema import SCHEMA_VERSION
-from nodes.store import Store
-from schemas.base import format_timestamp
+from mlanet.broker import SigningKey, TrustStore, canonical_bytes
+from mlanet.broker.keys import b64u_encode
+from mlanet.nodes.state.audit import AuditLog, verify_audit
+from mlanet.nodes.state.journal import JournalError
+from mlanet.nodes.state.schema import SCHEMA_VERSION
+from mlanet.nodes.state.store import Store
+from mlanet.schemas.base import format_timestamp
 
 KEY = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
 
-# The schemas of the previous release, verbatim: nodes/store.py and nodes/audit.py before the
-# journal.
+# The schemas of the previous release, verbatim: nodes/state/store.py and nodes/state/audit.py
+# before the journal.
 OLD_STORE = """
 CREATE TABLE IF NOT EXISTS seen (
     origin TEXT NOT NULL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from nodes.keyed_lock import KeyedLock
+from mlanet.nodes.runtime.keyed_lock import KeyedLock
 from tests.polling import eventually
 
 

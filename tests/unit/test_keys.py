@@ -12,11 +12,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nacl import bindings
 from typer.testing import CliRunner
 
-from broker import KeyRefused, Reason, TrustStore, generate_key_files, load_signing_key
-from broker.curve import PointCheck
-from broker.curve import check_public_point as classify
-from broker.keys import b64u_encode, load_public_key_file, parse_public_key
-from nodes.cli import app
+from mlanet.broker import KeyRefused, Reason, TrustStore, generate_key_files, load_signing_key
+from mlanet.broker.curve import PointCheck
+from mlanet.broker.curve import check_public_point as classify
+from mlanet.broker.keys import b64u_encode, load_public_key_file, parse_public_key
+from mlanet.nodes.cli.app import app
 from tests.unit.wirekit import SEAJUST
 
 P = 2**255 - 19

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from nodes.lifecycle import LIFECYCLE_FILE, LifecycleFile, Phase, read_lifecycle
+from mlanet.nodes.runtime.lifecycle import LIFECYCLE_FILE, LifecycleFile, Phase, read_lifecycle
 
 
 def test_each_phase_is_written_and_logged_with_the_same_fields(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ _SCRIPT = f"""
     from aiormq.abc import DeliveredMessage
     from pamqp import commands as spec
     from pamqp.header import ContentHeader
-    from nodes.logs import configure_logging
+    from mlanet.nodes.logs import configure_logging
 
     configure_logging("info")
     message = DeliveredMessage(

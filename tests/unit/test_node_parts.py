@@ -1,5 +1,5 @@
-"""The node's parts and the directory keeper's view (``nodes/seams.py``): the keeper owns what
-the node trusts as one frozen value; the node and its parts read it and never copy, overwrite
+"""The node's parts and the directory keeper's view (``nodes/runtime/seams.py``): the keeper owns
+what the node trusts as one frozen value; the node and its parts read it and never copy, overwrite
 or hold one another."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nodes.config import load_config
-from nodes.directory_runtime import DirectoryKeeper
-from nodes.federation import build
-from nodes.node import Node
+from mlanet.nodes.config import load_config
+from mlanet.nodes.directory.keeper import DirectoryKeeper
+from mlanet.nodes.local.federation import build
+from mlanet.nodes.runtime.node import Node
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from structlog.testing import capture_logs
 
-from nodes.observe import Flow, Observer, Observers
-from schemas import Destination, Header, Origin
+from mlanet.nodes.runtime.observe import Flow, Observer, Observers
+from mlanet.schemas import Destination, Header, Origin
 
 
 class Recorder(Observer):
@@ -62,7 +62,7 @@ def test_a_failing_observer_is_logged_and_the_others_still_hear() -> None:
     assert logs[0]["point"] == "received"
     assert logs[0]["error_type"] == "RuntimeError"
     # where: the innermost frame of mlanet's own code, and the observer's frame that raised
-    assert (logs[0]["file"], logs[0]["function"]) == ("nodes/observe.py", "_each")
+    assert (logs[0]["file"], logs[0]["function"]) == ("nodes/runtime/observe.py", "_each")
     assert isinstance(logs[0]["line"], int)
     assert logs[0]["raised_in"].startswith("tests/unit/test_observe.py:")
     assert logs[0]["raised_in"].endswith(" received")

@@ -12,25 +12,23 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from broker import SigningKey
-from broker.management import QueueFigures, ShovelState, shovel_states
-from nodes.audit import AuditLog, AuditTrail
-from nodes.cli import app
-from nodes.config import NodeConfig, load_config
-from nodes.directory_config import CoordinatorConfig
-from nodes.observe import Flow
-from nodes.operator.auth import (
+from mlanet.broker import SigningKey
+from mlanet.broker.management import QueueFigures, ShovelState, shovel_states
+from mlanet.nodes.cli.app import app
+from mlanet.nodes.config import NodeConfig, load_config
+from mlanet.nodes.directory.config import CoordinatorConfig
+from mlanet.nodes.operator.auth import (
     Devices,
     LoginLimiter,
     Sessions,
     hash_password,
     verify_password,
 )
-from nodes.operator.dashboard import dashboard_page, login_page
-from nodes.operator.flow import FlowEvent
-from nodes.operator.links import STALL_SECONDS, LinkTracker, LinkView
-from nodes.operator.metrics import NodeMetrics
-from nodes.operator.status import (
+from mlanet.nodes.operator.dashboard import dashboard_page, login_page
+from mlanet.nodes.operator.flow import FlowEvent
+from mlanet.nodes.operator.links import STALL_SECONDS, LinkTracker, LinkView
+from mlanet.nodes.operator.metrics import NodeMetrics
+from mlanet.nodes.operator.status import (
     BrokerView,
     NodeStatus,
     QuarantineEntry,
@@ -40,8 +38,10 @@ from nodes.operator.status import (
     compute_alerts,
     render_text,
 )
-from schemas.base import format_timestamp
-from schemas.directory import Directory
+from mlanet.nodes.runtime.observe import Flow
+from mlanet.nodes.state.audit import AuditLog, AuditTrail
+from mlanet.schemas.base import format_timestamp
+from mlanet.schemas.directory import Directory
 
 AUDIT_KEY = SigningKey.from_seed("seajust", "ed25519:1", bytes(range(32)))
 FLOW = Flow("6f1c0e4e-0000-4000-8000-000000000001", "seajust", "facilitation_request", "UZ")

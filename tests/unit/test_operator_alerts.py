@@ -14,19 +14,17 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker import ConfigError, Reason, RefusedMessage, SigningKey, TrustStore
-from broker.directory_signing import sign_directory
-from broker.keys import load_signing_key
-from broker.management import QueueFigures, ShovelState
-from nodes.audit import AuditLog, AuditTrail
-from nodes.config import NodeConfig, load_config
-from nodes.directory import DirectoryBook
-from nodes.federation import Federation, build
-from nodes.observe import Flow
-from nodes.operator.flow import FlowLog
-from nodes.operator.links import LinkTracker, LinkView
-from nodes.operator.metrics import NodeMetrics
-from nodes.operator.status import (
+from mlanet.broker import ConfigError, Reason, RefusedMessage, SigningKey, TrustStore
+from mlanet.broker.directory_signing import sign_directory
+from mlanet.broker.keys import load_signing_key
+from mlanet.broker.management import QueueFigures, ShovelState
+from mlanet.nodes.config import NodeConfig, load_config
+from mlanet.nodes.directory.book import DirectoryBook
+from mlanet.nodes.local.federation import Federation, build
+from mlanet.nodes.operator.flow import FlowLog
+from mlanet.nodes.operator.links import LinkTracker, LinkView
+from mlanet.nodes.operator.metrics import NodeMetrics
+from mlanet.nodes.operator.status import (
     BrokerView,
     NodeStatus,
     QuarantineView,
@@ -34,8 +32,10 @@ from nodes.operator.status import (
     compute_alerts,
     render_text,
 )
-from nodes.store import Store
-from schemas.directory import Directory
+from mlanet.nodes.runtime.observe import Flow
+from mlanet.nodes.state.audit import AuditLog, AuditTrail
+from mlanet.nodes.state.store import Store
+from mlanet.schemas.directory import Directory
 
 NOW = 1_800_000_000.0
 ANSWERED = ("facilitation_request", "status_update")

@@ -19,13 +19,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from broker import ConfigError
-from broker.keys import load_public_key_file
-from nodes.cli import app
-from nodes.config import load_config
-from nodes.directory import DirectoryBook
-from nodes.federation import FEDERATION_FILE, Federation, build
-from nodes.operator.auth import verify_password
+from mlanet.broker import ConfigError
+from mlanet.broker.keys import load_public_key_file
+from mlanet.nodes.cli.app import app
+from mlanet.nodes.config import load_config
+from mlanet.nodes.directory.book import DirectoryBook
+from mlanet.nodes.local.federation import FEDERATION_FILE, Federation, build
+from mlanet.nodes.operator.auth import verify_password
 
 ROOT = Path(__file__).parents[2]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from broker import SigningKey
-from nodes.store import Store
+from mlanet.broker import SigningKey
+from mlanet.nodes.state.store import Store
 
 KEY = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
 

@@ -6,7 +6,7 @@ The pure checks first, on a directory of the example networks (CASC also has Mon
 observer country, with a contact point, and a few contact points with windows and
 handovers), and the rule for receipts and notices (only the network a message was sent to can
 say what became of it); then the same attacks through the receiving pipeline
-(``nodes.pipeline.receive``) as a peer would send them, built with the hostile forge.
+(``mlanet.nodes.runtime.pipeline.receive``) as a peer would send them, built with the hostile forge.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from broker import Reason, RefusedMessage
-from broker.provenance import check_addressee, check_origin, check_payload_origin, serving
-from nodes.federation import EXAMPLE_LINKS, EXAMPLE_NETWORKS
-from nodes.pipeline import Accepted
-from schemas import FacilitationRequest, Header, Notice
-from schemas.directory import Directory
+from mlanet.broker import Reason, RefusedMessage
+from mlanet.broker.provenance import check_addressee, check_origin, check_payload_origin, serving
+from mlanet.nodes.local.federation import EXAMPLE_LINKS, EXAMPLE_NETWORKS
+from mlanet.nodes.runtime.pipeline import Accepted
+from mlanet.schemas import FacilitationRequest, Header, Notice
+from mlanet.schemas.directory import Directory
 from tests.hostile.corpus import HOSTILE, RECEIVER
 from tests.hostile.forge import facilitation_payload, header, sign, wire
 from tests.hostile.harness import Harness

@@ -13,8 +13,15 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import Reason, RefusedMessage, decode_payload, loads_strict, open_envelope, sign_message
-from schemas import KINDS, Kind
+from mlanet.broker import (
+    Reason,
+    RefusedMessage,
+    decode_payload,
+    loads_strict,
+    open_envelope,
+    sign_message,
+)
+from mlanet.schemas import KINDS, Kind
 from tests.unit.wirekit import (
     SEAJUST,
     header_dict,

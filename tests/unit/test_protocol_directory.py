@@ -44,8 +44,8 @@ def test_the_directory_example_opens_by_the_documented_steps() -> None:
 
 
 def test_the_directory_example_opens_with_the_reference_implementation() -> None:
-    from broker.directory_signing import open_directory
-    from schemas.directory import Directory
+    from mlanet.broker.directory_signing import open_directory
+    from mlanet.schemas.directory import Directory
 
     verified = open_directory(_signeddirectory(), trust(keys("directory_key")), now=at())
     assert verified.directory == Directory.model_validate(directory(), strict=False)
@@ -54,11 +54,11 @@ def test_the_directory_example_opens_with_the_reference_implementation() -> None
 def test_directories_the_reference_writes_are_valid_under_the_json_schema(tmp_path: Path) -> None:
     """A local federation's directory and the next versions the coordinator builds from it
     (a join, a membership change, a handover, a revocation) validate against the JSON Schema."""
-    from broker import load_signing_key
-    from broker.directory_signing import sign_directory
-    from nodes import coordinator
-    from nodes.federation import build
-    from schemas.directory import Directory
+    from mlanet.broker import load_signing_key
+    from mlanet.broker.directory_signing import sign_directory
+    from mlanet.nodes.directory import coordinator
+    from mlanet.nodes.local.federation import build
+    from mlanet.schemas.directory import Directory
 
     fed = build(tmp_path / "federation", prefix="schema")
     key = load_signing_key(fed.coordinator_key())
@@ -97,7 +97,7 @@ def test_rules_outside_the_json_schema_are_refused_by_the_reference(change: Any)
     directories, the reference refuses them."""
     from pydantic import ValidationError
 
-    from schemas.directory import Directory
+    from mlanet.schemas.directory import Directory
 
     broken = change(directory())
     assert independent.schema("directory").is_valid(broken)
@@ -112,7 +112,7 @@ def _with_contact_point(directory: dict[str, Any], point: dict[str, Any]) -> dic
 
 
 def test_the_hand_over_deadline_is_the_documented_default() -> None:
-    from nodes.coordinator import HAND_OVER_SECONDS
+    from mlanet.nodes.directory.coordinator import HAND_OVER_SECONDS
 
     assert f"(`--timeout`, {HAND_OVER_SECONDS:g} seconds by default)" in " ".join(
         section("14.6").split()
@@ -134,9 +134,9 @@ def test_the_key_files_are_the_vectors_and_derive_the_documented_key() -> None:
 
 
 def test_the_key_files_load_with_the_reference_and_an_open_one_is_refused(tmp_path: Path) -> None:
-    from broker import load_signing_key
-    from broker.errors import KeyRefused
-    from broker.keys import load_public_key_file
+    from mlanet.broker import load_signing_key
+    from mlanet.broker.errors import KeyRefused
+    from mlanet.broker.keys import load_public_key_file
 
     private, public = tmp_path / "seajust.1.key", tmp_path / "seajust.1.pub"
     private.write_text(EXAMPLES["key_file"], encoding="ascii")
@@ -151,7 +151,7 @@ def test_the_key_files_load_with_the_reference_and_an_open_one_is_refused(tmp_pa
 
 
 def test_the_password_file_and_its_hash_are_as_documented() -> None:
-    from broker.peer_access import rabbit_password_hash
+    from mlanet.broker.peer_access import rabbit_password_hash
 
     files = VECTORS["files"]
     assert EXAMPLES["password_file"] + "\n" == files["password_file"]

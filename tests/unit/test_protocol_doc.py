@@ -118,7 +118,7 @@ def _other_hop_signature(wire: dict[str, Any]) -> dict[str, Any]:
 def test_the_independent_verifier_refuses_tampered_copies(change: Any, reason: str) -> None:
     """The reimplementation is not vacuous: it refuses what the reference refuses, for the same
     reason."""
-    import broker
+    from mlanet import broker
 
     wire = json.dumps(change(json.loads(EXAMPLES["wire"]))).encode()
     with pytest.raises(Refused) as refused:
@@ -130,7 +130,7 @@ def test_the_independent_verifier_refuses_tampered_copies(change: Any, reason: s
 
 
 def test_the_example_opens_with_the_reference_implementation() -> None:
-    import broker
+    from mlanet import broker
 
     message = broker.open_envelope(EXAMPLES["wire"].encode("ascii"), trust(keys("keys")))
     learned = independent.open_envelope(EXAMPLES["wire"].encode("ascii"), keys("keys"))
@@ -195,8 +195,8 @@ def test_the_receipt_example_is_built_and_checked_as_section_8_1_says() -> None:
 
 
 def test_the_receipt_example_opens_with_the_reference_implementation() -> None:
-    import broker
-    from schemas import Receipt
+    from mlanet import broker
+    from mlanet.schemas import Receipt
 
     message = broker.open_envelope(
         EXAMPLES["receipt_wire"].encode("ascii"), trust(keys("receipt_key"))
@@ -238,7 +238,7 @@ def test_the_documented_receipt_checks_refuse_a_relay_and_other_content() -> Non
 
 
 def test_the_documented_receipted_kinds_are_the_reference_ones() -> None:
-    from nodes.node import RECEIPTED
+    from mlanet.nodes.runtime.node import RECEIPTED
 
     which = section("8.1").split("**When.**")[0]
     before_never = which.split("never get one")[0]
@@ -274,7 +274,7 @@ def _envelope_with_header(header_text: str, seed: bytes) -> bytes:
 
 
 def _both_verdicts(wire: bytes, keys: independent.Keys) -> tuple[str, str]:
-    import broker
+    from mlanet import broker
 
     try:
         independent.open_envelope(wire, keys, payload=False)
@@ -321,7 +321,7 @@ def test_the_edge_examples_are_the_vectors() -> None:
 
 def test_a_fraction_anywhere_in_a_hop_record_is_not_canonical() -> None:
     """Section 2: also in a hop record, and in a member no schema allows."""
-    import broker
+    from mlanet import broker
     from tests.unit.wirekit import sign_hop, signed
 
     record = signed(hops=1).hops[0].record.model_dump(mode="json")
@@ -345,7 +345,7 @@ def _all_wirekitkeys() -> independent.Keys:
 
 
 def test_the_amqp_section_uses_the_transport_names() -> None:
-    from broker import transport
+    from mlanet.broker import transport
 
     section = DOC[DOC.index("## 12. The AMQP layer") : DOC.index("## 13.")]
     assert f"`content_type` = `{transport.CONTENT_TYPE}`" in section
@@ -365,12 +365,12 @@ def test_the_amqp_section_uses_the_transport_names() -> None:
 def test_the_amqp_declarations_are_the_references() -> None:
     """The policies and the link's shovel as the reference defines them (the live declarations
     are compared on the real broker in tests/integration/test_protocol_live.py)."""
-    from broker.management import ShovelSpec
-    from broker.topology import door_vhost, inbox_exchange, peer_inbox
-    from nodes.config import Limits, PeerLimits
-    from nodes.directory_runtime import DIRECTORY_QUEUE
-    from nodes.fairness import INBOX_POLICY_PRIORITY, inbox_policy
-    from nodes.reconcile import link_name
+    from mlanet.broker.management import ShovelSpec
+    from mlanet.broker.topology import door_vhost, inbox_exchange, peer_inbox
+    from mlanet.nodes.config import Limits, PeerLimits
+    from mlanet.nodes.directory.keeper import DIRECTORY_QUEUE
+    from mlanet.nodes.runtime.fairness import INBOX_POLICY_PRIORITY, inbox_policy
+    from mlanet.nodes.runtime.reconcile import link_name
 
     declared = json.loads(EXAMPLES["amqp"])
     assert {q["name"] for q in declared["queues"]} >= {DIRECTORY_QUEUE}
@@ -413,7 +413,7 @@ def test_the_amqp_declarations_are_the_references() -> None:
 
 
 def test_the_quarantine_headers_example_is_read_as_documented() -> None:
-    from nodes.quarantine import entry_of
+    from mlanet.nodes.state.quarantine import entry_of
 
     example = json.loads(EXAMPLES["quarantine_headers"])
     entry = entry_of(b"refused bytes", "", example["message_id"], example["headers"])
@@ -453,17 +453,17 @@ def _table_rows(heading: str) -> list[list[str]]:
 
 
 def test_the_reason_code_table_lists_exactly_the_reason_codes() -> None:
-    from broker import Reason
+    from mlanet.broker import Reason
 
     listed = [row[0].strip("`") for row in _table_rows("## 11. Reason codes")]
     assert len(listed) == len(set(listed))
     assert set(listed) == {reason.value for reason in Reason}, (
-        "docs/PROTOCOL.md section 11 must list every broker.errors.Reason, one line each"
+        "docs/PROTOCOL.md section 11 must list every mlanet.broker.errors.Reason, one line each"
     )
 
 
 def test_the_limits_table_states_the_reference_limits() -> None:
-    from broker import envelope, strictjson
+    from mlanet.broker import envelope, strictjson
 
     limits = {row[0]: row[1] for row in _table_rows("\nLimits:")}
 

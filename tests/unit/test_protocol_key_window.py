@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-import broker
+from mlanet import broker
 from tests.unit.test_protocol_refusal_doc import DOC, EXAMPLES, Refused, _keys, verify_as_documented
 
 RECEIVED = datetime(2026, 3, 2, 9, 30, 2, tzinfo=UTC)  # after the example's hop record

@@ -72,12 +72,12 @@ def check_refusal_by_the_reference(
     addressee: str | None,
     first_step: str | None,
 ) -> None:
-    """The same with the reference code (``broker.provenance``), raising Refused likewise."""
+    """The same with the reference code (``mlanet.broker.provenance``), raising Refused likewise."""
     from datetime import UTC, datetime
 
-    import broker
-    from broker.provenance import check_refuser, refused_copy
-    from schemas import Notice
+    from mlanet import broker
+    from mlanet.broker.provenance import check_refuser, refused_copy
+    from mlanet.schemas import Notice
 
     trust = broker.TrustStore()
     for (network, key_id), public in keys.items():
@@ -179,8 +179,8 @@ def test_a_refusal_notice_from_a_network_that_never_held_the_message_is_refused(
 
 def test_the_refusal_notice_example_is_what_the_reference_node_sends() -> None:
     """The documented payload is the reference's refusal notice about the section 13 message."""
-    import broker
-    from nodes.refusals import refusal_notice
+    from mlanet import broker
+    from mlanet.nodes.runtime.refusals import refusal_notice
 
     trust = broker.TrustStore()
     for (network, key_id), public in _keys().items():
@@ -191,7 +191,7 @@ def test_the_refusal_notice_example_is_what_the_reference_node_sends() -> None:
 
 
 def test_the_refusal_notice_section_states_the_reference_rate_limits() -> None:
-    from nodes import refusals
+    from mlanet.nodes.runtime import refusals
 
     section = DOC[DOC.index("### 10.4 Refusal notices") : DOC.index("## 11.")]
     assert f"per {refusals.PER_MESSAGE_EVERY:g} seconds" in section

@@ -1,7 +1,7 @@
 """Sections 10.1 to 10.3 of docs/PROTOCOL.md: the next hop and local delivery.
 
 The worked example (section 10.3) is decided by the independent implementation of the document
-(``tests/independent.py``) and by the reference (``broker.routing``), and both must give the
+(``tests/independent.py``) and by the reference (``mlanet.broker.routing``), and both must give the
 documented outcome; then both decide random small directories, paths, destinations and rules
 side by side and must agree every time.
 """
@@ -72,9 +72,9 @@ def test_the_routing_example_is_what_the_reference_decides(case: dict[str, Any])
 def _reference_route(
     header: dict[str, Any], case: dict[str, Any], directory: dict[str, Any]
 ) -> tuple[str, list[str]]:
-    from broker.routing import Deliver, Forward, RouteRule, route
-    from schemas import Header
-    from schemas.directory import Directory
+    from mlanet.broker.routing import Deliver, Forward, RouteRule, route
+    from mlanet.schemas import Header
+    from mlanet.schemas.directory import Directory
 
     full = Header.model_validate(
         {
@@ -160,7 +160,7 @@ def _directories(draw: st.DrawFn) -> dict[str, Any]:
 def test_the_documented_routing_rules_and_the_reference_agree_on_random_directories(
     data: st.DataObject,
 ) -> None:
-    """Sections 10.1 and 10.2 as written against ``broker.routing`` on random directories,
+    """Sections 10.1 and 10.2 as written against ``mlanet.broker.routing`` on random directories,
     paths, destinations and rules: the same outcome every time."""
     directory = data.draw(_directories(), label="directory")
     ids = [n["id"] for n in directory["networks"]]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from broker import SigningKey, canonical_bytes, sign_message
-from broker.keys import b64u_encode
-from nodes.quarantine import Claim, claim, entry_of, log_context, payload_text
-from schemas import Destination, Header, Origin, StatusUpdate
+from mlanet.broker import SigningKey, canonical_bytes, sign_message
+from mlanet.broker.keys import b64u_encode
+from mlanet.nodes.state.quarantine import Claim, claim, entry_of, log_context, payload_text
+from mlanet.schemas import Destination, Header, Origin, StatusUpdate
 
 KEY = SigningKey.from_seed("seajust", "ed25519:1", bytes(range(32)))
 ID = "5b0c2f1e-8d3a-4c6b-9e7f-0a1b2c3d4e5f"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from broker import SigningKey
-from nodes.audit import AUDIT_FILE, AuditLog
-from nodes.quarantine import (
+from mlanet.broker import SigningKey
+from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
+from mlanet.nodes.state.quarantine import (
     Claim,
     Entry,
     NotInQuarantine,
@@ -21,7 +21,7 @@ from nodes.quarantine import (
     Where,
     entry_of,
 )
-from nodes.quarantine_store import QUARANTINE_FILE, STALE_CLAIM, Bound, QuarantineStore
+from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, STALE_CLAIM, Bound, QuarantineStore
 
 KEY = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
 T0 = 1_800_000_000.0

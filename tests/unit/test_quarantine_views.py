@@ -11,21 +11,21 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from broker.management import QueueFigures, ShovelState
-from nodes.config import NodeConfig
-from nodes.fairness import deliver_policy, node_policies
-from nodes.operator.status import (
+from mlanet.broker.management import QueueFigures, ShovelState
+from mlanet.nodes.cli.terminal import visible
+from mlanet.nodes.config import NodeConfig
+from mlanet.nodes.operator.status import (
     BrokerView,
     ReceiptView,
     build_status,
     compute_alerts,
     render_text,
 )
-from nodes.quarantine import Claim, Entry, entry_of
-from nodes.quarantine_store import QUARANTINE_FILE, Bound, QuarantineStore
-from nodes.terminal import visible
-from schemas.base import format_timestamp
-from schemas.directory import Directory
+from mlanet.nodes.runtime.fairness import deliver_policy, node_policies
+from mlanet.nodes.state.quarantine import Claim, Entry, entry_of
+from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, Bound, QuarantineStore
+from mlanet.schemas.base import format_timestamp
+from mlanet.schemas.directory import Directory
 
 NOW = 1_800_000_000.0
 ESC = "\x1b"

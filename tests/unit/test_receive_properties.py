@@ -1,4 +1,5 @@
-"""Property tests of the node's whole receiving path, ``nodes.pipeline.receive`` (size, sender,
+"""Property tests of the node's whole receiving path, ``mlanet.nodes.runtime.pipeline.receive``
+(size, sender,
 properties, verify, authorise, dedupe, route, validate) with a real SQLite store: whatever a peer
 sends, through whatever exchange, the result is accepted or refused with a reason code, never
 another exception. What is accepted obeys the rules a forger would attack.
@@ -21,13 +22,13 @@ import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
-from broker import RefusedMessage, SigningKey
-from broker.keys import b64u_decode, b64u_encode
-from broker.routing import Deliver, Forward, Refuse
-from broker.transport import CONTENT_TYPE
-from nodes.pipeline import Accepted, Properties, receive
-from schemas import KINDS
-from schemas.base import format_timestamp
+from mlanet.broker import RefusedMessage, SigningKey
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.broker.routing import Deliver, Forward, Refuse
+from mlanet.broker.transport import CONTENT_TYPE
+from mlanet.nodes.runtime.pipeline import Accepted, Properties, receive
+from mlanet.schemas import KINDS
+from mlanet.schemas.base import format_timestamp
 from tests.hostile.corpus import HOSTILE, RECEIVER, UNLISTED_SEAJUST
 from tests.hostile.forge import facilitation_payload, header, hop, receipt_payload, sign, wire
 from tests.hostile.harness import Harness

@@ -14,14 +14,21 @@ from typing import Any
 
 import pytest
 
-from broker import Reason, RefusedMessage, SignedMessage, add_hop, canonical_bytes, sign_message
-from broker.keys import b64u_encode
-from broker.provenance import check_refuser, refused_copy
-from nodes.quarantine import Claim, Entry, refusal_id
-from nodes.quarantine_store import QUARANTINE_FILE, Bound, QuarantineStore
-from nodes.refusals import NoticeGate, deserves_notice, refusal_notice
-from schemas import Origin
-from schemas.payloads import Notice, NoticeHop
+from mlanet.broker import (
+    Reason,
+    RefusedMessage,
+    SignedMessage,
+    add_hop,
+    canonical_bytes,
+    sign_message,
+)
+from mlanet.broker.keys import b64u_encode
+from mlanet.broker.provenance import check_refuser, refused_copy
+from mlanet.nodes.runtime.refusals import NoticeGate, deserves_notice, refusal_notice
+from mlanet.nodes.state.quarantine import Claim, Entry, refusal_id
+from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, Bound, QuarantineStore
+from mlanet.schemas import Origin
+from mlanet.schemas.payloads import Notice, NoticeHop
 from tests.unit.wirekit import (
     CASC,
     SEAJUST,

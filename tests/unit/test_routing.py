@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from broker import Reason
-from broker.routing import Deliver, Forward, Refuse, RouteRule, Routing, route
-from nodes.federation import EXAMPLE_LINKS, EXAMPLE_NETWORKS
-from schemas import Header
-from schemas.directory import Directory
+from mlanet.broker import Reason
+from mlanet.broker.routing import Deliver, Forward, Refuse, RouteRule, Routing, route
+from mlanet.nodes.local.federation import EXAMPLE_LINKS, EXAMPLE_NETWORKS
+from mlanet.schemas import Header
+from mlanet.schemas.directory import Directory
 
 _PUBLIC_KEY = "A" * 43  # routing never reads keys; any well-formed value will do
 _ISSUED = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import TypeAdapter, ValidationError
 
-from schemas import (
+from mlanet.schemas import (
     KINDS,
     PAYLOADS,
     CaseReference,
@@ -28,8 +28,8 @@ from schemas import (
     json_schemas,
     parse_timestamp,
 )
-from schemas.base import LanguageCode
-from schemas.catalogue import JSON_SCHEMA_DIR, render
+from mlanet.schemas.base import LanguageCode
+from mlanet.schemas.catalogue import JSON_SCHEMA_DIR, render
 from tests.unit.wirekit import header_dict, sample_payloads, signed
 
 _MODELS: dict[str, type[Any]] = {"header": Header, "hop_record": HopRecord}

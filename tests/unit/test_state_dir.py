@@ -1,4 +1,4 @@
-"""Case content at rest is owner-only (nodes/state_dir.py): the state folder is 0700 and its
+"""Case content at rest is owner-only (nodes/state/state_dir.py): the state folder is 0700 and its
 databases, with the -wal and -shm files SQLite adds, 0600 whatever the umask; a node and the
 commands refuse a folder other users may read, in one line that says what to run; the folders
 `mlanet federation init` and `mlanet init` write pass."""
@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker import ConfigError, generate_key_files, load_signing_key
-from nodes.audit import AUDIT_FILE, AuditLog
-from nodes.cli import app
-from nodes.config import load_config
-from nodes.contact import ARCHIVE_FILE, open_archive
-from nodes.contact_points import Credentials
-from nodes.federation import build
-from nodes.state_dir import secure
-from nodes.store import Store
+from mlanet.broker import ConfigError, generate_key_files, load_signing_key
+from mlanet.nodes.cli.app import app
+from mlanet.nodes.cli.contact import ARCHIVE_FILE, open_archive
+from mlanet.nodes.config import load_config
+from mlanet.nodes.directory.contact_points import Credentials
+from mlanet.nodes.local.federation import build
+from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
+from mlanet.nodes.state.state_dir import secure
+from mlanet.nodes.state.store import Store
 
 
 @contextlib.contextmanager
@@ -121,7 +121,7 @@ def test_a_node_refuses_to_start_on_an_open_state_folder_in_one_line(tmp_path: P
     state = load_config(fed.config_path("casc")).state_dir
     state.chmod(0o755)
     run = subprocess.run(
-        [sys.executable, "-m", "nodes", "node", "run", "--config", fed.config_path("casc")],
+        [sys.executable, "-m", "mlanet", "node", "run", "--config", fed.config_path("casc")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -137,7 +137,8 @@ def test_a_node_refuses_to_start_on_an_open_state_folder_in_one_line(tmp_path: P
 
 
 def test_the_folders_init_writes_pass(tmp_path: Path) -> None:
-    """`mlanet federation init` (its files: nodes.federation.build) and `mlanet init` write
+    """`mlanet federation init` (its files: mlanet.nodes.local.federation.build) and `mlanet init`
+    write
     each node's state folder owner-only, with the default umask."""
     with umask(0o022):
         fed = build(tmp_path / "federation", prefix="zz")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from broker import SigningKey
-from nodes.store import Store
+from mlanet.broker import SigningKey
+from mlanet.nodes.state.store import Store
 
 KEY = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import Reason, RefusedMessage
-from broker.strictjson import MAX_DEPTH, _depth, loads_strict
+from mlanet.broker import Reason, RefusedMessage
+from mlanet.broker.strictjson import MAX_DEPTH, _depth, loads_strict
 
 
 def _reference(data: bytes) -> int:

@@ -1,6 +1,6 @@
 """A contact point's signed submissions and returned deliveries: the format (pinned by a golden
 vector from a fixed seed and checked with an independent Ed25519 implementation), and every
-refusal with its own reason code. The node refuses what these refuse (nodes/outbox.py)."""
+refusal with its own reason code. The node refuses what these refuse (nodes/runtime/outbox.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import KeyRefused, Reason, RefusedMessage
-from broker.contact_point_keys import (
+from mlanet.broker import KeyRefused, Reason, RefusedMessage
+from mlanet.broker.contact_point_keys import (
     ContactPointKey,
     ContactPointKeyring,
     KeyFolder,
@@ -23,9 +23,9 @@ from broker.contact_point_keys import (
     generate_contact_point_key,
     load_contact_point_key,
 )
-from broker.keys import b64u_decode, b64u_encode, generate_key_files, load_signing_key
-from broker.strictjson import canonical_bytes
-from broker.submission_signing import (
+from mlanet.broker.keys import b64u_decode, b64u_encode, generate_key_files, load_signing_key
+from mlanet.broker.strictjson import canonical_bytes
+from mlanet.broker.submission_signing import (
     RETURNED_CONTEXT,
     SUBMISSION_CONTEXT,
     Returned,
@@ -34,7 +34,7 @@ from broker.submission_signing import (
     sign_returned,
     sign_submission,
 )
-from schemas.submission import Submission
+from mlanet.schemas.submission import Submission
 
 MAX = 256 * 1024
 KH = ContactPointKey.from_seed("kh-cp-1", "ed25519:1", bytes(range(0x40, 0x60)))

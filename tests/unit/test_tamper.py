@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from broker import MlanetError, Reason, RefusedMessage, TrustStore, add_hop, open_envelope
-from broker.keys import b64u_decode, b64u_encode
-from broker.strictjson import canonical_bytes, loads_strict
+from mlanet.broker import MlanetError, Reason, RefusedMessage, TrustStore, add_hop, open_envelope
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.broker.strictjson import canonical_bytes, loads_strict
 from tests.unit.wirekit import (
     CASC,
     SEAJUST,

@@ -1,5 +1,5 @@
 """A network's TLS identity (``broker/tls.py``) and the configuration of a broker of its own
-(``nodes/local_brokers.py``), without a broker: files and their modes, names in certificates,
+(``nodes/local/brokers.py``), without a broker: files and their modes, names in certificates,
 fingerprints, the shovel URI and the generated rabbitmq.conf."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker.tls import (
+from mlanet.broker.tls import (
     TlsError,
     TlsFiles,
     TlsReason,
@@ -35,7 +35,7 @@ from broker.tls import (
     write_identity,
     write_issued,
 )
-from nodes.local_brokers import (
+from mlanet.nodes.local.brokers import (
     MAX_MESSAGE_SIZE,
     BrokerTlsFiles,
     LocalBroker,

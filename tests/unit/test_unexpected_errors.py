@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from nodes.cli_common import EXIT_TIMEOUT, EXIT_UNEXPECTED
-from nodes.logs import _JsonLines, error_fields, failure_fields, log_loop_error
+from mlanet.nodes.cli.common import EXIT_TIMEOUT, EXIT_UNEXPECTED
+from mlanet.nodes.logs import _JsonLines, error_fields, failure_fields, log_loop_error
 
 CANARY = "CANARY-CASE-CONTENT-5e1d"
 
@@ -46,7 +46,7 @@ def test_error_fields_name_the_place_never_the_values() -> None:
 def test_error_fields_point_into_mlanet_and_name_the_library_frame_that_raised() -> None:
     """Raised inside a library called from mlanet's code: the place is mlanet's own frame, the
     library's frame is named as raised_in."""
-    from broker.transport import broker_address
+    from mlanet.broker.transport import broker_address
 
     try:
         broker_address(f"amqp://[{CANARY}")
@@ -71,7 +71,7 @@ def test_a_task_group_failure_is_located_at_its_first_error() -> None:
 
 
 def test_mlanet_errors_keep_their_metadata_text() -> None:
-    from broker.errors import TransportError
+    from mlanet.broker.errors import TransportError
 
     fields = failure_fields(TransportError("cannot reach the broker at 127.0.0.1:1"))
     assert fields == {
@@ -139,7 +139,7 @@ def test_a_defect_in_a_command_ends_in_one_line_naming_its_place() -> None:
     result = _run(
         f"""
         import sys
-        from nodes import cli
+        from mlanet.nodes.cli import app as cli
 
         @cli.app.command("explode")
         def explode() -> None:
@@ -153,7 +153,7 @@ def test_a_defect_in_a_command_ends_in_one_line_naming_its_place() -> None:
     assert result.returncode == EXIT_UNEXPECTED
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("mlanet: unexpected KeyError at nodes/cli.py:")
+    assert lines[0].startswith("mlanet: unexpected KeyError at nodes/cli/app.py:")
     assert "(raised in <string>:" in lines[0]
     assert " explode)" in lines[0]
     assert CANARY not in result.stderr + result.stdout
@@ -166,8 +166,8 @@ def test_a_command_stuck_past_its_time_limit_ends_in_one_line() -> None:
     result = _run(
         """
         import sys, time
-        from nodes import cli
-        from nodes.cli_common import time_limited
+        from mlanet.nodes.cli import app as cli
+        from mlanet.nodes.cli.common import time_limited
 
         def stuck() -> None:
             time.sleep(120)  # the hang under test: only the watchdog ends it

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from broker import KeyRefused, Reason, RefusedMessage, TrustStore
-from broker.quarantine_headers import (
+from mlanet.broker import KeyRefused, Reason, RefusedMessage, TrustStore
+from mlanet.broker.quarantine_headers import (
     DETAIL_KEPT,
     QuarantineHeaders,
     read_quarantine_headers,
 )
-from broker.routing import RouteRule
-from broker.topology import (
+from mlanet.broker.routing import RouteRule
+from mlanet.broker.topology import (
     contact_point_of_deliver_queue,
     deliver_queue,
     inbox_exchange,
@@ -30,14 +30,14 @@ from broker.topology import (
     peer_of_link,
     peer_of_out_queue,
 )
-from nodes.cli_directory import _show_network
-from nodes.config import NodeConfig, PeerConfig
-from nodes.coordinator import next_version
-from nodes.directory_config import CoordinatorConfig
-from nodes.quarantine import entry_of
-from schemas.base import NETWORK_ID, NETWORK_ID_PATTERN
-from schemas.directory import ContactPointEntry, NetworkKey
-from schemas.validity import KeyState, in_window, key_state
+from mlanet.nodes.cli.directory import _show_network
+from mlanet.nodes.config import NodeConfig, PeerConfig
+from mlanet.nodes.directory.config import CoordinatorConfig
+from mlanet.nodes.directory.coordinator import next_version
+from mlanet.nodes.state.quarantine import entry_of
+from mlanet.schemas.base import NETWORK_ID, NETWORK_ID_PATTERN
+from mlanet.schemas.directory import ContactPointEntry, NetworkKey
+from mlanet.schemas.validity import KeyState, in_window, key_state
 from tests.unit.wirekit import CASC, SEAJUST, sample_directory
 
 ROOT = Path(__file__).resolve().parents[2]

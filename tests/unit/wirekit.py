@@ -11,10 +11,17 @@ import hashlib
 from datetime import UTC, date, datetime
 from typing import Any
 
-from broker import SignedMessage, SigningKey, TrustStore, add_hop, canonical_bytes, sign_message
-from broker.directory_signing import sign_directory
-from broker.keys import b64u_encode
-from schemas import (
+from mlanet.broker import (
+    SignedMessage,
+    SigningKey,
+    TrustStore,
+    add_hop,
+    canonical_bytes,
+    sign_message,
+)
+from mlanet.broker.directory_signing import sign_directory
+from mlanet.broker.keys import b64u_encode
+from mlanet.schemas import (
     Destination,
     DirectoryUpdate,
     FacilitationRequest,
@@ -29,7 +36,7 @@ from schemas import (
     StatusUpdate,
     WireModel,
 )
-from schemas.directory import Directory
+from mlanet.schemas.directory import Directory
 
 SEAJUST = SigningKey.from_seed("seajust", "ed25519:1", bytes(range(32)))
 CASC = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32, 64)))
@@ -50,7 +57,7 @@ COORDINATOR = SigningKey.from_seed("unodc", "ed25519:1", bytes(range(128, 160)))
 
 
 def sample_directory() -> Any:
-    """A small directory signed by COORDINATOR (a broker.directory_signing.VerifiedDirectory)."""
+    """A small directory signed by COORDINATOR (a directory_signing.VerifiedDirectory)."""
     directory = Directory.model_validate(
         {
             "version": 3,

@@ -16,9 +16,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from broker import SigningKey, add_hop, sign_message
-from broker.keys import b64u_decode, b64u_encode
-from schemas import Destination, FacilitationRequest, Header, Origin
+from mlanet.broker import SigningKey, add_hop, sign_message
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
 
 GOLDEN = Path(__file__).with_name("golden.json")
 

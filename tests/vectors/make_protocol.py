@@ -18,13 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker import RefusedMessage, SigningKey, TrustStore, open_envelope, sign_message
-from broker.directory_signing import sign_directory
-from broker.keys import b64u_encode
-from broker.peer_access import rabbit_password_hash
-from broker.routing import Deliver, Forward, RouteRule, route
-from schemas import Destination, Header, Origin, Receipt
-from schemas.directory import Directory
+from mlanet.broker import RefusedMessage, SigningKey, TrustStore, open_envelope, sign_message
+from mlanet.broker.directory_signing import sign_directory
+from mlanet.broker.keys import b64u_encode
+from mlanet.broker.peer_access import rabbit_password_hash
+from mlanet.broker.routing import Deliver, Forward, RouteRule, route
+from mlanet.schemas import Destination, Header, Origin, Receipt
+from mlanet.schemas.directory import Directory
 
 OUT = Path(__file__).with_name("protocol.json")
 GOLDEN = Path(__file__).with_name("golden.json")

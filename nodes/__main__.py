@@ -1,3 +1,0 @@
-from nodes.cli import main
-
-main()

@@ -1,0 +1,95 @@
+"""The directory-related tables of a node's configuration: ``[coordinator]`` and ``[link]``
+(see ``nodes/examples/node.toml`` and ``docs/JOINING.md``).
+
+- ``[coordinator]`` pins the coordinator's directory key(s): a node accepts a directory only when
+  one of them (or a coordinator key listed in the directory it already holds) signed it.
+- ``[link]`` is the broker user this node's links log in as at every peer's broker; its
+  password's salted hash is published in the directory, so no peer needs it in a config.
+
+A node never holds an administrator account of its broker: when a directory update links a new
+peer, the operator gives the peer's link user its write access with ``mlanet directory
+provision`` (the node says so in its log and its alerts).
+
+:func:`directory_expiry` is the one rule for when a node stops trusting its directory (and fails
+closed): the node, ``mlanet status``, the metrics and the alerts all use it. The warning windows
+ahead of a key's or the directory's expiry are ``[operator.alerts]`` ``key_expiry_days`` and
+``directory_expiry_days`` (``nodes/config.py``), for the node's log as for its alerts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mlanet.schemas import KeyId, NetworkId
+from mlanet.schemas.directory import Directory
+
+__all__ = [
+    "MAX_DIRECTORY_AGE_SECONDS",
+    "CoordinatorConfig",
+    "LinkConfig",
+    "PinnedKey",
+    "directory_expiry",
+]
+
+DAY = 86400
+MAX_DIRECTORY_AGE_SECONDS = 90 * DAY  # a directory without valid_until, trusted this long
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PinnedKey(_Config):
+    key_id: KeyId
+    public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
+
+
+class CoordinatorConfig(_Config):
+    """Who signs the directory, and how long a directory is trusted."""
+
+    network: NetworkId = "unodc"
+    keys: tuple[PinnedKey, ...] = Field(min_length=1, max_length=8)
+    # Only at the coordinator's own node: the directory signing key (mlanet directory approve).
+    signing_key: Path | None = None
+    # A directory without valid_until is trusted this long after it was issued; then the node
+    # fails closed (directory_expired). Status, metrics and alerts use the same (directory_expiry).
+    max_directory_age_seconds: int = Field(default=MAX_DIRECTORY_AGE_SECONDS, ge=60)
+    # Refused when present: the warning windows are [operator.alerts] key_expiry_days and
+    # directory_expiry_days, for the node's expiry_warning log lines as for its alerts.
+    warn_before_seconds: int | None = None
+    # How often the node re-checks time-dependent parts (handovers, key activation, expiry).
+    check_every_seconds: float = Field(default=2.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _one_warning_window(self) -> Self:
+        if self.warn_before_seconds is not None:
+            raise ValueError(
+                "warn_before_seconds is no longer read: the node warns of expiry within "
+                "[operator.alerts] key_expiry_days and directory_expiry_days, as its alerts "
+                "do; remove it (and set those if you need other windows)"
+            )
+        return self
+
+
+class LinkConfig(_Config):
+    """Our user at every peer's broker (the directory publishes its password's hash)."""
+
+    user: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    password_file: Path
+
+
+def directory_expiry(directory: Directory, coordinator: CoordinatorConfig | None) -> datetime:
+    """The first moment a node no longer trusts ``directory`` and refuses new messages with
+    ``directory_expired``: its ``valid_until``, else ``issued_at`` plus ``[coordinator]
+    max_directory_age_seconds``. A node has no other rule (``DirectoryBook.expires_at``, status,
+    metrics and alerts all call this)."""
+    if directory.valid_until is not None:
+        return directory.valid_until
+    age = MAX_DIRECTORY_AGE_SECONDS
+    if coordinator is not None:
+        age = coordinator.max_directory_age_seconds
+    return directory.issued_at + timedelta(seconds=age)

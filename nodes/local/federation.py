@@ -1,0 +1,584 @@
+"""A local federation on one RabbitMQ: six nodes, the five example networks and the
+coordinator's.
+
+One vhost, one door vhost per linked peer and two broker users per network (see "Security
+model" in docs/OPERATIONS.md):
+
+- the node's user (``<prefix>-<network>``): everything in its own vhost and in its doors
+  (``<prefix>-<network>:door:<peer>``, where each peer's links land) and nothing anywhere else;
+  tagged ``policymaker`` only (it declares its links' shovels and its queues' policies there),
+  so through the management API it sees its own vhosts and connections only;
+- the link user (``<prefix>-<network>-link``), which its links log in as at each peer: no
+  management tag, and in its door at each linked peer only write on one exchange,
+  ``mlanet.inbox.from.<network>``; no right in any network's own vhost. Its password is in the
+  shovel definitions of the network's own vhost, which no peer can read.
+
+Each contact point of the directory has a key and a broker user of its own
+(``<prefix>-<network>-cp-<contact point>``: write on the exchange ``mlanet.submit`` and read on
+its own delivery queue, nothing else; see ``nodes/directory/contact_points.py``). Its credentials
+folder is ``<network>/credentials/<contact point>/`` (what ``mlanet send`` and ``mlanet inbox``
+take as ``--credentials``); the node vouches for it in ``<network>/contact-points/``.
+
+``build`` writes keys, secrets, the directory and one node config per network, and records the
+federation (its prefix, networks and links) in ``<root>/federation.json``; ``provision`` creates
+the vhosts, users and permissions through the management API, once, as an operator command (the
+nodes never hold the administrator's password); ``teardown`` removes them, and
+:meth:`Federation.load` reads the record back, so that ``mlanet federation down`` removes what
+``init`` made and nothing else (it never guesses a prefix). Used by ``mlanet federation``, the
+demo, the tests and the benchmarks.
+
+The coordinator (``unodc``) has a node too, linked to the first network: it signs the directory
+with a key of its own, ``<root>/unodc/coordinator/unodc-directory.1.key`` (its public half,
+``unodc-directory.1.pub``, is the key a joining network pins; ``<root>/unodc/unodc.1.pub`` is
+the key the coordinator's node signs its messages with), and publishes updates through its node.
+``directory.json`` is the signed version 1; every config pins the coordinator's directory key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from mlanet.broker.contact_point_access import grant_contact_points
+from mlanet.broker.directory_signing import sign_directory
+from mlanet.broker.errors import ConfigError, MlanetError
+from mlanet.broker.keys import (
+    b64u_decode,
+    generate_key_files,
+    load_public_key_file,
+    load_signing_key,
+)
+from mlanet.broker.management import Management, ManagementEndpoint
+from mlanet.broker.peer_access import door_vhosts, open_door, rabbit_password_hash
+from mlanet.broker.topology import door_vhost
+from mlanet.nodes.directory.contact_points import vouched_users, write_contact_point
+from mlanet.nodes.operator.auth import hash_password
+from mlanet.nodes.runtime.lifecycle import Lifecycle, Phase, read_lifecycle
+from mlanet.nodes.state import state_dir
+from mlanet.schemas.directory import Directory
+
+__all__ = [
+    "COORDINATOR",
+    "EXAMPLE_LINKS",
+    "EXAMPLE_NETWORKS",
+    "FEDERATION_FILE",
+    "Federation",
+    "NodeFailed",
+    "NodeProcesses",
+    "build",
+    "provision",
+    "teardown",
+]
+
+EU = [
+    "AT",
+    "BE",
+    "BG",
+    "HR",
+    "CY",
+    "CZ",
+    "DK",
+    "EE",
+    "FI",
+    "FR",
+    "DE",
+    "GR",
+    "HU",
+    "IE",
+    "IT",
+    "LV",
+    "LT",
+    "LU",
+    "MT",
+    "NL",
+    "PL",
+    "PT",
+    "RO",
+    "SK",
+    "SI",
+    "ES",
+    "SE",
+]
+EXAMPLE_NETWORKS: dict[str, tuple[str, list[str]]] = {
+    "seajust": (
+        "South East Asia Justice Network",
+        ["BN", "KH", "LA", "MM", "SG", "TH", "TL", "VN"],
+    ),
+    "casc": (
+        "Central Asia and Southern Caucasus Network",
+        ["AM", "AZ", "GE", "KZ", "KG", "TJ", "TM", "UZ"],
+    ),
+    "wacap": (
+        "West African Network of Central Authorities and Prosecutors",
+        [
+            "BJ",
+            "BF",
+            "CV",
+            "CI",
+            "GM",
+            "GH",
+            "GN",
+            "GW",
+            "LR",
+            "ML",
+            "NE",
+            "NG",
+            "SN",
+            "SL",
+            "TG",
+            "MR",
+        ],
+    ),
+    "gljc": (
+        "Great Lakes Judicial Cooperation Network",
+        ["AO", "BI", "CF", "CG", "CD", "KE", "RW", "SS", "SD", "TZ", "UG", "ZM"],
+    ),
+    "ejn": ("European Judicial Network", EU),
+}
+COORDINATOR = "unodc"
+FEDERATION_FILE = "federation.json"  # what init made: prefix, networks, links (for down)
+COORDINATOR_NAME = "United Nations Office on Drugs and Crime (coordinator)"
+# SEAJust and CASC are linked (the seed's Uzbekistan matter); EJN bridges to Africa.
+EXAMPLE_LINKS: list[tuple[str, str]] = [
+    ("seajust", "casc"),
+    ("casc", "ejn"),
+    ("ejn", "wacap"),
+    ("wacap", "gljc"),
+    ("ejn", "gljc"),
+]
+
+
+@dataclass(frozen=True)
+class Federation:
+    root: Path
+    prefix: str
+    networks: tuple[str, ...]
+    links: tuple[tuple[str, str], ...]
+    host: str = "127.0.0.1"
+    port: int = 5672
+    coordinator: str | None = COORDINATOR
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every network with a node here: the member networks and the coordinator."""
+        return (*self.networks, *((self.coordinator,) if self.coordinator else ()))
+
+    def coordinator_key(self) -> Path:
+        """The coordinator's directory signing key (not its node's message key)."""
+        assert self.coordinator is not None
+        return self.root / self.coordinator / "coordinator" / f"{self.coordinator}-directory.1.key"
+
+    def coordinator_pub(self) -> Path:
+        """Its public half: the file a joining network pins (``mlanet init --coordinator-key``)."""
+        return self.coordinator_key().with_suffix(".pub")
+
+    @classmethod
+    def load(cls, root: Path) -> Federation:
+        """The federation ``build`` recorded in ``root`` (ConfigError when there is none)."""
+        try:
+            raw = json.loads((root / FEDERATION_FILE).read_text(encoding="utf-8"))
+            federation = cls(
+                root,
+                str(raw["prefix"]),
+                tuple(str(network) for network in raw["networks"]),
+                tuple((str(a), str(b)) for a, b in raw["links"]),
+                str(raw["host"]),
+                int(raw["port"]),
+                coordinator=None if raw["coordinator"] is None else str(raw["coordinator"]),
+            )
+            _check_prefix(federation.prefix)
+        except OSError:
+            raise ConfigError(
+                f"{root} holds no {FEDERATION_FILE}: it is not a folder mlanet federation init "
+                "wrote (or an older version wrote it)"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{root / FEDERATION_FILE} cannot be read ({exc})") from None
+        return federation
+
+    def record(self) -> None:
+        """Write ``federation.json``: what ``load`` reads back."""
+        fields = {
+            "prefix": self.prefix,
+            "networks": list(self.networks),
+            "links": [list(link) for link in self.links],
+            "host": self.host,
+            "port": self.port,
+            "coordinator": self.coordinator,
+        }
+        (self.root / FEDERATION_FILE).write_text(
+            json.dumps(fields, indent=2) + "\n", encoding="utf-8"
+        )
+
+    def vhost(self, network: str) -> str:
+        return f"{self.prefix}-{network}"
+
+    def door(self, network: str, peer: str) -> str:
+        """The vhost where ``peer``'s links land at ``network`` (``topology.door_vhost``)."""
+        return door_vhost(self.vhost(network), peer)
+
+    def user(self, network: str) -> str:
+        return f"{self.prefix}-{network}"
+
+    def config_path(self, network: str) -> Path:
+        return self.root / network / "node.toml"
+
+    def password(self, network: str) -> str:
+        """The node's own broker password."""
+        return (self.root / network / "broker.password").read_text(encoding="ascii").strip()
+
+    def link_user(self, network: str) -> str:
+        """The user that ``network``'s links log in as at its peers' vhosts."""
+        return f"{self.prefix}-{network}-link"
+
+    def link_password(self, network: str) -> str:
+        return (self.root / network / "link.password").read_text(encoding="ascii").strip()
+
+    def contact_point_keys(self, network: str) -> Path:
+        """The node's folder of the contact points it vouches for ([contact_points] keys)."""
+        return self.root / network / "contact-points"
+
+    def credentials(self, contact_point: str) -> Path:
+        """A contact point's credentials folder (``--credentials`` of send and inbox), under
+        its network's folder (a network that joined later included)."""
+        for network in sorted(self.root.iterdir()):
+            folder = network / "credentials" / contact_point
+            if folder.is_dir():
+                return folder
+        raise KeyError(f"no credentials for {contact_point}")
+
+    def peers(self, network: str) -> list[str]:
+        return sorted(
+            {b for a, b in self.links if a == network} | {a for a, b in self.links if b == network}
+        )
+
+
+def _check_prefix(prefix: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,20}", prefix):
+        raise ValueError("prefix must be short lower-case ASCII")
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(value + "\n")
+
+
+def _contact_point(country: str) -> dict[str, str]:
+    return {"id": f"{country.lower()}-cp-1", "country": country, "role": "contact point"}
+
+
+def build(
+    root: Path,
+    *,
+    prefix: str = "mlanet",
+    networks: dict[str, tuple[str, list[str]]] | None = None,
+    links: list[tuple[str, str]] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5672,
+    management_url: str = "http://127.0.0.1:15672",
+    receipts: dict[str, float] | None = None,
+    operator_port: int = 0,
+    coordinator: str | None = COORDINATOR,
+    valid_for: timedelta = timedelta(days=30),
+) -> Federation:
+    """Write keys, passwords, ``directory.json`` and ``<network>/node.toml`` under ``root``.
+
+    No config holds the broker administrator's password: ``provision`` is run once, by the
+    operator (``mlanet federation init``), and ``mlanet directory provision`` after a directory
+    update links a new peer.
+
+    Each node's operator HTTP surface gets port ``operator_port + i`` (the i-th network), or any
+    free port when ``operator_port`` is 0 (the node writes its URL to ``state/operator.json``).
+    One operator password for the whole local federation: ``operator.secret`` holds it,
+    ``operator.password`` its hash.
+
+    A folder that already records a federation with another prefix is refused (ConfigError):
+    its vhosts may still be on the broker, and only its own record lets ``down`` remove them.
+    """
+    _check_prefix(prefix)
+    try:
+        earlier: Federation | None = Federation.load(root)
+    except ConfigError:
+        earlier = None
+    if earlier is not None and earlier.prefix != prefix:
+        raise ConfigError(
+            f"{root} holds the federation with prefix {earlier.prefix}: remove it first (mlanet "
+            f"federation down --dir {root}), or write this one to another folder"
+        )
+    networks = networks or EXAMPLE_NETWORKS
+    links = list(links or EXAMPLE_LINKS)
+    nodes = dict(networks)
+    if coordinator is not None:
+        nodes[coordinator] = (COORDINATOR_NAME, [])
+        links.append((coordinator, next(iter(networks))))
+    federation = Federation(
+        root, prefix, tuple(networks), tuple(links), host, port, coordinator=coordinator
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    federation.record()  # first: whatever else fails, down knows what to remove
+    entries = []
+    for network, (name, members) in nodes.items():
+        folder = root / network
+        folder.mkdir(parents=True, exist_ok=True)
+        state_dir.secure(folder / "state")  # the node's state_dir: owner-only
+        key_path = folder / f"{network}.1.key"
+        if not key_path.exists():
+            generate_key_files(folder, network, "ed25519:1")
+        public = load_public_key_file(folder / f"{network}.1.pub")
+        for secret in ("broker.password", "link.password"):
+            if not (folder / secret).exists():
+                _write_secret(folder / secret, secrets.token_urlsafe(24))
+        entries.append(
+            {
+                "id": network,
+                "name": name,
+                "members": members,
+                "contact_points": [_contact_point(country) for country in members],
+                "keys": [{"key_id": public.key_id, "public_key": public.public_key}],
+                "broker": {"host": host, "port": port, "vhost": federation.vhost(network)},
+                "link_user": {
+                    "name": federation.link_user(network),
+                    "password_hash": rabbit_password_hash(federation.link_password(network)),
+                },
+            }
+        )
+    pins = ""
+    if coordinator is not None:
+        key_folder = root / coordinator / "coordinator"
+        if not federation.coordinator_key().exists():
+            # named apart from the node's own unodc.1.key/.pub beside it: joiners pin this one
+            for made in generate_key_files(key_folder, coordinator, "ed25519:1"):
+                made.rename(made.with_name(f"{coordinator}-directory.1{made.suffix}"))
+        directory_key = load_signing_key(federation.coordinator_key())
+        now = datetime.now(UTC)
+        directory = Directory.model_validate(
+            {
+                "version": 1,
+                "issued_at": now,
+                "valid_until": now + valid_for,
+                "coordinator": coordinator,
+                "coordinator_keys": [
+                    {"key_id": directory_key.key_id, "public_key": directory_key.public_b64()}
+                ],
+                "networks": entries,
+                "links": [list(link) for link in links],
+            },
+            strict=False,
+        )
+        (root / "directory.json").write_bytes(sign_directory(directory, directory_key).to_bytes())
+        pins = (
+            f'\n[coordinator]\nnetwork = "{coordinator}"\n'
+            f'keys = [{{ key_id = "{directory_key.key_id}", '
+            f'public_key = "{directory_key.public_b64()}" }}]\n'
+        )
+    receipt_lines = "".join(f"{k} = {v}\n" for k, v in (receipts or {}).items())
+    if not (root / "operator.password").exists():
+        operator_secret = secrets.token_urlsafe(18)
+        _write_secret(root / "operator.secret", operator_secret)
+        _write_secret(root / "operator.password", hash_password(operator_secret))
+    for index, network in enumerate(nodes):
+        operator = (
+            f"\n[operator]\nport = {operator_port + index if operator_port else 0}\n"
+            'password_file = "../operator.password"\n'
+        )
+        # Peers come from the directory's links; [link] is our user at their brokers.
+        peers = (
+            f'\n[link]\nuser = "{federation.link_user(network)}"\npassword_file = "link.password"\n'
+        )
+        peers += pins
+        if network == coordinator:
+            peers += f'signing_key = "coordinator/{federation.coordinator_key().name}"\n'
+        federation.config_path(network).write_text(
+            f'network = "{network}"\n'
+            f'signing_key = "{network}.1.key"\n'
+            'directory = "../directory.json"\n'
+            'state_dir = "state"\n\n'
+            "[broker]\n"
+            f'host = "{host}"\nport = {port}\n'
+            f'vhost = "{federation.vhost(network)}"\n'
+            f'user = "{federation.user(network)}"\n'
+            'password_file = "broker.password"\n'
+            f'management_url = "{management_url}"\n'
+            '\n[contact_points]\nkeys = "contact-points"\n'
+            f"{peers}\n[receipts]\n{receipt_lines}{operator}",
+            encoding="utf-8",
+        )
+        for country in nodes[network][1]:
+            contact_point = _contact_point(country)["id"]
+            if not (federation.contact_point_keys(network) / f"{contact_point}.pub").exists():
+                write_contact_point(
+                    federation.contact_point_keys(network),
+                    federation.user(network),
+                    federation.vhost(network),
+                    contact_point,
+                    root / network / "credentials" / contact_point,
+                )
+    return federation
+
+
+NODE_TAGS = "policymaker"  # declares shovels and policies in its own vhost; sees nothing else
+
+
+async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
+    """Create each network's vhost and node user, each of its contact points' users (from the
+    hashes in its node's folder), and each link's door: a vhost per (network, peer) where the
+    peer's link user may only write its one inbox exchange (from the directory's published
+    hash), as ``mlanet directory provision`` does for a network on a broker of its own."""
+    signed = json.loads((federation.root / "directory.json").read_bytes())
+    directory = Directory.model_validate_json(b64u_decode(signed["document"]))
+    async with Management(admin) as management:
+        for network in federation.nodes:
+            vhost, user = federation.vhost(network), federation.user(network)
+            await management.put_vhost(vhost)
+            await management.put_user(user, federation.password(network), NODE_TAGS)
+            await management.put_permissions(vhost, user, configure=".*", write=".*", read=".*")
+            # the administrator keeps access for operators' tools and tests
+            await management.put_permissions(
+                vhost, admin.user, configure=".*", write=".*", read=".*"
+            )
+        protected = {federation.user(n) for n in federation.nodes} | {admin.user}
+        users = [
+            user
+            for network in federation.nodes
+            for user in vouched_users(federation.contact_point_keys(network))
+        ]
+        await grant_contact_points(management, users, protected=protected)  # one request
+        for network in federation.nodes:
+            for peer in federation.peers(network):
+                entry = directory.network(peer)
+                if entry is None or entry.link_user is None:
+                    continue
+                await open_door(
+                    management,
+                    federation.vhost(network),
+                    peer,
+                    entry.link_user,
+                    owners=(federation.user(network), admin.user),
+                    protected=protected,
+                )
+
+
+async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
+    """Delete the federation's vhosts and doors (their queues and shovels go with them) and
+    users (its contact points' users are the ones its nodes' folders vouch for)."""
+    async with Management(admin) as management:
+        contact_points = []
+        for network in federation.nodes:
+            for door in (await door_vhosts(management, federation.vhost(network))).values():
+                await management.delete_vhost(door)
+            await management.delete_vhost(federation.vhost(network))
+            await management.delete_user(federation.user(network))
+            await management.delete_user(federation.link_user(network))
+            keys = federation.contact_point_keys(network)
+            contact_points += [user.name for user in vouched_users(keys)]
+        await management.delete_users(contact_points)  # one request
+
+
+class NodeFailed(MlanetError):
+    """A node process of the local federation exited, failed, or did not start in time; the
+    text names the node and its log file."""
+
+
+class NodeProcesses:
+    """One ``mlanet node run`` process per network, logs in ``<root>/<network>/node.log``."""
+
+    def __init__(self, federation: Federation, admin: ManagementEndpoint) -> None:
+        self.federation = federation
+        self.admin = admin
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def log_path(self, network: str) -> Path:
+        return self.federation.root / network / "node.log"
+
+    def start(self, network: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = self.log_path(network).open("ab")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlanet",
+                "node",
+                "run",
+                "--config",
+                str(self.federation.config_path(network)),
+            ],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **(env or {})},
+        )
+        log.close()
+        self.processes[network] = process
+        return process
+
+    def kill(self, network: str) -> None:
+        """SIGKILL: no chance to clean up, as in a crash."""
+        process = self.processes.pop(network)
+        process.kill()
+        process.wait()
+
+    def stop_all(self, within: float = 15.0) -> None:
+        """SIGTERM every node (each stops within a few seconds); SIGKILL one that has not
+        stopped after ``within`` seconds."""
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=within)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+    def lifecycle(self, network: str) -> Lifecycle | None:
+        """The node process's own record of its phase; None before it wrote one (or when the
+        one there is from an earlier process)."""
+        process = self.processes.get(network)
+        found = read_lifecycle(self.federation.root / network / "state")
+        if process is None or found is None or found.pid != process.pid:
+            return None
+        return found
+
+    def check_running(self, networks: list[str] | None = None) -> None:
+        """NodeFailed naming the first node process (of ``networks``) that has exited."""
+        for network in sorted(networks or self.processes):
+            process = self.processes.get(network)
+            if process is not None and (code := process.poll()) is not None:
+                state = self.lifecycle(network)
+                why = f" ({state.describe(time.time())})" if state is not None else ""
+                raise NodeFailed(
+                    f"node {network} exited with code {code}{why}; see {self.log_path(network)}"
+                )
+
+    async def wait_ready(self, networks: list[str] | None = None, within: float = 60.0) -> None:
+        """Wait until each node process says it started (its ``running`` in lifecycle.json,
+        written once its queues are consumed, its links and its directory in place), or fail
+        with NodeFailed naming the node, what it was doing and its log file."""
+        waiting = set(networks or self.processes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while waiting:
+            self.check_running(sorted(waiting))
+            for network in sorted(waiting):
+                state = self.lifecycle(network)
+                if state is not None and state.phase is Phase.RUNNING:
+                    waiting.discard(network)
+            if waiting and loop.time() > deadline:
+                network = sorted(waiting)[0]
+                state = self.lifecycle(network)
+                doing = state.describe(time.time()) if state is not None else "no sign of life"
+                raise NodeFailed(
+                    f"node {network} did not start within {within:g} s ({doing}); see "
+                    f"{self.log_path(network)}"
+                )
+            if waiting:
+                await asyncio.sleep(0.2)
