@@ -14,7 +14,6 @@ from collections.abc import Callable
 from datetime import datetime
 
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from broker import Reason, RefusedMessage, SignedMessage, add_hop, sign_message
 from broker.quarantine_headers import REASON as QUARANTINE_REASON
@@ -29,6 +28,7 @@ from broker.transport import (
     out_queue,
 )
 from nodes import crashpoints
+from nodes.logs import bound
 from nodes.observe import Flow, Observers
 from nodes.quarantine import Entry, claim, entry_of, log_context, refusal_id
 from nodes.quarantine_store import Bound, QuarantineStore
@@ -122,7 +122,7 @@ class Actions:
             "forwarded",
             f"forwarded to {routing.peer} (for {routing.target})",
         )
-        with bound_contextvars(**message_context(header)):  # a receipt or notice names itself
+        with bound(**message_context(header)):  # a receipt or notice names itself
             log.info("message_forwarded", peer=routing.peer, target=routing.target)
         self._observe.forwarded(routing.peer, Flow.of(header))
 
@@ -143,7 +143,7 @@ class Actions:
             "delivered",
             "delivered to " + ",".join(routing.contact_points),
         )
-        with bound_contextvars(**message_context(header)):
+        with bound(**message_context(header)):
             log.info("message_delivered", contact_points=list(routing.contact_points))
         self._observe.delivered(routing.contact_points, Flow.of(header))
 
@@ -196,7 +196,7 @@ class Actions:
         )
         # Refused before it could be verified: bind what it claims (identifiers only).
         seen = flow or claimed.flow(origin=config.network if via == SUBMIT else None)
-        with bound_contextvars(quarantine_id=entry.id, **log_context(seen)):
+        with bound(quarantine_id=entry.id, **log_context(seen)):
             body_kept = self._quarantined.add(
                 entry,
                 kept,
@@ -244,7 +244,7 @@ class Actions:
         # a refusal's publisher (a contact point's reader) recorded it in track and the audit
         # trail already: one fact, one record
         recorded = QUARANTINE_REASON in incoming.headers
-        with bound_contextvars(quarantine_id=entry.id, **log_context(flow)):
+        with bound(quarantine_id=entry.id, **log_context(flow)):
             if not recorded:
                 self._store.event(
                     "-",

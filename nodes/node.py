@@ -32,7 +32,6 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from broker import (
     Reason,
@@ -55,7 +54,7 @@ from nodes.group_commit import GroupCommit
 from nodes.keyed_lock import KeyedLock
 from nodes.lifecycle import LifecycleFile, Phase
 from nodes.links import Links
-from nodes.logs import error_fields, failure_fields
+from nodes.logs import bound, error_fields, failure_fields
 from nodes.observe import Flow, Observers
 from nodes.operator import OperatorSurface
 from nodes.outbox import Outbox
@@ -106,7 +105,7 @@ class Node:
         # a body above the size cap is never read whole (broker/amqp_decode.py)
         self.transport = Transport(config.amqp_url(), max_body=config.limits.max_message_bytes)
         broker = config.broker
-        reconciler = Reconciler(
+        self.reconciler = Reconciler(  # its API client is closed when run() ends
             ManagementEndpoint(
                 broker.management_url, broker.user, _read_secret(broker.password_file)
             )
@@ -148,7 +147,7 @@ class Node:
         self.links = Links(
             self.keeper,
             transport=self.transport,
-            reconciler=reconciler,
+            reconciler=self.reconciler,
             # looked up at each delivery: a test may wrap the node's handler after it is built
             on_inbox=lambda incoming: self.on_inbox(incoming),
             ready=self.ready,
@@ -208,6 +207,7 @@ class Node:
                 stack.callback(self.quarantined.close)
                 stack.callback(self.audit.close)
                 stack.push_async_callback(self.transport.aclose)
+                stack.push_async_callback(self.reconciler.aclose)
                 if await self._start(stack):
                     await self._serve()
         except Exception as exc:  # a defect by its place only, never its text (values)
@@ -360,7 +360,7 @@ class Node:
         crashpoints.reached("after_receive_before_forward")
         header = accepted.message.header
         self.observe.received(accepted.sender, Flow.of(header))
-        with bound_contextvars(
+        with bound(
             message_id=header.message_id,
             origin=header.origin.network,
             destination=describe(header.destination),
@@ -425,14 +425,14 @@ class Node:
                 await work
                 await self.commits.durable()
         except TransportError as exc:
-            with bound_contextvars(**self._about(incoming)):
+            with bound(**self._about(incoming)):
                 log.warning("transient_failure_requeued", error=str(exc))
             self.links.doubt()
             await asyncio.sleep(0.5)
             await incoming.requeue()
             return
         except Exception as exc:  # a defect must not stop the node; the delivery limit applies
-            with bound_contextvars(**self._about(incoming)):
+            with bound(**self._about(incoming)):
                 log.error("unexpected_failure_requeued", **error_fields(exc))
             await incoming.requeue()
             return

@@ -15,7 +15,6 @@ import time
 
 import structlog
 from pydantic import ValidationError
-from structlog.contextvars import bound_contextvars
 
 from broker import (
     Reason,
@@ -35,6 +34,7 @@ from broker.transport import SUBMIT, Transport, deliver_queue, out_queue
 from nodes import crashpoints
 from nodes.actions import describe
 from nodes.audit import AuditError
+from nodes.logs import bound
 from nodes.observe import Flow, Observers
 from nodes.quarantine import claim
 from nodes.seams import Commit, Outbound, OwnDelivery, ViewSource
@@ -93,7 +93,7 @@ class Outbox:
             where = ", ".join(error_location(e) for e in errors[:5])
             await self._refuse_submission(body, RefusedMessage(Reason.SCHEMA_INVALID, where))
             return
-        with bound_contextvars(
+        with bound(
             message_id=submission.message_id,
             origin=view.config.network,
             destination=describe(submission.destination),
@@ -261,7 +261,7 @@ class Outbox:
                 return
             now = time.time()
             for entry in self._store.outbox_due(now):
-                with bound_contextvars(
+                with bound(
                     message_id=entry.message_id,
                     origin=self._views.view.config.network,
                     destination=entry.destination,

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from broker import (
     Reason,
@@ -29,6 +28,7 @@ from broker import (
 from broker.provenance import check_addressee, check_path, check_refuser, refused_copy
 from broker.routing import Deliver, Forward, Refuse, route, target_network
 from nodes.actions import message_context, reply_to
+from nodes.logs import bound
 from nodes.observe import Observers
 from nodes.refusals import NoticeGate, deserves_notice, refusal_notice
 from nodes.seams import Outbound, ViewSource
@@ -89,7 +89,7 @@ class Receipts:
         header = message.header
         if not deserves_notice(header, self._views.view.config.network):
             return
-        with bound_contextvars(**message_context(header)):
+        with bound(**message_context(header)):
             if not self._notices.allow(header.origin.network, header.message_id):
                 log.info("refusal_notice_withheld", reason=refused.reason.value)
                 return

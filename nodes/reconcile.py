@@ -100,51 +100,60 @@ class Reconciler:
         self._endpoint = endpoint
         self._reported: tuple[str, ...] = ()
         self._first = True  # what the first pass puts is declared, not repaired
+        # one client for every pass (its connection kept alive between them), made at the first
+        # pass and closed by aclose(): the node reconciles every few seconds
+        self._management: Management | None = None
+
+    async def aclose(self) -> None:
+        """Close the API client (idempotent; a later pass makes a new one)."""
+        management, self._management = self._management, None
+        if management is not None:
+            await management.aclose()
 
     async def reconcile(self, config: NodeConfig, directory: Directory) -> list[Repair]:
         """One pass; returns what had to be put back or removed (empty when all was in place)."""
         vhost = config.broker.vhost
         repairs: list[Repair] = []
-        async with Management(self._endpoint, timeout=5.0) as management:
-            current = await management.shovel_definitions(vhost)
-            wanted = expected_shovels(config, directory)
-            for name, spec in wanted.items():
-                value = spec.definition()["value"]
-                if current.get(name) != value:
-                    await management.put_shovel(spec)
-                    repairs.append(
-                        Repair("shovel", name, "changed" if name in current else "missing")
-                    )
-            peers = {peer.network for peer in config.peers}
-            for name in current:
-                if name.startswith(LINK_PREFIX) and name not in wanted:
-                    await management.delete_shovel(vhost, name)
-                    repairs.append(Repair("shovel", name, "removed"))
-                    log.info("link_removed", peer=peer_of_link(name) or "(not a network id)")
-            for exchange in await management.exchange_names(vhost):
-                sender = peer_of_inbox_exchange(exchange)
-                if sender is not None and sender not in peers:
-                    # its link user keeps a write permission until the operator runs mlanet
-                    # directory provision; without the exchange it cannot publish anything
-                    await management.delete_exchange(vhost, exchange)
-                    repairs.append(Repair("exchange", exchange, "removed"))
-            policies = {str(p.get("name")): p for p in await management.policies(vhost)}
-            for policy in node_policies(config):
-                found = policies.get(policy.name)
-                if found is None or not _same_policy(
-                    found, policy.pattern, policy.definition, policy.priority
-                ):
-                    await management.put_policy(
-                        vhost,
-                        policy.name,
-                        pattern=policy.pattern,
-                        definition=policy.definition,
-                        priority=policy.priority,
-                    )
-                    repairs.append(
-                        Repair("policy", policy.name, "missing" if found is None else "changed")
-                    )
-            queues = {q.name: q for q in await management.queue_figures(vhost)}
+        if self._management is None:
+            self._management = Management(self._endpoint, timeout=5.0)
+        management = self._management
+        current = await management.shovel_definitions(vhost)
+        wanted = expected_shovels(config, directory)
+        for name, spec in wanted.items():
+            value = spec.definition()["value"]
+            if current.get(name) != value:
+                await management.put_shovel(spec)
+                repairs.append(Repair("shovel", name, "changed" if name in current else "missing"))
+        peers = {peer.network for peer in config.peers}
+        for name in current:
+            if name.startswith(LINK_PREFIX) and name not in wanted:
+                await management.delete_shovel(vhost, name)
+                repairs.append(Repair("shovel", name, "removed"))
+                log.info("link_removed", peer=peer_of_link(name) or "(not a network id)")
+        for exchange in await management.exchange_names(vhost):
+            sender = peer_of_inbox_exchange(exchange)
+            if sender is not None and sender not in peers:
+                # its link user keeps a write permission until the operator runs mlanet
+                # directory provision; without the exchange it cannot publish anything
+                await management.delete_exchange(vhost, exchange)
+                repairs.append(Repair("exchange", exchange, "removed"))
+        policies = {str(p.get("name")): p for p in await management.policies(vhost)}
+        for policy in node_policies(config):
+            found = policies.get(policy.name)
+            if found is None or not _same_policy(
+                found, policy.pattern, policy.definition, policy.priority
+            ):
+                await management.put_policy(
+                    vhost,
+                    policy.name,
+                    pattern=policy.pattern,
+                    definition=policy.definition,
+                    priority=policy.priority,
+                )
+                repairs.append(
+                    Repair("policy", policy.name, "missing" if found is None else "changed")
+                )
+        queues = {q.name: q for q in await management.queue_figures(vhost)}
         first, self._first = self._first, False
         for repair in repairs:
             if repair.change != "removed" and not first:
