@@ -475,9 +475,12 @@ class Transport:
         )
         try:
             channel = self._channel()
-            confirmation = await _within(
-                CONFIRM_WAIT + 1, self._publish_on(channel, exchange, queue, body, properties)
-            )
+            publishing = self._publish_on(channel, exchange, queue, body, properties)
+            if self._connection is not None and self._connection.connected.is_set():
+                # connected: the publish itself gives up after CONFIRM_WAIT (aiormq)
+                confirmation = await publishing
+            else:  # reconnecting: the wait for the channel is bounded too
+                confirmation = await _within(CONFIRM_WAIT + 1, publishing)
         except aio_pika.exceptions.DeliveryError as exc:
             raise TransportError(f"broker could not route to {queue}") from exc
         except _BROKER_GONE as exc:

@@ -122,8 +122,11 @@ class Actions:
             "forwarded",
             f"forwarded to {routing.peer} (for {routing.target})",
         )
-        with bound(**message_context(header)):  # a receipt or notice names itself
-            log.info("message_forwarded", peer=routing.peer, target=routing.target)
+        # the message's fields given with the line (a receipt or notice names itself): the
+        # context the caller bound has the same values, binding them again costs more
+        log.info(
+            "message_forwarded", peer=routing.peer, target=routing.target, **message_context(header)
+        )
         self._observe.forwarded(routing.peer, Flow.of(header))
 
     async def deliver(self, message: SignedMessage, routing: Deliver) -> None:
@@ -143,8 +146,11 @@ class Actions:
             "delivered",
             "delivered to " + ",".join(routing.contact_points),
         )
-        with bound(**message_context(header)):
-            log.info("message_delivered", contact_points=list(routing.contact_points))
+        log.info(
+            "message_delivered",
+            contact_points=list(routing.contact_points),
+            **message_context(header),
+        )
         self._observe.delivered(routing.contact_points, Flow.of(header))
 
     async def quarantine(

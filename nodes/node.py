@@ -317,12 +317,13 @@ class Node:
         started = time.perf_counter()
         now = self.clock()
         opened: SignedMessage | None = None  # once verified: its origin is told of a refusal
+        view = self.keeper.view  # one view for the whole judgement (nothing here awaits)
         try:
             sender, opened = open_delivery(
                 incoming.body,
                 incoming.exchange,
-                config=self.config,
-                trust=self.trust,
+                config=view.config,
+                trust=view.trust,
                 now=now,
                 properties=Properties(
                     content_type=incoming.content_type,
@@ -334,11 +335,11 @@ class Node:
             accepted = judge(
                 opened,
                 sender,
-                config=self.config,
-                directory=self.directory,
+                config=view.config,
+                directory=view.directory,
                 store=self.store,
                 now=now,
-                held=self.view.held.directory,
+                held=view.held.directory,
                 timing=self.observe.timing,
             )
         except RefusedMessage as refused:
