@@ -424,8 +424,8 @@ class Transport:
 
         A queue that exists with other arguments (an older version declared it without a
         limit) is kept as it is and False is returned: it is never deleted under a publisher,
-        and is consumed as it is. Declared over a short-lived connection of its own, as
-        :meth:`declare` is (a refused declaration closes its channel).
+        and is consumed as it is. Declared over a short-lived plain connection of its own (a
+        refused declaration closes its channel; a reconnection never declares it again).
         """
         arguments: Arguments = {
             "x-queue-type": "quorum",
