@@ -22,6 +22,8 @@ Three measurements, all in one run on the local RabbitMQ (127.0.0.1:5672, manage
     kh-cp-1's broker user (as ``mlanet send`` does) and timed until they appear in the
     destination's ``mlanet.deliver.<cp>`` queue: KH -> UZ (seajust -> casc) and KH -> FR
     (seajust -> casc -> ejn). The raw one-hop latency at the same rate is printed beside them.
+(d) idle: casc as its own process with its links, no traffic: the CPU its periodic work uses
+    (topology and link checks, resends, the operator's polls), in ms of CPU per second.
 
 The federation and the raw vhost are always removed at the end. Usage: ``bench/README.md``.
 """
@@ -680,6 +682,32 @@ async def latency_phase(
     return results, outbox
 
 
+async def idle_phase(fed: federation.Federation, args: argparse.Namespace, report: TextIO) -> None:
+    """(d): the CPU a node uses with no traffic (its periodic work: the topology and link
+    checks, the resend loop, the operator's status polls), over ``--idle`` seconds, after
+    ``IDLE_WARMUP`` seconds of running (its start is not counted)."""
+    processes = federation.NodeProcesses(fed, ADMIN)
+    try:
+        process = processes.start("casc")
+        await processes.wait_ready(within=120.0)
+        await asyncio.sleep(IDLE_WARMUP)
+        cpu = process_cpu(process.pid)
+        await asyncio.sleep(args.idle)
+        used = process_cpu(process.pid) - cpu
+        processes.check_running()
+    finally:
+        processes.stop_all()
+    print(
+        f"(d) idle node: casc as its own process, with its links and operator surface, no"
+        f" traffic: {used:.2f} s of CPU in {args.idle:g} s = {used / args.idle * 1000:.1f} ms"
+        " of CPU per second",
+        file=report,
+    )
+
+
+IDLE_WARMUP = 5.0  # seconds a node runs before its idle CPU is counted
+
+
 def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) of process ``pid`` so far (Linux: /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
@@ -761,6 +789,8 @@ async def federation_phases(
             latencies, outbox = (
                 ([], "") if args.skip_latency else await latency_phase(fed, args, raw_latency)
             )
+            if args.idle > 0:
+                await idle_phase(fed, args, report)
         finally:
             await federation.teardown(fed, ADMIN)
             log.flush()
@@ -815,6 +845,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per journey in (c)")
     parser.add_argument("--skip-latency", action="store_true", help="run (a) and (b) only")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=30.0,
+        help="seconds of (d), a node's CPU with no traffic (0: skip it)",
+    )
     parser.add_argument("--skip-raw", action="store_true", help="skip (a): no ceiling, no ratio")
     parser.add_argument(
         "--profile", metavar="FILE", help="cProfile the node phase (b) into FILE and summarise it"

@@ -15,7 +15,7 @@ The content hash (dedupe, receipts) is ``SHA-256(origin signing input)``.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -72,6 +72,8 @@ class SignedMessage:
     payload_b64: str
     signature_b64: str
     hops: tuple[SignedHop, ...] = ()
+    # content_sha256, once computed (dedupe, the store, a refusal's id each ask for it)
+    _content_sha256: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def signing_input(self) -> bytes:
@@ -85,7 +87,11 @@ class SignedMessage:
     @property
     def content_sha256(self) -> str:
         """b64url SHA-256 of what the origin signed: equal iff header and payload are equal."""
-        return b64u_encode(hashlib.sha256(self.signing_input).digest())
+        digest = self._content_sha256
+        if digest is None:
+            digest = b64u_encode(hashlib.sha256(self.signing_input).digest())
+            object.__setattr__(self, "_content_sha256", digest)  # frozen: set once, here
+        return digest
 
     @property
     def payload_bytes(self) -> bytes:

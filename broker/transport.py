@@ -83,6 +83,7 @@ _CHANNEL_GONE = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, Run
 _BROKER_GONE = (OSError, *_CHANNEL_GONE)
 CONNECT_TIMEOUT = 10.0  # seconds: connecting, and each round trip to the broker
 CONFIRM_WAIT = 30.0  # seconds a publish waits for the broker's confirm
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 CLOSE_WAIT = 3.0  # seconds closing the connection waits for the broker
 _CHECK = "check that RabbitMQ runs there and accepts connections (its log, its open-file limit)"
 
@@ -223,6 +224,13 @@ class _Declarer:
         target = await channel.get_exchange(exchange, ensure=False)
         await _within(self._timeout, declared.unbind(target) if unbind else declared.bind(target))
 
+    async def aclose(self) -> None:
+        """Close the channel (the connection may be kept for the next declarations)."""
+        channel, self._open = self._open, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*_BROKER_GONE):
+                await _within(self._timeout, channel.close())
+
 
 def _incoming(raw: AbstractIncomingMessage, *, capped: bool = False) -> Incoming:
     """``capped``: read on a BodyCap connection, where only amqp_decode sets the cut headers."""
@@ -266,6 +274,8 @@ class Transport:
         self._idle = asyncio.Event()
         self._idle.set()
         self._doors: dict[str, Transport] = {}  # vhost -> a connection to a peer's door
+        # the topology's declarations: a plain connection, kept between checks (declare())
+        self._declarations: aio_pika.abc.AbstractConnection | None = None
 
     @property
     def address(self) -> str:
@@ -320,6 +330,7 @@ class Transport:
             await door.aclose()
         if connection is not None:
             await _close_quietly(connection, min(self._timeout, CLOSE_WAIT))
+        await self._forget_declaring()
 
     def _channel(self) -> aio_pika.abc.AbstractChannel:
         if self._publish is None:
@@ -345,12 +356,31 @@ class Transport:
         the queues that exist with other arguments than these (kept as they are).
 
         Each peer's inbox exchange and queue are in that peer's door vhost, not here
-        (:meth:`door`, :meth:`declare_inbox`). Declared over a short-lived connection of its
-        own, so that a reconnection does not
-        declare them again: a queue re-created with other arguments meanwhile (a shovel
-        re-creates its deleted source queue as a classic queue) would fail every reconnection.
-        The node calls this again now and then to put back what an operator deleted.
+        (:meth:`door`, :meth:`declare_inbox`). Declared over a plain connection of its own (not
+        the robust one, so that a reconnection does not declare them again: a queue re-created
+        with other arguments meanwhile, as a shovel re-creates its deleted source queue as a
+        classic queue, would fail every reconnection), kept from one call to the next. The node
+        calls this again every few seconds to put back what an operator deleted.
         """
+        for attempt in range(2):
+            kept = self._declarations
+            reused = kept is not None and not kept.is_closed
+            declarer = _Declarer(await self._declaring(), self._arguments, self._timeout)
+            try:
+                await self._declare_on(declarer, topology)
+            except _BROKER_GONE as exc:
+                await self._forget_declaring()
+                if reused and attempt == 0:  # closed under us since the last call: a new one
+                    continue
+                raise TransportError(
+                    f"cannot declare the topology at {self.address} ({_why(exc, self._timeout)})"
+                ) from exc
+            finally:
+                await declarer.aclose()
+            return declarer.mismatched
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _declare_on(self, declarer: _Declarer, topology: Topology) -> None:
         quorum: Arguments = {"x-queue-type": "quorum"}
         # Inboxes and submit: a message that keeps failing is dead-lettered to quarantine.
         poison: Arguments = {
@@ -358,24 +388,38 @@ class Transport:
             "x-delivery-limit": topology.delivery_limit,
             "x-dead-letter-exchange": UNROUTABLE,
         }
-        async with self._short_lived() as connection:
-            try:
-                declarer = _Declarer(connection, self._arguments, self._timeout)
-                unroutable = await declarer.exchange(UNROUTABLE)
-                quarantine = await declarer.queue(QUARANTINE, quorum)
-                await declarer.bind(quarantine, unroutable)
-                await declarer.queue(INBOX, poison)  # drains what an older version left there
-                submit = await declarer.queue(SUBMIT, poison)
-                await declarer.bind(submit, await declarer.exchange(SUBMIT_EXCHANGE))
-                for peer in topology.peers:  # its inbox is in its door vhost (declare_inbox)
-                    await declarer.queue(out_queue(peer), quorum)
-                for contact_point in topology.contact_points:
-                    await declarer.queue(deliver_queue(contact_point), quorum)
-                return declarer.mismatched
-            except _BROKER_GONE as exc:
-                raise TransportError(
-                    f"cannot declare the topology at {self.address} ({_why(exc, self._timeout)})"
-                ) from exc
+        unroutable = await declarer.exchange(UNROUTABLE)
+        quarantine = await declarer.queue(QUARANTINE, quorum)
+        await declarer.bind(quarantine, unroutable)
+        await declarer.queue(INBOX, poison)  # drains what an older version left there
+        submit = await declarer.queue(SUBMIT, poison)
+        await declarer.bind(submit, await declarer.exchange(SUBMIT_EXCHANGE))
+        for peer in topology.peers:  # its inbox is in its door vhost (declare_inbox)
+            await declarer.queue(out_queue(peer), quorum)
+        for contact_point in topology.contact_points:
+            await declarer.queue(deliver_queue(contact_point), quorum)
+
+    async def _declaring(self) -> aio_pika.abc.AbstractConnection:
+        """The connection the topology is declared on: kept from one check to the next (the
+        node checks every few seconds; a new connection each time costs more CPU than the
+        declarations), a new one once it is closed."""
+        kept = self._declarations
+        if kept is not None and not kept.is_closed:
+            return kept
+        await self._forget_declaring()
+        try:
+            connection: aio_pika.abc.AbstractConnection = await _within(
+                self._timeout, aio_pika.connect(self._url, timeout=self._timeout)
+            )
+        except _BROKER_GONE as exc:
+            raise self._unreachable(exc) from exc
+        self._declarations = connection
+        return connection
+
+    async def _forget_declaring(self) -> None:
+        connection, self._declarations = self._declarations, None
+        if connection is not None:
+            await _close_quietly(connection, min(self._timeout, CLOSE_WAIT))
 
     async def declare_queue(self, queue: str, *, delivery_limit: int = 5) -> bool:
         """Declare one more durable quorum queue of the node's own that it consumes, with a
@@ -384,8 +428,8 @@ class Transport:
 
         A queue that exists with other arguments (an older version declared it without a
         limit) is kept as it is and False is returned: it is never deleted under a publisher,
-        and is consumed as it is. Declared over a short-lived connection of its own, as
-        :meth:`declare` is (a refused declaration closes its channel).
+        and is consumed as it is. Declared over a short-lived plain connection of its own (a
+        refused declaration closes its channel; a reconnection never declares it again).
         """
         arguments: Arguments = {
             "x-queue-type": "quorum",
@@ -393,8 +437,8 @@ class Transport:
             "x-dead-letter-exchange": UNROUTABLE,
         }
         async with self._short_lived() as connection:
+            declarer = _Declarer(connection, self._arguments, self._timeout)
             try:
-                declarer = _Declarer(connection, self._arguments, self._timeout)
                 await declarer.queue(queue, arguments)
             except _BROKER_GONE as exc:
                 raise TransportError(
@@ -453,31 +497,27 @@ class Transport:
         With ``exchange``, publish through that exchange instead (``queue`` is then only named
         in errors), e.g. a peer's inbox exchange so that the receiving pipeline sees the sender.
         """
-        message = aio_pika.Message(
-            body,
+        # The frame's properties built once, as aio-pika's Message would build them (the same
+        # bytes on the wire), and published on the channel's own aiormq channel: a relay
+        # publishes every message, and aio-pika's Message and Exchange cost more per publish
+        # than what they add here.
+        properties = aiormq.spec.Basic.Properties(
             content_type=CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=PERSISTENT,
+            headers=dict(headers) if headers else {},
             message_id=message_id,
-            type=kind,
+            message_type=kind,
+            priority=0,
             app_id="mlanet",
-            headers=dict(headers or {}),
         )
         try:
             channel = self._channel()
-            target = (
-                channel.default_exchange
-                if exchange is None
-                else await channel.get_exchange(exchange, ensure=False)
-            )
-            confirmation = await _within(
-                CONFIRM_WAIT + 1,
-                target.publish(
-                    message,
-                    routing_key=queue if exchange is None else "",
-                    mandatory=True,
-                    timeout=CONFIRM_WAIT,
-                ),
-            )
+            publishing = self._publish_on(channel, exchange, queue, body, properties)
+            if self._connection is not None and self._connection.connected.is_set():
+                # connected: the publish itself gives up after CONFIRM_WAIT (aiormq)
+                confirmation = await publishing
+            else:  # reconnecting: the wait for the channel is bounded too
+                confirmation = await _within(CONFIRM_WAIT + 1, publishing)
         except aio_pika.exceptions.DeliveryError as exc:
             raise TransportError(f"broker could not route to {queue}") from exc
         except _BROKER_GONE as exc:
@@ -487,6 +527,29 @@ class Transport:
             ) from exc
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             raise TransportError(f"broker did not confirm the publish to {queue}")
+
+    @staticmethod
+    async def _publish_on(
+        channel: aio_pika.abc.AbstractChannel,
+        exchange: str | None,
+        queue: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
+    ) -> Any:
+        """What ``Exchange.publish`` does: a closed channel raises, a robust one that is
+        reconnecting is waited for, then the publish waits for its confirm (a return, a nack or
+        a reject raises DeliveryError)."""
+        if channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError("the publishing channel is closed")
+        underlay = await channel.get_underlay_channel()
+        return await underlay.basic_publish(
+            body,
+            exchange=exchange or "",
+            routing_key=queue if exchange is None else "",
+            properties=properties,
+            mandatory=True,
+            timeout=CONFIRM_WAIT,
+        )
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> None:
         """Start consuming ``queue`` on a channel of its own; ``handler`` runs per delivery."""

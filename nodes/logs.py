@@ -19,11 +19,14 @@ import traceback
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import structlog
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 __all__ = [
+    "bound",
     "configure_logging",
     "error_fields",
     "failure_fields",
@@ -36,6 +39,33 @@ __all__ = [
 # broker/, nodes/ and schemas/ sit side by side: frames in them are mlanet's own code
 _ROOT = Path(__file__).resolve().parent.parent
 _OWN = ("broker", "nodes", "schemas")
+
+
+def bound(**fields: Any) -> _Bound:
+    """``with bound(message_id=...):`` binds ``fields`` to every log line of this context (task)
+    while the block runs, and puts back exactly what was bound before on exit. What
+    ``structlog.contextvars.bound_contextvars`` does, at a fraction of its cost on the relay
+    path (it reads the whole context first, and is a generator)."""
+    return _Bound(fields)
+
+
+class _Bound:
+    __slots__ = ("_fields", "_tokens")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = fields
+        self._tokens: Mapping[str, Any] = {}
+
+    def __enter__(self) -> None:
+        self._tokens = bind_contextvars(**self._fields)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        reset_contextvars(**self._tokens)
 
 
 def configure_logging(level: str = "info") -> None:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from datetime import datetime
 
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from mlanet.broker import Reason, RefusedMessage, SignedMessage, add_hop, sign_message
 from mlanet.broker.quarantine_headers import REASON as QUARANTINE_REASON
@@ -28,6 +27,7 @@ from mlanet.broker.transport import (
     deliver_queue,
     out_queue,
 )
+from mlanet.nodes.logs import bound
 from mlanet.nodes.runtime import crashpoints
 from mlanet.nodes.runtime.observe import Flow, Observers
 from mlanet.nodes.runtime.seams import Commit, ViewSource
@@ -121,7 +121,7 @@ class Actions:
             message.content_sha256,
             "forwarded",
         )
-        with bound_contextvars(**message_context(header)):  # a receipt or notice names itself
+        with bound(**message_context(header)):  # a receipt or notice names itself
             self._observe.forwarded(routing.peer, Flow.of(header))  # its journal row and log line
 
     async def deliver(self, message: SignedMessage, routing: Deliver) -> None:
@@ -140,7 +140,7 @@ class Actions:
             message.content_sha256,
             "delivered",
         )
-        with bound_contextvars(**message_context(header)):
+        with bound(**message_context(header)):
             self._observe.delivered(routing.contact_points, Flow.of(header))  # row and log line
 
     async def quarantine(
@@ -192,7 +192,7 @@ class Actions:
         )
         # Refused before it could be verified: bind what it claims (identifiers only).
         seen = flow or claimed.flow(origin=config.network if via == SUBMIT else None)
-        with bound_contextvars(quarantine_id=entry.id, **log_context(seen)):
+        with bound(quarantine_id=entry.id, **log_context(seen)):
             body_kept = self._quarantined.add(
                 entry,
                 kept,
@@ -237,7 +237,7 @@ class Actions:
         # a refusal's publisher (a contact point's reader) recorded it in track and the audit
         # trail already: one fact, one record
         recorded = QUARANTINE_REASON in incoming.headers
-        with bound_contextvars(quarantine_id=entry.id, **log_context(flow)):
+        with bound(quarantine_id=entry.id, **log_context(flow)):
             log.warning(
                 "message_quarantined",
                 reason=entry.reason,

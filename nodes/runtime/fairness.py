@@ -61,7 +61,8 @@ class TokenBucket:
     """``rate`` tokens per second, at most ``burst`` saved up; :meth:`take` waits for them.
 
     Waiters are served in turn (one lock), so a burst of deliveries wakes one task per take,
-    not every waiting task. A take of more than ``burst`` tokens takes ``burst``.
+    not every waiting task; while nobody waits, a take that finds its tokens there takes them
+    without the lock. A take of more than ``burst`` tokens takes ``burst``.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class TokenBucket:
         self._tokens = float(burst)
         self._at = clock()
         self._lock = asyncio.Lock()
+        self._queued = 0  # takes waiting for the lock or holding it
 
     def _refill(self) -> None:
         now = self._clock()
@@ -89,12 +91,21 @@ class TokenBucket:
 
     async def take(self, tokens: int = 1) -> None:
         wanted = min(float(tokens), self.burst)
-        async with self._lock:
+        if not self._queued:  # nobody waits: no lock to take when the tokens are there
             self._refill()
-            if self._tokens < wanted:
-                await self._sleep((wanted - self._tokens) / self.rate)
+            if self._tokens >= wanted:
+                self._tokens -= wanted
+                return
+        self._queued += 1
+        try:
+            async with self._lock:
                 self._refill()
-            self._tokens -= wanted
+                if self._tokens < wanted:
+                    await self._sleep((wanted - self._tokens) / self.rate)
+                    self._refill()
+                self._tokens -= wanted
+        finally:
+            self._queued -= 1
 
 
 def paced(bucket: TokenBucket, handler: Handler) -> Handler:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from types import TracebackType
 
 __all__ = ["COMMIT_EVERY", "GROUP_WAIT", "GroupCommit"]
 
@@ -50,17 +51,20 @@ class GroupCommit:
         self._working = 0  # deliveries being handled that have not yet asked for their commit
         self.commits = 0  # commits run for deliveries (with ``waited``: the mean batch)
         self.waited = 0  # deliveries that waited for one of them
+        self._work = _Working(self)  # one for all: it keeps no state of its own
 
-    @contextlib.contextmanager
-    def working(self) -> Iterator[None]:
-        """Count a delivery being handled; when the last one stops, a waiting commit runs."""
+    def working(self) -> _Working:
+        """``with commits.working():`` counts a delivery being handled; when the last one
+        stops, a waiting commit runs."""
+        return self._work
+
+    def _start_work(self) -> None:
         self._working += 1
-        try:
-            yield
-        finally:
-            self._working -= 1
-            if self._working <= 0 and self._pending is not None:
-                self._flush_soon()  # nobody else is coming
+
+    def _end_work(self) -> None:
+        self._working -= 1
+        if self._working <= 0 and self._pending is not None:
+            self._flush_soon()  # nobody else is coming
 
     async def durable(self) -> None:
         """Return once every write made so far is committed; raise the commit's error."""
@@ -110,3 +114,24 @@ class GroupCommit:
             done.set_exception(exc)
         else:
             done.set_result(None)
+
+
+class _Working:
+    """The context manager of :meth:`GroupCommit.working` (a class: one is made per node, not
+    one generator per delivery)."""
+
+    __slots__ = ("_commits",)
+
+    def __init__(self, commits: GroupCommit) -> None:
+        self._commits = commits
+
+    def __enter__(self) -> None:
+        self._commits._start_work()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._commits._end_work()

@@ -33,7 +33,6 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from mlanet.broker import (
     Reason,
@@ -49,7 +48,7 @@ from mlanet.broker.routing import Forward, Refuse
 from mlanet.broker.transport import QUARANTINE, SUBMIT, Incoming, Transport, inbox_exchange
 from mlanet.nodes.config import NodeConfig, _read_secret
 from mlanet.nodes.directory.keeper import DirectoryKeeper, DirectoryPorts
-from mlanet.nodes.logs import error_fields, failure_fields
+from mlanet.nodes.logs import bound, error_fields, failure_fields
 from mlanet.nodes.operator import OperatorSurface
 from mlanet.nodes.runtime import crashpoints
 from mlanet.nodes.runtime.actions import Actions, describe
@@ -112,7 +111,7 @@ class Node:
         # a body above the size cap is never read whole (broker/amqp_decode.py)
         self.transport = Transport(config.amqp_url(), max_body=config.limits.max_message_bytes)
         broker = config.broker
-        reconciler = Reconciler(
+        self.reconciler = Reconciler(  # its API client is closed when run() ends
             ManagementEndpoint(
                 broker.management_url, broker.user, _read_secret(broker.password_file)
             )
@@ -153,7 +152,7 @@ class Node:
         self.links = Links(
             self.keeper,
             transport=self.transport,
-            reconciler=reconciler,
+            reconciler=self.reconciler,
             # looked up at each delivery: a test may wrap the node's handler after it is built
             on_inbox=lambda incoming: self.on_inbox(incoming),
             ready=self.ready,
@@ -212,6 +211,7 @@ class Node:
                 stack.callback(self.store.close)  # closed last: after the consumers are gone
                 stack.callback(self.quarantined.close)
                 stack.push_async_callback(self.transport.aclose)
+                stack.push_async_callback(self.reconciler.aclose)
                 if await self._start(stack):
                     await self._serve()
         except Exception as exc:  # a defect by its place only, never its text (values)
@@ -329,12 +329,13 @@ class Node:
                 incoming.body, refused, incoming.exchange, redelivered=True
             )
             return
+        view = self.keeper.view  # one view for the whole judgement (nothing here awaits)
         try:
             sender, opened = open_delivery(
                 incoming.body,
                 incoming.exchange,
-                config=self.config,
-                trust=self.trust,
+                config=view.config,
+                trust=view.trust,
                 now=now,
                 properties=Properties(
                     content_type=incoming.content_type,
@@ -346,11 +347,11 @@ class Node:
             accepted = judge(
                 opened,
                 sender,
-                config=self.config,
-                directory=self.directory,
+                config=view.config,
+                directory=view.directory,
                 store=self.store,
                 now=now,
-                held=self.view.held.directory,
+                held=view.held.directory,
                 timing=self.observe.timing,
             )
         except RefusedMessage as refused:
@@ -372,7 +373,7 @@ class Node:
         crashpoints.reached("after_receive_before_forward")
         header = accepted.message.header
         self.observe.received(accepted.sender, Flow.of(header))
-        with bound_contextvars(
+        with bound(
             message_id=header.message_id,
             origin=header.origin.network,
             destination=describe(header.destination),
@@ -436,14 +437,14 @@ class Node:
                 await work
                 await self.commits.durable()
         except TransportError as exc:
-            with bound_contextvars(**self._about(incoming)):
+            with bound(**self._about(incoming)):
                 log.warning("transient_failure_requeued", error=str(exc))
             self.links.doubt()
             await asyncio.sleep(0.5)
             await incoming.requeue()
             return
         except Exception as exc:  # a defect must not stop the node; the delivery limit applies
-            with bound_contextvars(**self._about(incoming)):
+            with bound(**self._about(incoming)):
                 log.error("unexpected_failure_requeued", **error_fields(exc))
             await incoming.requeue()
             return

@@ -23,6 +23,7 @@ The points, with stable names (the node and its parts call them)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -98,9 +99,10 @@ class Observers(Observer):
     def __init__(self) -> None:
         self._observers: list[Observer] = []
         self._required: list[Observer] = []
-        # per point, the observers that override it (a message passes several points: calling
-        # every observer's do-nothing method for each would cost more than the watching)
-        self._watching: dict[str, tuple[Observer, ...]] = {}
+        # per point, the bound methods of the observers that override it (a message passes
+        # several points: calling every observer's do-nothing method for each would cost more
+        # than the watching)
+        self._watching: dict[str, tuple[tuple[Observer, Callable[..., None]], ...]] = {}
 
     def add(self, observer: Observer, *, required: bool = False) -> None:
         """Add an observer; a ``required`` one's errors propagate to the node (see above)."""
@@ -120,12 +122,14 @@ class Observers(Observer):
         if watching is None:
             base = getattr(Observer, point)
             watching = tuple(
-                o for o in self._observers if getattr(type(o), point, base) is not base
+                (o, getattr(o, point))
+                for o in self._observers
+                if getattr(type(o), point, base) is not base
             )
             self._watching[point] = watching
-        for observer in watching:
+        for observer, method in watching:
             try:
-                getattr(observer, point)(*args)
+                method(*args)
             except Exception as exc:  # watching must never break the node
                 log.error(
                     "observer_failed",

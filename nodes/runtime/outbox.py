@@ -15,7 +15,6 @@ import time
 
 import structlog
 from pydantic import ValidationError
-from structlog.contextvars import bound_contextvars
 
 from mlanet.broker import (
     Reason,
@@ -32,6 +31,7 @@ from mlanet.broker.provenance import (
 from mlanet.broker.routing import Deliver, Forward, Refuse, route
 from mlanet.broker.submission_signing import Returned, open_submission
 from mlanet.broker.transport import SUBMIT, Transport, deliver_queue, out_queue
+from mlanet.nodes.logs import bound
 from mlanet.nodes.runtime import crashpoints
 from mlanet.nodes.runtime.actions import describe
 from mlanet.nodes.runtime.observe import Flow, Observers
@@ -92,7 +92,7 @@ class Outbox:
             where = ", ".join(error_location(e) for e in errors[:5])
             await self._refuse_submission(body, RefusedMessage(Reason.SCHEMA_INVALID, where))
             return
-        with bound_contextvars(
+        with bound(
             message_id=submission.message_id,
             origin=view.config.network,
             destination=describe(submission.destination),
@@ -255,7 +255,7 @@ class Outbox:
                 return
             now = time.time()
             for entry in self._store.outbox_due(now):
-                with bound_contextvars(
+                with bound(
                     message_id=entry.message_id,
                     origin=self._views.view.config.network,
                     destination=entry.destination,

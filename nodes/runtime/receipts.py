@@ -16,7 +16,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from mlanet.broker import (
     Reason,
@@ -28,6 +27,7 @@ from mlanet.broker import (
 )
 from mlanet.broker.provenance import check_addressee, check_path, check_refuser, refused_copy
 from mlanet.broker.routing import Deliver, Forward, Refuse, route, target_network
+from mlanet.nodes.logs import bound
 from mlanet.nodes.runtime.actions import message_context, reply_to
 from mlanet.nodes.runtime.observe import Observers
 from mlanet.nodes.runtime.refusals import NoticeGate, deserves_notice, refusal_notice
@@ -89,7 +89,7 @@ class Receipts:
         header = message.header
         if not deserves_notice(header, self._views.view.config.network):
             return
-        with bound_contextvars(**message_context(header)):
+        with bound(**message_context(header)):
             if not self._notices.allow(header.origin.network, header.message_id):
                 log.info("refusal_notice_withheld", reason=refused.reason.value)
                 return

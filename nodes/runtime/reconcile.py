@@ -134,52 +134,60 @@ class Reconciler:
         self._reported: tuple[str, ...] = ()
         self._missing: tuple[str, ...] = ()  # peers whose door vhost is not there (logged)
         self._first = True  # what the first pass puts is declared, not repaired
+        # one client for every pass (its connection kept alive between them), made at the first
+        # pass and closed by aclose(): the node reconciles every few seconds
+        self._management: Management | None = None
+
+    async def aclose(self) -> None:
+        """Close the API client (idempotent; a later pass makes a new one)."""
+        management, self._management = self._management, None
+        if management is not None:
+            await management.aclose()
 
     async def reconcile(self, config: NodeConfig, directory: Directory) -> list[Repair]:
         """One pass; returns what had to be put back or removed (empty when all was in place)."""
         vhost = config.broker.vhost
         repairs: list[Repair] = []
-        async with Management(self._endpoint, timeout=5.0) as management:
-            visible = set(await management.vhost_names())
-            shovels = await management.shovels_everywhere()
-            current = {name: value for (at, name), value in shovels.items() if at == vhost}
-            wanted = expected_shovels(config, directory)
-            for name, spec in wanted.items():
-                value = spec.definition()["value"]
-                if current.get(name) != value:
-                    await management.put_shovel(spec)
-                    repairs.append(
-                        Repair("shovel", name, "changed" if name in current else "missing")
-                    )
-            for name in current:
-                if name.startswith(LINK_PREFIX) and name not in wanted:
-                    await management.delete_shovel(vhost, name)
-                    repairs.append(Repair("shovel", name, "removed"))
-                    log.info("link_removed", peer=peer_of_link(name) or "(not a network id)")
-            queues = await management.queue_figures(None)
-            repairs += await self._doors(management, config, visible, queues)
-            repairs += await self._move_in(management, config, visible, queues, set(current))
-            policies = {
-                (str(p.get("vhost")), str(p.get("name"))): p
-                for p in await management.policies(None)
-            }
-            for policy in node_policies(config):
-                if policy.vhost not in visible:
-                    continue  # a door not made yet: door_missing
-                found = policies.get((policy.vhost, policy.name))
-                if found is None or not _same_policy(
-                    found, policy.pattern, policy.definition, policy.priority
-                ):
-                    await management.put_policy(
-                        policy.vhost,
-                        policy.name,
-                        pattern=policy.pattern,
-                        definition=policy.definition,
-                        priority=policy.priority,
-                    )
-                    repairs.append(
-                        Repair("policy", policy.name, "missing" if found is None else "changed")
-                    )
+        if self._management is None:
+            self._management = Management(self._endpoint, timeout=5.0)
+        management = self._management
+        visible = set(await management.vhost_names())
+        shovels = await management.shovels_everywhere()
+        current = {name: value for (at, name), value in shovels.items() if at == vhost}
+        wanted = expected_shovels(config, directory)
+        for name, spec in wanted.items():
+            value = spec.definition()["value"]
+            if current.get(name) != value:
+                await management.put_shovel(spec)
+                repairs.append(Repair("shovel", name, "changed" if name in current else "missing"))
+        for name in current:
+            if name.startswith(LINK_PREFIX) and name not in wanted:
+                await management.delete_shovel(vhost, name)
+                repairs.append(Repair("shovel", name, "removed"))
+                log.info("link_removed", peer=peer_of_link(name) or "(not a network id)")
+        queues = await management.queue_figures(None)
+        repairs += await self._doors(management, config, visible, queues)
+        repairs += await self._move_in(management, config, visible, queues, set(current))
+        policies = {
+            (str(p.get("vhost")), str(p.get("name"))): p for p in await management.policies(None)
+        }
+        for policy in node_policies(config):
+            if policy.vhost not in visible:
+                continue  # a door not made yet: door_missing
+            found = policies.get((policy.vhost, policy.name))
+            if found is None or not _same_policy(
+                found, policy.pattern, policy.definition, policy.priority
+            ):
+                await management.put_policy(
+                    policy.vhost,
+                    policy.name,
+                    pattern=policy.pattern,
+                    definition=policy.definition,
+                    priority=policy.priority,
+                )
+                repairs.append(
+                    Repair("policy", policy.name, "missing" if found is None else "changed")
+                )
         first, self._first = self._first, False
         for repair in repairs:
             if repair.change != "removed" and not first:

@@ -51,3 +51,28 @@ async def test_a_key_is_forgotten_even_when_its_holder_fails() -> None:
     assert len(locks) == 0
     async with locks.hold(("seajust", "id")):  # and it can be taken again
         pass
+
+
+async def test_a_waiter_cancelled_before_or_after_its_turn_passes_the_key_on() -> None:
+    locks = KeyedLock()
+    order: list[str] = []
+
+    async def waiter(name: str) -> None:
+        async with locks.hold("a") as waited:
+            assert waited
+            order.append(name)
+
+    held = locks.hold("a")
+    assert not await held.__aenter__()  # a free key: taken at once
+    cancelled_waiting = asyncio.create_task(waiter("never"))
+    handed_then_cancelled = asyncio.create_task(waiter("never either"))
+    last = asyncio.create_task(waiter("last"))
+    await eventually(lambda: len(locks._held["a"]) == 3, within=5, every=0.001)
+    cancelled_waiting.cancel()  # cancelled while it waits: it leaves the line
+    await asyncio.sleep(0)
+    await held.__aexit__(None, None, None)  # hands the key to the second waiter...
+    handed_then_cancelled.cancel()  # ...which is cancelled before it runs: it passes it on
+    await asyncio.gather(cancelled_waiting, handed_then_cancelled, return_exceptions=True)
+    await last
+    assert order == ["last"]
+    assert len(locks) == 0
