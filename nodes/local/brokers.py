@@ -43,6 +43,8 @@ __all__ = [
     "LocalBrokerError",
     "LocalBrokerSpec",
     "Ports",
+    "free_ports",
+    "process_alive",
     "render_config",
     "render_plugins",
     "server_scripts",
@@ -108,7 +110,8 @@ def server_scripts() -> tuple[str, str]:
     return server, ctl
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports on 127.0.0.1 that nothing listens on right now."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for sock in sockets:
@@ -119,7 +122,8 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie does not)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -199,7 +203,7 @@ class LocalBroker:
         self.spec = spec
         self.root = spec.root
         self.nodename = f"mlanet-{spec.network}-{secrets.token_hex(3)}@localhost"
-        amqps, management, dist, amqp = _free_ports(4)
+        amqps, management, dist, amqp = free_ports(4)
         self.ports = Ports(amqps, management, dist, amqp if spec.plaintext else None)
         self.admin = ManagementEndpoint(
             f"https://127.0.0.1:{self.ports.management}", ADMIN_USER, secrets.token_urlsafe(24)
@@ -340,14 +344,14 @@ class LocalBroker:
         """Stop the node (SIGKILL when it does not stop within ``within``) and remove its root
         folder (unless ``remove`` is False: after a failed start its log says why). Idempotent."""
         pid = self.pid
-        if pid is not None and _alive(pid):
+        if pid is not None and process_alive(pid):
             with contextlib.suppress(LocalBrokerError):  # killed below if it did not stop
                 await self.ctl("stop", within=within)
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10.0
-            while _alive(pid):
+            while process_alive(pid):
                 if loop.time() > deadline:
                     raise LocalBrokerError(f"broker {self.nodename} (pid {pid}) did not exit")
                 await asyncio.sleep(0.1)

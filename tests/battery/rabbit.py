@@ -17,50 +17,17 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 from pathlib import Path
 from typing import Self
 
 import httpx
 
 from mlanet.broker.management import ManagementEndpoint
+from mlanet.nodes.local.brokers import free_ports, process_alive, server_scripts
 
-__all__ = ["ScratchBroker", "rabbit_scripts"]
+__all__ = ["ScratchBroker"]
 
-_SCRIPTS = Path("/usr/lib/rabbitmq/bin")
 _PLUGINS = "[rabbitmq_management,rabbitmq_shovel,rabbitmq_shovel_management].\n"
-
-
-def rabbit_scripts() -> tuple[str, str]:
-    """(rabbitmq-server, rabbitmqctl) that run as the calling user without switching."""
-    if (_SCRIPTS / "rabbitmq-server").exists():
-        return str(_SCRIPTS / "rabbitmq-server"), str(_SCRIPTS / "rabbitmqctl")
-    server, ctl = shutil.which("rabbitmq-server"), shutil.which("rabbitmqctl")
-    if server is None or ctl is None:
-        raise RuntimeError(
-            "the fault battery starts a RabbitMQ node of its own and needs rabbitmq-server: "
-            "run ./scripts/setup.sh (it installs Debian's rabbitmq-server)"
-        )
-    return server, ctl
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")  # a zombie is dead, only not reaped yet
 
 
 class ScratchBroker:
@@ -69,11 +36,11 @@ class ScratchBroker:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.nodename = f"mlanet-fault-{secrets.token_hex(3)}@localhost"
-        self.amqp_port, self.dist_port, self.management_port = _free_ports(3)
+        self.amqp_port, self.dist_port, self.management_port = free_ports(3)
         self.admin = ManagementEndpoint(
             f"http://127.0.0.1:{self.management_port}", "guest", "guest"
         )
-        self._server, self._ctl = rabbit_scripts()
+        self._server, self._ctl = server_scripts()
         self._env = self._prepare()
 
     def _prepare(self) -> dict[str, str]:
@@ -174,10 +141,10 @@ class ScratchBroker:
     async def kill(self) -> None:
         """SIGKILL the broker: no flush, no goodbye to its clients, as in a power cut."""
         pid = self.pid
-        if pid is None or not _alive(pid):
+        if pid is None or not process_alive(pid):
             raise RuntimeError(f"scratch broker {self.nodename} is not running")
         os.kill(pid, signal.SIGKILL)
-        while _alive(pid) or await self._amqp_open():  # noqa: ASYNC110 - another process's state
+        while process_alive(pid) or await self._amqp_open():  # noqa: ASYNC110 - another process's state
             await asyncio.sleep(0.05)
 
     async def restart(self) -> None:
@@ -185,11 +152,11 @@ class ScratchBroker:
 
     async def stop(self) -> None:
         pid = self.pid
-        if pid is None or not _alive(pid):
+        if pid is None or not process_alive(pid):
             return
         with contextlib.suppress(RuntimeError):  # killed below if it did not stop
             await self.ctl("stop", within=60)
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
     # --- control ------------------------------------------------------------------------------
