@@ -44,6 +44,7 @@ from mlanet.broker.errors import ConfigError, MlanetError, Reason, RefusedMessag
 from mlanet.broker.keys import SigningKey, load_signing_key
 from mlanet.broker.transport import Transport
 from mlanet.nodes.config import NodeConfig
+from mlanet.nodes.directory import certificates
 from mlanet.nodes.directory.book import DirectoryBook
 from mlanet.nodes.directory.keeper import DIRECTORY_QUEUE
 from mlanet.nodes.state import state_dir
@@ -96,7 +97,8 @@ def next_version(
     networks: list[NetworkEntry] | None = None,
     links: list[tuple[str, str]] | None = None,
 ) -> Directory:
-    """The next version: counters and times moved on, keys long expired or revoked pruned."""
+    """The next version: counters and times moved on, keys and CA certificates long expired or
+    revoked pruned (``nodes/directory/certificates.py``)."""
     kept = []
     for network in networks if networks is not None else directory.networks:
         keys = [
@@ -105,6 +107,7 @@ def next_version(
             if not ended(now, key.not_after)
             and (key.revoked_at is None or key.revoked_at > now - KEEP_REVOKED)
         ]
+        network = certificates.prune(network, now)
         kept.append(network.model_copy(update={"keys": keys or network.keys}))
     value: dict[str, Any] = directory.model_dump(mode="json", exclude_none=True)
     value.update(
@@ -114,6 +117,10 @@ def next_version(
         networks=[n.model_dump(mode="json", exclude_none=True) for n in kept],
         links=[list(link) for link in (links if links is not None else directory.links)],
     )
+    value.pop("link_cas", None)
+    link_cas = certificates.prune_link_cas(directory, now)
+    if link_cas is not None:
+        value["link_cas"] = [ca.model_dump(mode="json", exclude_none=True) for ca in link_cas]
     return Directory.model_validate(value, strict=False)
 
 
