@@ -142,11 +142,12 @@ def check_listed_certificates(directory: Directory) -> None:
 
 
 def ca_entry(pem: str, ca_id: str) -> CaCertificate:
-    """A directory entry for the CA certificate in ``pem`` (its validity taken from it)."""
+    """A directory entry for the CA certificate in ``pem``: its one PEM block ending in a line
+    break, and its validity taken from it."""
     certificate = parse_ca(pem)
     return CaCertificate(
         id=ca_id,
-        pem=_one_block(pem, "CA certificate").decode("ascii"),
+        pem=_one_block(pem, "CA certificate").decode("ascii") + "\n",
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
     )
