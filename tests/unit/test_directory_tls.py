@@ -31,6 +31,7 @@ from mlanet.nodes.directory import certificates as changes
 from mlanet.nodes.directory.coordinator import next_version
 from mlanet.schemas.directory import AmqpsEndpoint, CaCertificate, Directory
 from mlanet.schemas.validity import KeyState
+from tests import independent
 from tests.unit.wirekit import COORDINATOR, sample_directory
 
 ISSUED = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # sample_directory's issued_at
@@ -267,8 +268,11 @@ def test_a_ca_certificate_no_client_could_use_refuses_the_directory(
 ) -> None:
     """Each defect is refused with its own reason, for a network's broker CA and for the link
     CA alike; the detail names where, never the certificate's content."""
-    refused, detail = _refused(_document([entry()]))
+    listed = entry()
+    refused, detail = _refused(_document([listed]))
     assert refused is reason
+    with pytest.raises(independent.Refused, match=reason.value):  # as docs/PROTOCOL.md says
+        independent.check_ca(json.loads(json.dumps(listed, default=_when)), _when(ISSUED))
     assert detail.startswith("network casc CA casc-ca-1")
     assert "BEGIN" not in detail
     as_link_ca, detail = _refused(_document([_entry(_pem())], [entry()]))
