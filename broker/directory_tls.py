@@ -34,7 +34,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mlanet.broker.errors import Reason, RefusedMessage
@@ -142,12 +142,12 @@ def check_listed_certificates(directory: Directory) -> None:
 
 
 def ca_entry(pem: str, ca_id: str) -> CaCertificate:
-    """A directory entry for the CA certificate in ``pem``: its one PEM block ending in a line
-    break, and its validity taken from it."""
+    """A directory entry for the CA certificate in ``pem``: the certificate in PEM as the
+    library writes it (whatever line ends the file had), its validity taken from it."""
     certificate = parse_ca(pem)
     return CaCertificate(
         id=ca_id,
-        pem=_one_block(pem, "CA certificate").decode("ascii") + "\n",
+        pem=certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"),
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
     )

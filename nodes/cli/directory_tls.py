@@ -58,7 +58,7 @@ def _endpoint(text: str) -> AmqpsEndpoint:
 def _issue(
     config: Path,
     change: certificates.NetworksChange | None,
-    links_cas: certificates.LinkCasChange | None,
+    link_cas_change: certificates.LinkCasChange | None,
     valid_for: float,
     out: Path | None,
     timeout: float,
@@ -68,8 +68,8 @@ def _issue(
     """Sign and publish the next version with ``change`` applied, then record ``event``."""
 
     def build(base: Directory, now: datetime) -> Directory:
-        if links_cas is not None:
-            base = base.model_copy(update={"link_cas": links_cas(base, now)})
+        if link_cas_change is not None:
+            base = base.model_copy(update={"link_cas": link_cas_change(base, now)})
         networks: list[NetworkEntry] | None = None if change is None else change(base, now)
         return next_version(base, now, timedelta(days=valid_for), networks=networks)
 

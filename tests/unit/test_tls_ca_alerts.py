@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from prometheus_client.parser import text_string_to_metric_families
 
 from mlanet.broker.management import QueueFigures
 from mlanet.broker.tls import generate_ca
 from mlanet.nodes.config import NodeConfig
+from mlanet.nodes.operator.metrics import NodeMetrics
 from mlanet.nodes.operator.status import BrokerView, build_status, render_text
 from mlanet.schemas.directory import Directory
 
@@ -156,3 +158,27 @@ def test_the_last_ca_counts_so_a_rotation_in_progress_raises_nothing(tmp_path: P
     ).to_json()
     assert json_view["expiry"]["network_cas"] == {"seajust": "2029-03-25T12:00:00Z"}
     assert json_view["expiry"]["link_ca"] is None
+
+
+def test_the_metrics_give_when_each_watched_ca_stops_being_trusted(tmp_path: Path) -> None:
+    """``mlanet_tls_ca_expiry_timestamp_seconds``: ours and each peer's broker CA, and the link
+    CA; a network that is not a peer is left out, as for keys."""
+    ours, peers, link = (NOW + timedelta(days=d) for d in (100, 200, 300))
+    directory = _directory(
+        {"seajust": [_ca("s-1", ours)], "casc": [_ca("c-1", peers)], "ejn": [_ca("e-1", peers)]},
+        [_ca("l-1", link)],
+    )
+    status = build_status(_config(tmp_path), directory, _view(), None, [], NOW.timestamp())
+    metrics = NodeMetrics("seajust", ("casc",))
+    metrics.update(status)
+    samples = {
+        sample.labels["network"]: sample.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for sample in family.samples
+        if sample.name == "mlanet_tls_ca_expiry_timestamp_seconds"
+    }
+    assert samples == {
+        "seajust": ours.timestamp(),
+        "casc": peers.timestamp(),
+        "link": link.timestamp(),
+    }
