@@ -27,7 +27,6 @@ from mlanet.schemas.directory import (
 from mlanet.schemas.validity import ended
 
 __all__ = [
-    "KEEP_REVOKED",
     "LinkCasChange",
     "NetworksChange",
     "add_broker_ca",
@@ -43,8 +42,6 @@ __all__ = [
 # A change, given the base directory and the time: the networks, or the link CAs, it makes.
 NetworksChange = Callable[[Directory, datetime], list[NetworkEntry]]
 LinkCasChange = Callable[[Directory, datetime], list[CaCertificate]]
-# Revoked CAs stay listed this long (nodes that hold them learn they are revoked), then go.
-KEEP_REVOKED = timedelta(days=90)
 
 
 def _refuse(detail: str) -> RefusedMessage:
@@ -147,30 +144,35 @@ def revoke_link_ca(directory: Directory, ca_id: str, now: datetime) -> list[CaCe
     return [ca.model_copy(update={"revoked_at": now}) if ca.id == ca_id else ca for ca in cas]
 
 
-def _kept(cas: Sequence[CaCertificate], now: datetime) -> list[CaCertificate]:
+def _kept(
+    cas: Sequence[CaCertificate], now: datetime, keep_revoked: timedelta
+) -> list[CaCertificate]:
     """CAs worth listing at ``now``: not ended (expired or past a rotation's overlap), and a
-    revoked one for KEEP_REVOKED (nodes that hold it learn it is revoked). A certificate that
-    has expired is never listed again: a directory carrying it would be ``tls_ca_expired``."""
+    revoked one for ``keep_revoked`` (nodes that hold it learn it is revoked). A certificate
+    that has expired is never listed again: a directory carrying it would be
+    ``tls_ca_expired``."""
     return [
         ca
         for ca in cas
         if not ended(now, ca.not_after)
         and (
-            not ended(now, ca.ends) if ca.revoked_at is None else ca.revoked_at > now - KEEP_REVOKED
+            not ended(now, ca.ends) if ca.revoked_at is None else ca.revoked_at > now - keep_revoked
         )
     ]
 
 
-def prune(network: NetworkEntry, now: datetime) -> NetworkEntry:
+def prune(network: NetworkEntry, now: datetime, keep_revoked: timedelta) -> NetworkEntry:
     """``network`` with its broker CAs that have ended left out (see :func:`_kept`); when none
     is left, its TLS listing goes too (its peers could not check its broker any more)."""
     if network.tls is None:
         return network
-    cas = _kept(network.tls.cas, now)
+    cas = _kept(network.tls.cas, now, keep_revoked)
     tls = network.tls.model_copy(update={"cas": cas}) if cas else None
     return network.model_copy(update={"tls": tls})
 
 
-def prune_link_cas(directory: Directory, now: datetime) -> list[CaCertificate] | None:
+def prune_link_cas(
+    directory: Directory, now: datetime, keep_revoked: timedelta
+) -> list[CaCertificate] | None:
     """The link CAs worth listing in the next version (see :func:`_kept`); None when none is."""
-    return _kept(directory.link_cas or [], now) or None
+    return _kept(directory.link_cas or [], now, keep_revoked) or None

@@ -77,7 +77,8 @@ ISSUED_FILE = "issued-directory.json"
 PENDING_FILE = "pending-directory.json"
 # How long a hand-over to the coordinator's node may take before the command gives up.
 HAND_OVER_SECONDS = 30.0
-# Revoked keys stay listed this long (nodes that hold them learn they are revoked), then go.
+# Revoked keys and CA certificates stay listed this long (nodes that hold them learn they are
+# revoked), then go.
 KEEP_REVOKED = timedelta(days=90)
 
 
@@ -107,7 +108,7 @@ def next_version(
             if not ended(now, key.not_after)
             and (key.revoked_at is None or key.revoked_at > now - KEEP_REVOKED)
         ]
-        network = certificates.prune(network, now)
+        network = certificates.prune(network, now, KEEP_REVOKED)
         kept.append(network.model_copy(update={"keys": keys or network.keys}))
     value: dict[str, Any] = directory.model_dump(mode="json", exclude_none=True)
     value.update(
@@ -118,7 +119,7 @@ def next_version(
         links=[list(link) for link in (links if links is not None else directory.links)],
     )
     value.pop("link_cas", None)
-    link_cas = certificates.prune_link_cas(directory, now)
+    link_cas = certificates.prune_link_cas(directory, now, KEEP_REVOKED)
     if link_cas is not None:
         value["link_cas"] = [ca.model_dump(mode="json", exclude_none=True) for ca in link_cas]
     return Directory.model_validate(value, strict=False)

@@ -28,7 +28,7 @@ from mlanet.broker.directory_tls import ca_entry, certificates
 from mlanet.broker.keys import b64u_encode
 from mlanet.broker.strictjson import canonical_bytes
 from mlanet.nodes.directory import certificates as changes
-from mlanet.nodes.directory.coordinator import next_version
+from mlanet.nodes.directory.coordinator import KEEP_REVOKED, next_version
 from mlanet.schemas.directory import AmqpsEndpoint, CaCertificate, Directory
 from mlanet.schemas.validity import KeyState
 from tests import independent
@@ -375,7 +375,7 @@ def test_a_revoked_broker_ca_is_untrusted_at_once_and_listed_a_while() -> None:
     assert tls.cas[0].state(NOW - timedelta(days=1)) is KeyState.REVOKED
     kept = _next(revoked, None, NOW + timedelta(days=30))
     assert len(kept.network("casc").tls.cas) == 2  # type: ignore[union-attr]
-    gone = _next(revoked, None, NOW + changes.KEEP_REVOKED + timedelta(days=1))
+    gone = _next(revoked, None, NOW + KEEP_REVOKED + timedelta(days=1))
     assert [ca.id for ca in gone.network("casc").tls.cas] == ["casc-ca-2"]  # type: ignore[union-attr]
     with pytest.raises(RefusedMessage, match="no broker CA casc-ca-9"):
         changes.revoke_broker_ca(base, "casc", "casc-ca-9", NOW)
