@@ -147,7 +147,7 @@ def rotate_ca(
     timeout: Timeout = HAND_OVER_SECONDS,
 ) -> None:
     """A new CA for a network's broker: trusted from now; the current ones stay trusted for
-    ``--overlap`` days, within which the broker switches to a server certificate it issued."""
+    --overlap days, within which the broker switches to a server certificate it issued."""
     entry = _read_ca(ca, ca_id)
     _issue(
         config,
@@ -199,7 +199,7 @@ def link_ca(
     timeout: Timeout = HAND_OVER_SECONDS,
 ) -> None:
     """Set the coordinator's link CA (the issuer of every network's link certificate): the
-    first one, or a new one while the current ones stay trusted for ``--overlap`` days."""
+    first one, or a new one while the current ones stay trusted for --overlap days."""
     entry = _read_ca(ca, ca_id)
     _issue(
         config,
