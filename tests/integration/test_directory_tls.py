@@ -95,12 +95,30 @@ async def test_a_directory_with_broker_and_link_cas_is_applied_and_shown(
         assert "  our broker CA: trusted until " in text.stdout
         assert "  the coordinator's link CA: trusted until " in text.stdout
 
+        # SEAJust's CA rotates: both listed, the old one retired when the overlap ends
+        successor = _write(tmp_path / "seajust-ca-2.pem", generate_ca("seajust CA 2").certificate)
+        await mlanet(
+            "directory", "tls", "rotate-ca", "--config", coordinator, "--network", "seajust",
+            "--ca", successor, "--ca-id", "seajust-ca-2", "--overlap", "7",
+        )  # fmt: skip
+        await all_hold(fed, 4, ("unodc", "seajust", "casc"))
+        shown = await mlanet("directory", "show", "--config", fed.config_path("casc"))
+        assert "    broker CA seajust-ca-1: valid, from " in shown.output
+        assert ", retired " in shown.output
+        assert "    broker CA seajust-ca-2: valid, from " in shown.output
+
     with AuditLog(config(fed, "unodc").state_dir / JOURNAL_FILE, readonly=True) as journal:
         rows = [(r.event, r.meta) for r in journal.records()]
     changed = [
-        (event, meta) for event, meta in rows if event in ("broker_endpoints_set", "link_ca_set")
+        (event, meta)
+        for event, meta in rows
+        if event in ("broker_endpoints_set", "link_ca_set", "broker_ca_rotated")
     ]
-    assert [event for event, _ in changed] == ["broker_endpoints_set", "link_ca_set"]
+    assert [event for event, _ in changed] == [
+        "broker_endpoints_set",
+        "link_ca_set",
+        "broker_ca_rotated",
+    ]
     assert changed[0][1]["network"] == "seajust"
     assert changed[0][1]["version"] == 2
     assert changed[1][1]["ca_id"] == "unodc-link-1"
