@@ -29,6 +29,7 @@ same defects; :func:`certificates` gives the parsed CAs a client trusts (``broke
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -36,6 +37,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 
 from mlanet.broker.errors import Reason, RefusedMessage
 from mlanet.schemas.directory import CaCertificate, Directory
@@ -78,7 +80,11 @@ def _check_strength(certificate: x509.Certificate, what: str) -> None:
         raise _refuse(
             Reason.TLS_WEAK_CERTIFICATE, f"{what}: key not ECDSA P-256/P-384 or RSA 3072-8192"
         )
-    if not isinstance(certificate.signature_hash_algorithm, _HASHES):
+    try:
+        digest = certificate.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        digest = None
+    if not isinstance(digest, _HASHES):
         raise _refuse(Reason.TLS_WEAK_CERTIFICATE, f"{what}: not signed with SHA-256/384/512")
 
 
@@ -104,11 +110,21 @@ def parse_ca(pem: str, what: str = "CA certificate") -> x509.Certificate:
     """The one CA certificate in ``pem``, checked (module docstring); or RefusedMessage."""
     data = _one_block(pem, what)
     try:
-        certificate = x509.load_pem_x509_certificate(data)
-    except ValueError:
+        with warnings.catch_warnings():
+            # what the library only warns of (a serial number that is not positive) breaks
+            # RFC 5280 all the same, and a later release refuses it: refused here now
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            certificate = x509.load_pem_x509_certificate(data)
+            _check_strength(certificate, what)
+            _check_ca(certificate, what)
+    except (
+        ValueError,
+        TypeError,
+        UnsupportedAlgorithm,
+        x509.InvalidVersion,
+        CryptographyDeprecationWarning,
+    ):  # parts of a certificate are parsed when read
         raise _refuse(Reason.TLS_BAD_CERTIFICATE, f"{what} does not parse") from None
-    _check_strength(certificate, what)
-    _check_ca(certificate, what)
     return certificate
 
 

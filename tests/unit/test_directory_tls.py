@@ -6,6 +6,7 @@ it), and the coordinator's changes: add, rotate with an overlap, revoke, prune."
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -411,3 +412,23 @@ def test_the_link_ca_is_set_then_rotated_with_an_overlap_then_revoked() -> None:
     assert revoked[1].revoked_at == NOW
     with pytest.raises(RefusedMessage, match="no link CA"):
         changes.revoke_link_ca(base, "unodc-link-1", NOW)
+
+
+def test_damaged_certificates_are_refused_with_a_reason_never_an_unexpected_error() -> None:
+    """Every byte of a CA certificate's DER changed in turn, three ways (hostile or damaged
+    input): the directory opens (the byte did not matter) or is refused with a tls_* reason,
+    never with another error."""
+    der = x509.load_pem_x509_certificate(_pem().encode()).public_bytes(serialization.Encoding.DER)
+    seen: set[Reason] = set()
+    for index, mask in itertools.product(range(len(der)), (0x01, 0x41, 0xFF)):
+        damaged = der[:index] + bytes([der[index] ^ mask]) + der[index + 1 :]
+        body = base64.encodebytes(damaged).decode("ascii").replace("\n", "")
+        lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+        pem = "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+        entry = {**_entry(_pem()), "pem": pem}
+        try:
+            _open(_document([entry]))
+        except RefusedMessage as refused:
+            seen.add(refused.reason)
+    assert Reason.TLS_BAD_CERTIFICATE in seen
+    assert all(reason.value.startswith("tls_") for reason in seen), seen
