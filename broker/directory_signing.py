@@ -12,7 +12,8 @@ key it lists included. Refusals: ``unsigned_directory`` (no signature, an empty 
 directory), ``unknown_key`` (a key that is not the coordinator's), ``key_revoked`` / ``expired``
 (a coordinator key outside its window), ``bad_signature`` (forged or altered), ``schema_invalid``
 and the strict JSON codes, ``malformed_key`` / ``weak_key`` (a network or coordinator key the
-trust store would refuse: ``broker/curve.py``).
+trust store would refuse: ``broker/curve.py``), and the ``tls_*`` codes of a CA certificate it
+lists that no client could use (``broker/directory_tls.py``).
 
 A directory that opens can therefore always be turned into trust stores: nothing downstream
 (persisting it, passing it on, deriving the node's trust) meets a key it cannot use. The
@@ -33,6 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mlanet.broker.directory_tls import check_listed_certificates
 from mlanet.broker.errors import KeyRefused, Reason, RefusedMessage, error_location
 from mlanet.broker.keys import SigningKey, TrustStore, b64u_decode, b64u_encode
 from mlanet.broker.strictjson import canonical_bytes, loads_strict
@@ -122,6 +124,7 @@ def sign_directory(directory: Directory, key: SigningKey) -> VerifiedDirectory:
     if directory.coordinator != key.network:
         raise ValueError("the directory names another coordinator than the signing key's")
     check_listed_keys(directory)
+    check_listed_certificates(directory)
     document = b64u_encode(
         canonical_bytes(directory.model_dump(mode="json", exclude_none=True))
     ).encode("ascii")
@@ -202,6 +205,7 @@ def open_directory(
     if directory.coordinator != signer:
         raise RefusedMessage(Reason.UNAUTHORISED, f"signed by {signer}, not by its coordinator")
     check_listed_keys(directory)
+    check_listed_certificates(directory)
     return VerifiedDirectory(directory, signed)
 
 

@@ -93,6 +93,13 @@ class Reason(StrEnum):
     STALE_DIRECTORY = "stale_directory"
     DIRECTORY_EXPIRED = "directory_expired"
     NOT_FOR_OBSERVERS = "not_for_observers"
+    # CA certificates the directory lists (broker/directory_tls.py)
+    TLS_BAD_CERTIFICATE = "tls_bad_certificate"
+    TLS_PRIVATE_KEY = "tls_private_key"
+    TLS_NOT_CA = "tls_not_ca"
+    TLS_WEAK_CERTIFICATE = "tls_weak_certificate"
+    TLS_VALIDITY_MISMATCH = "tls_validity_mismatch"
+    TLS_CA_EXPIRED = "tls_ca_expired"
     # local submissions
     UNSIGNED_SUBMISSION = "unsigned_submission"
 

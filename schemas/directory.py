@@ -30,7 +30,10 @@ from mlanet.schemas.base import (
 from mlanet.schemas.validity import KeyState, ended, in_window, key_state, not_yet
 
 __all__ = [
+    "AmqpsEndpoint",
     "BrokerAddress",
+    "BrokerTls",
+    "CaCertificate",
     "ContactPointEntry",
     "Directory",
     "JoinRequest",
@@ -48,6 +51,9 @@ _B64U_SIGNATURE_OR_NONE = r"^(?:[A-Za-z0-9_-]{86})?$"
 # A signed directory document fits a message (the 256 KiB cap) with room for the envelope.
 MAX_DOCUMENT_CHARS = 240_000
 _MAX_SUCCESSORS = 8
+# A CA certificate's PEM: an RSA-8192 CA is about 3.8 KB, a P-256 one about 0.7 KB.
+MAX_CA_PEM_CHARS = 6144
+_MAX_CAS = 4
 
 
 class ContactPointEntry(WireModel):
@@ -123,6 +129,78 @@ class BrokerAddress(WireModel):
     vhost: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
 
 
+class AmqpsEndpoint(WireModel):
+    """Where a network's broker takes links over AMQPS: the address to connect to and the name
+    its server certificate is checked against (sent as SNI)."""
+
+    host: str = Field(pattern=r"^[A-Za-z0-9.:-]{1,253}$")
+    port: int = Field(default=5671, ge=1, le=65535)
+    server_name: str = Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+class CaCertificate(WireModel):
+    """A CA certificate the directory publishes (PEM, public only), with the lifecycle of a key.
+
+    ``not_before`` and ``not_after`` repeat the certificate's own validity (a directory where
+    they differ is refused, ``broker/directory_tls.py``), so that every view of its expiry reads
+    the directory and not the certificate. ``retire_at`` is when the coordinator stops listing
+    it as trusted although the certificate is still valid: the end of a rotation's overlap. A
+    revoked CA is refused from then on, whatever the time.
+    """
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    pem: str = Field(min_length=64, max_length=MAX_CA_PEM_CHARS, pattern=r"^[A-Za-z0-9+/=\n -]+$")
+    not_before: Timestamp
+    not_after: Timestamp
+    retire_at: Timestamp | None = None
+    revoked_at: Timestamp | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.not_after <= self.not_before:
+            raise ValueError("a certificate's validity must end after it starts")
+        return self
+
+    @property
+    def ends(self) -> datetime:
+        """When it stops being trusted: its expiry, or the end of a rotation's overlap."""
+        return self.not_after if self.retire_at is None else min(self.not_after, self.retire_at)
+
+    def state(self, at: datetime) -> KeyState:
+        """This CA at ``at`` (``schemas/validity.py``, the rule of a key)."""
+        return key_state(
+            at,
+            not_before=self.not_before,
+            not_after=self.ends,
+            revoked=self.revoked_at is not None,
+        )
+
+    def valid_at(self, at: datetime) -> bool:
+        return self.state(at) is KeyState.VALID
+
+
+def _unique_ids(cas: list[CaCertificate]) -> None:
+    ids = [ca.id for ca in cas]
+    if len(set(ids)) != len(ids):
+        raise ValueError("a CA certificate id is listed twice")
+
+
+class BrokerTls(WireModel):
+    """A network's broker over TLS: its AMQPS endpoints and the CA certificates its server
+    certificate is checked against (old and new side by side while a CA rotates)."""
+
+    endpoints: list[AmqpsEndpoint] = Field(min_length=1, max_length=4)
+    cas: list[CaCertificate] = Field(min_length=1, max_length=_MAX_CAS)
+
+    @model_validator(mode="after")
+    def _ids(self) -> Self:
+        _unique_ids(self.cas)
+        return self
+
+    def valid_cas(self, at: datetime) -> list[CaCertificate]:
+        return [ca for ca in self.cas if ca.valid_at(at)]
+
+
 class NetworkEntry(WireModel):
     """A network: members and observer countries, contact points, keys, broker, link user.
 
@@ -139,6 +217,7 @@ class NetworkEntry(WireModel):
     keys: list[NetworkKey] = Field(min_length=1, max_length=8)
     broker: BrokerAddress
     link_user: LinkUser | None = None
+    tls: BrokerTls | None = None
 
     @model_validator(mode="after")
     def _contact_points_are_members(self) -> Self:
@@ -218,7 +297,9 @@ class Directory(WireModel):
     """The federation directory, as the coordinator signs it.
 
     ``coordinator`` names the network whose keys (``coordinator_keys``) sign the directory;
-    ``valid_until`` is when a node stops trusting this version for new messages.
+    ``valid_until`` is when a node stops trusting this version for new messages; ``link_cas``
+    are the coordinator's link CA certificates, which issue each network's link client
+    certificate (a broker accepts client certificates from its own CA and these only).
     """
 
     version: int = Field(ge=1)
@@ -228,6 +309,7 @@ class Directory(WireModel):
     coordinator_keys: list[NetworkKey] = Field(default_factory=list, max_length=8)
     networks: list[NetworkEntry] = Field(min_length=1, max_length=200)
     links: list[tuple[NetworkId, NetworkId]] = Field(max_length=2000)
+    link_cas: list[CaCertificate] | None = Field(default=None, min_length=1, max_length=_MAX_CAS)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -241,6 +323,8 @@ class Directory(WireModel):
             raise ValueError("valid_until must be after issued_at")
         if self.coordinator_keys and self.coordinator is None:
             raise ValueError("coordinator keys need the coordinator's id")
+        if self.link_cas is not None:
+            _unique_ids(self.link_cas)
         return self
 
     def as_of(self, at: datetime) -> Directory:

@@ -8,7 +8,8 @@ enough for a second implementation; where they disagree, the document or the cod
 
 Covered: opening an envelope (sections 3 to 9, the header size cap and the rule on numbers
 included), receipts (8.1), choosing the next hop and local delivery (10.1, 10.2), opening a
-signed directory and its schema (14.1), key and password files (15), and building and signing
+signed directory and its schema (14.1), the CA certificates it lists (14.7), key and password
+files (15), and building and signing
 messages and receipts the way section 8.1 says (so that integration tests can act as a second
 implementation on the real broker).
 """
@@ -26,7 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jsonschema import Draft202012Validator
 
@@ -524,7 +528,57 @@ def open_directory(data: bytes, coordinator_keys: Keys) -> dict[str, Any]:
     _valid("directory", document)
     if document.get("coordinator") != frame["signer"]:
         raise Refused("unauthorised")
+    listed = list(document.get("link_cas", []))
+    for network in document["networks"]:
+        listed += network.get("tls", {}).get("cas", [])
+    for entry in listed:
+        check_ca(entry, document["issued_at"])
     return dict(document)
+
+
+# --- section 14.7: CA certificates ------------------------------------------------------------
+def _timestamp(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def check_ca(entry: dict[str, Any], issued_at: str) -> None:
+    """Section 14.7, the checks of a listed CA certificate, in the order the section gives."""
+    pem = entry["pem"]
+    labels = re.findall(r"-----BEGIN ([A-Z0-9 ]+)-----", pem)
+    if any("PRIVATE" in label for label in labels):
+        raise Refused("tls_private_key")
+    block = re.fullmatch(
+        r"\s*(-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]*-----END CERTIFICATE-----)\s*", pem
+    )
+    if labels != ["CERTIFICATE"] or block is None:
+        raise Refused("tls_bad_certificate")
+    try:
+        certificate = x509.load_pem_x509_certificate(block.group(1).encode("ascii"))
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise Refused("tls_not_ca") from None
+    except ValueError:
+        raise Refused("tls_bad_certificate") from None
+    if not constraints.ca:
+        raise Refused("tls_not_ca")
+    if certificate.issuer == certificate.subject:
+        try:
+            certificate.verify_directly_issued_by(certificate)
+        except (InvalidSignature, ValueError, TypeError):
+            raise Refused("tls_bad_certificate") from None
+    public = certificate.public_key()
+    allowed = (
+        isinstance(public, ec.EllipticCurvePublicKey)
+        and public.curve.name in ("secp256r1", "secp384r1")
+    ) or (isinstance(public, rsa.RSAPublicKey) and 3072 <= public.key_size <= 8192)
+    digests = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+    if not allowed or not isinstance(certificate.signature_hash_algorithm, digests):
+        raise Refused("tls_weak_certificate")
+    starts, ends = _timestamp(entry["not_before"]), _timestamp(entry["not_after"])
+    if (starts, ends) != (certificate.not_valid_before_utc, certificate.not_valid_after_utc):
+        raise Refused("tls_validity_mismatch")
+    if ends <= _timestamp(issued_at):
+        raise Refused("tls_ca_expired")
 
 
 # --- section 15: files ----------------------------------------------------------------------------

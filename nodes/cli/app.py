@@ -36,6 +36,7 @@ from mlanet.nodes.cli.contact_points import (
     credentials_or_exit,
 )
 from mlanet.nodes.cli.directory import directory_app, init_command, keys_rotate
+from mlanet.nodes.cli.directory_tls import tls_app
 from mlanet.nodes.cli.operator import operator_app, status_app
 from mlanet.nodes.cli.quarantine import audit_app, quarantine_app
 from mlanet.nodes.config import NodeConfig, load_config
@@ -92,6 +93,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(status_app, name="status", help="One node at a glance (--json for scripts).")
 app.add_typer(operator_app, name="operator")
 app.add_typer(directory_app, name="directory")
+directory_app.add_typer(tls_app, name="tls")
 app.add_typer(contact_point_app, name="contact-point")
 app.command("init")(init_command)
 keys_app.command("rotate")(keys_rotate)

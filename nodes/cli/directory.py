@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,9 +37,9 @@ from mlanet.nodes.directory.coordinator import (
 )
 from mlanet.nodes.directory.joining import init_network, provision_broker, rotation_request
 from mlanet.schemas.base import format_timestamp, parse_timestamp
-from mlanet.schemas.directory import Directory, JoinRequest, NetworkEntry
+from mlanet.schemas.directory import CaCertificate, Directory, JoinRequest, NetworkEntry
 
-__all__ = ["directory_app", "init_command", "keys_rotate"]
+__all__ = ["ca_line", "directory_app", "init_command", "issue_directory", "keys_rotate"]
 
 directory_app = typer.Typer(
     no_args_is_help=True, help="The signed federation directory (show, approve, revoke, ...)."
@@ -59,6 +60,16 @@ def _when(value: datetime | None) -> str:
 
 
 # --- what a node trusts ------------------------------------------------------------------------
+def ca_line(what: str, ca: CaCertificate, now: datetime) -> str:
+    """One CA certificate as ``directory show`` prints it: its state now and its window."""
+    return (
+        f"{what} {ca.id}: {ca.state(now).value}, from {_when(ca.not_before)} until"
+        f" {_when(ca.not_after)}"
+        + (f", retired {_when(ca.retire_at)}" if ca.retire_at else "")
+        + (f", revoked {_when(ca.revoked_at)}" if ca.revoked_at else "")
+    )
+
+
 def _show_network(network: NetworkEntry, now: datetime) -> list[str]:
     lines = [f"  {network.id}  {network.name}  [{network.role}]"]
     lines.append(f"    members: {', '.join(network.members) or '-'}")
@@ -74,6 +85,12 @@ def _show_network(network: NetworkEntry, now: datetime) -> list[str]:
     broker = network.broker
     user = network.link_user.name if network.link_user else "-"
     lines.append(f"    broker: {broker.host}:{broker.port} vhost {broker.vhost}; link user {user}")
+    if network.tls is not None:
+        for endpoint in network.tls.endpoints:
+            lines.append(
+                f"    amqps: {endpoint.host}:{endpoint.port}, server name {endpoint.server_name}"
+            )
+        lines += [f"    {ca_line('broker CA', ca, now)}" for ca in network.tls.cas]
     for cp in network.contact_points:
         text = f"    contact point {cp.id} ({cp.country}, {cp.role})"
         if cp.successor:
@@ -131,6 +148,8 @@ def show(
         for line in _show_network(network, now):
             typer.echo(line)
     typer.echo("links: " + ", ".join(f"{a}-{b}" for a, b in view.links))
+    for ca in view.link_cas or []:
+        typer.echo(ca_line("link CA", ca, now))
     for warning in warnings:
         typer.echo(f"warning: {warning}")
 
@@ -143,13 +162,25 @@ def _issue(
     out: Path | None,
     timeout: float = HAND_OVER_SECONDS,
 ) -> VerifiedDirectory:
-    """Build the next version with ``change(base, now)``, sign and publish it; a version is used
-    up only once the coordinator's node confirmed it (``nodes/directory/coordinator.py``)."""
-    cfg = load_or_exit(config)
+    """Build the next version with ``change(base, now)`` (the networks and links it changes),
+    sign and publish it (see :func:`issue_directory`)."""
 
     def build(base: Directory, now: datetime) -> Directory:
         networks, links = change(base, now)
         return next_version(base, now, timedelta(days=valid_for), networks=networks, links=links)
+
+    return issue_directory(config, build, out, timeout)
+
+
+def issue_directory(
+    config: Path,
+    build: Callable[[Directory, datetime], Directory],
+    out: Path | None,
+    timeout: float = HAND_OVER_SECONDS,
+) -> VerifiedDirectory:
+    """Build the next version with ``build(base, now)``, sign and publish it; a version is used
+    up only once the coordinator's node confirmed it (``nodes/directory/coordinator.py``)."""
+    cfg = load_or_exit(config)
 
     async def run(coordinator: Coordinator) -> VerifiedDirectory:
         completed = await coordinator.complete_pending(within=timeout)

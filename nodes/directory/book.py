@@ -373,8 +373,8 @@ class DirectoryBook:
         )
 
     def warnings(self, now: datetime | None = None) -> list[ExpiryWarning]:
-        """Keys and the directory itself that expire within the warning windows (the alerts'
-        ``key_expiry_days`` and ``directory_expiry_days``)."""
+        """Keys, CA certificates and the directory itself that expire within the warning windows
+        (the alerts' ``key_expiry_days``, CAs too, and ``directory_expiry_days``)."""
         now = now or self.clock()
         windows = self.config.operator.alerts  # the same windows as the alerts
         horizon = now + timedelta(days=windows.key_expiry_days)
@@ -390,6 +390,12 @@ class DirectoryBook:
             for key in network.keys:
                 if _active(key, now) and key.not_after is not None and key.not_after <= horizon:
                     found.append(ExpiryWarning(f"key {key.key_id} of {network.id}", key.not_after))
+            for ca in network.tls.cas if network.tls is not None else []:
+                if ca.valid_at(now) and ca.ends <= horizon:
+                    found.append(ExpiryWarning(f"broker CA {ca.id} of {network.id}", ca.ends))
+        for ca in directory.link_cas or []:
+            if ca.valid_at(now) and ca.ends <= horizon:
+                found.append(ExpiryWarning(f"link CA {ca.id}", ca.ends))
         return found
 
     def key_valid(self, key_id: str, now: datetime) -> bool:

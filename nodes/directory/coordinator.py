@@ -44,6 +44,7 @@ from mlanet.broker.errors import ConfigError, MlanetError, Reason, RefusedMessag
 from mlanet.broker.keys import SigningKey, load_signing_key
 from mlanet.broker.transport import Transport
 from mlanet.nodes.config import NodeConfig
+from mlanet.nodes.directory import certificates
 from mlanet.nodes.directory.book import DirectoryBook
 from mlanet.nodes.directory.keeper import DIRECTORY_QUEUE
 from mlanet.nodes.state import state_dir
@@ -76,7 +77,8 @@ ISSUED_FILE = "issued-directory.json"
 PENDING_FILE = "pending-directory.json"
 # How long a hand-over to the coordinator's node may take before the command gives up.
 HAND_OVER_SECONDS = 30.0
-# Revoked keys stay listed this long (nodes that hold them learn they are revoked), then go.
+# Revoked keys and CA certificates stay listed this long (nodes that hold them learn they are
+# revoked), then go.
 KEEP_REVOKED = timedelta(days=90)
 
 
@@ -96,7 +98,8 @@ def next_version(
     networks: list[NetworkEntry] | None = None,
     links: list[tuple[str, str]] | None = None,
 ) -> Directory:
-    """The next version: counters and times moved on, keys long expired or revoked pruned."""
+    """The next version: counters and times moved on, keys and CA certificates long expired or
+    revoked pruned (``nodes/directory/certificates.py``)."""
     kept = []
     for network in networks if networks is not None else directory.networks:
         keys = [
@@ -105,6 +108,7 @@ def next_version(
             if not ended(now, key.not_after)
             and (key.revoked_at is None or key.revoked_at > now - KEEP_REVOKED)
         ]
+        network = certificates.prune(network, now, KEEP_REVOKED)
         kept.append(network.model_copy(update={"keys": keys or network.keys}))
     value: dict[str, Any] = directory.model_dump(mode="json", exclude_none=True)
     value.update(
@@ -114,6 +118,10 @@ def next_version(
         networks=[n.model_dump(mode="json", exclude_none=True) for n in kept],
         links=[list(link) for link in (links if links is not None else directory.links)],
     )
+    value.pop("link_cas", None)
+    link_cas = certificates.prune_link_cas(directory, now, KEEP_REVOKED)
+    if link_cas is not None:
+        value["link_cas"] = [ca.model_dump(mode="json", exclude_none=True) for ca in link_cas]
     return Directory.model_validate(value, strict=False)
 
 

@@ -122,6 +122,7 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
                     f"{whose} expire in {human_duration(expires - now)}",
                 )
             )
+    found.extend(_ca_alerts(status, config, now))
     left = status.expiry.directory_expires - now
     if left <= 0:
         found.append(
@@ -150,6 +151,43 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
             )
         )
     return sorted(found, key=lambda alert: alert.severity != "critical")
+
+
+def _ca_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[Alert]:
+    """A CA certificate the directory lists for this network, a peer, or the coordinator's link
+    CA, whose last one stops being trusted within ``key_expiry_days`` (warning) or has
+    (critical): the key expiry rule, applied to CAs (``docs/OPERATIONS.md``)."""
+    window = config.operator.alerts.key_expiry_days * 86400
+    ends: list[tuple[str, str, float]] = [
+        (network, f"{network}'s broker CA" if network != config.network else "our broker CA", end)
+        for network in [config.network, *(peer.network for peer in config.peers)]
+        if (end := status.expiry.network_cas.get(network)) is not None
+    ]
+    if status.expiry.link_ca is not None:
+        ends.append(("", "the coordinator's link CA", status.expiry.link_ca))
+    found = []
+    for subject, whose, end in ends:
+        if end <= now:
+            found.append(
+                Alert(
+                    "tls_ca_expiry",
+                    "critical",
+                    subject,
+                    f"{whose} is no longer trusted (expired, revoked or retired): links that "
+                    "depend on it cannot be checked",
+                )
+            )
+        elif end - now <= window:
+            found.append(
+                Alert(
+                    "tls_ca_expiry",
+                    "warning",
+                    subject,
+                    f"{whose} stops being trusted in {human_duration(end - now)}: the "
+                    "coordinator lists its successor (mlanet directory tls rotate-ca)",
+                )
+            )
+    return found
 
 
 def _quarantine_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:

@@ -181,6 +181,14 @@ class NodeMetrics(Observer):
             ["network"],
             registry=r,
         )
+        self.ca_expiry = Gauge(
+            "mlanet_tls_ca_expiry_timestamp_seconds",
+            "When the last CA certificate the directory lists stops being trusted: this "
+            "network's or a peer's broker CA (network), the coordinator's link CA (network "
+            '"link").',
+            ["network"],
+            registry=r,
+        )
         self.directory_issued = Gauge(
             "mlanet_directory_issued_timestamp_seconds",
             "When the directory was issued.",
@@ -298,6 +306,12 @@ class NodeMetrics(Observer):
         for network, expires in status.expiry.network_keys.items():
             if network in self._watched:
                 self.key_expiry.labels(network).set(math.inf if expires is None else expires)
+        self.ca_expiry.clear()
+        for network, ends in status.expiry.network_cas.items():
+            if network in self._watched:
+                self.ca_expiry.labels(network).set(ends)
+        if status.expiry.link_ca is not None:
+            self.ca_expiry.labels("link").set(status.expiry.link_ca)
         self.directory_issued.set(status.expiry.directory_issued)
         self.directory_stale.set(status.expiry.directory_expires)
         self.alert_active.clear()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +58,7 @@ from mlanet.nodes.runtime.reconcile import foreign
 from mlanet.nodes.state.journal import JournalError
 from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from mlanet.nodes.state.store import Store
-from mlanet.schemas.directory import Directory, NetworkKey
+from mlanet.schemas.directory import CaCertificate, Directory, NetworkKey
 
 __all__ = [
     "SNAPSHOT",
@@ -220,15 +220,27 @@ def _key_end(key: NetworkKey) -> float | None:
     return min(ends) if ends else None
 
 
+def _cas_end(cas: Sequence[CaCertificate]) -> float:
+    """When the last of ``cas`` stops being trusted (expiry, the end of a rotation's overlap,
+    or revocation), as a key's end (:func:`_key_end`)."""
+    return max(
+        min(ca.ends, ca.revoked_at).timestamp() if ca.revoked_at else ca.ends.timestamp()
+        for ca in cas
+    )
+
+
 def expiry_view(directory: Directory, config: NodeConfig) -> ExpiryView:
     """When each network's last key stops being valid (expiry or revocation: a key is no longer
-    valid at its ``not_after``), and when the node stops trusting the directory (the
-    coordinator's ``valid_until``, else ``[coordinator] max_directory_age_seconds``)."""
+    valid at its ``not_after``), when its last broker CA and the coordinator's last link CA
+    stop being trusted, and when the node stops trusting the directory (the coordinator's
+    ``valid_until``, else ``[coordinator] max_directory_age_seconds``)."""
     keys: dict[str, float | None] = {}
     for network in directory.networks:
         ends = [_key_end(key) for key in network.keys]
         keys[network.id] = None if any(end is None for end in ends) else max(e for e in ends if e)
     return ExpiryView(
+        network_cas={n.id: _cas_end(n.tls.cas) for n in directory.networks if n.tls is not None},
+        link_ca=_cas_end(directory.link_cas) if directory.link_cas else None,
         network_keys=keys,
         directory_version=directory.version,
         directory_issued=directory.issued_at.timestamp(),
@@ -528,6 +540,16 @@ def render_text(status: NodeStatus) -> str:
             else f"expires {iso(mine)} (in {human_duration(mine - now)})"
         )
     )
+    for subject, ends in (
+        ("our broker CA", expiry.network_cas.get(status.network)),
+        ("the coordinator's link CA", expiry.link_ca),
+    ):
+        if ends is not None and ends <= now:
+            lines.append(f"  {subject}: ended {iso(ends)}")
+        elif ends is not None:
+            lines.append(
+                f"  {subject}: trusted until {iso(ends)} (in {human_duration(ends - now)})"
+            )
     lines.append(
         f"  directory version {expiry.directory_version}, issued {iso(expiry.directory_issued)}, "
         + ("valid until " if expiry.directory_expiry_signed else "trusted until ")

@@ -68,6 +68,9 @@ class ExpiryView:
     directory_issued: float
     directory_expires: float  # when the node stops trusting it (directory_expiry)
     directory_expiry_signed: bool  # the coordinator set valid_until
+    # network -> when its last broker CA stops being trusted (networks that list TLS only)
+    network_cas: dict[str, float] = field(default_factory=dict)
+    link_ca: float | None = None  # when the coordinator's last link CA does (None: none listed)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class NodeStatus:
         expiry["network_keys"] = {k: iso(v) for k, v in expiry["network_keys"].items()}
         expiry["directory_issued"] = iso(expiry["directory_issued"])
         expiry["directory_expires"] = iso(expiry["directory_expires"])
+        expiry["network_cas"] = {k: iso(v) for k, v in expiry["network_cas"].items()}
+        expiry["link_ca"] = iso(expiry["link_ca"])
         return raw
 
 

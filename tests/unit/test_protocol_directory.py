@@ -43,6 +43,27 @@ def test_the_directory_example_opens_by_the_documented_steps() -> None:
         independent.open_directory(json.dumps(tampered).encode(), keys("directory_key"))
 
 
+def test_the_example_directory_lists_ca_certificates_that_pass_section_14_7() -> None:
+    """SEAJust's broker CA and the coordinator's link CA pass the independent checks; the same
+    directory with the link CA's validity changed is refused by both implementations alike."""
+    opened = independent.open_directory(_signeddirectory(), keys("directory_key"))
+    seajust = next(n for n in opened["networks"] if n["id"] == "seajust")
+    assert [ca["id"] for ca in seajust["tls"]["cas"]] == ["seajust-ca-1"]
+    assert [ca["id"] for ca in opened["link_cas"]] == ["unodc-link-ca-1"]
+    altered = dict(opened["link_cas"][0], not_after="2030-12-31T00:00:00.000Z")
+    with pytest.raises(Refused, match="tls_validity_mismatch"):
+        independent.check_ca(altered, opened["issued_at"])
+    with pytest.raises(Refused, match="tls_ca_expired"):
+        independent.check_ca(opened["link_cas"][0], "2031-01-01T00:00:00.000Z")
+    from mlanet.broker.directory_tls import check_listed_certificates
+    from mlanet.broker.errors import RefusedMessage
+    from mlanet.schemas.directory import Directory
+
+    changed = Directory.model_validate({**directory(), "link_cas": [altered]}, strict=False)
+    with pytest.raises(RefusedMessage, match="tls_validity_mismatch"):
+        check_listed_certificates(changed)
+
+
 def test_the_directory_example_opens_with_the_reference_implementation() -> None:
     from mlanet.broker.directory_signing import open_directory
     from mlanet.schemas.directory import Directory

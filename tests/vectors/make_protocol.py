@@ -43,6 +43,33 @@ COORDINATOR_SEED_INDEX = 7
 PASSWORD = "ZXhhbXBsZSBvbmx5OiBub3QgYSBzZWNy"  # 32 characters, as `mlanet init` writes them
 SALT = bytes([1, 2, 3, 4])
 AT = "2026-03-02T09:30:00.000Z"  # the instant the routing cases are decided at
+# Two CA certificates (ECDSA P-256, 2026-01-01 to 2031-01-01) made once with
+# mlanet.broker.tls.generate_ca and frozen here: an ECDSA signature is not reproducible.
+SEAJUST_BROKER_CA = """-----BEGIN CERTIFICATE-----
+MIIBoTCCAUegAwIBAgIUXF3BGxKYZy7zdUuI6m0a/3bblYowCgYIKoZIzj0EAwIw
+LTEaMBgGA1UEAwwRc2VhanVzdCBicm9rZXIgQ0ExDzANBgNVBAoMBm1sYW5ldDAe
+Fw0yNjAxMDEwMDAwMDBaFw0zMTAxMDEwMDAwMDBaMC0xGjAYBgNVBAMMEXNlYWp1
+c3QgYnJva2VyIENBMQ8wDQYDVQQKDAZtbGFuZXQwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAAR1vF1LUyIP7omvo/KC7E+cZIA4GwemrDgcjtnBm6gF2ZhRgfxFWdb5
+y5ImlF94iEw06jIddmgvWLJQzI4aRm+Fo0UwQzASBgNVHRMBAf8ECDAGAQH/AgEA
+MA4GA1UdDwEB/wQEAwIBBjAdBgNVHQ4EFgQUmdDL1J3dNBA/9M8DP4agnzZmWSsw
+CgYIKoZIzj0EAwIDSAAwRQIhAMIY7Q3WxDk/eJu5GQODN3FB44kISj9WnWQrTvKW
+2TsAAiBqyhmV4iAl46wVpXG8On9xQZ3xBD6wry8mtWlHp9WarA==
+-----END CERTIFICATE-----
+"""
+UNODC_LINK_CA = """-----BEGIN CERTIFICATE-----
+MIIBmTCCAT+gAwIBAgIUSj5mKsigbDhv/2v2Qt+Onato0VIwCgYIKoZIzj0EAwIw
+KTEWMBQGA1UEAwwNdW5vZGMgbGluayBDQTEPMA0GA1UECgwGbWxhbmV0MB4XDTI2
+MDEwMTAwMDAwMFoXDTMxMDEwMTAwMDAwMFowKTEWMBQGA1UEAwwNdW5vZGMgbGlu
+ayBDQTEPMA0GA1UECgwGbWxhbmV0MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE
+cR6I9OKMrD0Z+HNmvEUYFFLvivO+D1816Xon5a/WF4XD3XY905McpIa7DhS4vcKs
+vg+5Twk9RtWG64oD0JHO3aNFMEMwEgYDVR0TAQH/BAgwBgEB/wIBADAOBgNVHQ8B
+Af8EBAMCAQYwHQYDVR0OBBYEFBrRRNV7lC3+LAWstix7cFnKJ5N3MAoGCCqGSM49
+BAMCA0gAMEUCIEFCxzR8sZ+Aq4x661TZyI/K1c9d14w9GYmeWkTRli1KAiEAw9ap
+Cn4rVBmSfSHI6+agwxJXDdxlF94A9XzlX4+o8Dw=
+-----END CERTIFICATE-----
+"""
+CA_WINDOW = {"not_before": "2026-01-01T00:00:00.000Z", "not_after": "2031-01-01T00:00:00.000Z"}
 
 
 def _seed(index: int) -> bytes:
@@ -93,6 +120,16 @@ def directory() -> Directory:
                 ],
                 observers=["JP"],
                 link_user=link_user,
+                tls={
+                    "endpoints": [
+                        {
+                            "host": "mq.seajust.example",
+                            "port": 5671,
+                            "server_name": "mq.seajust.example",
+                        }
+                    ],
+                    "cas": [{"id": "seajust-ca-1", "pem": SEAJUST_BROKER_CA, **CA_WINDOW}],
+                },
             ),
             _network(
                 "casc",
@@ -133,6 +170,7 @@ def directory() -> Directory:
             ["iberred", "ejn"],
             ["unodc", "seajust"],
         ],
+        "link_cas": [{"id": "unodc-link-ca-1", "pem": UNODC_LINK_CA, **CA_WINDOW}],
     }
     return Directory.model_validate(value, strict=False)
 
