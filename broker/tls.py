@@ -390,8 +390,8 @@ def load_certificates(path: Path) -> list[x509.Certificate]:
     """Every certificate in a PEM file (a CA bundle holds more than one during a rotation)."""
     try:
         found = x509.load_pem_x509_certificates(_read(path))
-    except ValueError as exc:
-        raise TlsError(TlsReason.BAD_FILE, f"{path.name} holds no PEM certificate") from exc
+    except (ValueError, x509.InvalidVersion) as exc:  # parts are parsed when read
+        raise TlsError(TlsReason.BAD_FILE, f"{path.name} holds no usable PEM certificate") from exc
     return found
 
 
