@@ -391,7 +391,8 @@ def load_certificates(path: Path) -> list[x509.Certificate]:
     try:
         found = x509.load_pem_x509_certificates(_read(path))
     except (ValueError, x509.InvalidVersion) as exc:  # parts are parsed when read
-        raise TlsError(TlsReason.BAD_FILE, f"{path.name} holds no PEM certificate it can read") from exc
+        what = f"{path.name} holds no PEM certificate it can read"
+        raise TlsError(TlsReason.BAD_FILE, what) from exc
     return found
 
 
