@@ -37,7 +37,7 @@ from mlanet.broker.management import (
 )
 from mlanet.broker.topology import link_name, peer_of_out_queue
 from mlanet.broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
-from mlanet.nodes.config import Alerts, NodeConfig, _read_secret
+from mlanet.nodes.config import Alerts, NodeConfig
 from mlanet.nodes.directory.book import DirectoryBook, effective_config
 from mlanet.nodes.directory.config import directory_expiry
 from mlanet.nodes.operator.alerts import compute_alerts
@@ -94,10 +94,8 @@ class BrokerView:
 
 
 def management_endpoint(config: NodeConfig) -> ManagementEndpoint:
-    broker = config.broker
-    return ManagementEndpoint(
-        broker.management_url, broker.user, _read_secret(broker.password_file)
-    )
+    """The node's user at its broker's management API (HTTPS checked against [broker.tls])."""
+    return config.management_endpoint()
 
 
 def core_queues(config: NodeConfig) -> list[str]:
