@@ -260,8 +260,9 @@ class Management:
                 f"{self._timeout:g} s; {_CHECK}"
             ) from exc
         except httpx.HTTPError as exc:
+            check = "" if handshake_refusal(exc) is not None else f"; {_CHECK}"
             raise TransportError(
-                f"cannot reach the management API at {self.address} ({_why(exc)}); {_CHECK}"
+                f"cannot reach the management API at {self.address} ({_why(exc)}){check}"
             ) from exc
         if response.status_code == 404 and method in ("GET", "DELETE"):
             return None
