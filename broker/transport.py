@@ -110,8 +110,10 @@ def broker_address(url: str) -> str:
 
 
 def with_vhost(url: str, vhost: str) -> str:
-    """``url`` with another vhost (the same user, password, host and options)."""
-    return str(URL(url).with_path("/" + vhost))
+    """``url`` with another vhost (the same user, password, host and options: its TLS keys
+    and heartbeat too, so that a door is opened as the node's own connection is)."""
+    parsed = URL(url)
+    return str(parsed.with_path("/" + vhost).with_query(parsed.query))
 
 
 _C = TypeVar("_C", bound=aio_pika.Connection)

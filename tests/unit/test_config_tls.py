@@ -17,7 +17,7 @@ from mlanet.broker.tls import (
     issue_client_certificate,
     write_issued,
 )
-from mlanet.broker.transport import Transport
+from mlanet.broker.transport import Transport, with_vhost
 from mlanet.nodes.config import load_config
 
 NODE_USER = "mlanet-seajust"
@@ -183,3 +183,16 @@ def test_transport_refuses_a_url_that_would_not_verify_the_broker(
     """Plaintext or an unverified handshake is never tried for a broker configured for TLS."""
     with pytest.raises(ConfigError, match=says):
         Transport(url.format(ca=folder / "ca.pem"))
+
+
+def test_a_door_is_opened_with_the_same_tls_settings(folder: Path) -> None:
+    """A peer's door vhost is reached with the node's URL for another vhost: its CA file, its
+    certificate login and its heartbeat stay."""
+    tls = (
+        'ca_file = "ca.pem"\ncert_file = "node.pem"\nkey_file = "node.key"\nlogin = "certificate"\n'
+    )
+    url = load_config(_write(folder, tls=tls)).amqp_url()
+    door = with_vhost(url, "mlanet-seajust:door:casc")
+    assert urlsplit(door).path == "/mlanet-seajust:door:casc"
+    assert _query(door) == _query(url)
+    assert Transport(door).tls
