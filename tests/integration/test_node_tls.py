@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -68,11 +67,10 @@ def _tls_table(folder: Path, ca_file: Path) -> str:
 
 def _configs(fed: Federation, tls: Path, other_ca: Path) -> tuple[Path, Path]:
     """Seajust's config with ``[broker.tls]``, and a copy that trusts ``other_ca`` (its own
-    state folder). Without ``[link]`` the node has no peers here: links between brokers are
-    tested elsewhere (tests/integration/test_tls_brokers.py)."""
+    state folder). Its peers' doors are on this broker; the links to their brokers are another
+    matter (tests/integration/test_tls_brokers.py)."""
     path = fed.config_path("seajust")
-    text = re.sub(r"\n\[link\]\nuser = [^\n]*\npassword_file = [^\n]*\n", "\n", path.read_text())
-    assert "[link]" not in text
+    text = path.read_text()
     path.write_text(text + _tls_table(tls, tls / "ca.pem"), encoding="utf-8")
     wrong = path.with_name("wrong-ca.toml")
     wrong.write_text(
@@ -126,16 +124,19 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         assert not (root / "broker").exists()
 
 
-async def _node_connections(setup: Setup) -> list[tuple[str, bool, str]]:
-    """(user, over TLS, auth mechanism) of every AMQP connection the broker has."""
+async def _node_connections(setup: Setup) -> list[tuple[str, bool, str, str]]:
+    """(user, over TLS, auth mechanism, vhost) of every AMQP connection the broker has."""
     async with setup.broker.management() as api:
-        found = await api._request("GET", "/connections?columns=user,ssl,auth_mechanism")
-    return [(c["user"], bool(c["ssl"]), str(c["auth_mechanism"])) for c in found or []]
+        found = await api._request("GET", "/connections?columns=user,ssl,auth_mechanism,vhost")
+    return [
+        (c["user"], bool(c["ssl"]), str(c["auth_mechanism"]), str(c["vhost"])) for c in found or []
+    ]
 
 
 async def test_node_runs_over_tls_and_delivers_a_local_submission(setup: Setup) -> None:
-    """The node connects over AMQPS by its certificate (EXTERNAL) and to the management API
-    over HTTPS (it puts its policies there before it is ready), declares its topology, and a
+    """The node connects over AMQPS by its certificate (EXTERNAL), to each of its peers' doors
+    too, and to the management API over HTTPS (it puts its policies and shovels there before it
+    is ready), declares its topology, and a
     contact point's submission, handed in over TLS with its own password, reaches the other
     contact point's delivery queue and its inbox."""
     config = load_config(setup.config)
@@ -149,11 +150,20 @@ async def test_node_runs_over_tls_and_delivers_a_local_submission(setup: Setup) 
         assert node.transport.tls
         user = config.broker.user
 
-        async def listed() -> bool:  # the API lists a connection a few seconds after it opened
-            return (user, True, "EXTERNAL") in await _node_connections(setup)
+        vhosts = {
+            config.broker.vhost,
+            setup.fed.door("seajust", "casc"),
+            setup.fed.door("seajust", "unodc"),
+        }
 
-        await eventually(listed, within=30, what="the node's connection in the API's list")
-        assert all(tls for _, tls, _ in await _node_connections(setup))
+        async def listed() -> bool:  # the API lists a connection a few seconds after it opened
+            found = await _node_connections(setup)
+            return {v for u, tls, how, v in found if (u, tls, how) == (user, True, "EXTERNAL")} == (
+                vhosts
+            )
+
+        await eventually(listed, within=30, what="the node's connections, its doors' too")
+        assert all(tls for _, tls, _, _ in await _node_connections(setup))
         async with setup.broker.management() as api:
             policies = await api.policies(config.broker.vhost)
         assert policies, "the node's management client put no policy"
@@ -196,7 +206,7 @@ async def test_node_trusting_another_ca_refuses_the_broker_and_keeps_retrying(
         assert "Traceback" not in state.error
         assert not task.done()
         assert not node.ready.is_set()
-        users = {who for who, _, _ in await _node_connections(setup)}
+        users = {who for who, _, _, _ in await _node_connections(setup)}
         assert config.broker.user not in users
     finally:
         node.stop()
