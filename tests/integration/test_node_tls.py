@@ -229,9 +229,11 @@ async def _started_once(path: Path) -> None:
 
 def test_cli_commands_work_over_tls_and_name_a_wrong_ca_in_one_line(setup: Setup) -> None:
     """``mlanet status`` reads the broker over AMQPS and HTTPS; ``mlanet send`` hands in over
-    TLS as the contact point. With a config that trusts another CA, ``send`` ends with one line
-    that names the TLS refusal, and so does ``status`` (exit status 2: it shows nothing of a
-    broker its config does not trust)."""
+    TLS as the contact point; ``mlanet directory provision`` reaches the management API over
+    HTTPS as the administrator, checked against the config's CA. With a config that trusts
+    another CA, ``send`` and ``directory provision`` end with one line that names the TLS
+    refusal, and so does ``status`` (exit status 2: it shows nothing of a broker its config
+    does not trust)."""
     asyncio.run(_started_once(setup.config))  # the queues that status shows and send uses
     runner = CliRunner()
     credentials = str(setup.fed.credentials("kh-cp-1"))
@@ -282,6 +284,18 @@ def test_cli_commands_work_over_tls_and_name_a_wrong_ca_in_one_line(setup: Setup
     assert len(lines) == 1, refused.output
     assert lines[0].startswith("mlanet: ")
     assert "tls_unknown_ca" in lines[0]
+
+    admin = ["--admin-user", setup.broker.admin.user]
+    admin += ["--admin-password-file", str(setup.broker.root / "admin.password")]
+    provisioned = runner.invoke(
+        app, ["directory", "provision", "--config", str(setup.config), *admin]
+    )
+    assert provisioned.exit_code == 0, provisioned.output
+    refused_admin = runner.invoke(
+        app, ["directory", "provision", "--config", str(setup.wrong_ca), *admin]
+    )
+    assert refused_admin.exit_code != 0
+    assert "tls_unknown_ca" in refused_admin.output.strip().splitlines()[-1]
 
     wrong = runner.invoke(app, ["status", "--config", str(setup.wrong_ca)])
     assert wrong.exit_code == 2

@@ -5,15 +5,19 @@ client the node and its commands make (never plaintext, never unverified)."""
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import aiormq
 import pytest
 
 from mlanet.broker.errors import ConfigError
 from mlanet.broker.tls import (
+    TlsReason,
     ca_bundle,
     generate_ca,
+    handshake_refusal,
     issue_client_certificate,
     write_issued,
 )
@@ -196,3 +200,19 @@ def test_a_door_is_opened_with_the_same_tls_settings(folder: Path) -> None:
     assert urlsplit(door).path == "/mlanet-seajust:door:casc"
     assert _query(door) == _query(url)
     assert Transport(door).tls
+
+
+def test_a_refused_handshake_is_named_through_the_client_library_wrapping() -> None:
+    """aiormq and httpx wrap the ssl module's error: the reason is found in the chain."""
+    unknown = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    unknown.verify_message = "unable to get local issuer certificate"
+    try:
+        try:
+            raise unknown
+        except OSError as exc:
+            raise aiormq.exceptions.AMQPConnectionError(*exc.args) from exc
+    except aiormq.exceptions.AMQPConnectionError as wrapped:
+        found = handshake_refusal(wrapped)
+    assert found is not None
+    assert found.reason is TlsReason.UNKNOWN_CA
+    assert handshake_refusal(ConnectionRefusedError(111, "refused")) is None
