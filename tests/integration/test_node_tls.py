@@ -187,7 +187,8 @@ async def test_node_trusting_another_ca_refuses_the_broker_and_keeps_retrying(
 ) -> None:
     """A node whose [broker.tls] ca_file is not the CA of its broker's certificate never
     connects (no plaintext is tried either): each attempt fails with one line naming the
-    reason, the node retries with its backoff and stops cleanly when told to."""
+    reason, which ``mlanet status`` shows; the node retries with its backoff and stops cleanly
+    when told to."""
     config = load_config(setup.wrong_ca)
     node = Node(config)
     task = asyncio.create_task(node.run())
@@ -208,6 +209,14 @@ async def test_node_trusting_another_ca_refuses_the_broker_and_keeps_retrying(
         assert not node.ready.is_set()
         users = {who for who, _, _, _ in await _node_connections(setup)}
         assert config.broker.user not in users
+        # mlanet status names the node process's state and its reason, in its one line
+        shown = await asyncio.to_thread(
+            CliRunner().invoke, app, ["status", "--config", str(setup.wrong_ca)]
+        )
+        last = shown.output.strip().splitlines()[-1]
+        assert "node process" in last
+        assert "retrying" in last
+        assert last.count("tls_unknown_ca") == 2  # the management API's and the node's
     finally:
         node.stop()
         with contextlib.suppress(asyncio.CancelledError):
