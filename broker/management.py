@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -22,6 +22,7 @@ from urllib.parse import quote
 import httpx
 
 from mlanet.broker.errors import TransportError
+from mlanet.broker.tls import handshake_refusal
 
 __all__ = [
     "Management",
@@ -38,9 +39,15 @@ _LISTING_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6)  # s before asking again a GET that
 
 @dataclass(frozen=True)
 class ManagementEndpoint:
+    """Where the API is and who logs in. An ``https`` API is checked against ``verify`` (the
+    CAs of the broker's own TLS settings) when given, else against the public roots; with
+    ``server_name`` that name, not the URL's host, must be in its certificate."""
+
     url: str
     user: str
-    password: str
+    password: str = field(repr=False)
+    verify: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    server_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,9 @@ _CHECK = "check that RabbitMQ runs there with its management plugin"
 
 
 def _why(exc: httpx.HTTPError) -> str:
+    refused_tls = handshake_refusal(exc)
+    if refused_tls is not None:
+        return f"TLS refused ({refused_tls}); check the CA file and the API's host name"
     cause: BaseException | None = exc
     for _ in range(8):  # httpx wraps httpcore's error, which wraps the socket's
         if cause is None:
@@ -201,11 +211,16 @@ class Management:
         verify: ssl.SSLContext | None = None,  # an https API checked against its own CA
     ) -> None:
         self._timeout = timeout
+        context = verify if verify is not None else endpoint.verify
         self._client = httpx.AsyncClient(
             base_url=endpoint.url.rstrip("/") + "/api",
             auth=(endpoint.user, endpoint.password),
             timeout=httpx.Timeout(timeout),
-            verify=verify if verify is not None else _public_roots(),
+            verify=context if context is not None else _public_roots(),
+        )
+        # httpcore checks this name (and sends it as SNI) instead of the URL's host
+        self._extensions = (
+            {"sni_hostname": endpoint.server_name} if endpoint.server_name is not None else None
         )
         url = self._client.base_url
         self.address = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
@@ -228,7 +243,9 @@ class Management:
         try:
             # httpx's timeout is per read; this one bounds the whole request
             async with asyncio.timeout(self._timeout * 2):
-                response = await self._client.request(method, path, json=body)
+                response = await self._client.request(
+                    method, path, json=body, extensions=self._extensions
+                )
                 for pause in _LISTING_RETRIES if method == "GET" else ():
                     if response.status_code != 500:
                         break
@@ -236,15 +253,16 @@ class Management:
                     # meanwhile fails the whole GET with 500 (rabbit_mgmt_wm_users: badmatch
                     # not_found). A GET changes nothing: it is asked again, for up to 3 s.
                     await asyncio.sleep(pause)
-                    response = await self._client.request(method, path)
+                    response = await self._client.request(method, path, extensions=self._extensions)
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise TransportError(
                 f"the management API at {self.address} did not answer within "
                 f"{self._timeout:g} s; {_CHECK}"
             ) from exc
         except httpx.HTTPError as exc:
+            check = "" if handshake_refusal(exc) is not None else f"; {_CHECK}"
             raise TransportError(
-                f"cannot reach the management API at {self.address} ({_why(exc)}); {_CHECK}"
+                f"cannot reach the management API at {self.address} ({_why(exc)}){check}"
             ) from exc
         if response.status_code == 404 and method in ("GET", "DELETE"):
             return None

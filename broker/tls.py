@@ -71,6 +71,7 @@ __all__ = [
     "fingerprint",
     "generate_ca",
     "generate_identity",
+    "handshake_refusal",
     "issue_client_certificate",
     "issue_server_certificate",
     "load_certificates",
@@ -526,6 +527,20 @@ def _refusal(exc: ssl.SSLError | ssl.CertificateError) -> TlsError:
             TlsReason.UNKNOWN_CA, "the peer's certificate is not issued by the expected CA"
         )
     return TlsError(TlsReason.HANDSHAKE_FAILED, f"TLS handshake refused ({exc.reason or text})")
+
+
+def handshake_refusal(exc: BaseException) -> TlsError | None:
+    """Why a connection failed in its TLS handshake, as :func:`probe` would say it (unknown CA,
+    wrong name, expired, refused), found anywhere in ``exc``'s chain of causes (client libraries
+    wrap the ``ssl`` module's error); None when the failure was not a TLS one."""
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            return None
+        if isinstance(cause, ssl.SSLError | ssl.CertificateError):
+            return _refusal(cause)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 async def probe(

@@ -15,6 +15,17 @@ after ``timeout`` seconds (a broker that accepts TCP connections but never answe
 its file-descriptor limit, is a :class:`TransportError` that names the broker's address and
 what to check); a publish waits at most :data:`CONFIRM_WAIT` seconds for its confirm (a broker
 under a resource alarm holds publishes); closing gives up after :data:`CLOSE_WAIT` seconds.
+
+**TLS.** An ``amqps://`` URL names what the broker is checked against the way a RabbitMQ shovel
+URI does (:func:`tls_query`): ``cacertfile`` (required: the broker's certificate must come from
+one of the CAs in that file; never the system's store, never unverified), ``certfile`` and
+``keyfile`` (a client certificate, presented when given), ``server_name_indication`` (the name
+checked in the broker's certificate, default the URL's host) and ``auth_mechanism=external``
+(log in by that certificate, no password). A plaintext connection is never tried for such a URL,
+and a URL that names TLS files but is not ``amqps`` is refused. A failed handshake is a
+:class:`TransportError` whose one line says why (``broker/tls.py``'s reasons: unknown CA, wrong
+name, expired, refused); the connections a transport opens for itself (declarations, doors)
+use the same context.
 """
 
 from __future__ import annotations
@@ -23,10 +34,12 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aio_pika
 import aiormq
@@ -35,7 +48,8 @@ from pamqp.common import Arguments
 from yarl import URL
 
 from mlanet.broker.amqp_decode import CUT_SHA256, CUT_SIZE, BodyCap, harden
-from mlanet.broker.errors import TransportError
+from mlanet.broker.errors import ConfigError, TransportError
+from mlanet.broker.tls import TlsError, client_context, handshake_refusal, load_certificates
 from mlanet.broker.topology import (
     CONTENT_TYPE,
     INBOX,
@@ -73,6 +87,7 @@ __all__ = [
     "inbox_exchange",
     "out_queue",
     "peer_inbox",
+    "tls_query",
     "with_vhost",
 ]
 
@@ -95,12 +110,104 @@ def broker_address(url: str) -> str:
 
 
 def with_vhost(url: str, vhost: str) -> str:
-    """``url`` with another vhost (the same user, password, host and options)."""
-    return str(URL(url).with_path("/" + vhost))
+    """``url`` with another vhost (the same user, password, host and options: its TLS keys
+    and heartbeat too, so that a door is opened as the node's own connection is)."""
+    parsed = URL(url)
+    return str(parsed.with_path("/" + vhost).with_query(parsed.query))
+
+
+_C = TypeVar("_C", bound=aio_pika.Connection)
+_TLS_KEYS = (
+    "cacertfile",
+    "certfile",
+    "keyfile",
+    "verify",
+    "server_name_indication",
+    "auth_mechanism",
+)
+_TLS_CHECK = "check the CA file (cacertfile) and the broker's name (server_name)"
+
+
+def tls_query(
+    cacertfile: Path,
+    *,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+    server_name: str | None = None,
+    external: bool = False,
+) -> dict[str, str]:
+    """The query of an ``amqps://`` URL that verifies the broker against ``cacertfile``,
+    presents ``certfile`` (with ``keyfile``) when given, checks ``server_name`` (default: the
+    URL's host) and, with ``external``, logs in by the certificate (RabbitMQ's EXTERNAL)."""
+    query = {"cacertfile": str(cacertfile), "verify": "verify_peer"}
+    if certfile is not None and keyfile is not None:
+        query |= {"certfile": str(certfile), "keyfile": str(keyfile)}
+    if server_name is not None:
+        query["server_name_indication"] = server_name
+    if external:
+        query["auth_mechanism"] = "external"
+    return query
+
+
+@dataclass(frozen=True)
+class _Tls:
+    context: ssl.SSLContext
+    server_name: str | None
+
+
+def _client_url(url: str) -> tuple[URL, _Tls | None]:
+    """What aiormq connects to (the TLS keys taken out of the query) and the TLS context the
+    URL asks for; ConfigError for an ``amqps`` URL without a usable CA file, one that would not
+    verify the broker, or TLS files on a plaintext URL."""
+    parsed = URL(url)
+    query = parsed.query
+    rest = {k: v for k, v in query.items() if k not in _TLS_KEYS}
+    if parsed.scheme != "amqps":
+        if any(key in query for key in _TLS_KEYS):
+            raise ConfigError("a broker URL that names TLS files must be amqps://")
+        return parsed, None
+    cafile = query.get("cacertfile")
+    if not cafile:
+        raise ConfigError("an amqps:// broker URL must name the CA file it trusts (cacertfile)")
+    if query.get("verify", "verify_peer") != "verify_peer":
+        raise ConfigError("the broker's certificate is always verified (verify=verify_peer)")
+    certfile, keyfile = query.get("certfile"), query.get("keyfile")
+    if (certfile is None) != (keyfile is None):
+        raise ConfigError("a client certificate (certfile) needs its key (keyfile), and back")
+    try:
+        context = client_context(
+            load_certificates(Path(cafile)),
+            cert_file=Path(certfile) if certfile else None,
+            key_file=Path(keyfile) if keyfile else None,
+        )
+    except TlsError as exc:
+        raise ConfigError(f"TLS to the broker: {exc}") from exc
+    if query.get("auth_mechanism", "plain").lower() == "external":
+        if certfile is None:
+            raise ConfigError("logging in by certificate (EXTERNAL) needs certfile and keyfile")
+        rest["auth"] = "external"
+    return parsed.with_query(rest), _Tls(context, query.get("server_name_indication"))
+
+
+class _Named(aiormq.connection.TransportFactory):
+    """Opens the TLS socket checking ``server_name`` in the broker's certificate (and sending
+    it as SNI) instead of the URL's host, through ``inner`` (e.g. a :class:`BodyCap`)."""
+
+    def __init__(self, server_name: str, inner: aiormq.connection.TransportFactory | None) -> None:
+        self._server_name = server_name
+        self._inner = inner or aiormq.connection.TLSTransportFactory()
+
+    async def create(
+        self, url: URL, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await self._inner.create(url, server_hostname=self._server_name, **kwargs)
 
 
 def _why(exc: BaseException, timeout: float) -> str:
     """Why the broker could not be used, in a few words (no values from the broker)."""
+    refused_tls = handshake_refusal(exc)
+    if refused_tls is not None:
+        return f"TLS refused ({refused_tls}); {_TLS_CHECK}"
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
     if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
@@ -262,7 +369,8 @@ class Transport:
     def __init__(
         self, url: str, *, max_body: int | None = None, timeout: float = CONNECT_TIMEOUT
     ) -> None:
-        self._url = url
+        self._url = url  # as given (with_vhost keeps its TLS keys for a door)
+        self._connect_url, self._tls = _client_url(url)  # ConfigError: nothing to retry
         self._max_body = max_body  # no body above it is assembled: broker/amqp_decode.py
         self._timeout = timeout
         self._connection: AbstractRobustConnection | None = None
@@ -294,17 +402,55 @@ class Transport:
     ) -> None:
         await self.aclose()
 
+    @property
+    def tls(self) -> bool:
+        """Whether this transport speaks TLS to its broker."""
+        return self._tls is not None
+
     def _unreachable(self, exc: BaseException) -> TransportError:
-        return TransportError(
-            f"cannot reach the broker at {self.address}: {_why(exc, self._timeout)}; {_CHECK}"
+        why = _why(exc, self._timeout)
+        if handshake_refusal(exc) is not None:  # its own advice: the CA file, the name
+            return TransportError(f"cannot reach the broker at {self.address}: {why}")
+        return TransportError(f"cannot reach the broker at {self.address}: {why}; {_CHECK}")
+
+    def _context(self) -> ssl.SSLContext | None:
+        return self._tls.context if self._tls is not None else None
+
+    def _socket(self, connection: _C, *, capped: bool) -> _C:
+        """``connection`` (not yet opened) with its socket made this transport's way: checking
+        the configured server name in the broker's certificate, and, when ``capped``, with no
+        body above ``max_body`` assembled (on every reconnection too)."""
+        factory: aiormq.connection.TransportFactory | None = None
+        if capped and self._max_body is not None:
+            factory = BodyCap(self._max_body)
+        if self._tls is not None and self._tls.server_name is not None:
+            factory = _Named(self._tls.server_name, factory)
+        if factory is not None:
+            connection.kwargs["transport_factory"] = factory
+        return connection
+
+    async def _open(self) -> aio_pika.abc.AbstractConnection:
+        """A plain (not robust) connection of its own, open, within ``timeout``."""
+        connection = self._socket(
+            aio_pika.Connection(self._connect_url, ssl_context=self._context()), capped=False
         )
+        try:
+            await _within(self._timeout, connection.connect(timeout=self._timeout))
+        except BaseException:
+            await _close_quietly(connection, self._timeout)
+            raise
+        return connection
 
     async def connect(self) -> None:
         """Connect (the robust connection reconnects by itself afterwards); TransportError
-        when the broker does not answer within ``timeout`` seconds, refuses, or is not there."""
-        connection = aio_pika.RobustConnection(URL(self._url), reconnect_interval=1)
-        if self._max_body is not None:  # aiormq's socket, also on every reconnection
-            connection.kwargs["transport_factory"] = BodyCap(self._max_body)
+        when the broker does not answer within ``timeout`` seconds, refuses, is not there, or
+        is not the broker its TLS settings name."""
+        connection = self._socket(
+            aio_pika.RobustConnection(
+                self._connect_url, ssl_context=self._context(), reconnect_interval=1
+            ),
+            capped=True,
+        )
         try:
             await _within(self._timeout, connection.connect(timeout=self._timeout))
             channel = await _within(
@@ -341,9 +487,7 @@ class Transport:
     async def _short_lived(self) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
         """A connection of its own for one piece of work, closed at the end."""
         try:
-            connection = await _within(
-                self._timeout, aio_pika.connect(self._url, timeout=self._timeout)
-            )
+            connection = await self._open()
         except _BROKER_GONE as exc:
             raise self._unreachable(exc) from exc
         try:
@@ -408,9 +552,7 @@ class Transport:
             return kept
         await self._forget_declaring()
         try:
-            connection: aio_pika.abc.AbstractConnection = await _within(
-                self._timeout, aio_pika.connect(self._url, timeout=self._timeout)
-            )
+            connection = await self._open()
         except _BROKER_GONE as exc:
             raise self._unreachable(exc) from exc
         self._declarations = connection

@@ -1,20 +1,35 @@
 """A node's configuration: one TOML file, validated once at the entry point, then passed down.
 
-Secrets are file paths (broker passwords, the signing key); relative paths are resolved against
-the directory of the config file. Example: ``nodes/examples/node.toml``.
+Secrets are file paths (broker passwords, the signing key, TLS keys); relative paths are
+resolved against the directory of the config file. Example: ``nodes/examples/node.toml``.
+
+TLS to the node's own broker is ``[broker.tls]`` (:class:`BrokerTls`): the CA file the broker's
+certificate must come from, optionally a client certificate and its key, the name to check, and
+how the node logs in (its password over TLS, or its certificate with RabbitMQ's EXTERNAL). The
+files are checked when the config is loaded; see "TLS to the node's own broker" in
+docs/OPERATIONS.md.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import ssl
+import stat
+import time
 import tomllib
 from pathlib import Path
-from typing import Self
-from urllib.parse import quote
+from typing import Any, Literal, Self
+from urllib.parse import quote, urlencode, urlsplit
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlanet.broker.errors import ConfigError
+from mlanet.broker.management import ManagementEndpoint
 from mlanet.broker.routing import RouteRule
+from mlanet.broker.tls import TlsError, client_context, load_certificates, not_after
 from mlanet.nodes.directory.config import CoordinatorConfig, LinkConfig
 from mlanet.schemas import KINDS, Kind, NetworkId
 from mlanet.schemas.directory import BrokerAddress
@@ -22,6 +37,7 @@ from mlanet.schemas.directory import BrokerAddress
 __all__ = [
     "Alerts",
     "BrokerConfig",
+    "BrokerTls",
     "ContactPointsConfig",
     "Limits",
     "NodeConfig",
@@ -37,8 +53,115 @@ class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+AMQPS_PORT = 5671
+MANAGEMENT_TLS_PORT = 15671
+
+
+def _private_key_checked(path: Path) -> None:
+    """A private key file must be the running user's and closed to everyone else (as the
+    state folder's files are, ``nodes/state/state_dir.py``)."""
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        raise ValueError(f"key_file {path.name} belongs to another user; run mlanet as its owner")
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(
+            f"key_file {path.name} is open to other users (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}): run chmod 600 {path}"
+        )
+
+
+class BrokerTls(_Config):
+    """``[broker.tls]``: TLS to this network's own broker (AMQPS and the management API).
+
+    ``ca_file`` holds the CA certificate(s) the broker's certificate must come from (only
+    these, never the system's store; verification cannot be turned off). ``cert_file`` and
+    ``key_file``: the node's client certificate, for a broker that asks for one (mutual TLS) or
+    for ``login = "certificate"`` (RabbitMQ's EXTERNAL: its common name is the broker user).
+    ``server_name``: the name checked in the broker's certificate when it is not ``host``.
+    ``login = "password"`` logs in with ``password_file`` over TLS. The management API always
+    takes the password (it has no certificate login)."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]{1,253}$")
+    login: Literal["password", "certificate"] = "password"
+
+    @model_validator(mode="after")
+    def _files_usable(self) -> Self:
+        """Every file readable and what it should be: a key that matches its certificate, only
+        its owner can read it, and a certificate that has not expired."""
+        try:
+            load_certificates(self.ca_file)
+        except TlsError as exc:
+            raise ValueError(f"ca_file: {exc.detail}") from None
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        if self.login == "certificate" and self.cert_file is None:
+            raise ValueError('login = "certificate" needs cert_file and key_file')
+        if self.cert_file is not None and self.key_file is not None:
+            try:
+                _private_key_checked(self.key_file)
+            except OSError:
+                raise ValueError(f"key_file {self.key_file.name} cannot be read") from None
+            try:
+                certificate = load_certificates(self.cert_file)[0]
+            except TlsError as exc:
+                raise ValueError(f"cert_file: {exc.detail}") from None
+            try:
+                key = serialization.load_pem_private_key(self.key_file.read_bytes(), None)
+            except (OSError, ValueError, TypeError):
+                raise ValueError(
+                    f"key_file {self.key_file.name} holds no unencrypted PEM private key"
+                ) from None
+            if key.public_key() != certificate.public_key():
+                raise ValueError(
+                    f"key_file {self.key_file.name} is not the key of cert_file "
+                    f"{self.cert_file.name}"
+                )
+            if not_after(certificate).timestamp() < time.time():
+                raise ValueError(f"cert_file {self.cert_file.name} has expired: renew it")
+        return self
+
+    def common_name(self) -> str | None:
+        """The client certificate's common name (the user EXTERNAL logs in as)."""
+        if self.cert_file is None:
+            return None
+        names = load_certificates(self.cert_file)[0].subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME
+        )
+        return str(names[0].value) if names else None
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that trusts ``ca_file`` only and presents the client certificate
+        when one is configured (built once per process for these files)."""
+        return _context(self.ca_file, self.cert_file, self.key_file)
+
+    def query(self, *, client_certificate: bool = True, external: bool = False) -> dict[str, str]:
+        """The TLS part of an ``amqps://`` URL's query (``mlanet.broker.transport.tls_query``:
+        the same keys a RabbitMQ shovel URI takes)."""
+        query = {"cacertfile": str(self.ca_file), "verify": "verify_peer"}
+        if client_certificate and self.cert_file is not None and self.key_file is not None:
+            query |= {"certfile": str(self.cert_file), "keyfile": str(self.key_file)}
+        if self.server_name is not None:
+            query["server_name_indication"] = self.server_name
+        if external:
+            query["auth_mechanism"] = "external"
+        return query
+
+
+@functools.cache
+def _context(ca_file: Path, cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext:
+    try:
+        return client_context(load_certificates(ca_file), cert_file=cert_file, key_file=key_file)
+    except TlsError as exc:
+        raise ConfigError(f"[broker.tls]: {exc}") from exc
+
+
 class BrokerConfig(_Config):
-    """This network's own broker."""
+    """This network's own broker. With ``[broker.tls]`` the node speaks AMQPS (default port
+    5671) and the management API is HTTPS (default ``https://<host>:15671``), both checked
+    against the same CA file; plaintext is never tried."""
 
     host: str = "127.0.0.1"
     port: int = 5672
@@ -47,6 +170,60 @@ class BrokerConfig(_Config):
     password_file: Path
     management_url: str = "http://127.0.0.1:15672"
     heartbeat: int = Field(default=15, ge=1, le=600)
+    tls: BrokerTls | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_defaults(cls, data: Any) -> Any:
+        """With TLS and no port or management URL given: the TLS ones."""
+        if isinstance(data, dict) and data.get("tls") is not None:
+            data = dict(data)
+            data.setdefault("port", AMQPS_PORT)
+            host = data.get("host", "127.0.0.1")
+            data.setdefault("management_url", f"https://{host}:{MANAGEMENT_TLS_PORT}")
+        return data
+
+    @model_validator(mode="after")
+    def _tls_everywhere(self) -> Self:
+        if self.tls is None:
+            return self
+        if urlsplit(self.management_url).scheme != "https":
+            raise ValueError(
+                "management_url must be https:// when [broker.tls] is set (the password would "
+                "cross the network in clear): the broker's management.ssl listener, e.g. "
+                f"https://{self.host}:{MANAGEMENT_TLS_PORT}"
+            )
+        if self.tls.login == "certificate" and self.tls.common_name() != self.user:
+            raise ValueError(
+                f"the client certificate's common name is {self.tls.common_name()!r}, not "
+                f'user {self.user!r}: with login = "certificate" the broker logs the node in '
+                "as that name (ssl_cert_login_from = common_name)"
+            )
+        return self
+
+    def management_endpoint(self, user: str, password: str) -> ManagementEndpoint:
+        """The management API as ``user``, checked against ``[broker.tls] ca_file`` when set."""
+        if self.tls is None:
+            return ManagementEndpoint(self.management_url, user, password)
+        return ManagementEndpoint(
+            self.management_url, user, password, self.tls.context(), self.tls.server_name
+        )
+
+    def url(self, user: str, password: str, *, as_node: bool = False) -> str:
+        """An AMQP URL of this broker and vhost as ``user``: ``amqps://`` with the TLS keys
+        when ``[broker.tls]`` is set. Only the node itself (``as_node``) presents the node's
+        client certificate and logs in by it (``login = "certificate"``); a contact point logs
+        in with its own password."""
+        tls = self.tls
+        if tls is None:
+            return _amqp_url(self.host, self.port, self.vhost, user, password, self.heartbeat)
+        external = as_node and tls.login == "certificate"
+        query = {"heartbeat": str(self.heartbeat)}
+        query |= tls.query(client_certificate=as_node, external=external)
+        login = "" if external else f"{quote(user, safe='')}:{quote(password, safe='')}@"
+        return f"amqps://{login}{self.host}:{self.port}/{quote(self.vhost, safe='')}?" + urlencode(
+            query
+        )
 
 
 class PeerLimits(_Config):
@@ -207,13 +384,15 @@ class NodeConfig(_Config):
         return peer.limits if peer is not None and peer.limits is not None else self.limits.peer
 
     def amqp_url(self) -> str:
-        return _amqp_url(
-            self.broker.host,
-            self.broker.port,
-            self.broker.vhost,
-            self.broker.user,
-            _read_secret(self.broker.password_file),
-            self.broker.heartbeat,
+        """The node's own broker as the node (``amqps://`` with ``[broker.tls]``)."""
+        return self.broker.url(
+            self.broker.user, _read_secret(self.broker.password_file), as_node=True
+        )
+
+    def management_endpoint(self) -> ManagementEndpoint:
+        """The node's own broker's management API as the node's user."""
+        return self.broker.management_endpoint(
+            self.broker.user, _read_secret(self.broker.password_file)
         )
 
     def peer_amqp_url(self, peer: PeerConfig, address: BrokerAddress) -> str:
@@ -256,7 +435,16 @@ def _resolve(value: object, base: Path, keys: set[str]) -> object:
     return value
 
 
-_PATH_KEYS = {"signing_key", "directory", "state_dir", "password_file", "keys"}
+_PATH_KEYS = {
+    "signing_key",
+    "directory",
+    "state_dir",
+    "password_file",
+    "keys",
+    "ca_file",
+    "cert_file",
+    "key_file",
+}
 
 
 def load_config(path: Path) -> NodeConfig:

@@ -452,7 +452,7 @@ def federation_remove(
 
     cfg = load_or_exit(config)
     endpoint = admin_endpoint(
-        management_url or cfg.broker.management_url, admin_user, admin_password_file
+        management_url or cfg.broker.management_url, admin_user, admin_password_file, cfg.broker
     )
     try:
         for line in asyncio.run(remove_from_broker(cfg, endpoint)):

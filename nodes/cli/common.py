@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,7 +29,7 @@ import typer
 
 from mlanet.broker import ConfigError
 from mlanet.broker.management import ManagementEndpoint
-from mlanet.nodes.config import NodeConfig, load_config
+from mlanet.nodes.config import BrokerConfig, NodeConfig, load_config
 from mlanet.nodes.logs import error_fields
 
 __all__ = [
@@ -67,9 +67,12 @@ EXIT_INTERRUPTED = 130  # SIGINT
 EXIT_UNEXPECTED = 70  # a defect (EX_SOFTWARE)
 
 
-def admin_endpoint(url: str, user: str, password_file: Path | None) -> ManagementEndpoint:
+def admin_endpoint(
+    url: str, user: str, password_file: Path | None, broker: BrokerConfig | None = None
+) -> ManagementEndpoint:
     """The administrator's account: its password from ``password_file``, else asked for on the
-    terminal; the local broker's default account ``guest`` needs neither."""
+    terminal; the local broker's default account ``guest`` needs neither. With ``broker`` (the
+    node's config), an https API is checked against its ``[broker.tls]`` CA file."""
     if password_file is not None:
         try:
             password = password_file.read_text(encoding="utf-8").strip()
@@ -81,6 +84,8 @@ def admin_endpoint(url: str, user: str, password_file: Path | None) -> Managemen
         password = typer.prompt(f"password of {user}", hide_input=True)
     else:
         raise fail(f"no password for {user}: give --admin-password-file (or run on a terminal)")
+    if broker is not None and broker.tls is not None:
+        return replace(broker.management_endpoint(user, password), url=url)
     return ManagementEndpoint(url, user, password)
 
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 import structlog
 
@@ -31,9 +32,12 @@ from mlanet.schemas.submission import Submission
 
 __all__ = [
     "ARCHIVE_FILE",
+    "CLIENT_CERT",
+    "CLIENT_KEY",
     "InboxItem",
     "Taken",
     "Tracking",
+    "contact_point_url",
     "facilitation_request",
     "open_archive",
     "read_inbox",
@@ -44,6 +48,22 @@ __all__ = [
 ]
 
 log = structlog.get_logger("mlanet.contact")
+
+# A contact point's own client certificate, in its credentials folder, for a broker whose TLS
+# listener asks every client for one (it still logs in with its password: a node's
+# [broker.tls] client certificate is the node's, never handed to a contact point).
+CLIENT_CERT, CLIENT_KEY = "client.pem", "client.key"
+
+
+def contact_point_url(config: NodeConfig, credentials: Credentials) -> str:
+    """The node's broker and vhost as the contact point's own user: over TLS when the node's
+    ``[broker.tls]`` says so, checked against the same CA file, with the contact point's own
+    client certificate when its folder holds one."""
+    url = config.broker.url(credentials.user(config), credentials.password)
+    cert, key = credentials.folder / CLIENT_CERT, credentials.folder / CLIENT_KEY
+    if config.broker.tls is not None and cert.exists() and key.exists():
+        url += "&" + urlencode({"certfile": str(cert), "keyfile": str(key)})
+    return url
 
 
 def facilitation_request(
@@ -79,7 +99,7 @@ def facilitation_request(
 async def submit(config: NodeConfig, credentials: Credentials, submission: Submission) -> str:
     """Validate locally, then hand the submission to the node, signed with the contact point's
     key and as its broker user (broker-confirmed)."""
-    async with Transport(credentials.amqp_url(config)) as transport:
+    async with Transport(contact_point_url(config, credentials)) as transport:
         return await submit_on(transport, credentials.key, submission)
 
 
@@ -133,7 +153,7 @@ async def read_inbox(config: NodeConfig, credentials: Credentials) -> list[Inbox
     trust = message_trust(load_directory(config))
     store = open_archive(config, credentials)
     try:
-        async with Transport(credentials.amqp_url(config)) as transport:
+        async with Transport(contact_point_url(config, credentials)) as transport:
             taken = await take_delivered(config, credentials.key, transport, store, trust)
         fresh = {(t.origin, t.message_id) for t in taken if t.new}
         items = []

@@ -379,7 +379,7 @@ def provision(
     peer_access_needs_operator (the node never holds the administrator's password)."""
     cfg = load_or_exit(config)
     endpoint = admin_endpoint(
-        management_url or cfg.broker.management_url, admin_user, admin_password_file
+        management_url or cfg.broker.management_url, admin_user, admin_password_file, cfg.broker
     )
     try:
         for line in asyncio.run(provision_broker(cfg, endpoint)):

@@ -35,9 +35,10 @@ from mlanet.broker.management import (
     ShovelState,
     shovel_states,
 )
+from mlanet.broker.tls import handshake_refusal
 from mlanet.broker.topology import link_name, peer_of_out_queue
 from mlanet.broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
-from mlanet.nodes.config import Alerts, NodeConfig, _read_secret
+from mlanet.nodes.config import Alerts, NodeConfig
 from mlanet.nodes.directory.book import DirectoryBook, effective_config
 from mlanet.nodes.directory.config import directory_expiry
 from mlanet.nodes.operator.alerts import compute_alerts
@@ -91,13 +92,12 @@ class BrokerView:
     shovels: dict[str, ShovelState] | None  # None: the management API did not answer
     problem: str | None  # why the management API did not answer
     foreign: list[str] = field(default_factory=list)  # mlanet.nodes.runtime.reconcile.foreign
+    tls_refused: bool = False  # the API is not the one [broker.tls] names (CA, name, expiry)
 
 
 def management_endpoint(config: NodeConfig) -> ManagementEndpoint:
-    broker = config.broker
-    return ManagementEndpoint(
-        broker.management_url, broker.user, _read_secret(broker.password_file)
-    )
+    """The node's user at its broker's management API (HTTPS checked against [broker.tls])."""
+    return config.management_endpoint()
 
 
 def core_queues(config: NodeConfig) -> list[str]:
@@ -109,6 +109,7 @@ async def broker_view(config: NodeConfig, transport: Transport | None = None) ->
     queues: dict[str, QueueFigures] = {}
     shovels: dict[str, ShovelState] | None = None
     problem: str | None = None
+    tls_refused = False
     found: list[str] = []
     definitions: dict[str, dict[str, Any]] | None = None
     try:
@@ -124,6 +125,7 @@ async def broker_view(config: NodeConfig, transport: Transport | None = None) ->
     except TransportError as exc:
         problem = str(exc)
         queues = {}
+        tls_refused = handshake_refusal(exc) is not None
     missing = [name for name in core_queues(config) if queues.get(name, _EMPTY).messages is None]
     for name, exact in (await _passive(config, transport, missing)).items() if missing else ():
         known = queues.get(name, _EMPTY)  # keep what the management API did say (acks, rates)
@@ -132,7 +134,7 @@ async def broker_view(config: NodeConfig, transport: Transport | None = None) ->
         )
     if definitions is not None:  # a shovel runs while it consumes its source (an out queue)
         shovels = shovel_states(definitions, queues)
-    return BrokerView(queues, shovels, problem, found)
+    return BrokerView(queues, shovels, problem, found, tls_refused)
 
 
 _EMPTY = QueueFigures("", None, None, None, None, None, None, None)
@@ -420,6 +422,9 @@ async def collect(config: NodeConfig, now: float) -> NodeStatus:
     directory = book.view(datetime.fromtimestamp(now, UTC))
     config = effective_config(config, directory)  # peers are the directory's links
     view = await broker_view(config)
+    if view.tls_refused and view.problem is not None:
+        # not an outage: this config does not trust that broker; nothing it shows is sure
+        raise TransportError(view.problem)
     database = config.state_dir / "node.sqlite3"
     try:
         store = Store(database, readonly=True) if database.exists() else None

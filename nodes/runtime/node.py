@@ -43,10 +43,9 @@ from mlanet.broker import (
 )
 from mlanet.broker.contact_point_keys import KeyFolder
 from mlanet.broker.keys import SigningKey, TrustStore
-from mlanet.broker.management import ManagementEndpoint
 from mlanet.broker.routing import Forward, Refuse
 from mlanet.broker.transport import QUARANTINE, SUBMIT, Incoming, Transport, inbox_exchange
-from mlanet.nodes.config import NodeConfig, _read_secret
+from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.directory.keeper import DirectoryKeeper, DirectoryPorts
 from mlanet.nodes.logs import bound, error_fields, failure_fields
 from mlanet.nodes.operator import OperatorSurface
@@ -110,12 +109,8 @@ class Node:
         self.commits = GroupCommit(self._commit_all)
         # a body above the size cap is never read whole (broker/amqp_decode.py)
         self.transport = Transport(config.amqp_url(), max_body=config.limits.max_message_bytes)
-        broker = config.broker
-        self.reconciler = Reconciler(  # its API client is closed when run() ends
-            ManagementEndpoint(
-                broker.management_url, broker.user, _read_secret(broker.password_file)
-            )
-        )
+        # its API client is closed when run() ends; over HTTPS checked against [broker.tls]
+        self.reconciler = Reconciler(config.management_endpoint())
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # stop() twice: no waiting for deliveries being handled
         self.lifecycle = LifecycleFile(config.state_dir, config.network)
