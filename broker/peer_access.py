@@ -1,18 +1,16 @@
 """Peer access on a network's own broker, from the directory: who may write which inbox.
 
-Every network names, in the directory, the broker user its links log in as at its peers'
-brokers, with a salted hash of that user's password
-(``mlanet.schemas.directory.LinkUser``). Each peer
-gets a door on the network's broker (:func:`open_door`): a vhost of its own,
-``<vhost>:door:<peer>``, where the node's user (and the administrator) have every right and the
-peer's user has write permission on exactly one resource, ``mlanet.inbox.from.<peer>``, and
-nothing else anywhere on the broker: not even a passive ``queue.declare`` (which RabbitMQ checks
-no permission for) can show it the network's other queues. The user is created from the
-published hash when it does not exist (tagged ``mlanet-peer``), so the password never leaves
-the peer. A user that exists and was not created this way (a local account, an operator, the
-node's own user) is never changed: it only gets the write permission when it has no
-permission in this vhost yet. Needs an administrator account on the broker (creating users and
-permissions is reserved to administrators); see ``docs/JOINING.md``.
+Every network names, in the directory, the broker user its links log in as at its peers' brokers,
+with a salted hash of that user's password (``mlanet.schemas.directory.LinkUser``). Each peer gets a
+door on the network's broker (:func:`open_door`): a vhost of its own, ``<vhost>:door:<peer>``, where
+the node's user (and the administrator) have every right and the peer's user has write permission on
+exactly one resource, ``mlanet.inbox.from.<peer>``, and nothing else anywhere on the broker: not
+even a passive ``queue.declare`` (which RabbitMQ checks no permission for) can show it the network's
+other queues. The user is created from the published hash when it does not exist (tagged
+``mlanet-peer``), so the password never leaves the peer. A user that exists and was not created this
+way (a local account, an operator, the node's own user) is never changed: it only gets the write
+permission when it has no permission in this vhost yet. Needs an administrator account on the broker
+(creating users and permissions is reserved to administrators); see ``docs/JOINING.md``.
 """
 
 from __future__ import annotations

@@ -13,15 +13,14 @@ bytes. The contexts differ, so neither signature can pass for the other, nor for
 a hop's, the directory's or the audit trail's.
 
 Opening follows the envelope's rule, verify first and parse second: the frame is parsed strictly
-(duplicate keys refused), the signature is checked over the exact ``submission`` text with the
-key the node vouches for that contact point (a
-``mlanet.broker.contact_point_keys.ContactPointKeyring``),
-and only then is the submission decoded, parsed strictly and validated. Refusals:
-``unsigned_submission`` (a bare submission, or a frame without a signature), ``bad_envelope``
-(members missing or added), ``schema_invalid``, ``unknown_key`` (the contact point has no key at
-this node, or not that one), ``malformed_key`` / ``weak_key`` (its key file is unusable),
-``bad_signature``, ``wrong_sender`` (signed by one contact point, sent as another), and the
-strict JSON and base64 codes.
+(duplicate keys refused), the signature is checked over the exact ``submission`` text with the key
+the node vouches for that contact point (a
+``mlanet.broker.contact_point_keys.ContactPointKeyring``), and only then is the submission decoded,
+parsed strictly and validated. Refusals: ``unsigned_submission`` (a bare submission, or a frame
+without a signature), ``bad_envelope`` (members missing or added), ``schema_invalid``,
+``unknown_key`` (the contact point has no key at this node, or not that one), ``malformed_key`` /
+``weak_key`` (its key file is unusable), ``bad_signature``, ``wrong_sender`` (signed by one contact
+point, sent as another), and the strict JSON and base64 codes.
 """
 
 from __future__ import annotations

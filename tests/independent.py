@@ -7,11 +7,10 @@ and the reference agree on the document's worked examples and vectors, the docum
 enough for a second implementation; where they disagree, the document or the code is wrong.
 
 Covered: opening an envelope (sections 3 to 9, the header size cap and the rule on numbers
-included), receipts (8.1), choosing the next hop and local delivery (10.1, 10.2), opening a
-signed directory and its schema (14.1), the CA certificates it lists (14.7), key and password
-files (15), and building and signing
-messages and receipts the way section 8.1 says (so that integration tests can act as a second
-implementation on the real broker).
+included), receipts (8.1), choosing the next hop and local delivery (10.1, 10.2), opening a signed
+directory and its schema (14.1), the CA certificates it lists (14.7), key and password files (15),
+and building and signing messages and receipts the way section 8.1 says (so that integration tests
+can act as a second implementation on the real broker).
 """
 
 from __future__ import annotations

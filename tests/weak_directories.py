@@ -3,9 +3,8 @@ the attacks of the security review ("a signed directory carrying a weak key"), s
 and the integration tests.
 
 :func:`sign_anyway` signs exactly as ``mlanet.broker.directory_signing.sign_directory`` does,
-without
-its refusal of such keys: what a coordinator key that signs anything (stolen, or a coordinator
-tool with a bug) produces. A node must refuse the result however it arrives.
+without its refusal of such keys: what a coordinator key that signs anything (stolen, or a
+coordinator tool with a bug) produces. A node must refuse the result however it arrives.
 """
 
 from __future__ import annotations

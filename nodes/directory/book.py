@@ -1,13 +1,13 @@
 """The directory a node trusts, and what follows from it: trust store, peers, signing key, expiry.
 
-A node holds one signed directory at a time (:class:`DirectoryBook`). At start it takes the
-newest valid one among its state (``<state_dir>/directory.json``), the one it held before that
-(``directory.previous.json``) and the file its configuration names (``directory``); a file it
-cannot use is named with its reason (:class:`RefusedFile`) and passed over, so the node starts
-on the last good directory it has. A refused state file is moved aside
-(``directory.refused.json``), never overwritten. Afterwards only a directory update can replace
-the held one, and only with a newer version signed by the coordinator
-(:meth:`DirectoryBook.consider`), checked in full before anything is written:
+A node holds one signed directory at a time (:class:`DirectoryBook`). At start it takes the newest
+valid one among its state (``<state_dir>/directory.json``), the one it held before that
+(``directory.previous.json``) and the file its configuration names (``directory``); a file it cannot
+use is named with its reason (:class:`RefusedFile`) and passed over, so the node starts on the last
+good directory it has. A refused state file is moved aside (``directory.refused.json``), never
+overwritten. Afterwards only a directory update can replace the held one, and only with a newer
+version signed by the coordinator (:meth:`DirectoryBook.consider`), checked in full before anything
+is written:
 
 - unsigned -> ``unsigned_directory``; signed by a key that is not the coordinator's ->
   ``unknown_key``; forged or altered -> ``bad_signature``; a coordinator key revoked or out of its

@@ -1,20 +1,17 @@
 """The directory in the running node: apply a newer one without a restart, pass it on, catch up.
 
-:class:`DirectoryKeeper` owns the node's
-:class:`~mlanet.nodes.directory.book.DirectoryBook` and everything
-that follows from the held directory: the trust store, the peers (the directory's links), the
-contact points and their handovers, the key the node signs with. A directory is checked
-in full (signature, schema, every key it lists: ``broker/directory_signing.py``) before anything
-is written or sent; a refused one is quarantined with its reason. When a newer directory is
-accepted it
+:class:`DirectoryKeeper` owns the node's :class:`~mlanet.nodes.directory.book.DirectoryBook` and
+everything that follows from the held directory: the trust store, the peers (the directory's links),
+the contact points and their handovers, the key the node signs with. A directory is checked in full
+(signature, schema, every key it lists: ``broker/directory_signing.py``) before anything is written
+or sent; a refused one is quarantined with its reason. When a newer directory is accepted it
 
-1. persists it (the book), then replaces its
-   :class:`~mlanet.nodes.runtime.seams.DirectoryView` (the trust
-   store, peers, contact points and signing key, as one frozen value that every part of the
+1. persists it (the book), then replaces its :class:`~mlanet.nodes.runtime.seams.DirectoryView` (the
+   trust store, peers, contact points and signing key, as one frozen value that every part of the
    node reads as ``keeper.view``);
 2. has the links follow (``nodes/runtime/links.py``): the topology for new peers and contact points,
-   shovels for new links and none for links that are gone, and what the operator must do for
-   a new peer's write access (``mlanet directory provision``);
+   shovels for new links and none for links that are gone, and what the operator must do for a new
+   peer's write access (``mlanet directory provision``);
 3. moves messages waiting for a replaced contact point to its successor;
 4. passes the signed directory on to every linked peer but the one it came from, as a
    ``directory_update`` message (each peer checks the coordinator's signature itself).

@@ -14,10 +14,10 @@ model" in docs/OPERATIONS.md):
   shovel definitions of the network's own vhost, which no peer can read.
 
 Each contact point of the directory has a key and a broker user of its own
-(``<prefix>-<network>-cp-<contact point>``: write on the exchange ``mlanet.submit`` and read on
-its own delivery queue, nothing else; see ``nodes/directory/contact_points.py``). Its credentials
-folder is ``<network>/credentials/<contact point>/`` (what ``mlanet send`` and ``mlanet inbox``
-take as ``--credentials``); the node vouches for it in ``<network>/contact-points/``.
+(``<prefix>-<network>-cp-<contact point>``: write on the exchange ``mlanet.submit`` and read on its
+own delivery queue, nothing else; see ``nodes/directory/contact_points.py``). Its credentials folder
+is ``<network>/credentials/<contact point>/`` (what ``mlanet send`` and ``mlanet inbox`` take as
+``--credentials``); the node vouches for it in ``<network>/contact-points/``.
 
 ``build`` writes keys, secrets, the directory and one node config per network, and records the
 federation (its prefix, networks and links) in ``<root>/federation.json``; ``provision`` creates

@@ -7,19 +7,18 @@
     GET  /               the dashboard (login required)
     GET  /status.json    the same status as ``mlanet status --json`` (login required)
 
-When the port cannot be bound the node runs anyway (its work matters more than its dashboard):
-it logs ``operator_http_not_started`` and keeps polling, so the gauges and ``mlanet status``
-stay fresh. Read-only: nothing here changes a queue, a message or the node's state (the only
-file it writes is its own snapshot). The only forms are
-login and logout; they are refused unless the browser's Origin (or Referer) names this host,
-and the session cookie is SameSite=Strict and HttpOnly. Login attempts are counted before the
-password is hashed (``nodes/operator/auth.py``); a browser that logged in once carries a device
-cookie that keeps others' failures from locking it out. Every response forbids framing and
-scripts (Content-Security-Policy). A status poll every ``poll_seconds`` refreshes the gauges,
-the dashboard and ``<state_dir>/operator.json`` (for ``mlanet status``), and folds the audit
-records written since the last poll into the message counters (every one of them, from the
-first, when the node starts: the counters are counts of the node's durable record). The
-dashboard's recent flow is read from the audit trail too.
+When the port cannot be bound the node runs anyway (its work matters more than its dashboard): it
+logs ``operator_http_not_started`` and keeps polling, so the gauges and ``mlanet status`` stay
+fresh. Read-only: nothing here changes a queue, a message or the node's state (the only file it
+writes is its own snapshot). The only forms are login and logout; they are refused unless the
+browser's Origin (or Referer) names this host, and the session cookie is SameSite=Strict and
+HttpOnly. Login attempts are counted before the password is hashed (``nodes/operator/auth.py``); a
+browser that logged in once carries a device cookie that keeps others' failures from locking it out.
+Every response forbids framing and scripts (Content-Security-Policy). A status poll every
+``poll_seconds`` refreshes the gauges, the dashboard and ``<state_dir>/operator.json`` (for
+``mlanet status``), and folds the audit records written since the last poll into the message
+counters (every one of them, from the first, when the node starts: the counters are counts of the
+node's durable record). The dashboard's recent flow is read from the audit trail too.
 """
 
 from __future__ import annotations

@@ -147,10 +147,10 @@ class Links:
 
 
 def _peer_access(before: _LinkState | None, now: _LinkState) -> None:
-    """A node never holds the broker administrator's password: a new peer's link user gets
-    its write permission here when the operator runs ``mlanet directory provision``. A
-    former peer cannot publish any more once its inbox exchange is gone
-    (nodes/runtime/reconcile.py); its permission entry goes at the same command."""
+    """A node never holds the broker administrator's password: a new peer's link user gets its
+    write permission here when the operator runs ``mlanet directory provision``. A former peer
+    cannot publish any more once its inbox exchange is gone (nodes/runtime/reconcile.py); its
+    permission entry goes at the same command."""
     if before is None:
         return
     for peer in sorted(now.peers - before.peers):

@@ -1,13 +1,12 @@
 """Receipts and notices: what the node answers about a message, and what it takes back about its
 own.
 
-The destination of a message that gets a receipt (:data:`RECEIPTED`) signs one back to its
-origin; a refused message's origin is told with a signed refusal notice
-(``nodes/runtime/refusals.py``). A receipt or a notice about one of this node's messages is taken
-only from the network that message was addressed to (the target it was forwarded to, or this
-network when delivered here): a relay, or anyone who learnt the id, cannot mark it delivered or
-failed. A refusal notice is taken from a network that held the message (``docs/PROTOCOL.md``
-section 10.1)."""
+The destination of a message that gets a receipt (:data:`RECEIPTED`) signs one back to its origin; a
+refused message's origin is told with a signed refusal notice (``nodes/runtime/refusals.py``). A
+receipt or a notice about one of this node's messages is taken only from the network that message
+was addressed to (the target it was forwarded to, or this network when delivered here): a relay, or
+anyone who learnt the id, cannot mark it delivered or failed. A refusal notice is taken from a
+network that held the message (``docs/PROTOCOL.md`` section 10.1)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """The node's journal: one structured, indexed, hash-chained row for every fact.
 
 Every fact about a message (accepted, forwarded, delivered, refused and quarantined, receipt,
-duplicate, resent, failed, undeliverable, released or dropped by an operator) and every change
-of trust (a directory applied, refused or issued, the signing key changed, a contact point
-handed over or added) is one row of the
-``journal`` table in the node's state database (``node.sqlite3``), written in the same SQLite
-transaction as the dedupe and outbox rows it goes with. ``mlanet track``, ``mlanet status``,
-the dashboard's flow, the quarantine views and ``mlanet audit show``/``verify`` are queries on
-it; each row is also the log line of its fact (one structlog event, metadata only).
+duplicate, resent, failed, undeliverable, released or dropped by an operator) and every change of
+trust (a directory applied, refused or issued, the signing key changed, a contact point handed over
+or added) is one row of the ``journal`` table in the node's state database (``node.sqlite3``),
+written in the same SQLite transaction as the dedupe and outbox rows it goes with. ``mlanet track``,
+``mlanet status``, the dashboard's flow, the quarantine views and ``mlanet audit show``/``verify``
+are queries on it; each row is also the log line of its fact (one structlog event, metadata only).
 
 Each row keeps its fields twice: as indexed columns (``event``, ``message_id``, ``reason``,
 ``detail``, ``via``, ...) that the views query, and inside its *record*, the canonical JSON
@@ -16,14 +15,13 @@ object that is hashed and chained::
     {"at": "...Z", "event": "forwarded", "key_id": "ed25519:1", "meta": {...},
      "network": "casc", "prev": "<sha-256 of the previous record>", "seq": 42}
 
-``meta`` holds metadata only (message id, origin, destination, kind, from, to, by, reason,
-detail, via, quarantine id, operator), never case content.
-:func:`mlanet.nodes.state.audit.verify_audit`
-checks that the columns say what the record says. Rows are written in batches (the node's
-group commit); each batch ends with a *checkpoint*: an Ed25519 signature by the network's
-signing key over ``HEAD_CONTEXT + "network:seq:hash"`` of its last record. Through the chain a
-checkpoint covers every record before it; the latest is also kept as the *head*, rewritten in
-the same transaction, so that cutting rows off the end is noticed too.
+``meta`` holds metadata only (message id, origin, destination, kind, from, to, by, reason, detail,
+via, quarantine id, operator), never case content. :func:`mlanet.nodes.state.audit.verify_audit`
+checks that the columns say what the record says. Rows are written in batches (the node's group
+commit); each batch ends with a *checkpoint*: an Ed25519 signature by the network's signing key over
+``HEAD_CONTEXT + "network:seq:hash"`` of its last record. Through the chain a checkpoint covers
+every record before it; the latest is also kept as the *head*, rewritten in the same transaction, so
+that cutting rows off the end is noticed too.
 
 The schema is versioned (``PRAGMA user_version``, ``nodes/state/schema.py``): a database of the
 previous release (an ``events`` table here and the audit trail in ``audit.sqlite3``) is

@@ -10,14 +10,14 @@ that, nor the node for the command. Two tables:
   time, reason and peer so that listing, filtering and paging are index range scans;
 - ``bodies``: the bytes of the entries whose body was kept.
 
-**The node** adds entries with :meth:`QuarantineStore.add` (copies of one refused message are
-one entry whose ``copies`` grows): the rows wait in memory and are
-written by :meth:`QuarantineStore.commit`, in one short transaction, at the node's group commit
-and before the deliveries they are about are acked (``nodes/runtime/group_commit.py``). A peer
-keeps at most ``quarantine_messages`` bodies and ``quarantine_bytes`` bytes of bodies here (its
-:class:`Bound`); beyond that, an entry keeps its metadata only. The node counts each peer's kept
-bodies in memory and counts again from the table when a bound seems reached (at most once a
-second per peer), so that what operators dropped makes room again.
+**The node** adds entries with :meth:`QuarantineStore.add` (copies of one refused message are one
+entry whose ``copies`` grows): the rows wait in memory and are written by
+:meth:`QuarantineStore.commit`, in one short transaction, at the node's group commit and before the
+deliveries they are about are acked (``nodes/runtime/group_commit.py``). A peer keeps at most
+``quarantine_messages`` bodies and ``quarantine_bytes`` bytes of bodies here (its :class:`Bound`);
+beyond that, an entry keeps its metadata only. The node counts each peer's kept bodies in memory and
+counts again from the table when a bound seems reached (at most once a second per peer), so that
+what operators dropped makes room again.
 
 **Operator commands** (``nodes/state/quarantine.py``) read with :meth:`page` and :meth:`get`, and
 claim an entry (:meth:`take`) before they release or drop it, so that two commands never act on

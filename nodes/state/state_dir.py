@@ -1,9 +1,10 @@
 """The node's state folder: owner-only, and checked before anything in it is opened.
 
-The folder holds case content at rest: the signed messages of the node's outbox
-(``node.sqlite3``), the contact points' archive (``inbox.sqlite3``) and the audit trail
-(``audit.sqlite3``), with the ``-wal``, ``-shm`` and ``-journal`` files SQLite writes beside
-them. Another local user must not read any of it:
+The folder holds case content at rest: the signed messages of the node's outbox and its journal
+(``node.sqlite3``), the quarantine (``quarantine.sqlite3``), and what earlier versions wrote there
+(the contact points' archive ``inbox.sqlite3``, the audit trail ``audit.sqlite3``), with the
+``-wal``, ``-shm`` and ``-journal`` files SQLite writes beside them. Another local user must not
+read any of it:
 
 - :func:`secure` creates the folder with mode 0700 when it is missing, and refuses one that
   others may enter or read, or that another user owns, the way ssh refuses a key file others

@@ -142,11 +142,10 @@ async def test_queues_and_bindings_deleted_under_a_node_come_back_and_messages_f
     fed: Federation, battery_broker: ScratchBroker
 ) -> None:
     """Under a running CASC node an operator deletes its inbox queue for SEAJust (consumed, in
-    SEAJust's door), the binding that feeds it, its delivery queue for Uzbekistan and its
-    submission queue
-    (consumed; its binding to the contact points' ``mlanet.submit`` exchange goes with it):
-    the node declares them again, binds and consumes again, and a request from SEAJust is
-    delivered and receipted."""
+    SEAJust's door), the binding that feeds it, its delivery queue for Uzbekistan and its submission
+    queue (consumed; its binding to the contact points' ``mlanet.submit`` exchange goes with it):
+    the node declares them again, binds and consumes again, and a request from SEAJust is delivered
+    and receipted."""
     casc = Broker(fed, battery_broker, "casc")
     async with running(fed, "seajust", "casc"):
         deleted = [deliver_queue("uz-cp-1"), SUBMIT]

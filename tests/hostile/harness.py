@@ -1,8 +1,7 @@
 """The receiving node's pipeline without a broker: a federation written to disk (keys, signed
-directory, configs), ``casc``'s effective config and trust as its node would hold them, and a
-fresh SQLite store. ``judge`` runs one publication through
-``mlanet.nodes.runtime.pipeline.receive`` and says
-what the node would do with it. Used by the unit tests and ``bench/bench_hostile.py``."""
+directory, configs), ``casc``'s effective config and trust as its node would hold them, and a fresh
+SQLite store. ``judge`` runs one publication through ``mlanet.nodes.runtime.pipeline.receive`` and
+says what the node would do with it. Used by the unit tests and ``bench/bench_hostile.py``."""
 
 from __future__ import annotations
 

@@ -134,11 +134,10 @@ async def _node_connections(setup: Setup) -> list[tuple[str, bool, str, str]]:
 
 
 async def test_node_runs_over_tls_and_delivers_a_local_submission(setup: Setup) -> None:
-    """The node connects over AMQPS by its certificate (EXTERNAL), to each of its peers' doors
-    too, and to the management API over HTTPS (it puts its policies and shovels there before it
-    is ready), declares its topology, and a
-    contact point's submission, handed in over TLS with its own password, reaches the other
-    contact point's delivery queue and its inbox."""
+    """The node connects over AMQPS by its certificate (EXTERNAL), to each of its peers' doors too,
+    and to the management API over HTTPS (it puts its policies and shovels there before it is
+    ready), declares its topology, and a contact point's submission, handed in over TLS with its own
+    password, reaches the other contact point's delivery queue and its inbox."""
     config = load_config(setup.config)
     assert config.amqp_url().startswith("amqps://127.0.0.1:")
     node = Node(config)

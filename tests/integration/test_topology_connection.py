@@ -1,6 +1,6 @@
-"""The node declares its topology again every few seconds (``nodes/links.py``) over one plain
-connection that it keeps from one check to the next (a new connection each time cost more CPU
-than the declarations): closed under it by the broker, the next check opens a new one and
+"""The node declares its topology again every few seconds (``nodes/runtime/links.py``) over one
+plain connection that it keeps from one check to the next (a new connection each time cost more
+CPU than the declarations): closed under it by the broker, the next check opens a new one and
 succeeds, without an error."""
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
-"""One documented exception tree: every exception class defined in mlanet's packages descends
-from :class:`mlanet.broker.errors.MlanetError`, and the tree drawn in ``broker/errors.py``'s
-docstring
-is exactly the tree the modules define (every class, under its real parent)."""
+"""One documented exception tree: every exception class defined in mlanet's packages descends from
+:class:`mlanet.broker.errors.MlanetError`, and the tree drawn in ``broker/errors.py``'s docstring is
+exactly the tree the modules define (every class, under its real parent)."""
 
 from __future__ import annotations
 

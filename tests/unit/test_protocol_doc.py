@@ -3,10 +3,10 @@
 Every worked example is extracted from the document (``tests/protocol_examples.py``) and checked
 three ways: it equals the frozen vector (``tests/vectors/golden.json``,
 ``tests/vectors/protocol.json``), it holds for the independent implementation written from the
-document alone (``tests/independent.py``: nothing from ``broker``, ``nodes`` or ``schemas``), and
-it holds for the reference. Other tests compare the document's tables (reason codes, limits, AMQP
-names) with the reference's constants. Routing is in ``test_protocol_routing.py``, the directory
-and the key files in ``test_protocol_directory.py``.
+document alone (``tests/independent.py``: nothing from ``broker``, ``nodes`` or ``schemas``), and it
+holds for the reference. Other tests compare the document's tables (reason codes, limits, AMQP
+names) with the reference's constants. Routing is in ``test_protocol_routing.py``, the directory and
+the key files in ``test_protocol_directory.py``.
 """
 
 from __future__ import annotations

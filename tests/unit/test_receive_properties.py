@@ -1,8 +1,7 @@
 """Property tests of the node's whole receiving path, ``mlanet.nodes.runtime.pipeline.receive``
-(size, sender,
-properties, verify, authorise, dedupe, route, validate) with a real SQLite store: whatever a peer
-sends, through whatever exchange, the result is accepted or refused with a reason code, never
-another exception. What is accepted obeys the rules a forger would attack.
+(size, sender, properties, verify, authorise, dedupe, route, validate) with a real SQLite store:
+whatever a peer sends, through whatever exchange, the result is accepted or refused with a reason
+code, never another exception. What is accepted obeys the rules a forger would attack.
 
 test_properties.py covers open_envelope and decode_payload alone; these go through receive()
 with mutations of valid signed messages, arbitrary exchanges and senders, AMQP properties,

@@ -43,10 +43,9 @@ def mode(path: Path) -> int:
 def test_every_state_database_and_its_wal_and_shm_are_owner_only_whatever_the_umask(
     tmp_path: Path,
 ) -> None:
-    """The files the review read as another user: node.sqlite3 (outbox payloads),
-    inbox.sqlite3 (the contact points' archive), the journal in node.sqlite3, and their -wal
-    and -shm files
-    (which SQLite creates later), written here with the most permissive umask."""
+    """The files the review read as another user: node.sqlite3 (outbox payloads), inbox.sqlite3 (the
+    contact points' archive), the journal in node.sqlite3, and their -wal and -shm files (which
+    SQLite creates later), written here with the most permissive umask."""
     (key_path, _) = generate_key_files(tmp_path / "keys", "casc", "ed25519:1")
     state = tmp_path / "state"
     with umask(0):
