@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -45,6 +47,27 @@ NETWORKS = {
     "seajust": ("South East Asia Justice Network", ["KH", "LA"]),
     "casc": ("Central Asia and Southern Caucasus Network", ["UZ"]),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_garbage() -> Iterator[None]:
+    """What this module's refused TLS connections leave for the garbage collector is collected
+    here, not in whichever later test runs when the collector happens to run.
+
+    In about one whole-suite run in four a socket of a refused TLS handshake (the wrong-CA
+    node, status or send) was left unclosed and surfaced as a ResourceWarning in a later test
+    of another module: not reproduced in isolation yet (see the closing note of that change).
+    The sockets found are printed, so that the leak stays visible."""
+    yield
+    found: list[str] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: found.append(repr(unraisable.exc_value))
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    for leaked in found:
+        print(f"test_node_tls: left for the garbage collector: {leaked}", file=sys.__stderr__)
 
 
 @dataclass(frozen=True)
