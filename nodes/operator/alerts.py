@@ -4,7 +4,7 @@ node"). Pure functions of a :class:`~mlanet.nodes.operator.views.NodeStatus`."""
 
 from __future__ import annotations
 
-from mlanet.broker.transport import deliver_queue
+from mlanet.broker.topology import contact_point_of_deliver_queue
 from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.operator.views import Alert, NodeStatus, human_duration
 
@@ -236,12 +236,11 @@ def _quarantine_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
 def _delivery_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
     """A contact point's delivery queue near (80 %) or at its bound."""
     bound = config.limits.deliver_queue_messages
-    prefix = deliver_queue("")
     found = []
     for queue in status.queues:
-        if not queue.name.startswith(prefix) or queue.messages is None:
+        contact_point = contact_point_of_deliver_queue(queue.name)
+        if contact_point is None or queue.messages is None:
             continue
-        contact_point = queue.name.removeprefix(prefix)
         if queue.messages >= bound:
             found.append(
                 Alert(

@@ -23,12 +23,12 @@ from collections.abc import Mapping
 import structlog
 
 from mlanet.broker.errors import TransportError
+from mlanet.broker.topology import peer_of_inbox_exchange
 from mlanet.broker.transport import (
     Handler,
     Incoming,
     Transport,
     door_vhost,
-    inbox_exchange,
     peer_inbox,
 )
 from mlanet.nodes.config import NodeConfig
@@ -37,8 +37,6 @@ from mlanet.nodes.runtime.fairness import TokenBucket, paced
 __all__ = ["DoorPublisher", "Doors", "over_limit"]
 
 log = structlog.get_logger("mlanet.doors")
-
-_INBOX_PREFIX = inbox_exchange("")
 
 
 def over_limit(incoming: Incoming, limit: int) -> bool:
@@ -115,8 +113,9 @@ class DoorPublisher:
         exchange: str | None = None,
     ) -> None:
         target = self._transport
-        sender = (exchange or "").removeprefix(_INBOX_PREFIX)
-        if exchange is not None and exchange.startswith(_INBOX_PREFIX) and sender:
+        # the wire grammar reads the sender back: a name that is not a network id opens no door
+        sender = peer_of_inbox_exchange(exchange) if exchange is not None else None
+        if sender is not None:
             target = await self._transport.door(door_vhost(self._vhost, sender))
         await target.publish(
             queue, body, message_id=message_id, kind=kind, headers=headers, exchange=exchange
