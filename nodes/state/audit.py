@@ -81,7 +81,7 @@ class AuditLog(Journal):
     def close(self) -> None:
         try:
             if not self._readonly and self.writable:
-                self.commit()
+                self.commit(everything=True)
         finally:
             self._db.close()
 

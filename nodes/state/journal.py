@@ -105,6 +105,8 @@ OUTCOMES = frozenset({"forwarded", "delivered", "refused", "duplicate", "directo
 # The rows whose ``from`` is the peer a message was received from (the others' ``from`` is
 # where a directory came from, or the contact point a hand-over moved messages from).
 RECEIVED = OUTCOMES | {"accepted"}
+# How long an acceptance waits for its outcome before it is written as a row of its own.
+ACCEPTED_GRACE = 5.0
 
 
 class JournalError(MlanetError):
@@ -241,10 +243,10 @@ class Journal:
         self._attached = attached
         self._grouped = False
         self._buffer: list[tuple[float, str, dict[str, Any]]] = []
-        # messages accepted from a peer whose outcome is not yet known: the first row about
-        # one of them names the peer (``from``); those left at the flush get an ``accepted``
-        # row of their own
-        self._accepted: dict[str, list[dict[str, Any]]] = {}  # copies of one id each count
+        # messages accepted from a peer whose outcome is not yet known, with when: the first
+        # row about one of them names the peer (``from``); one still without an outcome
+        # ACCEPTED_GRACE seconds later (or at close) gets an ``accepted`` row of its own
+        self._accepted: dict[str, list[tuple[float, dict[str, Any]]]] = {}  # copies each count
 
     # --- writing ----------------------------------------------------------------------------
     @property
@@ -263,7 +265,7 @@ class Journal:
         cleaned = clean(meta)
         message_id = cleaned.get("message_id")
         if isinstance(message_id, str):
-            self._accepted.setdefault(message_id, []).append(cleaned)
+            self._accepted.setdefault(message_id, []).append((time.time(), cleaned))
 
     def append(self, event: str, meta: Mapping[str, MetaValue], *, at: float | None = None) -> None:
         """Record one fact (now, or ``at``); without group commits, also write and commit it."""
@@ -274,7 +276,7 @@ class Journal:
         if event in OUTCOMES and isinstance(message_id, str) and self._accepted:
             copies = self._accepted.get(message_id)
             if copies:
-                cleaned = {**copies.pop(0), **cleaned}
+                cleaned = {**copies.pop(0)[1], **cleaned}
                 if not copies:
                     del self._accepted[message_id]
         self._buffer.append((time.time() if at is None else at, event, cleaned))
@@ -291,18 +293,17 @@ class Journal:
     def pending(self) -> bool:
         return bool(self._buffer or self._accepted)
 
-    def flush(self) -> None:
+    def flush(self, *, everything: bool = False) -> None:
         """Write the rows appended so far into the open transaction (begun when none is),
         chained to the rows before them, and sign a checkpoint (the new head) over the last.
         The write lock is held from here to the owner's COMMIT (``BEGIN IMMEDIATE``): another
-        writer (an operator's command) appends between two batches."""
+        writer (an operator's command) appends between two batches.
+
+        An acceptance waits for its outcome's row for ACCEPTED_GRACE seconds (a forward or a
+        delivery waits for the broker's confirm across several flushes) unless ``everything``
+        (at close): so whether the outcome row names the peer does not depend on timing."""
         if self._accepted:
-            accepted, self._accepted = self._accepted, {}
-            now = time.time()
-            for copies in accepted.values():
-                for meta in copies:
-                    self._buffer.append((now, "accepted", meta))
-                    self._log("accepted", meta)
+            self._flush_acceptances(None if everything else time.time() - ACCEPTED_GRACE)
         if not self._buffer:
             return
         if self._key is None:
@@ -332,18 +333,35 @@ class Journal:
         self._db.executemany(_INSERT, rows)
         self._write_head(key, seq, prev)
 
+    def _flush_acceptances(self, before: float | None) -> None:
+        """Acceptances made before ``before`` (all when None) become rows of their own."""
+        for message_id in list(self._accepted):
+            copies = self._accepted[message_id]
+            due = [copy for copy in copies if before is None or copy[0] < before]
+            if not due:
+                continue
+            for at, meta in due:
+                self._buffer.append((at, "accepted", meta))
+                self._log("accepted", meta)
+            left = copies[len(due) :]
+            if left:
+                self._accepted[message_id] = left
+            else:
+                del self._accepted[message_id]
+
     def _log(self, event: str, meta: Mapping[str, Any]) -> None:
         """The fact's log line: one event, the row's fields (metadata only), in the context
         the node bound for the message it handles; ``message_<event>`` when about a message."""
         if self._emit:
             log.info(f"message_{event}" if "message_id" in meta else event, **meta)
 
-    def commit(self) -> None:
+    def commit(self, *, everything: bool = False) -> None:
         """Flush and commit (the owner commits instead when the journal is attached to the
         store's group commit). A batch that cannot be written is dropped whole, and
-        JournalError raised: the node then acks none of its deliveries."""
+        JournalError raised: the node then acks none of its deliveries. ``everything``: as
+        :meth:`flush`."""
         try:
-            self.flush()
+            self.flush(everything=everything)
             if not self._attached and self._db.in_transaction:
                 self._db.execute("COMMIT")
         except sqlite3.Error as exc:

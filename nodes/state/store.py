@@ -77,7 +77,7 @@ class Store:
     def close(self) -> None:
         try:
             if self._db.in_transaction or self.journal.pending():
-                self.commit()
+                self.commit(everything=True)
         except (sqlite3.Error, JournalError):
             pass  # closing: what was not committed is not acked either
         finally:
@@ -297,12 +297,13 @@ class Store:
         self._grouped = True
         self.journal.group_commits()
 
-    def commit(self) -> None:
+    def commit(self, *, everything: bool = False) -> None:
         """Write what waits (dedupe rows, the journal's rows and checkpoint) and commit it
-        all in one transaction; JournalError when it cannot be written (nothing of it is)."""
+        all in one transaction; JournalError when it cannot be written (nothing of it is).
+        ``everything``: also the acceptances still waiting for their outcome (at close)."""
         try:
             self._write_pending()
-            self.journal.flush()
+            self.journal.flush(everything=everything)
             if self._db.in_transaction:
                 self._db.execute("COMMIT")
         except sqlite3.Error as exc:

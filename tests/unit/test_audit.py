@@ -311,6 +311,8 @@ def test_the_trail_records_every_point_of_the_seam(tmp_path: Path) -> None:
         observers.undeliverable(FLOW.message_id)
         observers.received("casc", OTHER_FLOW)  # no outcome by the commit
         audit.commit()
+        assert [r.meta.get("message_id") for r in audit.records()][-1] == FLOW.message_id
+    with AuditLog(where, readonly=True) as audit:  # closing wrote the waiting acceptance
         events = [(r.event, r.meta) for r in audit.records()]
     assert [event for event, _ in events] == [
         "accepted",

@@ -9,6 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from mlanet.broker import SigningKey
+from mlanet.nodes.state import journal as journal_module
 from mlanet.nodes.state.store import Store
 
 KEY = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
@@ -99,3 +100,39 @@ def test_each_journal_row_is_one_log_line_of_its_fields(tmp_path: Path) -> None:
         ("duplicate", "from seajust already delivered; not again")
     ]
     store.close()
+
+
+def test_an_acceptance_waits_for_its_outcome_across_commits_and_is_written_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit between a peer's acceptance and its outcome (the periodic commit, while the
+    forward waits for the broker's confirm) does not split them: the outcome row still names
+    the peer. An acceptance with no outcome within the grace, or at close, is a row of its own,
+    dated when it was accepted."""
+    store = Store(tmp_path / "node.sqlite3", key=KEY)
+    store.group_commits()
+    store.journal.accepted({"message_id": "m-1", "origin": "seajust", "from": "casc"})
+    store.commit()  # the periodic commit falls here
+    store.commit()
+    store.event("m-1", "delivered", "to uz-cp-1")
+    store.commit()
+    assert [(e.event, e.detail) for e in store.events("m-1")] == [
+        ("delivered", "from casc to uz-cp-1")
+    ]
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(journal_module.time, "time", lambda: clock[0])
+    store.journal.accepted({"message_id": "m-2", "origin": "seajust", "from": "casc"})
+    store.journal.accepted({"message_id": "m-3", "origin": "seajust", "from": "casc"})
+    clock[0] += journal_module.ACCEPTED_GRACE - 1
+    store.commit()
+    assert store.events("m-2") == []
+    clock[0] += 2
+    store.commit()
+    assert [e.event for e in store.events("m-2")] == ["accepted"]
+    store.journal.accepted({"message_id": "m-4", "origin": "seajust", "from": "casc"})
+    store.close()
+    reopened = Store(tmp_path / "node.sqlite3", key=KEY)
+    assert [e.event for e in reopened.events("m-4")] == ["accepted"]
+    assert [e.event for e in reopened.events("m-3")] == ["accepted"]
+    reopened.close()
