@@ -58,7 +58,7 @@ class ShovelSpec:
     vhost: str
     src_uri: str
     src_queue: str
-    dest_uri: str
+    dest_uri: str | tuple[str, ...]  # several: the peer's endpoints, tried in turn
     dest_exchange: str
     prefetch: int = 1000
     reconnect_delay: int = 1
@@ -71,7 +71,9 @@ class ShovelSpec:
                 "src-queue": self.src_queue,
                 "src-prefetch-count": self.prefetch,
                 "dest-protocol": "amqp091",
-                "dest-uri": self.dest_uri,
+                "dest-uri": (
+                    self.dest_uri if isinstance(self.dest_uri, str) else list(self.dest_uri)
+                ),
                 "dest-exchange": self.dest_exchange,
                 "dest-add-forward-headers": False,
                 "ack-mode": "on-confirm",

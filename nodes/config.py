@@ -252,7 +252,7 @@ class PeerConfig(_Config):
 
     network: NetworkId
     user: str
-    password_file: Path
+    password_file: Path | None = None  # a plaintext link's login (local development)
     kinds: tuple[Kind, ...] = KINDS
     limits: PeerLimits | None = None  # None: [limits.peer]
 
@@ -396,6 +396,10 @@ class NodeConfig(_Config):
         )
 
     def peer_amqp_url(self, peer: PeerConfig, address: BrokerAddress) -> str:
+        """A plaintext link's URL at ``peer``'s broker, with its password (ConfigError when the
+        peer has none)."""
+        if peer.password_file is None:
+            raise ConfigError(f"no password_file for the link to {peer.network}")
         return _amqp_url(
             address.host,
             address.port,
@@ -441,6 +445,7 @@ _PATH_KEYS = {
     "state_dir",
     "password_file",
     "keys",
+    "ca_folder",
     "ca_file",
     "cert_file",
     "key_file",

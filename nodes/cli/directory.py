@@ -422,6 +422,13 @@ def init_command(
         str | None,
         typer.Option(help="Your links' user at peers' brokers (default: <user>-link)."),
     ] = None,
+    allow_plaintext_links: Annotated[
+        bool,
+        typer.Option(
+            help="Link in plaintext to peers whose broker has no TLS (a federation on one "
+            "local broker, for development; refused otherwise)."
+        ),
+    ] = False,
 ) -> None:
     """Start a new network: keys, a node config skeleton and a signed join request."""
     points: list[tuple[str, str]] = []
@@ -437,6 +444,7 @@ def init_command(
             observers=observer or [],
             contact_points=points,
             role=role,
+            allow_plaintext_links=allow_plaintext_links,
             broker_host=broker_host,
             broker_port=broker_port,
             vhost=vhost,

@@ -5,6 +5,11 @@
   one of them (or a coordinator key listed in the directory it already holds) signed it.
 - ``[link]`` is the broker user this node's links log in as at every peer's broker; its
   password's salted hash is published in the directory, so no peer needs it in a config.
+  ``[link.tls]`` is the links' TLS identity: a client certificate the coordinator's link CA
+  issued for that user, which a peer's broker that the directory lists with TLS takes as the
+  login (EXTERNAL), and a folder where the node writes each peer's CA certificates for its
+  shovels. A link without TLS is refused unless ``allow_plaintext`` (local development only;
+  see ``nodes/runtime/link_plan.py``).
 
 A node never holds an administrator account of its broker: when a directory update links a new
 peer, the operator gives the peer's link user its write access with ``mlanet directory
@@ -31,6 +36,7 @@ __all__ = [
     "MAX_DIRECTORY_AGE_SECONDS",
     "CoordinatorConfig",
     "LinkConfig",
+    "LinkTls",
     "PinnedKey",
     "directory_expiry",
 ]
@@ -75,11 +81,40 @@ class CoordinatorConfig(_Config):
         return self
 
 
+class LinkTls(_Config):
+    """``[link.tls]``: how our links reach a peer's broker over AMQPS.
+
+    The files are read by this network's own broker, which runs the links' shovels: paths as
+    that broker sees them (the node and its broker share the folder). ``cert_file`` is the
+    client certificate the coordinator's link CA issued, its common name the ``[link]`` user;
+    ``key_file`` its private key, readable by the broker's user only; ``ca_folder`` is where the
+    node writes each peer's CA certificates as the directory lists them
+    (``peer-<peer>-<digest>.pem``, public)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_folder: Path
+
+
 class LinkConfig(_Config):
-    """Our user at every peer's broker (the directory publishes its password's hash)."""
+    """Our user at every peer's broker (the directory publishes its password's hash).
+
+    ``password_file`` is needed only for a link without TLS, which is refused unless
+    ``allow_plaintext``: a flag for a federation on one machine, for development; the node
+    logs every such link at start and ``mlanet status`` marks it."""
 
     user: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    password_file: Path
+    password_file: Path | None = None
+    allow_plaintext: bool = False
+    tls: LinkTls | None = None
+
+    @model_validator(mode="after")
+    def _some_way(self) -> Self:
+        if self.tls is None and self.password_file is None:
+            raise ValueError("[link] needs [link.tls] (or password_file with allow_plaintext)")
+        if self.allow_plaintext and self.password_file is None:
+            raise ValueError("[link] allow_plaintext needs password_file (plaintext logs in by it)")
+        return self
 
 
 def directory_expiry(directory: Directory, coordinator: CoordinatorConfig | None) -> datetime:

@@ -94,6 +94,7 @@ def init_network(
     coordinator_key: Path,
     links: list[str],
     link_user: str | None = None,
+    allow_plaintext_links: bool = False,
 ) -> JoinFiles:
     """Write everything a new network needs to ask to join (see the module docstring)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,13 @@ def init_network(
         'password_file = "broker.password"\n'
         f"management_url = {_toml_string(management_url)}\n\n"
         "[link]                                 # your user at your peers' brokers\n"
-        f'user = {_toml_string(link_user)}\npassword_file = "{link_file}"\n\n'
+        f'user = {_toml_string(link_user)}\npassword_file = "{link_file}"\n'
+        + (
+            "allow_plaintext = true  # peers without TLS on one local broker: development only\n"
+            if allow_plaintext_links
+            else "# [link.tls]: cert_file, key_file (from the coordinator's link CA), ca_folder\n"
+        )
+        + "\n"
         "[coordinator]                          # the key that signs the directory\n"
         f"network = {_toml_string(pinned.network)}\n"
         f'keys = [{{ key_id = "{pinned.key_id}", public_key = "{pinned.public_key}" }}]\n\n'

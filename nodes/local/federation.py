@@ -394,6 +394,7 @@ def build(
         # Peers come from the directory's links; [link] is our user at their brokers.
         peers = (
             f'\n[link]\nuser = "{federation.link_user(network)}"\npassword_file = "link.password"\n'
+            "allow_plaintext = true  # one local broker: development only\n"
         )
         peers += pins
         if network == coordinator:

@@ -22,7 +22,12 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
             Alert("node_down", "critical", "", "nobody consumes mlanet.inbox: the node is down")
         )
     for link in status.links:
-        if link.state in ("down", "stalled"):
+        if link.transport == "refused" or (
+            link.state == "down" and link.reason is not None and link.reason.startswith("tls_")
+        ):
+            # not an outage that may pass: the link cannot come up as configured
+            found.append(Alert("link_refused", "critical", link.peer, link.reason or "refused"))
+        elif link.state in ("down", "stalled"):
             down_for = None if link.down_since is None else now - link.down_since
             if down_for is None or down_for >= limits.link_down_seconds:
                 why = f"shovel {link.shovel}" if link.state == "down" else "nothing handed over"

@@ -36,12 +36,17 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from mlanet.nodes.config import NodeConfig, PeerConfig
+from mlanet.nodes.runtime.link_plan import diagnose, plan_link
 from mlanet.nodes.runtime.observe import Flow, Observer
+from mlanet.schemas.directory import Directory
 
-__all__ = ["STALL_SECONDS", "LinkTracker", "LinkView"]
+__all__ = ["DIAGNOSE_EVERY", "STALL_SECONDS", "LinkDiagnosis", "LinkTracker", "LinkView"]
 
 STALL_SECONDS = 30.0
+DIAGNOSE_EVERY = 30.0  # seconds between two TLS handshakes of a diagnosis for a link that is down
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,9 @@ class LinkView:
     down_since: float | None  # epoch seconds
     unanswered_since: float | None = None  # own messages handed over, no receipt since (epoch s)
     unanswered: int = 0  # how many own messages handed over the link wait for their receipt
+    # how it goes (nodes/runtime/link_plan.py): amqps, plaintext (development only), refused
+    # (``reason`` says why); None: not known
+    transport: str | None = None
 
 
 @dataclass(slots=True)
@@ -166,6 +174,7 @@ class LinkTracker(Observer):
         backlog: int | None,
         acked: int | None,
         now: float,
+        transport: str | None = None,
     ) -> LinkView:
         """Take one poll's figures for ``peer`` and return the link as it stands."""
         link = self._links.setdefault(peer, _Link())
@@ -217,4 +226,37 @@ class LinkTracker(Observer):
             down_since=link.down_since,
             unanswered_since=unanswered_since,
             unanswered=sum(1 for own in link.own.values() if own.handed_over is not None),
+            transport=transport,
         )
+
+
+class LinkDiagnosis:
+    """How each link goes (``nodes/runtime/link_plan.py``) and, for a TLS link whose shovel
+    does not run, why: a handshake with the peer's endpoints as the shovel would make it, at
+    most every ``every`` seconds per peer (a peer's broker is not probed at every poll)."""
+
+    def __init__(self, every: float = DIAGNOSE_EVERY) -> None:
+        self._every = every
+        self._found: dict[str, tuple[float, str | None]] = {}
+
+    async def note(
+        self, config: NodeConfig, directory: Directory, peer: PeerConfig, shovel: str | None
+    ) -> tuple[str | None, str | None]:
+        """(transport, reason) of the link to ``peer``: ``refused`` and its reason, or how it
+        goes and, when its shovel is known not to run, what a handshake finds."""
+        now = time.time()
+        plan = plan_link(config, peer, directory.network(peer.network), _at(now))
+        if plan.refused:
+            return "refused", plan.describe()
+        if plan.transport != "amqps" or shovel in (None, "running"):
+            self._found.pop(peer.network, None)
+            return plan.transport, None
+        known = self._found.get(peer.network)
+        if known is None or now - known[0] >= self._every:
+            known = (now, await diagnose(config, plan))
+            self._found[peer.network] = known
+        return plan.transport, known[1]
+
+
+def _at(now: float) -> datetime:
+    return datetime.fromtimestamp(now, UTC)

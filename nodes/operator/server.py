@@ -54,7 +54,7 @@ from mlanet.nodes.operator.auth import (
 )
 from mlanet.nodes.operator.dashboard import STYLESHEET, dashboard_page, login_page
 from mlanet.nodes.operator.flow import FlowLog
-from mlanet.nodes.operator.links import LinkTracker
+from mlanet.nodes.operator.links import LinkDiagnosis, LinkTracker
 from mlanet.nodes.operator.metrics import NodeMetrics
 from mlanet.nodes.operator.status import (
     NodeStatus,
@@ -185,6 +185,7 @@ class OperatorSurface:
         self.links = LinkTracker(
             peers, started=time.time(), network=self.network, answered=RECEIPTED
         )
+        self.diagnosis = LinkDiagnosis()
         self._audit_path = node.config.state_dir / AUDIT_FILE
         self._count_lock = asyncio.Lock()
         self.sessions = Sessions(self.settings.session_minutes * 60.0)
@@ -319,7 +320,8 @@ class OperatorSurface:
             config = self.node.config  # peers follow the directory while the node runs
             view = await broker_view(config, self.node.transport)
             links = []
-            for peer in (peer.network for peer in config.peers):
+            for peer_config in config.peers:
+                peer = peer_config.network
                 shovel = None
                 reason = None
                 if view.shovels is not None:
@@ -327,14 +329,18 @@ class OperatorSurface:
                     shovel = state.state if state else "missing"
                     reason = state.reason if state else None
                 figures = view.queues.get(out_queue(peer))
+                transport, why = await self.diagnosis.note(
+                    config, self.node.directory, peer_config, shovel
+                )
                 links.append(
                     self.links.update(
                         peer,
                         shovel=shovel,
-                        reason=reason,
+                        reason=why or reason,
                         backlog=figures.messages if figures else None,
                         acked=figures.acked if figures else None,
                         now=now,
+                        transport=transport,
                     )
                 )
             status = build_status(

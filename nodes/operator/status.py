@@ -42,7 +42,7 @@ from mlanet.nodes.config import Alerts, NodeConfig
 from mlanet.nodes.directory.book import DirectoryBook, effective_config
 from mlanet.nodes.directory.config import directory_expiry
 from mlanet.nodes.operator.alerts import compute_alerts
-from mlanet.nodes.operator.links import LinkView
+from mlanet.nodes.operator.links import LinkDiagnosis, LinkView
 from mlanet.nodes.operator.views import (
     Alert,
     ExpiryView,
@@ -362,8 +362,12 @@ def _epoch(value: object) -> float | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def outside_links(
-    config: NodeConfig, view: BrokerView, snapshot: dict[str, Any] | None, now: float
+async def outside_links(
+    config: NodeConfig,
+    directory: Directory,
+    view: BrokerView,
+    snapshot: dict[str, Any] | None,
+    now: float,
 ) -> tuple[list[LinkView], list[str]]:
     tracked = _snapshot_links(snapshot, now, config.operator.poll_seconds)
     notes = []
@@ -373,6 +377,7 @@ def outside_links(
             f"running node; there is no fresh snapshot of it in {SNAPSHOT} in the state folder"
         )
     links = []
+    diagnosis = LinkDiagnosis()
     for peer in config.peers:
         shovel_state = None if view.shovels is None else view.shovels.get(link_name(peer.network))
         shovel = (
@@ -381,6 +386,8 @@ def outside_links(
         figures = view.queues.get(out_queue(peer.network))
         backlog = figures.messages if figures else None
         known = tracked.get(peer.network)
+        transport, why = await diagnosis.note(config, directory, peer, shovel)
+        reason = why or (shovel_state.reason if shovel_state else None)
         if known is not None:
             state = str(known.get("state", "unknown"))
             links.append(
@@ -388,7 +395,8 @@ def outside_links(
                     peer=peer.network,
                     state=state if shovel in (None, "running") or state != "up" else "down",
                     shovel=shovel,
-                    reason=shovel_state.reason if shovel_state else None,
+                    reason=reason,
+                    transport=transport,
                     backlog=backlog,
                     last_success=_epoch(known.get("last_success")),
                     oldest_waiting=known.get("oldest_waiting"),
@@ -405,7 +413,8 @@ def outside_links(
                 peer=peer.network,
                 state=state,
                 shovel=shovel,
-                reason=shovel_state.reason if shovel_state else None,
+                reason=reason,
+                transport=transport,
                 backlog=backlog,
                 last_success=None,
                 oldest_waiting=None,
@@ -432,7 +441,7 @@ async def collect(config: NodeConfig, now: float) -> NodeStatus:
         store = None
     try:
         snapshot = read_snapshot(config.state_dir)
-        links, notes = outside_links(config, view, snapshot, now)
+        links, notes = await outside_links(config, directory, view, snapshot, now)
         fresh = _fresh(snapshot, now, config.operator.poll_seconds)
         url = snapshot.get("url") if snapshot is not None and fresh else None
         return build_status(
@@ -478,7 +487,7 @@ def render_text(status: NodeStatus) -> str:
         lines.append("  (no peers configured)")
     else:
         lines.append(
-            f"  {'peer':<16} {'state':<8} {'shovel':<11} {'backlog':>7}  "
+            f"  {'peer':<16} {'state':<8} {'shovel':<11} {'over':<9} {'backlog':>7}  "
             f"{'last success':<14} oldest waiting"
         )
     for link in status.links:
@@ -487,8 +496,13 @@ def render_text(status: NodeStatus) -> str:
             oldest = ("≥ " if link.oldest_at_least else "") + human_duration(link.oldest_waiting)
         lines.append(
             f"  {link.peer:<16} {link.state:<8} {link.shovel or '?':<11} "
+            f"{link.transport or '?':<9} "
             f"{_num(link.backlog):>7}  {_ago(link.last_success, now):<14} {oldest}"
         )
+        if link.transport == "plaintext":
+            lines.append(
+                "      PLAINTEXT link: [link] allow_plaintext is for local development only"
+            )
         if link.reason:
             lines.append(f"      reason: {link.reason}")
         if link.unanswered_since is not None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -44,34 +45,62 @@ from mlanet.broker.topology import (
     peer_of_link,
     peer_of_peer_inbox,
 )
-from mlanet.broker.transport import door_vhost, inbox_exchange, out_queue, peer_inbox, with_vhost
+from mlanet.broker.transport import door_vhost, inbox_exchange, out_queue, peer_inbox
 from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.runtime.fairness import node_policies
+from mlanet.nodes.runtime.link_plan import LinkPlan, local_uri, plan_link, tls_uris
 from mlanet.schemas.directory import Directory
 
-__all__ = ["LINK_PREFIX", "Reconciler", "doors", "expected_shovels", "foreign", "link_name"]
+__all__ = [
+    "LINK_PREFIX",
+    "Reconciler",
+    "doors",
+    "expected_shovels",
+    "foreign",
+    "link_name",
+    "link_plans",
+]
 
 log = structlog.get_logger("mlanet.reconcile")
 
 MOVE_PREFIX = "mlanet-move-"  # moves what an older version's inbox queue held into the door
 
 
-def expected_shovels(config: NodeConfig, directory: Directory) -> dict[str, ShovelSpec]:
-    """One on-confirm shovel per peer the directory lists a broker for: ``mlanet.out.<peer>``
-    here -> ``mlanet.inbox.from.<us>`` in our door at the peer (``<its vhost>:door:<us>``),
-    logged in as our link user there."""
+def link_plans(config: NodeConfig, directory: Directory, at: datetime) -> dict[str, LinkPlan]:
+    """How each peer's link goes at ``at`` (``nodes/runtime/link_plan.py``), by peer."""
+    return {
+        peer.network: plan_link(config, peer, directory.network(peer.network), at)
+        for peer in config.peers
+    }
+
+
+def expected_shovels(
+    config: NodeConfig, directory: Directory, at: datetime | None = None
+) -> dict[str, ShovelSpec]:
+    """One on-confirm shovel per peer whose link is not refused: ``mlanet.out.<peer>`` here
+    (a direct connection inside our broker) -> ``mlanet.inbox.from.<us>`` in our door at the
+    peer (``<its vhost>:door:<us>``), over AMQPS with our link certificate, or in plaintext with
+    our link user's password where allowed."""
     shovels = {}
-    for peer in config.peers:
-        entry = directory.network(peer.network)
-        if entry is None:
+    for peer, plan in link_plans(config, directory, at or datetime.now(UTC)).items():
+        entry = directory.network(peer)
+        if plan.refused or entry is None:
             continue
         door = door_vhost(entry.broker.vhost, config.network)
-        shovels[link_name(peer.network)] = ShovelSpec(
-            name=link_name(peer.network),
+        if plan.transport == "amqps":
+            dest: str | tuple[str, ...] = tls_uris(config, plan, door)
+        else:
+            peer_config = config.peer(peer)
+            assert peer_config is not None
+            dest = config.peer_amqp_url(
+                peer_config, entry.broker.model_copy(update={"vhost": door})
+            )
+        shovels[link_name(peer)] = ShovelSpec(
+            name=link_name(peer),
             vhost=config.broker.vhost,
-            src_uri=config.amqp_url(),
-            src_queue=out_queue(peer.network),
-            dest_uri=config.peer_amqp_url(peer, entry.broker.model_copy(update={"vhost": door})),
+            src_uri=local_uri(config.broker.vhost),
+            src_queue=out_queue(peer),
+            dest_uri=dest,
             dest_exchange=inbox_exchange(config.network),
         )
     return shovels
@@ -134,6 +163,7 @@ class Reconciler:
         self._reported: tuple[str, ...] = ()
         self._missing: tuple[str, ...] = ()  # peers whose door vhost is not there (logged)
         self._first = True  # what the first pass puts is declared, not repaired
+        self._plans: dict[str, LinkPlan] = {}  # each peer's link at the last pass
         # one client for every pass (its connection kept alive between them), made at the first
         # pass and closed by aclose(): the node reconciles every few seconds
         self._management: Management | None = None
@@ -154,7 +184,9 @@ class Reconciler:
         visible = set(await management.vhost_names())
         shovels = await management.shovels_everywhere()
         current = {name: value for (at, name), value in shovels.items() if at == vhost}
-        wanted = expected_shovels(config, directory)
+        now = datetime.now(UTC)
+        self._say_plans(link_plans(config, directory, now))
+        wanted = expected_shovels(config, directory, now)
         for name, spec in wanted.items():
             value = spec.definition()["value"]
             if current.get(name) != value:
@@ -276,14 +308,34 @@ class Reconciler:
                     ShovelSpec(
                         name=move,
                         vhost=vhost,
-                        src_uri=config.amqp_url(),
+                        src_uri=local_uri(vhost),
                         src_queue=figures_of.name,
-                        dest_uri=with_vhost(config.amqp_url(), open_doors[sender]),
+                        dest_uri=local_uri(open_doors[sender]),
                         dest_exchange=inbox_exchange(sender),
                     )
                 )
                 log.info("inbox_moving_to_door", peer=sender, messages=figures_of.messages)
         return repairs
+
+    @property
+    def plans(self) -> dict[str, LinkPlan]:
+        """How each peer's link went at the last pass (the operator surface shows it)."""
+        return dict(self._plans)
+
+    def _say_plans(self, plans: dict[str, LinkPlan]) -> None:
+        """Log a refused or plaintext link at the node's first pass (every start) and whenever
+        a link's plan changes (a rotation, a CA that expired or was revoked)."""
+        for peer, plan in sorted(plans.items()):
+            before = self._plans.get(peer)
+            if before is not None and before.describe() == plan.describe():
+                continue
+            if plan.refusal is not None:
+                log.error("link_refused", peer=peer, reason=plan.refusal.value, detail=plan.detail)
+            elif plan.transport == "plaintext":
+                log.warning("link_plaintext", peer=peer, detail=plan.describe())
+            elif before is not None:
+                log.info("link_tls", peer=peer, detail=plan.describe())
+        self._plans = plans
 
     def _report(self, findings: list[str]) -> None:
         if tuple(findings) != self._reported:

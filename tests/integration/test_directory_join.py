@@ -49,7 +49,7 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
             "--coordinator-key", fed.coordinator_pub(),
             "--vhost", fed.vhost("pilon"),
             "--user", fed.user("pilon"),
-            "--link", "seajust",
+            "--link", "seajust", "--allow-plaintext-links",
         )  # fmt: skip
         for contact_point in ("fj-cp-1", "ws-cp-1"):  # each with its own key and broker user
             await mlanet(

@@ -114,6 +114,7 @@ async def test_a_network_that_joined_is_taken_off_the_broker(tmp_path: Path) -> 
                 "--name", "Pacific Islands Law Officers Network", "--member", "FJ",
                 "--coordinator-key", str(fed.coordinator_pub()),
                 "--vhost", f"{prefix}-pilon", "--user", f"{prefix}-pilon", "--link", "seajust",
+                "--allow-plaintext-links",
             ],
         )  # fmt: skip
         assert made.exit_code == 0, made.output
