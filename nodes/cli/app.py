@@ -384,7 +384,12 @@ def federation_init(
     try:
         if own_brokers:
             fed = separate.prepare(directory, prefix=prefix, operator_port=operator_port)
-            asyncio.run(separate.up(fed))
+            try:
+                asyncio.run(separate.up(fed))
+            except MlanetError as exc:
+                raise fail(
+                    f"{exc}; remove what was made: mlanet federation down --dir {directory}", 1
+                ) from None
         else:
             admin = admin_endpoint(management_url, admin_user, admin_password_file)
             fed = federation.build(
@@ -395,8 +400,7 @@ def federation_init(
             )
             asyncio.run(federation.provision(fed, admin))
     except MlanetError as exc:
-        cleanup = f"; remove what was made: mlanet federation down --dir {directory}"
-        raise fail(f"{exc}{cleanup if own_brokers else ''}", 1) from None
+        raise fail(str(exc), 1) from None
     for network in fed.nodes:  # the coordinator runs a node too
         port = load_config(fed.config_path(network)).operator.port
         dashboard = f"   (dashboard http://127.0.0.1:{port}/)" if port else ""
@@ -464,10 +468,13 @@ def federation_down(
             )
     except MlanetError as exc:
         raise fail(str(exc), 1) from None
+    if fed.brokers and not stopped:
+        typer.echo(f"the brokers of the federation with prefix {fed.prefix} were already removed")
+        return
     if fed.brokers:
         typer.echo(
             f"stopped the brokers of the federation with prefix {fed.prefix} and removed their "
-            f"folders: {', '.join(stopped) or 'none was left'}"
+            f"folders: {', '.join(stopped)}"
         )
         return
     typer.echo(f"removed the federation with prefix {fed.prefix}: {', '.join(fed.nodes)}")

@@ -32,6 +32,13 @@ with a key of its own, ``<root>/unodc/coordinator/unodc-directory.1.key`` (its p
 ``unodc-directory.1.pub``, is the key a joining network pins; ``<root>/unodc/unodc.1.pub`` is
 the key the coordinator's node signs its messages with), and publishes updates through its node.
 ``directory.json`` is the signed version 1; every config pins the coordinator's directory key.
+
+The same federation with each network on a RabbitMQ node of its own, linked over AMQPS with
+mutual TLS, is ``nodes/local/own_brokers.py``: it writes the TLS files, makes the brokers'
+folders and calls :func:`build` with each network's :class:`BrokerSite` (the configs then
+carry ``[broker.tls]`` and ``[link.tls]`` and no plaintext allowance, the directory each
+broker's ``tls`` entry and the link CA), and ``federation.json`` records the brokers.
+:func:`provision_network` is one network's provisioning, on whichever broker is its own.
 """
 
 from __future__ import annotations
@@ -313,7 +320,8 @@ def _contact_point(country: str) -> dict[str, str]:
 def check_folder(root: Path, prefix: str) -> None:
     """ConfigError when ``root`` records a federation that a new one must not overwrite: one
     with another prefix (its vhosts may still be on the broker, and only its own record lets
-    ``down`` remove them), or one on brokers of its own (they may still run: down first)."""
+    ``down`` remove them), or one on brokers of its own whose folders are still there (they
+    may still run: down first)."""
     _check_prefix(prefix)
     try:
         earlier: Federation | None = Federation.load(root)
@@ -324,7 +332,7 @@ def check_folder(root: Path, prefix: str) -> None:
             f"{root} holds the federation with prefix {earlier.prefix}: remove it first (mlanet "
             f"federation down --dir {root}), or write this one to another folder"
         )
-    if earlier is not None and earlier.brokers:
+    if earlier is not None and any(record.spec.root.exists() for record in earlier.brokers):
         raise ConfigError(
             f"{root} holds a federation on brokers of its own, which may still run: remove it "
             f"first (mlanet federation down --dir {root}), or write this one to another folder"
@@ -369,7 +377,9 @@ def build(
     A folder that already records a federation with another prefix is refused (ConfigError):
     its vhosts may still be on the broker, and only its own record lets ``down`` remove them.
     """
-    check_folder(root, prefix)
+    if not brokers:  # own_brokers.prepare checked it before it made the brokers' folders
+        check_folder(root, prefix)
+    _check_prefix(prefix)
     networks = networks or EXAMPLE_NETWORKS
     links = list(links or EXAMPLE_LINKS)
     nodes = dict(networks)

@@ -7,6 +7,7 @@ trust client certificates from the network's CA and the link CA only."""
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,12 +29,13 @@ from mlanet.nodes.local.federation import (
 )
 
 NETWORKS = {name: EXAMPLE_NETWORKS[name] for name in ("seajust", "casc")}
+LINKS = [("seajust", "casc")]
 
 
 @pytest.fixture
 def fed(tmp_path: Path) -> Federation:
     return own_brokers.prepare(
-        tmp_path / "federation", prefix="t-own", networks=NETWORKS, links=[("seajust", "casc")]
+        tmp_path / "federation", prefix="t-own", networks=NETWORKS, links=LINKS
     )
 
 
@@ -121,19 +123,23 @@ def test_the_record_finds_every_broker_again(fed: Federation) -> None:
 
 def test_a_folder_with_brokers_of_its_own_is_not_overwritten(fed: Federation) -> None:
     """Its brokers may run: neither a new federation on brokers of its own nor one on the shared
-    broker is written over it (down first)."""
+    broker is written over it while their folders are there; once down removed them, it is."""
     with pytest.raises(ConfigError, match="brokers of its own"):
         own_brokers.prepare(fed.root, prefix=fed.prefix, networks=NETWORKS)
     with pytest.raises(ConfigError, match="brokers of its own"):
-        build(fed.root, prefix=fed.prefix, networks=NETWORKS, links=[("seajust", "casc")])
+        build(fed.root, prefix=fed.prefix, networks=NETWORKS, links=LINKS)
+    for record in fed.brokers:  # what down does, once they are stopped
+        shutil.rmtree(record.spec.root)
+    again = own_brokers.prepare(fed.root, prefix=fed.prefix, networks=NETWORKS, links=LINKS)
+    assert {record.nodename for record in again.brokers}.isdisjoint(
+        {record.nodename for record in fed.brokers}
+    )
 
 
 def test_a_shared_broker_federation_records_no_broker(tmp_path: Path) -> None:
     """The default federation records no broker of its own, so down removes it from the shared
     broker as before; a record an older version wrote (no ``brokers``) still loads."""
-    fed = build(
-        tmp_path / "shared", prefix="t-shared", networks=NETWORKS, links=[("seajust", "casc")]
-    )
+    fed = build(tmp_path / "shared", prefix="t-shared", networks=NETWORKS, links=LINKS)
     assert Federation.load(fed.root).brokers == ()
     record = fed.root / "federation.json"
     older = json.loads(record.read_text())
