@@ -180,6 +180,8 @@ async def run_demo(
         ) from None
     finally:
         nodes.stop_all()
+        if keep and fed.brokers:
+            say(f"the brokers keep running; stop them with: mlanet federation down --dir {root}")
         if not keep:
             try:
                 if fed.brokers:
