@@ -61,6 +61,7 @@ PLUGINS = (
 )
 MAX_MESSAGE_SIZE = 327680  # mlanet's 256 KiB cap plus 64 KiB of hop records (docs/PROTOCOL.md)
 ADMIN_USER = "mlanet-admin"
+PID_FILE_WITHIN = 15.0  # seconds a launched node takes at most to write its pid file
 
 
 class LocalBrokerError(MlanetError):
@@ -279,6 +280,7 @@ class LocalBroker:
         self.admin = ManagementEndpoint(
             f"https://127.0.0.1:{ports.management}", ADMIN_USER, password
         )
+        self._launched = False  # start() ran in this process
         self._server, self._ctl = server_scripts()
         self._env = self._environment()
 
@@ -380,6 +382,7 @@ class LocalBroker:
         """Start the node under the raised open-file limit and wait until it serves AMQPS and
         the management API."""
         limit = _open_files_limit(self.spec.nofile)
+        self._launched = True  # stop() waits for the pid file of a start it interrupted
         process = await asyncio.create_subprocess_exec(
             "sh",
             "-c",
@@ -400,6 +403,7 @@ class LocalBroker:
                 f"rabbitmq-server for {self.spec.network} did not detach within {within:.0f} s"
             ) from None
         if process.returncode != 0:
+            self._launched = False  # no node went on in the background
             first = err.decode(errors="replace").strip().splitlines()[:1]
             raise LocalBrokerError(
                 f"rabbitmq-server for {self.spec.network} did not start: "
@@ -437,14 +441,20 @@ class LocalBroker:
 
     async def stop(self, within: float = 60.0, *, remove: bool = True) -> None:
         """Stop the node (SIGKILL when it does not stop within ``within``) and remove its root
-        folder (unless ``remove`` is False: after a failed start its log says why). Idempotent."""
+        folder (unless ``remove`` is False: after a failed start its log says why). Idempotent.
+        A start interrupted before the node wrote its pid file (a time limit ran out) is waited
+        for a few seconds, so that the node does not go on without its folder."""
         pid = self.pid
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PID_FILE_WITHIN
+        while pid is None and self._launched and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+            pid = self.pid
         if pid is not None and process_alive(pid):
             with contextlib.suppress(LocalBrokerError):  # killed below if it did not stop
                 await self.ctl("stop", within=within)
             if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
-            loop = asyncio.get_running_loop()
             deadline = loop.time() + 10.0
             while process_alive(pid):
                 if loop.time() > deadline:
