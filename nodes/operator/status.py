@@ -500,9 +500,7 @@ def render_text(status: NodeStatus) -> str:
             f"{_num(link.backlog):>7}  {_ago(link.last_success, now):<14} {oldest}"
         )
         if link.transport == "plaintext":
-            lines.append(
-                "      PLAINTEXT link: [link] allow_plaintext is for local development only"
-            )
+            lines.append("      PLAINTEXT link ([link] allow_plaintext: local development only)")
         if link.reason:
             lines.append(f"      reason: {link.reason}")
         if link.unanswered_since is not None:
