@@ -20,6 +20,7 @@ from mlanet.broker.tls import (
     generate_ca,
     issue_client_certificate,
     load_certificates,
+    not_after,
     write_issued,
 )
 from mlanet.nodes.config import NodeConfig
@@ -290,3 +291,24 @@ async def test_a_diagnosis_names_an_endpoint_that_does_not_answer(tmp_path: Path
     found = await diagnose(config, plan)
     assert found is not None
     assert found.startswith("tls_unreachable: ")
+
+
+def test_our_link_certificate_expiring_is_shown_and_alerted(tmp_path: Path) -> None:
+    """Status shows when this node's link certificate expires, warns within key_expiry_days,
+    and is critical once it has expired."""
+    config = _config(tmp_path)
+    ends = not_after(load_certificates(tmp_path / "link.pem")[0]).timestamp()
+    directory = _directory([_ca("casc-ca-1")])
+    far = _status(config, directory, _link(state="up", transport="amqps"))
+    assert "our link certificate: expires" in render_text(far)
+    view = BrokerView(
+        {"mlanet.inbox": QueueFigures("mlanet.inbox", 0, 0, 0, 1, 0.0, 0.0, 0)}, {}, None
+    )
+
+    def codes(at: float) -> list[tuple[str, str]]:
+        status = build_status(config, directory, view, None, [], at)
+        return [(a.code, a.severity) for a in status.alerts if a.code == "tls_certificate_expiry"]
+
+    assert codes(ends - 60 * 86400) == []
+    assert codes(ends - 86400) == [("tls_certificate_expiry", "warning")]
+    assert codes(ends + 1) == [("tls_certificate_expiry", "critical")]
