@@ -312,3 +312,26 @@ def test_our_link_certificate_expiring_is_shown_and_alerted(tmp_path: Path) -> N
     assert codes(ends - 60 * 86400) == []
     assert codes(ends - 86400) == [("tls_certificate_expiry", "warning")]
     assert codes(ends + 1) == [("tls_certificate_expiry", "critical")]
+
+
+def test_a_link_certificate_for_another_user_or_expired_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    assert config.link is not None
+    other = issue_client_certificate(LINK_CA, "casc-link")
+    write_issued(other, tmp_path / "other.pem", tmp_path / "other.key")
+    raw = config.model_dump(mode="json")
+    raw["link"]["tls"]["cert_file"] = str(tmp_path / "other.pem")
+    with pytest.raises(ValueError, match="names 'casc-link', not the \\[link\\] user"):
+        NodeConfig.model_validate(raw)
+    old = issue_client_certificate(
+        LINK_CA,
+        "seajust-link",
+        not_before=START,
+        not_after=datetime.now(UTC) - timedelta(days=1),
+    )
+    write_issued(old, tmp_path / "old.pem", tmp_path / "old.key")
+    raw["link"]["tls"]["cert_file"] = str(tmp_path / "old.pem")
+    with pytest.raises(ValueError, match="has expired"):
+        NodeConfig.model_validate(raw)
