@@ -207,7 +207,7 @@ async def test_status_shows_a_link_down_with_its_backlog_and_then_the_link_drain
         out, _ = await text.communicate()
         assert text.returncode == 3
         assert re.search(r"CRITICAL +link_down +casc: link down", out.decode())
-        assert re.search(r"casc +down +\S+ +[1-9]", out.decode())
+        assert re.search(r"casc +down +\S+ +\S+ +[1-9]", out.decode())
 
         async with Management(ADMIN) as management:
             await management.put_permissions(
