@@ -81,8 +81,9 @@ schemas_app = typer.Typer(no_args_is_help=True, help="The message catalogue's JS
 node_app = typer.Typer(no_args_is_help=True, help="Run a network's node.")
 federation_app = typer.Typer(
     no_args_is_help=True,
-    help="A local federation on one RabbitMQ (six nodes: five example networks and the "
-    "coordinator's), and taking a network that joined off its broker.",
+    help="A local federation on one RabbitMQ, or each network on a RabbitMQ node of its own "
+    "(six nodes: five example networks and the coordinator's), and taking a network that "
+    "joined off its broker.",
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(schemas_app, name="schemas")
@@ -362,25 +363,54 @@ def federation_init(
     operator_port: Annotated[
         int, typer.Option(help="First node's dashboard and /metrics port; 0: any free port.")
     ] = 9471,
+    own_brokers: Annotated[
+        bool,
+        typer.Option(
+            "--own-brokers",
+            help="Start a RabbitMQ node of its own for each network (TLS only, own ports and "
+            "folders under --dir), linked over AMQPS with mutual TLS; they keep running until "
+            "federation down. The admin options are then not used.",
+        ),
+    ] = False,
 ) -> None:
     """Write keys, a signed directory and node configs for six networks (the five example
     networks and the coordinator, UNODC, whose node publishes directory updates), and each
-    contact point's credentials; provision their vhosts and users on the broker."""
+    contact point's credentials; provision their vhosts and users on the broker (or, with
+    --own-brokers, start each network's own broker and provision it)."""
     from mlanet.nodes.local import federation
+    from mlanet.nodes.local import own_brokers as separate
 
-    admin = admin_endpoint(management_url, admin_user, admin_password_file)
     # the administrator is used here, once: no node config holds its password
     try:
-        fed = federation.build(
-            directory, prefix=prefix, management_url=management_url, operator_port=operator_port
-        )
-        asyncio.run(federation.provision(fed, admin))
+        if own_brokers:
+            fed = separate.prepare(directory, prefix=prefix, operator_port=operator_port)
+            try:
+                asyncio.run(separate.up(fed))
+            except MlanetError as exc:
+                raise fail(
+                    f"{exc}; remove what was made: mlanet federation down --dir {directory}", 1
+                ) from None
+        else:
+            admin = admin_endpoint(management_url, admin_user, admin_password_file)
+            fed = federation.build(
+                directory,
+                prefix=prefix,
+                management_url=management_url,
+                operator_port=operator_port,
+            )
+            asyncio.run(federation.provision(fed, admin))
     except MlanetError as exc:
         raise fail(str(exc), 1) from None
     for network in fed.nodes:  # the coordinator runs a node too
         port = load_config(fed.config_path(network)).operator.port
         dashboard = f"   (dashboard http://127.0.0.1:{port}/)" if port else ""
         typer.echo(f"{network}: mlanet node run --config {fed.config_path(network)}{dashboard}")
+    for record in fed.brokers:
+        typer.echo(
+            f"{record.spec.network}'s broker: {record.nodename}, AMQPS 127.0.0.1:"
+            f"{record.ports.amqps}, management https://127.0.0.1:{record.ports.management}/ "
+            f"(mlanet-admin, password in {record.spec.root / 'admin.password'})"
+        )
     typer.echo(f"operator password for the dashboards: {directory / 'operator.secret'}")
     typer.echo(
         f"contact points' credentials (send/inbox --credentials): "
@@ -409,8 +439,10 @@ def federation_down(
 ) -> None:
     """Remove the federation's vhosts, queues, links and users from the broker: those of the
     prefix that federation init recorded in the folder (federation.json). Without that record
-    it refuses to guess: nothing of anyone else's is removed."""
+    it refuses to guess: nothing of anyone else's is removed. A federation on brokers of its
+    own (init --own-brokers): its brokers are stopped and their folders removed."""
     from mlanet.nodes.local import federation
+    from mlanet.nodes.local import own_brokers as separate
 
     try:
         fed = federation.Federation.load(directory)
@@ -426,13 +458,25 @@ def federation_down(
             "removed"
         )
     try:
-        asyncio.run(
-            federation.teardown(
-                fed, admin_endpoint(management_url, admin_user, admin_password_file)
+        if fed.brokers:
+            stopped = asyncio.run(separate.down(fed))
+        else:
+            asyncio.run(
+                federation.teardown(
+                    fed, admin_endpoint(management_url, admin_user, admin_password_file)
+                )
             )
-        )
     except MlanetError as exc:
         raise fail(str(exc), 1) from None
+    if fed.brokers and not stopped:
+        typer.echo(f"the brokers of the federation with prefix {fed.prefix} were already removed")
+        return
+    if fed.brokers:
+        typer.echo(
+            f"stopped the brokers of the federation with prefix {fed.prefix} and removed their "
+            f"folders: {', '.join(stopped)}"
+        )
+        return
     typer.echo(f"removed the federation with prefix {fed.prefix}: {', '.join(fed.nodes)}")
 
 
@@ -476,6 +520,14 @@ def demo(
             "federation is removed and the nodes stopped first).",
         ),
     ] = 300.0,
+    own_brokers: Annotated[
+        bool,
+        typer.Option(
+            "--own-brokers",
+            help="Each network on a RabbitMQ node of its own, linked over AMQPS with mutual "
+            "TLS (stopped and removed at the end, unless --keep).",
+        ),
+    ] = False,
 ) -> None:
     """Start the five example networks and send the Cambodia -> Uzbekistan journey."""
     from mlanet.nodes.local.demo import demo_prefix, fresh_folder, run_demo
@@ -491,7 +543,14 @@ def demo(
     with watchdog(timeout + DEMO_CLEANUP, lambda: line):
         try:
             asyncio.run(
-                run_demo(directory, say=typer.echo, keep=keep, within=timeout, prefix=prefix)
+                run_demo(
+                    directory,
+                    say=typer.echo,
+                    keep=keep,
+                    within=timeout,
+                    prefix=prefix,
+                    own_brokers=own_brokers,
+                )
             )
         except MlanetError as exc:
             raise fail(str(exc), 1) from None

@@ -151,6 +151,13 @@ _LOCAL = TimeLimit(
     "the node's state in {state_dir}",
     "that no other process holds its databases, and the disk",
 )
+_FEDERATION = TimeLimit(
+    300.0,
+    "the RabbitMQ management API at {management}, or (--own-brokers) the federation's own "
+    "brokers to start or stop",
+    "that RabbitMQ runs there with its management plugin; own brokers: their logs in "
+    "<dir>/<network>/broker/log, and mlanet federation down removes what was started",
+)
 LIMITS: dict[str, TimeLimit] = {
     "send": _BROKER,
     "inbox": _BROKER,
@@ -165,8 +172,8 @@ LIMITS: dict[str, TimeLimit] = {
         for name in ("approve", "revoke", "handover", "membership", "renew", "publish")
     },
     "directory provision": _MANAGEMENT,
-    "federation init": _MANAGEMENT,
-    "federation down": _MANAGEMENT,
+    "federation init": _FEDERATION,
+    "federation down": _FEDERATION,
 }
 UNLIMITED = frozenset({"node run"})  # runs until SIGTERM or SIGINT
 

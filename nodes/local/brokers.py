@@ -29,15 +29,17 @@ import shutil
 import signal
 import socket
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from mlanet.broker.errors import MlanetError, TransportError
 from mlanet.broker.management import Management, ManagementEndpoint
 from mlanet.broker.tls import client_context, load_certificates
 
 __all__ = [
+    "BrokerRecord",
     "BrokerTlsFiles",
     "LocalBroker",
     "LocalBrokerError",
@@ -95,6 +97,66 @@ class Ports:
     management: int
     dist: int
     amqp: int | None  # None: no plaintext listener
+
+
+@dataclass(frozen=True)
+class BrokerRecord:
+    """A started broker as a federation's record keeps it (``LocalBroker.record``/``attach``):
+    its spec, node name and ports. ``to_json``/``from_json`` are the record's JSON form."""
+
+    spec: LocalBrokerSpec
+    nodename: str
+    ports: Ports
+
+    def to_json(self) -> dict[str, Any]:
+        tls = self.spec.tls
+        return {
+            "network": self.spec.network,
+            "root": str(self.spec.root),
+            "nodename": self.nodename,
+            "ports": {
+                "amqps": self.ports.amqps,
+                "management": self.ports.management,
+                "dist": self.ports.dist,
+                "amqp": self.ports.amqp,
+            },
+            "tls": {
+                "server_ca": str(tls.server_ca),
+                "certfile": str(tls.certfile),
+                "keyfile": str(tls.keyfile),
+                "client_cas": str(tls.client_cas),
+            },
+            "plaintext": self.spec.plaintext,
+            "fail_if_no_peer_cert": self.spec.fail_if_no_peer_cert,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> BrokerRecord:
+        """The record ``to_json`` wrote (KeyError, TypeError or ValueError when it is not one)."""
+        ports, tls = raw["ports"], raw["tls"]
+        amqp = ports["amqp"]
+        spec = LocalBrokerSpec(
+            str(raw["network"]),
+            Path(str(raw["root"])),
+            BrokerTlsFiles(
+                Path(str(tls["server_ca"])),
+                Path(str(tls["certfile"])),
+                Path(str(tls["keyfile"])),
+                Path(str(tls["client_cas"])),
+            ),
+            plaintext=bool(raw["plaintext"]),
+            fail_if_no_peer_cert=bool(raw["fail_if_no_peer_cert"]),
+        )
+        return cls(
+            spec,
+            str(raw["nodename"]),
+            Ports(
+                int(ports["amqps"]),
+                int(ports["management"]),
+                int(ports["dist"]),
+                None if amqp is None else int(amqp),
+            ),
+        )
 
 
 def server_scripts() -> tuple[str, str]:
@@ -200,16 +262,46 @@ class LocalBroker:
     end."""
 
     def __init__(self, spec: LocalBrokerSpec) -> None:
+        amqps, management, dist, amqp = free_ports(4)
+        self._attach(
+            spec,
+            f"mlanet-{spec.network}-{secrets.token_hex(3)}@localhost",
+            Ports(amqps, management, dist, amqp if spec.plaintext else None),
+            secrets.token_urlsafe(24),
+        )
+        self._write_files()
+
+    def _attach(self, spec: LocalBrokerSpec, nodename: str, ports: Ports, password: str) -> None:
         self.spec = spec
         self.root = spec.root
-        self.nodename = f"mlanet-{spec.network}-{secrets.token_hex(3)}@localhost"
-        amqps, management, dist, amqp = free_ports(4)
-        self.ports = Ports(amqps, management, dist, amqp if spec.plaintext else None)
+        self.nodename = nodename
+        self.ports = ports
         self.admin = ManagementEndpoint(
-            f"https://127.0.0.1:{self.ports.management}", ADMIN_USER, secrets.token_urlsafe(24)
+            f"https://127.0.0.1:{ports.management}", ADMIN_USER, password
         )
         self._server, self._ctl = server_scripts()
-        self._env = self._prepare()
+        self._env = self._environment()
+
+    def record(self) -> BrokerRecord:
+        """What :meth:`attach` needs to find this broker again from another process (``mlanet
+        federation down`` after ``init`` returned): no secret, its root holds the password."""
+        return BrokerRecord(self.spec, self.nodename, self.ports)
+
+    @classmethod
+    def attach(cls, record: BrokerRecord) -> LocalBroker:
+        """The broker ``record`` names, running or not, as it was written: nothing is written
+        again; its administrator's password is read from its root. LocalBrokerError when the
+        root is gone or holds no password (it was removed, or never made)."""
+        try:
+            password = (record.spec.root / "admin.password").read_text(encoding="ascii").strip()
+        except OSError:
+            raise LocalBrokerError(
+                f"the broker of {record.spec.network} has no folder at {record.spec.root} (its "
+                "administrator's password is kept there): it was removed, or never made"
+            ) from None
+        broker = cls.__new__(cls)
+        broker._attach(record.spec, record.nodename, record.ports, password)
+        return broker
 
     # --- files ----------------------------------------------------------------------------------
     @property
@@ -220,7 +312,7 @@ class LocalBroker:
     def log_folder(self) -> Path:
         return self.root / "log"
 
-    def _prepare(self) -> dict[str, str]:
+    def _write_files(self) -> None:
         home = self.root / "home"
         for folder in (home, self.root / "mnesia", self.log_folder):
             folder.mkdir(parents=True, exist_ok=True)
@@ -236,6 +328,9 @@ class LocalBroker:
             render_config(self.spec, self.ports, self.admin.password, self.log_folder),
         )
         _write_private(self.root / "admin.password", self.admin.password + "\n")
+
+    def _environment(self) -> dict[str, str]:
+        home = self.root / "home"
         keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
         return {
             **keep,

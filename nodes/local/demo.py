@@ -24,6 +24,7 @@ from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit, t
 from mlanet.nodes.config import load_config
 from mlanet.nodes.directory.contact_points import Credentials
 from mlanet.nodes.local import federation
+from mlanet.nodes.local import own_brokers as separate
 from mlanet.nodes.state.store import TrackEvent
 from mlanet.schemas.submission import Submission
 
@@ -155,13 +156,18 @@ async def run_demo(
     keep: bool = False,
     within: float = 300.0,
     prefix: str | None = None,
+    own_brokers: bool = False,
 ) -> None:
     """Provision, start the nodes, send the journeys; give up after ``within`` seconds with
     DemoFailed naming what it waited for. The nodes are stopped and (unless ``keep``) the
-    federation removed in every case."""
-    fed = federation.build(
-        root, prefix=prefix or demo_prefix(), receipts={"retry_after_seconds": 10.0}
-    )
+    federation removed in every case. With ``own_brokers`` every network runs a RabbitMQ node
+    of its own, linked over AMQPS with mutual TLS (``nodes/local/own_brokers.py``); they are
+    stopped and their folders removed at the end (unless ``keep``)."""
+    receipts = {"retry_after_seconds": 10.0}
+    if own_brokers:
+        fed = separate.prepare(root, prefix=prefix or demo_prefix(), receipts=receipts)
+    else:
+        fed = federation.build(root, prefix=prefix or demo_prefix(), receipts=receipts)
     nodes = federation.NodeProcesses(fed, ADMIN)
     progress = _Progress(nodes)
     try:
@@ -176,12 +182,35 @@ async def run_demo(
         nodes.stop_all()
         if not keep:
             try:
-                await federation.teardown(fed, ADMIN)
+                if fed.brokers:
+                    await separate.down(fed)
+                else:
+                    await federation.teardown(fed, ADMIN)
             except MlanetError as exc:
                 say(
                     f"could not remove the federation ({exc}); later: mlanet federation down"
                     f" --dir {root}"
                 )
+
+
+async def _provision(
+    fed: federation.Federation, say: Callable[[str], None], progress: _Progress
+) -> None:
+    if not fed.brokers:
+        await federation.provision(fed, ADMIN)
+        say(f"federation of {', '.join(fed.networks)} provisioned on the local RabbitMQ")
+        return
+    progress.waiting_for = f"the brokers of {', '.join(fed.nodes)} to start"
+    await separate.up(fed)
+    say(
+        f"federation of {', '.join(fed.networks)} (and the coordinator, {fed.coordinator}), "
+        "each on a RabbitMQ node of its own: AMQPS and HTTPS only, provisioned by its own "
+        "administrator"
+    )
+    say(
+        "each link: AMQPS with mutual TLS, the peer broker checked against the CA the directory "
+        "lists, logged in by its certificate from the coordinator's link CA"
+    )
 
 
 async def _journeys(
@@ -190,8 +219,7 @@ async def _journeys(
     progress: _Progress,
     nodes: federation.NodeProcesses,
 ) -> None:
-    await federation.provision(fed, ADMIN)
-    say(f"federation of {', '.join(fed.networks)} provisioned on the local RabbitMQ")
+    await _provision(fed, say, progress)
     say("links: " + ", ".join(f"{a}-{b}" for a, b in fed.links))
     for network in fed.networks:
         nodes.start(network)

@@ -32,6 +32,13 @@ with a key of its own, ``<root>/unodc/coordinator/unodc-directory.1.key`` (its p
 ``unodc-directory.1.pub``, is the key a joining network pins; ``<root>/unodc/unodc.1.pub`` is
 the key the coordinator's node signs its messages with), and publishes updates through its node.
 ``directory.json`` is the signed version 1; every config pins the coordinator's directory key.
+
+The same federation with each network on a RabbitMQ node of its own, linked over AMQPS with
+mutual TLS, is ``nodes/local/own_brokers.py``: it writes the TLS files, makes the brokers'
+folders and calls :func:`build` with each network's :class:`BrokerSite` (the configs then
+carry ``[broker.tls]`` and ``[link.tls]`` and no plaintext allowance, the directory each
+broker's ``tls`` entry and the link CA), and ``federation.json`` records the brokers.
+:func:`provision_network` is one network's provisioning, on whichever broker is its own.
 """
 
 from __future__ import annotations
@@ -44,12 +51,14 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from mlanet.broker.contact_point_access import grant_contact_points
 from mlanet.broker.directory_signing import sign_directory
+from mlanet.broker.directory_tls import ca_entry
 from mlanet.broker.errors import ConfigError, MlanetError
 from mlanet.broker.keys import (
     b64u_decode,
@@ -61,6 +70,7 @@ from mlanet.broker.management import Management, ManagementEndpoint
 from mlanet.broker.peer_access import door_vhosts, open_door, rabbit_password_hash
 from mlanet.broker.topology import door_vhost
 from mlanet.nodes.directory.contact_points import vouched_users, write_contact_point
+from mlanet.nodes.local.brokers import BrokerRecord
 from mlanet.nodes.operator.auth import hash_password
 from mlanet.nodes.runtime.lifecycle import Lifecycle, Phase, read_lifecycle
 from mlanet.nodes.state import state_dir
@@ -71,11 +81,15 @@ __all__ = [
     "EXAMPLE_LINKS",
     "EXAMPLE_NETWORKS",
     "FEDERATION_FILE",
+    "BrokerSite",
     "Federation",
     "NodeFailed",
     "NodeProcesses",
     "build",
+    "check_folder",
     "provision",
+    "provision_network",
+    "signed_directory",
     "teardown",
 ]
 
@@ -166,6 +180,8 @@ class Federation:
     host: str = "127.0.0.1"
     port: int = 5672
     coordinator: str | None = COORDINATOR
+    # Each network's own RabbitMQ node (nodes/local/own_brokers.py); empty: one shared broker.
+    brokers: tuple[BrokerRecord, ...] = ()
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -194,6 +210,7 @@ class Federation:
                 str(raw["host"]),
                 int(raw["port"]),
                 coordinator=None if raw["coordinator"] is None else str(raw["coordinator"]),
+                brokers=tuple(BrokerRecord.from_json(item) for item in raw.get("brokers", [])),
             )
             _check_prefix(federation.prefix)
         except OSError:
@@ -214,6 +231,7 @@ class Federation:
             "host": self.host,
             "port": self.port,
             "coordinator": self.coordinator,
+            "brokers": [broker.to_json() for broker in self.brokers],
         }
         (self.root / FEDERATION_FILE).write_text(
             json.dumps(fields, indent=2) + "\n", encoding="utf-8"
@@ -221,6 +239,10 @@ class Federation:
 
     def vhost(self, network: str) -> str:
         return f"{self.prefix}-{network}"
+
+    def broker(self, network: str) -> BrokerRecord | None:
+        """``network``'s own broker, or None when the federation shares one."""
+        return next((b for b in self.brokers if b.spec.network == network), None)
 
     def door(self, network: str, peer: str) -> str:
         """The vhost where ``peer``'s links land at ``network`` (``topology.door_vhost``)."""
@@ -262,6 +284,24 @@ class Federation:
         )
 
 
+@dataclass(frozen=True)
+class BrokerSite:
+    """A network's own broker as its node config and its directory entry name it
+    (``nodes/local/own_brokers.py``): where it takes AMQPS and the management API, the name its
+    server certificate carries, and its network's CA certificate (PEM) that issued it. The
+    node's TLS files are at fixed places in the network's folder (``TLS_FILES``)."""
+
+    port: int
+    management_url: str
+    ca_pem: str
+    server_name: str = "localhost"
+
+
+# What a network's node config names in its folder when it has a broker of its own.
+TLS_FILES = {"ca": "tls/ca.pem", "link_cert": "tls/link.pem", "link_key": "tls/link.key"}
+PEER_CA_FOLDER = "tls/peers"
+
+
 def _check_prefix(prefix: str) -> None:
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,20}", prefix):
         raise ValueError("prefix must be short lower-case ASCII")
@@ -277,6 +317,28 @@ def _contact_point(country: str) -> dict[str, str]:
     return {"id": f"{country.lower()}-cp-1", "country": country, "role": "contact point"}
 
 
+def check_folder(root: Path, prefix: str) -> None:
+    """ConfigError when ``root`` records a federation that a new one must not overwrite: one
+    with another prefix (its vhosts may still be on the broker, and only its own record lets
+    ``down`` remove them), or one on brokers of its own whose folders are still there (they
+    may still run: down first)."""
+    _check_prefix(prefix)
+    try:
+        earlier: Federation | None = Federation.load(root)
+    except ConfigError:
+        earlier = None
+    if earlier is not None and earlier.prefix != prefix:
+        raise ConfigError(
+            f"{root} holds the federation with prefix {earlier.prefix}: remove it first (mlanet "
+            f"federation down --dir {root}), or write this one to another folder"
+        )
+    if earlier is not None and any(record.spec.root.exists() for record in earlier.brokers):
+        raise ConfigError(
+            f"{root} holds a federation on brokers of its own, which may still run: remove it "
+            f"first (mlanet federation down --dir {root}), or write this one to another folder"
+        )
+
+
 def build(
     root: Path,
     *,
@@ -290,6 +352,9 @@ def build(
     operator_port: int = 0,
     coordinator: str | None = COORDINATOR,
     valid_for: timedelta = timedelta(days=30),
+    sites: Mapping[str, BrokerSite] | None = None,
+    link_ca_pem: str | None = None,
+    brokers: tuple[BrokerRecord, ...] = (),
 ) -> Federation:
     """Write keys, passwords, ``directory.json`` and ``<network>/node.toml`` under ``root``.
 
@@ -302,85 +367,46 @@ def build(
     One operator password for the whole local federation: ``operator.secret`` holds it,
     ``operator.password`` its hash.
 
+    With ``sites`` (every node's own broker, ``nodes/local/own_brokers.py``, which writes the
+    TLS files first) each node's config names its own broker over TLS (``[broker.tls]``) and
+    its link certificate (``[link.tls]``), the directory lists each broker's AMQPS endpoint
+    and CA and the coordinator's link CA (``link_cas``, ``link_ca_pem``), and ``brokers`` is
+    recorded for ``down``. A link user then logs in by its certificate only: the directory
+    publishes the hash of a random password that nobody keeps.
+
     A folder that already records a federation with another prefix is refused (ConfigError):
     its vhosts may still be on the broker, and only its own record lets ``down`` remove them.
     """
+    if not brokers:  # own_brokers.prepare checked it before it made the brokers' folders
+        check_folder(root, prefix)
     _check_prefix(prefix)
-    try:
-        earlier: Federation | None = Federation.load(root)
-    except ConfigError:
-        earlier = None
-    if earlier is not None and earlier.prefix != prefix:
-        raise ConfigError(
-            f"{root} holds the federation with prefix {earlier.prefix}: remove it first (mlanet "
-            f"federation down --dir {root}), or write this one to another folder"
-        )
     networks = networks or EXAMPLE_NETWORKS
     links = list(links or EXAMPLE_LINKS)
     nodes = dict(networks)
     if coordinator is not None:
         nodes[coordinator] = (COORDINATOR_NAME, [])
         links.append((coordinator, next(iter(networks))))
+    if sites is not None and (set(sites) != set(nodes) or link_ca_pem is None):
+        raise ValueError("own brokers need a site for every node and the link CA")
     federation = Federation(
-        root, prefix, tuple(networks), tuple(links), host, port, coordinator=coordinator
+        root,
+        prefix,
+        tuple(networks),
+        tuple(links),
+        host,
+        port,
+        coordinator=coordinator,
+        brokers=brokers,
     )
     root.mkdir(parents=True, exist_ok=True)
     federation.record()  # first: whatever else fails, down knows what to remove
-    entries = []
-    for network, (name, members) in nodes.items():
-        folder = root / network
-        folder.mkdir(parents=True, exist_ok=True)
-        state_dir.secure(folder / "state")  # the node's state_dir: owner-only
-        key_path = folder / f"{network}.1.key"
-        if not key_path.exists():
-            generate_key_files(folder, network, "ed25519:1")
-        public = load_public_key_file(folder / f"{network}.1.pub")
-        for secret in ("broker.password", "link.password"):
-            if not (folder / secret).exists():
-                _write_secret(folder / secret, secrets.token_urlsafe(24))
-        entries.append(
-            {
-                "id": network,
-                "name": name,
-                "members": members,
-                "contact_points": [_contact_point(country) for country in members],
-                "keys": [{"key_id": public.key_id, "public_key": public.public_key}],
-                "broker": {"host": host, "port": port, "vhost": federation.vhost(network)},
-                "link_user": {
-                    "name": federation.link_user(network),
-                    "password_hash": rabbit_password_hash(federation.link_password(network)),
-                },
-            }
-        )
+    entries = [
+        _entry(federation, network, name, members, None if sites is None else sites[network])
+        for network, (name, members) in nodes.items()
+    ]
     pins = ""
     if coordinator is not None:
-        key_folder = root / coordinator / "coordinator"
-        if not federation.coordinator_key().exists():
-            # named apart from the node's own unodc.1.key/.pub beside it: joiners pin this one
-            for made in generate_key_files(key_folder, coordinator, "ed25519:1"):
-                made.rename(made.with_name(f"{coordinator}-directory.1{made.suffix}"))
-        directory_key = load_signing_key(federation.coordinator_key())
-        now = datetime.now(UTC)
-        directory = Directory.model_validate(
-            {
-                "version": 1,
-                "issued_at": now,
-                "valid_until": now + valid_for,
-                "coordinator": coordinator,
-                "coordinator_keys": [
-                    {"key_id": directory_key.key_id, "public_key": directory_key.public_b64()}
-                ],
-                "networks": entries,
-                "links": [list(link) for link in links],
-            },
-            strict=False,
-        )
-        (root / "directory.json").write_bytes(sign_directory(directory, directory_key).to_bytes())
-        pins = (
-            f'\n[coordinator]\nnetwork = "{coordinator}"\n'
-            f'keys = [{{ key_id = "{directory_key.key_id}", '
-            f'public_key = "{directory_key.public_b64()}" }}]\n'
-        )
+        pins = _sign_directory(federation, entries, links, valid_for, link_ca_pem)
     receipt_lines = "".join(f"{k} = {v}\n" for k, v in (receipts or {}).items())
     if not (root / "operator.password").exists():
         operator_secret = secrets.token_urlsafe(18)
@@ -391,12 +417,9 @@ def build(
             f"\n[operator]\nport = {operator_port + index if operator_port else 0}\n"
             'password_file = "../operator.password"\n'
         )
+        site = None if sites is None else sites[network]
         # Peers come from the directory's links; [link] is our user at their brokers.
-        peers = (
-            f'\n[link]\nuser = "{federation.link_user(network)}"\npassword_file = "link.password"\n'
-            "allow_plaintext = true  # one local broker: development only\n"
-        )
-        peers += pins
+        peers = _link_table(federation, network, site) + pins
         if network == coordinator:
             peers += f'signing_key = "coordinator/{federation.coordinator_key().name}"\n'
         federation.config_path(network).write_text(
@@ -404,13 +427,8 @@ def build(
             f'signing_key = "{network}.1.key"\n'
             'directory = "../directory.json"\n'
             'state_dir = "state"\n\n'
-            "[broker]\n"
-            f'host = "{host}"\nport = {port}\n'
-            f'vhost = "{federation.vhost(network)}"\n'
-            f'user = "{federation.user(network)}"\n'
-            'password_file = "broker.password"\n'
-            f'management_url = "{management_url}"\n'
-            '\n[contact_points]\nkeys = "contact-points"\n'
+            + _broker_table(federation, network, host, port, management_url, site)
+            + '\n[contact_points]\nkeys = "contact-points"\n'
             f"{peers}\n[receipts]\n{receipt_lines}{operator}",
             encoding="utf-8",
         )
@@ -427,7 +445,145 @@ def build(
     return federation
 
 
+def _entry(
+    federation: Federation,
+    network: str,
+    name: str,
+    members: list[str],
+    site: BrokerSite | None,
+) -> dict[str, object]:
+    """``network``'s directory entry (its key and secrets made when missing)."""
+    folder = federation.root / network
+    folder.mkdir(parents=True, exist_ok=True)
+    state_dir.secure(folder / "state")  # the node's state_dir: owner-only
+    if not (folder / f"{network}.1.key").exists():
+        generate_key_files(folder, network, "ed25519:1")
+    public = load_public_key_file(folder / f"{network}.1.pub")
+    for secret in (
+        ("broker.password",) if site is not None else ("broker.password", "link.password")
+    ):
+        if not (folder / secret).exists():
+            _write_secret(folder / secret, secrets.token_urlsafe(24))
+    # by certificate only on brokers of their own: the hash of a password nobody keeps
+    link_password = (
+        secrets.token_urlsafe(24) if site is not None else federation.link_password(network)
+    )
+    entry: dict[str, object] = {
+        "id": network,
+        "name": name,
+        "members": members,
+        "contact_points": [_contact_point(country) for country in members],
+        "keys": [{"key_id": public.key_id, "public_key": public.public_key}],
+        "broker": {
+            "host": federation.host,
+            "port": federation.port if site is None else site.port,
+            "vhost": federation.vhost(network),
+        },
+        "link_user": {
+            "name": federation.link_user(network),
+            "password_hash": rabbit_password_hash(link_password),
+        },
+    }
+    if site is not None:
+        entry["tls"] = {
+            "endpoints": [
+                {"host": federation.host, "port": site.port, "server_name": site.server_name}
+            ],
+            "cas": [ca_entry(site.ca_pem, f"{network}-ca-1").model_dump()],
+        }
+    return entry
+
+
+def _sign_directory(
+    federation: Federation,
+    entries: list[dict[str, object]],
+    links: list[tuple[str, str]],
+    valid_for: timedelta,
+    link_ca_pem: str | None,
+) -> str:
+    """Write the signed ``directory.json`` (version 1); return the ``[coordinator]`` table
+    that pins its key in every config."""
+    coordinator = federation.coordinator
+    assert coordinator is not None
+    key_folder = federation.root / coordinator / "coordinator"
+    if not federation.coordinator_key().exists():
+        # named apart from the node's own unodc.1.key/.pub beside it: joiners pin this one
+        for made in generate_key_files(key_folder, coordinator, "ed25519:1"):
+            made.rename(made.with_name(f"{coordinator}-directory.1{made.suffix}"))
+    directory_key = load_signing_key(federation.coordinator_key())
+    now = datetime.now(UTC)
+    fields: dict[str, object] = {
+        "version": 1,
+        "issued_at": now,
+        "valid_until": now + valid_for,
+        "coordinator": coordinator,
+        "coordinator_keys": [
+            {"key_id": directory_key.key_id, "public_key": directory_key.public_b64()}
+        ],
+        "networks": entries,
+        "links": [list(link) for link in links],
+    }
+    if link_ca_pem is not None:
+        fields["link_cas"] = [ca_entry(link_ca_pem, "link-ca-1").model_dump()]
+    directory = Directory.model_validate(fields, strict=False)
+    (federation.root / "directory.json").write_bytes(
+        sign_directory(directory, directory_key).to_bytes()
+    )
+    return (
+        f'\n[coordinator]\nnetwork = "{coordinator}"\n'
+        f'keys = [{{ key_id = "{directory_key.key_id}", '
+        f'public_key = "{directory_key.public_b64()}" }}]\n'
+    )
+
+
+def _broker_table(
+    federation: Federation,
+    network: str,
+    host: str,
+    port: int,
+    management_url: str,
+    site: BrokerSite | None,
+) -> str:
+    """``[broker]``: the shared broker, or the network's own over TLS (``[broker.tls]``: its
+    CA, the name in its certificate; the node logs in with its password over TLS)."""
+    table = (
+        "[broker]\n"
+        f'host = "{host}"\nport = {port if site is None else site.port}\n'
+        f'vhost = "{federation.vhost(network)}"\n'
+        f'user = "{federation.user(network)}"\n'
+        'password_file = "broker.password"\n'
+        f'management_url = "{management_url if site is None else site.management_url}"\n'
+    )
+    if site is not None:
+        table += (
+            f'\n[broker.tls]\nca_file = "{TLS_FILES["ca"]}"\n'
+            f'server_name = "{site.server_name}"\nlogin = "password"\n'
+        )
+    return table
+
+
+def _link_table(federation: Federation, network: str, site: BrokerSite | None) -> str:
+    """``[link]``: a password and plaintext (one shared broker: development only), or the link
+    certificate the coordinator's link CA issued (``[link.tls]``) on brokers of their own."""
+    table = f'\n[link]\nuser = "{federation.link_user(network)}"\n'
+    if site is None:
+        return (
+            table + 'password_file = "link.password"\n'
+            "allow_plaintext = true  # one local broker: development only\n"
+        )
+    return (
+        table + f'\n[link.tls]\ncert_file = "{TLS_FILES["link_cert"]}"\n'
+        f'key_file = "{TLS_FILES["link_key"]}"\nca_folder = "{PEER_CA_FOLDER}"\n'
+    )
+
+
 NODE_TAGS = "policymaker"  # declares shovels and policies in its own vhost; sees nothing else
+
+
+def signed_directory(federation: Federation) -> Directory:
+    """The directory ``build`` wrote (version 1, as signed)."""
+    signed = json.loads((federation.root / "directory.json").read_bytes())
+    return Directory.model_validate_json(b64u_decode(signed["document"]))
 
 
 async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
@@ -435,38 +591,44 @@ async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
     hashes in its node's folder), and each link's door: a vhost per (network, peer) where the
     peer's link user may only write its one inbox exchange (from the directory's published
     hash), as ``mlanet directory provision`` does for a network on a broker of its own."""
-    signed = json.loads((federation.root / "directory.json").read_bytes())
-    directory = Directory.model_validate_json(b64u_decode(signed["document"]))
+    directory = signed_directory(federation)
     async with Management(admin) as management:
         for network in federation.nodes:
-            vhost, user = federation.vhost(network), federation.user(network)
-            await management.put_vhost(vhost)
-            await management.put_user(user, federation.password(network), NODE_TAGS)
-            await management.put_permissions(vhost, user, configure=".*", write=".*", read=".*")
-            # the administrator keeps access for operators' tools and tests
-            await management.put_permissions(
-                vhost, admin.user, configure=".*", write=".*", read=".*"
-            )
-        protected = {federation.user(n) for n in federation.nodes} | {admin.user}
-        users = [
-            user
-            for network in federation.nodes
-            for user in vouched_users(federation.contact_point_keys(network))
-        ]
+            await provision_network(management, federation, directory, network, admin.user)
+
+
+async def provision_network(
+    management: Management,
+    federation: Federation,
+    directory: Directory,
+    network: str,
+    admin_user: str,
+) -> None:
+    """``network``'s part of :func:`provision` on the broker ``management`` administers (the
+    shared one, or the network's own): its vhost and node user, its contact points' users,
+    and a door for each linked peer."""
+    vhost, user = federation.vhost(network), federation.user(network)
+    await management.put_vhost(vhost)
+    await management.put_user(user, federation.password(network), NODE_TAGS)
+    await management.put_permissions(vhost, user, configure=".*", write=".*", read=".*")
+    # the administrator keeps access for operators' tools and tests
+    await management.put_permissions(vhost, admin_user, configure=".*", write=".*", read=".*")
+    protected = {federation.user(n) for n in federation.nodes} | {admin_user}
+    users = vouched_users(federation.contact_point_keys(network))
+    if users:
         await grant_contact_points(management, users, protected=protected)  # one request
-        for network in federation.nodes:
-            for peer in federation.peers(network):
-                entry = directory.network(peer)
-                if entry is None or entry.link_user is None:
-                    continue
-                await open_door(
-                    management,
-                    federation.vhost(network),
-                    peer,
-                    entry.link_user,
-                    owners=(federation.user(network), admin.user),
-                    protected=protected,
-                )
+    for peer in federation.peers(network):
+        entry = directory.network(peer)
+        if entry is None or entry.link_user is None:
+            continue
+        await open_door(
+            management,
+            vhost,
+            peer,
+            entry.link_user,
+            owners=(user, admin_user),
+            protected=protected,
+        )
 
 
 async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
