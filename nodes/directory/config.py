@@ -23,12 +23,14 @@ ahead of a key's or the directory's expiry are ``[operator.alerts]`` ``key_expir
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Self
 
+from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mlanet.broker.tls import TlsError, load_certificates, not_after
 from mlanet.schemas import KeyId, NetworkId
 from mlanet.schemas.directory import Directory
 
@@ -114,7 +116,27 @@ class LinkConfig(_Config):
             raise ValueError("[link] needs [link.tls] (or password_file with allow_plaintext)")
         if self.allow_plaintext and self.password_file is None:
             raise ValueError("[link] allow_plaintext needs password_file (plaintext logs in by it)")
+        if self.tls is not None:
+            _link_certificate_checked(self.tls.cert_file, self.user)
         return self
+
+
+def _link_certificate_checked(path: Path, user: str) -> None:
+    """The link certificate must name the link user (EXTERNAL logs in as its common name) and
+    not have expired: a peer's broker would refuse every link otherwise."""
+    try:
+        certificate = load_certificates(path)[0]
+    except TlsError as exc:
+        raise ValueError(f"[link.tls] cert_file: {exc.detail}") from None
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(names[0].value) if names else None
+    if name != user:
+        raise ValueError(
+            f"[link.tls] cert_file names {name!r}, not the [link] user {user!r}: a peer's broker "
+            "logs the link in as the certificate's common name"
+        )
+    if not_after(certificate) <= datetime.now(UTC):
+        raise ValueError(f"[link.tls] cert_file {path.name} has expired: renew it")
 
 
 def directory_expiry(directory: Directory, coordinator: CoordinatorConfig | None) -> datetime:

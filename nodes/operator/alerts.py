@@ -170,7 +170,7 @@ def _ca_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[Alert
     ]
     if status.expiry.link_ca is not None:
         ends.append(("", "the coordinator's link CA", status.expiry.link_ca))
-    found = []
+    found = _certificate_alerts(status, window, now)
     for subject, whose, end in ends:
         if end <= now:
             found.append(
@@ -190,6 +190,34 @@ def _ca_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[Alert
                     subject,
                     f"{whose} stops being trusted in {human_duration(end - now)}: the "
                     "coordinator lists its successor (mlanet directory tls rotate-ca)",
+                )
+            )
+    return found
+
+
+def _certificate_alerts(status: NodeStatus, window: float, now: float) -> list[Alert]:
+    """This node's own certificates (its links', its broker client's) expiring within the
+    window (warning) or expired (critical: the peer's broker refuses the link)."""
+    found = []
+    for whose, end in sorted(status.expiry.certificates.items()):
+        if end <= now:
+            found.append(
+                Alert(
+                    "tls_certificate_expiry",
+                    "critical",
+                    "",
+                    f"{whose} has expired: brokers refuse it; renew it and point the config "
+                    "at the new files",
+                )
+            )
+        elif end - now <= window:
+            found.append(
+                Alert(
+                    "tls_certificate_expiry",
+                    "warning",
+                    "",
+                    f"{whose} expires in {human_duration(end - now)}: renew it (new file names) "
+                    "and point the config at them",
                 )
             )
     return found

@@ -35,7 +35,7 @@ from mlanet.broker.management import (
     ShovelState,
     shovel_states,
 )
-from mlanet.broker.tls import handshake_refusal
+from mlanet.broker.tls import TlsError, handshake_refusal, load_certificates, not_after
 from mlanet.broker.topology import link_name, peer_of_out_queue
 from mlanet.broker.transport import INBOX, QUARANTINE, SUBMIT, Transport, out_queue
 from mlanet.nodes.config import Alerts, NodeConfig
@@ -231,6 +231,29 @@ def _cas_end(cas: Sequence[CaCertificate]) -> float:
     )
 
 
+def own_certificates(config: NodeConfig) -> dict[str, float]:
+    """When this node's own certificates expire, by what they are: its links' certificate
+    (``[link.tls]``) and its client certificate at its broker (``[broker.tls]``); one that
+    cannot be read is left out (the shovel or the connection says why)."""
+    files = {
+        "our link certificate": config.link.tls.cert_file
+        if config.link is not None and config.link.tls is not None
+        else None,
+        "our broker client certificate": config.broker.tls.cert_file
+        if config.broker.tls is not None
+        else None,
+    }
+    found = {}
+    for what, path in files.items():
+        if path is None:
+            continue
+        try:
+            found[what] = not_after(load_certificates(path)[0]).timestamp()
+        except TlsError:
+            continue
+    return found
+
+
 def expiry_view(directory: Directory, config: NodeConfig) -> ExpiryView:
     """When each network's last key stops being valid (expiry or revocation: a key is no longer
     valid at its ``not_after``), when its last broker CA and the coordinator's last link CA
@@ -241,6 +264,7 @@ def expiry_view(directory: Directory, config: NodeConfig) -> ExpiryView:
         ends = [_key_end(key) for key in network.keys]
         keys[network.id] = None if any(end is None for end in ends) else max(e for e in ends if e)
     return ExpiryView(
+        certificates=own_certificates(config),
         network_cas={n.id: _cas_end(n.tls.cas) for n in directory.networks if n.tls is not None},
         link_ca=_cas_end(directory.link_cas) if directory.link_cas else None,
         network_keys=keys,
@@ -500,9 +524,7 @@ def render_text(status: NodeStatus) -> str:
             f"{_num(link.backlog):>7}  {_ago(link.last_success, now):<14} {oldest}"
         )
         if link.transport == "plaintext":
-            lines.append(
-                "      PLAINTEXT link: [link] allow_plaintext is for local development only"
-            )
+            lines.append("      PLAINTEXT link ([link] allow_plaintext: local development only)")
         if link.reason:
             lines.append(f"      reason: {link.reason}")
         if link.unanswered_since is not None:
@@ -569,6 +591,9 @@ def render_text(status: NodeStatus) -> str:
             lines.append(
                 f"  {subject}: trusted until {iso(ends)} (in {human_duration(ends - now)})"
             )
+    for subject, ends in sorted(expiry.certificates.items()):
+        state = "expired" if ends <= now else f"in {human_duration(ends - now)}"
+        lines.append(f"  {subject}: expires {iso(ends)} ({state})")
     lines.append(
         f"  directory version {expiry.directory_version}, issued {iso(expiry.directory_issued)}, "
         + ("valid until " if expiry.directory_expiry_signed else "trusted until ")

@@ -71,6 +71,8 @@ class ExpiryView:
     # network -> when its last broker CA stops being trusted (networks that list TLS only)
     network_cas: dict[str, float] = field(default_factory=dict)
     link_ca: float | None = None  # when the coordinator's last link CA does (None: none listed)
+    # when this node's own certificates expire: [link.tls] cert_file, [broker.tls] cert_file
+    certificates: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class NodeStatus:
         expiry["directory_expires"] = iso(expiry["directory_expires"])
         expiry["network_cas"] = {k: iso(v) for k, v in expiry["network_cas"].items()}
         expiry["link_ca"] = iso(expiry["link_ca"])
+        expiry["certificates"] = {k: iso(v) for k, v in expiry["certificates"].items()}
         return raw
 
 

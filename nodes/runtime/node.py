@@ -390,6 +390,7 @@ class Node:
         try:
             duplicate = dedupe(message, self.store) if recheck else accepted.duplicate
             if await self.keeper.on_update(self._ports, accepted):
+                self.store.journal.settled(header.message_id)
                 return
             if (closed := self.keeper.closed()) is not None:
                 raise closed  # the directory is too old to trust: fail closed
@@ -404,6 +405,7 @@ class Node:
                 self.store.remember(
                     header.origin.network, header.message_id, message.content_sha256, "consumed"
                 )
+                self.store.journal.settled(header.message_id)
                 return
             if header.kind == "notice":
                 assert accepted.payload is not None

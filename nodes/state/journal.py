@@ -246,7 +246,8 @@ class Journal:
         # messages accepted from a peer whose outcome is not yet known, with when: the first
         # row about one of them names the peer (``from``); one still without an outcome
         # ACCEPTED_GRACE seconds later (or at close) gets an ``accepted`` row of its own
-        self._accepted: dict[str, list[tuple[float, dict[str, Any]]]] = {}  # copies each count
+        # (accepted at, row, settled: its handling ended without an outcome)
+        self._accepted: dict[str, list[tuple[float, dict[str, Any], bool]]] = {}
 
     # --- writing ----------------------------------------------------------------------------
     @property
@@ -265,7 +266,15 @@ class Journal:
         cleaned = clean(meta)
         message_id = cleaned.get("message_id")
         if isinstance(message_id, str):
-            self._accepted.setdefault(message_id, []).append((time.time(), cleaned))
+            self._accepted.setdefault(message_id, []).append((time.time(), cleaned, False))
+
+    def settled(self, message_id: str) -> None:
+        """The handling of a message accepted from a peer ended without an outcome row (a
+        receipt or a directory update consumed here): its acceptance is written at the next
+        flush rather than after ACCEPTED_GRACE."""
+        copies = self._accepted.get(message_id)
+        if copies:
+            copies[0] = (copies[0][0], copies[0][1], True)
 
     def append(self, event: str, meta: Mapping[str, MetaValue], *, at: float | None = None) -> None:
         """Record one fact (now, or ``at``); without group commits, also write and commit it."""
@@ -337,13 +346,13 @@ class Journal:
         """Acceptances made before ``before`` (all when None) become rows of their own."""
         for message_id in list(self._accepted):
             copies = self._accepted[message_id]
-            due = [copy for copy in copies if before is None or copy[0] < before]
+            due = [c for c in copies if before is None or c[2] or c[0] < before]
             if not due:
                 continue
-            for at, meta in due:
+            for at, meta, _ in due:
                 self._buffer.append((at, "accepted", meta))
                 self._log("accepted", meta)
-            left = copies[len(due) :]
+            left = [c for c in copies if not any(c is d for d in due)]
             if left:
                 self._accepted[message_id] = left
             else:

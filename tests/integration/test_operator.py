@@ -207,7 +207,7 @@ async def test_status_shows_a_link_down_with_its_backlog_and_then_the_link_drain
         out, _ = await text.communicate()
         assert text.returncode == 3
         assert re.search(r"CRITICAL +link_down +casc: link down", out.decode())
-        assert re.search(r"casc +down +\S+ +[1-9]", out.decode())
+        assert re.search(r"casc +down +\S+ +\S+ +[1-9]", out.decode())
 
         async with Management(ADMIN) as management:
             await management.put_permissions(
@@ -381,3 +381,42 @@ async def test_a_taken_operator_port_does_not_stop_the_node(fed: Federation) -> 
     assert document["node_running"] is True
     assert document["dashboard"] is None
     assert {link["peer"] for link in document["links"]} >= {"casc"}
+
+
+async def test_a_plaintext_link_is_refused_without_the_development_flag_and_marked_with_it(
+    fed: Federation,
+) -> None:
+    """The local federation's brokers have no TLS. Without ``[link] allow_plaintext`` the node
+    makes no link to such a peer: no shovel, a ``link_refused`` log line at start and a
+    critical alert naming the peer and the reason. With the flag the link runs, the node says
+    so at every start (``link_plaintext``), and status marks it."""
+    path = fed.config_path("seajust")
+    flagged = path.read_text(encoding="utf-8")
+    assert "allow_plaintext = true" in flagged
+    path.write_text(flagged.replace("allow_plaintext = true", "allow_plaintext = false"))
+    with capture_logs() as logs:
+        async with running(fed, "seajust"):
+            async with Management(ADMIN) as management:
+                shovels = await management.shovel_names(fed.vhost("seajust"))
+            assert [s for s in shovels if s.startswith("mlanet-link-")] == []
+            code, document = await status_cli(path)
+    refused = [e for e in logs if e["event"] == "link_refused"]
+    assert {e["peer"] for e in refused} == {"casc", "unodc"}
+    assert {e["reason"] for e in refused} == {"link_plaintext_refused"}
+    assert code == 3
+    alerts = {(a["code"], a["subject"]): a for a in document["alerts"]}
+    assert alerts[("link_refused", "casc")]["severity"] == "critical"
+    assert alerts[("link_refused", "casc")]["text"].startswith("link_plaintext_refused: ")
+    links = {link["peer"]: link for link in document["links"]}
+    assert links["casc"]["transport"] == "refused"
+
+    path.write_text(flagged)
+    with capture_logs() as logs:
+        async with running(fed, "seajust"):
+            async with Management(ADMIN) as management:
+                shovels = await management.shovel_names(fed.vhost("seajust"))
+            assert "mlanet-link-casc" in shovels
+            _, document = await status_cli(path)
+    assert {e["peer"] for e in logs if e["event"] == "link_plaintext"} == {"casc", "unodc"}
+    assert {link["peer"]: link["transport"] for link in document["links"]}["casc"] == "plaintext"
+    assert not [a for a in document["alerts"] if a["code"] == "link_refused"]

@@ -136,3 +136,19 @@ def test_an_acceptance_waits_for_its_outcome_across_commits_and_is_written_at_cl
     assert [e.event for e in reopened.events("m-4")] == ["accepted"]
     assert [e.event for e in reopened.events("m-3")] == ["accepted"]
     reopened.close()
+
+
+def test_an_acceptance_whose_handling_ended_without_an_outcome_is_written_at_the_next_commit(
+    tmp_path: Path,
+) -> None:
+    """A receipt (or a directory update) consumed here has no outcome row: once its handling
+    ends, its acceptance is written at the next commit, not after the grace."""
+    store = Store(tmp_path / "node.sqlite3", key=KEY)
+    store.group_commits()
+    store.journal.accepted({"message_id": "r-1", "origin": "casc", "from": "casc"})
+    store.commit()
+    assert store.events("r-1") == []
+    store.journal.settled("r-1")
+    store.commit()
+    assert [(e.event, e.detail) for e in store.events("r-1")] == [("accepted", "from casc")]
+    store.close()
