@@ -174,9 +174,11 @@ async def run_demo(
         async with asyncio.timeout(within):
             await _journeys(fed, say, progress, nodes)
     except TimeoutError:
+        logs = f"the nodes' logs in {fed.root}/<network>/node.log"
+        if fed.brokers:  # removed with their folders unless kept
+            logs += f" and (with --keep) the brokers' in {fed.root}/<network>/broker/log"
         raise DemoFailed(
-            f"the demo gave up after {within:g} s waiting for {progress.waiting_for}; see the"
-            f" nodes' logs in {fed.root}/<network>/node.log"
+            f"the demo gave up after {within:g} s waiting for {progress.waiting_for}; see {logs}"
         ) from None
     finally:
         nodes.stop_all()
