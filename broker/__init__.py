@@ -9,6 +9,7 @@ from mlanet.broker.envelope import (
     SignedMessage,
     add_hop,
     decode_payload,
+    open_delivered,
     open_envelope,
     sign_message,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "generate_key_files",
     "load_signing_key",
     "loads_strict",
+    "open_delivered",
     "open_envelope",
     "parse_public_key",
     "sign_message",

@@ -10,6 +10,10 @@ Hop signing input:    ``b"mlanet-v1:hop:" + record_b64``.
 Link digest of a signature: ``SHA-256(signing_input + b"." + signature_b64)``; a hop record's
 ``prev`` is the link digest of the signature before it (the origin's for the first hop).
 The content hash (dedupe, receipts) is ``SHA-256(origin signing input)``.
+
+A sealed payload (``header.sealed``, ``broker/seal.py``) is signed as sent, sealed; once the
+destination has opened it, the node hands its contact points the *delivered form*: the same
+envelope with one more member, ``"opened": B64U(plaintext)`` (section 16.5).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pydantic import ValidationError
 
 from mlanet.broker.errors import Reason, RefusedMessage, error_location
 from mlanet.broker.keys import SigningKey, TrustStore, b64u_check, b64u_decode, b64u_encode
+from mlanet.broker.seal import seal_payload
 from mlanet.broker.strictjson import canonical_bytes, loads_strict
 from mlanet.schemas import (
     FORMAT_VERSION,
@@ -39,6 +44,7 @@ __all__ = [
     "SignedMessage",
     "add_hop",
     "decode_payload",
+    "open_delivered",
     "open_envelope",
     "sign_message",
 ]
@@ -49,6 +55,7 @@ MAX_HOPS = 16
 ORIGIN_CONTEXT = b"mlanet-v1:origin:"
 HOP_CONTEXT = b"mlanet-v1:hop:"
 _ENVELOPE_KEYS = {"mlanet", "header", "payload", "signature", "hops"}
+_DELIVERED_KEYS = _ENVELOPE_KEYS | {"opened"}
 _HOP_KEYS = {"record", "signature"}
 
 
@@ -72,6 +79,8 @@ class SignedMessage:
     payload_b64: str
     signature_b64: str
     hops: tuple[SignedHop, ...] = ()
+    # the plaintext of a sealed payload, once opened (by its destination, or the origin's own)
+    opened: bytes | None = field(default=None, repr=False, compare=False)
     # content_sha256, once computed (dedupe, the store, a refusal's id each ask for it)
     _content_sha256: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -125,6 +134,25 @@ class SignedMessage:
     def to_bytes(self) -> bytes:
         return canonical_bytes(self.to_wire())
 
+    def to_delivered_bytes(self) -> bytes:
+        """What a contact point of the destination receives: the envelope as signed, and the
+        opened plaintext of a sealed payload beside it."""
+        wire = self.to_wire()
+        if self.header.sealed is not None:
+            if self.opened is None:
+                raise ValueError("a sealed payload is delivered only once opened")
+            wire["opened"] = b64u_encode(self.opened)
+        return canonical_bytes(wire)
+
+    @property
+    def plaintext(self) -> bytes:
+        """The payload's bytes to parse: the opened plaintext of a sealed payload."""
+        if self.header.sealed is None:
+            return self.payload_bytes
+        if self.opened is None:
+            raise RefusedMessage(Reason.SEAL_DOES_NOT_OPEN, "the sealed payload was not opened")
+        return self.opened
+
 
 def _link_digest(signing_input: bytes, signature_b64: str) -> str:
     return b64u_encode(
@@ -136,14 +164,28 @@ def _canonical_model(model: WireModel) -> bytes:
     return canonical_bytes(model.model_dump(mode="json", exclude_none=True))
 
 
-def sign_message(header: Header, payload: WireModel | bytes, key: SigningKey) -> SignedMessage:
-    """The origin signs ``header`` and ``payload`` (a model, or bytes sent as they are)."""
+def sign_message(
+    header: Header,
+    payload: WireModel | bytes,
+    key: SigningKey,
+    *,
+    seal_with: str | None = None,
+) -> SignedMessage:
+    """The origin signs ``header`` and ``payload`` (a model, or bytes sent as they are).
+
+    A header that says ``sealed`` needs ``seal_with``, the public encryption key it names: the
+    payload is sealed under the header's bytes and signed as sealed (``broker/seal.py``)."""
     if header.origin.network != key.network or header.key_id != key.key_id:
         raise ValueError("header origin and key id must name the signing key")
+    if (header.sealed is None) != (seal_with is None):
+        raise ValueError("a sealed header needs the encryption key it names, and only it")
     payload_bytes = payload if isinstance(payload, bytes) else _canonical_model(payload)
     header_b64 = b64u_encode(_canonical_model(header))
+    opened = None
+    if seal_with is not None:
+        opened, payload_bytes = payload_bytes, seal_payload(payload_bytes, header_b64, seal_with)
     payload_b64 = b64u_encode(payload_bytes)
-    unsigned = SignedMessage(header, header_b64, payload_b64, "")
+    unsigned = SignedMessage(header, header_b64, payload_b64, "", opened=opened)
     return replace(unsigned, signature_b64=b64u_encode(key.sign(unsigned.signing_input)))
 
 
@@ -241,6 +283,35 @@ def open_envelope(
         raise RefusedMessage(
             Reason.BAD_ENVELOPE, "envelope must hold exactly " + ",".join(sorted(_ENVELOPE_KEYS))
         )
+    return _open_frame(frame, trust, now)
+
+
+def open_delivered(
+    data: bytes,
+    trust: TrustStore,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    now: datetime | None = None,
+) -> SignedMessage:
+    """A message in its delivered form (what a contact point receives): the envelope, checked
+    as :func:`open_envelope` does, and for a sealed payload its ``opened`` plaintext, which
+    :attr:`SignedMessage.plaintext` then returns. The plaintext comes from the network's own
+    node (only it may write a delivery queue); it is parsed as strictly as any payload."""
+    frame = loads_strict(data, max_bytes=max_bytes * 2, max_depth=4)
+    if not isinstance(frame, dict) or not _ENVELOPE_KEYS <= set(frame) <= _DELIVERED_KEYS:
+        raise RefusedMessage(
+            Reason.BAD_ENVELOPE, "a delivered envelope holds " + ",".join(sorted(_DELIVERED_KEYS))
+        )
+    opened_b64 = frame.pop("opened", None)
+    message = _open_frame(frame, trust, now)
+    if (opened_b64 is None) != (message.header.sealed is None):
+        raise RefusedMessage(Reason.BAD_ENVELOPE, "opened goes with a sealed payload, and only")
+    if opened_b64 is None:
+        return message
+    return replace(message, opened=b64u_decode(_b64_field(opened_b64, "opened")))
+
+
+def _open_frame(frame: dict[str, Any], trust: TrustStore, now: datetime | None) -> SignedMessage:
     if frame["mlanet"] != FORMAT_VERSION or type(frame["mlanet"]) is not int:
         raise RefusedMessage(Reason.UNSUPPORTED_VERSION, "only format 1 is understood")
     header_b64 = _b64_field(frame["header"], "header")
@@ -299,5 +370,5 @@ def open_envelope(
 
 def decode_payload(message: SignedMessage, *, max_bytes: int = DEFAULT_MAX_BYTES) -> WireModel:
     """Strictly parse and validate the payload against the model of the header's kind."""
-    value = loads_strict(message.payload_bytes, max_bytes=max_bytes)
+    value = loads_strict(message.plaintext, max_bytes=max_bytes)
     return _validate(payload_model(message.header.kind), value, "payload")  # type: ignore[no-any-return]

@@ -93,6 +93,13 @@ class Reason(StrEnum):
     STALE_DIRECTORY = "stale_directory"
     DIRECTORY_EXPIRED = "directory_expired"
     NOT_FOR_OBSERVERS = "not_for_observers"
+    # sealed payloads (docs/PROTOCOL.md section 16)
+    NOT_SEALED = "not_sealed"
+    SEALED_FOR_OTHER_NETWORK = "sealed_for_other_network"
+    UNKNOWN_ENCRYPTION_KEY = "unknown_encryption_key"
+    ENCRYPTION_KEY_REVOKED = "encryption_key_revoked"
+    SEAL_DOES_NOT_OPEN = "seal_does_not_open"
+    NO_ENCRYPTION_KEY = "no_encryption_key"
     # CA certificates the directory lists (broker/directory_tls.py)
     TLS_BAD_CERTIFICATE = "tls_bad_certificate"
     TLS_PRIVATE_KEY = "tls_private_key"

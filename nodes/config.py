@@ -330,6 +330,16 @@ class ContactPointsConfig(_Config):
     keys: Path = Path("contact-points")
 
 
+class PolicyConfig(_Config):
+    """What this network requires of the messages it takes and sends (``[policy]``).
+
+    ``require_sealed``: a sealed kind (a request, a receipt, a status update, an answer) that
+    arrives for this network unsealed is refused (``not_sealed``); origins seal it whenever
+    this network lists an encryption key, so only an origin that chose not to is refused."""
+
+    require_sealed: bool = False
+
+
 class NodeConfig(_Config):
     network: NetworkId
     signing_key: Path
@@ -344,6 +354,7 @@ class NodeConfig(_Config):
     contact_points: ContactPointsConfig = ContactPointsConfig()
     coordinator: CoordinatorConfig | None = None
     link: LinkConfig | None = None
+    policy: PolicyConfig = PolicyConfig()
     # Refused when present: a node never runs with the broker administrator's password.
     provisioning: dict[str, object] | None = None
     log_level: str = "info"

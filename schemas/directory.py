@@ -27,6 +27,7 @@ from mlanet.schemas.base import (
     Timestamp,
     WireModel,
 )
+from mlanet.schemas.sealing import EncryptionKey
 from mlanet.schemas.validity import KeyState, ended, in_window, key_state, not_yet
 
 __all__ = [
@@ -218,6 +219,8 @@ class NetworkEntry(WireModel):
     broker: BrokerAddress
     link_user: LinkUser | None = None
     tls: BrokerTls | None = None
+    # what origins seal this network's payloads for (section 16); old and new during a rotation
+    encryption_keys: list[EncryptionKey] = Field(default_factory=list, max_length=4)
 
     @model_validator(mode="after")
     def _contact_points_are_members(self) -> Self:
@@ -235,7 +238,15 @@ class NetworkEntry(WireModel):
         key_ids = [key.key_id for key in self.keys]
         if len(set(key_ids)) != len(key_ids):
             raise ValueError("a key id is listed twice")
+        sealing_ids = [key.key_id for key in self.encryption_keys]
+        if len(set(sealing_ids)) != len(sealing_ids):
+            raise ValueError("an encryption key id is listed twice")
         return self
+
+    def encryption_key(self, at: datetime) -> EncryptionKey | None:
+        """The key an origin seals this network's payloads with at ``at``: the newest valid."""
+        valid = [key for key in self.encryption_keys if key.valid_at(at)]
+        return max(valid, key=lambda key: int(key.key_id.split(":")[1]), default=None)
 
     def contact_points_of(self, country: str) -> list[str]:
         """The contact points serving ``country`` now (not replaced), in directory order."""

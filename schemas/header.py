@@ -19,6 +19,7 @@ from mlanet.schemas.base import (
     Timestamp,
     WireModel,
 )
+from mlanet.schemas.sealing import SEALED_KINDS, Sealed
 
 __all__ = [
     "FORMAT_VERSION",
@@ -109,6 +110,8 @@ class Header(WireModel):
     content: Literal["json"] = "json"
     # true: never delivered to, or routed through, an observer country or network.
     members_only: Literal[True] | None = None
+    # present: the payload is sealed for this network (section 16); only a sealed kind has it
+    sealed: Sealed | None = None
 
     @field_validator("format", mode="before")
     @classmethod
@@ -117,6 +120,12 @@ class Header(WireModel):
         if type(value) is not int:
             raise ValueError("format must be the integer 1")
         return value
+
+    @model_validator(mode="after")
+    def _only_a_sealed_kind_is_sealed(self) -> Self:
+        if self.sealed is not None and self.kind not in SEALED_KINDS:
+            raise ValueError(f"a {self.kind} is never sealed")
+        return self
 
 
 class HopRecord(WireModel):

@@ -18,7 +18,7 @@ from mlanet.broker import (
     SignedMessage,
     TrustStore,
     decode_payload,
-    open_envelope,
+    open_delivered,
 )
 from mlanet.broker.contact_point_keys import ContactPointKey
 from mlanet.broker.submission_signing import sign_returned, sign_submission
@@ -158,7 +158,7 @@ async def read_inbox(config: NodeConfig, credentials: Credentials) -> list[Inbox
         fresh = {(t.origin, t.message_id) for t in taken if t.new}
         items = []
         for origin, message_id, _kind, wire, _at in store.inbox(credentials.contact_point):
-            message = open_envelope(wire, trust, max_bytes=config.limits.max_message_bytes)
+            message = open_delivered(wire, trust, max_bytes=config.limits.max_message_bytes)
             items.append(InboxItem(message, decode_payload(message), (origin, message_id) in fresh))
         return items
     finally:
@@ -199,7 +199,7 @@ async def take_delivered(
     queue = deliver_queue(contact_point)
     while (incoming := await transport.get(queue)) is not None:
         try:
-            message = open_envelope(
+            message = open_delivered(
                 incoming.body,
                 trust,
                 max_bytes=config.limits.max_message_bytes,

@@ -46,6 +46,7 @@ from mlanet.broker.keys import (
     load_signing_key,
     parse_public_key,
 )
+from mlanet.broker.seal import SealKeyring
 from mlanet.broker.strictjson import loads_strict
 from mlanet.nodes.config import NodeConfig, PeerConfig
 from mlanet.nodes.directory.config import directory_expiry
@@ -404,6 +405,16 @@ class DirectoryBook:
         return entry is not None and any(
             key.key_id == key_id and _active(key, now) for key in entry.keys
         )
+
+    def seal_keys(self) -> SealKeyring:
+        """This network's private encryption keys: every ``<network>.seal.<n>.key`` beside
+        ``signing_key`` (a file that cannot be used is logged and passed over)."""
+        keyring = SealKeyring.load(self.config.signing_key.parent, self.config.network)
+        for refused in keyring.refused:
+            log.error(
+                "encryption_key_file_refused", reason=refused.reason.value, detail=refused.detail
+            )
+        return keyring
 
     def signing_key(self, now: datetime | None = None) -> SigningKey:
         """The key this node signs with now: the newest of its key files (``<network>.<n>.key``

@@ -131,6 +131,7 @@ class DirectoryKeeper:
             contact_points=tuple(me.active_contact_points()) if me else (),
             handovers=tuple(sorted(handovers.items())),
             key=self.book.signing_key(now),
+            seal_keys=self.book.seal_keys(),
         )
 
     def closed(self) -> RefusedMessage | None:

@@ -68,6 +68,7 @@ from mlanet.broker.keys import (
 )
 from mlanet.broker.management import Management, ManagementEndpoint
 from mlanet.broker.peer_access import door_vhosts, open_door, rabbit_password_hash
+from mlanet.broker.seal import generate_seal_key_files, seal_key_files
 from mlanet.broker.topology import door_vhost
 from mlanet.nodes.directory.contact_points import vouched_users, write_contact_point
 from mlanet.nodes.local.brokers import BrokerRecord
@@ -459,6 +460,10 @@ def _entry(
     if not (folder / f"{network}.1.key").exists():
         generate_key_files(folder, network, "ed25519:1")
     public = load_public_key_file(folder / f"{network}.1.pub")
+    sealing_private, sealing_public = seal_key_files(folder, network, "hpke:1")
+    if not sealing_private.exists():
+        generate_seal_key_files(folder, network, "hpke:1")
+    sealing = json.loads(sealing_public.read_text(encoding="ascii"))
     for secret in (
         ("broker.password",) if site is not None else ("broker.password", "link.password")
     ):
@@ -474,6 +479,7 @@ def _entry(
         "members": members,
         "contact_points": [_contact_point(country) for country in members],
         "keys": [{"key_id": public.key_id, "public_key": public.public_key}],
+        "encryption_keys": [{"key_id": sealing["key_id"], "public_key": sealing["public_key"]}],
         "broker": {
             "host": federation.host,
             "port": federation.port if site is None else site.port,

@@ -39,7 +39,7 @@ from mlanet.schemas import KINDS
 __all__ = ["STEPS", "NodeMetrics"]
 
 _REASONS = frozenset(reason.value for reason in Reason)
-STEPS = ("verify", "validate", "authorise", "route", "handle", "submit")
+STEPS = ("verify", "validate", "unseal", "authorise", "route", "handle", "submit")
 _STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _RECEIPT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 

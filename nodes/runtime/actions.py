@@ -17,7 +17,7 @@ import structlog
 
 from mlanet.broker import Reason, RefusedMessage, SignedMessage, add_hop, sign_message
 from mlanet.broker.quarantine_headers import REASON as QUARANTINE_REASON
-from mlanet.broker.routing import Deliver, Forward
+from mlanet.broker.routing import Deliver, Forward, target_network
 from mlanet.broker.transport import (
     SUBMIT,
     Incoming,
@@ -35,6 +35,7 @@ from mlanet.nodes.state.quarantine import Entry, claim, entry_of, log_context, r
 from mlanet.nodes.state.quarantine_store import Bound, QuarantineStore
 from mlanet.nodes.state.store import Store
 from mlanet.schemas import Destination, Header, Origin, WireModel
+from mlanet.schemas.sealing import SEALED_KINDS, Sealed
 
 __all__ = ["Actions", "describe", "message_context", "reply_to"]
 
@@ -79,25 +80,36 @@ class Actions:
         message_id: str | None = None,
         members_only: bool | None = None,
     ) -> SignedMessage:
-        """A new message of this network, signed with the key it signs with now."""
+        """A new message of this network, signed with the key it signs with now; a sealed
+        kind is sealed for its destination network when that network lists an encryption key
+        (``docs/PROTOCOL.md`` section 16)."""
         view = self._views.view
-        header = Header.model_validate(
-            {
-                "kind": kind,
-                "message_id": message_id or str(uuid.uuid4()),
-                "origin": Origin(
-                    network=view.config.network, country=country, contact_point=contact_point
-                ),
-                "destination": destination,
-                "created_at": self._clock(),
-                "hop_limit": hop_limit,
-                "key_id": view.key.key_id,
-                "urgency": urgency,
-                "in_reply_to": in_reply_to,
-                "members_only": members_only,
-            }
-        )
-        return sign_message(header, payload, view.key)
+        now = self._clock()
+        fields: dict[str, object] = {
+            "kind": kind,
+            "message_id": message_id or str(uuid.uuid4()),
+            "origin": Origin(
+                network=view.config.network, country=country, contact_point=contact_point
+            ),
+            "destination": destination,
+            "created_at": now,
+            "hop_limit": hop_limit,
+            "key_id": view.key.key_id,
+            "urgency": urgency,
+            "in_reply_to": in_reply_to,
+            "members_only": members_only,
+        }
+        header = Header.model_validate(fields)
+        if kind not in SEALED_KINDS:
+            return sign_message(header, payload, view.key)
+        target = target_network(header, view.directory, view.config.network)
+        entry = view.directory.network(target) if target is not None else None
+        sealing = entry.encryption_key(now) if entry is not None else None
+        if entry is None or sealing is None:
+            return sign_message(header, payload, view.key)  # a network that lists no key
+        fields["sealed"] = Sealed(suite=sealing.suite, network=entry.id, key_id=sealing.key_id)
+        header = Header.model_validate(fields)
+        return sign_message(header, payload, view.key, seal_with=sealing.public_key)
 
     async def forward(self, message: SignedMessage, routing: Forward) -> None:
         view = self._views.view
@@ -129,7 +141,7 @@ class Actions:
         for contact_point in routing.contact_points:
             await self._transport.publish(
                 deliver_queue(contact_point),
-                message.to_bytes(),
+                message.to_delivered_bytes(),  # a sealed payload with its opened plaintext
                 message_id=header.message_id,
                 kind=header.kind,
             )

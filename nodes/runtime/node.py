@@ -348,6 +348,7 @@ class Node:
                 now=now,
                 held=view.held.directory,
                 timing=self.observe.timing,
+                keyring=view.seal_keys,
             )
         except RefusedMessage as refused:
             if await self.keeper.salvage(self._ports, incoming.body, refused):

@@ -90,7 +90,8 @@ class Observer:
         """Our message ``for_id`` got no receipt in time and is marked undeliverable."""
 
     def timing(self, step: str, seconds: float) -> None:
-        """One named step (verify, validate, authorise, route, handle, submit) took ``seconds``."""
+        """One named step (verify, unseal, validate, authorise, route, handle, submit) took
+        ``seconds``."""
 
 
 class Observers(Observer):

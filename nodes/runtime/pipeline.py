@@ -1,13 +1,15 @@
 """The receiving pipeline, as named steps a reader can follow.
 
     size_cap -> sender_of -> transport -> verify -> authorise -> provenance -> dedupe -> route
-    -> validate
+    -> unseal -> validate
 
 ``verify`` checks the signatures over the exact bytes and validates the header and hop records
 strictly; ``provenance`` holds the origin and the hop records to the directory (the origin's
 country and contact point belong to its network, the path is one of links, in time);
-``validate`` checks the payload against its kind's schema, and what it says about who asks,
-at the destination only (relays route on the signed header and never read case content).
+``unseal`` opens a payload sealed for this network (``broker/seal.py``; at the destination
+only: a relay holds no key that opens it); ``validate`` checks the payload against its kind's
+schema, and what it says about who asks, at the destination only (relays route on the signed
+header and never read case content).
 
 Each step either returns what the next one needs or raises :class:`RefusedMessage` with a
 reason code. :func:`receive` runs them in order (:func:`open_delivery` up to ``verify``, then
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from mlanet.broker import (
@@ -32,12 +34,14 @@ from mlanet.broker import (
 )
 from mlanet.broker.provenance import check_origin, check_path, check_payload_origin
 from mlanet.broker.routing import Deliver, Routing, route
+from mlanet.broker.seal import SealKeyring
 from mlanet.broker.topology import peer_of_inbox_exchange
 from mlanet.broker.transport import CONTENT_TYPE, body_size
 from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.state.store import Seen, Store
 from mlanet.schemas import WireModel
 from mlanet.schemas.directory import Directory
+from mlanet.schemas.sealing import SEALED_KINDS
 
 __all__ = ["Accepted", "Properties", "judge", "open_delivery", "receive"]
 
@@ -100,6 +104,32 @@ def validate(message: SignedMessage, config: NodeConfig, held: Directory) -> Wir
     payload = decode_payload(message, max_bytes=config.limits.max_message_bytes)
     check_payload_origin(message.header, payload, held)
     return payload
+
+
+def unseal(
+    message: SignedMessage,
+    keyring: SealKeyring | None,
+    config: NodeConfig,
+    held: Directory,
+) -> SignedMessage:
+    """Open a sealed payload here, at its destination; the message with its plaintext.
+
+    Under ``[policy] require_sealed`` a sealed kind must come sealed (``not_sealed``) to this
+    network, which then lists an encryption key (section 16.4). Kinds every node reads are
+    never sealed (the header model refuses that)."""
+    header = message.header
+    me = held.network(config.network)
+    listed = me.encryption_keys if me is not None else []
+    if header.sealed is None:
+        if header.kind in SEALED_KINDS and config.policy.require_sealed:
+            raise RefusedMessage(
+                Reason.NOT_SEALED, f"a {header.kind} to {config.network} is sealed"
+            )
+        return message
+    if keyring is None:
+        raise RefusedMessage(Reason.UNKNOWN_ENCRYPTION_KEY, "this node holds no encryption key")
+    opened = keyring.open(header, message.header_b64, message.payload_bytes, listed)
+    return replace(message, opened=opened)
 
 
 def authorise(message: SignedMessage, sender: str, config: NodeConfig, now: datetime) -> None:
@@ -175,8 +205,10 @@ def judge(
     now: datetime,
     held: Directory | None = None,
     timing: Callable[[str, float], None] | None = None,
+    keyring: SealKeyring | None = None,
 ) -> Accepted:
-    """The steps after opening: authorise, provenance, dedupe, route, validate. A refusal here
+    """The steps after opening: authorise, provenance, dedupe, route, unseal and validate at
+    the destination (with ``keyring``, this network's encryption keys). A refusal here
     is of a message its origin really signed: the node tells the origin
     (``nodes/runtime/refusals.py``, ``docs/PROTOCOL.md`` section 10.1)."""
     signed = directory if held is None else held
@@ -197,7 +229,11 @@ def judge(
     timed("route")
     # The payload is validated where it is read: at the destination. A relay routes on the
     # origin-signed header (validated strictly by verify) and never needs the case content.
-    payload = validate(message, config, signed) if isinstance(routing, Deliver) else None
+    payload = None
+    if isinstance(routing, Deliver):
+        message = unseal(message, keyring, config, signed)
+        timed("unseal")
+        payload = validate(message, config, signed)
     timed("validate")
     return Accepted(message, payload, sender, routing, duplicate)
 
@@ -214,6 +250,7 @@ def receive(
     properties: Properties,
     timing: Callable[[str, float], None] | None = None,
     held: Directory | None = None,
+    keyring: SealKeyring | None = None,
 ) -> Accepted:
     """Run every step of the receiving pipeline on one delivery from a peer:
     :func:`open_delivery`, then :func:`judge`.
@@ -238,4 +275,5 @@ def receive(
         now=now,
         held=held,
         timing=timing,
+        keyring=keyring,
     )

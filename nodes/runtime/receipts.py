@@ -29,6 +29,7 @@ from mlanet.broker.routing import Deliver, Forward, Refuse, route, target_networ
 from mlanet.nodes.logs import bound
 from mlanet.nodes.runtime.actions import message_context, reply_to
 from mlanet.nodes.runtime.observe import Observers
+from mlanet.nodes.runtime.pipeline import unseal
 from mlanet.nodes.runtime.refusals import NoticeGate, deserves_notice, refusal_notice
 from mlanet.nodes.runtime.seams import Outbound, ViewSource
 from mlanet.nodes.state.store import OutboxEntry, Store
@@ -124,6 +125,9 @@ class Receipts:
 
     async def deliver_own(self, message: SignedMessage, routing: Deliver) -> None:
         """A message whose origin and destination are both here."""
+        view = self._views.view
+        if message.header.sealed is not None and message.opened is None:  # read from the outbox
+            message = unseal(message, view.seal_keys, view.config, view.held.directory)
         header = message.header
         payload = decode_payload(message)
         if header.kind == "receipt":

@@ -22,6 +22,7 @@ from mlanet.broker import RefusedMessage, SignedMessage
 from mlanet.broker.directory_signing import VerifiedDirectory
 from mlanet.broker.keys import SigningKey, TrustStore
 from mlanet.broker.routing import Deliver, Forward
+from mlanet.broker.seal import SealKeyring
 from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.runtime.observe import Flow
 from mlanet.schemas import Destination, WireModel
@@ -44,6 +45,7 @@ class DirectoryView:
     contact_points: tuple[str, ...]  # this network's contact points active now
     handovers: tuple[tuple[str, str], ...]  # (replaced contact point, successor), sorted
     key: SigningKey  # the key this node signs with now
+    seal_keys: SealKeyring  # this network's private encryption keys (sealed payloads for it)
 
 
 class ViewSource(Protocol):
