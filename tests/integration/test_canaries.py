@@ -347,8 +347,22 @@ async def test_canaries_in_case_fields_reach_contact_points_and_nothing_else(
             and field != "invalid_case_ref"
         }
         assert set(c.found_in(read)) == delivered_fields
+        # As they travelled, requests, answers and updates were sealed for their destination:
+        # only a notice (which every node may read) shows its fields. The delivered form the
+        # destination's node handed its contact point holds them all (base64 forms are caught).
         wires = b"".join(item.message.to_bytes() for items in delivered.values() for item in items)
-        assert set(c.found_in(wires.decode())) == delivered_fields  # base64 forms are caught
+        notice_fields = {field for field in delivered_fields if field.startswith("notice")}
+        assert notice_fields and set(c.found_in(wires.decode())) == notice_fields
+        assert all(
+            item.message.header.sealed is not None
+            for items in delivered.values()
+            for item in items
+            if item.message.header.kind != "notice"
+        )
+        opened = b"".join(
+            item.message.to_delivered_bytes() for items in delivered.values() for item in items
+        )
+        assert set(c.found_in(opened.decode())) == delivered_fields
 
         listed = {
             network: await mlanet(fed, network, "quarantine", "list", "--json")
