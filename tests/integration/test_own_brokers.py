@@ -14,10 +14,14 @@ used.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import secrets
 import ssl
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import aio_pika
@@ -29,6 +33,7 @@ from typer.testing import CliRunner
 from mlanet.broker.peer_access import PEER_TAG, inbox_write_pattern
 from mlanet.broker.tls import client_context, load_certificates
 from mlanet.broker.topology import inbox_exchange, peer_inbox
+from mlanet.broker.transport import Transport
 from mlanet.nodes.cli.app import app
 from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
 from mlanet.nodes.local import own_brokers
@@ -291,3 +296,87 @@ def test_init_own_brokers_leaves_them_running_and_down_removes_them(tmp_path: Pa
     assert "stopped the brokers" in gone.output
     assert not [network for network, pid in pids.items() if process_alive(pid)]
     assert not [r.spec.root for r in Federation.load(folder).brokers if r.spec.root.exists()]
+
+
+# --- sealed payloads: nothing readable at a relay ------------------------------------------------
+def _files_with(root: Path, forms: list[bytes]) -> list[str]:
+    """The files under ``root`` that hold any of ``forms`` (as bytes, anywhere in the file)."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if any(form in data for form in forms):
+                found.append(str(path.relative_to(root)))
+    return found
+
+
+def _header(body: bytes) -> dict[str, Any]:
+    """The header of an envelope, decoded (read only: nothing here is verified)."""
+    encoded = json.loads(body)["header"]
+    return json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))  # type: ignore[no-any-return]
+
+
+def _canary_forms(canary: str) -> list[bytes]:
+    """The canary as text and inside base64 (both alphabets, all three alignments)."""
+    raw = canary.encode()
+    forms = [raw, raw.lower()]
+    for offset in range(3):
+        for encode in (base64.urlsafe_b64encode, base64.standard_b64encode):
+            encoded = encode(b"\0" * offset + raw).rstrip(b"=")
+            forms.append(encoded[4 if offset else 0 : -4])
+    return forms
+
+
+async def test_a_relay_holds_nothing_readable_of_a_case_it_carries(fed: Federation) -> None:
+    """Cambodia -> France through CASC, with a canary as the case summary: while the request
+    waits in CASC's broker (CASC's node stopped) and after CASC has relayed it, the canary is
+    in none of CASC's queues, broker data or log files, node state (journal, audit trail,
+    quarantine, outbox), node log or files; EJN's contact point reads it, and its archive holds
+    it (owner-only). The payload crossed sealed for EJN: CASC holds no key that opens it."""
+    canary = f"CANARY-{secrets.token_hex(6).upper()}"
+    forms = _canary_forms(canary)
+    request = facilitation_request("kh-cp-1", "FR", summary=f"Case summary {canary}.")
+    casc = config(fed, "casc")  # as casc's node, in the door seajust's link writes into
+    door = casc.model_copy(
+        update={"broker": casc.broker.model_copy(update={"vhost": fed.door("casc", "seajust")})}
+    )
+    async with running(fed, "casc"):
+        pass  # its topology declared (the door's queue), then casc's node is down
+    async with running(fed, "seajust"):
+        await submit(config(fed, "seajust"), credentials(fed, "kh-cp-1"), request)
+        found: list[bytes] = []
+
+        async def waiting_at_casc() -> bool:
+            async with Transport(door.amqp_url()) as transport:
+                held = []  # each stays in the queue: requeued once all are read
+                while (incoming := await transport.get(peer_inbox("seajust"))) is not None:
+                    held.append(incoming)
+                for incoming in held:
+                    await incoming.requeue()
+            found[:] = [i.body for i in held if _header(i.body)["message_id"] == request.message_id]
+            return bool(found)
+
+        await eventually(waiting_at_casc, what="the request in casc's inbox queue")
+    header = _header(found[0])
+    assert header["sealed"]["network"] == "ejn"
+    assert not any(form in found[0] for form in forms), "the case in casc's queue"
+
+    async with running(fed, "seajust", "casc", "ejn"):
+        await eventually(
+            lambda: outbox_state(fed, "seajust", request.message_id) == "delivered",
+            what="ejn's receipt back at seajust",
+        )
+        items = await read_inbox(config(fed, "ejn"), credentials(fed, "fr-cp-1"))
+    # positive controls: the destination reads the case, and the search finds it on disk
+    ours = [item for item in items if item.message.header.message_id == request.message_id]
+    assert [canary in item.payload.model_dump_json() for item in ours] == [True]
+    archive_folder = fed.credentials("fr-cp-1")
+    assert _files_with(archive_folder, forms) == ["inbox.sqlite3"]
+    assert (archive_folder / "inbox.sqlite3").stat().st_mode & 0o077 == 0
+    assert archive_folder.stat().st_mode & 0o077 == 0
+    # the origin's broker kept the contact point's submission (plain, between a contact point
+    # and its own node) in its data: the search finds what a broker writes to disk
+    assert _files_with(_broker(fed, "seajust").root, forms) != []
+    # at the relay: nothing, in its broker's data and logs and in its node's folder
+    assert _files_with(_broker(fed, "casc").root, forms) == []
+    assert _files_with(fed.root / "casc", forms) == []
