@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from mlanet.broker import (
     Reason,
     RefusedMessage,
+    SignedMessage,
     TransportError,
     open_envelope,
 )
@@ -31,6 +32,7 @@ from mlanet.broker.provenance import (
 from mlanet.broker.routing import Deliver, Forward, Refuse, route
 from mlanet.broker.submission_signing import Returned, open_submission
 from mlanet.broker.transport import SUBMIT, Transport, deliver_queue, out_queue
+from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.logs import bound
 from mlanet.nodes.runtime import crashpoints
 from mlanet.nodes.runtime.actions import describe
@@ -39,6 +41,7 @@ from mlanet.nodes.runtime.seams import Commit, Outbound, OwnDelivery, ViewSource
 from mlanet.nodes.state.audit import AuditError
 from mlanet.nodes.state.store import Store
 from mlanet.schemas import Destination, Notice, payload_model
+from mlanet.schemas.sealing import SEALED_KINDS
 from mlanet.schemas.submission import Submission
 
 __all__ = ["Outbox"]
@@ -124,6 +127,7 @@ class Outbox:
                     members_only=submission.members_only,
                 )
                 try:  # what the destination will check, checked before anything is signed out
+                    _sealed_if_required(message, self._views.view.config)
                     held = self._views.view.held.directory
                     check_origin(message.header, held)
                     check_payload_origin(message.header, payload, held)
@@ -275,3 +279,13 @@ class Outbox:
                         break  # the broker failed us: the rest waits for the next round
                     except (RefusedMessage, AuditError) as exc:
                         log.warning("resend_failed", error=str(exc))
+
+
+def _sealed_if_required(message: SignedMessage, config: NodeConfig) -> None:
+    """Under ``[policy] require_sealed`` a sealed kind leaves only sealed: a destination that
+    lists no encryption key is not sent one (``no_encryption_key``)."""
+    header = message.header
+    if config.policy.require_sealed and header.kind in SEALED_KINDS and header.sealed is None:
+        raise RefusedMessage(
+            Reason.NO_ENCRYPTION_KEY, "the destination network lists no valid encryption key"
+        )

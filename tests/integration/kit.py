@@ -17,15 +17,18 @@ import aio_pika
 
 from mlanet.broker import SignedMessage, SigningKey, load_signing_key, sign_message
 from mlanet.broker.management import ManagementEndpoint
+from mlanet.broker.routing import target_network
 from mlanet.broker.topology import peer_of_peer_inbox
 from mlanet.broker.transport import CONTENT_TYPE, QUARANTINE
 from mlanet.nodes.config import NodeConfig, load_config
+from mlanet.nodes.directory.book import load_directory
 from mlanet.nodes.directory.contact_points import Credentials, add_contact_point
 from mlanet.nodes.directory.joining import provision_broker
 from mlanet.nodes.local.federation import Federation
 from mlanet.nodes.runtime.node import Node
 from mlanet.nodes.state.store import Store
 from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
+from mlanet.schemas.sealing import Sealed
 from tests.polling import eventually
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
@@ -80,8 +83,10 @@ def facilitation(
     created_at: datetime | None = None,
     signer: SigningKey | None = None,
     hop_limit: int = 6,
+    seal: bool = True,
 ) -> SignedMessage:
-    """A facilitation request signed by ``origin`` as its node would sign it."""
+    """A facilitation request signed by ``origin`` as its node would sign it: sealed for the
+    network that serves ``to_country`` with its encryption key (unless ``seal`` is false)."""
     signing = signer or key(fed, origin)
     header = Header(
         kind="facilitation_request",
@@ -92,6 +97,16 @@ def facilitation(
         key_id=signing.key_id,
         hop_limit=hop_limit,
     )
+    seal_with = None
+    if seal:
+        directory = load_directory(config(fed, origin))
+        target = target_network(header, directory, origin)
+        entry = directory.network(target) if target is not None else None
+        listed = entry.encryption_key(header.created_at) if entry is not None else None
+        if entry is not None and listed is not None:
+            sealed = Sealed(suite=listed.suite, network=entry.id, key_id=listed.key_id)
+            header = header.model_copy(update={"sealed": sealed})
+            seal_with = listed.public_key
     payload = FacilitationRequest(
         case_ref="KH-MLA-2020-0042",
         requesting_country=sender[:2].upper(),
@@ -101,7 +116,7 @@ def facilitation(
         languages=["en"],
         summary=summary,
     )
-    return sign_message(header, payload, signing)
+    return sign_message(header, payload, signing, seal_with=seal_with)
 
 
 async def inject(fed: Federation, receiver: str, sender: str, body: bytes, **props: Any) -> None:

@@ -58,3 +58,12 @@ def take_entries(fed: Federation, network: str) -> list[Drained]:
             out.append(Drained(entry.body or b"", headers(entry), entry.id))
         store.remove(token)
     return out
+
+
+def reasons(fed: Federation, network: str) -> list[str]:
+    """The reasons of the entries in ``network``'s quarantine store, sorted (read only)."""
+    store = open_store(fed, network)
+    if store is None:
+        return []
+    with store:
+        return sorted(reason for reason, n in store.by_reason().items() for _ in range(n))
