@@ -139,6 +139,11 @@ async def _inbox(
                     f"verified end to end ({path}): the origin's signature and "
                     f"{_hops(item.message)}"
                 )
+                if header.sealed is not None:
+                    say(
+                        f"    its payload crossed sealed for {header.sealed.network} "
+                        f"({header.sealed.key_id}): {network}'s node opened it, no relay could"
+                    )
             return
         await asyncio.sleep(0.1)
     raise DemoFailed(f"nothing reached {contact_point} in 10 s; see {fed.root}/{network}/node.log")
@@ -277,6 +282,6 @@ async def journeys(
     await _journey(fed, ("seajust", "casc", "ejn"), relayed.message_id, say, progress)
     await _inbox(fed, "ejn", "fr-cp-1", say, progress)
     say(
-        "\ndone: every message was signed at its origin, verified at every hop, delivered once"
-        " and acknowledged by a signed receipt"
+        "\ndone: every message was signed at its origin, sealed for its destination network,"
+        " verified at every hop, delivered once and acknowledged by a signed receipt"
     )

@@ -42,7 +42,8 @@ async def test_the_demo_tells_each_journey_in_order_once_and_explains_its_hop_re
         "[seajust] receipt by casc",
         "[uz-cp-1] reads facilitation_request",
     )
-    assert "no hop record (no network relayed it" in first[-1]
+    assert "no hop record (no network relayed it" in first[-2]
+    assert "its payload crossed sealed for casc (hpke:1)" in first[-1]
     _before(
         second,
         "[casc] accepted from uz-cp-1 (via submit)",
@@ -58,5 +59,6 @@ async def test_the_demo_tells_each_journey_in_order_once_and_explains_its_hop_re
         "[seajust] receipt by ejn",
         "[fr-cp-1] reads facilitation_request",
     )
-    assert "1 hop record (casc relayed it)" in third[-3] + third[-2] + third[-1]
+    assert "1 hop record (casc relayed it)" in third[-3] + third[-2]
+    assert "sealed for ejn (hpke:1): ejn's node opened it, no relay could" in third[-1]
     assert not re.search(r"\]\s+(\w+)\s+\1\b", text), text  # "forwarded forwarded to ..." is gone
