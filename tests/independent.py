@@ -9,8 +9,11 @@ enough for a second implementation; where they disagree, the document or the cod
 Covered: opening an envelope (sections 3 to 9, the header size cap and the rule on numbers
 included), receipts (8.1), choosing the next hop and local delivery (10.1, 10.2), opening a signed
 directory and its schema (14.1), the CA certificates it lists (14.7), key and password files (15),
-and building and signing messages and receipts the way section 8.1 says (so that integration tests
-can act as a second implementation on the real broker).
+sealed payloads (16: sealing for the destination network, opening with its private key and the
+destination's checks in order, the delivered form), and building and signing messages and
+receipts the way section 8.1 says (so that integration tests can act as a second implementation
+on the real broker). For HPKE it uses ``cryptography``'s ``hpke`` module directly, as a second
+implementation in Python would.
 """
 
 from __future__ import annotations
@@ -21,15 +24,15 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, hpke
+from cryptography.hazmat.primitives.asymmetric import ec, mlkem, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jsonschema import Draft202012Validator
 
@@ -47,6 +50,8 @@ RECEIPTED = (
     "meeting_request",
 )
 OBSERVER_KINDS = ("notice", "receipt")
+SEAL_SUITE = "hpke-mlkem768x25519-hkdfsha256-chacha20poly1305"
+SEALED_KINDS = (*RECEIPTED, "receipt")  # section 16.1; directory_update and notice never
 
 
 class Refused(Exception):
@@ -185,19 +190,43 @@ class Opened:
     origin_link_digest: str
     content_sha256: str
     origin_input: bytes
+    opened: bytes | None = None  # the plaintext of a sealed payload (section 16)
 
 
-def open_envelope(wire: bytes, keys: Keys, *, payload: bool = True) -> Opened:
-    """Sections 5 to 9, in order (the payload last, when ``payload``)."""
+_FRAME = {"mlanet", "header", "payload", "signature", "hops"}
+
+
+def open_envelope(
+    wire: bytes, keys: Keys, *, payload: bool = True, recipient: Recipient | None = None
+) -> Opened:
+    """Sections 5 to 9, in order (the payload last, when ``payload``). A sealed payload is
+    opened first (section 16.6) with ``recipient``, the destination's keys."""
     frame = strict_json(wire, MESSAGE_CAP)
-    if not isinstance(frame, dict) or set(frame) != {
-        "mlanet",
-        "header",
-        "payload",
-        "signature",
-        "hops",
-    }:
+    if not isinstance(frame, dict) or set(frame) != _FRAME:
         raise Refused("bad_envelope")
+    return _open_frame(frame, keys, payload=payload, recipient=recipient)
+
+
+def open_delivered(wire: bytes, keys: Keys) -> Opened:
+    """Section 16.7: what a contact point receives from its own node, the envelope and, for a
+    sealed payload, ``opened``: its plaintext, which the payload's checks then read."""
+    frame = strict_json(wire, 2 * MESSAGE_CAP)
+    if not isinstance(frame, dict) or not _FRAME <= set(frame) <= _FRAME | {"opened"}:
+        raise Refused("bad_envelope")
+    opened_b64 = frame.pop("opened", None)
+    learned = _open_frame(frame, keys, payload=False, recipient=None)
+    if (opened_b64 is None) != ("sealed" not in learned.header):
+        raise Refused("bad_envelope")
+    plaintext = learned.payload_bytes if opened_b64 is None else b64u_decode(opened_b64)
+    value = strict_json(plaintext, MESSAGE_CAP)
+    _valid(learned.header["kind"], value)
+    opened = None if opened_b64 is None else plaintext
+    return replace(learned, payload=value, opened=opened)
+
+
+def _open_frame(
+    frame: dict[str, Any], keys: Keys, *, payload: bool, recipient: Recipient | None
+) -> Opened:
     if type(frame["mlanet"]) is not int or frame["mlanet"] != 1:
         raise Refused("unsupported_version")
     if not all(isinstance(frame[m], str) for m in ("header", "payload", "signature")):
@@ -239,9 +268,14 @@ def open_envelope(wire: bytes, keys: Keys, *, payload: bool = True) -> Opened:
         records.append(record)
         record_bytes.append(raw)
 
-    value = None
+    value, opened = None, None
     if payload:
-        value = strict_json(payload_raw, MESSAGE_CAP)
+        plaintext = payload_raw
+        if "sealed" in header or recipient is not None:
+            if recipient is None:
+                raise Refused("unknown_encryption_key")  # holds no key: cannot read it
+            plaintext = opened = recipient.unseal(header, frame["header"], payload_raw)
+        value = strict_json(plaintext, MESSAGE_CAP)
         _valid(header["kind"], value)
     return Opened(
         header=header,
@@ -254,6 +288,7 @@ def open_envelope(wire: bytes, keys: Keys, *, payload: bool = True) -> Opened:
         origin_link_digest=origin_link,
         content_sha256=b64u_encode(hashlib.sha256(origin_input).digest()),
         origin_input=origin_input,
+        opened=opened,
     )
 
 
@@ -264,10 +299,28 @@ def timestamp(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
 
 
-def sign(header: dict[str, Any], payload: dict[str, Any], seed: bytes) -> bytes:
-    """An envelope with no hops, signed by the origin (sections 5 and 7.2)."""
+def sign(
+    header: dict[str, Any],
+    payload: dict[str, Any] | bytes,
+    seed: bytes,
+    *,
+    seal_for: tuple[str, dict[str, Any]] | None = None,
+) -> bytes:
+    """An envelope with no hops, signed by the origin (sections 5 and 7.2); ``payload`` is a
+    JSON object, or bytes sent as they are. With ``seal_for`` (a network and the encryption
+    key its directory entry lists) the header says ``sealed`` and the payload is sealed under
+    the header's text, then signed as sealed (section 16)."""
+    if seal_for is not None:
+        network, listed = seal_for
+        header = {
+            **header,
+            "sealed": {"key_id": listed["key_id"], "network": network, "suite": SEAL_SUITE},
+        }
     header_b64 = b64u_encode(canonical(header))
-    payload_b64 = b64u_encode(canonical(payload))
+    payload_bytes = payload if isinstance(payload, bytes) else canonical(payload)
+    if seal_for is not None:
+        payload_bytes = seal(payload_bytes, header_b64, seal_for[1]["public_key"])
+    payload_b64 = b64u_encode(payload_bytes)
     signing_input = f"mlanet-v1:origin:{header_b64}.{payload_b64}".encode("ascii")
     signature = Ed25519PrivateKey.from_private_bytes(seed).sign(signing_input)
     frame = {
@@ -290,10 +343,12 @@ def receipt_for(
     at: datetime,
     origin: dict[str, str] | None = None,
     content_sha256: str | None = None,
+    seal_for: tuple[str, dict[str, Any]] | None = None,
 ) -> bytes:
     """Section 8.1: the receipt the destination ``network`` signs for a message it delivered.
     ``origin`` (default ``{"network": network}``) and ``content_sha256`` may be given to build
-    the variants section 8.1 allows or refuses."""
+    the variants section 8.1 allows or refuses; ``seal_for`` seals it for the received
+    message's origin network (section 16.2)."""
     original = received.header
     header = {
         "content": "json",
@@ -316,7 +371,7 @@ def receipt_for(
     }
     if delivered_to is not None:
         payload["delivered_to"] = delivered_to
-    return sign(header, payload, seed)
+    return sign(header, payload, seed, seal_for=seal_for)
 
 
 def receipt_counts(receipt: Opened, sent: Opened, target: str) -> bool:
@@ -457,6 +512,18 @@ def _rule_matches(rule: dict[str, Any], header: dict[str, Any], target: str) -> 
     )
 
 
+def target_of(header: dict[str, Any], directory: dict[str, Any], here: str) -> str | None:
+    """Section 10.1, step 2: the network a message is addressed to, as ``here`` sees it."""
+    destination = header["destination"]
+    if destination.get("network") is not None:
+        return str(destination["network"])
+    country = destination["country"]
+    networks = directory["networks"]
+    serving = sorted(n["id"] for n in networks if country in n["members"])
+    serving = serving or sorted(n["id"] for n in networks if country in n.get("observers", []))
+    return here if here in serving else (serving[0] if serving else None)
+
+
 def next_hop(
     header: dict[str, Any],
     path: Sequence[str],
@@ -470,14 +537,7 @@ def next_hop(
     if here in path:
         return "refuse", ["loop_detected"]
     destination = header["destination"]
-    target = destination.get("network")
-    if target is None:
-        country = destination["country"]
-        serving = sorted(n for n, e in networks.items() if country in e["members"])
-        serving = serving or sorted(
-            n for n, e in networks.items() if country in e.get("observers", [])
-        )
-        target = here if here in serving else (serving[0] if serving else None)
+    target = target_of(header, directory, here)
     if target == here:
         return deliver_locally(header, networks[here], at)
     if target is None or target not in networks:
@@ -604,3 +664,145 @@ def password_hash(password: str, salt: bytes) -> str:
     return base64.b64encode(
         salt + hashlib.sha256(salt + password.encode("utf-8")).digest()
     ).decode()
+
+
+# --- section 16: sealed payloads -----------------------------------------------------------------
+_HPKE = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+ENC_BYTES = 1120  # the KEM's enc: ML-KEM-768 ciphertext (1088) || X25519 share (32)
+TAG_BYTES = 16
+
+
+def seal_info(header_b64: str) -> bytes:
+    """Section 16.5: HPKE ``info`` binds the seal to the signed header's text."""
+    return b"mlanet-v1:seal:" + header_b64.encode("ascii")
+
+
+def _valid_at(entry: dict[str, Any], at: datetime) -> bool:
+    """Section 14.3's rule for a key: from ``not_before`` until ``not_after``, never revoked."""
+    if entry.get("revoked_at") is not None:
+        return False
+    start, end = entry.get("not_before"), entry.get("not_after")
+    return (start is None or _timestamp(start) <= at) and (end is None or at < _timestamp(end))
+
+
+def encryption_key(directory: dict[str, Any], network: str, at: datetime) -> dict[str, Any] | None:
+    """Section 16.4: the key an origin seals for ``network`` with: its newest valid one."""
+    entry = next((n for n in directory["networks"] if n["id"] == network), None)
+    valid = [k for k in (entry or {}).get("encryption_keys", []) if _valid_at(k, at)]
+    return max(valid, key=lambda k: int(k["key_id"].split(":")[1]), default=None)
+
+
+def seal_for(
+    header: dict[str, Any], directory: dict[str, Any], here: str, at: datetime
+) -> tuple[str, dict[str, Any]] | None:
+    """Section 16.2: a message of a sealed kind is sealed for its target network when that
+    network lists a valid encryption key; None: sent unsealed."""
+    if header["kind"] not in SEALED_KINDS:
+        return None
+    target = target_of(header, directory, here)
+    listed = encryption_key(directory, target, at) if target is not None else None
+    return None if listed is None else (str(target), listed)
+
+
+def _public_key(raw: str) -> hpke.MLKEM768X25519PublicKey:
+    """Section 16.4: B64U of the ML-KEM-768 encapsulation key (1184) || X25519 public key (32)."""
+    data = b64u_decode(raw)
+    if len(data) != 1216:
+        raise Refused("malformed_key")
+    try:
+        return hpke.MLKEM768X25519PublicKey(
+            mlkem.MLKEM768PublicKey.from_public_bytes(data[:1184]),
+            x25519.X25519PublicKey.from_public_bytes(data[1184:]),
+        )
+    except ValueError:
+        raise Refused("malformed_key") from None
+
+
+def seal(plaintext: bytes, header_b64: str, public_key: str) -> bytes:
+    """Section 16.5: ``enc || ciphertext``, HPKE base mode, single shot, empty aad."""
+    return _HPKE.encrypt(plaintext, _public_key(public_key), info=seal_info(header_b64))
+
+
+@dataclass(frozen=True)
+class SealKey:
+    """A network's private encryption key (section 16.4): the ML-KEM-768 seed (``d || z``, 64
+    bytes) and the X25519 private key (32 bytes)."""
+
+    network: str
+    key_id: str
+    mlkem_seed: bytes
+    x25519_private: bytes
+
+    def _parts(self) -> tuple[mlkem.MLKEM768PrivateKey, x25519.X25519PrivateKey]:
+        return (
+            mlkem.MLKEM768PrivateKey.from_seed_bytes(self.mlkem_seed),
+            x25519.X25519PrivateKey.from_private_bytes(self.x25519_private),
+        )
+
+    def public_key(self) -> str:
+        kem, dh = self._parts()
+        return b64u_encode(kem.public_key().public_bytes_raw() + dh.public_key().public_bytes_raw())
+
+    def open(self, sealed: bytes, header_b64: str) -> bytes:
+        if len(sealed) < ENC_BYTES + TAG_BYTES:
+            raise Refused("seal_does_not_open")
+        try:
+            private = hpke.MLKEM768X25519PrivateKey(*self._parts())
+            return _HPKE.decrypt(sealed, private, info=seal_info(header_b64))
+        except (InvalidTag, ValueError):
+            raise Refused("seal_does_not_open") from None
+
+
+def seal_key_file(text: str) -> SealKey:
+    """Section 16.4: a ``<network>.seal.<n>.key`` file."""
+    value = json.loads(text)
+    seed, private = b64u_decode(value["mlkem768_seed"]), b64u_decode(value["x25519"])
+    if value.get("suite") != SEAL_SUITE or len(seed) != 64 or len(private) != 32:
+        raise Refused("malformed_key")
+    return SealKey(value["network"], value["key_id"], seed, private)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """The destination network as section 16.6 opens a payload: its id, the encryption keys its
+    directory entry lists, its private keys by key id, and its ``require_sealed`` policy."""
+
+    network: str
+    listed: list[dict[str, Any]]
+    keys: dict[str, SealKey]
+    require_sealed: bool = False
+
+    @classmethod
+    def of(
+        cls, directory: dict[str, Any], keys: Iterable[SealKey], require_sealed: bool = False
+    ) -> Recipient:
+        held = list(keys)
+        network = held[0].network
+        entry = next(n for n in directory["networks"] if n["id"] == network)
+        return cls(
+            network,
+            list(entry.get("encryption_keys", [])),
+            {k.key_id: k for k in held},
+            require_sealed,
+        )
+
+    def unseal(self, header: dict[str, Any], header_b64: str, payload: bytes) -> bytes:
+        """Section 16.6, in order; the plaintext (the payload itself when not sealed)."""
+        sealed = header.get("sealed")
+        if sealed is None:
+            if self.require_sealed and header["kind"] in SEALED_KINDS:
+                raise Refused("not_sealed")
+            return payload
+        if sealed["network"] != self.network:
+            raise Refused("sealed_for_other_network")
+        listed = next((k for k in self.listed if k["key_id"] == sealed["key_id"]), None)
+        private = self.keys.get(sealed["key_id"])
+        if listed is None or private is None:
+            raise Refused("unknown_encryption_key")
+        if listed.get("revoked_at") is not None:
+            raise Refused("encryption_key_revoked")
+        if not _valid_at(listed, _timestamp(header["created_at"])):
+            raise Refused("unknown_encryption_key")
+        if private.public_key() != listed["public_key"]:
+            raise Refused("unknown_encryption_key")
+        return private.open(payload, header_b64)

@@ -1,6 +1,6 @@
 """The worked examples of docs/PROTOCOL.md, as the protocol tests read them: every fenced block
 after an ``<!-- mlanet-example: NAME -->`` marker, and the frozen vectors they come from
-(``tests/vectors/golden.json``, ``tests/vectors/protocol.json``)."""
+(``tests/vectors/golden.json``, ``tests/vectors/protocol.json``, ``tests/vectors/sealed.json``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ ROOT = Path(__file__).parents[1]
 DOC = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
 GOLDEN = json.loads((ROOT / "tests" / "vectors" / "golden.json").read_text(encoding="ascii"))
 VECTORS = json.loads((ROOT / "tests" / "vectors" / "protocol.json").read_text(encoding="ascii"))
+SEALED = json.loads((ROOT / "tests" / "vectors" / "sealed.json").read_text(encoding="ascii"))
 _BLOCK = re.compile(r"<!-- mlanet-example: (\w+) -->\n```\w*\n(.*?)\n```\n", re.DOTALL)
 
 

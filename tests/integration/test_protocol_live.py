@@ -12,6 +12,11 @@ implementation (``tests/independent.py``, written from the document alone).
 - Section 8.1, as the origin sees it: SEAJust's Python node takes the independent
   implementation's receipt (also one whose origin names a country and contact point of the
   receipting network) and refuses one for other content or from a country not of that network.
+- Section 16: the local federation lists each network's encryption key, so what the independent
+  implementation sends is sealed for its target network and what comes back is sealed for
+  SEAJust; it opens that with SEAJust's key file, reads the delivered form of a contact point,
+  and a sealed payload moved into another message or sealed for another network is quarantined
+  at the destination with its own reason.
 """
 
 from __future__ import annotations
@@ -59,6 +64,12 @@ def _block(name: str) -> Any:
 def _seed(fed: Federation, network: str) -> bytes:
     text = (fed.root / network / f"{network}.1.key").read_text(encoding="ascii")
     return independent.private_key_file(text)[2]
+
+
+def _recipient(fed: Federation, network: str, directory: dict[str, Any]) -> independent.Recipient:
+    """``network`` as the destination of sealed payloads: its key file and directory entry."""
+    text = (fed.root / network / f"{network}.seal.1.key").read_text(encoding="ascii")
+    return independent.Recipient.of(directory, [independent.seal_key_file(text)])
 
 
 def _coordinator(fed: Federation) -> independent.Keys:
@@ -284,10 +295,16 @@ async def test_messages_of_another_implementation_go_where_sections_10_1_and_10_
     to_germany = _request("seajust", "kh-cp-1", {"country": "DE"})
     to_uzbekistan = _request("seajust", "kh-cp-1", {"country": "UZ"})
     to_casc = _request("seajust", "kh-cp-1", {"network": "casc"}, kind="notice")
-    sent = {}
-    for header, payload in (to_germany, to_uzbekistan, to_casc):
-        wire = independent.sign(header, payload, seajust)
-        sent[header["message_id"]] = independent.open_envelope(wire, keys)
+    mine = _recipient(fed, "seajust", directory)
+    sent, wires = {}, []
+    for header, payload in (to_germany, to_uzbekistan, to_casc):  # sealed but for the notice
+        sealing = independent.seal_for(header, directory, "seajust", now)
+        assert (sealing is None) == (header["kind"] == "notice")
+        wire = independent.sign(header, payload, seajust, seal_for=sealing)
+        sent[header["message_id"]] = independent.open_envelope(wire, keys, payload=False)
+        wires.append(wire)
+    assert sent[to_germany[0]["message_id"]].header["sealed"]["network"] == "ejn"
+    assert sent[to_uzbekistan[0]["message_id"]].header["sealed"]["network"] == "casc"
     assert independent.next_hop(to_germany[0], ["seajust"], directory, "casc", now) == (
         "forward",
         ["ejn"],
@@ -304,23 +321,25 @@ async def test_messages_of_another_implementation_go_where_sections_10_1_and_10_
     assert sorted(to_all) == sorted(cp["id"] for cp in networks["casc"]["contact_points"])
 
     async with running(fed, "casc", "ejn"):
-        for header, payload in (to_germany, to_uzbekistan, to_casc):
-            await inject(fed, "casc", "seajust", independent.sign(header, payload, seajust))
+        for wire in wires:
+            await inject(fed, "casc", "seajust", wire)
         (at_germany,) = await _take(fed, "ejn", "mlanet.deliver.de-cp-1", 1)
-        relayed = independent.open_envelope(at_germany, keys)
+        relayed = independent.open_delivered(at_germany, keys)  # section 16.7
         assert relayed.path == ["seajust", "casc"]
         assert relayed.records[0]["to"] == "ejn"
         assert relayed.content_sha256 == sent[to_germany[0]["message_id"]].content_sha256
+        assert relayed.opened == independent.canonical(to_germany[1])
+        assert relayed.payload == to_germany[1]
         for contact_point in to_all:
             expected = 2 if contact_point == "uz-cp-1" else 1
             bodies = await _take(fed, "casc", f"mlanet.deliver.{contact_point}", expected)
-            ids = {independent.open_envelope(b, keys).header["message_id"] for b in bodies}
+            ids = {independent.open_delivered(b, keys).header["message_id"] for b in bodies}
             assert to_casc[0]["message_id"] in ids
         back: list[independent.Opened] = []
 
         async def two_receipts() -> bool:  # none for the notice
             for drained in await drain(fed, "seajust", "mlanet.inbox.casc", door="casc"):
-                back.append(independent.open_envelope(drained.body, keys))
+                back.append(independent.open_envelope(drained.body, keys, recipient=mine))
             return sum(m.header["kind"] == "receipt" for m in back) >= 2
 
         await eventually(two_receipts, within=90)
@@ -345,6 +364,8 @@ async def test_messages_of_another_implementation_go_where_sections_10_1_and_10_
         receipt = by_message[header["message_id"]]
         assert receipt.path == path
         assert receipt.header["kind"] == "receipt"
+        assert receipt.header["sealed"]["network"] == "seajust"  # back sealed for the origin
+        assert receipt.opened is not None
         assert receipt.header["origin"] == {"network": target}
         assert receipt.header["destination"] == header["origin"]
         assert receipt.header["in_reply_to"] == header["message_id"]
@@ -364,6 +385,7 @@ async def test_the_origin_takes_receipts_built_from_the_document_and_refuses_fal
     directory = _directory(fed)
     keys = _keys(directory)
     casc = _seed(fed, "casc")
+    as_casc = _recipient(fed, "casc", directory)
     async with running(fed, "casc"):
         pass  # CASC's inbox for SEAJust is declared; from now on the test speaks for CASC
     outgoing = request("kh-cp-1", country="UZ")
@@ -373,15 +395,20 @@ async def test_the_origin_takes_receipts_built_from_the_document_and_refuses_fal
 
         async def the_request() -> bool:  # SEAJust's directory announcement comes too
             for drained in await drain(fed, "casc", "mlanet.inbox.seajust", door="seajust"):
-                arrived.append(independent.open_envelope(drained.body, keys))
+                arrived.append(independent.open_envelope(drained.body, keys, recipient=as_casc))
             return any(m.header["message_id"] == outgoing.message_id for m in arrived)
 
         await eventually(the_request, within=90)
         sent = next(m for m in arrived if m.header["message_id"] == outgoing.message_id)
         assert sent.header["kind"] == "facilitation_request"
+        assert sent.header["sealed"]["network"] == "casc"  # section 16.2: for the target
+        assert sent.payload["requesting_country"] == "KH"
         assert sent.path == ["seajust"]
         target = independent.next_hop(sent.header, [], directory, "seajust", datetime.now(UTC))
         assert target == ("forward", ["casc"])
+
+        back_to = independent.encryption_key(directory, "seajust", datetime.now(UTC))
+        assert back_to is not None
 
         def answer(**options: Any) -> bytes:
             return independent.receipt_for(
@@ -391,6 +418,7 @@ async def test_the_origin_takes_receipts_built_from_the_document_and_refuses_fal
                 seed=casc,
                 delivered_to="uz-cp-1",
                 at=datetime.now(UTC),
+                seal_for=("seajust", back_to),
                 **options,
             )
 
@@ -416,3 +444,54 @@ async def test_the_origin_takes_receipts_built_from_the_document_and_refuses_fal
 
         await eventually(delivered)
     assert sorted(await quarantined(fed, "seajust")) == ["origin_not_member", "unauthorised"]
+
+
+async def test_a_sealed_payload_the_destination_cannot_open_is_quarantined_with_its_reason(
+    fed: Federation,
+) -> None:
+    """Section 16.6 on the real broker: the independent implementation, as SEAJust, sends CASC
+    a request sealed for it, the same sealed payload moved into another message (signed by the
+    origin all the same), and a request for Uzbekistan sealed for EJN. CASC delivers the first
+    and quarantines the others as ``seal_does_not_open`` and ``sealed_for_other_network``."""
+    directory = _directory(fed)
+    keys = _keys(directory)
+    seajust = _seed(fed, "seajust")
+    now = datetime.now(UTC)
+    async with running(fed, "seajust"):
+        pass  # SEAJust's queues are declared; from now on the test speaks for SEAJust
+    header, payload = _request("seajust", "kh-cp-1", {"country": "UZ"})
+    sealing = independent.seal_for(header, directory, "seajust", now)
+    assert sealing is not None
+    assert sealing[0] == "casc"
+    good = independent.sign(header, payload, seajust, seal_for=sealing)
+    sealed_payload = independent.b64u_decode(json.loads(good)["payload"])
+    other = {
+        **header,
+        "message_id": str(uuid.uuid4()),
+        "sealed": json.loads(independent.b64u_decode(json.loads(good)["header"]))["sealed"],
+    }
+    moved = independent.sign(other, sealed_payload, seajust)
+    for_ejn = independent.encryption_key(directory, "ejn", now)
+    assert for_ejn is not None
+    elsewhere = {**header, "message_id": str(uuid.uuid4())}
+    misaddressed = independent.sign(elsewhere, payload, seajust, seal_for=("ejn", for_ejn))
+    async with running(fed, "casc"):
+        for wire in (good, moved, misaddressed):
+            await inject(fed, "casc", "seajust", wire)
+        (delivered,) = await _take(fed, "casc", "mlanet.deliver.uz-cp-1", 1)
+        opened = independent.open_delivered(delivered, keys)
+        assert opened.header["message_id"] == header["message_id"]
+        assert opened.payload == payload
+
+        async def both_refused() -> bool:
+            store = open_store(fed, "casc")
+            if store is None:
+                return False
+            with store:
+                return store.count() >= 2
+
+        await eventually(both_refused)
+    assert sorted(await quarantined(fed, "casc")) == [
+        "seal_does_not_open",
+        "sealed_for_other_network",
+    ]

@@ -6,7 +6,7 @@ three ways: it equals the frozen vector (``tests/vectors/golden.json``,
 document alone (``tests/independent.py``: nothing from ``broker``, ``nodes`` or ``schemas``), and it
 holds for the reference. Other tests compare the document's tables (reason codes, limits, AMQP
 names) with the reference's constants. Routing is in ``test_protocol_routing.py``, the directory and
-the key files in ``test_protocol_directory.py``.
+the key files in ``test_protocol_directory.py``, sealed payloads in ``test_protocol_sealed.py``.
 """
 
 from __future__ import annotations
@@ -62,6 +62,14 @@ def test_the_document_has_every_example_block() -> None:
         "pub_file",
         "password_file",
         "password_hash",
+        "seal_key_file",
+        "sealed_listed",
+        "sealed_wire",
+        "sealed_header",
+        "sealed_info",
+        "sealed_plaintext",
+        "sealed_content_sha256",
+        "sealed_checks",
     }
 
 
