@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from mlanet.broker.directory_tls import check_listed_certificates
 from mlanet.broker.errors import KeyRefused, Reason, RefusedMessage, error_location
 from mlanet.broker.keys import SigningKey, TrustStore, b64u_decode, b64u_encode
+from mlanet.broker.seal import parse_encryption_key
 from mlanet.broker.strictjson import canonical_bytes, loads_strict
 from mlanet.schemas.directory import (
     Directory,
@@ -116,6 +117,15 @@ def check_listed_keys(directory: Directory) -> None:
             raise RefusedMessage(
                 refused.reason, f"{role} {owner} key {key.key_id}: {refused.detail}"
             ) from None
+    for network in directory.networks:  # and every encryption key an origin would seal with
+        for sealing in network.encryption_keys:
+            try:
+                parse_encryption_key(sealing.public_key)
+            except KeyRefused as refused:
+                raise RefusedMessage(
+                    refused.reason,
+                    f"network {network.id} encryption key {sealing.key_id}: {refused.detail}",
+                ) from None
 
 
 def sign_directory(directory: Directory, key: SigningKey) -> VerifiedDirectory:

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from mlanet.broker import ConfigError, Reason, RefusedMessage, decode_payload, sign_message
 from mlanet.broker.curve import PointCheck, check_public_point
 from mlanet.broker.directory_signing import coordinator_trust, open_directory, sign_directory
-from mlanet.broker.keys import TrustStore, b64u_decode, load_signing_key
+from mlanet.broker.keys import TrustStore, b64u_decode, b64u_encode, load_signing_key
+from mlanet.broker.seal import PrivateSealKey
 from mlanet.nodes.cli.app import app
 from mlanet.nodes.config import load_config
 from mlanet.nodes.directory.book import (
@@ -32,6 +33,7 @@ from mlanet.nodes.directory.coordinator import next_version
 from mlanet.nodes.local.federation import Federation, build
 from mlanet.schemas import DirectoryUpdate
 from mlanet.schemas.directory import Directory
+from mlanet.schemas.sealing import EncryptionKey
 from tests.unit.wirekit import COORDINATOR, SEAJUST, make_header, sample_directory
 from tests.weak_directories import (
     ATTACKS,
@@ -225,3 +227,41 @@ def test_a_directory_update_without_a_signature_is_unsigned_directory(
     with pytest.raises(RefusedMessage) as refused:
         open_directory(payload.directory, _trust(), now=NOW)
     assert refused.value.reason is Reason.UNSIGNED_DIRECTORY
+
+
+# --- encryption keys ---------------------------------------------------------------------------
+def _with_encryption_key(raw: bytes) -> Directory:
+    """Version 4 of the sample directory, in which casc lists ``raw`` as its encryption key."""
+    base = sample_directory().directory
+    listed = EncryptionKey(key_id="hpke:1", public_key=b64u_encode(raw))
+    networks = [
+        e.model_copy(update={"encryption_keys": [listed]}) if e.id == "casc" else e
+        for e in base.networks
+    ]
+    return base.model_copy(update={"version": 4, "issued_at": NOW, "networks": networks})
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # an X25519 part of zeros: every shared secret with it is known
+        (PrivateSealKey.generate("casc", "hpke:1").public_raw()[:1184] + bytes(32), "weak_key"),
+        # an ML-KEM encapsulation key whose coefficients are not reduced mod q
+        (b"\xff" * 1184 + os.urandom(32), "malformed_key"),
+    ],
+    ids=["zero_x25519", "unreduced_mlkem"],
+)
+def test_a_directory_listing_an_unusable_encryption_key_is_never_signed_nor_opened(
+    raw: bytes, reason: str
+) -> None:
+    """No origin could seal with such a key: the coordinator refuses to sign the directory, and
+    a node refuses one signed anyway, naming the network and key id (never the key)."""
+    forged = _with_encryption_key(raw)
+    with pytest.raises(RefusedMessage) as refused:
+        sign_directory(forged, COORDINATOR)
+    assert refused.value.reason.value == reason
+    with pytest.raises(RefusedMessage) as refused:
+        open_directory(sign_anyway(forged, COORDINATOR), _trust(), now=NOW)
+    assert refused.value.reason.value == reason
+    assert refused.value.detail.startswith("network casc encryption key hpke:1: ")
+    assert b64u_encode(raw) not in str(refused.value)
