@@ -1,7 +1,8 @@
 """The receiving node's pipeline without a broker: a federation written to disk (keys, signed
-directory, configs), ``casc``'s effective config and trust as its node would hold them, and a fresh
-SQLite store. ``judge`` runs one publication through ``mlanet.nodes.runtime.pipeline.receive`` and
-says what the node would do with it. Used by the unit tests and ``bench/bench_hostile.py``."""
+directory, configs), ``casc``'s effective config, trust and private encryption keys (its
+keyring, loaded from beside its signing key) as its node would hold them, and a fresh SQLite
+store. ``judge`` runs one publication through ``mlanet.nodes.runtime.pipeline.receive`` and says
+what the node would do with it. Used by the unit tests and ``bench/bench_hostile.py``."""
 
 from __future__ import annotations
 
@@ -83,17 +84,7 @@ class Harness:
         now = datetime.now(UTC)
         rotate(federation, now)
         keeper = DirectoryKeeper(load_config(federation.config_path(RECEIVER)), lambda: now)
-        keys = {
-            network: load_signing_key(root / "federation" / network / f"{network}.1.key")
-            for network in federation.networks
-            if (root / "federation" / network / f"{network}.1.key").exists()
-        }
-        scene = Scene(
-            keys=keys,
-            users={network: federation.link_user(network) for network in federation.networks},
-            now=now,
-            max_bytes=keeper.view.config.limits.max_message_bytes,
-        )
+        scene = Scene.of(federation, now)
         return cls(federation, keeper, Store(root / "store" / "node.sqlite3"), scene)
 
     @property
@@ -114,6 +105,7 @@ class Harness:
                 store=self.store,
                 now=self.scene.now,
                 properties=properties_of(publication),
+                keyring=self.keeper.view.seal_keys,
             )
         except RefusedMessage as refused:
             return refused.reason
