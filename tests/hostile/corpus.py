@@ -119,14 +119,16 @@ Outcome = Quarantined | Refused | Deduplicated | Delivered | Recorded
 @dataclass(frozen=True)
 class Scene:
     """What the builders need: the federation's signing keys, the broker users, the time, the
-    receiver's and the broker's size limits, and each network's public encryption key (the
-    newest valid one its directory entry lists: what an honest origin seals for it with)."""
+    receiver's and the broker's size limits, and each network's public encryption keys: the
+    one an honest origin seals for it with (``encryption``: the newest valid one its directory
+    entry lists) and all it lists (``encryption_keys``, revoked ones included)."""
 
     keys: Mapping[str, SigningKey]
     users: Mapping[str, str]
     now: datetime
     max_bytes: int
     encryption: Mapping[str, EncryptionKey]
+    encryption_keys: Mapping[str, tuple[EncryptionKey, ...]]
     broker_max_bytes: int = 128 * 1024 * 1024
 
     @classmethod
@@ -140,21 +142,27 @@ class Scene:
             if path.exists():
                 keys[network] = load_signing_key(path)
         encryption = {}
-        for entry in signed_directory(federation).networks:
-            listed = entry.encryption_key(now)
-            if listed is not None:
-                encryption[entry.id] = listed
+        networks = signed_directory(federation).networks
+        for entry in networks:
+            newest = entry.encryption_key(now)
+            if newest is not None:
+                encryption[entry.id] = newest
         return cls(
             keys=keys,
             users={network: federation.link_user(network) for network in federation.networks},
             now=now,
             max_bytes=load_config(federation.config_path(RECEIVER)).limits.max_message_bytes,
             encryption=encryption,
+            encryption_keys={entry.id: tuple(entry.encryption_keys) for entry in networks},
         )
 
     def public_key(self, network: str) -> str:
         """``network``'s public encryption key, base64url as its directory entry lists it."""
         return self.encryption[network].public_key
+
+    def encryption_key(self, network: str, key_id: str) -> EncryptionKey:
+        """``network``'s encryption key ``key_id`` as its directory entry lists it."""
+        return next(key for key in self.encryption_keys[network] if key.key_id == key_id)
 
 
 @dataclass(frozen=True)
@@ -297,7 +305,10 @@ def _receipt_for_unsent(scene: Scene) -> Attack:
 
 
 # --- sealed payloads --------------------------------------------------------------------------
-# An unlisted encryption key id (casc lists hpke:1 only) and a suite nobody defines.
+# casc's encryption key from before a rotation, revoked yesterday: the scene's directory lists it
+# and casc's node holds its private half (harness.rotate). An encryption key id casc does not
+# list, and a suite nobody defines.
+REVOKED_ENCRYPTION_KEY = "hpke:2"
 UNLISTED_ENCRYPTION_KEY = "hpke:9"
 UNKNOWN_SUITE = "hpke-x25519-hkdfsha256-aes128gcm"
 # Long enough to hold the KEM's enc (1120 bytes) and the AEAD tag, and random: opens with no key.
@@ -311,12 +322,14 @@ def _sealed_request(
     origin: str = HOSTILE,
     sealed_for: str = RECEIVER,
     key_id: str | None = None,
+    with_key: EncryptionKey | None = None,
     **changes: Any,
 ) -> Frame:
     """A request from ``origin`` for UZ whose payload (default: a valid request) is sealed
-    with ``sealed_for``'s real public encryption key; the header says ``sealed_for`` and
-    ``key_id`` (default: the key it was sealed with)."""
-    listed = scene.encryption[sealed_for]
+    with ``sealed_for``'s real public encryption key (``with_key``, default: the one honest
+    origins use); the header says ``sealed_for`` and ``key_id`` (default: the key it was
+    sealed with)."""
+    listed = with_key or scene.encryption[sealed_for]
     value = header(
         _k(scene, origin),
         scene.now,
@@ -953,6 +966,16 @@ CORPUS: tuple[Hostile, ...] = (
         " casc does not list",
         lambda s: _frame(_sealed_request(s, key_id=UNLISTED_ENCRYPTION_KEY)),
         Quarantined(Reason.UNKNOWN_ENCRYPTION_KEY),
+    ),
+    Hostile(
+        "sealed_with_a_revoked_encryption_key",
+        "sealing",
+        f"a request sealed for casc with its key {REVOKED_ENCRYPTION_KEY}, which casc revoked"
+        " yesterday (its node still holds the private key)",
+        lambda s: _frame(
+            _sealed_request(s, with_key=s.encryption_key(RECEIVER, REVOKED_ENCRYPTION_KEY))
+        ),
+        Quarantined(Reason.ENCRYPTION_KEY_REVOKED),
     ),
     Hostile(
         "sealed_notice",

@@ -67,17 +67,20 @@ def test_the_corpus_is_broad_and_its_names_are_unique() -> None:
         Reason.SEAL_DOES_NOT_OPEN,
         Reason.SEALED_FOR_OTHER_NETWORK,
         Reason.UNKNOWN_ENCRYPTION_KEY,
+        Reason.ENCRYPTION_KEY_REVOKED,
     ):
         assert reason in reasons, reason
 
 
 def test_the_scene_seals_with_the_keys_the_directory_lists(harness: Harness) -> None:
-    """Every network of the federation lists hpke:1, and the receiver's keyring holds the
-    private half of the key the scene seals for it with."""
+    """Every network of the federation seals with hpke:1, casc also lists its revoked hpke:2,
+    and casc's keyring holds the private half of both."""
     scene = harness.scene
     assert set(scene.encryption) >= {RECEIVER, HOSTILE, HONEST}
     assert {key.key_id for key in scene.encryption.values()} == {"hpke:1"}
-    assert harness.keeper.view.seal_keys.key_ids == ("hpke:1",)
+    assert [key.key_id for key in scene.encryption_keys[RECEIVER]] == ["hpke:1", "hpke:2"]
+    assert scene.encryption_key(RECEIVER, "hpke:2").revoked_at is not None
+    assert harness.keeper.view.seal_keys.key_ids == ("hpke:1", "hpke:2")
     assert scene.public_key(RECEIVER) != scene.public_key(HONEST)
 
 
