@@ -15,7 +15,8 @@ name, the layer it attacks, how it is built, a builder and the outcome:
   delivered nor quarantined (nothing in it to act on, nor anyone to blame for certain);
 - ``Delivered()``: a valid message whose AMQP properties carry bytes the node's AMQP client
   could not decode before the hardening (``broker/amqp_decode.py``); properties are only hints,
-  so it is delivered once, and the node's connection survives.
+  so it is delivered once, and the node's connection survives. Also the honest sealed request
+  (``sealed_request``): the baseline the sealing entries differ from, delivered once, opened.
 
 Entries with ``setup`` publish those messages first (each must be delivered) and the hostile
 one after. The builders take a :class:`Scene` (the federation's signing keys, the networks'
