@@ -15,16 +15,26 @@ name, the layer it attacks, how it is built, a builder and the outcome:
   delivered nor quarantined (nothing in it to act on, nor anyone to blame for certain);
 - ``Delivered()``: a valid message whose AMQP properties carry bytes the node's AMQP client
   could not decode before the hardening (``broker/amqp_decode.py``); properties are only hints,
-  so it is delivered once, and the node's connection survives.
+  so it is delivered once, and the node's connection survives. Also the honest sealed request
+  (``sealed_request``): the baseline the sealing entries differ from, delivered once, opened.
 
 Entries with ``setup`` publish those messages first (each must be delivered) and the hostile
-one after. The builders take a :class:`Scene` (the federation's keys and the receiver's limits)
-so that the same corpus drives the integration battery, the unit check through
+one after. The builders take a :class:`Scene` (the federation's signing keys, the networks'
+public encryption keys as the directory lists them, and the receiver's limits) so that the
+same corpus drives the integration battery, the unit check through
 ``mlanet.nodes.runtime.pipeline.receive`` and ``bench/bench_hostile.py``.
+
+Every network of the scene lists an encryption key (``hpke:1``) and honest origins seal the
+sealed kinds for their destination network (``docs/PROTOCOL.md`` section 16); the ``sealing``
+entries attack that. Most other entries send their request unsealed: ``casc`` has no
+``[policy] require_sealed``, so an unsealed request still passes the ``unseal`` step and each
+of them still reaches the step it attacks (the payload attacks included: their bytes are
+parsed as they were before sealing existed; the ``sealing`` entries repeat them inside a seal).
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 import uuid
 from collections.abc import Callable, Mapping
@@ -33,15 +43,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from mlanet.broker import Reason, SigningKey, canonical_bytes
-from mlanet.broker.keys import b64u_encode
+from mlanet.broker import Reason, SigningKey, canonical_bytes, load_signing_key
+from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.nodes.config import load_config
+from mlanet.nodes.local.federation import Federation, signed_directory
 from mlanet.schemas import KINDS
+from mlanet.schemas.sealing import EncryptionKey
 from tests.hostile.forge import (
     Frame,
     facilitation_payload,
     header,
     hop,
     receipt_payload,
+    seal_and_sign,
+    sealed,
     sign,
     text,
     wire,
@@ -104,14 +119,51 @@ Outcome = Quarantined | Refused | Deduplicated | Delivered | Recorded
 
 @dataclass(frozen=True)
 class Scene:
-    """What the builders need: the federation's signing keys, the broker users, the time, and
-    the receiver's and the broker's size limits."""
+    """What the builders need: the federation's signing keys, the broker users, the time, the
+    receiver's and the broker's size limits, and each network's public encryption keys: the
+    one an honest origin seals for it with (``encryption``: the newest valid one its directory
+    entry lists) and all it lists (``encryption_keys``, revoked ones included)."""
 
     keys: Mapping[str, SigningKey]
     users: Mapping[str, str]
     now: datetime
     max_bytes: int
+    encryption: Mapping[str, EncryptionKey]
+    encryption_keys: Mapping[str, tuple[EncryptionKey, ...]]
     broker_max_bytes: int = 128 * 1024 * 1024
+
+    @classmethod
+    def of(cls, federation: Federation, now: datetime) -> Scene:
+        """The scene of a local federation (``nodes/local/federation.py``) as it stands on
+        disk: its networks' signing keys, its directory (after :func:`harness.rotate`, if
+        called before) and the receiver's config."""
+        keys = {}
+        for network in federation.networks:
+            path = federation.root / network / f"{network}.1.key"
+            if path.exists():
+                keys[network] = load_signing_key(path)
+        encryption = {}
+        networks = signed_directory(federation).networks
+        for entry in networks:
+            newest = entry.encryption_key(now)
+            if newest is not None:
+                encryption[entry.id] = newest
+        return cls(
+            keys=keys,
+            users={network: federation.link_user(network) for network in federation.networks},
+            now=now,
+            max_bytes=load_config(federation.config_path(RECEIVER)).limits.max_message_bytes,
+            encryption=encryption,
+            encryption_keys={entry.id: tuple(entry.encryption_keys) for entry in networks},
+        )
+
+    def public_key(self, network: str) -> str:
+        """``network``'s public encryption key, base64url as its directory entry lists it."""
+        return self.encryption[network].public_key
+
+    def encryption_key(self, network: str, key_id: str) -> EncryptionKey:
+        """``network``'s encryption key ``key_id`` as its directory entry lists it."""
+        return next(key for key in self.encryption_keys[network] if key.key_id == key_id)
 
 
 @dataclass(frozen=True)
@@ -163,6 +215,8 @@ def _frame(frame: Frame, **properties: Any) -> Attack:
 
 
 def _signed_payload(scene: Scene, payload: dict[str, Any] | bytes) -> Attack:
+    # Unsealed, as before sealed payloads: casc (no [policy] require_sealed) takes an unsealed
+    # request and parses its payload as sent; the *_inside_a_seal entries do the same in a seal.
     return _frame(sign(header(_k(scene), scene.now), payload, _k(scene)))
 
 
@@ -249,6 +303,81 @@ def _receipt_for_unsent(scene: Scene) -> Attack:
         in_reply_to=never_sent,
     )
     return _frame(sign(value, receipt_payload(never_sent, scene.now), _k(scene)))
+
+
+# --- sealed payloads --------------------------------------------------------------------------
+# casc's encryption key from before a rotation, revoked yesterday: the scene's directory lists it
+# and casc's node holds its private half (harness.rotate). An encryption key id casc does not
+# list, and a suite nobody defines.
+REVOKED_ENCRYPTION_KEY = "hpke:2"
+UNLISTED_ENCRYPTION_KEY = "hpke:9"
+UNKNOWN_SUITE = "hpke-x25519-hkdfsha256-aes128gcm"
+# Long enough to hold the KEM's enc (1120 bytes) and the AEAD tag, and random: opens with no key.
+RANDOM_SEAL_BYTES = 2048
+
+
+def _sealed_request(
+    scene: Scene,
+    plaintext: dict[str, Any] | bytes | None = None,
+    *,
+    origin: str = HOSTILE,
+    sealed_for: str = RECEIVER,
+    key_id: str | None = None,
+    with_key: EncryptionKey | None = None,
+    **changes: Any,
+) -> Frame:
+    """A request from ``origin`` for UZ whose payload (default: a valid request) is sealed
+    with ``sealed_for``'s real public encryption key (``with_key``, default: the one honest
+    origins use); the header says ``sealed_for`` and ``key_id`` (default: the key it was
+    sealed with)."""
+    listed = with_key or scene.encryption[sealed_for]
+    value = header(
+        _k(scene, origin),
+        scene.now,
+        sealed=sealed(sealed_for, key_id or listed.key_id),
+        **changes,
+    )
+    if plaintext is None:
+        country = value["origin"]["country"]
+        plaintext = facilitation_payload(requesting_country=country)
+    return seal_and_sign(value, plaintext, _k(scene, origin), listed.public_key)
+
+
+def _sealed_bytes(scene: Scene, payload: bytes) -> Frame:
+    """seajust's header that says sealed for casc with hpke:1, over ``payload`` as it is."""
+    statement = sealed(RECEIVER, scene.encryption[RECEIVER].key_id)
+    return sign(header(_k(scene), scene.now, sealed=statement), payload, _k(scene))
+
+
+def _seal_moved(scene: Scene) -> Attack:
+    """ejn's request sealed for casc (one seajust may have relayed): its sealed payload, as it
+    is, in a new header by seajust (new id, seajust's origin), re-signed by seajust."""
+    lifted = _sealed_request(scene, origin=HONEST)
+    return _frame(_sealed_bytes(scene, b64u_decode(lifted["payload"])))
+
+
+def _sealed_replay(scene: Scene) -> Attack:
+    original = Publication(wire(_sealed_request(scene)))
+    return Attack(original, setup=(original,))
+
+
+def _opened_by_the_peer(scene: Scene) -> Attack:
+    """A seal that opens with no key, sent in the form a destination hands its contact points
+    (``"opened"``: the plaintext beside it): the node must open seals itself, never read this."""
+    frame = _sealed_bytes(scene, os.urandom(RANDOM_SEAL_BYTES))
+    opened = b64u_encode(canonical_bytes(facilitation_payload()))
+    return _frame({**frame, "opened": opened})
+
+
+def _sealed_notice(scene: Scene) -> Attack:
+    value = header(
+        _k(scene),
+        scene.now,
+        kind="notice",
+        sealed=sealed(RECEIVER, scene.encryption[RECEIVER].key_id),
+    )
+    notice = {"title": "Plenary", "topic": "plenary"}
+    return _frame(seal_and_sign(value, notice, _k(scene), scene.public_key(RECEIVER)))
 
 
 def _flip(text_value: str) -> str:
@@ -785,6 +914,132 @@ CORPUS: tuple[Hostile, ...] = (
         _receipt_for_unsent,
         Recorded("receipt_unmatched"),
         node_only=True,
+    ),
+    # --- sealing: payloads sealed for the destination network (PROTOCOL.md section 16) --------
+    Hostile(
+        "sealed_request",
+        "sealing",
+        "a valid request from seajust sealed for casc with its key hpke:1, as honest origins"
+        " send them",
+        lambda s: _frame(_sealed_request(s)),
+        Delivered(),
+    ),
+    Hostile(
+        "replay_of_a_sealed_request",
+        "sealing",
+        "a sealed request casc already delivered, sent again unchanged",
+        _sealed_replay,
+        Deduplicated(),
+    ),
+    Hostile(
+        "seal_of_random_bytes",
+        "sealing",
+        f"a header that says sealed for casc with hpke:1 over {RANDOM_SEAL_BYTES} random bytes",
+        lambda s: _frame(_sealed_bytes(s, os.urandom(RANDOM_SEAL_BYTES))),
+        Quarantined(Reason.SEAL_DOES_NOT_OPEN),
+    ),
+    Hostile(
+        "seal_shorter_than_the_kem_enc",
+        "sealing",
+        "a header that says sealed for casc over 3 bytes (the KEM's enc alone is 1120)",
+        lambda s: _frame(_sealed_bytes(s, b"\x01\x02\x03")),
+        Quarantined(Reason.SEAL_DOES_NOT_OPEN),
+    ),
+    Hostile(
+        "seal_moved_into_another_header",
+        "sealing",
+        "the sealed payload of ejn's valid request for casc, in a new header by seajust (the"
+        " seal is bound to the header it was made under), re-signed by seajust",
+        _seal_moved,
+        Quarantined(Reason.SEAL_DOES_NOT_OPEN),
+    ),
+    Hostile(
+        "sealed_for_another_network",
+        "sealing",
+        "a request for UZ (casc's) sealed for ejn with ejn's real key, the header saying so",
+        lambda s: _frame(_sealed_request(s, sealed_for=HONEST)),
+        Quarantined(Reason.SEALED_FOR_OTHER_NETWORK),
+    ),
+    Hostile(
+        "sealed_with_an_unlisted_key",
+        "sealing",
+        f"a request sealed for casc whose header names the key {UNLISTED_ENCRYPTION_KEY}, which"
+        " casc does not list",
+        lambda s: _frame(_sealed_request(s, key_id=UNLISTED_ENCRYPTION_KEY)),
+        Quarantined(Reason.UNKNOWN_ENCRYPTION_KEY),
+    ),
+    Hostile(
+        "sealed_with_a_revoked_encryption_key",
+        "sealing",
+        f"a request sealed for casc with its key {REVOKED_ENCRYPTION_KEY}, which casc revoked"
+        " yesterday (its node still holds the private key)",
+        lambda s: _frame(
+            _sealed_request(s, with_key=s.encryption_key(RECEIVER, REVOKED_ENCRYPTION_KEY))
+        ),
+        Quarantined(Reason.ENCRYPTION_KEY_REVOKED),
+    ),
+    Hostile(
+        "sealed_notice",
+        "sealing",
+        "a notice (a kind every node reads, never sealed) sealed for casc, the header saying so",
+        _sealed_notice,
+        Quarantined(Reason.SCHEMA_INVALID),
+    ),
+    Hostile(
+        "sealed_with_an_unknown_suite",
+        "sealing",
+        f"a request whose header's sealed names the suite '{UNKNOWN_SUITE}'",
+        lambda s: _frame(
+            sign(
+                header(_k(s), s.now, sealed=sealed(RECEIVER, suite=UNKNOWN_SUITE)),
+                os.urandom(RANDOM_SEAL_BYTES),
+                _k(s),
+            )
+        ),
+        Quarantined(Reason.SCHEMA_INVALID),
+    ),
+    Hostile(
+        "opened_member_from_a_peer",
+        "sealing",
+        "a seal of random bytes with an 'opened' member beside it (the form a destination"
+        " hands its contact points) holding a valid request",
+        _opened_by_the_peer,
+        Quarantined(Reason.BAD_ENVELOPE),
+    ),
+    # The payload attacks above, inside a seal that opens: opened first, then parsed strictly.
+    Hostile(
+        "duplicate_key_inside_a_seal",
+        "sealing",
+        "a request sealed for casc whose plaintext names 'summary' twice",
+        lambda s: _frame(
+            _sealed_request(s, _canonical_payload()[:-1] + b',"summary":"Second summary."}')
+        ),
+        Quarantined(Reason.DUPLICATE_KEY),
+    ),
+    Hostile(
+        "deep_nesting_inside_a_seal",
+        "sealing",
+        "a request sealed for casc whose plaintext's summary is 10,000 nested arrays",
+        lambda s: _frame(
+            _sealed_request(
+                s,
+                _canonical_payload().replace(
+                    b'"Test request: no real case content."', b"[" * 10_000 + b"]" * 10_000
+                ),
+            )
+        ),
+        Quarantined(Reason.TOO_DEEP),
+    ),
+    Hostile(
+        "lone_surrogate_inside_a_seal",
+        "sealing",
+        "a request sealed for casc whose plaintext's summary escapes a lone surrogate \\ud800",
+        lambda s: _frame(
+            _sealed_request(
+                s, _canonical_payload().replace(b'"Test request', b'"\\ud800Test request')
+            )
+        ),
+        Quarantined(Reason.LONE_SURROGATE),
     ),
     # --- size ------------------------------------------------------------------------------
     Hostile(

@@ -3,7 +3,9 @@ can still carry a valid signature, so that a hostile message fails exactly where
 
 ``Frame`` is the envelope as a plain dict (``wire()`` serialises it canonically, ``text()``
 lets a test write any JSON text). Headers and payloads are dicts signed over their canonical
-bytes, or raw bytes signed as they are.
+bytes, or raw bytes signed as they are. ``seal_and_sign`` seals any plaintext bytes for a
+network's public encryption key under the header's exact bytes, as an honest origin does
+(``broker/seal.py``), and signs the sealed payload; ``sealed`` is the header's statement.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 from mlanet.broker import SigningKey, canonical_bytes
 from mlanet.broker.keys import b64u_encode
+from mlanet.broker.seal import seal_payload
 from mlanet.schemas.base import format_timestamp
+from mlanet.schemas.sealing import SEAL_SUITE
 
 __all__ = [
     "ORIGIN_CONTEXT",
@@ -27,6 +31,8 @@ __all__ = [
     "link_digest",
     "origin_signing_input",
     "receipt_payload",
+    "seal_and_sign",
+    "sealed",
     "sign",
 ]
 
@@ -136,6 +142,26 @@ def sign(
     }
 
 
+def sealed(network: str, key_id: str = "hpke:1", suite: str = SEAL_SUITE) -> dict[str, str]:
+    """The header's ``sealed`` member: the payload is sealed for ``network``'s ``key_id``."""
+    return {"key_id": key_id, "network": network, "suite": suite}
+
+
+def seal_and_sign(
+    header_value: dict[str, Any] | bytes,
+    plaintext: dict[str, Any] | bytes,
+    key: SigningKey,
+    public_key: str,
+) -> Frame:
+    """An envelope whose payload is ``plaintext`` sealed for ``public_key`` (base64url, as the
+    directory lists it) under this header's bytes, and whose origin signature by ``key`` is
+    valid over the sealed payload as sent. Whatever the header says about the seal is not
+    checked here: it can name any network, key or suite."""
+    header_bytes = _bytes(header_value)
+    payload = seal_payload(_bytes(plaintext), b64u_encode(header_bytes), public_key)
+    return sign(header_bytes, payload, key)
+
+
 def _last_link(frame: Frame) -> str:
     if frame["hops"]:
         last = frame["hops"][-1]
@@ -176,6 +202,7 @@ def wire(frame: Frame) -> bytes:
     return canonical_bytes(frame)
 
 
-def text(frame: Frame, **dumps: Any) -> bytes:
-    """Any JSON text of the frame (for layouts canonical_bytes would never write)."""
-    return json.dumps(frame, **dumps).encode("utf-8")
+def text(value: Any, **dumps: Any) -> bytes:
+    """Any JSON text of a frame, or of anything else (for layouts canonical_bytes would never
+    write)."""
+    return json.dumps(value, **dumps).encode("utf-8")

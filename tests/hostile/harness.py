@@ -1,10 +1,12 @@
 """The receiving node's pipeline without a broker: a federation written to disk (keys, signed
-directory, configs), ``casc``'s effective config and trust as its node would hold them, and a fresh
-SQLite store. ``judge`` runs one publication through ``mlanet.nodes.runtime.pipeline.receive`` and
-says what the node would do with it. Used by the unit tests and ``bench/bench_hostile.py``."""
+directory, configs), ``casc``'s effective config, trust and private encryption keys (its
+keyring, loaded from beside its signing key) as its node would hold them, and a fresh SQLite
+store. ``judge`` runs one publication through ``mlanet.nodes.runtime.pipeline.receive`` and says
+what the node would do with it. Used by the unit tests and ``bench/bench_hostile.py``."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +15,7 @@ from mlanet.broker import Reason, RefusedMessage, load_signing_key
 from mlanet.broker.directory_signing import sign_directory
 from mlanet.broker.keys import b64u_decode
 from mlanet.broker.routing import Refuse
+from mlanet.broker.seal import generate_seal_key_files, seal_key_files
 from mlanet.broker.transport import CONTENT_TYPE, inbox_exchange
 from mlanet.nodes.config import NodeConfig, load_config
 from mlanet.nodes.directory.keeper import DirectoryKeeper
@@ -20,7 +23,16 @@ from mlanet.nodes.local.federation import Federation, build
 from mlanet.nodes.runtime.pipeline import Accepted, Properties, receive
 from mlanet.nodes.state.store import Store
 from mlanet.schemas.directory import Directory, NetworkKey, SignedDirectory
-from tests.hostile.corpus import HOSTILE, RECEIVER, REVOKED, ROTATED_OUT, Scene, restrict_kinds
+from mlanet.schemas.sealing import EncryptionKey
+from tests.hostile.corpus import (
+    HOSTILE,
+    RECEIVER,
+    REVOKED,
+    REVOKED_ENCRYPTION_KEY,
+    ROTATED_OUT,
+    Scene,
+    restrict_kinds,
+)
 from tests.hostile.peer import Publication
 
 __all__ = ["Harness", "properties_of", "rotate"]
@@ -29,7 +41,10 @@ __all__ = ["Harness", "properties_of", "rotate"]
 def rotate(federation: Federation, now: datetime) -> None:
     """Issue the next directory version, signed by the coordinator, in which seajust also lists
     its pre-rotation keys: ``ROTATED_OUT`` (valid until yesterday) and ``REVOKED`` (revoked
-    yesterday). Nodes started afterwards take it (the newest valid directory wins)."""
+    yesterday), and casc an encryption key ``REVOKED_ENCRYPTION_KEY`` revoked yesterday, whose
+    private key file is written beside casc's others (a node keeps a revoked key's file until
+    its operator removes it). Nodes started afterwards take it (the newest valid directory
+    wins)."""
     path = federation.root / "directory.json"
     signed = SignedDirectory.model_validate_json(path.read_bytes())
     current = Directory.model_validate_json(b64u_decode(signed.document))
@@ -51,6 +66,18 @@ def rotate(federation: Federation, now: datetime) -> None:
                 ),
             ]
             entry = entry.model_copy(update={"keys": [*entry.keys, *old]})
+        if entry.id == RECEIVER:
+            folder = federation.root / RECEIVER
+            private, public = seal_key_files(folder, RECEIVER, REVOKED_ENCRYPTION_KEY)
+            if not private.exists():
+                generate_seal_key_files(folder, RECEIVER, REVOKED_ENCRYPTION_KEY)
+            revoked = EncryptionKey(
+                key_id=REVOKED_ENCRYPTION_KEY,
+                public_key=json.loads(public.read_text(encoding="ascii"))["public_key"],
+                not_before=now - timedelta(days=90),
+                revoked_at=now - timedelta(days=1),
+            )
+            entry = entry.model_copy(update={"encryption_keys": [*entry.encryption_keys, revoked]})
         networks.append(entry)
     following = current.model_copy(
         update={"version": current.version + 1, "issued_at": now, "networks": networks}
@@ -83,17 +110,7 @@ class Harness:
         now = datetime.now(UTC)
         rotate(federation, now)
         keeper = DirectoryKeeper(load_config(federation.config_path(RECEIVER)), lambda: now)
-        keys = {
-            network: load_signing_key(root / "federation" / network / f"{network}.1.key")
-            for network in federation.networks
-            if (root / "federation" / network / f"{network}.1.key").exists()
-        }
-        scene = Scene(
-            keys=keys,
-            users={network: federation.link_user(network) for network in federation.networks},
-            now=now,
-            max_bytes=keeper.view.config.limits.max_message_bytes,
-        )
+        scene = Scene.of(federation, now)
         return cls(federation, keeper, Store(root / "store" / "node.sqlite3"), scene)
 
     @property
@@ -114,6 +131,7 @@ class Harness:
                 store=self.store,
                 now=self.scene.now,
                 properties=properties_of(publication),
+                keyring=self.keeper.view.seal_keys,
             )
         except RefusedMessage as refused:
             return refused.reason

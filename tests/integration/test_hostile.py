@@ -4,7 +4,9 @@ unless the entry says otherwise, any AMQP property bytes), one after the other.
 
 Each must end exactly as the corpus says: quarantined with its specific ``x-mlanet-reason``,
 refused by the broker (permissions, a forged user id), deduplicated, recorded (a receipt for
-nothing casc sent), or (a valid message with undecodable properties) delivered once. None may
+nothing casc sent), or (a valid message with undecodable properties, a valid sealed request)
+delivered once. The scene is the federation's own: every network lists an encryption key and
+casc's node opens payloads sealed for it with the private key beside its signing key. None may
 cause a delivery it should not, a forward, a crash or a stall: a good message sent after the
 whole corpus is delivered, and the contact point's queue holds exactly the messages that were
 meant to arrive, each once.
@@ -39,7 +41,15 @@ from tests.hostile.corpus import (
     Scene,
     restrict_kinds,
 )
-from tests.hostile.forge import Frame, facilitation_payload, header, sign, wire
+from tests.hostile.forge import (
+    Frame,
+    facilitation_payload,
+    header,
+    seal_and_sign,
+    sealed,
+    sign,
+    wire,
+)
 from tests.hostile.harness import rotate
 from tests.hostile.peer import BrokerRefusal, Publication, amqp_url, publish, publish_all
 from tests.integration.kit import config, depth, drain, drained, eventually, key, running
@@ -156,12 +166,7 @@ async def test_every_hostile_message_gets_its_outcome_and_the_node_keeps_working
     restrict_kinds(fed.config_path(RECEIVER))
     now = datetime.now(UTC)
     rotate(fed, now)
-    scene = Scene(
-        keys={n: key(fed, n) for n in fed.networks if n != fed.coordinator},
-        users={n: fed.link_user(n) for n in fed.networks},
-        now=now,
-        max_bytes=config(fed, RECEIVER).limits.max_message_bytes,
-    )
+    scene = Scene.of(fed, now)
     battery = Battery(fed)
     outcomes: dict[str, str] = {}
     async with running(fed, RECEIVER) as nodes:
@@ -171,11 +176,17 @@ async def test_every_hostile_message_gets_its_outcome_and_the_node_keeps_working
             outcomes[entry.name] = await battery.run(entry, scene)
             assert not nodes.tasks[RECEIVER].done(), f"the node stopped after {entry.name}"
 
-        # After the whole corpus: a good message from each peer is delivered.
+        # After the whole corpus: a good message from each peer is delivered, sealed for casc
+        # as honest origins send them.
         for peer in (HOSTILE, HONEST):
-            good_header = header(key(fed, peer), datetime.now(UTC))
+            listed = scene.encryption[RECEIVER]
+            good_header = header(
+                key(fed, peer),
+                datetime.now(UTC),
+                sealed=sealed(RECEIVER, listed.key_id),
+            )
             asking = facilitation_payload(requesting_country=good_header["origin"]["country"])
-            good = sign(good_header, asking, key(fed, peer))
+            good = seal_and_sign(good_header, asking, key(fed, peer), listed.public_key)
             await battery.deliver(Publication(wire(good), as_network=peer))
         # nothing more on its way from either peer: whatever was to arrive has arrived
         await drained(fed, RECEIVER, peer_inbox(HOSTILE), peer_inbox(HONEST))
@@ -201,12 +212,7 @@ async def test_a_body_at_rabbitmqs_default_maximum_is_refused_by_the_broker(
     (``max_message_size``, set by scripts/setup.sh): the peer's publish fails with
     PRECONDITION_FAILED, the node never sees it and goes on with the next message."""
     (entry,) = [e for e in CORPUS if e.big]
-    scene = Scene(
-        keys={n: key(fed, n) for n in fed.networks if n != fed.coordinator},
-        users={n: fed.link_user(n) for n in fed.networks},
-        now=datetime.now(UTC),
-        max_bytes=config(fed, RECEIVER).limits.max_message_bytes,
-    )
+    scene = Scene.of(fed, datetime.now(UTC))
     battery = Battery(fed)
     async with running(fed, RECEIVER) as nodes:
         with pytest.raises(BrokerRefusal) as refused:

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from mlanet.broker import Reason, decode_payload
 from mlanet.broker.routing import Deliver
 from mlanet.nodes.runtime.pipeline import Accepted
 from tests.hostile.corpus import (
     CORPUS,
+    HONEST,
+    HOSTILE,
+    RECEIVER,
     Deduplicated,
     Delivered,
     Hostile,
@@ -53,11 +57,34 @@ def test_the_corpus_is_broad_and_its_names_are_unique() -> None:
         "replay",
         "hops",
         "authorisation",
+        "sealing",
         "size",
     ):
         assert layers[layer] >= 2, layer
     reasons = {e.expect.reason for e in CORPUS if isinstance(e.expect, Quarantined)}
     assert len(reasons) >= 20
+    for reason in (
+        Reason.SEAL_DOES_NOT_OPEN,
+        Reason.SEALED_FOR_OTHER_NETWORK,
+        Reason.UNKNOWN_ENCRYPTION_KEY,
+        Reason.ENCRYPTION_KEY_REVOKED,
+    ):
+        assert reason in reasons, reason
+
+
+def test_the_scene_seals_with_the_keys_the_directory_lists(harness: Harness) -> None:
+    """Every network of the federation seals with hpke:1, casc also lists its revoked hpke:2,
+    and casc's keyring holds the private half of both."""
+    scene = harness.scene
+    assert set(scene.encryption) >= {RECEIVER, HOSTILE, HONEST}
+    assert {key.key_id for key in scene.encryption.values()} == {"hpke:1"}
+    assert [key.key_id for key in scene.encryption_keys[RECEIVER]] == ["hpke:1", "hpke:2"]
+    assert scene.encryption_key(RECEIVER, "hpke:2").revoked_at is not None
+    assert harness.keeper.view.seal_keys.key_ids == ("hpke:1", "hpke:2")
+    assert scene.public_key(RECEIVER) != scene.public_key(HONEST)
+    # the entries that send unsealed requests reach the step they attack only while casc takes
+    # unsealed requests (corpus.py's docstring)
+    assert not harness.config.policy.require_sealed
 
 
 @pytest.mark.parametrize("entry", [e for e in _JUDGED if not e.big], ids=lambda e: e.name)
@@ -76,6 +103,13 @@ def test_each_entry_gets_its_outcome_from_the_pipeline(harness: Harness, entry: 
         assert isinstance(verdict.routing, Deliver)
         assert verdict.duplicate is None
         assert isinstance(entry.expect, Delivered) or entry.node_only
+        assert verdict.payload is not None
+        # a sealed payload was opened here: its plaintext, not the bytes sent, was validated
+        message = verdict.message
+        assert (message.header.sealed is None) == (message.opened is None)
+        if message.opened is not None:
+            assert message.opened != message.payload_bytes
+            assert verdict.payload == decode_payload(message)
 
 
 def test_the_big_entry_is_refused_by_its_size_before_anything_is_parsed(
