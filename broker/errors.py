@@ -93,6 +93,8 @@ class Reason(StrEnum):
     STALE_DIRECTORY = "stale_directory"
     DIRECTORY_EXPIRED = "directory_expired"
     NOT_FOR_OBSERVERS = "not_for_observers"
+    # handling rules of the signed header (docs/PROTOCOL.md, "Handling rules")
+    DIRECT_ONLY_RELAYED = "direct_only_relayed"
     # CA certificates the directory lists (broker/directory_tls.py)
     TLS_BAD_CERTIFICATE = "tls_bad_certificate"
     TLS_PRIVATE_KEY = "tls_private_key"

@@ -23,6 +23,8 @@ from mlanet.schemas.base import (
 __all__ = [
     "FORMAT_VERSION",
     "KINDS",
+    "MAX_RETENTION_DAYS",
+    "MIN_RETENTION_DAYS",
     "Destination",
     "Header",
     "HopRecord",
@@ -32,6 +34,9 @@ __all__ = [
 ]
 
 FORMAT_VERSION: Literal[1] = 1
+# A retention period is whole days, from one day to a hundred years.
+MIN_RETENTION_DAYS = 1
+MAX_RETENTION_DAYS = 36500
 
 Kind = Literal[
     "facilitation_request",
@@ -109,6 +114,11 @@ class Header(WireModel):
     content: Literal["json"] = "json"
     # true: never delivered to, or routed through, an observer country or network.
     members_only: Literal[True] | None = None
+    # Handling rules (docs/PROTOCOL.md, "Handling rules"), all enforced at every hop:
+    # true: never relayed through a third network, origin to destination over their own link.
+    direct_only: Literal[True] | None = None
+    # days after created_at when the destination purges the content (it keeps the metadata).
+    retention_days: int | None = Field(default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)
 
     @field_validator("format", mode="before")
     @classmethod

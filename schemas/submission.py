@@ -16,7 +16,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mlanet.schemas.base import ContactPointId, KeyId, MessageId, WireModel
-from mlanet.schemas.header import Destination, Kind, Urgency
+from mlanet.schemas.header import (
+    MAX_RETENTION_DAYS,
+    MIN_RETENTION_DAYS,
+    Destination,
+    Kind,
+    Urgency,
+)
 
 __all__ = ["MAX_FRAME_CHARS", "ReturnedDelivery", "SignedSubmission", "Submission"]
 
@@ -36,6 +42,8 @@ class Submission(WireModel):
     in_reply_to: MessageId | None = None
     hop_limit: int = Field(default=6, ge=1, le=16)
     members_only: Literal[True] | None = None
+    direct_only: Literal[True] | None = None
+    retention_days: int | None = Field(default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)
     payload: dict[str, Any]
 
 
