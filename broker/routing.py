@@ -180,9 +180,7 @@ def route(
     target = target_network(header, directory, self_network)
     if target == self_network:
         if header.direct_only and len(path) > 1:
-            return Refuse(
-                Reason.DIRECT_ONLY_RELAYED, f"direct only, but relayed through {path[1]}"
-            )
+            return Refuse(Reason.DIRECT_ONLY_RELAYED, f"direct only, but relayed through {path[1]}")
         return _local(header, directory, self_network)
     entry = directory.network(target) if target is not None else None
     if target is None or entry is None:

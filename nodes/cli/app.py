@@ -42,6 +42,7 @@ from mlanet.nodes.cli.quarantine import audit_app, quarantine_app
 from mlanet.nodes.config import NodeConfig, load_config
 from mlanet.nodes.logs import configure_logging, failure_fields, log_loop_error, quiet_libraries
 from mlanet.schemas import Destination, write_json_schemas
+from mlanet.schemas.header import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 from mlanet.schemas.submission import Submission
 
 
@@ -205,6 +206,17 @@ def send(
     members_only: Annotated[
         bool, typer.Option(help="Never to, or through, an observer country or network.")
     ] = False,
+    direct_only: Annotated[
+        bool, typer.Option(help="Never through a third network: only over a direct link.")
+    ] = False,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(
+            min=MIN_RETENTION_DAYS,
+            max=MAX_RETENTION_DAYS,
+            help="The destination purges the content this many days after it was sent.",
+        ),
+    ] = None,
 ) -> None:
     """Send a message (a facilitation request by default) from a file or from flags."""
     from mlanet.nodes.cli.contact import submit
@@ -243,6 +255,8 @@ def send(
                 "urgency": urgency,
                 "in_reply_to": in_reply_to,
                 "members_only": True if members_only else None,
+                "direct_only": True if direct_only else None,
+                "retention_days": retention_days,
                 "payload": payload,
             }
         )

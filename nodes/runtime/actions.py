@@ -78,8 +78,12 @@ class Actions:
         hop_limit: int = 6,
         message_id: str | None = None,
         members_only: bool | None = None,
+        direct_only: bool | None = None,
+        retention_days: int | None = None,
     ) -> SignedMessage:
-        """A new message of this network, signed with the key it signs with now."""
+        """A new message of this network, signed with the key it signs with now; its handling
+        rules (``members_only``, ``direct_only``, ``retention_days``) as given: the network's
+        policy is applied by whoever signs a contact point's message (``outbox.py``)."""
         view = self._views.view
         header = Header.model_validate(
             {
@@ -94,7 +98,9 @@ class Actions:
                 "key_id": view.key.key_id,
                 "urgency": urgency,
                 "in_reply_to": in_reply_to,
-                "members_only": members_only,
+                "members_only": True if members_only else None,
+                "direct_only": True if direct_only else None,
+                "retention_days": retention_days,
             }
         )
         return sign_message(header, payload, view.key)
