@@ -286,16 +286,35 @@ def inbox(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Read a contact point's delivered messages (verified end to end, deduplicated)."""
-    from mlanet.nodes.cli.contact import read_inbox
+    """Read a contact point's delivered messages (verified end to end, deduplicated); those
+    whose retention has passed are listed by their metadata, their content purged."""
+    from mlanet.nodes.cli.contact import read_inbox, read_purged
     from mlanet.nodes.cli.terminal import visible
 
     cfg = load_or_exit(config)
     reader = credentials_or_exit(credentials, contact_point)
     try:
         items = asyncio.run(read_inbox(cfg, reader))
+        purged = read_purged(cfg, reader)
     except MlanetError as exc:
         raise fail(str(exc), 1) from None
+    for gone in purged:
+        created = gone.created_at if gone.created_at is not None else gone.received_at
+        kept = {
+            "message_id": gone.message_id,
+            "kind": gone.kind,
+            "from": gone.origin,
+            "created_at": datetime.fromtimestamp(created, UTC).isoformat(),
+            "purged_at": datetime.fromtimestamp(gone.purged_at, UTC).isoformat(),
+            "content_sha256": gone.content_sha256,
+        }
+        if as_json:
+            typer.echo(json.dumps(kept, sort_keys=True))
+        else:
+            typer.echo(
+                f"  {gone.message_id} {gone.kind} from {gone.origin}: content purged at "
+                f"{kept['purged_at']} (retention period over)"
+            )
     for item in items:
         header = item.message.header
         record = {
