@@ -31,6 +31,7 @@ __all__ = [
     "Kind",
     "Origin",
     "Urgency",
+    "true_or_absent",
 ]
 
 FORMAT_VERSION: Literal[1] = 1
@@ -127,6 +128,19 @@ class Header(WireModel):
         if type(value) is not int:
             raise ValueError("format must be the integer 1")
         return value
+
+    @field_validator("members_only", "direct_only", mode="before")
+    @classmethod
+    def _rule_is_the_boolean_true(cls, value: object) -> object:
+        return true_or_absent(value)
+
+
+def true_or_absent(value: object) -> object:
+    """A rule that is ``true`` or absent: Literal[True] alone also takes 1 and 1.0, which
+    JSON Schema's ``"const": true`` would not."""
+    if value is not None and type(value) is not bool:
+        raise ValueError("must be true, or absent")
+    return value
 
 
 class HopRecord(WireModel):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mlanet.schemas.base import ContactPointId, KeyId, MessageId, WireModel
 from mlanet.schemas.header import (
@@ -22,6 +22,7 @@ from mlanet.schemas.header import (
     Destination,
     Kind,
     Urgency,
+    true_or_absent,
 )
 
 __all__ = ["MAX_FRAME_CHARS", "ReturnedDelivery", "SignedSubmission", "Submission"]
@@ -45,6 +46,11 @@ class Submission(WireModel):
     direct_only: Literal[True] | None = None
     retention_days: int | None = Field(default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)
     payload: dict[str, Any]
+
+    @field_validator("members_only", "direct_only", mode="before")
+    @classmethod
+    def _rule_is_the_boolean_true(cls, value: object) -> object:
+        return true_or_absent(value)
 
 
 class SignedSubmission(WireModel):

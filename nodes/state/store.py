@@ -309,9 +309,16 @@ class Store:
         emptied. Returns what was purged now."""
         cap = None if max_days is None else max_days * 86400.0
         arguments = (contact_point, now, cap, cap, now)
+        rows = self._db.execute(_PURGE_DUE, arguments).fetchall()
+        if not rows:
+            return []
+        # Overwrite the freed bytes with zeros, and fold the write-ahead log (which holds the
+        # pages as they were) back into the file: no copy of the content stays in either.
+        self._db.execute("PRAGMA secure_delete=ON")
         with self._tx():
-            rows = self._db.execute(_PURGE_DUE, arguments).fetchall()
             self._db.execute(_PURGE, (now, *arguments))
+        if not self._grouped:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return [
             Purged(origin, message_id, kind, sha256, created_at, received_at, now)
             for origin, message_id, kind, sha256, created_at, received_at in rows
