@@ -6,6 +6,7 @@ content in the database files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,13 @@ from mlanet.nodes.cli.contact import facilitation_request
 from mlanet.nodes.cli.precheck import check_route
 from mlanet.nodes.config import NodeConfig, Policy, load_config
 from mlanet.nodes.local.federation import EXAMPLE_LINKS, EXAMPLE_NETWORKS, build
+from mlanet.nodes.state.quarantine import Claim, Entry
+from mlanet.nodes.state.quarantine_store import (
+    QUARANTINE_FILE,
+    Bound,
+    QuarantineStore,
+    purge_after,
+)
 from mlanet.nodes.state.store import Store
 from mlanet.schemas import Header, Notice
 from mlanet.schemas.directory import Directory
@@ -341,3 +349,84 @@ def test_a_submission_names_its_rules_only_when_set() -> None:
     )
     with pytest.raises(ValidationError):
         Submission.model_validate({**plain.model_dump(), "retention_days": 0})
+
+
+# --- quarantined content ------------------------------------------------------------------
+_T0 = 1_800_000_000.0
+_WIDE = Bound(1_000_000, 2**40)
+
+
+def _envelope(tmp_path: Path, marker: str, **rules: Any) -> bytes:
+    """A signed envelope (as a node would quarantine it) whose payload carries ``marker``."""
+    fed = build(tmp_path / f"federation-{marker}", prefix="unit")
+    key = load_signing_key(fed.root / "seajust" / "seajust.1.key")
+    header = _header("UZ", kind="notice", **rules).model_copy(
+        update={"key_id": key.key_id, "created_at": datetime.fromtimestamp(_T0, UTC)}
+    )
+    return sign_message(header, Notice(topic="plenary", title=marker), key).to_bytes()
+
+
+def _refused(n: int, body: bytes, at: float = _T0) -> Entry:
+    return Entry(
+        id=f"00000000-0000-4000-8000-{n:012d}",
+        reason="no_route",
+        detail="no contact point",
+        via="mlanet.inbox.from.seajust",
+        at=at,
+        size=len(body),
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        returns=0,
+        claim=Claim(message_id=f"00000000-0000-4000-8000-{n:012d}", origin="seajust"),
+    )
+
+
+def test_purge_after_reads_the_claimed_period(tmp_path: Path) -> None:
+    assert purge_after(_envelope(tmp_path, "a", retention_days=2), 0.0) == _T0 + 2 * _DAY
+    assert purge_after(_envelope(tmp_path, "b"), 0.0) is None
+    assert purge_after(b"not json", 5.0) is None
+    submission = facilitation_request("kh-cp-1", "UZ").model_copy(update={"retention_days": 3})
+    raw = json.dumps(submission.model_dump(mode="json", exclude_none=True)).encode()
+    assert purge_after(raw, 5.0) == 5.0 + 3 * _DAY  # no created_at: from the refusal
+
+
+def test_a_quarantined_body_is_purged_when_its_period_has_passed(tmp_path: Path) -> None:
+    short = _envelope(tmp_path, "QUARANTINED-SHORT", retention_days=1)
+    plain = _envelope(tmp_path, "QUARANTINED-PLAIN")
+    store = QuarantineStore(tmp_path / QUARANTINE_FILE)
+    try:
+        store.add(_refused(1, short), short, _WIDE, now=_T0)
+        store.add(_refused(2, plain), plain, _WIDE, now=_T0)
+        store.commit()
+        assert store.due_bodies(_T0 + _DAY - 1) == []
+        (due,) = store.due_bodies(_T0 + _DAY)
+        assert due.id.endswith("1")
+        assert store.purge_bodies([due.id]) == 1
+        entry = store.get(due.id)
+        assert entry is not None
+        assert (entry.body, entry.body_kept, entry.reason) == (None, False, "no_route")
+        assert store.due_bodies(_T0 + 100 * _DAY) == []  # once; the other claims no period
+        files = b"".join(p.read_bytes() for p in tmp_path.glob(QUARANTINE_FILE + "*"))
+        payload = json.loads(short)["payload"].encode()
+        assert payload not in files
+        assert json.loads(plain)["payload"].encode() in files
+        # the node's cap purges the other one, counted from its refusal
+        (capped,) = store.due_bodies(_T0 + 2 * _DAY, max_days=2)
+        assert capped.id.endswith("2")
+    finally:
+        store.close()
+
+
+def test_a_body_an_operator_command_holds_is_not_purged(tmp_path: Path) -> None:
+    short = _envelope(tmp_path, "HELD", retention_days=1)
+    store = QuarantineStore(tmp_path / QUARANTINE_FILE)
+    try:
+        store.add(_refused(1, short), short, _WIDE, now=_T0)
+        store.commit()
+        (due,) = store.due_bodies(_T0 + _DAY)
+        store.take(due.id, "command-1", _T0 + _DAY)
+        assert store.due_bodies(_T0 + _DAY) == []
+        assert store.purge_bodies([due.id]) == 0
+        store.let_go("command-1")
+        assert store.purge_bodies([due.id]) == 1
+    finally:
+        store.close()
