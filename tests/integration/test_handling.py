@@ -9,6 +9,7 @@ The example links: unodc - seajust - casc - ejn, ejn - wacap, ejn - gljc, wacap 
   reaches CASC; to Uzbekistan (CASC, linked) it is delivered, carrying the rule;
 - a ``direct_only`` message, signed with SEAJust's real key, handed to CASC to relay: CASC
   refuses it (``direct_only_relayed``) and SEAJust's contact point is told; nothing reaches EJN;
+  the refused message's retention period purges its body from CASC's quarantine later;
 - one that a relay forwarded anyway (CASC's real hop record): EJN, its destination, refuses it
   and the origin is told;
 - ``members_only`` for an observer country of EJN, handed to CASC: CASC refuses it
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,6 +48,7 @@ from mlanet.nodes.cli.contact import (
 from mlanet.nodes.directory.book import DirectoryBook
 from mlanet.nodes.local.federation import Federation
 from mlanet.nodes.state.quarantine import Entry, Where
+from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE
 from mlanet.schemas import Destination, FacilitationRequest, Header, Notice, Origin, WireModel
 from mlanet.schemas.directory import Directory
 from mlanet.schemas.submission import Submission
@@ -69,6 +72,11 @@ def _entries(fed: Federation, network: str) -> list[Entry]:
         return []
     with store:
         return list(store.page(Where(), limit=1000).entries)
+
+
+def _quarantine_bytes(fed: Federation, network: str) -> bytes:
+    folder = config(fed, network).state_dir
+    return b"".join(p.read_bytes() for p in folder.glob(QUARANTINE_FILE + "*"))
 
 
 def _outbox(fed: Federation, network: str, message_id: str) -> tuple[str, str] | None:
@@ -104,7 +112,7 @@ def _signed(
     return sign_message(header, payload, signing)
 
 
-def _to_france(fed: Federation) -> SignedMessage:
+def _to_france(fed: Federation, **rules: Any) -> SignedMessage:
     request = FacilitationRequest(
         case_ref="KH-MLA-2020-0042",
         requesting_country="KH",
@@ -115,7 +123,7 @@ def _to_france(fed: Federation) -> SignedMessage:
         summary=SUMMARY,
     )
     return _signed(
-        fed, Destination(country="FR"), request, "facilitation_request", direct_only=True
+        fed, Destination(country="FR"), request, "facilitation_request", direct_only=True, **rules
     )
 
 
@@ -191,9 +199,10 @@ async def test_a_relay_handed_a_direct_only_message_refuses_it_and_the_origin_is
 ) -> None:
     """A direct_only request for France, signed by SEAJust, handed to CASC: CASC would have
     to relay it to EJN, so it refuses it (direct_only_relayed, one quarantine entry) and tells
-    SEAJust's kh-cp-1; EJN never gets it."""
-    async with running(fed, "seajust", "casc", "ejn"):
-        message = _to_france(fed)
+    SEAJust's kh-cp-1; EJN never gets it. The request asked to be kept one day: a day later
+    CASC's quarantine purges its body (recorded as content_purged) and keeps the entry."""
+    async with running(fed, "seajust", "casc", "ejn") as nodes:
+        message = _to_france(fed, retention_days=1)
         await inject(fed, "casc", "seajust", message.to_bytes())
         about = message.header.message_id
 
@@ -208,6 +217,21 @@ async def test_a_relay_handed_a_direct_only_message_refuses_it_and_the_origin_is
         assert await depth(fed, "casc", "mlanet.out.ejn") == 0
         assert _entries(fed, "ejn") == []
         assert await read_inbox(config(fed, "ejn"), credentials(fed, "fr-cp-1")) == []
+
+        content = message.payload_b64.encode("ascii")
+        assert content in _quarantine_bytes(fed, "casc")
+        casc = nodes.nodes["casc"]
+        assert casc.purge_quarantine(time.time()) == 0
+        assert casc.purge_quarantine(time.time() + 2 * 86400) == 1
+        store = open_store(fed, "casc")
+        assert store is not None
+        with store:
+            kept = store.get(refused.id)
+        assert kept is not None
+        assert (kept.body, kept.body_kept, kept.reason) == (None, False, "direct_only_relayed")
+        events = [e.event for e in track(config(fed, "casc"), about).events]
+        assert "content_purged" in events
+        assert content not in _quarantine_bytes(fed, "casc")
 
 
 async def test_the_destination_refuses_a_direct_only_message_a_relay_forwarded_anyway(
