@@ -10,9 +10,10 @@ that, nor the node for the command. Two tables:
   time, reason and peer so that listing, filtering and paging are index range scans;
 - ``bodies``: the bytes of the entries whose body was kept;
 - ``retention``: when a kept body is to be purged, for a message that claims a retention
-  period (``docs/PROTOCOL.md`` section 16). :meth:`QuarantineStore.purge_bodies` purges the bodies
-  whose time has come (or that are older than the node's ``max_retention_days``): the entry
-  stays, as metadata only, and no copy of the body stays in the database's files.
+  period (``docs/PROTOCOL.md`` section 16), and when it was. :meth:`QuarantineStore.purge_bodies`
+  purges the bodies whose time has come (or that are older than the node's
+  ``max_retention_days``): the entry stays, as metadata only (not counted as over its peer's
+  bound), and no copy of the body stays in the database's files.
 
 **The node** adds entries with :meth:`QuarantineStore.add` (copies of one refused message are one
 entry whose ``copies`` grows): the rows wait in memory and are written by
@@ -98,7 +99,8 @@ CREATE TABLE IF NOT EXISTS bodies (
 );
 CREATE TABLE IF NOT EXISTS retention (
     id TEXT PRIMARY KEY,
-    purge_after REAL NOT NULL
+    purge_after REAL,
+    purged_at REAL
 );
 """
 
@@ -119,6 +121,11 @@ _DUE_BODIES = (
     " LEFT JOIN retention r ON r.id = e.id WHERE e.taken_by IS NULL AND"
     " ((r.purge_after IS NOT NULL AND r.purge_after <= ?) OR (? IS NOT NULL AND e.at + ? <= ?))"
     " ORDER BY e.at, e.seq"
+)
+# The body of this entry was purged at this time (when it is gone: not when a command held it).
+_PURGED = (
+    "INSERT INTO retention (id, purged_at) SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM bodies"
+    " WHERE id=?1) ON CONFLICT (id) DO UPDATE SET purged_at=excluded.purged_at"
 )
 _PURGE_BODY = (
     "DELETE FROM bodies WHERE id=? AND EXISTS (SELECT 1 FROM entries e WHERE e.id = bodies.id"
@@ -377,7 +384,9 @@ class QuarantineStore:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(_INSERT, rows)
             self._db.executemany("INSERT OR IGNORE INTO bodies (id, body) VALUES (?, ?)", bodies)
-            self._db.executemany("INSERT OR IGNORE INTO retention VALUES (?, ?)", retention)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO retention (id, purge_after) VALUES (?, ?)", retention
+            )
             self._db.execute("COMMIT")
         except sqlite3.Error:
             if self._db.in_transaction:
@@ -408,12 +417,8 @@ class QuarantineStore:
             for row in rows:
                 cursor = self._db.execute(_PURGE_BODY, row)
                 purged += cursor.rowcount
+            self._db.executemany(_PURGED, [(row[0], time.time()) for row in rows])
             self._db.executemany("UPDATE entries SET kept=0 WHERE id=? AND taken_by IS NULL", rows)
-            self._db.executemany(
-                "DELETE FROM retention WHERE id=? AND NOT EXISTS (SELECT 1 FROM bodies"
-                " WHERE bodies.id=retention.id)",
-                rows,
-            )
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._counted.clear()  # count the kept bodies again when a bound seems reached
         return purged
@@ -456,10 +461,12 @@ class QuarantineStore:
         )
 
     def by_peer(self, recent_since: float) -> dict[str, PeerCounts]:
-        """Per peer: entries, entries without their body, and those refused since
-        ``recent_since`` (the alert on a peer's rate of refusals)."""
+        """Per peer: entries, entries without their body (over the peer's bound: not those
+        purged when their retention ended), and those refused since ``recent_since`` (the
+        alert on a peer's rate of refusals)."""
         rows = self._db.execute(
-            "SELECT peer, COUNT(*), COALESCE(SUM(kept = 0), 0) FROM entries GROUP BY peer"
+            "SELECT peer, COUNT(*), COALESCE(SUM(kept = 0 AND id NOT IN (SELECT id FROM"
+            " retention WHERE purged_at IS NOT NULL)), 0) FROM entries GROUP BY peer"
         ).fetchall()
         recent = dict(
             self._db.execute(

@@ -404,6 +404,8 @@ def test_a_quarantined_body_is_purged_when_its_period_has_passed(tmp_path: Path)
         entry = store.get(due.id)
         assert entry is not None
         assert (entry.body, entry.body_kept, entry.reason) == (None, False, "no_route")
+        # purged, not over the peer's bound: no quarantine_bound alert for it
+        assert store.by_peer(0.0)["seajust"].without_body == 0
         assert store.due_bodies(_T0 + 100 * _DAY) == []  # once; the other claims no period
         files = b"".join(p.read_bytes() for p in tmp_path.glob(QUARANTINE_FILE + "*"))
         payload = json.loads(short)["payload"].encode()
