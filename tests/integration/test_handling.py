@@ -257,6 +257,32 @@ async def test_the_destination_refuses_a_direct_only_message_a_relay_forwarded_a
         assert await read_inbox(config(fed, "ejn"), credentials(fed, "fr-cp-1")) == []
 
 
+async def test_the_origins_policy_makes_the_rules_mandatory(fed: Federation) -> None:
+    """SEAJust's [policy] makes every message direct_only and members_only: ``mlanet send``
+    to France without asking for either is refused at once (direct_only_relayed); one to
+    Uzbekistan is delivered carrying both rules."""
+    _with_policy(fed, "seajust", "direct_only = true\nmembers_only = true")
+    async with running(fed, "seajust", "casc"):
+        code, said = await _send(fed, "--to-country", "FR")
+        assert code == 1
+        assert "(direct_only_relayed); nothing was submitted" in said
+        plain = facilitation_request("kh-cp-1", "UZ")
+        await submit(config(fed, "seajust"), credentials(fed, plain.sender), plain)
+        items: list[Any] = []
+
+        async def arrived() -> bool:
+            items[:] = await read_inbox(config(fed, "casc"), credentials(fed, "uz-cp-1"))
+            return len(items) == 1
+
+        await eventually(arrived, within=60)
+        header = items[0].message.header
+        assert (header.message_id, header.direct_only, header.members_only) == (
+            plain.message_id,
+            True,
+            True,
+        )
+
+
 # --- members_only -------------------------------------------------------------------------
 def _observer_country(fed: Federation, network: str, country: str) -> None:
     """Re-issue directory version 1 with ``country`` an observer of ``network`` (before any
