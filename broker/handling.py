@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 from mlanet.schemas import Header
 from mlanet.schemas.submission import Submission
 
-__all__ = ["Handling", "Policy", "handling_of", "kept_days", "kept_until", "with_policy"]
+__all__ = ["Handling", "HandlingPolicy", "handling_of", "kept_days", "kept_until", "with_policy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ class Handling:
     retention_days: int | None = None
 
 
-class Policy(Protocol):
+class HandlingPolicy(Protocol):
     """A network's mandatory handling rules (the node's ``[policy]``, ``nodes/config.py``)."""
 
     @property
@@ -65,7 +65,7 @@ def with_policy(
     )
 
 
-def handling_of(submission: Submission, policy: Policy) -> Handling:
+def handling_of(submission: Submission, policy: HandlingPolicy) -> Handling:
     """The rules the origin signs into a contact point's message: the submission's, with the
     network's ``policy`` applied."""
     asked = Handling(submission.members_only, submission.direct_only, submission.retention_days)
