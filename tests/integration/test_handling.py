@@ -23,6 +23,7 @@ The example links: unodc - seajust - casc - ejn, ejn - wacap, ejn - gljc, wacap 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 import uuid
@@ -408,6 +409,17 @@ async def test_the_destination_purges_the_content_after_the_retention_and_keeps_
     assert shown.exit_code == 0, shown.output
     assert f"{short.message_id} facilitation_request from seajust: content purged" in shown.output
     assert "RETENTION" not in shown.output
+    listed = await asyncio.to_thread(
+        CliRunner().invoke,
+        app,
+        ["inbox", "--json", "--config", str(fed.config_path("casc")), "--credentials",
+         str(reader.folder)],
+    )  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    records = {r["message_id"]: r for r in map(json.loads, listed.output.splitlines())}
+    assert set(records) == sent
+    assert all("payload" not in r and "purged_at" in r for r in records.values())
+    assert records[short.message_id]["content_sha256"] == kept[short.message_id].content_sha256
 
 
 async def test_a_message_without_a_retention_period_is_kept(
