@@ -100,6 +100,8 @@ class Reason(StrEnum):
     ENCRYPTION_KEY_REVOKED = "encryption_key_revoked"
     SEAL_DOES_NOT_OPEN = "seal_does_not_open"
     NO_ENCRYPTION_KEY = "no_encryption_key"
+    # handling rules of the signed header (docs/PROTOCOL.md, "Handling rules")
+    DIRECT_ONLY_RELAYED = "direct_only_relayed"
     # CA certificates the directory lists (broker/directory_tls.py)
     TLS_BAD_CERTIFICATE = "tls_bad_certificate"
     TLS_PRIVATE_KEY = "tls_private_key"

@@ -4,9 +4,12 @@ Decisions, in order:
 
 1. loop: this network is already on the path -> ``loop_detected``;
 2. the target network: the destination's network, else the network that serves its country
-   (this network first when it is a member); none -> ``no_route``;
+   (this network first when it is a member); none -> ``no_route``; this network: delivered
+   here, unless ``direct_only`` and it came through a relay -> ``direct_only_relayed``;
 3. the target is already on the path -> ``loop_detected`` (the route leads back);
 4. forwarding would exceed the origin's hop limit -> ``hop_limit_exceeded``;
+4a. ``direct_only``: straight to the target when this network is the origin and linked to it,
+   else ``direct_only_relayed``;
 5. an explicit rule (first match by kind, country, network, urgency) names the next hop;
 6. otherwise the target itself when linked, else the first step of a shortest path through
    linked networks that avoids every network already on the path;
@@ -17,7 +20,13 @@ Contact points that were replaced hand over to their successor (the directory gi
 view at the current time, ``Directory.as_of``). Observers (observer countries of a network,
 and observer networks) are entitled to notices (and receipts for what they sent) only, never
 to a message marked ``members_only``: anything else for them is ``not_for_observers``, and no
-path goes through an observer network.
+path goes through an observer network (an observer network that is handed one to relay refuses it
+when it is not entitled to it).
+
+A message marked ``direct_only`` goes from its origin straight to its target network over their
+own link, never through a third network: the origin refuses it when it has no link to the
+target, and any other network refuses it unless it is the target and the message came straight
+from its origin (``direct_only_relayed``). Routing rules never apply to it.
 """
 
 from __future__ import annotations
@@ -170,12 +179,17 @@ def route(
         return Refuse(Reason.LOOP_DETECTED, f"{self_network} is already on the path")
     target = target_network(header, directory, self_network)
     if target == self_network:
+        if header.direct_only and len(path) > 1:
+            return Refuse(Reason.DIRECT_ONLY_RELAYED, f"direct only, but relayed through {path[1]}")
         return _local(header, directory, self_network)
     entry = directory.network(target) if target is not None else None
     if target is None or entry is None:
         return Refuse(Reason.NO_ROUTE, "no network serves the destination")
     if not entitled(header, entry, header.destination.country):
         return _not_for_observers(header.destination.country or target)
+    me = directory.network(self_network)
+    if path and me is not None and me.role == "observer" and not entitled(header, me, None):
+        return _not_for_observers(self_network)  # handed one to relay: it may not even hold it
     if target in path:
         return Refuse(Reason.LOOP_DETECTED, f"the target {target} is already on the path")
 
@@ -185,6 +199,12 @@ def route(
         return Refuse(Reason.HOP_LIMIT_EXCEEDED, f"hop limit {header.hop_limit} reached")
 
     linked = set(directory.neighbours(self_network))
+    if header.direct_only:
+        if path:
+            return Refuse(Reason.DIRECT_ONLY_RELAYED, f"direct only: {self_network} may not relay")
+        if target in linked:
+            return Forward(target, target)
+        return Refuse(Reason.DIRECT_ONLY_RELAYED, f"direct only: no link to {target}")
     # No path goes through an observer network: it only ever receives what it is entitled to.
     observers = {n.id for n in directory.networks if n.role == "observer"} - {target}
     avoid = set(path) | observers

@@ -33,6 +33,7 @@ from mlanet.broker.tls import TlsError, client_context, load_certificates, not_a
 from mlanet.nodes.directory.config import CoordinatorConfig, LinkConfig
 from mlanet.schemas import KINDS, Kind, NetworkId
 from mlanet.schemas.directory import BrokerAddress
+from mlanet.schemas.header import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 
 __all__ = [
     "Alerts",
@@ -44,6 +45,7 @@ __all__ = [
     "OperatorConfig",
     "PeerConfig",
     "PeerLimits",
+    "Policy",
     "Receipts",
     "load_config",
 ]
@@ -330,13 +332,22 @@ class ContactPointsConfig(_Config):
     keys: Path = Path("contact-points")
 
 
-class PolicyConfig(_Config):
-    """What this network requires of the messages it takes and sends (``[policy]``).
+class Policy(_Config):
+    """[policy]: the handling rules this network makes mandatory (docs/PROTOCOL.md section 17).
 
+    ``members_only`` and ``direct_only``: every message a contact point of this network sends
+    carries the rule, whatever it asked for. ``max_retention_days``: every such message carries
+    a retention period of at most this many days (this many when it asked for none), and a
+    message delivered here is kept at most this long, whatever its own period.
     ``require_sealed``: a sealed kind (a request, a receipt, a status update, an answer) that
-    arrives for this network unsealed is refused (``not_sealed``); origins seal it whenever
-    this network lists an encryption key, so only an origin that chose not to is refused."""
+    arrives for this network unsealed is refused (``not_sealed``), and none leaves unsealed
+    (``no_encryption_key``; docs/PROTOCOL.md section 16)."""
 
+    members_only: bool = False
+    direct_only: bool = False
+    max_retention_days: int | None = Field(
+        default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS
+    )
     require_sealed: bool = False
 
 
@@ -352,9 +363,9 @@ class NodeConfig(_Config):
     receipts: Receipts = Receipts()
     operator: OperatorConfig = OperatorConfig()
     contact_points: ContactPointsConfig = ContactPointsConfig()
+    policy: Policy = Policy()
     coordinator: CoordinatorConfig | None = None
     link: LinkConfig | None = None
-    policy: PolicyConfig = PolicyConfig()
     # Refused when present: a node never runs with the broker administrator's password.
     provisioning: dict[str, object] | None = None
     log_level: str = "info"

@@ -24,15 +24,21 @@ from mlanet.schemas.sealing import SEALED_KINDS, Sealed
 __all__ = [
     "FORMAT_VERSION",
     "KINDS",
+    "MAX_RETENTION_DAYS",
+    "MIN_RETENTION_DAYS",
     "Destination",
     "Header",
     "HopRecord",
     "Kind",
     "Origin",
     "Urgency",
+    "true_or_absent",
 ]
 
 FORMAT_VERSION: Literal[1] = 1
+# A retention period is whole days, from one day to a hundred years.
+MIN_RETENTION_DAYS = 1
+MAX_RETENTION_DAYS = 36500
 
 Kind = Literal[
     "facilitation_request",
@@ -112,6 +118,11 @@ class Header(WireModel):
     members_only: Literal[True] | None = None
     # present: the payload is sealed for this network (section 16); only a sealed kind has it
     sealed: Sealed | None = None
+    # Handling rules (docs/PROTOCOL.md, "Handling rules"), all enforced at every hop:
+    # true: never relayed through a third network, origin to destination over their own link.
+    direct_only: Literal[True] | None = None
+    # days after created_at when the destination purges the content (it keeps the metadata).
+    retention_days: int | None = Field(default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)
 
     @field_validator("format", mode="before")
     @classmethod
@@ -126,6 +137,19 @@ class Header(WireModel):
         if self.sealed is not None and self.kind not in SEALED_KINDS:
             raise ValueError(f"a {self.kind} is never sealed")
         return self
+
+    @field_validator("members_only", "direct_only", mode="before")
+    @classmethod
+    def _rule_is_the_boolean_true(cls, value: object) -> object:
+        return true_or_absent(value)
+
+
+def true_or_absent(value: object) -> object:
+    """A rule that is ``true`` or absent: Literal[True] alone also takes 1 and 1.0, which
+    JSON Schema's ``"const": true`` would not."""
+    if value is not None and type(value) is not bool:
+        raise ValueError("must be true, or absent")
+    return value
 
 
 class HopRecord(WireModel):

@@ -13,10 +13,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mlanet.schemas.base import ContactPointId, KeyId, MessageId, WireModel
-from mlanet.schemas.header import Destination, Kind, Urgency
+from mlanet.schemas.header import (
+    MAX_RETENTION_DAYS,
+    MIN_RETENTION_DAYS,
+    Destination,
+    Kind,
+    Urgency,
+    true_or_absent,
+)
 
 __all__ = ["MAX_FRAME_CHARS", "ReturnedDelivery", "SignedSubmission", "Submission"]
 
@@ -36,7 +43,14 @@ class Submission(WireModel):
     in_reply_to: MessageId | None = None
     hop_limit: int = Field(default=6, ge=1, le=16)
     members_only: Literal[True] | None = None
+    direct_only: Literal[True] | None = None
+    retention_days: int | None = Field(default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)
     payload: dict[str, Any]
+
+    @field_validator("members_only", "direct_only", mode="before")
+    @classmethod
+    def _rule_is_the_boolean_true(cls, value: object) -> object:
+        return true_or_absent(value)
 
 
 class SignedSubmission(WireModel):

@@ -538,11 +538,16 @@ def next_hop(
         return "refuse", ["loop_detected"]
     destination = header["destination"]
     target = target_of(header, directory, here)
+    direct = header.get("direct_only") is True
     if target == here:
+        if direct and len(path) > 1:
+            return "refuse", ["direct_only_relayed"]
         return deliver_locally(header, networks[here], at)
     if target is None or target not in networks:
         return "refuse", ["no_route"]
     if not _entitled(header, networks[target], destination.get("country")):
+        return "refuse", ["not_for_observers"]
+    if path and here in networks and not _entitled(header, networks[here], None):
         return "refuse", ["not_for_observers"]
     if target in path:
         return "refuse", ["loop_detected"]
@@ -551,6 +556,10 @@ def next_hop(
     observers = {n for n, e in networks.items() if e.get("role") == "observer"} - {target}
     avoid = set(path) | observers
     linked = _neighbours(directory, here)
+    if direct:
+        if not path and target in linked:
+            return "forward", [target]
+        return "refuse", ["direct_only_relayed"]
     for rule in rules:
         if (
             _rule_matches(rule, header, target)

@@ -42,6 +42,7 @@ from mlanet.nodes.cli.quarantine import audit_app, quarantine_app
 from mlanet.nodes.config import NodeConfig, load_config
 from mlanet.nodes.logs import configure_logging, failure_fields, log_loop_error, quiet_libraries
 from mlanet.schemas import Destination, write_json_schemas
+from mlanet.schemas.header import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 from mlanet.schemas.submission import Submission
 
 
@@ -205,6 +206,17 @@ def send(
     members_only: Annotated[
         bool, typer.Option(help="Never to, or through, an observer country or network.")
     ] = False,
+    direct_only: Annotated[
+        bool, typer.Option(help="Never through a third network: only over a direct link.")
+    ] = False,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(
+            min=MIN_RETENTION_DAYS,
+            max=MAX_RETENTION_DAYS,
+            help="The destination purges the content this many days after it was sent.",
+        ),
+    ] = None,
 ) -> None:
     """Send a message (a facilitation request by default) from a file or from flags."""
     from mlanet.nodes.cli.contact import submit
@@ -243,6 +255,8 @@ def send(
                 "urgency": urgency,
                 "in_reply_to": in_reply_to,
                 "members_only": True if members_only else None,
+                "direct_only": True if direct_only else None,
+                "retention_days": retention_days,
                 "payload": payload,
             }
         )
@@ -272,16 +286,35 @@ def inbox(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Read a contact point's delivered messages (verified end to end, deduplicated)."""
-    from mlanet.nodes.cli.contact import read_inbox
+    """Read a contact point's delivered messages (verified end to end, deduplicated); those
+    whose retention has passed are listed by their metadata, their content purged."""
+    from mlanet.nodes.cli.contact import read_inbox, read_purged
     from mlanet.nodes.cli.terminal import visible
 
     cfg = load_or_exit(config)
     reader = credentials_or_exit(credentials, contact_point)
     try:
         items = asyncio.run(read_inbox(cfg, reader))
+        purged = read_purged(cfg, reader)
     except MlanetError as exc:
         raise fail(str(exc), 1) from None
+    for gone in purged:
+        created = gone.created_at if gone.created_at is not None else gone.received_at
+        kept = {
+            "message_id": gone.message_id,
+            "kind": gone.kind,
+            "from": gone.origin,
+            "created_at": datetime.fromtimestamp(created, UTC).isoformat(),
+            "purged_at": datetime.fromtimestamp(gone.purged_at, UTC).isoformat(),
+            "content_sha256": gone.content_sha256,
+        }
+        if as_json:
+            typer.echo(json.dumps(kept, sort_keys=True))
+        else:
+            typer.echo(
+                f"  {gone.message_id} {gone.kind} from {gone.origin}: content purged at "
+                f"{kept['purged_at']} (retention period over)"
+            )
     for item in items:
         header = item.message.header
         record = {

@@ -21,12 +21,13 @@ from mlanet.broker import (
     open_delivered,
 )
 from mlanet.broker.contact_point_keys import ContactPointKey
+from mlanet.broker.handling import kept_until
 from mlanet.broker.submission_signing import sign_returned, sign_submission
 from mlanet.broker.transport import SUBMIT, SUBMIT_EXCHANGE, Transport, deliver_queue
 from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.directory.book import load_directory, message_trust
 from mlanet.nodes.directory.contact_points import Credentials
-from mlanet.nodes.state.store import OutboxEntry, Store, TrackEvent
+from mlanet.nodes.state.store import OutboxEntry, Purged, Store, TrackEvent
 from mlanet.schemas import WireModel, payload_model
 from mlanet.schemas.submission import Submission
 
@@ -40,7 +41,9 @@ __all__ = [
     "contact_point_url",
     "facilitation_request",
     "open_archive",
+    "purge_expired",
     "read_inbox",
+    "read_purged",
     "submit",
     "submit_on",
     "take_delivered",
@@ -145,8 +148,9 @@ def open_archive(config: NodeConfig, credentials: Credentials) -> Store:
 
 
 async def read_inbox(config: NodeConfig, credentials: Credentials) -> list[InboxItem]:
-    """Move the contact point's delivered messages into its archive (deduplicated), then list
-    it; as its own broker user, which may read its own delivery queue only.
+    """Move the contact point's delivered messages into its archive (deduplicated), purge the
+    content whose retention has passed (:func:`purge_expired`), then list what is left; as its
+    own broker user, which may read its own delivery queue only.
 
     Each message is verified again end to end (origin and every hop) before it is archived.
     """
@@ -155,12 +159,43 @@ async def read_inbox(config: NodeConfig, credentials: Credentials) -> list[Inbox
     try:
         async with Transport(contact_point_url(config, credentials)) as transport:
             taken = await take_delivered(config, credentials.key, transport, store, trust)
+        purge_expired(config, store, credentials.contact_point)
         fresh = {(t.origin, t.message_id) for t in taken if t.new}
         items = []
         for origin, message_id, _kind, wire, _at in store.inbox(credentials.contact_point):
             message = open_delivered(wire, trust, max_bytes=config.limits.max_message_bytes)
             items.append(InboxItem(message, decode_payload(message), (origin, message_id) in fresh))
         return items
+    finally:
+        store.close()
+
+
+def purge_expired(
+    config: NodeConfig, store: Store, contact_point: str, *, now: datetime | None = None
+) -> list[Purged]:
+    """Purge from ``contact_point``'s archive the content of every message whose retention has
+    passed (the period its sender asked for, capped by ``[policy] max_retention_days``),
+    keeping its metadata (``docs/PROTOCOL.md`` section 17). Each purge is one log line of
+    metadata; the archive's row is its record."""
+    at = (now or datetime.now(UTC)).timestamp()
+    purged = store.inbox_purge(contact_point, now=at, max_days=config.policy.max_retention_days)
+    for item in purged:
+        log.info(
+            "content_purged",
+            message_id=item.message_id,
+            origin=item.origin,
+            kind=item.kind,
+            contact_point=contact_point,
+            content_sha256=item.content_sha256,
+        )
+    return purged
+
+
+def read_purged(config: NodeConfig, credentials: Credentials) -> list[Purged]:
+    """What the contact point's archive keeps of the messages whose content it purged."""
+    store = open_archive(config, credentials)
+    try:
+        return store.inbox_purged(credentials.contact_point)
     finally:
         store.close()
 
@@ -217,6 +252,7 @@ async def take_delivered(
             log.warning("refused_at_delivery", reason=refused.reason.value, via=queue)
             continue
         header = message.header
+        until = kept_until(header)  # the sender's period; the reader's cap applies at purge
         new = store.inbox_add(
             contact_point,
             header.origin.network,
@@ -224,6 +260,8 @@ async def take_delivered(
             message.content_sha256,
             header.kind,
             incoming.body,
+            created_at=header.created_at.timestamp(),
+            retain_until=None if until is None else until.timestamp(),
         )
         await incoming.ack()
         origin = header.origin

@@ -2,7 +2,8 @@
 
 ``mlanet send`` asks :func:`check_route` before it hands a submission to the node: a destination
 that the origin's own routing refuses (no network serves the country, a network no link path
-reaches, an observer for anything but a notice) would be signed, quarantined at the origin and
+reaches, an observer for anything but a notice, a ``direct_only`` message to a network this one
+has no link to) would be signed, quarantined at the origin and
 answered with a notice a moment later; one that the target network will refuse by the same
 directory (it has no contact points, or not the one named) would travel there to be refused.
 The sender is told at once instead, and nothing is submitted. The node still checks every
@@ -18,6 +19,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from mlanet.broker import RefusedMessage
+from mlanet.broker.handling import handling_of
 from mlanet.broker.routing import Forward, Refuse, route
 from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.directory.book import load_directory
@@ -41,6 +43,7 @@ def check_route(
     refuse to route ``submission``; ``directory``: the view the node routes by (default: the
     one it holds now)."""
     at = now or datetime.now(UTC)
+    rules = handling_of(submission, config.policy)  # as the node will sign it
     header = Header(
         kind=submission.kind,
         message_id=submission.message_id,
@@ -54,7 +57,9 @@ def check_route(
         hop_limit=submission.hop_limit,
         key_id=_NEVER_SIGNED,
         urgency=submission.urgency,
-        members_only=submission.members_only,
+        members_only=rules.members_only,
+        direct_only=rules.direct_only,
+        retention_days=rules.retention_days,
     )
     view = directory if directory is not None else load_directory(config)
     routing = route(header, (), view, config.routes, config.network)

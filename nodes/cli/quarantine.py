@@ -219,7 +219,10 @@ def quarantine_show(
     if entry.truncated_from is not None:
         typer.echo(f"{'kept:':<13} only the first {entry.size} of {entry.truncated_from} bytes")
     if not entry.body_kept:
-        typer.echo(f"{'kept:':<13} metadata only (over the quarantine bound of its peer)")
+        typer.echo(
+            f"{'kept:':<13} metadata only (over the quarantine bound of its peer, or purged"
+            " when its retention period ended)"
+        )
     typer.echo(f"{'claimed:':<13} {_claimed(meta)} (unverified)")
     typer.echo(f"{'history:':<13} {', '.join(history) or '-'}")
     if payload:

@@ -79,8 +79,12 @@ class Actions:
         hop_limit: int = 6,
         message_id: str | None = None,
         members_only: bool | None = None,
+        direct_only: bool | None = None,
+        retention_days: int | None = None,
     ) -> SignedMessage:
-        """A new message of this network, signed with the key it signs with now; a sealed
+        """A new message of this network, signed with the key it signs with now; its handling
+        rules (``members_only``, ``direct_only``, ``retention_days``) as given: the network's
+        policy is applied by whoever signs a contact point's message (``outbox.py``). A sealed
         kind is sealed for its destination network when that network lists an encryption key
         (``docs/PROTOCOL.md`` section 16)."""
         view = self._views.view
@@ -97,7 +101,9 @@ class Actions:
             "key_id": view.key.key_id,
             "urgency": urgency,
             "in_reply_to": in_reply_to,
-            "members_only": members_only,
+            "members_only": True if members_only else None,
+            "direct_only": True if direct_only else None,
+            "retention_days": retention_days,
         }
         header = Header.model_validate(fields)
         if kind not in SEALED_KINDS:

@@ -78,6 +78,7 @@ START_BACKOFF_FIRST = 1.0  # seconds before the second attempt to start; doubles
 START_BACKOFF_MAX = 30.0  # seconds: the longest wait between two attempts to start
 DRAIN_SECONDS = 5.0  # on stop: the longest wait for the deliveries being handled
 STOP_GRACE = 3.0  # on stop: the longest wait for a cancelled start or the operator surface
+PURGE_EVERY = 600.0  # seconds between two looks for quarantined content whose retention passed
 
 
 def _now() -> datetime:
@@ -293,6 +294,7 @@ class Node:
                 group.create_task(self.keeper.maintain(self._ports, self._stop)),
                 group.create_task(self.commits.run(self._stop)),
                 group.create_task(self.links.keep(self._stop)),
+                group.create_task(self._purge(self._stop)),
             ]
             await self._stop.wait()
             self.ready.clear()
@@ -303,6 +305,38 @@ class Node:
         if unfinished:
             log.info("deliveries_returned", count=unfinished)  # unacked: the broker has them
         self.commits.commit_now()
+
+    async def _purge(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: every :data:`PURGE_EVERY` seconds, :meth:`purge_quarantine`."""
+        while not stop.is_set():
+            try:
+                self.purge_quarantine()
+            except Exception as exc:  # the store is busy or cannot be written: next time
+                log.error("content_purge_failed", **error_fields(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PURGE_EVERY)
+
+    def purge_quarantine(self, now: float | None = None) -> int:
+        """Purge the quarantined bodies whose retention has passed (the period the message
+        claims, or ``[policy] max_retention_days`` after it was refused; ``docs/PROTOCOL.md``
+        section 17): each entry stays as metadata. Recorded first, one journal row
+        (``content_purged``) each; returns how many bodies were purged."""
+        at = self.clock().timestamp() if now is None else now
+        due = self.quarantined.due_bodies(at, self.config.policy.max_retention_days)
+        if not due:
+            return 0
+        for entry in due:
+            claimed = entry.claim
+            self.store.event(
+                claimed.message_id or "-",
+                "content_purged",
+                "retention period over",
+                quarantine_id=entry.id,
+                origin=claimed.origin or None,
+                kind=claimed.kind or None,
+            )
+        self.commits.commit_now()  # the record before the purge
+        return self.quarantined.purge_bodies([entry.id for entry in due])
 
     async def ensure_links(self) -> None:
         """Put the links' shovels and policies, consume a new peer's inbox (``links.py``)."""

@@ -25,6 +25,7 @@ from mlanet.broker import (
 )
 from mlanet.broker.contact_point_keys import KeyFolder
 from mlanet.broker.errors import error_location
+from mlanet.broker.handling import handling_of
 from mlanet.broker.provenance import (
     check_origin,
     check_payload_origin,
@@ -114,6 +115,7 @@ class Outbox:
                 return
             entry = self._store.outbox_get(submission.message_id)
             if entry is None:
+                rules = handling_of(submission, self._views.view.config.policy)
                 message = self._actions.sign(
                     submission.kind,
                     submission.destination,
@@ -124,7 +126,9 @@ class Outbox:
                     urgency=submission.urgency,
                     hop_limit=submission.hop_limit,
                     message_id=submission.message_id,
-                    members_only=submission.members_only,
+                    members_only=rules.members_only,
+                    direct_only=rules.direct_only,
+                    retention_days=rules.retention_days,
                 )
                 try:  # what the destination will check, checked before anything is signed out
                     _sealed_if_required(message, self._views.view.config)

@@ -75,6 +75,8 @@ class Outbound(Protocol):
         hop_limit: int = 6,
         message_id: str | None = None,
         members_only: bool | None = None,
+        direct_only: bool | None = None,
+        retention_days: int | None = None,
     ) -> SignedMessage: ...
 
     async def forward(self, message: SignedMessage, routing: Forward) -> None: ...

@@ -213,7 +213,7 @@ class Entry:
     # An oversized body is kept only in part (the node's cap): its full size and SHA-256.
     truncated_from: int | None = None
     full_sha256: str | None = None
-    body_kept: bool = True  # False: over its peer's bound, only this metadata was kept
+    body_kept: bool = True  # False: only this metadata is kept (over its peer's bound, or purged)
     copies: int = 1  # copies of this one message that were refused under this id
 
     @property
@@ -555,8 +555,9 @@ def _way_in(entry: Entry) -> tuple[str | None, str]:
     """(exchange, queue) to republish through: the peer's inbox exchange, or the submit queue."""
     if not entry.body_kept:
         raise QuarantineError(
-            f"{entry.id} was refused over its peer's quarantine bound, so only its metadata was"
-            " kept and it cannot be released; drop it instead"
+            f"{entry.id}: only its metadata was kept (refused over its peer's quarantine bound,"
+            " or its body purged when its retention period ended), so it cannot be released;"
+            " drop it instead"
         )
     if entry.truncated_from is not None:
         raise QuarantineError(

@@ -8,7 +8,12 @@ that, nor the node for the command. Two tables:
 - ``entries``: one row per quarantined message, metadata only (reason, detail, way in, peer,
   time, size, SHA-256, claimed identifiers, whether the body was kept, copies), indexed by
   time, reason and peer so that listing, filtering and paging are index range scans;
-- ``bodies``: the bytes of the entries whose body was kept.
+- ``bodies``: the bytes of the entries whose body was kept;
+- ``retention``: when a kept body is to be purged, for a message that claims a retention
+  period (``docs/PROTOCOL.md`` section 17), and when it was. :meth:`QuarantineStore.purge_bodies`
+  purges the bodies whose time has come (or that are older than the node's
+  ``max_retention_days``): the entry stays, as metadata only (not counted as over its peer's
+  bound), and no copy of the body stays in the database's files.
 
 **The node** adds entries with :meth:`QuarantineStore.add` (copies of one refused message are one
 entry whose ``copies`` grows): the rows wait in memory and are written by
@@ -36,16 +41,29 @@ from typing import Any
 
 import structlog
 
+from mlanet.broker import RefusedMessage, loads_strict
+from mlanet.broker.keys import b64u_decode
+from mlanet.broker.submission_signing import signed_inner
 from mlanet.nodes.state import state_dir
 from mlanet.nodes.state.quarantine import Claim, Entry, NotInQuarantine, Page, QuarantineBusy, Where
+from mlanet.schemas.base import parse_timestamp
+from mlanet.schemas.header import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 
-__all__ = ["QUARANTINE_FILE", "STALE_CLAIM", "Bound", "PeerCounts", "QuarantineStore"]
+__all__ = [
+    "QUARANTINE_FILE",
+    "STALE_CLAIM",
+    "Bound",
+    "PeerCounts",
+    "QuarantineStore",
+    "purge_after",
+]
 
 log = structlog.get_logger("mlanet.quarantine")
 
 QUARANTINE_FILE = "quarantine.sqlite3"
 STALE_CLAIM = 120.0  # seconds: a command's claim on an entry older than this is taken over
 RECOUNT_EVERY = 1.0  # seconds: at most this often per peer, count its kept bodies again
+_MAX_BODY = 16 * 1024 * 1024  # what purge_after reads of a body (the largest message cap)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -79,6 +97,11 @@ CREATE TABLE IF NOT EXISTS bodies (
     id TEXT PRIMARY KEY,
     body BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS retention (
+    id TEXT PRIMARY KEY,
+    purge_after REAL,
+    purged_at REAL
+);
 """
 
 _COLUMNS = (
@@ -90,6 +113,24 @@ _INSERT = (
     " ON CONFLICT (id) DO UPDATE SET copies = copies + 1"
 )
 _ENTRY_ROW = Sequence[Any]
+# Kept bodies due for purging: (now, cap seconds or NULL, the same, now).
+_DUE_BODIES = (
+    "SELECT e.id, e.reason, e.detail, e.via, e.peer, e.at, e.size, e.body_sha256, e.returns,"
+    " e.truncated_from, e.full_sha256, e.kept, e.copies, e.claimed_message_id, e.claimed_origin,"
+    " e.claimed_destination, e.claimed_kind FROM entries e JOIN bodies b ON b.id = e.id"
+    " LEFT JOIN retention r ON r.id = e.id WHERE e.taken_by IS NULL AND"
+    " ((r.purge_after IS NOT NULL AND r.purge_after <= ?) OR (? IS NOT NULL AND e.at + ? <= ?))"
+    " ORDER BY e.at, e.seq"
+)
+# The body of this entry was purged at this time (when it is gone: not when a command held it).
+_PURGED = (
+    "INSERT INTO retention (id, purged_at) SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM bodies"
+    " WHERE id=?1) ON CONFLICT (id) DO UPDATE SET purged_at=excluded.purged_at"
+)
+_PURGE_BODY = (
+    "DELETE FROM bodies WHERE id=? AND EXISTS (SELECT 1 FROM entries e WHERE e.id = bodies.id"
+    " AND e.taken_by IS NULL)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +170,34 @@ def _row(entry: Entry, kept: bool) -> tuple[object, ...]:
         entry.claim.destination,
         entry.claim.kind,
     )
+
+
+def purge_after(body: bytes, at: float) -> float | None:
+    """When the body of a refused message is to be purged, by the retention period it claims
+    (unverified: a refused message's claims are all that is left): its header's ``created_at``
+    (``at``, the refusal's time, for a local submission or when unreadable) plus
+    ``retention_days``; None when it claims no valid period."""
+    try:
+        frame = loads_strict(body, max_bytes=_MAX_BODY)
+        if isinstance(frame, dict) and (inner := signed_inner(frame)) is not None:
+            frame = loads_strict(inner, max_bytes=_MAX_BODY)
+        if not isinstance(frame, dict):
+            return None
+        fields: object = frame
+        if isinstance(frame.get("header"), str) and len(frame["header"]) <= 64 * 1024:
+            fields = loads_strict(b64u_decode(frame["header"]), max_bytes=48 * 1024, max_depth=4)
+    except RefusedMessage:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    days = fields.get("retention_days")
+    if type(days) is not int or not MIN_RETENTION_DAYS <= days <= MAX_RETENTION_DAYS:
+        return None
+    try:
+        created = parse_timestamp(fields.get("created_at")).timestamp()
+    except ValueError:
+        created = at
+    return created + days * 86400.0
 
 
 def _entry(row: _ENTRY_ROW, body: bytes | None = None) -> Entry:
@@ -204,6 +273,7 @@ class QuarantineStore:
         # the node's rows waiting for its group commit: entries, and bodies kept
         self._rows: list[tuple[object, ...]] = []
         self._bodies: list[tuple[str, bytes]] = []
+        self._retention: list[tuple[str, float]] = []
         self._pending_ids: set[str] = set()
         self._pending_kept: dict[str, tuple[int, int]] = {}  # per peer, of the waiting rows
         # per peer: (bodies kept, their bytes) as far as this node knows, and when it counted
@@ -251,6 +321,8 @@ class QuarantineStore:
             count, size = self._pending_kept.get(peer, (0, 0))
             self._pending_kept[peer] = (count + 1, size + len(body))
             self._bodies.append((entry.id, body))
+            if (after := purge_after(body, entry.at)) is not None:
+                self._retention.append((entry.id, after))
         self._rows.append(_row(entry, kept))
         self._pending_ids.add(entry.id)
         return kept
@@ -307,17 +379,49 @@ class QuarantineStore:
         they stay waiting for the next commit (and the error propagates)."""
         if not self._rows:
             return
-        rows, bodies = self._rows, self._bodies
+        rows, bodies, retention = self._rows, self._bodies, self._retention
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(_INSERT, rows)
             self._db.executemany("INSERT OR IGNORE INTO bodies (id, body) VALUES (?, ?)", bodies)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO retention (id, purge_after) VALUES (?, ?)", retention
+            )
             self._db.execute("COMMIT")
         except sqlite3.Error:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
         self._rows, self._bodies, self._pending_ids, self._pending_kept = [], [], set(), {}
+        self._retention = []
+
+    # --- retention ----------------------------------------------------------------------------
+    def due_bodies(self, now: float, max_days: int | None = None) -> list[Entry]:
+        """The entries whose kept body is due for purging at ``now``: the retention period its
+        message claims has passed, or it was refused more than ``max_days`` ago. An entry an
+        operator's command holds waits for the next time."""
+        cap = None if max_days is None else max_days * 86400.0
+        rows = self._db.execute(_DUE_BODIES, (now, cap, cap, now)).fetchall()
+        return [_entry(row) for row in rows]
+
+    def purge_bodies(self, ids: Sequence[str]) -> int:
+        """Purge the bodies of these entries (not held by a command): each entry stays, as
+        metadata only. The freed bytes are overwritten and the write-ahead log folded back into
+        the file, so that no copy of a body stays. How many were purged."""
+        if not ids:
+            return 0
+        self._db.execute("PRAGMA secure_delete=ON")
+        rows = [(entry_id,) for entry_id in ids]
+        with self._write():
+            purged = 0
+            for row in rows:
+                cursor = self._db.execute(_PURGE_BODY, row)
+                purged += cursor.rowcount
+            self._db.executemany(_PURGED, [(row[0], time.time()) for row in rows])
+            self._db.executemany("UPDATE entries SET kept=0 WHERE id=? AND taken_by IS NULL", rows)
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._counted.clear()  # count the kept bodies again when a bound seems reached
+        return purged
 
     # --- reading ------------------------------------------------------------------------------
     def page(self, where: Where, *, after: str | None = None, limit: int = 1000) -> Page:
@@ -357,10 +461,12 @@ class QuarantineStore:
         )
 
     def by_peer(self, recent_since: float) -> dict[str, PeerCounts]:
-        """Per peer: entries, entries without their body, and those refused since
-        ``recent_since`` (the alert on a peer's rate of refusals)."""
+        """Per peer: entries, entries without their body (over the peer's bound: not those
+        purged when their retention ended), and those refused since ``recent_since`` (the
+        alert on a peer's rate of refusals)."""
         rows = self._db.execute(
-            "SELECT peer, COUNT(*), COALESCE(SUM(kept = 0), 0) FROM entries GROUP BY peer"
+            "SELECT peer, COUNT(*), COALESCE(SUM(kept = 0 AND id NOT IN (SELECT id FROM"
+            " retention WHERE purged_at IS NOT NULL)), 0) FROM entries GROUP BY peer"
         ).fetchall()
         recent = dict(
             self._db.execute(
@@ -437,6 +543,7 @@ class QuarantineStore:
     def _delete(self, ids: Iterable[str]) -> None:
         rows = [(entry_id,) for entry_id in ids]
         self._db.executemany("DELETE FROM bodies WHERE id=?", rows)
+        self._db.executemany("DELETE FROM retention WHERE id=?", rows)
         self._db.executemany("DELETE FROM entries WHERE id=?", rows)
 
     def _write(self) -> _Transaction:

@@ -6,8 +6,11 @@ table, the contact points' archive); version 2 adds the journal (``nodes/state/j
 over the audit trail that release kept in ``audit.sqlite3`` beside it (its records verbatim:
 their chain, checkpoints and signatures still verify) and the tracking rows of its ``events``
 table that the trail did not hold (appended to the chain under a checkpoint signed at the
-upgrade), and drops the ``events`` table. A database is upgraded by the first writer that opens
-it with the node's signing key (the node); readers of an older one are told to start the node.
+upgrade), and drops the ``events`` table. Version 3 lets the contact points' archive purge a
+message's content and keep its metadata: its ``created_at``, until when its sender asked it kept,
+when it was purged (``docs/PROTOCOL.md`` section 17). A database is upgraded by the first writer
+that opens it with the node's signing key (the node); readers of an older one are told to start
+the node.
 
 Each migration runs in one transaction with the change of ``user_version``: a crash leaves the
 database at the version before it.
@@ -155,6 +158,14 @@ def _v2(db: sqlite3.Connection, trail: Path | None, key: SigningKey | None) -> N
     db.execute("DROP TABLE events")
 
 
+def _v3(db: sqlite3.Connection, trail: Path | None, key: SigningKey | None) -> None:
+    """The archive's retention: when a message was created (NULL: archived before this
+    version), until when its sender asked it kept (NULL: no period), when its content was
+    purged (NULL: it was not; then ``wire`` is empty)."""
+    for column in ("created_at", "retain_until", "purged_at"):
+        db.execute(f"ALTER TABLE inbox ADD COLUMN {column} REAL")
+
+
 def _take_trail(db: sqlite3.Connection, trail: Path) -> None:
     """Copy the audit trail of ``audit.sqlite3``: records, hashes and signatures verbatim."""
     old = sqlite3.connect(f"file:{trail}?mode=ro", uri=True)
@@ -201,6 +212,7 @@ def _epoch(at: str) -> float:
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, Path | None, SigningKey | None], None], ...] = (
     _v1,
     _v2,
+    _v3,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

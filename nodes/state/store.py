@@ -27,13 +27,57 @@ from mlanet.broker import SigningKey
 from mlanet.nodes.state.journal import Journal, JournalError, MetaValue, Signer, TrackEvent
 from mlanet.nodes.state.schema import open_state
 
-__all__ = ["OutboxEntry", "Seen", "Store", "TrackEvent"]
+__all__ = ["OutboxEntry", "Purged", "Seen", "Store", "TrackEvent"]
 
 _REMEMBER = (
     "INSERT INTO seen (origin, message_id, content_sha256, outcome, at) "
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin, message_id) DO UPDATE SET "
     "outcome=excluded.outcome WHERE seen.content_sha256=excluded.content_sha256"
 )
+
+
+# The archive: its columns of the release before retention are what adopt_inbox copies.
+_ARCHIVE = (
+    "INSERT OR IGNORE INTO inbox (contact_point, origin, message_id, content_sha256, kind, wire,"
+    " received_at, created_at, retain_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ADOPT = (
+    "INSERT OR IGNORE INTO inbox (contact_point, origin, message_id, content_sha256, kind, wire,"
+    " received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_OLDER = (
+    "SELECT contact_point, origin, message_id, content_sha256, kind, wire, received_at"
+    " FROM older.inbox WHERE (? IS NULL OR contact_point=?)"
+)
+# Due: the period its sender asked for has passed, or the cap (seconds) since it was created.
+_PURGE_DUE = (
+    "SELECT origin, message_id, kind, content_sha256, created_at, received_at FROM inbox"
+    " WHERE contact_point=? AND purged_at IS NULL AND ((retain_until IS NOT NULL AND"
+    " retain_until <= ?) OR (? IS NOT NULL AND COALESCE(created_at, received_at) + ? <= ?))"
+    " ORDER BY received_at"
+)
+_PURGE = (
+    "UPDATE inbox SET wire=X'', purged_at=?"
+    " WHERE contact_point=? AND purged_at IS NULL AND ((retain_until IS NOT NULL AND"
+    " retain_until <= ?) OR (? IS NOT NULL AND COALESCE(created_at, received_at) + ? <= ?))"
+)
+_WERE_PURGED = (
+    "SELECT origin, message_id, kind, content_sha256, created_at, received_at, purged_at"
+    " FROM inbox WHERE contact_point=? AND purged_at IS NOT NULL ORDER BY received_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What a contact point's archive keeps of a message whose content it purged."""
+
+    origin: str
+    message_id: str
+    kind: str
+    content_sha256: str
+    created_at: float | None  # None: archived before this version recorded it
+    received_at: float
+    purged_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,14 +275,58 @@ class Store:
         content_sha256: str,
         kind: str,
         wire: bytes,
+        *,
+        created_at: float | None = None,
+        retain_until: float | None = None,
     ) -> bool:
-        """Archive a delivered message; False when it was already there (a duplicate)."""
+        """Archive a delivered message; False when it was already there (a duplicate).
+        ``created_at``: the header's; ``retain_until``: when its content is to be purged by the
+        retention period its sender asked for (None: none asked)."""
         with self._tx():
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (contact_point, origin, message_id, content_sha256, kind, wire, time.time()),
+                _ARCHIVE,
+                (
+                    contact_point,
+                    origin,
+                    message_id,
+                    content_sha256,
+                    kind,
+                    wire,
+                    time.time(),
+                    created_at,
+                    retain_until,
+                ),
             )
         return cursor.rowcount == 1
+
+    def inbox_purge(
+        self, contact_point: str, *, now: float, max_days: int | None = None
+    ) -> list[Purged]:
+        """Purge the content of every message of ``contact_point`` whose retention has passed
+        at ``now``: the period its sender asked for, or ``max_days`` after it was created
+        (received, for one archived before this version) when that comes first. Its row stays
+        with the metadata (origin, message id, kind, content hash, times); its signed bytes are
+        emptied. Returns what was purged now."""
+        cap = None if max_days is None else max_days * 86400.0
+        arguments = (contact_point, now, cap, cap, now)
+        rows = self._db.execute(_PURGE_DUE, arguments).fetchall()
+        if not rows:
+            return []
+        # Overwrite the freed bytes with zeros, and fold the write-ahead log (which holds the
+        # pages as they were) back into the file: no copy of the content stays in either.
+        self._db.execute("PRAGMA secure_delete=ON")
+        with self._tx():
+            self._db.execute(_PURGE, (now, *arguments))
+        if not self._grouped:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return [
+            Purged(origin, message_id, kind, sha256, created_at, received_at, now)
+            for origin, message_id, kind, sha256, created_at, received_at in rows
+        ]
+
+    def inbox_purged(self, contact_point: str) -> list[Purged]:
+        """The metadata of ``contact_point``'s messages whose content was purged."""
+        return [Purged(*row) for row in self._db.execute(_WERE_PURGED, (contact_point,))]
 
     def adopt_inbox(self, older: Path, *, contact_point: str | None = None) -> None:
         """Copy the contact points' archive that an earlier version kept in ``older`` (the
@@ -254,24 +342,19 @@ class Store:
             ).fetchone()
             if not found:
                 rows = []
-            elif contact_point is None:
-                rows = self._db.execute("SELECT * FROM older.inbox").fetchall()
             else:
-                rows = self._db.execute(
-                    "SELECT * FROM older.inbox WHERE contact_point=?", (contact_point,)
-                ).fetchall()
+                rows = self._db.execute(_OLDER, (contact_point, contact_point)).fetchall()
         finally:
             self._db.execute("DETACH DATABASE older")
         if rows:
             with self._tx():
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?, ?, ?, ?, ?)", rows
-                )
+                self._db.executemany(_ADOPT, rows)
 
     def inbox(self, contact_point: str) -> Iterator[tuple[str, str, str, bytes, float]]:
+        """The archived messages of ``contact_point`` that still have their content."""
         yield from self._db.execute(
             "SELECT origin, message_id, kind, wire, received_at FROM inbox WHERE contact_point=?"
-            " ORDER BY received_at",
+            " AND purged_at IS NULL ORDER BY received_at",
             (contact_point,),
         )
 

@@ -198,7 +198,7 @@ def test_a_database_of_the_previous_release_is_upgraded_and_its_trail_verifies(
     Store(path, key=KEY).close()  # the node opens it
 
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "events" not in tables
     assert {"journal", "journal_head", "journal_checkpoint", "seen", "outbox"} <= tables

@@ -28,7 +28,7 @@ def _case_header(case: dict[str, Any]) -> dict[str, Any]:
         "destination": case["destination"],
         "origin": {"network": case["path"][0] if case["path"] else case["at"]},
     }
-    for member in ("hop_limit", "urgency", "members_only"):
+    for member in ("hop_limit", "urgency", "members_only", "direct_only"):
         if member in case:
             header[member] = case[member]
     return header
@@ -193,6 +193,8 @@ def test_the_documented_routing_rules_and_the_reference_agree_on_random_director
     case["hop_limit"] = data.draw(st.integers(1, 6), label="hop_limit")
     if data.draw(st.booleans(), label="members_only?"):
         case["members_only"] = True
+    if data.draw(st.integers(0, 3), label="direct_only?") == 0:
+        case["direct_only"] = True
     if data.draw(st.booleans(), label="urgent?"):
         case["urgency"] = "urgent"
     rules = data.draw(

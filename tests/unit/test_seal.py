@@ -40,7 +40,7 @@ from mlanet.broker.seal import (
     seal_info,
     seal_payload,
 )
-from mlanet.nodes.config import PolicyConfig
+from mlanet.nodes.config import Policy
 from mlanet.nodes.runtime.pipeline import unseal
 from mlanet.schemas import Destination, Header, Origin
 from mlanet.schemas.sealing import OPEN_KINDS, SEAL_SUITE, SEALED_KINDS, EncryptionKey, Sealed
@@ -276,7 +276,7 @@ def test_info_is_the_context_and_the_header_text() -> None:
 
 def _destination(require_sealed: bool) -> tuple[Any, Any]:
     """CASC's config and held directory as the ``unseal`` step reads them."""
-    config = SimpleNamespace(network="casc", policy=PolicyConfig(require_sealed=require_sealed))
+    config = SimpleNamespace(network="casc", policy=Policy(require_sealed=require_sealed))
     entry = SimpleNamespace(encryption_keys=[LISTED])
     held = SimpleNamespace(network=lambda network: entry if network == "casc" else None)
     return config, held

@@ -212,6 +212,11 @@ CASES: list[tuple[str, list[str], str, dict[str, str], dict[str, Any], list[dict
     ("seajust", ["casc"], REQUEST, {"country": "LA"}, {}, []),
     ("seajust", ["casc"], REQUEST, {"country": "KH", "contact_point": "kh-xyz-1"}, {}, []),
     ("unodc", ["seajust"], "notice", {"network": "unodc"}, {}, []),
+    ("seajust", [], REQUEST, {"country": "UZ"}, {"direct_only": True}, [{"via": "wacap"}]),
+    ("seajust", [], REQUEST, {"country": "DE"}, {"direct_only": True}, []),
+    ("casc", ["seajust"], REQUEST, {"country": "DE"}, {"direct_only": True}, []),
+    ("ejn", ["casc"], REQUEST, {"country": "DE"}, {"direct_only": True}, []),
+    ("ejn", ["seajust", "casc"], REQUEST, {"country": "DE"}, {"direct_only": True}, []),
 ]
 
 
