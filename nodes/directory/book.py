@@ -52,6 +52,7 @@ from mlanet.nodes.config import NodeConfig, PeerConfig
 from mlanet.nodes.directory.config import directory_expiry
 from mlanet.schemas.base import format_timestamp
 from mlanet.schemas.directory import Directory, NetworkKey
+from mlanet.schemas.sealing import EncryptionKey
 
 __all__ = [
     "PREVIOUS_FILE",
@@ -374,8 +375,9 @@ class DirectoryBook:
         )
 
     def warnings(self, now: datetime | None = None) -> list[ExpiryWarning]:
-        """Keys, CA certificates and the directory itself that expire within the warning windows
-        (the alerts' ``key_expiry_days``, CAs too, and ``directory_expiry_days``)."""
+        """Keys (signing and encryption keys alike), CA certificates and the directory itself
+        that expire within the warning windows (the alerts' ``key_expiry_days``, CAs too, and
+        ``directory_expiry_days``)."""
         now = now or self.clock()
         windows = self.config.operator.alerts  # the same windows as the alerts
         horizon = now + timedelta(days=windows.key_expiry_days)
@@ -388,9 +390,15 @@ class DirectoryBook:
             if _active(key, now) and key.not_after is not None and key.not_after <= horizon:
                 found.append(ExpiryWarning(f"coordinator key {key.key_id}", key.not_after))
         for network in directory.networks:
-            for key in network.keys:
-                if _active(key, now) and key.not_after is not None and key.not_after <= horizon:
-                    found.append(ExpiryWarning(f"key {key.key_id} of {network.id}", key.not_after))
+            listed: list[tuple[str, NetworkKey | EncryptionKey]] = [
+                *(("key", key) for key in network.keys),
+                *(("encryption key", key) for key in network.encryption_keys),
+            ]
+            for what, one in listed:
+                if one.valid_at(now) and one.not_after is not None and one.not_after <= horizon:
+                    found.append(
+                        ExpiryWarning(f"{what} {one.key_id} of {network.id}", one.not_after)
+                    )
             for ca in network.tls.cas if network.tls is not None else []:
                 if ca.valid_at(now) and ca.ends <= horizon:
                     found.append(ExpiryWarning(f"broker CA {ca.id} of {network.id}", ca.ends))
