@@ -53,6 +53,7 @@ from mlanet.nodes.directory.config import directory_expiry
 from mlanet.schemas.base import format_timestamp
 from mlanet.schemas.directory import Directory, NetworkKey
 from mlanet.schemas.sealing import EncryptionKey
+from mlanet.schemas.validity import ended
 
 __all__ = [
     "PREVIOUS_FILE",
@@ -413,6 +414,19 @@ class DirectoryBook:
         return entry is not None and any(
             key.key_id == key_id and _active(key, now) for key in entry.keys
         )
+
+    def encryption_keys_without_file(self, keyring: SealKeyring, now: datetime) -> list[str]:
+        """This network's encryption keys in use (valid, or about to be) that no key file of
+        ``keyring`` holds (missing, or another key under that id): what origins seal with
+        them cannot be opened here."""
+        entry = self.held.directory.network(self.config.network)
+        return [
+            key.key_id
+            for key in (entry.encryption_keys if entry is not None else [])
+            if key.revoked_at is None
+            and not ended(now, key.not_after)
+            and keyring.public_key(key.key_id) != key.public_key
+        ]
 
     def seal_keys(self) -> SealKeyring:
         """This network's private encryption keys: every ``<network>.seal.<n>.key`` beside

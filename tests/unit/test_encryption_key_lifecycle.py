@@ -338,3 +338,24 @@ def test_directory_show_lists_encryption_keys(fed: Federation) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "    encryption key hpke:1: valid, from " in result.output
+
+
+def test_a_listed_encryption_key_without_its_key_file_is_named(fed: Federation) -> None:
+    """The directory lists hpke:2 for CASC, and CASC's folder lost casc.seal.2.key: the book
+    names it (the node logs encryption_key_file_missing); a revoked one is not named."""
+    config = load_config(fed.config_path("casc"))
+    files = rotation_request(config, signing=False, encryption=True)
+    request, signed = open_request(files.request.read_bytes())
+    assert isinstance(request, KeyRotationRequest)
+    book = _book(fed, "casc")
+    now = datetime.now(UTC)
+    networks = approve_rotation(
+        book.held.directory, request, signed, now, activate_in=DAY, overlap=DAY
+    )
+    directory = _apply(fed, book, networks)
+    assert book.encryption_keys_without_file(book.seal_keys(), now) == []
+    assert files.encryption_key is not None
+    files.encryption_key.unlink()
+    assert book.encryption_keys_without_file(book.seal_keys(), now) == ["hpke:2"]
+    _apply(fed, book, revoke_key(directory, "casc", "hpke:2", now))
+    assert book.encryption_keys_without_file(book.seal_keys(), now) == []
