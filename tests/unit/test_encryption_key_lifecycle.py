@@ -28,8 +28,9 @@ from mlanet.nodes.directory.coordinator import (
 from mlanet.nodes.directory.joining import rotation_request
 from mlanet.nodes.local.federation import Federation, build
 from mlanet.nodes.operator.alerts import compute_alerts
+from mlanet.nodes.operator.dashboard import dashboard_page
 from mlanet.nodes.operator.status import expiry_view, render_text
-from mlanet.nodes.operator.views import NodeStatus, QuarantineView
+from mlanet.nodes.operator.views import NodeStatus, QuarantineView, iso
 from mlanet.schemas.directory import Directory, JoinRequest, KeyRotationRequest, NetworkEntry
 
 DAY = timedelta(days=1)
@@ -300,7 +301,11 @@ def test_an_expiring_encryption_key_warns_alerts_and_shows_in_status(fed: Federa
     ]
     text = render_text(status)
     assert "our encryption key hpke:1: valid, until " in text
-    assert "hpke:1" in str(status.to_json()["expiry"]["encryption_keys"])
+    assert list(status.to_json()["expiry"]["encryption_keys"]) == [
+        {"key_id": "hpke:1", "state": "valid", "ends": iso(key.ends)}
+    ]
+    page = dashboard_page(status, directory, {}, refresh=5)
+    assert "casc: encryption key hpke:1 (valid)" in page
 
     revoked = directory.model_copy(
         update={"networks": revoke_key(directory, "casc", "hpke:1", now)}
