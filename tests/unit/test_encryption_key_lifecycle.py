@@ -364,3 +364,28 @@ def test_a_listed_encryption_key_without_its_key_file_is_named(fed: Federation) 
     assert book.encryption_keys_without_file(book.seal_keys(), now) == ["hpke:2"]
     _apply(fed, book, revoke_key(directory, "casc", "hpke:2", now))
     assert book.encryption_keys_without_file(book.seal_keys(), now) == []
+
+
+def test_a_network_listed_without_an_encryption_key_asks_for_its_first(fed: Federation) -> None:
+    """A network that joined before it had one: its rotation request lists its first
+    encryption key, valid after the activation delay; until then nothing is sealed for it."""
+    book = _book(fed, "casc")
+    networks = [
+        n.model_copy(update={"encryption_keys": []}) if n.id == "casc" else n
+        for n in book.held.directory.networks
+    ]
+    directory = _apply(fed, book, networks)
+    files = rotation_request(load_config(fed.config_path("casc")), signing=False, encryption=True)
+    assert files.encryption_key is not None
+    assert files.encryption_key.name == "casc.seal.2.key"  # casc.seal.1.key is on disk
+    request, signed = open_request(files.request.read_bytes())
+    assert isinstance(request, KeyRotationRequest)
+    now = datetime.now(UTC)
+    casc = next(
+        n
+        for n in approve_rotation(directory, request, signed, now, activate_in=DAY, overlap=DAY)
+        if n.id == "casc"
+    )
+    assert [k.key_id for k in casc.encryption_keys] == ["hpke:2"]
+    assert casc.encryption_key(now) is None
+    assert casc.encryption_key(now + DAY) == casc.encryption_keys[0]
