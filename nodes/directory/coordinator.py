@@ -276,16 +276,18 @@ def approve_rotation(
         if any(key.key_id == sealing.key_id for key in entry.encryption_keys):
             raise _refuse(f"{request.network} already has an encryption key {sealing.key_id}")
         _usable_encryption_key(request.network, sealing)
-        if len(entry.encryption_keys) >= MAX_ENCRYPTION_KEYS:
+        still_listed = _kept(entry.encryption_keys, now)  # what the next version still lists
+        if len(still_listed) >= MAX_ENCRYPTION_KEYS:
             raise _refuse(
-                f"{request.network} lists {len(entry.encryption_keys)} encryption keys already:"
-                " revoke one, or wait until one has ended"
+                f"{request.network} lists {len(still_listed)} encryption keys, the most it"
+                " may: wait until one has ended (a revoked one stays listed for"
+                f" {KEEP_REVOKED.days} days)"
             )
 
         def in_use(key: EncryptionKey) -> bool:
             return key.revoked_at is None and not ended(now, key.not_after)
 
-        update["encryption_keys"] = _rotated(entry.encryption_keys, in_use, sealing, now, **timing)
+        update["encryption_keys"] = _rotated(still_listed, in_use, sealing, now, **timing)
     return _replace_network(directory, entry.model_copy(update=update))
 
 

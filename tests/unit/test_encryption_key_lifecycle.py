@@ -389,3 +389,36 @@ def test_a_network_listed_without_an_encryption_key_asks_for_its_first(fed: Fede
     assert [k.key_id for k in casc.encryption_keys] == ["hpke:2"]
     assert casc.encryption_key(now) is None
     assert casc.encryption_key(now + DAY) == casc.encryption_keys[0]
+
+
+def test_at_most_four_encryption_keys_are_listed(fed: Federation) -> None:
+    """Three rotations in a row (each overlap still running) list four keys; a fourth is
+    refused with its reason until one has ended, and then replaces the ended ones."""
+    config = load_config(fed.config_path("casc"))
+    book = _book(fed, "casc")
+    now = datetime.now(UTC)
+    for _ in range(3):
+        files = rotation_request(config, signing=False, encryption=True)
+        request, signed = open_request(files.request.read_bytes())
+        assert isinstance(request, KeyRotationRequest)
+        networks = approve_rotation(
+            book.held.directory, request, signed, now, activate_in=DAY, overlap=DAY
+        )
+        _apply(fed, book, networks)
+    assert [k.key_id for k in _casc(book.held.directory).encryption_keys] == [
+        "hpke:1",
+        "hpke:2",
+        "hpke:3",
+        "hpke:4",
+    ]
+    files = rotation_request(config, signing=False, encryption=True)
+    request, signed = open_request(files.request.read_bytes())
+    assert isinstance(request, KeyRotationRequest)
+    with pytest.raises(RefusedMessage, match="4 encryption keys, the most it may"):
+        approve_rotation(book.held.directory, request, signed, now, activate_in=DAY, overlap=DAY)
+    later = now + 3 * DAY  # hpke:1 to hpke:3 have ended
+    networks = approve_rotation(
+        book.held.directory, request, signed, later, activate_in=DAY, overlap=DAY
+    )
+    casc = next(n for n in networks if n.id == "casc")
+    assert [k.key_id for k in casc.encryption_keys] == ["hpke:4", "hpke:5"]
