@@ -233,6 +233,11 @@ class SealKeyring:
     def key_ids(self) -> tuple[str, ...]:
         return tuple(sorted(self._keys))
 
+    def public_key(self, key_id: str) -> str | None:
+        """The public key (base64url) of the private key ``key_id`` held here, if any."""
+        private = self._keys.get(key_id)
+        return private.public_b64() if private is not None else None
+
     def open(
         self,
         header: Header,

@@ -379,7 +379,8 @@ class SignedDirectory(WireModel):
 
 class JoinRequest(WireModel):
     """A new network asks the coordinator to be listed: its entry as it proposes it (one key,
-    its broker, its link user) and the networks it asks to be linked to."""
+    at most one encryption key, so that it is sealed for from the start; its broker, its link
+    user) and the networks it asks to be linked to."""
 
     type: Literal["join"]
     network: NetworkEntry
@@ -390,17 +391,29 @@ class JoinRequest(WireModel):
     def _one_key(self) -> Self:
         if len(self.network.keys) != 1 or self.network.link_user is None:
             raise ValueError("a join request carries exactly one key and its link user")
+        if len(self.network.encryption_keys) > 1:
+            raise ValueError("a join request carries at most one encryption key")
         return self
 
 
 class KeyRotationRequest(WireModel):
-    """A network asks for a new key; signed by its current key and by the new one."""
+    """A network asks for a new signing key (``new_key``), a new encryption key
+    (``new_encryption_key``), or both; signed by its current key ``current_key_id`` and by a new
+    signing key. A new encryption key is vouched for by that signature: the network's own word
+    that it holds the private key."""
 
     type: Literal["key_rotation"]
     network: NetworkId
     current_key_id: KeyId
-    new_key: NetworkKey
+    new_key: NetworkKey | None = None
+    new_encryption_key: EncryptionKey | None = None
     requested_at: Timestamp
+
+    @model_validator(mode="after")
+    def _something_new(self) -> Self:
+        if self.new_key is None and self.new_encryption_key is None:
+            raise ValueError("a key rotation request names a new key or a new encryption key")
+        return self
 
 
 class SignedRequestSignature(WireModel):

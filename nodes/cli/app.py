@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from typer.core import TyperGroup
 
 from mlanet.broker import ConfigError, KeyRefused, MlanetError, RefusedMessage, generate_key_files
+from mlanet.broker.seal import generate_seal_key_files
 from mlanet.nodes.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_UNEXPECTED,
@@ -35,7 +36,12 @@ from mlanet.nodes.cli.contact_points import (
     contact_point_app,
     credentials_or_exit,
 )
-from mlanet.nodes.cli.directory import directory_app, init_command, keys_rotate
+from mlanet.nodes.cli.directory import (
+    directory_app,
+    init_command,
+    keys_rotate,
+    keys_rotate_encryption,
+)
 from mlanet.nodes.cli.directory_tls import tls_app
 from mlanet.nodes.cli.operator import operator_app, status_app
 from mlanet.nodes.cli.quarantine import audit_app, quarantine_app
@@ -77,7 +83,7 @@ def _whole_help(typer_app: typer.Typer) -> None:
 # password_file" (every command takes the mode from the app; tests/unit/test_operator_path.py
 # checks that no help text loses a word).
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None)
-keys_app = typer.Typer(no_args_is_help=True, help="Signing keys.")
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys and encryption keys.")
 schemas_app = typer.Typer(no_args_is_help=True, help="The message catalogue's JSON Schemas.")
 node_app = typer.Typer(no_args_is_help=True, help="Run a network's node.")
 federation_app = typer.Typer(
@@ -99,6 +105,7 @@ directory_app.add_typer(tls_app, name="tls")
 app.add_typer(contact_point_app, name="contact-point")
 app.command("init")(init_command)
 keys_app.command("rotate")(keys_rotate)
+keys_app.command("rotate-encryption")(keys_rotate_encryption)
 _whole_help(app)
 
 ManagementUrl = Annotated[str, typer.Option(help="RabbitMQ management API.")]
@@ -116,6 +123,24 @@ def keys_generate(
     """Generate an Ed25519 key pair: a private key file (0600) and a public key file."""
     try:
         key_path, pub_path = generate_key_files(out, network, key_id)
+    except KeyRefused as exc:
+        raise fail(f"refused: {exc}") from None
+    except FileExistsError:
+        raise fail("refused: a key file with that id exists; choose another --key-id") from None
+    typer.echo(f"private key: {key_path} (owner-only)")
+    typer.echo(f"public key:  {pub_path}")
+
+
+@keys_app.command("generate-encryption")
+def keys_generate_encryption(
+    network: Annotated[str, typer.Option(help="Network id, e.g. seajust.")],
+    out: Annotated[Path, typer.Option(help="Directory for the key files.")] = Path("keys"),
+    key_id: Annotated[str, typer.Option(help="Key id, hpke:<n>.")] = "hpke:1",
+) -> None:
+    """Generate an encryption key pair (HPKE, ML-KEM-768 + X25519): <network>.seal.<n>.key
+    (0600) and its public file .pub, whose public_key the directory lists."""
+    try:
+        key_path, pub_path = generate_seal_key_files(out, network, key_id)
     except KeyRefused as exc:
         raise fail(f"refused: {exc}") from None
     except FileExistsError:

@@ -1,5 +1,6 @@
-"""``mlanet directory ...``, ``mlanet init`` and ``mlanet keys rotate``: the signed federation
-directory from the operator's and the coordinator's side (``docs/JOINING.md``)."""
+"""``mlanet directory ...``, ``mlanet init``, ``mlanet keys rotate`` and ``mlanet keys
+rotate-encryption``: the signed federation directory from the operator's and the coordinator's
+side (``docs/JOINING.md``)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,14 @@ from mlanet.nodes.directory.joining import init_network, provision_broker, rotat
 from mlanet.schemas.base import format_timestamp, parse_timestamp
 from mlanet.schemas.directory import CaCertificate, Directory, JoinRequest, NetworkEntry
 
-__all__ = ["ca_line", "directory_app", "init_command", "issue_directory", "keys_rotate"]
+__all__ = [
+    "ca_line",
+    "directory_app",
+    "init_command",
+    "issue_directory",
+    "keys_rotate",
+    "keys_rotate_encryption",
+]
 
 directory_app = typer.Typer(
     no_args_is_help=True, help="The signed federation directory (show, approve, revoke, ...)."
@@ -75,10 +83,12 @@ def _show_network(network: NetworkEntry, now: datetime) -> list[str]:
     lines.append(f"    members: {', '.join(network.members) or '-'}")
     if network.observers:
         lines.append(f"    observers: {', '.join(network.observers)}")
-    for key in network.keys:
+    for what, key in [("key", k) for k in network.keys] + [
+        ("encryption key", k) for k in network.encryption_keys
+    ]:
         state = key.state(now).value
         lines.append(
-            f"    key {key.key_id}: {state}, from {_when(key.not_before)} until"
+            f"    {what} {key.key_id}: {state}, from {_when(key.not_before)} until"
             f" {_when(key.not_after)}"
             + (f", revoked {_when(key.revoked_at)}" if key.revoked_at else "")
         )
@@ -225,8 +235,9 @@ def approve(
     out: Out = None,
     timeout: Timeout = HAND_OVER_SECONDS,
 ) -> None:
-    """Approve a network's join request or key rotation request: sign the next directory
-    version and publish it through the coordinator's node."""
+    """Approve a network's join request or key rotation request (a signing key, an encryption
+    key, or both): sign the next directory version and publish it through the coordinator's
+    node."""
     try:
         parsed, signed = open_request(request.read_bytes())
     except (OSError, MlanetError) as exc:
@@ -253,13 +264,16 @@ def approve(
 def revoke(
     config: ConfigOption,
     network: Annotated[str, typer.Option(help="Whose key.")],
-    key_id: Annotated[str, typer.Option(help="The key, ed25519:<n>.")],
+    key_id: Annotated[
+        str, typer.Option(help="The key: ed25519:<n> (signing) or hpke:<n> (encryption).")
+    ],
     valid_for: ValidFor = 30.0,
     out: Out = None,
     timeout: Timeout = HAND_OVER_SECONDS,
 ) -> None:
     """Emergency revocation of a network's key, effective at each node when the update arrives
-    (also for messages already waiting in a queue)."""
+    (also for messages already waiting in a queue): nothing signed with a revoked signing key
+    is accepted, nothing sealed with a revoked encryption key opens."""
     _issue(
         config,
         lambda base, now: (revoke_key(base, network, key_id, now), None),
@@ -456,20 +470,44 @@ def init_command(
         )
     except (MlanetError, ValueError) as exc:
         raise _fail(f"refused: {exc}", 2) from None
-    typer.echo(f"config:       {files.config}")
-    typer.echo(f"signing key:  {files.key} (owner-only)")
-    typer.echo(f"join request: {files.request} (send it to the coordinator)")
+    typer.echo(f"config:         {files.config}")
+    typer.echo(f"signing key:    {files.key} (owner-only)")
+    typer.echo(f"encryption key: {files.encryption_key} (owner-only)")
+    typer.echo(f"join request:   {files.request} (send it to the coordinator)")
 
 
-def keys_rotate(config: ConfigOption) -> None:
+def _rotate(config: Path, *, signing: bool, encryption: bool) -> None:
+    cfg = load_or_exit(config)
+    try:
+        files = rotation_request(cfg, signing=signing, encryption=encryption)
+    except MlanetError as exc:
+        raise _fail(str(exc)) from None
+    except FileExistsError as exc:
+        raise _fail(f"refused: {Path(str(exc.filename)).name} exists") from None
+    written = [path for path in (files.key, files.encryption_key) if path is not None]
+    record_command(cfg, "key_rotation_requested", detail=", ".join(p.name for p in written))
+    if files.key is not None:
+        typer.echo(f"new key:            {files.key} (owner-only)")
+    if files.encryption_key is not None:
+        typer.echo(f"new encryption key: {files.encryption_key} (owner-only)")
+    typer.echo(f"rotation request:   {files.request} (send it to the coordinator)")
+
+
+def keys_rotate(
+    config: ConfigOption,
+    encryption: Annotated[
+        bool, typer.Option(help="Also the next encryption key, in the same request.")
+    ] = False,
+) -> None:
     """Generate the next signing key and a rotation request (signed by the current key and the
     new one) for the coordinator; the node switches to the new key by itself once the
     directory lists it as valid."""
-    cfg = load_or_exit(config)
-    try:
-        key_path, request = rotation_request(cfg)
-    except MlanetError as exc:
-        raise _fail(str(exc)) from None
-    record_command(cfg, "key_rotation_requested", detail=key_path.name)
-    typer.echo(f"new key:          {key_path} (owner-only)")
-    typer.echo(f"rotation request: {request} (send it to the coordinator)")
+    _rotate(config, signing=True, encryption=encryption)
+
+
+def keys_rotate_encryption(config: ConfigOption) -> None:
+    """Generate the next encryption key (<network>.seal.<n>.key beside the signing key) and a
+    rotation request signed by the current key for the coordinator. Origins seal with the new
+    key once the directory lists it as valid; what was sealed with the previous one, also what
+    waits in a queue, still opens during the overlap the coordinator grants."""
+    _rotate(config, signing=False, encryption=True)

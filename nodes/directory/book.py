@@ -52,6 +52,8 @@ from mlanet.nodes.config import NodeConfig, PeerConfig
 from mlanet.nodes.directory.config import directory_expiry
 from mlanet.schemas.base import format_timestamp
 from mlanet.schemas.directory import Directory, NetworkKey
+from mlanet.schemas.sealing import EncryptionKey
+from mlanet.schemas.validity import ended
 
 __all__ = [
     "PREVIOUS_FILE",
@@ -374,8 +376,9 @@ class DirectoryBook:
         )
 
     def warnings(self, now: datetime | None = None) -> list[ExpiryWarning]:
-        """Keys, CA certificates and the directory itself that expire within the warning windows
-        (the alerts' ``key_expiry_days``, CAs too, and ``directory_expiry_days``)."""
+        """Keys (signing and encryption keys alike), CA certificates and the directory itself
+        that expire within the warning windows (the alerts' ``key_expiry_days``, CAs too, and
+        ``directory_expiry_days``)."""
         now = now or self.clock()
         windows = self.config.operator.alerts  # the same windows as the alerts
         horizon = now + timedelta(days=windows.key_expiry_days)
@@ -388,9 +391,15 @@ class DirectoryBook:
             if _active(key, now) and key.not_after is not None and key.not_after <= horizon:
                 found.append(ExpiryWarning(f"coordinator key {key.key_id}", key.not_after))
         for network in directory.networks:
-            for key in network.keys:
-                if _active(key, now) and key.not_after is not None and key.not_after <= horizon:
-                    found.append(ExpiryWarning(f"key {key.key_id} of {network.id}", key.not_after))
+            listed: list[tuple[str, NetworkKey | EncryptionKey]] = [
+                *(("key", key) for key in network.keys),
+                *(("encryption key", key) for key in network.encryption_keys),
+            ]
+            for what, one in listed:
+                if one.valid_at(now) and one.not_after is not None and one.not_after <= horizon:
+                    found.append(
+                        ExpiryWarning(f"{what} {one.key_id} of {network.id}", one.not_after)
+                    )
             for ca in network.tls.cas if network.tls is not None else []:
                 if ca.valid_at(now) and ca.ends <= horizon:
                     found.append(ExpiryWarning(f"broker CA {ca.id} of {network.id}", ca.ends))
@@ -405,6 +414,19 @@ class DirectoryBook:
         return entry is not None and any(
             key.key_id == key_id and _active(key, now) for key in entry.keys
         )
+
+    def encryption_keys_without_file(self, keyring: SealKeyring, now: datetime) -> list[str]:
+        """This network's encryption keys in use (valid, or about to be) that no key file of
+        ``keyring`` holds (missing, or another key under that id): what origins seal with
+        them cannot be opened here."""
+        entry = self.held.directory.network(self.config.network)
+        return [
+            key.key_id
+            for key in (entry.encryption_keys if entry is not None else [])
+            if key.revoked_at is None
+            and not ended(now, key.not_after)
+            and keyring.public_key(key.key_id) != key.public_key
+        ]
 
     def seal_keys(self) -> SealKeyring:
         """This network's private encryption keys: every ``<network>.seal.<n>.key`` beside

@@ -1,6 +1,12 @@
 """The coordinator's side of the directory: approve joins and key rotations, revoke keys, hand
 contact points over, renew; sign each new version and publish it through the coordinator's node.
 
+A network's encryption keys (the keys origins seal its payloads for, ``schemas/sealing.py``) have
+the lifecycle of its signing keys and go through the same requests: a join request may carry
+the first one, a rotation request a new one (:func:`approve_rotation` lists it with the same
+activation delay and overlap), and :func:`revoke_key` revokes an ``hpke:<n>`` key as it revokes
+an ``ed25519:<n>`` one.
+
 Every change is a pure function from one :class:`~mlanet.schemas.directory.Directory` to the next
 (version + 1, ``issued_at`` now, ``valid_until`` now + the validity); :meth:`Coordinator.issue`
 signs it with the directory key named in ``[coordinator] signing_key`` and hands it to the
@@ -32,7 +38,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from mlanet.broker.directory_signing import (
     VerifiedDirectory,
@@ -40,8 +46,16 @@ from mlanet.broker.directory_signing import (
     request_signed_by,
     sign_directory,
 )
-from mlanet.broker.errors import ConfigError, MlanetError, Reason, RefusedMessage, TransportError
+from mlanet.broker.errors import (
+    ConfigError,
+    KeyRefused,
+    MlanetError,
+    Reason,
+    RefusedMessage,
+    TransportError,
+)
 from mlanet.broker.keys import SigningKey, load_signing_key
+from mlanet.broker.seal import parse_encryption_key
 from mlanet.broker.transport import Transport
 from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.directory import certificates
@@ -57,6 +71,7 @@ from mlanet.schemas.directory import (
     NetworkKey,
     SignedRequest,
 )
+from mlanet.schemas.sealing import ENCRYPTION_KEY_ID, EncryptionKey
 from mlanet.schemas.validity import ended
 
 __all__ = [
@@ -80,6 +95,10 @@ HAND_OVER_SECONDS = 30.0
 # Revoked keys and CA certificates stay listed this long (nodes that hold them learn they are
 # revoked), then go.
 KEEP_REVOKED = timedelta(days=90)
+MAX_ENCRYPTION_KEYS = 4  # NetworkEntry.encryption_keys: old and new side by side, and revoked
+
+# A signing key or an encryption key: the same lifecycle (window, overlap, revocation).
+_Key = TypeVar("_Key", NetworkKey, EncryptionKey)
 
 
 def _refuse(detail: str) -> RefusedMessage:
@@ -88,6 +107,50 @@ def _refuse(detail: str) -> RefusedMessage:
 
 def _replace_network(directory: Directory, entry: NetworkEntry) -> list[NetworkEntry]:
     return [entry if n.id == entry.id else n for n in directory.networks]
+
+
+def _kept(keys: list[_Key], now: datetime) -> list[_Key]:
+    """The keys still listed in the next version: not ended, and not revoked long ago."""
+    return [
+        key
+        for key in keys
+        if not ended(now, key.not_after)
+        and (key.revoked_at is None or key.revoked_at > now - KEEP_REVOKED)
+    ]
+
+
+def _rotated(
+    keys: list[_Key],
+    current: Callable[[_Key], bool],
+    new: _Key,
+    now: datetime,
+    *,
+    activate_in: timedelta,
+    overlap: timedelta,
+    emergency: bool,
+) -> list[_Key]:
+    """``keys`` with ``new`` listed from ``now + activate_in``: each ``current`` key stays valid
+    ``overlap`` longer; in an emergency the current keys are revoked and ``new`` is valid now."""
+    out: list[_Key] = []
+    ends = now + activate_in + overlap
+    for key in keys:
+        if current(key) and emergency:
+            key = key.model_copy(update={"revoked_at": now})
+        elif current(key) and (key.not_after is None or key.not_after > ends):
+            key = key.model_copy(update={"not_after": ends})
+        out.append(key)
+    starts = now if emergency else now + activate_in
+    out.append(new.model_copy(update={"not_before": starts, "not_after": None, "revoked_at": None}))
+    return out
+
+
+def _usable_encryption_key(network: str, key: EncryptionKey) -> None:
+    try:
+        parse_encryption_key(key.public_key)
+    except KeyRefused as exc:
+        raise RefusedMessage(
+            exc.reason, f"{network}'s encryption key {key.key_id}: {exc}"
+        ) from None
 
 
 def next_version(
@@ -102,14 +165,12 @@ def next_version(
     revoked pruned (``nodes/directory/certificates.py``)."""
     kept = []
     for network in networks if networks is not None else directory.networks:
-        keys = [
-            key
-            for key in network.keys
-            if not ended(now, key.not_after)
-            and (key.revoked_at is None or key.revoked_at > now - KEEP_REVOKED)
-        ]
+        keys = _kept(network.keys, now)
+        sealing = _kept(network.encryption_keys, now)
         network = certificates.prune(network, now, KEEP_REVOKED)
-        kept.append(network.model_copy(update={"keys": keys or network.keys}))
+        kept.append(
+            network.model_copy(update={"keys": keys or network.keys, "encryption_keys": sealing})
+        )
     value: dict[str, Any] = directory.model_dump(mode="json", exclude_none=True)
     value.update(
         version=directory.version + 1,
@@ -133,17 +194,26 @@ def approve_join(
     now: datetime,
 ) -> tuple[list[NetworkEntry], list[tuple[str, str]]]:
     """The networks and links with the new network added (its request must be signed by the key
-    it asks to be listed with: proof that it holds the private key)."""
+    it asks to be listed with: proof that it holds the private key), with its encryption key
+    when it sent one (origins seal for it from the start)."""
     entry = request.network
     if directory.network(entry.id) is not None:
         raise _refuse(f"{entry.id} is already in the directory")
     key = entry.keys[0]
     request_signed_by(signed, key.key_id, key.public_key)
+    for sealing in entry.encryption_keys:
+        _usable_encryption_key(entry.id, sealing)
     for peer in links:
         if directory.network(peer) is None:
             raise _refuse(f"cannot link {entry.id} to {peer}: not in the directory")
     listed = entry.model_copy(
-        update={"keys": [key.model_copy(update={"not_before": key.not_before or now})]}
+        update={
+            "keys": [key.model_copy(update={"not_before": key.not_before or now})],
+            "encryption_keys": [
+                sealing.model_copy(update={"not_before": sealing.not_before or now})
+                for sealing in entry.encryption_keys
+            ],
+        }
     )
     return (
         [*directory.networks, listed],
@@ -161,58 +231,85 @@ def approve_rotation(
     overlap: timedelta,
     emergency: bool = False,
 ) -> list[NetworkEntry]:
-    """The networks with the new key listed.
+    """The networks with the new signing key, the new encryption key, or both listed.
 
     Normally the request is signed by the network's current key and by the new one; the new key
     becomes valid after ``activate_in`` (time for the update to reach every node) and the current
     key stays valid ``overlap`` longer, so no message is refused during the change. In an
     emergency (the current key is compromised or lost; the coordinator has checked the request
     by other means) the current key is revoked at once and the new key is valid at once.
+
+    A new encryption key follows the same rule: the encryption keys in use now (valid, or
+    about to be) stay valid ``overlap`` after it becomes valid, so what was sealed with them
+    before the change (in flight, or waiting in a stopped node's queue) still opens. A request
+    for an encryption key only is signed by the network's current, valid key.
     """
     entry = directory.network(request.network)
     if entry is None:
         raise _refuse(f"{request.network} is not in the directory")
-    new = request.new_key
-    if any(key.key_id == new.key_id for key in entry.keys):
-        raise _refuse(f"{request.network} already has a key {new.key_id}")
-    request_signed_by(signed, new.key_id, new.public_key)
     current = next((k for k in entry.keys if k.key_id == request.current_key_id), None)
+    new = request.new_key
+    if new is not None and any(key.key_id == new.key_id for key in entry.keys):
+        raise _refuse(f"{request.network} already has a key {new.key_id}")
+    if new is not None:
+        request_signed_by(signed, new.key_id, new.public_key)
     if current is None:
         raise _refuse(f"{request.network} has no key {request.current_key_id}")
-    keys: list[NetworkKey] = []
-    for key in entry.keys:
-        if key.key_id == current.key_id and emergency:
-            keys.append(key.model_copy(update={"revoked_at": now}))
-        elif key.key_id == current.key_id:
-            request_signed_by(signed, current.key_id, current.public_key)
-            ends = now + activate_in + overlap
-            if key.not_after is None or key.not_after > ends:
-                key = key.model_copy(update={"not_after": ends})
-            keys.append(key)
-        else:
-            keys.append(key)
-    starts = now if emergency else now + activate_in
-    keys.append(
-        NetworkKey(key_id=new.key_id, public_key=new.public_key, not_before=starts, not_after=None)
-    )
-    return _replace_network(directory, entry.model_copy(update={"keys": keys}))
+    if new is None and not current.valid_at(now):
+        raise _refuse(f"{request.network}'s key {current.key_id} is not valid now")
+    if new is None or not emergency:
+        request_signed_by(signed, current.key_id, current.public_key)
+    timing: dict[str, Any] = {
+        "activate_in": activate_in,
+        "overlap": overlap,
+        "emergency": emergency,
+    }
+    update: dict[str, Any] = {}
+    if new is not None:
+        listed = NetworkKey(key_id=new.key_id, public_key=new.public_key)
+        current_id = current.key_id
+        update["keys"] = _rotated(
+            entry.keys, lambda key: key.key_id == current_id, listed, now, **timing
+        )
+    sealing = request.new_encryption_key
+    if sealing is not None:
+        if any(key.key_id == sealing.key_id for key in entry.encryption_keys):
+            raise _refuse(f"{request.network} already has an encryption key {sealing.key_id}")
+        _usable_encryption_key(request.network, sealing)
+        still_listed = _kept(entry.encryption_keys, now)  # what the next version still lists
+        if len(still_listed) >= MAX_ENCRYPTION_KEYS:
+            raise _refuse(
+                f"{request.network} lists {len(still_listed)} encryption keys, the most it"
+                " may: wait until one has ended (a revoked one stays listed for"
+                f" {KEEP_REVOKED.days} days)"
+            )
+
+        def in_use(key: EncryptionKey) -> bool:
+            return key.revoked_at is None and not ended(now, key.not_after)
+
+        update["encryption_keys"] = _rotated(still_listed, in_use, sealing, now, **timing)
+    return _replace_network(directory, entry.model_copy(update=update))
 
 
 def revoke_key(
     directory: Directory, network: str, key_id: str, now: datetime
 ) -> list[NetworkEntry]:
     """Emergency revocation: from the moment a node holds this version, nothing signed with the
-    key is accepted any more, also what already waits in a queue."""
+    key is accepted any more, also what already waits in a queue. An encryption key
+    (``hpke:<n>``) likewise: nothing sealed with it opens any more, and origins stop sealing
+    with it."""
     entry = directory.network(network)
     if entry is None:
         raise _refuse(f"{network} is not in the directory")
-    if not any(key.key_id == key_id for key in entry.keys):
-        raise _refuse(f"{network} has no key {key_id}")
-    keys = [
-        key.model_copy(update={"revoked_at": now}) if key.key_id == key_id else key
-        for key in entry.keys
+    field = "encryption_keys" if ENCRYPTION_KEY_ID.fullmatch(key_id) else "keys"
+    keys: list[NetworkKey] | list[EncryptionKey] = getattr(entry, field)
+    if not any(key.key_id == key_id for key in keys):
+        kind = "encryption key" if field == "encryption_keys" else "key"
+        raise _refuse(f"{network} has no {kind} {key_id}")
+    revoked = [
+        key.model_copy(update={"revoked_at": now}) if key.key_id == key_id else key for key in keys
     ]
-    return _replace_network(directory, entry.model_copy(update={"keys": keys}))
+    return _replace_network(directory, entry.model_copy(update={field: revoked}))
 
 
 def hand_over(

@@ -1,10 +1,12 @@
 """What a network's operator does to join the federation, rotate its key, and prepare its broker.
 
-- :func:`init_network` (``mlanet init``): a signing key, the broker secrets, a node config
-  skeleton that pins the coordinator's key and names the dashboard's password file (``mlanet
-  operator password`` writes it), and a join request signed with the new key.
-- :func:`rotation_request` (``mlanet keys rotate``): the next key and a request signed by the
-  current key and the new one.
+- :func:`init_network` (``mlanet init``): a signing key, an encryption key (origins seal for
+  the network from the start), the broker secrets, a node config skeleton that pins the
+  coordinator's key and names the dashboard's password file (``mlanet operator password`` writes
+  it), and a join request signed with the new key.
+- :func:`rotation_request` (``mlanet keys rotate``, ``mlanet keys rotate-encryption``): the next
+  signing key, the next encryption key, or both, and a request signed by the current key (and
+  the new signing key).
 - :func:`provision_broker` (``mlanet directory provision``): the node's vhost and user on its
   own broker, its contact points' users (``mlanet contact-point add``), and the peers' inbox
   permissions the directory calls for;
@@ -37,6 +39,7 @@ from mlanet.broker.peer_access import (
     open_door,
     rabbit_password_hash,
 )
+from mlanet.broker.seal import generate_seal_key_files, load_seal_key
 from mlanet.broker.strictjson import canonical_bytes
 from mlanet.broker.topology import door_sender
 from mlanet.nodes.config import NodeConfig, _read_secret
@@ -44,10 +47,13 @@ from mlanet.nodes.directory.book import DirectoryBook
 from mlanet.nodes.directory.contact_points import vouched_users
 from mlanet.nodes.state import state_dir
 from mlanet.schemas.directory import JoinRequest, KeyRotationRequest, NetworkEntry, NetworkKey
+from mlanet.schemas.sealing import EncryptionKey
 
 __all__ = [
     "JoinFiles",
+    "RotationFiles",
     "init_network",
+    "next_encryption_key",
     "provision_broker",
     "remove_from_broker",
     "rotation_request",
@@ -62,6 +68,16 @@ class JoinFiles:
     config: Path
     request: Path
     key: Path
+    encryption_key: Path
+
+
+@dataclass(frozen=True)
+class RotationFiles:
+    """What a rotation request wrote: the request, and the new key files it asks to list."""
+
+    request: Path
+    key: Path | None  # the new signing key, <network>.<n>.key
+    encryption_key: Path | None  # the new encryption key, <network>.seal.<n>.key
 
 
 def _secret(path: Path) -> None:
@@ -105,6 +121,8 @@ def init_network(
     key_path, _ = generate_key_files(folder, network, "ed25519:1")
     state_dir.secure(folder / "state")  # the node's state_dir (node.toml below): owner-only
     key = load_signing_key(key_path)
+    sealing_path, _ = generate_seal_key_files(folder, network, "hpke:1")
+    sealing = load_seal_key(sealing_path)
     _secret(folder / "broker.password")
     # the link user is not the node's user: at each peer it may only write one inbox exchange
     link_user = link_user or f"{user}-link"
@@ -125,6 +143,7 @@ def init_network(
                 for cp, cp_role in contact_points
             ],
             "keys": [{"key_id": key.key_id, "public_key": key.public_b64()}],
+            "encryption_keys": [{"key_id": sealing.key_id, "public_key": sealing.public_b64()}],
             "broker": {"host": broker_host, "port": broker_port, "vhost": vhost},
             "link_user": {"name": link_user, "password_hash": rabbit_password_hash(link_password)},
         }
@@ -161,34 +180,69 @@ def init_network(
         f'password_file = "{OPERATOR_LOGIN_FILE}"    # set it: mlanet operator password\n',
         encoding="utf-8",
     )
-    return JoinFiles(config_path, request_path, key_path)
+    return JoinFiles(config_path, request_path, key_path, sealing_path)
 
 
-def rotation_request(config: NodeConfig) -> tuple[Path, Path]:
-    """A new key beside the current one, and the rotation request for the coordinator."""
+def _next_number(listed: list[str], folder: Path, stem: str) -> int:
+    """One more than any key number the directory lists or a key file ``<stem>.<n>.key`` in
+    ``folder`` has (a number is never used twice, also for a key that was never listed)."""
+    on_disk = [
+        int(m.group(1))
+        for path in folder.glob(f"{stem}.*.key")
+        if (m := re.fullmatch(rf"{re.escape(stem)}\.([0-9]+)\.key", path.name))
+    ]
+    return max([*(int(key_id.split(":")[1]) for key_id in listed), *on_disk, 0]) + 1
+
+
+def next_encryption_key(config: NodeConfig, entry: NetworkEntry | None) -> Path:
+    """Write this network's next encryption key files, ``<network>.seal.<n>.key`` and ``.pub``
+    beside the signing key (``n`` one more than any listed or on disk)."""
+    folder = config.signing_key.parent
+    listed = [key.key_id for key in entry.encryption_keys] if entry else []
+    number = _next_number(listed, folder, f"{config.network}.seal")
+    key_path, _ = generate_seal_key_files(folder, config.network, f"hpke:{number}")
+    return key_path
+
+
+def rotation_request(
+    config: NodeConfig, *, signing: bool = True, encryption: bool = False
+) -> RotationFiles:
+    """The next signing key (``signing``), the next encryption key (``encryption``) or both
+    beside the current ones, and the rotation request for the coordinator (signed by the
+    current key, and by the new signing key)."""
+    if not (signing or encryption):
+        raise ConfigError("a rotation asks for a new signing key, encryption key, or both")
     book = DirectoryBook.load(config, persist=False)
     current = book.signing_key()
     entry = book.held.directory.network(config.network)
-    listed = [int(key.key_id.split(":")[1]) for key in entry.keys] if entry else []
     folder = config.signing_key.parent
-    on_disk = [
-        int(m.group(1))
-        for path in folder.glob(f"{config.network}.*.key")
-        if (m := re.fullmatch(rf"{re.escape(config.network)}\.([0-9]+)\.key", path.name))
-    ]
-    number = max([*listed, *on_disk, 0]) + 1
-    key_path, _ = generate_key_files(folder, config.network, f"ed25519:{number}")
-    new = load_signing_key(key_path)
+    signers = [current]
+    key_path = new_key = sealing_path = new_sealing = None
+    if signing:
+        listed = [key.key_id for key in entry.keys] if entry else []
+        number = _next_number(listed, folder, config.network)
+        key_path, _ = generate_key_files(folder, config.network, f"ed25519:{number}")
+        new = load_signing_key(key_path)
+        signers.append(new)
+        new_key = NetworkKey(key_id=new.key_id, public_key=new.public_b64())
+        name = f"key-rotation-{number}.json"
+    if encryption:
+        sealing_path = next_encryption_key(config, entry)
+        sealing = load_seal_key(sealing_path)
+        new_sealing = EncryptionKey(key_id=sealing.key_id, public_key=sealing.public_b64())
+        if not signing:
+            name = f"encryption-key-rotation-{sealing.key_id.split(':')[1]}.json"
     request = KeyRotationRequest(
         type="key_rotation",
         network=config.network,
         current_key_id=current.key_id,
-        new_key=NetworkKey(key_id=new.key_id, public_key=new.public_b64()),
+        new_key=new_key,
+        new_encryption_key=new_sealing,
         requested_at=datetime.now(UTC),
     )
-    path = folder / f"key-rotation-{number}.json"
-    path.write_bytes(canonical_bytes(sign_request(request, [current, new]).model_dump(mode="json")))
-    return key_path, path
+    path = folder / name
+    path.write_bytes(canonical_bytes(sign_request(request, signers).model_dump(mode="json")))
+    return RotationFiles(path, key_path, sealing_path)
 
 
 _INBOX_WRITE = inbox_write_pattern("").removesuffix("$")  # what grant_peer gives, any peer

@@ -152,7 +152,19 @@ class DirectoryKeeper:
                 key_id=key.key_id,
                 detail="the directory lists no key of this network as valid now: rotate",
             )
+        self._check_encryption_keys()
         return before
+
+    def _check_encryption_keys(self) -> None:
+        """Say so when the directory lists an encryption key of this network in use that no
+        key file here holds (the rotation's key file lost, or another one put in its place)."""
+        for key_id in self.book.encryption_keys_without_file(self._view.seal_keys, self.clock()):
+            log.error(
+                "encryption_key_file_missing",
+                key_id=key_id,
+                detail="the directory lists this encryption key for this network and no key "
+                "file here holds it: what is sealed with it is refused (unknown_encryption_key)",
+            )
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self, ports: DirectoryPorts) -> None:
@@ -173,6 +185,7 @@ class DirectoryKeeper:
         self._pending_flood = (self.book.held, None)
         await self._flush_flood(ports)
         self._report()
+        self._check_encryption_keys()
 
     async def maintain(self, ports: DirectoryPorts, stop: asyncio.Event) -> None:
         """Re-check the time-dependent parts until ``stop`` is set."""

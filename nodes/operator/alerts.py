@@ -112,21 +112,22 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
     for network in relevant:
         if network not in status.expiry.network_keys:
             continue
-        expires = status.expiry.network_keys[network]
-        if expires is None:
-            continue
         whose = "our signing key" if network == config.network else f"{network}'s keys"
-        if expires <= now:
-            found.append(Alert("key_expiry", "critical", network, f"{whose} expired"))
-        elif expires - now <= limits.key_expiry_days * 86400:
-            found.append(
-                Alert(
-                    "key_expiry",
-                    "critical" if network == config.network else "warning",
-                    network,
-                    f"{whose} expire in {human_duration(expires - now)}",
-                )
+        found.extend(_key_expiry(network, whose, status.expiry.network_keys[network], config, now))
+    if status.expiry.encryption_keys:  # this network lists encryption keys: origins seal for it
+        found.extend(
+            _key_expiry(
+                config.network,
+                "our encryption keys",
+                status.expiry.encryption_keys_end(),
+                config,
+                now,
+                # every one revoked or expired: nothing for this network is sealed any more
+                ended=not any(
+                    k.state in ("valid", "not yet valid") for k in status.expiry.encryption_keys
+                ),
             )
+        )
     found.extend(_ca_alerts(status, config, now))
     left = status.expiry.directory_expires - now
     if left <= 0:
@@ -156,6 +157,28 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
             )
         )
     return sorted(found, key=lambda alert: alert.severity != "critical")
+
+
+def _key_expiry(
+    network: str,
+    whose: str,
+    expires: float | None,
+    config: NodeConfig,
+    now: float,
+    *,
+    ended: bool = False,
+) -> list[Alert]:
+    """``key_expiry`` for keys whose last one ends at ``expires`` (None: no end): critical for
+    this network's own keys, a warning for a peer's."""
+    severity = "critical" if network == config.network else "warning"
+    if ended:
+        return [Alert("key_expiry", "critical", network, f"{whose}: none valid (ended or revoked)")]
+    if expires is not None and expires <= now:
+        return [Alert("key_expiry", "critical", network, f"{whose} expired")]
+    if expires is not None and expires - now <= config.operator.alerts.key_expiry_days * 86400:
+        text = f"{whose} expire in {human_duration(expires - now)}"
+        return [Alert("key_expiry", severity, network, text)]
+    return []
 
 
 def _ca_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[Alert]:

@@ -267,6 +267,13 @@ def dashboard_page(
         [escape(network), escape("no expiry" if end is None else _when(end))]
         for network, end in sorted(expiry.network_keys.items())
     ]
+    key_rows += [  # ours: what origins seal our payloads for
+        [
+            escape(f"{status.network}: encryption key {key.key_id} ({key.state})"),
+            escape("no expiry" if key.ends is None else _when(key.ends)),
+        ]
+        for key in expiry.encryption_keys
+    ]
     parts.append(
         '<section id="receipts"><h2>Receipts</h2>' + receipt_html + "<h2>Keys and directory</h2>"
         f"<p>Directory version {expiry.directory_version}, issued "

@@ -46,6 +46,7 @@ from mlanet.nodes.operator.links import LinkDiagnosis, LinkView
 from mlanet.nodes.operator.views import (
     Alert,
     ExpiryView,
+    KeyView,
     NodeStatus,
     PeerQuarantine,
     QuarantineEntry,
@@ -60,6 +61,7 @@ from mlanet.nodes.state.journal import JournalError
 from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
 from mlanet.nodes.state.store import Store
 from mlanet.schemas.directory import CaCertificate, Directory, NetworkKey
+from mlanet.schemas.sealing import EncryptionKey
 
 __all__ = [
     "SNAPSHOT",
@@ -217,7 +219,7 @@ def _open_quarantine(config: NodeConfig) -> QuarantineStore | None:
     return QuarantineStore(path, readonly=True) if path.exists() else None
 
 
-def _key_end(key: NetworkKey) -> float | None:
+def _key_end(key: NetworkKey | EncryptionKey) -> float | None:
     ends = [at.timestamp() for at in (key.not_after, key.revoked_at) if at is not None]
     return min(ends) if ends else None
 
@@ -254,16 +256,26 @@ def own_certificates(config: NodeConfig) -> dict[str, float]:
     return found
 
 
-def expiry_view(directory: Directory, config: NodeConfig) -> ExpiryView:
+def expiry_view(
+    directory: Directory, config: NodeConfig, now: datetime | None = None
+) -> ExpiryView:
     """When each network's last key stops being valid (expiry or revocation: a key is no longer
     valid at its ``not_after``), when its last broker CA and the coordinator's last link CA
-    stop being trusted, and when the node stops trusting the directory (the coordinator's
-    ``valid_until``, else ``[coordinator] max_directory_age_seconds``)."""
+    stop being trusted, when the node stops trusting the directory (the coordinator's
+    ``valid_until``, else ``[coordinator] max_directory_age_seconds``), and this network's
+    encryption keys with their state at ``now`` and their end."""
+    now = now or datetime.now(UTC)
     keys: dict[str, float | None] = {}
     for network in directory.networks:
         ends = [_key_end(key) for key in network.keys]
         keys[network.id] = None if any(end is None for end in ends) else max(e for e in ends if e)
+    me = directory.network(config.network)
+    sealing = tuple(
+        KeyView(key.key_id, key.state(now).value, _key_end(key))
+        for key in (me.encryption_keys if me is not None else [])
+    )
     return ExpiryView(
+        encryption_keys=sealing,
         certificates=own_certificates(config),
         network_cas={n.id: _cas_end(n.tls.cas) for n in directory.networks if n.tls is not None},
         link_ca=_cas_end(directory.link_cas) if directory.link_cas else None,
@@ -317,7 +329,7 @@ def build_status(
             quarantined.close()
     queues = sorted(view.queues.values(), key=lambda q: (_queue_rank(q.name), q.name))
     linked = sorted(links, key=lambda link: link.peer)
-    expiry = expiry_view(directory, config)
+    expiry = expiry_view(directory, config, datetime.fromtimestamp(now, UTC))
     status = NodeStatus(
         network=config.network,
         at=now,
@@ -581,6 +593,16 @@ def render_text(status: NodeStatus) -> str:
             else f"expires {iso(mine)} (in {human_duration(mine - now)})"
         )
     )
+    for key in expiry.encryption_keys:
+        if key.ends is None:
+            until = "no expiry set"
+        elif key.ends <= now:
+            until = f"ended {iso(key.ends)}"
+        else:
+            until = f"until {iso(key.ends)} (in {human_duration(key.ends - now)})"
+        lines.append(f"  our encryption key {key.key_id}: {key.state}, {until}")
+    if not expiry.encryption_keys:
+        lines.append("  our encryption key: none listed (payloads for us are not sealed)")
     for subject, ends in (
         ("our broker CA", expiry.network_cas.get(status.network)),
         ("the coordinator's link CA", expiry.link_ca),

@@ -16,6 +16,7 @@ from mlanet.nodes.operator.links import LinkView
 __all__ = [
     "Alert",
     "ExpiryView",
+    "KeyView",
     "NodeStatus",
     "PeerQuarantine",
     "QuarantineEntry",
@@ -62,6 +63,15 @@ class ReceiptView:
 
 
 @dataclass(frozen=True)
+class KeyView:
+    """One of this network's keys as the held directory lists it now."""
+
+    key_id: str
+    state: str  # schemas/validity.py KeyState: valid, not yet valid, expired, revoked
+    ends: float | None  # its not_after or its revocation, the earlier (None: neither)
+
+
+@dataclass(frozen=True)
 class ExpiryView:
     network_keys: dict[str, float | None]  # network -> latest key expiry (None: no expiry)
     directory_version: int
@@ -73,6 +83,16 @@ class ExpiryView:
     link_ca: float | None = None  # when the coordinator's last link CA does (None: none listed)
     # when this node's own certificates expire: [link.tls] cert_file, [broker.tls] cert_file
     certificates: dict[str, float] = field(default_factory=dict)
+    # this network's encryption keys (what origins seal its payloads for), in directory order
+    encryption_keys: tuple[KeyView, ...] = ()
+
+    def encryption_keys_end(self) -> float | None:
+        """When the last of this network's encryption keys in use (valid, or about to be)
+        stops being valid; None when one has no end, or none is in use."""
+        ends = [k.ends for k in self.encryption_keys if k.state in ("valid", "not yet valid")]
+        if not ends or any(end is None for end in ends):
+            return None
+        return max(end for end in ends if end is not None)
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,8 @@ class NodeStatus:
         expiry["network_cas"] = {k: iso(v) for k, v in expiry["network_cas"].items()}
         expiry["link_ca"] = iso(expiry["link_ca"])
         expiry["certificates"] = {k: iso(v) for k, v in expiry["certificates"].items()}
+        for key in expiry["encryption_keys"]:
+            key["ends"] = iso(key["ends"])
         return raw
 
 

@@ -1,6 +1,7 @@
 """A sixth network joins a running five-network federation: ``mlanet init``, the coordinator's
 ``mlanet directory approve``, propagation over the federation, and then signed messages and
-receipts both ways with SEAJust, with no hand-edited config on any existing node."""
+receipts both ways with SEAJust (sealed for each other's encryption keys: the new network's
+from its join request on), with no hand-edited config on any existing node."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from mlanet.nodes.cli.contact import read_inbox, submit
 from mlanet.nodes.local.federation import Federation
+from mlanet.schemas.sealing import SEAL_SUITE, Sealed
 from tests.integration.directory_kit import (
     all_hold,
     dfed,
@@ -114,6 +116,13 @@ async def test_a_sixth_network_joins_and_exchanges_a_request_and_its_receipt_wit
         assert [i.message.header.message_id for i in at_fiji] == [back.message_id]
         at_samoa = await read_inbox(config(fed, "pilon"), credentials(fed, "ws-cp-1"))
         assert [i.message.path for i in at_samoa] == [("casc", "seajust")]
+        # The join request carried pilon's encryption key: it is sealed for from the start,
+        # and seals what it sends with its peers' keys.
+        pilon_key = Sealed(suite=SEAL_SUITE, network="pilon", key_id="hpke:1")
+        assert [i.message.header.sealed for i in at_fiji + at_samoa] == [pilon_key] * 2
+        assert [i.message.header.sealed for i in delivered] == [
+            Sealed(suite=SEAL_SUITE, network="seajust", key_id="hpke:1")
+        ]
         for network in (*fed.nodes, "pilon"):
             assert await quarantine_depth(fed, network) == 0, f"{network} refused something"
 

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from mlanet.broker import open_envelope
+from mlanet.broker import open_delivered
 from mlanet.broker.keys import load_signing_key
 from mlanet.nodes.cli.contact import read_inbox, submit
 from mlanet.nodes.directory.book import load_directory, message_trust
@@ -161,7 +161,7 @@ async def test_a_revoked_key_is_refused_also_for_messages_already_queued(
         trust = message_trust(load_directory(config(fed, "casc")))
         assert sorted(
             (
-                open_envelope(r.body, trust).header.message_id,
+                open_delivered(r.body, trust).header.message_id,  # handed back as delivered
                 r.headers["x-mlanet-reason"],
                 r.headers["x-mlanet-via"],
             )
