@@ -45,7 +45,7 @@ import structlog
 from pydantic import ValidationError
 
 from mlanet.broker.directory_signing import VerifiedDirectory
-from mlanet.broker.envelope import decode_payload, open_envelope
+from mlanet.broker.envelope import decode_payload, open_delivered
 from mlanet.broker.errors import Reason, RefusedMessage, TransportError
 from mlanet.broker.keys import b64u_decode
 from mlanet.broker.strictjson import canonical_bytes, loads_strict
@@ -363,7 +363,12 @@ class DirectoryKeeper:
             moved = 0
             while waiting and (incoming := await transport.get(deliver_queue(old))):
                 try:
-                    header = open_envelope(incoming.body, self._view.trust).header
+                    # what waits there is in the delivered form (a sealed payload opened)
+                    header = open_delivered(
+                        incoming.body,
+                        self._view.trust,
+                        max_bytes=self._view.config.limits.max_message_bytes,
+                    ).header
                 except RefusedMessage as refused:
                     await ports.outbound.quarantine(incoming.body, refused, deliver_queue(old))
                     await incoming.ack()
