@@ -191,6 +191,15 @@ async def wait_depth(
     return time.perf_counter()
 
 
+async def wait_depth_zero(channel: AbstractChannel, queue: str, within: float = 30) -> None:
+    """Wait until a purged quorum queue reports no messages."""
+    deadline = time.perf_counter() + within
+    while depth := await queue_depth(channel, queue):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{queue} still holds {depth} messages after its purge")
+        await asyncio.sleep(0.05)
+
+
 def _cpu(seconds: float, elapsed: float, messages: int) -> str:
     return (
         f"process CPU {seconds / messages * 1e6:,.0f} us/msg, "
@@ -574,9 +583,10 @@ async def relay(bench: RelayBench, bodies: list[bytes]) -> Throughput:
                 cpu = time.process_time() - cpu
         finally:
             watch.cancel()
-        purged = await (await channel.get_queue(out_queue("ejn"), ensure=False)).purge()
-    if purged.message_count != total:
-        raise RuntimeError(f"casc sent ejn {purged.message_count} messages, not {total}")
+        if (sent := await queue_depth(channel, out_queue("ejn"))) != total:
+            raise RuntimeError(f"casc sent ejn {sent} messages, not {total}")
+        await (await channel.get_queue(out_queue("ejn"), ensure=False)).purge()
+        await wait_depth_zero(channel, out_queue("ejn"))
     timed = total - first
     if timed < 1:
         raise RuntimeError("the node relayed every message before the first look: send more")
