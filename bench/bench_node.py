@@ -511,11 +511,14 @@ class RelayBench:
 
 
 @contextlib.asynccontextmanager
-async def relay_federation(prefix: str | None = None) -> AsyncIterator[RelayBench]:
+async def relay_federation(
+    prefix: str | None = None, prefetch: int = 0
+) -> AsyncIterator[RelayBench]:
     """seajust - casc - ejn under a unique prefix, for timing casc as a relay without links
     (``relay``): casc's per-peer rate cap lifted (the peer's token bucket must not be what is
-    measured), the nodes' logs quiet, casc's topology declared by a first start that is not
-    measured. Everything it provisions on the broker is removed at the end, also on failure."""
+    measured), its ``limits.prefetch`` set when ``prefetch`` is given, the nodes' logs quiet,
+    casc's topology declared by a first start that is not measured. Everything it provisions
+    on the broker is removed at the end, also on failure."""
     with contextlib.ExitStack() as stack:
         quiet = stack.enter_context(open(os.devnull, "w", encoding="utf-8"))  # noqa: ASYNC230
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlanet-bench-")))
@@ -526,7 +529,8 @@ async def relay_federation(prefix: str | None = None) -> AsyncIterator[RelayBenc
             links=LINKS,
         )
         with fed.config_path("casc").open("a", encoding="utf-8") as config:
-            config.write("\n[limits.peer]\nrate = 1000000.0\nburst = 1000000\n")
+            limits = f"\n[limits]\nprefetch = {prefetch}\n" if prefetch else "\n"
+            config.write(limits + "[limits.peer]\nrate = 1000000.0\nburst = 1000000\n")
         with contextlib.redirect_stderr(quiet):
             configure_logging("warning")
         try:

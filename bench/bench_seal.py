@@ -47,6 +47,7 @@ from mlanet.broker.seal import (
     seal_key_files,
     seal_payload,
 )
+from mlanet.nodes.config import load_config
 from mlanet.schemas import Destination, FacilitationRequest, Header, InformationResponse, Origin
 from mlanet.schemas.base import WireModel
 from mlanet.schemas.sealing import SEAL_SUITE, Sealed
@@ -157,6 +158,11 @@ def _operations(
     }
 
 
+def _ratio(runs: dict[str, list[float]], name: str, base: str) -> float:
+    """The median of the rounds' ratios ``name`` / ``base`` (each round times both in turn)."""
+    return statistics.median(a / b for a, b in zip(runs[name], runs[base], strict=True))
+
+
 def per_message_phase(number: int, repeat: int) -> None:
     """(a): seal and open per message, both KEMs, beside an Ed25519 signature."""
     origin = SigningKey.from_seed("seajust", "ed25519:1", bytes(range(32)))
@@ -172,7 +178,7 @@ def per_message_phase(number: int, repeat: int) -> None:
     )
     print(
         f"    {'operation':<52}{'us/op':>10}{'/ X25519':>10}{'/ Ed25519':>11}"
-        "   (ratios of the medians)"
+        "   (medians of the rounds' ratios)"
     )
     for label, kind, payload in _payloads():
         plain = sign_message(_header(origin, kind, None), payload, origin)
@@ -197,24 +203,22 @@ def per_message_phase(number: int, repeat: int) -> None:
             x25519_sealed,
         )
         loops = number if kind == "facilitation_request" else max(number // 20, 1)
-        us = {name: statistics.median(runs) for name, runs in _rounds(calls, loops, repeat).items()}
-        sign_us = us[SIGN]
-        baseline = {
-            "seal": us[SEAL_X25519],
-            "open": us[OPEN_X25519],
-        }
+        runs = _rounds(calls, loops, repeat)
+        us = {name: statistics.median(times) for name, times in runs.items()}
+        baseline = {"seal": SEAL_X25519, "open": OPEN_X25519}
+
         print(
             f"  {label}: payload {len(plaintext):,} B; envelope {len(plain.to_bytes()):,} B"
             f" unsealed, {len(sealed_message.to_bytes()):,} B sealed (hybrid)"
         )
         for name, value in us.items():
             base = baseline.get(name.split(":")[0])
-            versus = f"{value / base:9.2f}x" if base is not None else f"{'':10}"
-            print(f"    {name:<52}{value:10.1f}{versus}{value / sign_us:10.2f}x")
+            versus = f"{_ratio(runs, name, base):9.2f}x" if base is not None else f"{'':10}"
+            print(f"    {name:<52}{value:10.1f}{versus}{_ratio(runs, name, SIGN):10.2f}x")
         print(
-            f"    hybrid - X25519: seal {us[SEAL_MLANET] - baseline['seal']:+.1f} us"
-            f" ({us[SEAL_HYBRID] - baseline['seal']:+.1f} us with the key decoded once),"
-            f" open {us[OPEN_MLANET] - baseline['open']:+.1f} us"
+            f"    hybrid - X25519: seal {us[SEAL_MLANET] - us[SEAL_X25519]:+.1f} us"
+            f" ({us[SEAL_HYBRID] - us[SEAL_X25519]:+.1f} us with the key decoded once),"
+            f" open {us[OPEN_MLANET] - us[OPEN_X25519]:+.1f} us (differences of the medians)"
         )
     x25519_added = hpke.KEM.X25519.enc_length() + TAG_BYTES
     print(
@@ -226,16 +230,17 @@ def per_message_phase(number: int, repeat: int) -> None:
     )
 
 
-async def relay_phase(messages: int, rounds: int, prefix: str | None) -> None:
+async def relay_phase(messages: int, rounds: int, prefix: str | None, prefetch: int) -> None:
     """(b): casc relaying sealed and unsealed requests, alternating rounds (ABBA)."""
     measured: dict[str, list[bench_node.Throughput]] = {"sealed": [], "unsealed": []}
     sizes: dict[str, int] = {}
-    async with bench_node.relay_federation(prefix) as bench:
+    async with bench_node.relay_federation(prefix, prefetch) as bench:
         fed = bench.fed
         key = load_signing_key(fed.root / "seajust" / "seajust.1.key")
         _, public = seal_key_files(fed.root / "ejn", "ejn", "hpke:1")
         listed = json.loads(public.read_text(encoding="ascii"))
         seal_for = ("ejn", listed["key_id"], listed["public_key"])
+        depth = load_config(fed.config_path("casc")).limits.prefetch
         for round_ in range(rounds):  # ABBA: drift over the run hits both alike
             order = ("sealed", "unsealed") if round_ % 2 == 0 else ("unsealed", "sealed")
             for variant in order:
@@ -251,8 +256,9 @@ async def relay_phase(messages: int, rounds: int, prefix: str | None) -> None:
                 measured[variant].append(await bench_node.relay(bench, bodies))
     print(
         f"(b) relay: casc forwarding {messages} facilitation requests seajust -> ejn, signed by"
-        f" seajust, {rounds} alternating rounds each; envelope {sizes['unsealed']:,} B unsealed,"
-        f" {sizes['sealed']:,} B sealed for ejn ({sizes['sealed'] / sizes['unsealed']:.2f}x)"
+        f" seajust, prefetch {depth}, {rounds} alternating rounds each; envelope"
+        f" {sizes['unsealed']:,} B unsealed, {sizes['sealed']:,} B sealed for ejn"
+        f" ({sizes['sealed'] / sizes['unsealed']:.2f}x)"
     )
     for variant, runs in measured.items():
         shown = ", ".join(f"{run.rate:,.0f} ({run.cpu * 1e6:,.0f} us)" for run in runs)
@@ -278,7 +284,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     per_message_phase(args.number, args.repeat)
     if not args.skip_relay:
-        await relay_phase(args.messages, args.rounds, args.prefix)
+        await relay_phase(args.messages, args.rounds, args.prefix, args.prefetch)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -292,6 +298,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=7, help="rounds in (a) (median reported)")
     parser.add_argument("--messages", type=int, default=3000, help="messages per round in (b)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of each variant in (b)")
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=0,
+        help="casc's limits.prefetch in (b) (default 0: the node's own default)",
+    )
     parser.add_argument("--skip-relay", action="store_true", help="run (a) only (no broker)")
     parser.add_argument(
         "--prefix", help="the federation's prefix on the broker in (b) (default: a unique one)"
