@@ -8,6 +8,8 @@ in the same run.
     signature the origin makes for every message anyway (``SigningKey.sign`` of the message's
     signing input), the yardstick; the origin's whole ``sign_message`` sealed and unsealed; and
     the bytes each KEM adds to a message (enc + AEAD tag; base64url on the wire).
+(a') what a relay itself does per message (open the envelope, sign a hop record, write it out:
+    ``bench_node.crypto_step``), in-process, on a request sealed and unsealed.
 (b) at a relay: the casc node (without its links) relaying N facilitation requests seajust ->
     ejn that seajust signed, sealed for ejn or not, preloaded into casc's inbox; the rounds
     alternate (ABBA) in one run. msg/s and process CPU per message of each, the median of the
@@ -37,7 +39,7 @@ import cryptography
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from mlanet.broker import SignedMessage, SigningKey, load_signing_key, sign_message
+from mlanet.broker import SignedMessage, SigningKey, TrustStore, load_signing_key, sign_message
 from mlanet.broker.seal import (
     ENC_BYTES,
     SEAL_OVERHEAD,
@@ -230,6 +232,35 @@ def per_message_phase(number: int, repeat: int) -> None:
     )
 
 
+def relay_step_phase(number: int, repeat: int) -> None:
+    """(a'): what every relay does per message that grows with the envelope, in-process: open
+    it (strict parse, the origin's signature checked), sign a hop record, write it out
+    (``bench_node.crypto_step``, the cryptographic floor of ``bench_node.py``), on the same
+    request sealed and unsealed."""
+    origin = SigningKey.from_seed("seajust", "ed25519:1", bytes(range(32)))
+    relay = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32, 64)))
+    trust = TrustStore()
+    trust.add_signing_key(origin)
+    public = PrivateSealKey("ejn", "hpke:1", bytes(range(64)), bytes(range(64, 96))).public_b64()
+    plain, sealed = (
+        bench_node.signed_requests(origin, 1, "FR", seal_for=seal_for, summary=SUMMARY)[0]
+        for seal_for in (None, ("ejn", "hpke:1", public))
+    )
+    plain_bytes, sealed_bytes = plain.to_bytes(), sealed.to_bytes()
+    step = bench_node.crypto_step(relay, trust)
+    runs = _rounds(
+        {"unsealed": lambda: step(plain_bytes), "sealed": lambda: step(sealed_bytes)},
+        number,
+        repeat,
+    )
+    print(
+        "(a') a relay's own work on one request (open_envelope, add_hop, to_bytes), in-process:"
+        f" unsealed ({len(plain_bytes):,} B) {statistics.median(runs['unsealed']):.1f} us,"
+        f" sealed ({len(sealed_bytes):,} B) {statistics.median(runs['sealed']):.1f} us;"
+        f" sealed / unsealed {_ratio(runs, 'sealed', 'unsealed'):.2f}"
+    )
+
+
 async def relay_phase(messages: int, rounds: int, prefix: str | None, prefetch: int) -> None:
     """(b): casc relaying sealed and unsealed requests, alternating rounds (ABBA)."""
     measured: dict[str, list[bench_node.Throughput]] = {"sealed": [], "unsealed": []}
@@ -283,6 +314,7 @@ async def main(args: argparse.Namespace) -> None:
         f" {cryptography.__version__}"
     )
     per_message_phase(args.number, args.repeat)
+    relay_step_phase(args.number, args.repeat)
     if not args.skip_relay:
         await relay_phase(args.messages, args.rounds, args.prefix, args.prefetch)
 
