@@ -52,6 +52,7 @@ from mlanet.broker.seal import (
 from mlanet.nodes.config import load_config
 from mlanet.schemas import Destination, FacilitationRequest, Header, InformationResponse, Origin
 from mlanet.schemas.base import WireModel
+from mlanet.schemas.header import Kind
 from mlanet.schemas.sealing import SEAL_SUITE, Sealed
 
 X25519_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
@@ -70,7 +71,7 @@ def _b64_chars(n: int) -> int:
     return (n * 8 + 5) // 6  # unpadded base64url
 
 
-def _payloads() -> list[tuple[str, str, WireModel]]:
+def _payloads() -> list[tuple[str, Kind, WireModel]]:
     request = FacilitationRequest(
         case_ref="KH-MLA-2020-0042",
         requesting_country="KH",
@@ -87,7 +88,7 @@ def _payloads() -> list[tuple[str, str, WireModel]]:
     ]
 
 
-def _header(key: SigningKey, kind: str, sealed: Sealed | None) -> Header:
+def _header(key: SigningKey, kind: Kind, sealed: Sealed | None) -> Header:
     return Header(
         kind=kind,
         message_id=str(uuid.UUID(int=0x5B0C2F1E8D3A4C6B9E7F0A1B2C3D4E5F)),
