@@ -26,13 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
-import aio_pika
 import bench_node
 
 from mlanet.broker import SigningKey, load_signing_key
-from mlanet.broker.transport import CONTENT_TYPE, inbox_exchange, out_queue
-from mlanet.nodes.config import load_config
-from mlanet.nodes.local import federation
 from mlanet.nodes.logs import configure_logging
 from mlanet.nodes.runtime.observe import Observer
 from mlanet.nodes.state.audit import AuditLog
@@ -127,82 +123,22 @@ class NoAudit(Observer):
         self.audit = audit
 
 
-async def _preload(fed: federation.Federation, bodies: list[bytes]) -> None:
-    """Publish into casc's inbox exchange for seajust as seajust's link would (with confirms)."""
-    url = bench_node.amqp_url(
-        fed.door("casc", "seajust"), fed.link_user("seajust"), fed.link_password("seajust")
-    )
-    async with await aio_pika.connect(url) as connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(inbox_exchange("seajust"), ensure=False)
-        for start in range(0, len(bodies), 500):
-            await asyncio.gather(
-                *(
-                    exchange.publish(
-                        aio_pika.Message(
-                            body,
-                            content_type=CONTENT_TYPE,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            message_id=str(uuid.uuid4()),
-                        ),
-                        routing_key="",
-                    )
-                    for body in bodies[start : start + 500]
-                )
-            )
-
-
-async def _relay(fed: federation.Federation, messages: int) -> tuple[float, float]:
-    """Time the casc node (without links) relaying ``messages`` preloaded ones to ejn's queue:
-    (messages per second, process CPU seconds per message)."""
-    key = load_signing_key(fed.root / "seajust" / "seajust.1.key")
-    await _preload(fed, [m.to_bytes() for m in bench_node.signed_requests(key, messages, "FR")])
-    async with await aio_pika.connect(bench_node.amqp_url(fed.vhost("casc"))) as watcher:
-        channel = await watcher.channel()
-        node = bench_node._Unlinked(load_config(fed.config_path("casc")))
-        async with bench_node.running([node]):
-            start, cpu = time.perf_counter(), time.process_time()
-            end = await bench_node.wait_depth(channel, out_queue("ejn"), messages, within=600)
-            cpu = time.process_time() - cpu
-        await (await channel.get_queue(out_queue("ejn"), ensure=False)).purge()
-    return messages / (end - start), cpu / messages
-
-
 async def node_phase(messages: int, rounds: int) -> None:
-    with contextlib.ExitStack() as stack:
-        quiet = stack.enter_context(open(os.devnull, "w", encoding="utf-8"))  # noqa: ASYNC230
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlanet-bench-")))
-        fed = federation.build(
-            folder,
-            prefix=f"bench-{uuid.uuid4().hex[:8]}",
-            networks=bench_node.NETWORKS,
-            links=bench_node.LINKS,
-        )
-        with fed.config_path("casc").open("a", encoding="utf-8") as config:
-            # the peer's token bucket must not be what is measured
-            config.write("\n[limits.peer]\nrate = 1000000.0\nburst = 1000000\n")
-        with contextlib.redirect_stderr(quiet):
-            configure_logging("warning")
-        await federation.provision(fed, bench_node.ADMIN)
-        measured: dict[str, list[tuple[float, float]]] = {"with": [], "without": []}
-        try:
-            # a first start declares casc's topology (and is not measured)
-            async with bench_node.running(
-                [bench_node._Unlinked(load_config(fed.config_path("casc")))]
-            ):
-                pass
-            for round_ in range(rounds):  # ABBA: drift over the run hits both alike
-                order = ("with", "without") if round_ % 2 == 0 else ("without", "with")
-                for variant in order:
-                    patch = (
-                        mock.patch("mlanet.nodes.runtime.node.AuditTrail", NoAudit)
-                        if variant == "without"
-                        else contextlib.nullcontext()
-                    )
-                    with patch:
-                        measured[variant].append(await _relay(fed, messages))
-        finally:
-            await federation.teardown(fed, bench_node.ADMIN)
+    measured: dict[str, list[tuple[float, float]]] = {"with": [], "without": []}
+    async with bench_node.relay_federation() as bench:
+        key = load_signing_key(bench.fed.root / "seajust" / "seajust.1.key")
+        for round_ in range(rounds):  # ABBA: drift over the run hits both alike
+            order = ("with", "without") if round_ % 2 == 0 else ("without", "with")
+            for variant in order:
+                patch = (
+                    mock.patch("mlanet.nodes.runtime.node.AuditTrail", NoAudit)
+                    if variant == "without"
+                    else contextlib.nullcontext()
+                )
+                bodies = [m.to_bytes() for m in bench_node.signed_requests(key, messages, "FR")]
+                with patch:
+                    result = await bench_node.relay(bench, bodies)
+                measured[variant].append((result.rate, result.cpu))
     rate = {k: statistics.median(r for r, _ in v) for k, v in measured.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in measured.items()}
     print(f"(b) casc relaying {messages} messages, {rounds} alternating runs each (median):")

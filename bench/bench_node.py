@@ -89,6 +89,7 @@ from mlanet.nodes.logs import configure_logging
 from mlanet.nodes.runtime.node import Node
 from mlanet.nodes.state.store import Store
 from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
+from mlanet.schemas.sealing import SEAL_SUITE, Sealed
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
 HOST, PORT = "127.0.0.1", 5672
@@ -188,6 +189,15 @@ async def wait_depth(
             raise RuntimeError(f"{queue} holds {depth} of {count} after {within:.0f} s")
         await asyncio.sleep(every)
     return time.perf_counter()
+
+
+async def wait_depth_zero(channel: AbstractChannel, queue: str, within: float = 30) -> None:
+    """Wait until a purged quorum queue reports no messages."""
+    deadline = time.perf_counter() + within
+    while depth := await queue_depth(channel, queue):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{queue} still holds {depth} messages after its purge")
+        await asyncio.sleep(0.05)
 
 
 def _cpu(seconds: float, elapsed: float, messages: int) -> str:
@@ -443,7 +453,17 @@ async def running(nodes: list[Node]) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def signed_requests(key: SigningKey, count: int, country: str) -> list[SignedMessage]:
+def signed_requests(
+    key: SigningKey,
+    count: int,
+    country: str,
+    *,
+    seal_for: tuple[str, str, str] | None = None,
+    summary: str = SUMMARY,
+) -> list[SignedMessage]:
+    """``count`` facilitation requests signed by ``key`` for ``country``; with ``seal_for``
+    (network, encryption key id, its public key as the directory lists it), each sealed for
+    that network as the origin's node seals it (``broker/seal.py``)."""
     payload = FacilitationRequest(
         case_ref="KH-MLA-2020-0042",
         requesting_country="KH",
@@ -451,7 +471,12 @@ def signed_requests(key: SigningKey, count: int, country: str) -> list[SignedMes
         offence_categories=["drug_trafficking", "money_laundering"],
         measures_sought=["evidence", "asset_freezing"],
         languages=["en", "fr"],
-        summary=SUMMARY,
+        summary=summary,
+    )
+    sealed = (
+        None
+        if seal_for is None
+        else Sealed(suite=SEAL_SUITE, network=seal_for[0], key_id=seal_for[1])
     )
     now = datetime.now(UTC)
     return [
@@ -463,12 +488,113 @@ def signed_requests(key: SigningKey, count: int, country: str) -> list[SignedMes
                 destination=Destination(country=country),
                 created_at=now,
                 key_id=key.key_id,
+                sealed=sealed,
             ),
             payload,
             key,
+            seal_with=None if seal_for is None else seal_for[2],
         )
         for _ in range(count)
     ]
+
+
+# --- a relay alone: shared with bench_audit.py and bench_seal.py -------------------------------
+
+
+@dataclass(frozen=True)
+class RelayBench:
+    """A federation for timing casc as a relay (``relay_federation``)."""
+
+    fed: federation.Federation
+    # what casc sends ejn each time it starts with nothing to relay (its directory announcement)
+    start_sends: int
+
+
+@contextlib.asynccontextmanager
+async def relay_federation(
+    prefix: str | None = None, prefetch: int = 0
+) -> AsyncIterator[RelayBench]:
+    """seajust - casc - ejn under a unique prefix, for timing casc as a relay without links
+    (``relay``): casc's per-peer rate cap lifted (the peer's token bucket must not be what is
+    measured), its ``limits.prefetch`` set when ``prefetch`` is given, the nodes' logs quiet,
+    casc's topology declared by a first start that is not measured. Everything it provisions
+    on the broker is removed at the end, also on failure."""
+    with contextlib.ExitStack() as stack:
+        quiet = stack.enter_context(open(os.devnull, "w", encoding="utf-8"))  # noqa: ASYNC230
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlanet-bench-")))
+        fed = federation.build(
+            folder,
+            prefix=prefix or f"bench-{uuid.uuid4().hex[:8]}",
+            networks=NETWORKS,
+            links=LINKS,
+        )
+        with fed.config_path("casc").open("a", encoding="utf-8") as config:
+            limits = f"\n[limits]\nprefetch = {prefetch}\n" if prefetch else "\n"
+            config.write(limits + "[limits.peer]\nrate = 1000000.0\nburst = 1000000\n")
+        with contextlib.redirect_stderr(quiet):
+            configure_logging("warning")
+        try:
+            await federation.provision(fed, ADMIN)
+            async with running([_Unlinked(load_config(fed.config_path("casc")))]):
+                pass
+            # each start announces casc's directory to its peers: counted here, then dropped
+            async with await aio_pika.connect(amqp_url(fed.vhost("casc"))) as connection:
+                channel = await connection.channel()
+                purged = await (await channel.get_queue(out_queue("ejn"), ensure=False)).purge()
+            yield RelayBench(fed, purged.message_count or 0)
+        finally:
+            await federation.teardown(fed, ADMIN)
+
+
+async def preload(fed: federation.Federation, bodies: list[bytes]) -> None:
+    """Publish ``bodies`` into casc's inbox exchange for seajust as seajust's link would (as
+    its link user, persistent, with confirms)."""
+    url = amqp_url(
+        fed.door("casc", "seajust"), fed.link_user("seajust"), fed.link_password("seajust")
+    )
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await publish_confirmed(channel, "", bodies, exchange=inbox_exchange("seajust"))
+
+
+async def relay(bench: RelayBench, bodies: list[bytes]) -> Throughput:
+    """Time the casc node (without links) relaying ``bodies``, preloaded into its inbox from
+    seajust, until ``mlanet.out.ejn`` holds them all (then emptied): msg/s and process CPU
+    seconds per message. The node consumes while it starts, before it reports ready, so the
+    clock (and the CPU count) starts at its first forward, watched from before the node starts,
+    and counts the forwards after it (and the node's announcement as it starts)."""
+    fed, total = bench.fed, len(bodies) + bench.start_sends
+    await preload(fed, bodies)
+    async with await aio_pika.connect(amqp_url(fed.vhost("casc"))) as watcher:
+        channel = await watcher.channel()
+        if depth := await queue_depth(channel, out_queue("ejn")):
+            raise RuntimeError(f"{out_queue('ejn')} holds {depth} messages before the node runs")
+
+        async def first_forward() -> tuple[float, float, int]:
+            deadline = time.perf_counter() + 120
+            while not (depth := await queue_depth(channel, out_queue("ejn"))):
+                if time.perf_counter() > deadline:
+                    raise RuntimeError("the node forwarded nothing in 120 s")
+                await asyncio.sleep(0.001)
+            return time.perf_counter(), time.process_time(), depth
+
+        node = _Unlinked(load_config(fed.config_path("casc")))
+        watch = asyncio.create_task(first_forward())
+        try:
+            async with running([node]):
+                start, cpu, first = await watch
+                end = await wait_depth(channel, out_queue("ejn"), total, within=600)
+                cpu = time.process_time() - cpu
+        finally:
+            watch.cancel()
+        if (sent := await queue_depth(channel, out_queue("ejn"))) != total:
+            raise RuntimeError(f"casc sent ejn {sent} messages, not {total}")
+        await (await channel.get_queue(out_queue("ejn"), ensure=False)).purge()
+        await wait_depth_zero(channel, out_queue("ejn"))
+    timed = total - first
+    if timed < 1:
+        raise RuntimeError("the node relayed every message before the first look: send more")
+    return Throughput(timed / (end - start), cpu / timed)
 
 
 async def node_phase(
