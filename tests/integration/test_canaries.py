@@ -231,7 +231,10 @@ async def _refused(fed: Federation, c: Canaries) -> None:
                 exchange=SUBMIT_EXCHANGE,
             )
 
-    tampered = facilitation(fed, "seajust", "kh-cp-1", "UZ", summary=c("tampered_summary"))
+    # unsealed (taken, casc requires no sealing): its canary is in the bytes casc quarantines
+    tampered = facilitation(
+        fed, "seajust", "kh-cp-1", "UZ", summary=c("tampered_summary"), seal=False
+    )
     payload = bytearray(tampered.payload_bytes)
     payload[payload.index(b"CANARY")] = ord("K")
     await inject(
@@ -244,7 +247,7 @@ async def _refused(fed: Federation, c: Canaries) -> None:
     )
 
     # A header naming a signer that cannot exist, and a case reference that breaks its grammar.
-    honest = facilitation(fed, "seajust", "kh-cp-1", "UZ")
+    honest = facilitation(fed, "seajust", "kh-cp-1", "UZ", seal=False)  # its canaries in clear
     header = json.loads(b64u_decode(honest.header_b64))
     header["key_id"] = c("hostile_key_id")
     header["origin"]["network"] = c("hostile_network").lower()

@@ -161,7 +161,7 @@ async def test_bad_messages_are_quarantined_while_the_ones_behind_them_flow(
     async with running(fed, "casc"):
         first = facilitation(fed, "seajust", "kh-cp-1", "UZ")
         good_wire = bytearray(first.to_bytes())
-        tampered = facilitation(fed, "seajust", "kh-cp-1", "UZ")
+        tampered = facilitation(fed, "seajust", "kh-cp-1", "UZ", seal=False)
         payload = bytearray(tampered.payload_bytes)
         payload[payload.index(b"Test")] = ord("B")
         from mlanet.broker.keys import b64u_encode
