@@ -206,8 +206,8 @@ def quarantine_show(
     )
     meta = entry.metadata() | {"history": history}
     content = None
-    if payload:
-        content = payload_text(entry.body) if entry.body is not None else None
+    if payload and entry.body is not None:
+        content = _opened(entry.body, cfg) or payload_text(entry.body)
     if as_json:
         if payload:
             meta["payload"] = content  # JSON escapes every control character
@@ -228,6 +228,34 @@ def quarantine_show(
     if payload:
         typer.echo("payload:")
         typer.echo(visible(content) if content is not None else "(the body was not kept)")
+
+
+def _opened(body: bytes, config: NodeConfig) -> str | None:
+    """The payload of a message sealed for this network, opened with its key (the destination's
+    operator may read what its node would have delivered); None when it is not one, or does not
+    open (then ``show`` prints the payload as it came)."""
+    from pydantic import ValidationError
+
+    from mlanet.broker import KeyRefused, RefusedMessage, loads_strict
+    from mlanet.broker.keys import b64u_decode
+    from mlanet.broker.seal import SealKeyring
+    from mlanet.nodes.directory.book import load_directory
+    from mlanet.schemas import Header
+
+    try:
+        frame = loads_strict(body, max_bytes=config.limits.max_message_bytes, max_depth=4)
+        header_b64, sealed = frame["header"], b64u_decode(frame["payload"])
+        header = Header.model_validate_json(b64u_decode(header_b64))
+        me = load_directory(config).network(config.network)
+        if header.sealed is None or header.sealed.network != config.network or me is None:
+            return None
+        keyring = SealKeyring.load(config.signing_key.parent, config.network)
+        plaintext = keyring.open(header, header_b64, sealed, me.encryption_keys)
+    except (MlanetError, KeyRefused, RefusedMessage, ValidationError, KeyError, TypeError):
+        return None
+    return f"(opened: sealed for {config.network} with {header.sealed.key_id})\n" + (
+        plaintext.decode("utf-8", errors="backslashreplace")
+    )
 
 
 @quarantine_app.command("release")

@@ -80,7 +80,7 @@ def _audit_events(fed: Federation, network: str) -> list[tuple[str, dict[str, An
 
 
 def _tampered(fed: Federation) -> bytes:
-    message = facilitation(fed, "seajust", "kh-cp-1", "UZ", summary=f"Tampered {MARK}")
+    message = facilitation(fed, "seajust", "kh-cp-1", "UZ", summary=f"Tampered {MARK}", seal=False)
     payload = bytearray(message.payload_bytes)
     payload[payload.index(b"Tampered")] = ord("t")
     return message.to_bytes().replace(
