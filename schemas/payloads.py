@@ -71,7 +71,7 @@ CaseStatus = Literal[
 ]
 # A b64url SHA-256 digest without padding.
 Digest = Field(pattern=r"^[A-Za-z0-9_-]{43}$", min_length=43, max_length=43)
-ReasonCode = Field(default=None, pattern=r"^[a-z][a-z_]{1,39}$", max_length=40)
+ReasonCode = Field(default=None, pattern=r"^[a-z][a-z0-9_]{1,39}$", max_length=40)
 
 
 class FacilitationRequest(WireModel):

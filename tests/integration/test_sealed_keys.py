@@ -63,7 +63,7 @@ def _sealed(
     """A request from SEAJust's kh-cp-1 for Uzbekistan (CASC), signed with SEAJust's real
     key, its header saying it is sealed for ``network`` with ``key_id``, sealed with
     ``public_key``."""
-    plain = facilitation(fed, "seajust", "kh-cp-1", "UZ")
+    plain = facilitation(fed, "seajust", "kh-cp-1", "UZ", seal=False)
     statement = Sealed(suite=SEAL_SUITE, network=network, key_id=key_id)
     header = plain.header.model_copy(update={"sealed": statement})
     return sign_message(header, plain.payload_bytes, key(fed, "seajust"), seal_with=public_key)

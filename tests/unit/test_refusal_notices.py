@@ -149,6 +149,14 @@ def test_who_is_told_of_a_refusal(kind: Any, origin: str, here: str, told: bool)
     assert deserves_notice(make_header(kind, origin=by), here) is told
 
 
+@pytest.mark.parametrize("reason", list(Reason), ids=lambda reason: reason.value)
+def test_a_notice_can_name_every_reason_code(reason: Reason) -> None:
+    """Also ``not_utf8`` (a digit): a sealed payload that opens to bytes that are not UTF-8 is
+    refused after opening, and its origin is told."""
+    message = signed("facilitation_request")
+    assert refusal_notice(message, RefusedMessage(reason, "")).reason == reason.value
+
+
 def test_the_notice_names_the_message_and_carries_its_hop_entries_but_no_case_content() -> None:
     message = signed("facilitation_request", hops=2)
     notice = refusal_notice(message, RefusedMessage(Reason.HOP_LIMIT_EXCEEDED, "6 hops"))
