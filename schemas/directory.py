@@ -28,7 +28,7 @@ from mlanet.schemas.base import (
     WireModel,
 )
 from mlanet.schemas.sealing import EncryptionKey
-from mlanet.schemas.validity import KeyState, ended, in_window, key_state, not_yet
+from mlanet.schemas.validity import KeyState, ListedKey, ended, in_window, key_state, not_yet
 
 __all__ = [
     "AmqpsEndpoint",
@@ -87,26 +87,11 @@ class ContactPointEntry(WireModel):
         return in_window(at, self.not_before, self.not_after)
 
 
-class NetworkKey(WireModel):
+class NetworkKey(ListedKey):
     """A public key with its validity window; a revoked key is refused from then on."""
 
     key_id: KeyId
     public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
-    not_before: Timestamp | None = None
-    not_after: Timestamp | None = None
-    revoked_at: Timestamp | None = None
-
-    def state(self, at: datetime) -> KeyState:
-        """This key at ``at`` (``schemas/validity.py``)."""
-        return key_state(
-            at,
-            not_before=self.not_before,
-            not_after=self.not_after,
-            revoked=self.revoked_at is not None,
-        )
-
-    def valid_at(self, at: datetime) -> bool:
-        return self.state(at) is KeyState.VALID
 
 
 class LinkUser(WireModel):

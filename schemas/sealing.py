@@ -12,13 +12,12 @@ every node must act on), so they are never sealed.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Final, Literal
 
 from pydantic import Field, StringConstraints
 
-from mlanet.schemas.base import NetworkId, Timestamp, WireModel
-from mlanet.schemas.validity import KeyState, key_state
+from mlanet.schemas.base import NetworkId, WireModel
+from mlanet.schemas.validity import ListedKey
 
 __all__ = [
     "ENCRYPTION_KEY_ID",
@@ -68,7 +67,7 @@ class Sealed(WireModel):
     key_id: EncryptionKeyId
 
 
-class EncryptionKey(WireModel):
+class EncryptionKey(ListedKey):
     """A network's public encryption key, with the lifecycle of a signing key: a validity
     window (old and new overlap during a rotation) and a revocation, refused from then on."""
 
@@ -77,18 +76,3 @@ class EncryptionKey(WireModel):
     public_key: str = Field(
         pattern=r"^[A-Za-z0-9_-]+$", min_length=_PUBLIC_KEY_CHARS, max_length=_PUBLIC_KEY_CHARS
     )
-    not_before: Timestamp | None = None
-    not_after: Timestamp | None = None
-    revoked_at: Timestamp | None = None
-
-    def state(self, at: datetime) -> KeyState:
-        """This key at ``at`` (``schemas/validity.py``)."""
-        return key_state(
-            at,
-            not_before=self.not_before,
-            not_after=self.not_after,
-            revoked=self.revoked_at is not None,
-        )
-
-    def valid_at(self, at: datetime) -> bool:
-        return self.state(at) is KeyState.VALID

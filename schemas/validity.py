@@ -12,7 +12,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-__all__ = ["KeyState", "ended", "in_window", "key_state", "not_yet"]
+from mlanet.schemas.base import Timestamp, WireModel
+
+__all__ = ["KeyState", "ListedKey", "ended", "in_window", "key_state", "not_yet"]
 
 
 class KeyState(StrEnum):
@@ -54,3 +56,24 @@ def key_state(
     if ended(at, not_after):
         return KeyState.EXPIRED
     return KeyState.VALID
+
+
+class ListedKey(WireModel):
+    """What every public key the directory lists has (a signing key, an encryption key): a
+    validity window and a revocation, refused from then on."""
+
+    not_before: Timestamp | None = None
+    not_after: Timestamp | None = None
+    revoked_at: Timestamp | None = None
+
+    def state(self, at: datetime) -> KeyState:
+        """This key at ``at``."""
+        return key_state(
+            at,
+            not_before=self.not_before,
+            not_after=self.not_after,
+            revoked=self.revoked_at is not None,
+        )
+
+    def valid_at(self, at: datetime) -> bool:
+        return self.state(at) is KeyState.VALID

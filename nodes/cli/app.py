@@ -7,6 +7,7 @@ import inspect
 import json
 import signal
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -121,8 +122,13 @@ def keys_generate(
     key_id: Annotated[str, typer.Option(help="Key id, ed25519:<n>.")] = "ed25519:1",
 ) -> None:
     """Generate an Ed25519 key pair: a private key file (0600) and a public key file."""
+    _write_key_pair(lambda: generate_key_files(out, network, key_id))
+
+
+def _write_key_pair(write: Callable[[], tuple[Path, Path]]) -> None:
+    """Write a key pair's files and say where, or one line why not."""
     try:
-        key_path, pub_path = generate_key_files(out, network, key_id)
+        key_path, pub_path = write()
     except KeyRefused as exc:
         raise fail(f"refused: {exc}") from None
     except FileExistsError:
@@ -139,14 +145,7 @@ def keys_generate_encryption(
 ) -> None:
     """Generate an encryption key pair (HPKE, ML-KEM-768 + X25519): <network>.seal.<n>.key
     (0600) and its public file .pub, whose public_key the directory lists."""
-    try:
-        key_path, pub_path = generate_seal_key_files(out, network, key_id)
-    except KeyRefused as exc:
-        raise fail(f"refused: {exc}") from None
-    except FileExistsError:
-        raise fail("refused: a key file with that id exists; choose another --key-id") from None
-    typer.echo(f"private key: {key_path} (owner-only)")
-    typer.echo(f"public key:  {pub_path}")
+    _write_key_pair(lambda: generate_seal_key_files(out, network, key_id))
 
 
 @schemas_app.command("write")
