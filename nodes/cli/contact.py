@@ -44,6 +44,7 @@ __all__ = [
     "purge_expired",
     "read_inbox",
     "read_purged",
+    "status_update",
     "submit",
     "submit_on",
     "take_delivered",
@@ -95,6 +96,28 @@ def facilitation_request(
                 "languages": list(languages),
                 "summary": summary,
             },
+        }
+    )
+
+
+def status_update(
+    sender: str,
+    to: str,
+    in_reply_to: str,
+    *,
+    case_ref: str = "KH-MLA-2020-0042",
+    status: str = "in_progress",
+) -> Submission:
+    """Contact point ``sender``'s status update to contact point ``to`` (of its country) about
+    the message ``in_reply_to``, with a new id."""
+    return Submission.model_validate(
+        {
+            "message_id": str(uuid.uuid4()),
+            "kind": "status_update",
+            "sender": sender,
+            "destination": {"country": to[:2].upper(), "contact_point": to},
+            "in_reply_to": in_reply_to,
+            "payload": {"case_ref": case_ref, "status": status, "regarding": in_reply_to},
         }
     )
 

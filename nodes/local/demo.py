@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from mlanet.broker import SignedMessage
 from mlanet.broker.errors import MlanetError
 from mlanet.broker.management import ManagementEndpoint
-from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit, track
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, status_update, submit, track
 from mlanet.nodes.config import load_config
 from mlanet.nodes.directory.contact_points import Credentials
 from mlanet.nodes.local import federation
@@ -256,20 +255,7 @@ async def journeys(
 
     say("\n2. uz-cp-1 answers with a status update; it travels back the same way")
     casc = load_config(fed.config_path("casc"))
-    update = Submission.model_validate(
-        {
-            "message_id": str(uuid.uuid4()),
-            "kind": "status_update",
-            "sender": "uz-cp-1",
-            "destination": {"country": "KH", "contact_point": "kh-cp-1"},
-            "in_reply_to": request.message_id,
-            "payload": {
-                "case_ref": "KH-MLA-2020-0042",
-                "status": "in_progress",
-                "regarding": request.message_id,
-            },
-        }
-    )
+    update = status_update("uz-cp-1", "kh-cp-1", request.message_id)
     progress.waiting_for = "CASC's broker to take the status update"
     await submit(casc, Credentials.load(fed.credentials("uz-cp-1")), update)
     await _journey(fed, ("casc", "seajust"), update.message_id, say, progress)

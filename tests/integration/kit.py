@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -259,3 +260,30 @@ async def close_connections(fed: Federation, network: str) -> None:
         )
         _, err = await process.communicate()
         assert process.returncode == 0, err.decode(errors="replace")
+
+
+async def mlanet_send(
+    fed: Federation, *flags: str, summary: str = "Test request: no real case content."
+) -> tuple[int, str]:
+    """``mlanet send`` as kh-cp-1 types it, against SEAJust's config: its exit code and what it
+    said (stdout and stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mlanet",
+        "send",
+        "--config",
+        str(fed.config_path("seajust")),
+        "--credentials",
+        str(fed.credentials("kh-cp-1")),
+        "--case-ref",
+        "KH-MLA-2020-0042",
+        "--summary",
+        summary,
+        *flags,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode() + err.decode()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -60,6 +59,7 @@ from tests.integration.kit import (
     eventually,
     inject,
     key,
+    mlanet_send,
     running,
 )
 from tests.integration.quarantine_kit import open_store
@@ -128,30 +128,6 @@ def _to_france(fed: Federation, **rules: Any) -> SignedMessage:
     )
 
 
-async def _send(fed: Federation, *flags: str) -> tuple[int, str]:
-    """``mlanet send`` as a contact point types it, against SEAJust's config."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mlanet",
-        "send",
-        "--config",
-        str(fed.config_path("seajust")),
-        "--credentials",
-        str(fed.credentials("kh-cp-1")),
-        "--case-ref",
-        "KH-MLA-2020-0042",
-        "--summary",
-        SUMMARY,
-        *flags,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, out.decode() + err.decode()
-
-
 # --- direct_only ---------------------------------------------------------------------------
 async def test_direct_only_behind_a_relay_is_refused_at_the_origin(fed: Federation) -> None:
     """SEAJust has no link to EJN: ``mlanet send --direct-only`` to France says why in one line
@@ -159,7 +135,7 @@ async def test_direct_only_behind_a_relay_is_refused_at_the_origin(fed: Federati
     ``direct_only_relayed``, kh-cp-1 told) and never handed to CASC. To Uzbekistan (CASC is
     linked) the same rule is delivered, and the delivered header carries it."""
     async with running(fed, "seajust", "casc"):
-        code, said = await _send(fed, "--to-country", "FR", "--direct-only")
+        code, said = await mlanet_send(fed, "--to-country", "FR", "--direct-only", summary=SUMMARY)
         assert code == 1
         assert said == (
             "mlanet: not sent: direct only: no link to ejn (destination FR)"
@@ -180,7 +156,7 @@ async def test_direct_only_behind_a_relay_is_refused_at_the_origin(fed: Federati
         assert await depth(fed, "seajust", "mlanet.out.casc") == 0
         assert _entries(fed, "casc") == []
 
-        code, said = await _send(fed, "--to-country", "UZ", "--direct-only")
+        code, said = await mlanet_send(fed, "--to-country", "UZ", "--direct-only", summary=SUMMARY)
         assert code == 0, said
         near = said.strip()
 
@@ -264,7 +240,7 @@ async def test_the_origins_policy_makes_the_rules_mandatory(fed: Federation) -> 
     Uzbekistan is delivered carrying both rules."""
     _with_policy(fed, "seajust", "direct_only = true\nmembers_only = true")
     async with running(fed, "seajust", "casc"):
-        code, said = await _send(fed, "--to-country", "FR")
+        code, said = await mlanet_send(fed, "--to-country", "FR", summary=SUMMARY)
         assert code == 1
         assert "(direct_only_relayed); nothing was submitted" in said
         plain = facilitation_request("kh-cp-1", "UZ")

@@ -7,7 +7,7 @@ import inspect
 import uuid
 
 from mlanet.broker import open_envelope
-from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, status_update, submit
 from mlanet.nodes.directory.book import load_directory, message_trust
 from mlanet.nodes.local.federation import Federation
 from mlanet.nodes.state.store import Store
@@ -52,16 +52,7 @@ async def test_cambodia_to_uzbekistan_is_delivered_and_the_receipt_returns(fed: 
         assert items[0].payload.model_dump()["requested_country"] == "UZ"
 
         # The Uzbek side answers; the status update travels back the same way.
-        update = Submission.model_validate(
-            {
-                "message_id": str(uuid.uuid4()),
-                "kind": "status_update",
-                "sender": "uz-cp-1",
-                "destination": {"country": "KH", "contact_point": "kh-cp-1"},
-                "in_reply_to": request.message_id,
-                "payload": {"case_ref": "KH-MLA-2020-0042", "status": "in_progress"},
-            }
-        )
+        update = status_update("uz-cp-1", "kh-cp-1", request.message_id)
         await submit(config(fed, "casc"), credentials(fed, update.sender), update)
 
         async def answered() -> bool:

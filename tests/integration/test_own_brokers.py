@@ -35,7 +35,7 @@ from mlanet.broker.tls import client_context, load_certificates
 from mlanet.broker.topology import inbox_exchange, peer_inbox
 from mlanet.broker.transport import Transport
 from mlanet.nodes.cli.app import app
-from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, status_update, submit
 from mlanet.nodes.local import own_brokers
 from mlanet.nodes.local.brokers import LocalBroker, process_alive
 from mlanet.nodes.local.federation import (
@@ -44,7 +44,6 @@ from mlanet.nodes.local.federation import (
     TLS_FILES,
     Federation,
 )
-from mlanet.schemas.submission import Submission
 from tests.integration.kit import config, credentials, outbox_state, running
 from tests.polling import eventually
 
@@ -123,16 +122,7 @@ async def test_cambodia_to_uzbekistan_and_back_across_two_brokers(fed: Federatio
         assert [item.message.header.message_id for item in items] == [request.message_id]
         assert items[0].message.path == ("seajust",)
 
-        update = Submission.model_validate(
-            {
-                "message_id": str(uuid.uuid4()),
-                "kind": "status_update",
-                "sender": "uz-cp-1",
-                "destination": {"country": "KH", "contact_point": "kh-cp-1"},
-                "in_reply_to": request.message_id,
-                "payload": {"case_ref": "KH-MLA-2020-0042", "status": "in_progress"},
-            }
-        )
+        update = status_update("uz-cp-1", "kh-cp-1", request.message_id)
         await submit(config(fed, "casc"), credentials(fed, "uz-cp-1"), update)
         await eventually(
             lambda: outbox_state(fed, "casc", update.message_id) == "delivered",

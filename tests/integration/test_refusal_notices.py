@@ -18,9 +18,7 @@ coordinator's network, unodc, has no contact points.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -49,6 +47,7 @@ from tests.integration.kit import (
     facilitation,
     inject,
     key,
+    mlanet_send,
     running,
 )
 from tests.integration.quarantine_kit import open_store
@@ -389,30 +388,6 @@ async def test_a_copy_refused_while_its_entry_is_being_released_is_an_entry_of_i
         assert kept.body_kept
 
 
-async def _send(fed: Federation, *flags: str) -> tuple[int, str]:
-    """``mlanet send`` as a contact point types it, against SEAJust's config."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mlanet",
-        "send",
-        "--config",
-        str(fed.config_path("seajust")),
-        "--credentials",
-        str(fed.credentials("kh-cp-1")),
-        "--case-ref",
-        "KH-MLA-2020-0042",
-        "--summary",
-        "Test request: no real case content.",
-        *flags,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, out.decode() + err.decode()
-
-
 async def test_mlanet_send_refuses_at_once_what_the_origin_cannot_route(
     fed: Federation, tmp_path: Path
 ) -> None:
@@ -423,17 +398,17 @@ async def test_mlanet_send_refuses_at_once_what_the_origin_cannot_route(
     plenary = tmp_path / "plenary.json"
     plenary.write_text('{"topic": "plenary", "title": "Plenary"}', encoding="utf-8")
     async with running(fed, "seajust"):
-        code, said = await _send(fed, "--to-country", "US")
+        code, said = await mlanet_send(fed, "--to-country", "US")
         assert code == 1
         assert said.startswith("mlanet: not sent: no network serves the destination")
         assert "(destination US) (no_route); nothing was submitted" in said
-        code, said = await _send(
+        code, said = await mlanet_send(
             fed, "--to-network", "unodc", "--kind", "notice", "--file", str(plenary)
         )
         assert code == 1
         assert said.startswith("mlanet: not sent: unodc has no contact points")
         assert "(destination unodc) (no_route)" in said
-        code, said = await _send(fed, "--to-country", "UZ")
+        code, said = await mlanet_send(fed, "--to-country", "UZ")
         assert code == 0, said
         message_id = said.strip()
 

@@ -6,7 +6,6 @@ network whose policy requires it sends none unsealed."""
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 from mlanet.broker import Reason, SignedMessage, open_envelope
@@ -15,11 +14,10 @@ from mlanet.broker.keys import load_signing_key
 from mlanet.broker.seal import SealKeyring
 from mlanet.broker.topology import peer_inbox
 from mlanet.broker.transport import QUARANTINE
-from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
+from mlanet.nodes.cli.contact import facilitation_request, read_inbox, status_update, submit
 from mlanet.nodes.directory.book import load_directory, message_trust
 from mlanet.nodes.local.federation import Federation, signed_directory
 from mlanet.schemas import Receipt, payload_model
-from mlanet.schemas.submission import Submission
 from tests.integration.kit import (
     config,
     credentials,
@@ -63,16 +61,7 @@ async def test_the_journey_travels_sealed_for_the_destination_and_back_for_the_o
         assert b"Sealed journey summary" not in items[0].message.to_bytes()
         assert items[0].payload.model_dump()["summary"] == "Sealed journey summary."
 
-        update = Submission.model_validate(
-            {
-                "message_id": str(uuid.uuid4()),
-                "kind": "status_update",
-                "sender": "uz-cp-1",
-                "destination": {"country": "KH", "contact_point": "kh-cp-1"},
-                "in_reply_to": request.message_id,
-                "payload": {"case_ref": "KH-MLA-2020-0042", "status": "in_progress"},
-            }
-        )
+        update = status_update("uz-cp-1", "kh-cp-1", request.message_id)
         await submit(config(fed, "casc"), credentials(fed, "uz-cp-1"), update)
         await eventually(lambda: outbox_state(fed, "casc", update.message_id) == "delivered")
         back = await read_inbox(config(fed, "seajust"), credentials(fed, "kh-cp-1"))
