@@ -33,12 +33,15 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from mlanet.broker.errors import KeyRefused, Reason, RefusedMessage
 from mlanet.broker.keys import b64u_decode, b64u_encode
+from mlanet.broker.routing import target_network
 from mlanet.schemas.base import NETWORK_ID
+from mlanet.schemas.directory import Directory
 from mlanet.schemas.header import Header
 from mlanet.schemas.sealing import (
     ENCRYPTION_KEY_ID,
     ENCRYPTION_PUBLIC_KEY_BYTES,
     SEAL_SUITE,
+    SEALED_KINDS,
     EncryptionKey,
     Sealed,
 )
@@ -56,6 +59,7 @@ __all__ = [
     "seal_info",
     "seal_key_files",
     "seal_payload",
+    "sealing_for",
 ]
 
 SEAL_CONTEXT = b"mlanet-v1:seal:"
@@ -91,6 +95,20 @@ def parse_encryption_key(encoded: str) -> hpke.MLKEM768X25519PublicKey:
     if raw[_MLKEM_PUBLIC:] == bytes(32):
         raise KeyRefused(Reason.WEAK_KEY, "encryption key's X25519 part is zero")
     return hpke.MLKEM768X25519PublicKey(kem, dh)
+
+
+def sealing_for(header: Header, directory: Directory, here: str) -> tuple[Sealed, str] | None:
+    """What an origin (``here``) seals ``header``'s payload with: the ``sealed`` statement for
+    the target network's newest encryption key valid at ``created_at``, and that public key;
+    None for a kind that is never sealed, or a target that lists no valid key (section 16.1)."""
+    if header.kind not in SEALED_KINDS:
+        return None
+    target = target_network(header, directory, here)
+    entry = directory.network(target) if target is not None else None
+    listed = entry.encryption_key(header.created_at) if entry is not None else None
+    if entry is None or listed is None:
+        return None
+    return Sealed(suite=listed.suite, network=entry.id, key_id=listed.key_id), listed.public_key
 
 
 def seal_payload(plaintext: bytes, header_b64: str, public_key: str) -> bytes:

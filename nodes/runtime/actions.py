@@ -17,7 +17,8 @@ import structlog
 
 from mlanet.broker import Reason, RefusedMessage, SignedMessage, add_hop, sign_message
 from mlanet.broker.quarantine_headers import REASON as QUARANTINE_REASON
-from mlanet.broker.routing import Deliver, Forward, target_network
+from mlanet.broker.routing import Deliver, Forward
+from mlanet.broker.seal import sealing_for
 from mlanet.broker.transport import (
     SUBMIT,
     Incoming,
@@ -35,7 +36,6 @@ from mlanet.nodes.state.quarantine import Entry, claim, entry_of, log_context, r
 from mlanet.nodes.state.quarantine_store import Bound, QuarantineStore
 from mlanet.nodes.state.store import Store
 from mlanet.schemas import Destination, Header, Origin, WireModel
-from mlanet.schemas.sealing import SEALED_KINDS, Sealed
 
 __all__ = ["Actions", "describe", "message_context", "reply_to"]
 
@@ -88,34 +88,30 @@ class Actions:
         kind is sealed for its destination network when that network lists an encryption key
         (``docs/PROTOCOL.md`` section 16)."""
         view = self._views.view
-        now = self._clock()
-        fields: dict[str, object] = {
-            "kind": kind,
-            "message_id": message_id or str(uuid.uuid4()),
-            "origin": Origin(
-                network=view.config.network, country=country, contact_point=contact_point
-            ),
-            "destination": destination,
-            "created_at": now,
-            "hop_limit": hop_limit,
-            "key_id": view.key.key_id,
-            "urgency": urgency,
-            "in_reply_to": in_reply_to,
-            "members_only": True if members_only else None,
-            "direct_only": True if direct_only else None,
-            "retention_days": retention_days,
-        }
-        header = Header.model_validate(fields)
-        if kind not in SEALED_KINDS:
+        header = Header.model_validate(
+            {
+                "kind": kind,
+                "message_id": message_id or str(uuid.uuid4()),
+                "origin": Origin(
+                    network=view.config.network, country=country, contact_point=contact_point
+                ),
+                "destination": destination,
+                "created_at": self._clock(),
+                "hop_limit": hop_limit,
+                "key_id": view.key.key_id,
+                "urgency": urgency,
+                "in_reply_to": in_reply_to,
+                "members_only": True if members_only else None,
+                "direct_only": True if direct_only else None,
+                "retention_days": retention_days,
+            }
+        )
+        sealing = sealing_for(header, view.directory, view.config.network)
+        if sealing is None:  # a kind every node reads, or a network that lists no key
             return sign_message(header, payload, view.key)
-        target = target_network(header, view.directory, view.config.network)
-        entry = view.directory.network(target) if target is not None else None
-        sealing = entry.encryption_key(now) if entry is not None else None
-        if entry is None or sealing is None:
-            return sign_message(header, payload, view.key)  # a network that lists no key
-        fields["sealed"] = Sealed(suite=sealing.suite, network=entry.id, key_id=sealing.key_id)
-        header = Header.model_validate(fields)
-        return sign_message(header, payload, view.key, seal_with=sealing.public_key)
+        statement, public_key = sealing  # a sealed kind: the header's one check on it holds
+        sealed = header.model_copy(update={"sealed": statement})
+        return sign_message(sealed, payload, view.key, seal_with=public_key)
 
     async def forward(self, message: SignedMessage, routing: Forward) -> None:
         view = self._views.view

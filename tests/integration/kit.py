@@ -18,7 +18,7 @@ import aio_pika
 
 from mlanet.broker import SignedMessage, SigningKey, load_signing_key, sign_message
 from mlanet.broker.management import ManagementEndpoint
-from mlanet.broker.routing import target_network
+from mlanet.broker.seal import sealing_for
 from mlanet.broker.topology import peer_of_peer_inbox
 from mlanet.broker.transport import CONTENT_TYPE, QUARANTINE
 from mlanet.nodes.config import NodeConfig, load_config
@@ -29,7 +29,6 @@ from mlanet.nodes.local.federation import Federation
 from mlanet.nodes.runtime.node import Node
 from mlanet.nodes.state.store import Store
 from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
-from mlanet.schemas.sealing import Sealed
 from tests.polling import eventually
 
 ADMIN = ManagementEndpoint("http://127.0.0.1:15672", "guest", "guest")
@@ -99,15 +98,10 @@ def facilitation(
         hop_limit=hop_limit,
     )
     seal_with = None
-    if seal:
-        directory = load_directory(config(fed, origin))
-        target = target_network(header, directory, origin)
-        entry = directory.network(target) if target is not None else None
-        listed = entry.encryption_key(header.created_at) if entry is not None else None
-        if entry is not None and listed is not None:
-            sealed = Sealed(suite=listed.suite, network=entry.id, key_id=listed.key_id)
-            header = header.model_copy(update={"sealed": sealed})
-            seal_with = listed.public_key
+    sealing = sealing_for(header, load_directory(config(fed, origin)), origin) if seal else None
+    if sealing is not None:
+        statement, seal_with = sealing
+        header = header.model_copy(update={"sealed": statement})
     payload = FacilitationRequest(
         case_ref="KH-MLA-2020-0042",
         requesting_country=sender[:2].upper(),
