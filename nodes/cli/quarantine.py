@@ -236,7 +236,7 @@ def _opened(body: bytes, config: NodeConfig) -> str | None:
     open (then ``show`` prints the payload as it came)."""
     from pydantic import ValidationError
 
-    from mlanet.broker import KeyRefused, RefusedMessage, loads_strict
+    from mlanet.broker import loads_strict
     from mlanet.broker.keys import b64u_decode
     from mlanet.broker.seal import SealKeyring
     from mlanet.nodes.directory.book import load_directory
@@ -244,14 +244,19 @@ def _opened(body: bytes, config: NodeConfig) -> str | None:
 
     try:
         frame = loads_strict(body, max_bytes=config.limits.max_message_bytes, max_depth=4)
-        header_b64, sealed = frame["header"], b64u_decode(frame["payload"])
+        if not isinstance(frame, dict):
+            return None
+        header_b64, payload_b64 = frame.get("header"), frame.get("payload")
+        if not isinstance(header_b64, str) or not isinstance(payload_b64, str):
+            return None  # the sender chose these: anything at all
+        sealed = b64u_decode(payload_b64)
         header = Header.model_validate_json(b64u_decode(header_b64))
         me = load_directory(config).network(config.network)
         if header.sealed is None or header.sealed.network != config.network or me is None:
             return None
         keyring = SealKeyring.load(config.signing_key.parent, config.network)
         plaintext = keyring.open(header, header_b64, sealed, me.encryption_keys)
-    except (MlanetError, KeyRefused, RefusedMessage, ValidationError, KeyError, TypeError):
+    except (MlanetError, ValidationError):  # KeyRefused, RefusedMessage among the first
         return None
     return f"(opened: sealed for {config.network} with {header.sealed.key_id})\n" + (
         plaintext.decode("utf-8", errors="backslashreplace")
