@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -41,6 +39,7 @@ from mlanet.nodes.local.brokers import BrokerTlsFiles, LocalBroker, LocalBrokerS
 from mlanet.nodes.local.federation import Federation, build, provision
 from mlanet.nodes.runtime.lifecycle import Phase, read_lifecycle
 from mlanet.nodes.runtime.node import Node
+from tests.integration.kit import collect_own_garbage
 from tests.polling import eventually
 
 NETWORKS = {
@@ -59,15 +58,7 @@ def _own_garbage() -> Iterator[None]:
     of another module: not reproduced in isolation yet (see the closing note of that change).
     The sockets found are printed, so that the leak stays visible."""
     yield
-    found: list[str] = []
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: found.append(repr(unraisable.exc_value))
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = previous
-    for leaked in found:
-        print(f"test_node_tls: left for the garbage collector: {leaked}", file=sys.__stderr__)
+    collect_own_garbage("test_node_tls")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,13 @@ from mlanet.nodes.local.federation import (
     TLS_FILES,
     Federation,
 )
-from tests.integration.kit import config, credentials, outbox_state, running
+from tests.integration.kit import (
+    collect_own_garbage,
+    config,
+    credentials,
+    outbox_state,
+    running,
+)
 from tests.polling import eventually
 
 pytestmark = pytest.mark.timeout(300)  # four brokers start at once on two cores (~20 s)
@@ -76,6 +82,14 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         assert asyncio.run(own_brokers.down(federation)) == [*NETWORKS, COORDINATOR]
         for record in federation.brokers:
             assert not record.spec.root.exists(), record.spec.root
+
+
+@pytest.fixture(autouse=True)
+def _own_garbage() -> Iterator[None]:
+    """Connections these tests have refused (a foreign vhost, a certificate of another network)
+    are collected at each test's end, not in a later one (``kit.collect_own_garbage``)."""
+    yield
+    collect_own_garbage("test_own_brokers")
 
 
 def _broker(fed: Federation, network: str) -> LocalBroker:
@@ -332,6 +346,7 @@ async def test_a_relay_holds_nothing_readable_of_a_case_it_carries(fed: Federati
     )
     async with running(fed, "casc"):
         pass  # its topology declared (the door's queue), then casc's node is down
+    collect_own_garbage("test_own_brokers, casc started and stopped")
     async with running(fed, "seajust"):
         await submit(config(fed, "seajust"), credentials(fed, "kh-cp-1"), request)
         found: list[bytes] = []
