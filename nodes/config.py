@@ -40,6 +40,7 @@ __all__ = [
     "BrokerConfig",
     "BrokerTls",
     "ContactPointsConfig",
+    "DatabaseConfig",
     "Limits",
     "NodeConfig",
     "OperatorConfig",
@@ -351,6 +352,26 @@ class Policy(_Config):
     require_sealed: bool = False
 
 
+class DatabaseConfig(_Config):
+    """``[database]``: the node's state in PostgreSQL instead of the state folder's SQLite files
+    (``nodes/state/db.py``). Several replicas of one network's node share it: each message's
+    claim, the outbox's resends and the journal's chain are serialised by the database
+    (docs/OPERATIONS.md, "Replicas"). The password is a file, never part of the URL."""
+
+    # postgresql://user@host:port/dbname: a password in it is refused (password_file)
+    url: str = Field(pattern=r"^postgres(ql)?://([^:@/]+@)?[^@/]+/[A-Za-z0-9_.-]+$")
+    password_file: Path | None = None
+    # the PostgreSQL schema that holds this network's tables (one per network on a shared server)
+    schema_name: str = Field(default="mlanet", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    statement_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
+    # a replica whose heartbeat is older than this is gone: its claims may be taken over
+    replica_lease_seconds: float = Field(default=15.0, ge=2, le=3600)
+
+    def password(self) -> str | None:
+        return None if self.password_file is None else _read_secret(self.password_file)
+
+
 class NodeConfig(_Config):
     network: NetworkId
     signing_key: Path
@@ -364,6 +385,7 @@ class NodeConfig(_Config):
     operator: OperatorConfig = OperatorConfig()
     contact_points: ContactPointsConfig = ContactPointsConfig()
     policy: Policy = Policy()
+    database: DatabaseConfig | None = None  # None: SQLite in state_dir
     coordinator: CoordinatorConfig | None = None
     link: LinkConfig | None = None
     # Refused when present: a node never runs with the broker administrator's password.
