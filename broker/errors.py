@@ -10,6 +10,7 @@ test_exception_tree.py`` walks every module and holds this drawing to what it fi
     ├── ConfigError                a node's configuration is invalid
     ├── TransportError             the broker could not do what was asked (transient)
     ├── JournalError               nodes/state/journal.py: the journal cannot be written or read
+    │   └── StateUnavailable       its database is out of reach for now: wait, then try again
     ├── QuarantineError            nodes/state/quarantine.py: a quarantine command failed
     │   ├── NotInQuarantine        no entry has that id (any longer)
     │   └── QuarantineBusy         another command holds the entry: try again

@@ -27,7 +27,7 @@ from mlanet.broker.transport import SUBMIT, SUBMIT_EXCHANGE, Transport, deliver_
 from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.directory.book import load_directory, message_trust
 from mlanet.nodes.directory.contact_points import Credentials
-from mlanet.nodes.state.store import OutboxEntry, Purged, Store, TrackEvent
+from mlanet.nodes.state.store import OutboxEntry, Purged, Store, TrackEvent, open_node_store
 from mlanet.schemas import WireModel, payload_model
 from mlanet.schemas.submission import Submission
 
@@ -162,8 +162,8 @@ def open_archive(config: NodeConfig, credentials: Credentials) -> Store:
     earlier version archived in the node's state folder (when this reader may read it)."""
     path = credentials.folder / ARCHIVE_FILE
     fresh = not path.exists()
-    archive = Store(path)
-    if fresh:
+    archive = Store(path, database=config.database, purpose="contact point archive")
+    if fresh and config.database is None:
         for older in (config.state_dir / ARCHIVE_FILE, config.state_dir / "node.sqlite3"):
             with contextlib.suppress(sqlite3.Error):  # not ours to read: nothing to adopt
                 archive.adopt_inbox(older, contact_point=credentials.contact_point)
@@ -303,7 +303,7 @@ class Tracking:
 
 
 def track(config: NodeConfig, message_id: str) -> Tracking:
-    store = Store(config.state_dir / "node.sqlite3", readonly=True)
+    store = open_node_store(config, readonly=True)
     try:
         return Tracking(store.outbox_get(message_id), store.events(message_id))
     finally:

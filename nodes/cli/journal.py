@@ -17,7 +17,7 @@ from mlanet.broker import MlanetError
 from mlanet.broker.keys import load_signing_key
 from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.state.audit import AuditLog
-from mlanet.nodes.state.journal import JOURNAL_FILE, MetaValue
+from mlanet.nodes.state.journal import MetaValue
 
 __all__ = ["record_command"]
 
@@ -25,11 +25,10 @@ __all__ = ["record_command"]
 def record_command(config: NodeConfig, event: str, **fields: MetaValue) -> bool:
     """Record ``event`` with ``fields`` in the node's journal; False (and a warning on stderr)
     when it could not be, True when written, False when there is no journal yet."""
-    path = config.state_dir / JOURNAL_FILE
-    if not path.exists():
+    if not AuditLog.exists(config):
         return False
     try:
-        with AuditLog(path, load_signing_key(config.signing_key)) as journal:
+        with AuditLog.of(config, load_signing_key(config.signing_key)) as journal:
             journal.record(event, operator=getpass.getuser(), **fields)
     except (MlanetError, OSError) as exc:
         typer.echo(f"warning: not recorded in the node's journal: {exc}", err=True)

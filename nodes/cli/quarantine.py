@@ -18,7 +18,7 @@ from mlanet.broker import MlanetError, load_signing_key
 from mlanet.nodes.cli.common import ConfigOption, fail, load_or_exit
 from mlanet.nodes.cli.terminal import visible
 from mlanet.nodes.config import NodeConfig
-from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog, verify_audit
+from mlanet.nodes.state.audit import AuditLog, verify_audit
 
 __all__ = ["audit_app", "quarantine_app"]
 
@@ -98,17 +98,16 @@ def _with_quarantine(
     from mlanet.broker.transport import Transport
     from mlanet.nodes.runtime.doors import DoorPublisher
     from mlanet.nodes.state.quarantine import QuarantineAction
-    from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
+    from mlanet.nodes.state.quarantine_store import open_quarantine, quarantine_exists
 
-    path = config.state_dir / QUARANTINE_FILE
-    if not path.exists():
-        raise fail(f"the node of {config.network} has no quarantine yet (no {path.name})", 1)
+    if not quarantine_exists(config):
+        raise fail(f"the node of {config.network} has no quarantine yet", 1)
 
     async def main() -> T:
         key = load_signing_key(config.signing_key)
         with (
-            AuditLog(config.state_dir / AUDIT_FILE, key) as log,
-            QuarantineStore(path) as entries,
+            AuditLog.of(config, key) as log,
+            open_quarantine(config) as entries,
         ):
             who = operator or getpass.getuser()
             if not broker:
@@ -150,11 +149,11 @@ def quarantine_list(
 ) -> None:
     """Quarantined messages with their reasons, oldest first (metadata only), a page at a
     time; --reason, --peer/--local, --since and --until narrow it."""
-    from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE
+    from mlanet.nodes.state.quarantine_store import quarantine_exists
 
     cfg = load_or_exit(config)
     where = _where(reason, peer, local, since, until)
-    if not (cfg.state_dir / QUARANTINE_FILE).exists():  # the node never refused anything yet
+    if not quarantine_exists(cfg):  # the node never refused anything yet
         if not as_json:
             typer.echo(f"the quarantine of {cfg.network} is empty")
         return
@@ -305,12 +304,11 @@ def quarantine_drop(
         return
     where = _where(reason, peer, local, since, until)
     if not yes:
-        from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
+        from mlanet.nodes.state.quarantine_store import open_quarantine, quarantine_exists
 
-        path = cfg.state_dir / QUARANTINE_FILE
         matching = 0
-        if path.exists():
-            with QuarantineStore(path, readonly=True) as entries:
+        if quarantine_exists(cfg):
+            with open_quarantine(cfg, readonly=True) as entries:
                 matching = entries.count(where)
         if not typer.confirm(f"drop {matching} quarantined message(s) for good?"):
             raise fail("not dropped", 1)
@@ -321,7 +319,7 @@ def quarantine_drop(
 # --- the audit trail -------------------------------------------------------------------------
 def _audit(config: NodeConfig) -> AuditLog:
     try:
-        return AuditLog(config.state_dir / AUDIT_FILE, readonly=True)
+        return AuditLog.of(config, readonly=True)
     except MlanetError as exc:
         raise fail(str(exc), 1) from None
 

@@ -31,7 +31,6 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
-from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 from urllib.parse import urlsplit
@@ -65,7 +64,7 @@ from mlanet.nodes.operator.status import (
 )
 from mlanet.nodes.runtime.observe import Observers
 from mlanet.nodes.runtime.receipts import RECEIPTED
-from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog, AuditRecord
+from mlanet.nodes.state.audit import AuditLog, AuditRecord
 from mlanet.nodes.state.journal import Journal
 from mlanet.nodes.state.store import Store
 from mlanet.schemas.directory import Directory
@@ -85,9 +84,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 COUNT_BATCH = 5000  # audit records read at once when the counters catch up
 
 
-def _audit_after(path: Path, seq: int) -> list[AuditRecord]:
+def _audit_after(config: NodeConfig, seq: int) -> list[AuditRecord]:
     """Audit records after ``seq``, read on a connection of their own (in a worker thread)."""
-    with AuditLog(path, readonly=True) as audit:
+    with AuditLog.of(config, readonly=True) as audit:
         return audit.records_after(seq, COUNT_BATCH)
 
 
@@ -186,7 +185,7 @@ class OperatorSurface:
             peers, started=time.time(), network=self.network, answered=RECEIPTED
         )
         self.diagnosis = LinkDiagnosis()
-        self._audit_path = node.config.state_dir / AUDIT_FILE
+        self._audit_config = node.config
         self._count_lock = asyncio.Lock()
         self.sessions = Sessions(self.settings.session_minutes * 60.0)
         self.limiter = LoginLimiter(self.settings.login_attempts_per_minute)
@@ -303,7 +302,7 @@ class OperatorSurface:
             try:
                 while True:
                     after = self.metrics.counted_through
-                    records = await asyncio.to_thread(_audit_after, self._audit_path, after)
+                    records = await asyncio.to_thread(_audit_after, self._audit_config, after)
                     for record in records:
                         self.metrics.count(record)
                     if len(records) < COUNT_BATCH:

@@ -58,8 +58,8 @@ from mlanet.nodes.operator.views import (
 from mlanet.nodes.runtime.reconcile import doors as door_vhosts
 from mlanet.nodes.runtime.reconcile import foreign
 from mlanet.nodes.state.journal import JournalError
-from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.quarantine_store import QuarantineStore, open_quarantine, quarantine_exists
+from mlanet.nodes.state.store import Store, node_store_exists, open_node_store
 from mlanet.schemas.directory import CaCertificate, Directory, NetworkKey
 from mlanet.schemas.sealing import EncryptionKey
 
@@ -215,8 +215,7 @@ def quarantine_view(
 
 
 def _open_quarantine(config: NodeConfig) -> QuarantineStore | None:
-    path = config.state_dir / QUARANTINE_FILE
-    return QuarantineStore(path, readonly=True) if path.exists() else None
+    return open_quarantine(config, readonly=True) if quarantine_exists(config) else None
 
 
 def _key_end(key: NetworkKey | EncryptionKey) -> float | None:
@@ -470,9 +469,8 @@ async def collect(config: NodeConfig, now: float) -> NodeStatus:
     if view.tls_refused and view.problem is not None:
         # not an outage: this config does not trust that broker; nothing it shows is sure
         raise TransportError(view.problem)
-    database = config.state_dir / "node.sqlite3"
     try:
-        store = Store(database, readonly=True) if database.exists() else None
+        store = open_node_store(config, readonly=True) if node_store_exists(config) else None
     except JournalError:  # not upgraded yet (the node does it at start): said in the notes
         store = None
     try:

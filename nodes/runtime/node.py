@@ -65,8 +65,8 @@ from mlanet.nodes.runtime.seams import DirectoryView
 from mlanet.nodes.state import state_dir
 from mlanet.nodes.state.audit import AuditTrail
 from mlanet.nodes.state.quarantine import claim, log_context
-from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.quarantine_store import open_quarantine
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas.directory import Directory
 from mlanet.schemas.submission import Submission
 
@@ -101,12 +101,12 @@ class Node:
         self.contact_point_keys = KeyFolder(config.contact_points.keys)
         # dedupe, outbox and the journal of every fact (nodes/state/journal.py), signed by the key
         # the node holds at each commit
-        self.store = Store(config.state_dir / "node.sqlite3", key=lambda: self.key)
+        self.store = open_node_store(config, key=lambda: self.key)
         # Group commit: one SQLite commit for every delivery finished in one pass of the event
         # loop, before any of them is acked (nodes/runtime/group_commit.py).
         self.store.group_commits()
         # Refused messages, indexed: written at the same group commit, before the acks.
-        self.quarantined = QuarantineStore(config.state_dir / QUARANTINE_FILE)
+        self.quarantined = open_quarantine(config)
         self.commits = GroupCommit(self._commit_all)
         # a body above the size cap is never read whole (broker/amqp_decode.py)
         self.transport = Transport(config.amqp_url(), max_body=config.limits.max_message_bytes)

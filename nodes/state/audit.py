@@ -29,6 +29,7 @@ from mlanet.broker import RefusedMessage, SigningKey, TrustStore, canonical_byte
 from mlanet.broker.errors import Reason
 from mlanet.broker.keys import b64u_decode
 from mlanet.broker.strictjson import loads_strict
+from mlanet.nodes.config import DatabaseConfig, NodeConfig
 from mlanet.nodes.runtime.observe import Flow, Observer
 from mlanet.nodes.state.journal import (
     GENESIS,
@@ -43,7 +44,7 @@ from mlanet.nodes.state.journal import (
     digest_of,
     head_input,
 )
-from mlanet.nodes.state.schema import open_state
+from mlanet.nodes.state.schema import open_postgres, open_state
 
 __all__ = [
     "AUDIT_CONTEXT",
@@ -72,11 +73,34 @@ class AuditLog(Journal):
     readers, tests). ``key`` is needed to append (and to upgrade an earlier version's state),
     not to read."""
 
-    def __init__(self, path: Path, key: SigningKey | None = None, *, readonly: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        key: SigningKey | None = None,
+        *,
+        readonly: bool = False,
+        database: DatabaseConfig | None = None,
+    ):
+        """``database``: the network's PostgreSQL schema instead of ``path``."""
         self.path = path
         self._readonly = readonly
-        db = open_state(path, readonly=readonly, key=key, busy_ms=10000)
+        db = (
+            open_state(path, readonly=readonly, key=key, busy_ms=10000)
+            if database is None
+            else open_postgres(database, purpose="journal reader", readonly=readonly)
+        )
         super().__init__(db, key, emit=False)  # a command prints what it did
+
+    @classmethod
+    def of(
+        cls, config: NodeConfig, key: SigningKey | None = None, *, readonly: bool = False
+    ) -> AuditLog:
+        """The journal of the node ``config`` describes, wherever its state is."""
+        return cls(config.state_dir / AUDIT_FILE, key, readonly=readonly, database=config.database)
+
+    @staticmethod
+    def exists(config: NodeConfig) -> bool:
+        return config.database is not None or (config.state_dir / AUDIT_FILE).exists()
 
     def close(self) -> None:
         try:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ import structlog
 from mlanet.broker import MlanetError, SigningKey, canonical_bytes
 from mlanet.broker.keys import b64u_encode
 from mlanet.broker.strictjson import loads_strict
+from mlanet.nodes.state.db import DB_ERRORS, Database, advisory_key, dialect_of, unavailable
 from mlanet.schemas.base import format_timestamp
 
 __all__ = [
@@ -58,11 +58,13 @@ __all__ = [
     "JournalRecord",
     "MetaValue",
     "Signer",
+    "StateUnavailable",
     "TrackEvent",
     "columns_of",
     "digest_of",
     "head_input",
     "parse_record",
+    "state_error",
     "track_detail",
 ]
 
@@ -111,6 +113,19 @@ ACCEPTED_GRACE = 5.0
 
 class JournalError(MlanetError):
     """The journal cannot be written or read."""
+
+
+class StateUnavailable(JournalError):
+    """The node's database is out of reach for now (PostgreSQL restarting, its connection
+    cut): what failed is tried again once it answers, nothing is acked meanwhile."""
+
+
+def state_error(what: str, exc: BaseException) -> JournalError:
+    """The one-line error for a failed database operation: StateUnavailable when the
+    database is out of reach (``nodes/state/db.py``), else JournalError."""
+    if unavailable(exc):
+        return StateUnavailable(f"{what}: the database is out of reach ({type(exc).__name__})")
+    return JournalError(f"{what} ({type(exc).__name__})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +244,7 @@ class Journal:
 
     def __init__(
         self,
-        db: sqlite3.Connection,
+        db: Database,
         key: Signer | None,
         *,
         attached: bool = False,
@@ -238,6 +253,8 @@ class Journal:
         """``emit``: each row written is also logged (the node's log line of the fact); an
         operator's command, which prints what it did, does not log."""
         self._db = db
+        self._postgres = dialect_of(db) == "postgresql"
+        self._chain_lock = advisory_key("mlanet:journal", getattr(db, "schema", ""))
         self._emit = emit
         self._key = key  # or what gives the node's key now (it follows a rotation)
         self._attached = attached
@@ -321,6 +338,8 @@ class Journal:
         batch, self._buffer = self._buffer, []
         if not self._db.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
+        if self._postgres:  # one chain for every replica: the writers take turns, to COMMIT
+            self._db.execute("SELECT pg_advisory_xact_lock(?)", (self._chain_lock,))
         row = self._db.execute("SELECT seq, hash FROM journal_head").fetchone()
         seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS)
         rows = []
@@ -373,11 +392,11 @@ class Journal:
             self.flush(everything=everything)
             if not self._attached and self._db.in_transaction:
                 self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             if not self._attached:
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(*DB_ERRORS):
                     self._db.execute("ROLLBACK")
-            raise JournalError(f"cannot write the journal ({type(exc).__name__})") from exc
+            raise state_error("cannot write the journal", exc) from exc
 
     def _write_head(self, key: SigningKey, seq: int, digest: str) -> None:
         """The signed head (the last record), kept also as a checkpoint: every row stays
@@ -406,7 +425,7 @@ class Journal:
         limit = f"LIMIT {int(last)}" if last is not None else ""
         rows = self._db.execute(
             f"SELECT record, hash FROM (SELECT seq, record, hash FROM journal {where}"  # noqa: S608 - fixed fragments
-            f" ORDER BY seq DESC {limit}) ORDER BY seq",
+            f" ORDER BY seq DESC {limit}) AS latest ORDER BY seq",
             args,
         ).fetchall()
         return [parse_record(record, digest) for record, digest in rows]

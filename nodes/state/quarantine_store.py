@@ -32,6 +32,7 @@ over. Every write holds the lock for one short transaction (``BEGIN IMMEDIATE``)
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -44,8 +45,12 @@ import structlog
 from mlanet.broker import RefusedMessage, loads_strict
 from mlanet.broker.keys import b64u_decode
 from mlanet.broker.submission_signing import signed_inner
+from mlanet.nodes.config import DatabaseConfig, NodeConfig
 from mlanet.nodes.state import state_dir
+from mlanet.nodes.state.db import DB_ERRORS, Database
+from mlanet.nodes.state.journal import state_error
 from mlanet.nodes.state.quarantine import Claim, Entry, NotInQuarantine, Page, QuarantineBusy, Where
+from mlanet.nodes.state.schema import open_postgres
 from mlanet.schemas.base import parse_timestamp
 from mlanet.schemas.header import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 
@@ -55,7 +60,9 @@ __all__ = [
     "Bound",
     "PeerCounts",
     "QuarantineStore",
+    "open_quarantine",
     "purge_after",
+    "quarantine_exists",
 ]
 
 log = structlog.get_logger("mlanet.quarantine")
@@ -119,13 +126,14 @@ _DUE_BODIES = (
     " e.truncated_from, e.full_sha256, e.kept, e.copies, e.claimed_message_id, e.claimed_origin,"
     " e.claimed_destination, e.claimed_kind FROM entries e JOIN bodies b ON b.id = e.id"
     " LEFT JOIN retention r ON r.id = e.id WHERE e.taken_by IS NULL AND"
-    " ((r.purge_after IS NOT NULL AND r.purge_after <= ?) OR (? IS NOT NULL AND e.at + ? <= ?))"
+    " ((r.purge_after IS NOT NULL AND r.purge_after <= ?) OR"
+    " (CAST(? AS DOUBLE PRECISION) IS NOT NULL AND e.at + CAST(? AS DOUBLE PRECISION) <= ?))"
     " ORDER BY e.at, e.seq"
 )
 # The body of this entry was purged at this time (when it is gone: not when a command held it).
 _PURGED = (
-    "INSERT INTO retention (id, purged_at) SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM bodies"
-    " WHERE id=?1) ON CONFLICT (id) DO UPDATE SET purged_at=excluded.purged_at"
+    "INSERT INTO retention (id, purged_at) SELECT ?, ? WHERE NOT EXISTS (SELECT 1 FROM bodies"
+    " WHERE id=?) ON CONFLICT (id) DO UPDATE SET purged_at=excluded.purged_at"
 )
 _PURGE_BODY = (
     "DELETE FROM bodies WHERE id=? AND EXISTS (SELECT 1 FROM entries e WHERE e.id = bodies.id"
@@ -253,18 +261,38 @@ def _where(where: Where) -> tuple[str, list[object]]:
     if where.until is not None:
         clauses.append("at < ?")
         args.append(where.until)
-    return " AND ".join(clauses) or "1", args
+    return " AND ".join(clauses) or "TRUE", args
+
+
+def open_quarantine(config: NodeConfig, *, readonly: bool = False) -> QuarantineStore:
+    """The node's quarantine as its config says (``[database]`` or its state folder)."""
+    return QuarantineStore(
+        config.state_dir / QUARANTINE_FILE, readonly=readonly, database=config.database
+    )
+
+
+def quarantine_exists(config: NodeConfig) -> bool:
+    """Whether the node has a quarantine to read yet (always with ``[database]``)."""
+    return config.database is not None or (config.state_dir / QUARANTINE_FILE).exists()
 
 
 class QuarantineStore:
     """The quarantine of one node. Not thread-safe; one per process (the node, a command)."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, readonly: bool = False, database: DatabaseConfig | None = None
+    ) -> None:
+        """``database``: in the network's PostgreSQL schema (``nodes/state/db.py``), whose
+        tables the node's schema migrations create, instead of ``path``."""
         self.path = path
-        state_dir.secure(path.parent)  # case content at rest: owner-only (nodes/state/state_dir.py)
-        if readonly:
+        self._db: Database
+        if database is not None:
+            self._db = open_postgres(database, purpose="quarantine", readonly=readonly)
+        elif readonly:
+            state_dir.secure(path.parent)  # case content at rest: owner-only (state_dir.py)
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         else:
+            state_dir.secure(path.parent)
             self._db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -383,15 +411,19 @@ class QuarantineStore:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(_INSERT, rows)
-            self._db.executemany("INSERT OR IGNORE INTO bodies (id, body) VALUES (?, ?)", bodies)
             self._db.executemany(
-                "INSERT OR IGNORE INTO retention (id, purge_after) VALUES (?, ?)", retention
+                "INSERT INTO bodies (id, body) VALUES (?, ?) ON CONFLICT DO NOTHING", bodies
+            )
+            self._db.executemany(
+                "INSERT INTO retention (id, purge_after) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                retention,
             )
             self._db.execute("COMMIT")
-        except sqlite3.Error:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
+        except DB_ERRORS as exc:
+            with contextlib.suppress(*DB_ERRORS):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            raise state_error("cannot write the quarantine", exc) from exc
         self._rows, self._bodies, self._pending_ids, self._pending_kept = [], [], set(), {}
         self._retention = []
 
@@ -417,7 +449,7 @@ class QuarantineStore:
             for row in rows:
                 cursor = self._db.execute(_PURGE_BODY, row)
                 purged += cursor.rowcount
-            self._db.executemany(_PURGED, [(row[0], time.time()) for row in rows])
+            self._db.executemany(_PURGED, [(row[0], time.time(), row[0]) for row in rows])
             self._db.executemany("UPDATE entries SET kept=0 WHERE id=? AND taken_by IS NULL", rows)
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._counted.clear()  # count the kept bodies again when a bound seems reached
@@ -465,8 +497,9 @@ class QuarantineStore:
         purged when their retention ended), and those refused since ``recent_since`` (the
         alert on a peer's rate of refusals)."""
         rows = self._db.execute(
-            "SELECT peer, COUNT(*), COALESCE(SUM(kept = 0 AND id NOT IN (SELECT id FROM"
-            " retention WHERE purged_at IS NOT NULL)), 0) FROM entries GROUP BY peer"
+            "SELECT peer, COUNT(*), COALESCE(SUM(CASE WHEN kept = 0 AND id NOT IN (SELECT id"
+            " FROM retention WHERE purged_at IS NOT NULL) THEN 1 ELSE 0 END), 0) FROM entries"
+            " GROUP BY peer"
         ).fetchall()
         recent = dict(
             self._db.execute(
@@ -553,7 +586,7 @@ class QuarantineStore:
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on an error."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     def __enter__(self) -> None:

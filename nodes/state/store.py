@@ -24,10 +24,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlanet.broker import SigningKey
-from mlanet.nodes.state.journal import Journal, JournalError, MetaValue, Signer, TrackEvent
-from mlanet.nodes.state.schema import open_state
+from mlanet.nodes.config import DatabaseConfig, NodeConfig
+from mlanet.nodes.state.db import DB_ERRORS, Database
+from mlanet.nodes.state.journal import (
+    JOURNAL_FILE,
+    Journal,
+    JournalError,
+    MetaValue,
+    Signer,
+    TrackEvent,
+    state_error,
+)
+from mlanet.nodes.state.schema import open_postgres, open_state
 
-__all__ = ["OutboxEntry", "Purged", "Seen", "Store", "TrackEvent"]
+__all__ = [
+    "OutboxEntry",
+    "Purged",
+    "Seen",
+    "Store",
+    "TrackEvent",
+    "node_store_exists",
+    "open_node_store",
+]
 
 _REMEMBER = (
     "INSERT INTO seen (origin, message_id, content_sha256, outcome, at) "
@@ -38,28 +56,31 @@ _REMEMBER = (
 
 # The archive: its columns of the release before retention are what adopt_inbox copies.
 _ARCHIVE = (
-    "INSERT OR IGNORE INTO inbox (contact_point, origin, message_id, content_sha256, kind, wire,"
+    "INSERT INTO inbox (contact_point, origin, message_id, content_sha256, kind, wire,"
     " received_at, created_at, retain_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
 )
 _ADOPT = (
-    "INSERT OR IGNORE INTO inbox (contact_point, origin, message_id, content_sha256, kind, wire,"
-    " received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO inbox (contact_point, origin, message_id, content_sha256, kind, wire,"
+    " received_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 _OLDER = (
     "SELECT contact_point, origin, message_id, content_sha256, kind, wire, received_at"
-    " FROM older.inbox WHERE (? IS NULL OR contact_point=?)"
+    " FROM inbox WHERE (? IS NULL OR contact_point=?)"
 )
 # Due: the period its sender asked for has passed, or the cap (seconds) since it was created.
 _PURGE_DUE = (
     "SELECT origin, message_id, kind, content_sha256, created_at, received_at FROM inbox"
     " WHERE contact_point=? AND purged_at IS NULL AND ((retain_until IS NOT NULL AND"
-    " retain_until <= ?) OR (? IS NOT NULL AND COALESCE(created_at, received_at) + ? <= ?))"
+    " retain_until <= ?) OR (CAST(? AS DOUBLE PRECISION) IS NOT NULL AND"
+    " COALESCE(created_at, received_at) + CAST(? AS DOUBLE PRECISION) <= ?))"
     " ORDER BY received_at"
 )
 _PURGE = (
-    "UPDATE inbox SET wire=X'', purged_at=?"
+    "UPDATE inbox SET wire=?, purged_at=?"
     " WHERE contact_point=? AND purged_at IS NULL AND ((retain_until IS NOT NULL AND"
-    " retain_until <= ?) OR (? IS NOT NULL AND COALESCE(created_at, received_at) + ? <= ?))"
+    " retain_until <= ?) OR (CAST(? AS DOUBLE PRECISION) IS NOT NULL AND"
+    " COALESCE(created_at, received_at) + CAST(? AS DOUBLE PRECISION) <= ?))"
 )
 _WERE_PURGED = (
     "SELECT origin, message_id, kind, content_sha256, created_at, received_at, purged_at"
@@ -104,25 +125,39 @@ class OutboxEntry:
 
 
 class Store:
-    """SQLite state of one node. Not thread-safe; used from the node's event loop."""
+    """The state of one node: SQLite in its state folder, or its network's PostgreSQL schema
+    (``database``, shared by its replicas). Not thread-safe; used from the node's event loop."""
 
-    def __init__(self, path: Path, *, readonly: bool = False, key: Signer | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        key: Signer | None = None,
+        database: DatabaseConfig | None = None,
+        purpose: str = "node",
+    ) -> None:
         """``key``: the node's signing key (or what gives it now: it follows a rotation),
         which signs the journal's checkpoints and upgrades a database of an earlier version;
-        without it, nothing can be recorded."""
+        without it, nothing can be recorded. ``database``: PostgreSQL instead of ``path``
+        (``purpose`` names the connection there)."""
         self._grouped = False
         # With group commits, the dedupe rows wait here and go in with one executemany at the
         # commit (readers of this connection see them: _write_pending first).
         self._seen_rows: dict[tuple[str, str], tuple[str, str, str, str, float]] = {}
         now = key if key is None or isinstance(key, SigningKey) else key()
-        self._db = open_state(path, readonly=readonly, key=now)
+        self._db: Database = (
+            open_state(path, readonly=readonly, key=now)
+            if database is None
+            else open_postgres(database, purpose=purpose, readonly=readonly)
+        )
         self.journal = Journal(self._db, key, attached=True)
 
     def close(self) -> None:
         try:
             if self._db.in_transaction or self.journal.pending():
                 self.commit(everything=True)
-        except (sqlite3.Error, JournalError):
+        except (JournalError, *DB_ERRORS):
             pass  # closing: what was not committed is not acked either
         finally:
             self._db.close()
@@ -175,9 +210,9 @@ class Store:
         now = time.time()
         with self._tx():
             self._db.execute(
-                "INSERT OR IGNORE INTO outbox (message_id, kind, sender, destination, target,"
+                "INSERT INTO outbox (message_id, kind, sender, destination, target,"
                 " state, content_sha256, wire, created_at, updated_at, attempts, next_attempt) "
-                "VALUES (?, ?, ?, ?, NULL, 'queued', ?, ?, ?, ?, 0, ?)",
+                "VALUES (?, ?, ?, ?, NULL, 'queued', ?, ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING",
                 (
                     message_id,
                     kind,
@@ -234,7 +269,8 @@ class Store:
         """Messages still waiting for a receipt: (how many, oldest created_at, how many of
         them were created before ``sent_before``)."""
         row = self._db.execute(
-            "SELECT COUNT(*), MIN(created_at), COALESCE(SUM(created_at < ?), 0) FROM outbox"
+            "SELECT COUNT(*), MIN(created_at),"
+            " COALESCE(SUM(CASE WHEN created_at < ? THEN 1 ELSE 0 END), 0) FROM outbox"
             " WHERE state IN ('queued', 'forwarded')",
             (sent_before,),
         ).fetchone()
@@ -297,7 +333,7 @@ class Store:
                     retain_until,
                 ),
             )
-        return cursor.rowcount == 1
+        return bool(cursor.rowcount == 1)
 
     def inbox_purge(
         self, contact_point: str, *, now: float, max_days: int | None = None
@@ -316,7 +352,7 @@ class Store:
         # pages as they were) back into the file: no copy of the content stays in either.
         self._db.execute("PRAGMA secure_delete=ON")
         with self._tx():
-            self._db.execute(_PURGE, (now, *arguments))
+            self._db.execute(_PURGE, (b"", now, *arguments))
         if not self._grouped:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return [
@@ -335,17 +371,16 @@ class Store:
         holds on it does not matter."""
         if not older.exists():
             return
-        self._db.execute("ATTACH DATABASE ? AS older", (str(older),))
+        source = sqlite3.connect(f"file:{older}?mode=ro", uri=True)
         try:
-            found = self._db.execute(
-                "SELECT 1 FROM older.sqlite_master WHERE type='table' AND name='inbox'"
+            found = source.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='inbox'"
             ).fetchone()
-            if not found:
-                rows = []
-            else:
-                rows = self._db.execute(_OLDER, (contact_point, contact_point)).fetchall()
+            rows = (
+                source.execute(_OLDER, (contact_point, contact_point)).fetchall() if found else []
+            )
         finally:
-            self._db.execute("DETACH DATABASE older")
+            source.close()
         if rows:
             with self._tx():
                 self._db.executemany(_ADOPT, rows)
@@ -389,18 +424,18 @@ class Store:
             self.journal.flush(everything=everything)
             if self._db.in_transaction:
                 self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
+        except DB_ERRORS as exc:
+            with contextlib.suppress(*DB_ERRORS):
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-            raise JournalError(f"cannot write the node's state ({type(exc).__name__})") from exc
+            raise state_error("cannot write the node's state", exc) from exc
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db, grouped=self._grouped)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection, *, grouped: bool = False) -> None:
+    def __init__(self, db: Database, *, grouped: bool = False) -> None:
         self._db = db
         self._grouped = grouped
 
@@ -419,3 +454,27 @@ class _Transaction:
         if exc_type is not None:
             self._db.execute("ROLLBACK TO write_block")
         self._db.execute("RELEASE write_block")
+
+
+def open_node_store(
+    config: NodeConfig,
+    *,
+    readonly: bool = False,
+    key: Signer | None = None,
+    purpose: str = "node",
+) -> Store:
+    """The node's state as its config says: ``[database]`` (PostgreSQL, shared by the
+    network's replicas) or ``node.sqlite3`` in its state folder."""
+    return Store(
+        config.state_dir / JOURNAL_FILE,
+        readonly=readonly,
+        key=key,
+        database=config.database,
+        purpose=purpose,
+    )
+
+
+def node_store_exists(config: NodeConfig) -> bool:
+    """Whether there is a state to read (a reader does not create one): always with
+    ``[database]`` (an unreachable one fails when opened, with its reason)."""
+    return config.database is not None or (config.state_dir / JOURNAL_FILE).exists()
