@@ -8,6 +8,8 @@ import urllib.request
 
 import pytest
 
+from tests.stores import database  # noqa: F401 - the fixture, for every test
+
 _HOW = (
     "RabbitMQ must answer on 127.0.0.1:5672 with the management API on :15672 and the shovel "
     "plugin enabled. Run ./scripts/setup.sh (or: rabbitmq-server -detached && rabbitmq-plugins "

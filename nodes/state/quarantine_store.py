@@ -117,7 +117,7 @@ _COLUMNS = (
 )
 _INSERT = (
     f"INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - fixed fragments
-    " ON CONFLICT (id) DO UPDATE SET copies = copies + 1"
+    " ON CONFLICT (id) DO UPDATE SET copies = entries.copies + 1"
 )
 _ENTRY_ROW = Sequence[Any]
 # Kept bodies due for purging: (now, cap seconds or NULL, the same, now).

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from mlanet.broker import SigningKey
+from mlanet.nodes.config import DatabaseConfig
 from mlanet.nodes.state.store import Store
 
 KEY = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
@@ -23,8 +24,10 @@ def _add(store: Store, message_id: str) -> None:
     )
 
 
-def test_awaiting_counts_queued_and_forwarded_and_the_overdue_among_them(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.sqlite3")
+def test_awaiting_counts_queued_and_forwarded_and_the_overdue_among_them(
+    tmp_path: Path, database: DatabaseConfig | None
+) -> None:
+    store = Store(tmp_path / "node.sqlite3", database=database)
     assert store.outbox_awaiting(time.time()) == (0, None, 0)
     for message_id in ("a", "b", "c"):
         _add(store, message_id)
@@ -39,10 +42,12 @@ def test_awaiting_counts_queued_and_forwarded_and_the_overdue_among_them(tmp_pat
     store.close()
 
 
-def test_quarantine_reasons_are_counted_from_the_journal_columns(tmp_path: Path) -> None:
+def test_quarantine_reasons_are_counted_from_the_journal_columns(
+    tmp_path: Path, database: DatabaseConfig | None
+) -> None:
     """Reasons and details are columns of the journal's ``refused`` rows: counted and listed
     by a query, never split out of a line of text."""
-    store = Store(tmp_path / "node.sqlite3", key=KEY)
+    store = Store(tmp_path / "node.sqlite3", database=database, key=KEY)
     inbox = "mlanet.inbox.from.casc"
     store.event("-", "refused", "origin signature", reason="bad_signature", via=inbox)
     store.event("-", "refused", "hop 1", reason="bad_signature", via=inbox)

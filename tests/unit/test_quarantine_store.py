@@ -5,11 +5,13 @@ is counted; commands claim an entry before acting, and every operator action is 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mlanet.broker import SigningKey
+from mlanet.nodes.config import DatabaseConfig
 from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
 from mlanet.nodes.state.quarantine import (
     Claim,
@@ -48,8 +50,10 @@ def _add(store: QuarantineStore, entry: Entry, bound: Bound = WIDE) -> bool | No
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> QuarantineStore:
-    return QuarantineStore(tmp_path / QUARANTINE_FILE)
+def store(tmp_path: Path, database: DatabaseConfig | None) -> Iterator[QuarantineStore]:
+    """On both stores the quarantine can live in (``tests/stores.py``)."""
+    with QuarantineStore(tmp_path / QUARANTINE_FILE, database=database) as opened:
+        yield opened
 
 
 def test_entries_are_written_at_the_commit_and_listed_oldest_first_a_page_at_a_time(
@@ -115,18 +119,22 @@ def test_the_bound_counts_bytes_too(store: QuarantineStore) -> None:
     assert [_add(store, _entry(n), bound) for n in range(1, 4)] == [True, True, False]
 
 
-def test_what_operators_dropped_makes_room_again_after_a_recount(tmp_path: Path) -> None:
+def test_what_operators_dropped_makes_room_again_after_a_recount(
+    tmp_path: Path, database: DatabaseConfig | None
+) -> None:
     bound = Bound(messages=2, bytes=2**40)
-    node = QuarantineStore(tmp_path / QUARANTINE_FILE)
+    node = QuarantineStore(tmp_path / QUARANTINE_FILE, database=database)
     for n in range(3):
         node.add(_entry(n), b"junk %d" % n, bound, now=T0)
     node.commit()
-    operator = QuarantineStore(tmp_path / QUARANTINE_FILE)
+    operator = QuarantineStore(tmp_path / QUARANTINE_FILE, database=database)
     operator.take(_entry(0).id, "op", T0)
     assert operator.remove("op") == 1
     # within a second the node does not count again; after one it does
     assert node.add(_entry(3), b"junk 3", bound, now=T0 + 0.5) is False
     assert node.add(_entry(4), b"junk 4", bound, now=T0 + 1.5) is True
+    node.close()
+    operator.close()
 
 
 def test_a_redelivery_adds_nothing_and_an_identical_copy_is_counted(

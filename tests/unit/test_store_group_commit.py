@@ -9,16 +9,19 @@ import pytest
 from structlog.testing import capture_logs
 
 from mlanet.broker import SigningKey
+from mlanet.nodes.config import DatabaseConfig
 from mlanet.nodes.state import journal as journal_module
 from mlanet.nodes.state.store import Store
 
 KEY = SigningKey.from_seed("casc", "ed25519:1", bytes(range(32)))
 
 
-def test_grouped_writes_are_durable_only_after_commit(tmp_path: Path) -> None:
+def test_grouped_writes_are_durable_only_after_commit(
+    tmp_path: Path, database: DatabaseConfig | None
+) -> None:
     """The dedupe rows and the journal's rows of a batch become visible together, at the
     group commit (one transaction)."""
-    writer = Store(tmp_path / "node.sqlite3", key=KEY)
+    writer = Store(tmp_path / "node.sqlite3", database=database, key=KEY)
     writer.group_commits()
     writer.remember("seajust", "m-1", "h-1", "delivered")
     writer.journal.record("delivered", message_id="m-1", to=["uz-cp-1"])
@@ -26,7 +29,7 @@ def test_grouped_writes_are_durable_only_after_commit(tmp_path: Path) -> None:
     writer.journal.record("forwarded", message_id="m-2", to="ejn")
     assert writer.seen("seajust", "m-1") is not None  # the writer sees its own batch
 
-    reader = Store(tmp_path / "node.sqlite3", readonly=True)
+    reader = Store(tmp_path / "node.sqlite3", database=database, readonly=True)
     assert reader.seen("seajust", "m-1") is None, "visible before the group commit"
     writer.commit()
     assert reader.seen("seajust", "m-1") is not None
@@ -40,9 +43,9 @@ def test_grouped_writes_are_durable_only_after_commit(tmp_path: Path) -> None:
 
 
 def test_a_failed_write_block_leaves_nothing_of_itself_but_keeps_the_batch(
-    tmp_path: Path,
+    tmp_path: Path, database: DatabaseConfig | None
 ) -> None:
-    store = Store(tmp_path / "node.sqlite3", key=KEY)
+    store = Store(tmp_path / "node.sqlite3", database=database, key=KEY)
     store.group_commits()
     store.remember("seajust", "m-1", "h-1", "delivered")
 
@@ -58,27 +61,31 @@ def test_a_failed_write_block_leaves_nothing_of_itself_but_keeps_the_batch(
         half_way()
     store.commit()
     store.close()
-    again = Store(tmp_path / "node.sqlite3", readonly=True)
+    again = Store(tmp_path / "node.sqlite3", database=database, readonly=True)
     assert again.seen("seajust", "m-2") is None
     assert again.seen("seajust", "m-1") is not None
     again.close()
 
 
-def test_uncommitted_batch_is_lost_when_the_connection_dies(tmp_path: Path) -> None:
+def test_uncommitted_batch_is_lost_when_the_connection_dies(
+    tmp_path: Path, database: DatabaseConfig | None
+) -> None:
     """What a SIGKILL does: the open transaction is gone; the node had not acked it either."""
-    store = Store(tmp_path / "node.sqlite3")
+    store = Store(tmp_path / "node.sqlite3", database=database)
     store.group_commits()
     store.remember("seajust", "m-1", "h-1", "delivered")
     store._db.close()  # no commit
-    again = Store(tmp_path / "node.sqlite3", readonly=True)
+    again = Store(tmp_path / "node.sqlite3", database=database, readonly=True)
     assert again.seen("seajust", "m-1") is None
     again.close()
 
 
-def test_each_journal_row_is_one_log_line_of_its_fields(tmp_path: Path) -> None:
+def test_each_journal_row_is_one_log_line_of_its_fields(
+    tmp_path: Path, database: DatabaseConfig | None
+) -> None:
     """The fact's log line is its row: one event (``message_<event>`` when about a message),
     the row's fields, nothing else; a copy accepted from a peer is folded into its outcome."""
-    store = Store(tmp_path / "node.sqlite3", key=KEY)
+    store = Store(tmp_path / "node.sqlite3", database=database, key=KEY)
     store.group_commits()
     with capture_logs() as logs:
         store.journal.accepted({"message_id": "m-1", "origin": "seajust", "from": "seajust"})
@@ -103,13 +110,13 @@ def test_each_journal_row_is_one_log_line_of_its_fields(tmp_path: Path) -> None:
 
 
 def test_an_acceptance_waits_for_its_outcome_across_commits_and_is_written_at_close(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, database: DatabaseConfig | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A commit between a peer's acceptance and its outcome (the periodic commit, while the
     forward waits for the broker's confirm) does not split them: the outcome row still names
     the peer. An acceptance with no outcome within the grace, or at close, is a row of its own,
     dated when it was accepted."""
-    store = Store(tmp_path / "node.sqlite3", key=KEY)
+    store = Store(tmp_path / "node.sqlite3", database=database, key=KEY)
     store.group_commits()
     store.journal.accepted({"message_id": "m-1", "origin": "seajust", "from": "casc"})
     store.commit()  # the periodic commit falls here
@@ -132,18 +139,18 @@ def test_an_acceptance_waits_for_its_outcome_across_commits_and_is_written_at_cl
     assert [e.event for e in store.events("m-2")] == ["accepted"]
     store.journal.accepted({"message_id": "m-4", "origin": "seajust", "from": "casc"})
     store.close()
-    reopened = Store(tmp_path / "node.sqlite3", key=KEY)
+    reopened = Store(tmp_path / "node.sqlite3", database=database, key=KEY)
     assert [e.event for e in reopened.events("m-4")] == ["accepted"]
     assert [e.event for e in reopened.events("m-3")] == ["accepted"]
     reopened.close()
 
 
 def test_an_acceptance_whose_handling_ended_without_an_outcome_is_written_at_the_next_commit(
-    tmp_path: Path,
+    tmp_path: Path, database: DatabaseConfig | None
 ) -> None:
     """A receipt (or a directory update) consumed here has no outcome row: once its handling
     ends, its acceptance is written at the next commit, not after the grace."""
-    store = Store(tmp_path / "node.sqlite3", key=KEY)
+    store = Store(tmp_path / "node.sqlite3", database=database, key=KEY)
     store.group_commits()
     store.journal.accepted({"message_id": "r-1", "origin": "casc", "from": "casc"})
     store.commit()
