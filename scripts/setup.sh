@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything mlanet needs on a Debian machine with Python 3.11:
 #   RabbitMQ (installed from Debian's packages when missing, started when down, with the
-#   management and shovel plugins enabled) and a virtual environment with mlanet installed.
+#   management and shovel plugins enabled), PostgreSQL (the same) and a virtual environment
+#   with mlanet installed.
 # Idempotent: run it as often as you like. Sourced by scripts/run and scripts/test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -91,6 +92,33 @@ if command -v rabbitmqctl >/dev/null 2>&1; then
 else
   log "rabbitmqctl not found: set max_message_size = $MAX_MESSAGE_SIZE in the broker's rabbitmq.conf"
 fi
+
+# PostgreSQL: the store of a node with [database] (replicas share it), and the suite runs the
+# state's tests on it too. The server on 127.0.0.1:5432 is used as it is (installed from Debian's
+# packages and started when missing or down); MLANET_TEST_POSTGRES names another for the tests.
+pg_answers() {
+  "$PYTHON" - <<'PY'
+import socket, sys
+try:
+    with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+        sys.exit(0)
+except OSError:
+    sys.exit(1)
+PY
+}
+if ! pg_answers; then
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "installing postgresql from Debian's packages"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  fi
+  log "starting PostgreSQL"
+  for cluster in $(pg_lsclusters -h 2>/dev/null | awk '{ print $1 "/" $2 }'); do
+    $SUDO pg_ctlcluster "${cluster%/*}" "${cluster#*/}" start || true
+  done
+  for _ in $(seq 1 60); do pg_answers && break; sleep 1; done
+fi
+pg_answers || { log "PostgreSQL does not answer on 127.0.0.1:5432; start it with: pg_ctlcluster <version> main start"; exit 1; }
 
 # The dashboard's end-to-end test drives Debian's headless Chromium (through Playwright, which
 # uses this binary; no browser download).
