@@ -159,17 +159,34 @@ def schemas_write(
 
 # --- the node --------------------------------------------------------------------------------
 @node_app.command("run")
-def node_run(config: ConfigOption) -> None:
+def node_run(
+    config: ConfigOption,
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLANET_REPLICA",
+            help="this process's name among the network's replicas (needs [database]); its "
+            "own files go to <state_dir>/replicas/<name>",
+        ),
+    ] = None,
+) -> None:
     """Run the node until SIGTERM or SIGINT (a second one: without waiting for the deliveries
     being handled). A broker that cannot be reached at start is retried with backoff; every
     phase (starting, retrying, running, draining, stopped) is logged and written to
     lifecycle.json in the state folder. Logs are JSON lines on stderr, errors included."""
+    from mlanet.nodes.runtime.replicas import replica_config
+
     cfg = load_or_exit(config)
+    if replica is not None:
+        try:
+            cfg = replica_config(cfg, replica)
+        except MlanetError as exc:
+            raise fail(str(exc), 2) from None
     configure_logging(cfg.log_level)
-    raise typer.Exit(asyncio.run(_run_node(cfg)))
+    raise typer.Exit(asyncio.run(_run_node(cfg, replica)))
 
 
-async def _run_node(cfg: NodeConfig) -> int:
+async def _run_node(cfg: NodeConfig, replica: str | None = None) -> int:
     """The node's process: 0 when it stopped on a signal, 1 when it failed (logged)."""
     from mlanet.nodes.runtime import crashpoints
     from mlanet.nodes.runtime.node import Node
@@ -189,7 +206,7 @@ async def _run_node(cfg: NodeConfig) -> int:
         loop.add_signal_handler(sig, on_signal)
     try:
         # test hooks (crash points, clock offset): off unless their environment variables are set
-        node = Node(cfg, clock=crashpoints.from_environment())
+        node = Node(cfg, clock=crashpoints.from_environment(), replica=replica)
     except MlanetError as exc:  # refused before it runs (its state folder, its key): what to fix
         typer.echo(f"mlanet: {exc}", err=True)
         return 1

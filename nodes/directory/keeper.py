@@ -58,12 +58,14 @@ from mlanet.nodes.state.store import Store
 from mlanet.schemas import Destination, DirectoryUpdate
 from mlanet.schemas.directory import Directory, SignedDirectory
 
-__all__ = ["DIRECTORY_QUEUE", "DirectoryKeeper", "DirectoryPorts"]
+__all__ = ["DIRECTORY_QUEUE", "REPLICA_SOURCE", "DirectoryKeeper", "DirectoryPorts"]
 
 log = structlog.get_logger("mlanet.directory")
 
 # Where an operator (or the coordinator's approve) hands the node a signed directory.
 DIRECTORY_QUEUE = "mlanet.directory"
+# The source of a directory another replica of this node applied first (its peers have it).
+REPLICA_SOURCE = "replica"
 _REPEAT_WARNINGS_SECONDS = 3600.0
 
 
@@ -77,6 +79,8 @@ class DirectoryPorts:
     links: LinksPort
     # run a delivery's work, then ack it once durable (requeued on a transient failure)
     settle: Callable[[Incoming, Awaitable[None]], Awaitable[None]]
+    # told (version, signed bytes) of each newer directory held: the node's other replicas
+    applied: Callable[[int, bytes], None] | None = None
 
 
 class DirectoryKeeper:
@@ -231,7 +235,10 @@ class DirectoryKeeper:
             ports.store.event(
                 "-", "directory_applied", version=outcome.verified.version, from_=source or "local"
             )
-            self._pending_flood = (outcome.verified, source)
+            if ports.applied is not None:
+                ports.applied(outcome.verified.version, raw)
+            # what another replica applied first, it passed on already
+            self._pending_flood = None if source == REPLICA_SOURCE else (outcome.verified, source)
             self._reconciled = False
             await self._reconcile(ports, before)
             await self._flush_flood(ports)

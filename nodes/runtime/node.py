@@ -18,6 +18,8 @@ The node wires its parts (``nodes/runtime/seams.py`` draws how they see each oth
   receipt;
 - receipts and notices (``nodes/runtime/receipts.py``), sent and taken in;
 - the links (``nodes/runtime/links.py``): topology, shovels, peer consumers;
+- its fellow replicas, with ``[database]`` (``nodes/runtime/replicas.py``): claims on messages,
+  duties, heartbeats and fencing through PostgreSQL;
 - here: the lifecycle, the receiving of each delivery (``nodes/runtime/pipeline.py`` judges it) and
   the group commit that makes its records durable before it is acked.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -46,7 +49,7 @@ from mlanet.broker.keys import SigningKey, TrustStore
 from mlanet.broker.routing import Forward, Refuse
 from mlanet.broker.transport import QUARANTINE, SUBMIT, Incoming, Transport, inbox_exchange
 from mlanet.nodes.config import NodeConfig
-from mlanet.nodes.directory.keeper import DirectoryKeeper, DirectoryPorts
+from mlanet.nodes.directory.keeper import REPLICA_SOURCE, DirectoryKeeper, DirectoryPorts
 from mlanet.nodes.logs import bound, error_fields, failure_fields
 from mlanet.nodes.operator import OperatorSurface
 from mlanet.nodes.runtime import crashpoints
@@ -61,9 +64,12 @@ from mlanet.nodes.runtime.outbox import Outbox
 from mlanet.nodes.runtime.pipeline import Accepted, Properties, dedupe, judge, open_delivery
 from mlanet.nodes.runtime.receipts import RECEIPTED, Receipts
 from mlanet.nodes.runtime.reconcile import Reconciler
+from mlanet.nodes.runtime.replicas import Alone, Member, Replicas, default_replica_name
 from mlanet.nodes.runtime.seams import DirectoryView
 from mlanet.nodes.state import state_dir
 from mlanet.nodes.state.audit import AuditTrail
+from mlanet.nodes.state.db import DB_ERRORS, unavailable
+from mlanet.nodes.state.journal import StateUnavailable
 from mlanet.nodes.state.quarantine import claim, log_context
 from mlanet.nodes.state.quarantine_store import open_quarantine
 from mlanet.nodes.state.store import open_node_store
@@ -79,6 +85,21 @@ START_BACKOFF_MAX = 30.0  # seconds: the longest wait between two attempts to st
 DRAIN_SECONDS = 5.0  # on stop: the longest wait for the deliveries being handled
 STOP_GRACE = 3.0  # on stop: the longest wait for a cancelled start or the operator surface
 PURGE_EVERY = 600.0  # seconds between two looks for quarantined content whose retention passed
+STATE_RETRY = 1.0  # seconds between two looks whether the database answers again
+
+# The claims (origin, message id) a delivery took from the other replicas: released once its
+# outcome is committed and it is acked or handed back (``Node.settle``).
+_CLAIMED: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.ContextVar(
+    "mlanet_claimed", default=None
+)
+
+
+class _StateGone(Exception):
+    """A delivery's work failed because the node's database is out of reach."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _now() -> datetime:
@@ -88,7 +109,15 @@ def _now() -> datetime:
 class Node:
     """One network's node. ``run()`` until ``stop()``."""
 
-    def __init__(self, config: NodeConfig, *, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        clock: Callable[[], datetime] = _now,
+        replica: str | None = None,
+    ) -> None:
+        """``replica``: this process's name among its network's replicas (with
+        ``[database]``; default ``MLANET_REPLICA`` or the machine's name)."""
         state_dir.secure(config.state_dir)  # owner-only before anything in it is read or written
         self.clock = clock
         # The newest valid signed directory: peers, trust, routes and contact points follow it,
@@ -108,6 +137,16 @@ class Node:
         # Refused messages, indexed: written at the same group commit, before the acks.
         self.quarantined = open_quarantine(config)
         self.commits = GroupCommit(self._commit_all)
+        # the other processes of this network's node, when its state is in PostgreSQL
+        self.replicas: Replicas = (
+            Alone()
+            if config.database is None
+            else Member(
+                config.database,
+                replica or default_replica_name(),
+                backends=lambda: [*self.store.backend_pids(), *self.quarantined.backend_pids()],
+            )
+        )
         # a body above the size cap is never read whole (broker/amqp_decode.py)
         self.transport = Transport(config.amqp_url(), max_body=config.limits.max_message_bytes)
         # its API client is closed when run() ends; over HTTPS checked against [broker.tls]
@@ -159,6 +198,7 @@ class Node:
             outbound=self.actions,
             links=self.links,
             settle=self.settle,
+            applied=self._directory_applied,
         )
 
     # --- what the node trusts now: the keeper's view, read, never copied --------------------
@@ -206,6 +246,8 @@ class Node:
             async with AsyncExitStack() as stack:
                 stack.callback(self.store.close)  # closed last: after the consumers are gone
                 stack.callback(self.quarantined.close)
+                if isinstance(self.replicas, Member):
+                    stack.callback(self.replicas.leave)
                 stack.push_async_callback(self.transport.aclose)
                 stack.push_async_callback(self.reconciler.aclose)
                 if await self._start(stack):
@@ -260,6 +302,8 @@ class Node:
 
     async def _start_once(self, stack: AsyncExitStack) -> None:
         """One attempt: connect, declare, links, consumers, directory, operator surface."""
+        if isinstance(self.replicas, Member):
+            self._join()
         await self.transport.connect()
         await self.transport.declare(self.links.topology())
         await self.ensure_links()
@@ -290,12 +334,20 @@ class Node:
         self.ready.set()
         async with asyncio.TaskGroup() as group:
             background = [
-                group.create_task(self.outbox.resend(self._stop)),
+                group.create_task(
+                    self.outbox.resend(self._stop, duty=lambda: self.replicas.holds("outbox"))
+                ),
                 group.create_task(self.keeper.maintain(self._ports, self._stop)),
                 group.create_task(self.commits.run(self._stop)),
                 group.create_task(self.links.keep(self._stop)),
                 group.create_task(self._purge(self._stop)),
             ]
+            if isinstance(self.replicas, Member):
+                background.append(
+                    group.create_task(
+                        self.replicas.run(self._stop, newer_directory=self._shared_directory)
+                    )
+                )
             await self._stop.wait()
             self.ready.clear()
             self.lifecycle.enter(Phase.DRAINING)
@@ -310,7 +362,8 @@ class Node:
         """Until ``stop``: every :data:`PURGE_EVERY` seconds, :meth:`purge_quarantine`."""
         while not stop.is_set():
             try:
-                self.purge_quarantine()
+                if self.replicas.holds("purge"):  # one replica purges for all
+                    self.purge_quarantine()
             except Exception as exc:  # the store is busy or cannot be written: next time
                 log.error("content_purge_failed", **error_fields(exc))
             with contextlib.suppress(TimeoutError):
@@ -342,9 +395,38 @@ class Node:
         """Put the links' shovels and policies, consume a new peer's inbox (``links.py``)."""
         await self.links.ensure_links()
 
+    # --- fellow replicas (with [database]) --------------------------------------------------
+    def _join(self) -> None:
+        """Take this replica's place (retried like the broker while the database does not
+        answer)."""
+        assert isinstance(self.replicas, Member)
+        try:
+            self.replicas.join()
+        except DB_ERRORS as exc:
+            raise TransportError(
+                f"the node's database does not answer ({type(exc).__name__})"
+            ) from None
+        self.replicas.held_directory(self.keeper.book.version)
+
+    def _directory_applied(self, version: int, body: bytes) -> None:
+        """Every replica holds the directory one of them applied (``replicas.py``)."""
+        self.replicas.share_directory(version, body)
+
+    async def _shared_directory(self, version: int, body: bytes) -> None:
+        if version <= self.keeper.book.version:
+            if isinstance(self.replicas, Member):
+                self.replicas.held_directory(version)
+            return
+        try:
+            await self.keeper.apply(self._ports, body, REPLICA_SOURCE)
+        except (RefusedMessage, TransportError) as exc:
+            log.warning("shared_directory_not_applied", version=version, error=str(exc))
+        if isinstance(self.replicas, Member):
+            self.replicas.held_directory(version)
+
     # --- from peers -------------------------------------------------------------------------
     async def on_inbox(self, incoming: Incoming) -> None:
-        await self.settle(incoming, self._inbox(incoming))
+        await self.settle(incoming, lambda: self._inbox(incoming))
 
     async def _inbox(self, incoming: Incoming) -> None:
         started = time.perf_counter()
@@ -409,7 +491,12 @@ class Node:
             destination=describe(header.destination),
             kind=header.kind,
         ):
-            async with self._handling.hold((header.origin.network, header.message_id)) as waited:
+            key = (header.origin.network, header.message_id)
+            async with self._handling.hold(key) as waited:
+                if self.replicas.shared:
+                    # another replica may have recorded it since judge() looked: look again
+                    await self._claim(key)
+                    waited = True
                 await self._act(accepted, recheck=waited, redelivered=incoming.redelivered)
         self.observe.timing("handle", time.perf_counter() - started)
 
@@ -462,25 +549,83 @@ class Node:
             )
             await self.receipts.tell_origin(message, refused)
 
-    async def settle(self, incoming: Incoming, work: Awaitable[None]) -> None:
-        """Ack once the work is durable; requeue on a transient failure; never crash."""
+    async def _claim(self, key: tuple[str, str]) -> None:
+        """Hold ``key`` against the other replicas until this delivery is settled."""
+        await self.replicas.claim(*key)
+        held = _CLAIMED.get()
+        if held is None:  # not within settle(): nothing would release it later
+            self.replicas.release(*key)
+            raise RuntimeError("a claim outside a delivery")
+        held.append(key)
+
+    async def settle(
+        self, incoming: Incoming, work: Awaitable[None] | Callable[[], Awaitable[None]]
+    ) -> None:
+        """Ack once the work is durable; requeue on a transient failure; never crash. While
+        the node's database is out of reach, the delivery waits (unacked) and its work is done
+        again once it answers, when ``work`` can be started again (a callable)."""
+        held: list[tuple[str, str]] = []
+        token = _CLAIMED.set(held)
+        try:
+            while True:
+                attempt = work() if callable(work) else work
+                try:
+                    await self._settle_once(incoming, attempt)
+                    return
+                except _StateGone as gone:
+                    self._release(held)
+                    if not callable(work) or not await self._state_back(incoming, gone.cause):
+                        await incoming.requeue()
+                        return
+        finally:
+            _CLAIMED.reset(token)
+            self._release(held)
+
+    def _release(self, held: list[tuple[str, str]]) -> None:
+        while held:
+            self.replicas.release(*held.pop())
+
+    async def _state_back(self, incoming: Incoming, cause: BaseException) -> bool:
+        """Wait until the database answers again; False when the node stops first."""
+        with bound(**self._about(incoming)):
+            log.warning("state_unavailable_waiting", error=str(cause))
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), STATE_RETRY)
+            if self.store.answers():
+                return not self._stop.is_set()
+        return False
+
+    async def _settle_once(self, incoming: Incoming, work: Awaitable[None]) -> None:
+        losses = self._losses()
         try:
             with self.commits.working():
                 await work
                 await self.commits.durable()
-        except TransportError as exc:
-            with bound(**self._about(incoming)):
-                log.warning("transient_failure_requeued", error=str(exc))
-            self.links.doubt()
-            await asyncio.sleep(0.5)
-            await incoming.requeue()
-            return
-        except Exception as exc:  # a defect must not stop the node; the delivery limit applies
-            with bound(**self._about(incoming)):
-                log.error("unexpected_failure_requeued", **error_fields(exc))
-            await incoming.requeue()
+            if self._losses() != losses:  # some of its writes may have gone with a connection
+                raise StateUnavailable("the database connection was lost during the delivery")
+        except Exception as exc:
+            if unavailable(exc) or isinstance(exc, StateUnavailable):
+                raise _StateGone(exc) from exc
+            await self._failed(incoming, exc)
             return
         await incoming.ack()
+
+    def _losses(self) -> int:
+        return self.store.losses() + self.quarantined.losses()
+
+    async def _failed(self, incoming: Incoming, exc: Exception) -> None:
+        """Requeue after a transient failure, or a defect (a defect must not stop the node;
+        the queue's delivery limit applies)."""
+        with bound(**self._about(incoming)):
+            if isinstance(exc, TransportError):
+                log.warning("transient_failure_requeued", error=str(exc))
+            else:
+                log.error("unexpected_failure_requeued", **error_fields(exc))
+        if isinstance(exc, TransportError):
+            self.links.doubt()
+            await asyncio.sleep(0.5)
+        await incoming.requeue()
 
     def _commit_all(self) -> None:
         """The state with its journal first (one transaction): committed state never lacks
@@ -497,7 +642,7 @@ class Node:
     # --- local submissions and what RabbitMQ quarantined ---------------------------------
     async def on_submit(self, incoming: Incoming) -> None:
         started = time.perf_counter()
-        await self.settle(incoming, self.outbox.submit(incoming.body))
+        await self.settle(incoming, lambda: self.outbox.submit(incoming.body))
         self.observe.timing("submit", time.perf_counter() - started)
 
     async def on_quarantine(self, incoming: Incoming) -> None:

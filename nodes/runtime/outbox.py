@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import structlog
 from pydantic import ValidationError
@@ -253,14 +254,17 @@ class Outbox:
         else:
             await self._own.deliver_own(message, routing)
 
-    async def resend(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: resend what has no receipt yet, give up on what is too old."""
+    async def resend(self, stop: asyncio.Event, *, duty: Callable[[], bool] = lambda: True) -> None:
+        """Until ``stop``: resend what has no receipt yet, give up on what is too old; each
+        round only while ``duty()`` (one replica resends for all: ``replicas.py``)."""
         receipts = self._views.view.config.receipts
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), receipts.check_every_seconds)
             if stop.is_set():
                 return
+            if not duty():
+                continue
             now = time.time()
             for entry in self._store.outbox_due(now):
                 with bound(

@@ -140,7 +140,10 @@ class Postgres:
 
     dialect: Dialect = "postgresql"
 
-    def __init__(self, config: DatabaseConfig, *, purpose: str, readonly: bool = False) -> None:
+    def __init__(
+        self, config: DatabaseConfig, *, purpose: str, readonly: bool = False, lazy: bool = False
+    ) -> None:
+        """Connects now, or at the first statement when ``lazy``."""
         self._config = config
         self._purpose = purpose
         self._readonly = readonly
@@ -148,7 +151,9 @@ class Postgres:
         self._conn: psycopg.Connection[Any] | None = None
         self._lost = False  # the connection went with a transaction open: ROLLBACK first
         self.connects = 0
-        self._connect()
+        self.losses = 0  # connections lost (what a transaction held then is gone)
+        if not lazy:
+            self._connect()
 
     @property
     def schema(self) -> str:
@@ -261,6 +266,7 @@ class Postgres:
             # whatever the open transaction held is gone with the connection (a COMMIT that
             # broke may or may not have happened: its owner treats it as not)
             self._lost = was_open
+            self.losses += 1
             self._conn = None
             log.warning("database_connection_lost", purpose=self._purpose)
 

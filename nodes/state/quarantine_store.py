@@ -47,7 +47,7 @@ from mlanet.broker.keys import b64u_decode
 from mlanet.broker.submission_signing import signed_inner
 from mlanet.nodes.config import DatabaseConfig, NodeConfig
 from mlanet.nodes.state import state_dir
-from mlanet.nodes.state.db import DB_ERRORS, Database
+from mlanet.nodes.state.db import DB_ERRORS, Database, Postgres
 from mlanet.nodes.state.journal import state_error
 from mlanet.nodes.state.quarantine import Claim, Entry, NotInQuarantine, Page, QuarantineBusy, Where
 from mlanet.nodes.state.schema import open_postgres
@@ -311,6 +311,14 @@ class QuarantineStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def losses(self) -> int:
+        """How many times the database connection was lost (``Store.losses``)."""
+        return self._db.losses if isinstance(self._db, Postgres) else 0
+
+    def backend_pids(self) -> list[int]:
+        """The PostgreSQL backend of this store's connection (none for SQLite)."""
+        return [self._db.backend_pid()] if isinstance(self._db, Postgres) else []
 
     def __enter__(self) -> QuarantineStore:
         return self

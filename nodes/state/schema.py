@@ -286,7 +286,8 @@ def _migrate(db: sqlite3.Connection, path: Path, key: SigningKey | None) -> None
 
 # --- PostgreSQL ([database]): one schema per network, shared by its replicas -------------------
 # The same tables as SQLite's latest version, and the quarantine's (``quarantine_store.py``),
-# and the replicas' heartbeats (``nodes/runtime/replicas.py``). Versioned in ``schema_version``;
+# the replicas' heartbeats and the newest signed directory one of them applied
+# (``nodes/runtime/replicas.py``). Versioned in ``schema_version``;
 # each migration runs in one transaction with its version, under an advisory lock, so that
 # replicas starting together upgrade it once.
 POSTGRES_V1 = """
@@ -409,6 +410,12 @@ CREATE TABLE replicas (
     backends TEXT NOT NULL DEFAULT '',
     state TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE directories (
+    version BIGINT PRIMARY KEY,
+    body BYTEA NOT NULL,
+    by_replica TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL
 )
 """
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mlanet.broker import SigningKey
 from mlanet.nodes.config import DatabaseConfig, NodeConfig
-from mlanet.nodes.state.db import DB_ERRORS, Database
+from mlanet.nodes.state.db import DB_ERRORS, Database, Postgres
 from mlanet.nodes.state.journal import (
     JOURNAL_FILE,
     Journal,
@@ -161,6 +161,24 @@ class Store:
             pass  # closing: what was not committed is not acked either
         finally:
             self._db.close()
+
+    def answers(self) -> bool:
+        """Whether the database answers now (after a failure: the next statement connects
+        again once the failed transaction was rolled back)."""
+        try:
+            self._db.execute("SELECT 1").fetchone()
+        except DB_ERRORS:
+            return False
+        return True
+
+    def losses(self) -> int:
+        """How many times the database connection was lost so far: a delivery during which
+        it changed may have written into a transaction that is gone (``Node.settle``)."""
+        return self._db.losses if isinstance(self._db, Postgres) else 0
+
+    def backend_pids(self) -> list[int]:
+        """The PostgreSQL backend of this store's connection (none for SQLite)."""
+        return [self._db.backend_pid()] if isinstance(self._db, Postgres) else []
 
     # --- dedupe ---------------------------------------------------------------------------------
     def seen(self, origin: str, message_id: str) -> Seen | None:
