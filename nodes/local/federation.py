@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
+
 from mlanet.broker.contact_point_access import grant_contact_points
 from mlanet.broker.directory_signing import sign_directory
 from mlanet.broker.directory_tls import ca_entry
@@ -183,6 +185,9 @@ class Federation:
     coordinator: str | None = COORDINATOR
     # Each network's own RabbitMQ node (nodes/local/own_brokers.py); empty: one shared broker.
     brokers: tuple[BrokerRecord, ...] = ()
+    # Each node's state in this PostgreSQL database (a schema per network: ``schema``), shared
+    # by its replicas; None: SQLite in each node's state folder.
+    database_url: str | None = None
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -212,6 +217,7 @@ class Federation:
                 int(raw["port"]),
                 coordinator=None if raw["coordinator"] is None else str(raw["coordinator"]),
                 brokers=tuple(BrokerRecord.from_json(item) for item in raw.get("brokers", [])),
+                database_url=raw.get("database_url"),
             )
             _check_prefix(federation.prefix)
         except OSError:
@@ -233,6 +239,7 @@ class Federation:
             "port": self.port,
             "coordinator": self.coordinator,
             "brokers": [broker.to_json() for broker in self.brokers],
+            "database_url": self.database_url,
         }
         (self.root / FEDERATION_FILE).write_text(
             json.dumps(fields, indent=2) + "\n", encoding="utf-8"
@@ -240,6 +247,10 @@ class Federation:
 
     def vhost(self, network: str) -> str:
         return f"{self.prefix}-{network}"
+
+    def schema(self, network: str) -> str:
+        """``network``'s PostgreSQL schema (with ``database_url``)."""
+        return f"{self.prefix}_{network}".lower().replace("-", "_")
 
     def broker(self, network: str) -> BrokerRecord | None:
         """``network``'s own broker, or None when the federation shares one."""
@@ -356,6 +367,7 @@ def build(
     sites: Mapping[str, BrokerSite] | None = None,
     link_ca_pem: str | None = None,
     brokers: tuple[BrokerRecord, ...] = (),
+    database_url: str | None = None,
 ) -> Federation:
     """Write keys, passwords, ``directory.json`` and ``<network>/node.toml`` under ``root``.
 
@@ -374,6 +386,10 @@ def build(
     and CA and the coordinator's link CA (``link_cas``, ``link_ca_pem``), and ``brokers`` is
     recorded for ``down``. A link user then logs in by its certificate only: the directory
     publishes the hash of a random password that nobody keeps.
+
+    With ``database_url`` (PostgreSQL, a URL without password) each node's state is in a schema
+    of its own there (``[database]``), so that it can run as several replicas; ``teardown``
+    drops the schemas.
 
     A folder that already records a federation with another prefix is refused (ConfigError):
     its vhosts may still be on the broker, and only its own record lets ``down`` remove them.
@@ -398,6 +414,7 @@ def build(
         port,
         coordinator=coordinator,
         brokers=brokers,
+        database_url=database_url,
     )
     root.mkdir(parents=True, exist_ok=True)
     federation.record()  # first: whatever else fails, down knows what to remove
@@ -430,7 +447,8 @@ def build(
             'state_dir = "state"\n\n'
             + _broker_table(federation, network, host, port, management_url, site)
             + '\n[contact_points]\nkeys = "contact-points"\n'
-            f"{peers}\n[receipts]\n{receipt_lines}{operator}",
+            f"{peers}\n[receipts]\n{receipt_lines}{operator}"
+            + _database_table(federation, network),
             encoding="utf-8",
         )
         for country in nodes[network][1]:
@@ -444,6 +462,28 @@ def build(
                     root / network / "credentials" / contact_point,
                 )
     return federation
+
+
+def _database_table(federation: Federation, network: str) -> str:
+    if federation.database_url is None:
+        return ""
+    return (
+        f'\n[database]\nurl = "{federation.database_url}"\n'
+        f'schema_name = "{federation.schema(network)}"\n'
+    )
+
+
+def drop_schemas(federation: Federation) -> None:
+    """Drop the federation's PostgreSQL schemas (with ``database_url``; a password comes from
+    ``PGPASSWORD`` or ``~/.pgpass``, as for any libpq client)."""
+    if federation.database_url is None:
+        return
+    try:
+        with psycopg.connect(federation.database_url, autocommit=True, connect_timeout=10) as db:
+            for network in federation.nodes:
+                db.execute(f'DROP SCHEMA IF EXISTS "{federation.schema(network)}" CASCADE')
+    except psycopg.Error as exc:
+        raise ConfigError(f"cannot drop the federation's schemas ({type(exc).__name__})") from None
 
 
 def _entry(
@@ -639,7 +679,9 @@ async def provision_network(
 
 async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
     """Delete the federation's vhosts and doors (their queues and shovels go with them) and
-    users (its contact points' users are the ones its nodes' folders vouch for)."""
+    users (its contact points' users are the ones its nodes' folders vouch for), and its
+    PostgreSQL schemas (with ``database_url``)."""
+    drop_schemas(federation)
     async with Management(admin) as management:
         contact_points = []
         for network in federation.nodes:

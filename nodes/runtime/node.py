@@ -403,6 +403,8 @@ class Node:
         try:
             self.replicas.join()
         except DB_ERRORS as exc:
+            if not unavailable(exc):
+                raise
             raise TransportError(
                 f"the node's database does not answer ({type(exc).__name__})"
             ) from None

@@ -198,7 +198,7 @@ class Member:
             " SET host=excluded.host, pid=excluded.pid, version=excluded.version,"
             " started_at=excluded.started_at, heartbeat_at=excluded.heartbeat_at,"
             " backends=excluded.backends, state='running', detail=''",
-            (*here, self._version, self._backend_list()),
+            (self.name, *here, self._version, self._backend_list()),
         )
         log.info("replica_joined", replica=self.name)
 

@@ -19,7 +19,7 @@ from mlanet.nodes.cli.app import app
 from mlanet.nodes.directory.book import DirectoryBook
 from mlanet.nodes.directory.contact_points import vouched_users
 from mlanet.nodes.local.federation import Federation, build, provision, teardown
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas.submission import Submission
 from tests.integration.kit import ADMIN, config, depth, drain, eventually
 
@@ -117,7 +117,7 @@ def notice(sender: str, country: str, **options: Any) -> Submission:
 
 
 def events(fed: Federation, network: str, message_id: str) -> list[tuple[str, str]]:
-    store = Store(config(fed, network).state_dir / "node.sqlite3")
+    store = open_node_store(config(fed, network))
     try:
         return [(e.event, e.detail) for e in store.events(message_id)]
     finally:

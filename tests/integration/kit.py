@@ -28,7 +28,8 @@ from mlanet.nodes.directory.contact_points import Credentials, add_contact_point
 from mlanet.nodes.directory.joining import provision_broker
 from mlanet.nodes.local.federation import Federation
 from mlanet.nodes.runtime.node import Node
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.runtime.replicas import replica_config
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
 from tests.polling import eventually
 
@@ -189,7 +190,7 @@ async def drained(fed: Federation, network: str, *queues: str, within: float = 6
 
 
 def outbox_state(fed: Federation, network: str, message_id: str) -> str | None:
-    store = Store(config(fed, network).state_dir / "node.sqlite3")
+    store = open_node_store(config(fed, network))
     try:
         entry = store.outbox_get(message_id)
         return entry.state if entry else None
@@ -220,6 +221,22 @@ class InProcessNodes:
                 if self.tasks[network].done():
                     self.tasks[network].result()  # raises the node's error
                 raise AssertionError(f"node {network} not ready")
+
+    async def start_replica(self, network: str, name: str) -> Node:
+        """One more replica of ``network``'s node (its state in PostgreSQL), known as
+        ``<network>/<name>``."""
+        node = Node(replica_config(config(self.fed, network), name), replica=name)
+        self.nodes[f"{network}/{name}"] = node
+        task = asyncio.create_task(node.run(), name=f"node-{network}-{name}")
+        self.tasks[f"{network}/{name}"] = task
+        ready = asyncio.create_task(node.ready.wait())
+        done, _ = await asyncio.wait({ready, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            ready.cancel()
+            if task.done():
+                task.result()
+            raise AssertionError(f"replica {name} of {network} not ready")
+        return node
 
     async def stop(self, *networks: str) -> None:
         for network in networks or tuple(self.nodes):

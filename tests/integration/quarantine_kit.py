@@ -11,14 +11,14 @@ from typing import Any
 from mlanet.broker.quarantine_headers import QuarantineHeaders
 from mlanet.nodes.local.federation import Federation
 from mlanet.nodes.state.quarantine import Entry, Where
-from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
+from mlanet.nodes.state.quarantine_store import QuarantineStore, open_quarantine, quarantine_exists
 from tests.integration.kit import Drained, config
 
 
 def open_store(fed: Federation, network: str) -> QuarantineStore | None:
     """``network``'s quarantine store; None before its node ever ran."""
-    path = config(fed, network).state_dir / QUARANTINE_FILE
-    return QuarantineStore(path) if path.exists() else None
+    cfg = config(fed, network)
+    return open_quarantine(cfg) if quarantine_exists(cfg) else None
 
 
 def stored(fed: Federation, network: str) -> int:

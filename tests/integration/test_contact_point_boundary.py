@@ -26,7 +26,7 @@ from mlanet.broker.transport import CONTENT_TYPE, SUBMIT, SUBMIT_EXCHANGE, deliv
 from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
 from mlanet.nodes.directory.contact_points import Credentials, broker_user
 from mlanet.nodes.local.federation import Federation
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas import Destination, FacilitationRequest, Header, Origin
 from tests.integration.kit import (
     ADMIN,
@@ -45,7 +45,7 @@ API = "http://127.0.0.1:15672/api"
 
 
 def _events(fed: Federation, network: str, message_id: str) -> list[tuple[str, str]]:
-    store = Store(config(fed, network).state_dir / "node.sqlite3")
+    store = open_node_store(config(fed, network))
     try:
         return [(e.event, e.detail) for e in store.events(message_id)]
     finally:

@@ -83,7 +83,7 @@ async def test_a_refusal_when_the_contact_point_reads_it_is_in_the_audit_trail(
     assert entry.headers["x-mlanet-via"] == QUEUE
     assert await depth(fed, "casc", QUEUE) == 0
 
-    with AuditLog(config(fed, "casc").state_dir / AUDIT_FILE, readonly=True) as audit:
+    with AuditLog.of(config(fed, "casc"), readonly=True) as audit:
         (record,) = audit.records(event="refused")
         assert audit.about_quarantine(str(entry.message_id)) == [record]
         trail = b"".join(p.read_bytes() for p in audit.path.parent.glob(AUDIT_FILE + "*"))

@@ -11,7 +11,7 @@ import pytest
 from mlanet.broker import sign_message
 from mlanet.nodes.cli.contact import read_inbox, submit
 from mlanet.nodes.local.federation import Federation
-from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
+from mlanet.nodes.state.audit import AuditLog
 from mlanet.schemas import Destination, Header, Notice, Origin
 from mlanet.schemas.submission import Submission
 from tests.integration.directory_kit import (
@@ -97,7 +97,7 @@ async def test_a_replaced_contact_points_messages_reach_its_successor(dfed: Fede
         )
         assert await quarantine_depth(fed, "casc") == 0
     # the directory change and the hand-over are in casc's signed trail, which verifies
-    with AuditLog(config(fed, "casc").state_dir / AUDIT_FILE, readonly=True) as journal:
+    with AuditLog.of(config(fed, "casc"), readonly=True) as journal:
         applied = [r.meta for r in journal.records(event="directory_applied")]
         handed = [r.meta for r in journal.records(event="handed_over")]
     assert any(meta.get("version") == 2 for meta in applied)

@@ -20,7 +20,6 @@ from mlanet.broker.tls import generate_ca, issue_server_certificate
 from mlanet.nodes.cli.app import app
 from mlanet.nodes.local.federation import Federation
 from mlanet.nodes.state.audit import AuditLog
-from mlanet.nodes.state.journal import JOURNAL_FILE
 from tests.integration.directory_kit import all_hold, dfed, held_version, mlanet
 from tests.integration.kit import config, running
 
@@ -107,7 +106,7 @@ async def test_a_directory_with_broker_and_link_cas_is_applied_and_shown(
         assert ", retired " in shown.output
         assert "    broker CA seajust-ca-2: valid, from " in shown.output
 
-    with AuditLog(config(fed, "unodc").state_dir / JOURNAL_FILE, readonly=True) as journal:
+    with AuditLog.of(config(fed, "unodc"), readonly=True) as journal:
         rows = [(r.event, r.meta) for r in journal.records()]
     changed = [
         (event, meta)

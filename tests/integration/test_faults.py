@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
 from mlanet.nodes.local.federation import Federation, NodeProcesses
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas.submission import Submission
 from tests.integration.kit import ADMIN, close_connections, config, credentials, eventually, running
 
@@ -22,7 +22,7 @@ def _request(sender: str, country: str, n: int) -> Submission:
 
 
 def _states(fed: Federation, network: str, ids: list[str]) -> dict[str, int]:
-    store = Store(config(fed, network).state_dir / "node.sqlite3")
+    store = open_node_store(config(fed, network))
     try:
         counts: dict[str, int] = {}
         for message_id in ids:

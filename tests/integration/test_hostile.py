@@ -24,7 +24,7 @@ from mlanet.broker import Reason
 from mlanet.broker.keys import b64u_decode, b64u_encode
 from mlanet.broker.topology import peer_inbox
 from mlanet.nodes.local.federation import Federation
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.store import open_node_store
 from tests.hostile.corpus import (
     CONTACT_POINT,
     CORPUS,
@@ -64,7 +64,7 @@ def _message_id(body: bytes) -> str:
 
 
 def _events(fed: Federation, message_id: str) -> list[str]:
-    store = Store(config(fed, RECEIVER).state_dir / "node.sqlite3", readonly=True)
+    store = open_node_store(config(fed, RECEIVER), readonly=True)
     try:
         return [event.event for event in store.events(message_id)]
     finally:
@@ -72,7 +72,7 @@ def _events(fed: Federation, message_id: str) -> list[str]:
 
 
 def _recorded(fed: Federation, event: str) -> int:
-    store = Store(config(fed, RECEIVER).state_dir / "node.sqlite3", readonly=True)
+    store = open_node_store(config(fed, RECEIVER), readonly=True)
     try:
         return store.count_events(event, 0.0)
     finally:

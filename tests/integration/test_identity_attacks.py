@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from mlanet.broker import SignedMessage, add_hop, sign_message
 from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
 from mlanet.nodes.local.federation import Federation
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas import Destination, FacilitationRequest, Header, Notice, Origin, Receipt
 from tests.integration.kit import (
     config,
@@ -313,7 +313,7 @@ async def _sent(fed: Federation, message_id: str) -> SignedMessage:
     from mlanet.broker import open_envelope
     from mlanet.nodes.directory.book import load_directory, message_trust
 
-    store = Store(config(fed, "seajust").state_dir / "node.sqlite3", readonly=True)
+    store = open_node_store(config(fed, "seajust"), readonly=True)
     try:
         entry = store.outbox_get(message_id)
         assert entry is not None

@@ -10,7 +10,7 @@ from mlanet.broker import open_envelope
 from mlanet.nodes.cli.contact import facilitation_request, read_inbox, status_update, submit
 from mlanet.nodes.directory.book import load_directory, message_trust
 from mlanet.nodes.local.federation import Federation
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas import Notice
 from mlanet.schemas.submission import Submission
 from tests.integration.kit import (
@@ -187,7 +187,7 @@ async def _handled(fed: Federation, network: str, message_id: str) -> list[str]:
     """What ``network``'s node recorded for a message (delivered, duplicate, ...): its
     outcomes (a copy still waiting for an earlier one at a group commit has its own
     ``accepted`` row before its outcome)."""
-    store = Store(config(fed, network).state_dir / "node.sqlite3")
+    store = open_node_store(config(fed, network))
     try:
         return [event.event for event in store.events(message_id) if event.event != "accepted"]
     finally:

@@ -30,7 +30,7 @@ import pytest
 from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
 from mlanet.nodes.local.federation import Federation, NodeFailed, NodeProcesses, teardown
 from mlanet.nodes.runtime.lifecycle import Lifecycle, Phase
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas.submission import Submission
 from tests.battery.faults import tune
 from tests.battery.proxy import FaultProxy
@@ -345,7 +345,7 @@ async def test_sigterm_stops_a_node_in_every_phase(
 
 
 async def _receipted(fed: Federation, ids: list[str]) -> bool:
-    store = Store(config(fed, "seajust").state_dir / "node.sqlite3")
+    store = open_node_store(config(fed, "seajust"))
     try:
         return all(
             (entry := store.outbox_get(message_id)) is not None and entry.state == "delivered"

@@ -23,7 +23,7 @@ from mlanet.broker.transport import QUARANTINE, Transport, peer_inbox
 from mlanet.nodes.cli.contact import read_inbox
 from mlanet.nodes.local.federation import Federation
 from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
-from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE, QuarantineStore
+from mlanet.nodes.state.quarantine_store import open_quarantine
 from tests.integration.kit import (
     amqp,
     config,
@@ -75,7 +75,7 @@ async def _depth_is(fed: Federation, network: str, queue: str, expected: int) ->
 
 
 def _audit_events(fed: Federation, network: str) -> list[tuple[str, dict[str, Any]]]:
-    with AuditLog(config(fed, network).state_dir / AUDIT_FILE, readonly=True) as audit:
+    with AuditLog.of(config(fed, network), readonly=True) as audit:
         return [(record.event, record.meta) for record in audit.records()]
 
 
@@ -345,8 +345,7 @@ async def test_two_operators_never_act_on_one_entry_at_once(fed: Federation) -> 
         await eventually(lambda: _depth_is(fed, "casc", QUARANTINE, 3), within=60)
         before = (await mlanet(fed, "casc", "quarantine", "list", "--json")).json_lines()
         target = before[1]["id"]
-        path = config(fed, "casc").state_dir / QUARANTINE_FILE
-        with QuarantineStore(path) as store:
+        with open_quarantine(config(fed, "casc")) as store:
             store.take(target, "another operator's command", time.time())
             for verb in (["release", target], ["drop", target, "--yes"]):
                 busy = await mlanet(fed, "casc", "quarantine", *verb)

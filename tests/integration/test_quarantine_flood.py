@@ -25,8 +25,8 @@ import pytest
 from mlanet.broker.transport import QUARANTINE
 from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
 from mlanet.nodes.local.federation import Federation
-from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.audit import AuditLog
+from mlanet.nodes.state.store import open_node_store
 from tests.hostile.peer import amqp_url, publish_all
 from tests.integration.kit import (
     config,
@@ -62,7 +62,7 @@ async def _flood(fed: Federation, sender: str, receiver: str, count: int, tag: b
 
 def _audit_counts(fed: Federation, network: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    with AuditLog(config(fed, network).state_dir / AUDIT_FILE, readonly=True) as audit:
+    with AuditLog.of(config(fed, network), readonly=True) as audit:
         for record in audit.records():
             counts[record.event] = counts.get(record.event, 0) + 1
     return counts
@@ -285,7 +285,7 @@ async def test_receipts_for_messages_signed_around_the_node_are_recorded_not_ref
         await submit(config(fed, "seajust"), credentials(fed, own.sender), own)
 
         def unmatched() -> int:
-            store = Store(config(fed, "seajust").state_dir / "node.sqlite3", readonly=True)
+            store = open_node_store(config(fed, "seajust"), readonly=True)
             try:
                 return store.count_events("receipt_unmatched", 0.0)
             finally:
@@ -303,7 +303,7 @@ async def test_receipts_for_messages_signed_around_the_node_are_recorded_not_ref
         assert ("receipts_unmatched", "") in _alerts(status)
         assert status["receipts"]["unmatched"] == len(around)
 
-    with AuditLog(config(fed, "seajust").state_dir / AUDIT_FILE, readonly=True) as audit:
+    with AuditLog.of(config(fed, "seajust"), readonly=True) as audit:
         events = [record.event for record in audit.records()]
     assert "refused" not in events
     assert events.count("accepted") >= len(around)  # each receipt's acceptance is recorded

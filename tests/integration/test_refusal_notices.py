@@ -35,7 +35,7 @@ from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit, t
 from mlanet.nodes.directory.book import load_directory, message_trust
 from mlanet.nodes.local.federation import Federation
 from mlanet.nodes.state.quarantine import Entry, Where
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas import Destination, Header, Notice, Origin
 from mlanet.schemas.base import format_timestamp
 from mlanet.schemas.payloads import NoticeHop
@@ -72,7 +72,7 @@ def _outbox(fed: Federation, network: str, message_id: str) -> tuple[str, str] |
 
 def _resends(fed: Federation, network: str, message_id: str) -> bool:
     """Is the message still among those the origin resends (at any time from now on)?"""
-    store = Store(config(fed, network).state_dir / "node.sqlite3", readonly=True)
+    store = open_node_store(config(fed, network), readonly=True)
     try:
         return message_id in {e.message_id for e in store.outbox_due(time.time() + 1e9)}
     finally:
@@ -180,7 +180,7 @@ async def test_the_origins_first_step_refusing_a_copy_without_hop_records_is_tak
 
 def _sent(fed: Federation, network: str, message_id: str) -> SignedMessage:
     """The signed bytes an origin keeps for its own message."""
-    store = Store(config(fed, network).state_dir / "node.sqlite3", readonly=True)
+    store = open_node_store(config(fed, network), readonly=True)
     try:
         entry = store.outbox_get(message_id)
         assert entry is not None
@@ -417,7 +417,7 @@ async def test_mlanet_send_refuses_at_once_what_the_origin_cannot_route(
             return found is not None and found[0] == "forwarded"
 
         await eventually(forwarded)
-        store = Store(config(fed, "seajust").state_dir / "node.sqlite3", readonly=True)
+        store = open_node_store(config(fed, "seajust"), readonly=True)
         try:
             assert store.outbox_states() == {"forwarded": 1}
         finally:

@@ -18,7 +18,7 @@ import pytest
 
 from mlanet.nodes.cli.contact import facilitation_request, read_inbox, submit
 from mlanet.nodes.local.federation import Federation, build, provision, teardown
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.state.store import open_node_store
 from tests.integration.kit import ADMIN, config, credentials, eventually, outbox_state, running
 
 SUMMARY = "Case content at rest: nobody else may read this."
@@ -50,7 +50,7 @@ async def open_fed() -> AsyncIterator[Federation]:
 
 def outbox_wire(fed: Federation, message_id: str) -> bytes:
     """The signed bytes (payload included) SEAJust's outbox keeps for resending."""
-    store = Store(config(fed, "seajust").state_dir / "node.sqlite3", readonly=True)
+    store = open_node_store(config(fed, "seajust"), readonly=True)
     try:
         entry = store.outbox_get(message_id)
         assert entry is not None
