@@ -695,24 +695,45 @@ async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
         await management.delete_users(contact_points)  # one request
 
 
+def replica_key(network: str, replica: str) -> str:
+    return f"{network}/{replica}"
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """(network, replica or None) of a process key."""
+    network, _, replica = key.partition("/")
+    return network, replica or None
+
+
 class NodeFailed(MlanetError):
     """A node process of the local federation exited, failed, or did not start in time; the
     text names the node and its log file."""
 
 
 class NodeProcesses:
-    """One ``mlanet node run`` process per network, logs in ``<root>/<network>/node.log``."""
+    """One ``mlanet node run`` process per network, logs in ``<root>/<network>/node.log``;
+    or, for a network whose state is in PostgreSQL, several: its replicas, each known as
+    ``<network>/<replica>`` (:func:`replica_key`), logs in ``<root>/<network>/<replica>.log``."""
 
     def __init__(self, federation: Federation, admin: ManagementEndpoint) -> None:
         self.federation = federation
         self.admin = admin
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def log_path(self, network: str) -> Path:
-        return self.federation.root / network / "node.log"
+    def log_path(self, key: str) -> Path:
+        network, replica = split_key(key)
+        return self.federation.root / network / (f"{replica}.log" if replica else "node.log")
 
-    def start(self, network: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = self.log_path(network).open("ab")
+    def state_dir(self, key: str) -> Path:
+        network, replica = split_key(key)
+        state = self.federation.root / network / "state"
+        return state / "replicas" / replica if replica else state
+
+    def start(self, key: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start the node of a network (``key`` its name), or one replica of it
+        (``<network>/<replica>``)."""
+        network, replica = split_key(key)
+        log = self.log_path(key).open("ab")
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -722,13 +743,14 @@ class NodeProcesses:
                 "run",
                 "--config",
                 str(self.federation.config_path(network)),
+                *(("--replica", replica) if replica else ()),
             ],
             stdout=log,
             stderr=log,
             env={**os.environ, **(env or {})},
         )
         log.close()
-        self.processes[network] = process
+        self.processes[key] = process
         return process
 
     def kill(self, network: str) -> None:
@@ -754,7 +776,7 @@ class NodeProcesses:
         """The node process's own record of its phase; None before it wrote one (or when the
         one there is from an earlier process)."""
         process = self.processes.get(network)
-        found = read_lifecycle(self.federation.root / network / "state")
+        found = read_lifecycle(self.state_dir(network))
         if process is None or found is None or found.pid != process.pid:
             return None
         return found
