@@ -54,6 +54,8 @@ from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.directory.book import DirectoryBook, OlderDirectory, Outcome
 from mlanet.nodes.runtime.pipeline import Accepted
 from mlanet.nodes.runtime.seams import DirectoryView, LinksPort, Outbound
+from mlanet.nodes.state.db import DB_ERRORS
+from mlanet.nodes.state.journal import JournalError
 from mlanet.nodes.state.store import Store
 from mlanet.schemas import Destination, DirectoryUpdate
 from mlanet.schemas.directory import Directory, SignedDirectory
@@ -202,7 +204,7 @@ class DirectoryKeeper:
                 return
             try:
                 await self.tick(ports)
-            except (TransportError, RefusedMessage) as exc:
+            except (TransportError, RefusedMessage, JournalError, *DB_ERRORS) as exc:
                 log.warning("directory_maintenance_failed", error=str(exc))
 
     async def tick(self, ports: DirectoryPorts) -> None:

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import math
 import socket
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
@@ -65,6 +64,7 @@ from mlanet.nodes.operator.status import (
 from mlanet.nodes.runtime.observe import Observers
 from mlanet.nodes.runtime.receipts import RECEIPTED
 from mlanet.nodes.state.audit import AuditLog, AuditRecord
+from mlanet.nodes.state.db import DB_ERRORS
 from mlanet.nodes.state.journal import Journal
 from mlanet.nodes.state.store import Store
 from mlanet.schemas.directory import Directory
@@ -307,7 +307,7 @@ class OperatorSurface:
                         self.metrics.count(record)
                     if len(records) < COUNT_BATCH:
                         return
-            except (MlanetError, sqlite3.Error) as exc:  # the counters wait for the next
+            except (MlanetError, *DB_ERRORS) as exc:  # the counters wait for the next
                 # poll (mlanet audit verify names a record that cannot be read); the node runs on
                 log.warning("operator_counters_behind", **error_fields(exc))
 

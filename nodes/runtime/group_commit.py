@@ -25,7 +25,11 @@ import contextlib
 from collections.abc import Callable
 from types import TracebackType
 
+import structlog
+
 __all__ = ["COMMIT_EVERY", "GROUP_WAIT", "GroupCommit"]
+
+log = structlog.get_logger("mlanet.node")
 
 COMMIT_EVERY = 0.2  # seconds: the longest a write outside a delivery waits for its commit
 GROUP_WAIT = 0.005  # seconds: the longest a finished delivery waits for others in flight
@@ -92,7 +96,10 @@ class GroupCommit:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._every)
-            self._commit()
+            try:
+                self._commit()
+            except Exception as exc:  # the state cannot be written now: the next round retries
+                log.warning("commit_failed", error=str(exc))
 
     def _flush_soon(self) -> None:
         if not self._soon:

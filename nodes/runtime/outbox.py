@@ -34,13 +34,14 @@ from mlanet.broker.provenance import (
 from mlanet.broker.routing import Deliver, Forward, Refuse, route
 from mlanet.broker.submission_signing import Returned, open_submission
 from mlanet.broker.transport import SUBMIT, Transport, deliver_queue, out_queue
-from mlanet.nodes.config import NodeConfig
+from mlanet.nodes.config import NodeConfig, Receipts
 from mlanet.nodes.logs import bound
 from mlanet.nodes.runtime import crashpoints
 from mlanet.nodes.runtime.actions import describe
 from mlanet.nodes.runtime.observe import Flow, Observers
 from mlanet.nodes.runtime.seams import Commit, Outbound, OwnDelivery, ViewSource
 from mlanet.nodes.state.audit import AuditError
+from mlanet.nodes.state.db import DB_ERRORS
 from mlanet.nodes.state.store import Store
 from mlanet.schemas import Destination, Notice, payload_model
 from mlanet.schemas.sealing import SEALED_KINDS
@@ -265,28 +266,35 @@ class Outbox:
                 return
             if not duty():
                 continue
-            now = time.time()
-            for entry in self._store.outbox_due(now):
-                with bound(
-                    message_id=entry.message_id,
-                    origin=self._views.view.config.network,
-                    destination=entry.destination,
-                    kind=entry.kind,
-                ):
-                    try:
-                        if now - entry.created_at > receipts.undeliverable_after_seconds:
-                            self._store.outbox_update(
-                                entry.message_id, "undeliverable", "no receipt in time"
-                            )
-                            self._observe.undeliverable(entry.message_id)
-                            continue
-                        log.info("message_resent", attempt=entry.attempts + 1)
-                        await self.send_from_outbox(entry.message_id)
-                    except TransportError as exc:
-                        log.warning("resend_failed", error=str(exc))
-                        break  # the broker failed us: the rest waits for the next round
-                    except (RefusedMessage, AuditError) as exc:
-                        log.warning("resend_failed", error=str(exc))
+            try:
+                await self._resend_round(receipts)
+            except DB_ERRORS as exc:  # the database is out of reach: the next round retries
+                log.warning("resend_round_failed", error=type(exc).__name__)
+
+    async def _resend_round(self, receipts: Receipts) -> None:
+        """One round: resend what is due, give up on what is too old."""
+        now = time.time()
+        for entry in self._store.outbox_due(now):
+            with bound(
+                message_id=entry.message_id,
+                origin=self._views.view.config.network,
+                destination=entry.destination,
+                kind=entry.kind,
+            ):
+                try:
+                    if now - entry.created_at > receipts.undeliverable_after_seconds:
+                        self._store.outbox_update(
+                            entry.message_id, "undeliverable", "no receipt in time"
+                        )
+                        self._observe.undeliverable(entry.message_id)
+                        continue
+                    log.info("message_resent", attempt=entry.attempts + 1)
+                    await self.send_from_outbox(entry.message_id)
+                except TransportError as exc:
+                    log.warning("resend_failed", error=str(exc))
+                    break  # the broker failed us: the rest waits for the next round
+                except (RefusedMessage, AuditError) as exc:
+                    log.warning("resend_failed", error=str(exc))
 
 
 def _sealed_if_required(message: SignedMessage, config: NodeConfig) -> None:

@@ -38,7 +38,7 @@ from typing import Protocol
 
 import structlog
 
-from mlanet.broker.errors import ConfigError
+from mlanet.broker.errors import ConfigError, TransportError
 from mlanet.nodes.config import DatabaseConfig, NodeConfig
 from mlanet.nodes.state.db import DB_ERRORS, Postgres, advisory_key, unavailable
 from mlanet.nodes.state.journal import StateUnavailable
@@ -186,10 +186,12 @@ class Member:
         ).fetchone()
         here = (socket.gethostname(), os.getpid())
         live = row is not None and row[2] == "running" and float(row[3]) <= self._lease
-        if live and (str(row[0]), int(row[1])) != here:
-            raise ConfigError(
-                f"replica name {self.name} is in use by a running replica on {row[0]}:"
-                " give this one another name (--replica or MLANET_REPLICA)"
+        if live and (str(row[0]), int(row[1])) != here and not _gone(row, here[0]):
+            # another live process under this name, or this one restarted on another machine
+            # before its lease ran out: the node's start retries until the row is free
+            raise TransportError(
+                f"replica name {self.name} is held by a running replica on {row[0]} (until its"
+                f" lease of {self._lease:g} s runs out; two live replicas need two names)"
             )
         self._db.execute(
             "INSERT INTO replicas (name, host, pid, version, started_at, heartbeat_at, backends,"
@@ -349,6 +351,20 @@ class Member:
     def _backend_list(self) -> str:
         pids = [self._db.backend_pid(), *self._backends()]
         return ",".join(str(pid) for pid in pids)
+
+
+def _gone(row: tuple[object, ...], host: str) -> bool:
+    """The replica of a row on this machine whose process is gone (it was killed and this is
+    its restart): its place is free at once."""
+    if str(row[0]) != host:
+        return False
+    try:
+        os.kill(int(str(row[1])), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _version() -> str:

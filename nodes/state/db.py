@@ -177,6 +177,13 @@ class Postgres:
                 autocommit=True,
                 application_name=f"mlanet {self._purpose}"[:63],
                 options=options,
+                # a partition is noticed by the kernel, not waited out: data unacknowledged for
+                # the statement timeout, or an idle peer silent for ~11 s, ends the connection
+                tcp_user_timeout=int(config.statement_timeout_seconds * 1000),
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=3,
             )
         except psycopg.Error as exc:
             raise psycopg.OperationalError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 from collections.abc import Mapping
 from typing import Protocol
 from urllib.parse import quote
@@ -87,6 +88,18 @@ class Supervisor:
         self.restarts += 1
         await self.wait_ready([network])
         self.history.add("fault", "faults", reason=f"{network} node back")
+
+    async def pause(self, key: str, seconds: float) -> None:
+        """SIGSTOP a node process (a replica hung, or starved of CPU) for ``seconds``, then
+        SIGCONT it: it resumes where it stopped."""
+        process = self.processes.processes[key]
+        self.history.add("fault", "faults", reason=f"{key} paused")
+        process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        self.history.add("fault", "faults", reason=f"{key} resumed")
 
     def supervise(self) -> None:
         self._task = asyncio.create_task(self._watch(), name="supervisor")

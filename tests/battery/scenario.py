@@ -24,8 +24,15 @@ from pathlib import Path
 
 from mlanet.broker.topology import INBOX, SUBMIT, deliver_queue, out_queue, peer_inbox
 from mlanet.broker.transport import Transport
-from mlanet.nodes.local.federation import EXAMPLE_NETWORKS, Federation, build, provision, teardown
-from mlanet.nodes.state.store import Store
+from mlanet.nodes.local.federation import (
+    EXAMPLE_NETWORKS,
+    Federation,
+    build,
+    provision,
+    replica_key,
+    teardown,
+)
+from mlanet.nodes.state.store import open_node_store
 from tests.battery.checker import Verdict, check
 from tests.battery.faults import BrokerControl, Supervisor, tune
 from tests.battery.history import History, OpType
@@ -61,6 +68,17 @@ class Plan:
     )
     heartbeat: int | None = 5
     limits: Mapping[str, int] = field(default_factory=dict)
+    # With a database (a PostgreSQL URL): every node's state there, and these networks' nodes
+    # run as this many replicas each (``<network>/<network>-<n>``).
+    database_url: str | None = None
+    replicas: Mapping[str, int] = field(default_factory=dict)
+
+    def processes(self, network: str) -> list[str]:
+        """The node process keys of ``network``: its name, or one per replica."""
+        count = self.replicas.get(network, 1) if self.database_url else 1
+        if count <= 1:
+            return [network]
+        return [replica_key(network, f"{network}-{n}") for n in range(1, count + 1)]
 
 
 FaultScript = Callable[["Battery"], Awaitable[None]]
@@ -98,6 +116,7 @@ class Battery:
             port=self.broker.amqp_port,
             management_url=self.admin.url,
             receipts=dict(self.plan.receipts),
+            database_url=self.plan.database_url,
         )
         for network in self.plan.networks:
             tune(self.fed, network, heartbeat=self.plan.heartbeat, limits=self.plan.limits)
@@ -135,7 +154,8 @@ class Battery:
         """Start every node (a crash point armed where asked), wait until they consume, then the
         readers of the destination networks, the collector and one client per origin."""
         for network in self.plan.networks:
-            self.supervisor.start(network, crash_at=(crash_at or {}).get(network))
+            for key in self.plan.processes(network):
+                self.supervisor.start(key, crash_at=(crash_at or {}).get(key))
         await self.supervisor.wait_ready()
         self.supervisor.supervise()
         destinations: dict[str, set[str]] = {}
@@ -243,7 +263,7 @@ class Battery:
             if op.expect == "deliver" and op.origin and op.message_id:
                 by_origin.setdefault(op.origin, []).append(op.message_id)
         for origin, ids in by_origin.items():
-            store = Store(config(self.fed, origin).state_dir / "node.sqlite3")
+            store = open_node_store(config(self.fed, origin))
             try:
                 for message_id in ids:
                     entry = store.outbox_get(message_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,9 +23,10 @@ from mlanet.broker.keys import b64u_decode, b64u_encode
 from mlanet.broker.submission_signing import sign_submission
 from mlanet.broker.transport import QUARANTINE, SUBMIT, SUBMIT_EXCHANGE, Transport
 from mlanet.nodes.cli.contact import read_inbox, submit
+from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.local.federation import Federation, NodeProcesses
-from mlanet.nodes.state.audit import AUDIT_FILE
 from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas.submission import Submission
 from tests.integration.kit import (
     ADMIN,
@@ -290,12 +290,13 @@ async def _operator_pages(fed: Federation, network: str) -> str:
     return "\n".join(pages)
 
 
-def _table_text(path: Any, query: str) -> str:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def _table_text(cfg: NodeConfig, query: str) -> str:
+    """A query on the node's state, wherever it is (SQLite or PostgreSQL), as text."""
+    store = open_node_store(cfg, readonly=True)
     try:
-        return "\n".join(repr(row) for row in db.execute(query))
+        return "\n".join(repr(row) for row in store._db.execute(query))
     finally:
-        db.close()
+        store.close()
 
 
 async def test_canaries_in_case_fields_reach_contact_points_and_nothing_else(
@@ -412,12 +413,12 @@ async def test_canaries_in_case_fields_reach_contact_points_and_nothing_else(
     cli = "\n".join(r.out + r.err for r in [*listed.values(), *shown])
     assert c.found_in(cli) == [], "canary in quarantine list/show output"
     for network in NETWORKS:
-        state = config(fed, network).state_dir
-        audit = _table_text(state / AUDIT_FILE, "SELECT record FROM journal")
+        cfg = config(fed, network)
+        audit = _table_text(cfg, "SELECT record FROM journal")
         assert "refused" in audit or network == "ejn"
         assert c.found_in(audit) == [], f"canary in {network}'s audit trail"
         columns = _table_text(
-            state / "node.sqlite3",
+            cfg,
             "SELECT event, message_id, origin, destination, kind, source, target, by_network,"
             " reason, detail, via, quarantine_id, operator FROM journal",
         )
