@@ -60,6 +60,7 @@ async def test_one_of_two_replicas_sigkilled_under_load(
     _judged(battery, verdict)
 
 
+@pytest.mark.battery_long
 @pytest.mark.timeout(400)
 async def test_postgresql_restarted_under_load(
     tmp_path: Path, battery_broker: ScratchBroker, postgres: ScratchPostgres
@@ -85,6 +86,7 @@ async def test_postgresql_restarted_under_load(
     _judged(battery, verdict)
 
 
+@pytest.mark.battery_long
 @pytest.mark.timeout(400)
 async def test_the_replicas_cut_off_from_postgresql_for_seconds(
     tmp_path: Path, battery_broker: ScratchBroker, postgres: ScratchPostgres
@@ -110,4 +112,32 @@ async def test_the_replicas_cut_off_from_postgresql_for_seconds(
 
         verdict = await battery.run(Load(LANES, rate=10, duration=12), faults)
     assert verdict.delivered == 120
+    _judged(battery, verdict)
+
+
+@pytest.mark.battery_long
+@pytest.mark.timeout(600)
+async def test_a_replica_paused_past_the_consumer_timeout_and_resumed(
+    tmp_path: Path, postgres: ScratchPostgres
+) -> None:
+    """CASC-1 is SIGSTOPped for longer than the broker's consumer timeout (5 s here, checked
+    every second) and than its lease (15 s): the broker takes its unacked deliveries back and
+    hands them to CASC-2, which fences CASC-1 (its claims and uncommitted work end with its
+    database sessions) and handles them; CASC-1 resumes, finds its sessions gone, and joins
+    again. On a broker of the test's own: the short timeout must not reach other runs."""
+    async with ScratchBroker(tmp_path / "rabbit") as broker:
+        await broker.ctl("eval", "application:set_env(rabbit, consumer_timeout, 5000).")
+        await broker.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 1000).")
+        plan = Plan(database_url=postgres.url, replicas=TWO_CASC)
+        async with Battery(
+            "a replica paused past the consumer timeout", tmp_path, broker=broker, plan=plan
+        ) as battery:
+            await battery.start(LANES)
+
+            async def faults(battery: Battery) -> None:
+                await battery.at(4)
+                await battery.supervisor.pause("casc/casc-1", 25)
+
+            verdict = await battery.run(Load(LANES, rate=10, duration=30), faults)
+    assert verdict.delivered == 300
     _judged(battery, verdict)
