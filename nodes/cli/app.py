@@ -446,18 +446,37 @@ def federation_init(
             "federation down. The admin options are then not used.",
         ),
     ] = False,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep every node's state in this PostgreSQL database (a URL without password; "
+            "a schema per network), so that each can run as replicas (--replica).",
+        ),
+    ] = None,
 ) -> None:
     """Write keys, a signed directory and node configs for six networks (the five example
     networks and the coordinator, UNODC, whose node publishes directory updates), and each
     contact point's credentials; provision their vhosts and users on the broker (or, with
     --own-brokers, start each network's own broker and provision it)."""
+    from mlanet.nodes.config import DatabaseConfig
     from mlanet.nodes.local import federation
     from mlanet.nodes.local import own_brokers as separate
 
+    if database is not None:
+        try:  # the same check the node's config makes: no password in it
+            DatabaseConfig(url=database)
+        except ValidationError:
+            raise fail(
+                "--database: a URL postgresql://user@host:port/dbname, without a password "
+                "(PGPASSWORD or ~/.pgpass give it)",
+                2,
+            ) from None
     # the administrator is used here, once: no node config holds its password
     try:
         if own_brokers:
-            fed = separate.prepare(directory, prefix=prefix, operator_port=operator_port)
+            fed = separate.prepare(
+                directory, prefix=prefix, operator_port=operator_port, database_url=database
+            )
             try:
                 asyncio.run(separate.up(fed))
             except MlanetError as exc:
@@ -471,6 +490,7 @@ def federation_init(
                 prefix=prefix,
                 management_url=management_url,
                 operator_port=operator_port,
+                database_url=database,
             )
             asyncio.run(federation.provision(fed, admin))
     except MlanetError as exc:
@@ -478,7 +498,10 @@ def federation_init(
     for network in fed.nodes:  # the coordinator runs a node too
         port = load_config(fed.config_path(network)).operator.port
         dashboard = f"   (dashboard http://127.0.0.1:{port}/)" if port else ""
-        typer.echo(f"{network}: mlanet node run --config {fed.config_path(network)}{dashboard}")
+        replica = " --replica <name>" if database else ""
+        typer.echo(
+            f"{network}: mlanet node run --config {fed.config_path(network)}{replica}{dashboard}"
+        )
     for record in fed.brokers:
         typer.echo(
             f"{record.spec.network}'s broker: {record.nodename}, AMQPS 127.0.0.1:"

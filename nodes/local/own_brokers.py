@@ -115,6 +115,7 @@ def prepare(
     receipts: dict[str, float] | None = None,
     operator_port: int = 0,
     valid_for: timedelta = timedelta(days=30),
+    database_url: str | None = None,
 ) -> Federation:
     """Write everything of a federation on brokers of its own (module docstring) and record
     its brokers in ``federation.json``; nothing is started. ConfigError when ``root`` holds
@@ -141,6 +142,7 @@ def prepare(
         sites=sites,
         link_ca_pem=_pem(root / LINK_CA_FOLDER / "ca.pem"),
         brokers=tuple(broker.record() for broker in made.values()),
+        database_url=database_url,
     )
 
 
