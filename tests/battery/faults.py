@@ -164,9 +164,11 @@ def tune(
     port: int | None = None,
     heartbeat: int | None = None,
     limits: Mapping[str, int] | None = None,
+    lease: float | None = None,
 ) -> None:
     """Edit a network's ``node.toml`` before its node starts: its own broker port (e.g. a
-    proxy), the AMQP heartbeat, and ``[limits]``. The result is validated by ``load_config``."""
+    proxy), the AMQP heartbeat, ``[limits]``, and its replicas' lease (``[database]``). The
+    result is validated by ``load_config``."""
     path = fed.config_path(network)
     text = path.read_text(encoding="utf-8")
     broker_start = text.index("[broker]\n")
@@ -176,6 +178,8 @@ def tune(
     if heartbeat is not None:
         broker = broker.replace("[broker]\n", f"[broker]\nheartbeat = {heartbeat}\n", 1)
     text = head + broker
+    if lease is not None:
+        text = text.replace("[database]\n", f"[database]\nreplica_lease_seconds = {lease}\n", 1)
     if limits:
         text += "\n[limits]\n" + "".join(f"{k} = {v}\n" for k, v in limits.items())
     path.write_text(text, encoding="utf-8")

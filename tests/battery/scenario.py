@@ -72,6 +72,7 @@ class Plan:
     # run as this many replicas each (``<network>/<network>-<n>``).
     database_url: str | None = None
     replicas: Mapping[str, int] = field(default_factory=dict)
+    lease: float | None = None  # the replicas' lease (default: the node's)
 
     def processes(self, network: str) -> list[str]:
         """The node process keys of ``network``: its name, or one per replica."""
@@ -119,7 +120,13 @@ class Battery:
             database_url=self.plan.database_url,
         )
         for network in self.plan.networks:
-            tune(self.fed, network, heartbeat=self.plan.heartbeat, limits=self.plan.limits)
+            tune(
+                self.fed,
+                network,
+                heartbeat=self.plan.heartbeat,
+                limits=self.plan.limits,
+                lease=self.plan.lease if self.plan.database_url else None,
+            )
         await provision(self.fed, self.admin)
         self.supervisor = Supervisor(self.fed, self.admin, self.history)
         self.collector = Collector(self.fed, list(self.plan.networks), self.admin, self.history)

@@ -120,15 +120,18 @@ async def test_the_replicas_cut_off_from_postgresql_for_seconds(
 async def test_a_replica_paused_past_the_consumer_timeout_and_resumed(
     tmp_path: Path, postgres: ScratchPostgres
 ) -> None:
-    """CASC-1 is SIGSTOPped for longer than the broker's consumer timeout (5 s here, checked
-    every second) and than its lease (15 s): the broker takes its unacked deliveries back and
-    hands them to CASC-2, which fences CASC-1 (its claims and uncommitted work end with its
-    database sessions) and handles them; CASC-1 resumes, finds its sessions gone, and joins
-    again. On a broker of the test's own: the short timeout must not reach other runs."""
+    """CASC-1 is SIGSTOPped for 25 s: longer than its lease (4 s here), after which CASC-2
+    fences it (its claims and uncommitted work end with its database sessions), and than the
+    broker's consumer timeout (12 s here, checked every second; its AMQP heartbeat, 5 s, may
+    end its connection first), after which the broker hands its unacked deliveries to CASC-2.
+    CASC-1 resumes, finds its sessions gone, and joins again. The lease is shorter than the
+    consumer timeout, as in production (15 s against RabbitMQ's 30 min): a replica never waits
+    for a claim so long that the broker takes the delivery back from it too. On a broker of the
+    test's own: the short timeout must not reach other runs."""
     async with ScratchBroker(tmp_path / "rabbit") as broker:
-        await broker.ctl("eval", "application:set_env(rabbit, consumer_timeout, 5000).")
+        await broker.ctl("eval", "application:set_env(rabbit, consumer_timeout, 12000).")
         await broker.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 1000).")
-        plan = Plan(database_url=postgres.url, replicas=TWO_CASC)
+        plan = Plan(database_url=postgres.url, replicas=TWO_CASC, lease=4.0)
         async with Battery(
             "a replica paused past the consumer timeout", tmp_path, broker=broker, plan=plan
         ) as battery:
