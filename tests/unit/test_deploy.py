@@ -427,11 +427,15 @@ def test_systemd_template_runs_replica_i_hardened_as_the_single_unit(section: st
 def test_the_replicas_name_reaches_the_node_as_its_deploy_files_give_it() -> None:
     """compose and Kubernetes give a replica its name in MLANET_REPLICA, systemd as --replica
     %i: ``mlanet node run`` takes both (a pod's name is a valid replica name)."""
+    from typer.testing import CliRunner
+
+    from mlanet.nodes.cli.app import app
+    from mlanet.nodes.runtime.replicas import REPLICA_NAME
+
     result = CliRunner().invoke(app, ["node", "run", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "--replica" in result.output
     assert "MLANET_REPLICA" in result.output
-    from mlanet.nodes.runtime.replicas import REPLICA_NAME
 
     for name in ("node-1", "node-2", "mlanet-node-7d9c8b5f4-x2x9k", "casc-1"):
         assert REPLICA_NAME.match(name), name
