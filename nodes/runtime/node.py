@@ -94,14 +94,6 @@ _CLAIMED: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.Con
 )
 
 
-class _StateGone(Exception):
-    """A delivery's work failed because the node's database is out of reach."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -574,9 +566,9 @@ class Node:
                 try:
                     await self._settle_once(incoming, attempt)
                     return
-                except _StateGone as gone:
+                except StateUnavailable as gone:
                     self._release(held)
-                    if not callable(work) or not await self._state_back(incoming, gone.cause):
+                    if not callable(work) or not await self._state_back(incoming, gone):
                         await incoming.requeue()
                         return
         finally:
@@ -606,9 +598,13 @@ class Node:
                 await self.commits.durable()
             if self._losses() != losses:  # some of its writes may have gone with a connection
                 raise StateUnavailable("the database connection was lost during the delivery")
+        except StateUnavailable:
+            raise
         except Exception as exc:
-            if unavailable(exc) or isinstance(exc, StateUnavailable):
-                raise _StateGone(exc) from exc
+            if unavailable(exc):
+                raise StateUnavailable(
+                    f"the database is out of reach ({type(exc).__name__})"
+                ) from exc
             await self._failed(incoming, exc)
             return
         await incoming.ack()

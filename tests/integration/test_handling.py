@@ -49,6 +49,7 @@ from mlanet.nodes.directory.book import DirectoryBook
 from mlanet.nodes.local.federation import Federation
 from mlanet.nodes.state.quarantine import Entry, Where
 from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE
+from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas import Destination, FacilitationRequest, Header, Notice, Origin, WireModel
 from mlanet.schemas.directory import Directory
 from mlanet.schemas.submission import Submission
@@ -75,7 +76,21 @@ def _entries(fed: Federation, network: str) -> list[Entry]:
         return list(store.page(Where(), limit=1000).entries)
 
 
+def _stored(fed: Federation, network: str, query: str) -> bytes:
+    """With the state in PostgreSQL: the bytes a query on it returns (its rows as the database
+    holds them; what it keeps of a row's earlier versions until a vacuum reuses their space is
+    not read: docs/OPERATIONS.md, "Replicas")."""
+    store = open_node_store(config(fed, network), readonly=True)
+    try:
+        return b"".join(bytes(row[0]) for row in store._db.execute(query))
+    finally:
+        store.close()
+
+
 def _quarantine_bytes(fed: Federation, network: str) -> bytes:
+    """What the quarantine holds: its SQLite files, byte for byte, or its bodies' table."""
+    if config(fed, network).database is not None:
+        return _stored(fed, network, "SELECT body FROM bodies")
     folder = config(fed, network).state_dir
     return b"".join(p.read_bytes() for p in folder.glob(QUARANTINE_FILE + "*"))
 
@@ -314,6 +329,12 @@ def _request(to: str, marker: str, **rules: Any) -> Submission:
 
 
 def _archive_bytes(fed: Federation, contact_point: str) -> bytes:
+    """What a contact point's archive holds: its SQLite files, byte for byte, or its rows."""
+    network = next(
+        n for n in fed.nodes if fed.credentials(contact_point).is_relative_to(fed.root / n)
+    )
+    if config(fed, network).database is not None:
+        return _stored(fed, network, "SELECT wire FROM inbox")
     folder = fed.credentials(contact_point)
     return b"".join(p.read_bytes() for p in folder.glob(ARCHIVE_FILE + "*"))
 
