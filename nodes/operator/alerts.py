@@ -108,6 +108,7 @@ def compute_alerts(status: NodeStatus, config: NodeConfig, now: float) -> list[A
         )
     found.extend(_quarantine_alerts(status, config))
     found.extend(_delivery_alerts(status, config))
+    found.extend(_replica_alerts(status))
     relevant = [config.network, *(peer.network for peer in config.peers)]
     for network in relevant:
         if network not in status.expiry.network_keys:
@@ -316,4 +317,31 @@ def _delivery_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
                     f"{queue.messages} messages wait to be read (bound {bound})",
                 )
             )
+    return found
+
+
+def _replica_alerts(status: NodeStatus) -> list[Alert]:
+    """A replica that is not stopped and not healthy (fenced, or its heartbeat older than the
+    lease): a warning while another replica is healthy, critical when none is."""
+    if status.replicas is None:
+        return []
+    live = [row for row in status.replicas.rows if row.state != "stopped"]
+    unhealthy = [row for row in live if not row.healthy]
+    severity = "critical" if len(unhealthy) == len(live) else "warning"
+    found = []
+    for row in unhealthy:
+        beat = f"last heartbeat {human_duration(row.heartbeat_age)} ago, lease {row.lease:g} s"
+        if row.state == "fenced":
+            text = (
+                f"fenced by the other replicas ({beat}): it joins again when it comes back; "
+                "if it does not, look at its process on "
+                f"{row.host} (pid {row.pid})"
+            )
+        else:
+            text = (
+                f"{row.state} but not beating ({beat}): paused, cut off from the database or "
+                f"hung, on {row.host} (pid {row.pid})"
+                + ("; the other replicas fence it" if severity == "warning" else "")
+            )
+        found.append(Alert("replica_unhealthy", severity, row.name, text))
     return found

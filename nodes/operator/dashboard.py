@@ -1,6 +1,7 @@
 """The dashboard's pages, rendered on the server: plain HTML and one stylesheet, no scripts
 (the page refreshes itself with a meta refresh). Every value is escaped. Only metadata is
-shown: network ids, queue names, counts, reason codes, message ids and kinds."""
+shown: network ids, queue names, counts, reason codes, message ids and kinds, and the node's
+replicas (names, hosts, process ids, versions)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime
 from html import escape
 
 from mlanet.nodes.operator.flow import FlowEvent
-from mlanet.nodes.operator.views import NodeStatus, human_duration
+from mlanet.nodes.operator.views import NodeStatus, ReplicasView, human_duration
 from mlanet.schemas.directory import Directory
 
 __all__ = ["STYLESHEET", "dashboard_page", "login_page"]
@@ -31,8 +32,10 @@ th, td { text-align: left; padding: 0.25rem 0.5rem; border-bottom: 1px solid #e3
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 .badge { display: inline-block; padding: 0.05rem 0.5rem; border-radius: 999px; font-size: 0.8rem;
   font-weight: 600; }
-.up, .running { background: #d8f3dc; color: #1b5e20; }
-.down, .stalled, .critical, .NOT-RUNNING { background: #fde2e1; color: #9b1c1c; }
+.up, .running, .healthy { background: #d8f3dc; color: #1b5e20; }
+.down, .stalled, .critical, .NOT-RUNNING, .fenced, .unhealthy { background: #fde2e1;
+  color: #9b1c1c; }
+.stopped { background: #e3e7eb; color: #3d4650; }
 .warning, .unknown { background: #fff3cd; color: #7a5200; }
 .alerts li { margin: 0.3rem 0; }
 .muted { color: #66707a; }
@@ -117,6 +120,35 @@ def _table(head: list[str], rows: list[list[str]], numeric: set[int] | None = No
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _replicas(view: ReplicasView | None) -> str:
+    """The replicas of this network's node (nothing when it runs alone)."""
+    if view is None or (not view.rows and view.problem is None):
+        return ""
+    if view.problem is not None:
+        body = f'<p class="error">Cannot be read: {escape(view.problem)}</p>'
+    else:
+        rows = [
+            [
+                escape(row.name),
+                escape(row.host),
+                str(row.pid),
+                escape(row.version),
+                _badge(row.state),
+                escape(f"{human_duration(row.heartbeat_age)} ago"),
+                "-"
+                if row.state == "stopped"
+                else _badge("healthy" if row.healthy else "unhealthy"),
+            ]
+            for row in view.rows
+        ]
+        body = (
+            _table(["replica", "host", "pid", "version", "state", "heartbeat", "health"], rows, {2})
+            + f'<p class="muted">A replica whose heartbeat is older than '
+            f"{view.rows[0].lease:g} s is fenced by the others.</p>"
+        )
+    return f'<section class="wide" id="replicas"><h2>Replicas of this node</h2>{body}</section>'
+
+
 def dashboard_page(
     status: NodeStatus,
     directory: Directory,
@@ -142,6 +174,7 @@ def dashboard_page(
     else:
         alerts = "<p>No alerts.</p>"
     parts.append(f'<section class="wide" id="alerts"><h2>Alerts</h2>{alerts}</section>')
+    parts.append(_replicas(status.replicas))
     # links
     link_rows = []
     for link in status.links:

@@ -11,7 +11,8 @@ tests).
 - The gauges are set from each status poll.
 
 Labels are bounded: peers and networks come from the directory, reasons from the reason-code
-enum, kinds from the catalogue, queues from the node's own vhost and its doors. No label ever
+enum, kinds from the catalogue, queues from the node's own vhost and its doors, replica states
+from :data:`REPLICA_STATES`. No label ever
 carries case content or a message id.
 """
 
@@ -36,11 +37,14 @@ from mlanet.nodes.state.audit import AuditRecord
 from mlanet.nodes.state.journal import RECEIVED
 from mlanet.schemas import KINDS
 
-__all__ = ["STEPS", "NodeMetrics"]
+__all__ = ["REPLICA_STATES", "STEPS", "NodeMetrics"]
 
 _REASONS = frozenset(reason.value for reason in Reason)
 STEPS = ("verify", "validate", "unseal", "authorise", "route", "handle", "submit")
 _STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# a replica by what its row says: running (its heartbeat within the lease), stale (running,
+# but its heartbeat is older than the lease: not fenced yet), fenced, stopped
+REPLICA_STATES = ("running", "stale", "fenced", "stopped")
 _RECEIPT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 
@@ -201,6 +205,14 @@ class NodeMetrics(Observer):
             "max_directory_age_seconds.",
             registry=r,
         )
+        self.replicas = Gauge(
+            "mlanet_replicas",
+            "Replicas of this network's node by state, as its database lists them ([database] "
+            "only): running (heartbeat within the lease), stale (heartbeat older than the "
+            "lease, not fenced yet), fenced, stopped.",
+            ["state"],
+            registry=r,
+        )
         self.alerts = Gauge("mlanet_alerts", "Active alerts by severity.", ["severity"], registry=r)
         self.alert_active = Gauge(
             "mlanet_alert_active", "1 for each active alert.", ["code", "subject"], registry=r
@@ -314,6 +326,7 @@ class NodeMetrics(Observer):
             self.ca_expiry.labels("link").set(status.expiry.link_ca)
         self.directory_issued.set(status.expiry.directory_issued)
         self.directory_stale.set(status.expiry.directory_expires)
+        self._update_replicas(status)
         self.alert_active.clear()
         counts = {"warning": 0, "critical": 0}
         for alert in status.alerts:
@@ -321,3 +334,18 @@ class NodeMetrics(Observer):
             self.alert_active.labels(alert.code, alert.subject).set(1)
         for severity, count in counts.items():
             self.alerts.labels(severity).set(count)
+
+    def _update_replicas(self, status: NodeStatus) -> None:
+        """Replicas by state; no sample when the node runs alone or its database did not
+        answer (unknown is not zero)."""
+        self.replicas.clear()
+        view = status.replicas
+        if view is None or view.problem is not None:
+            return
+        counts = dict.fromkeys(REPLICA_STATES, 0)
+        for row in view.rows:
+            state = "stale" if row.state == "running" and not row.healthy else row.state
+            if state in counts:  # any other word stays out: labels stay bounded
+                counts[state] += 1
+        for state, count in counts.items():
+            self.replicas.labels(state).set(count)

@@ -18,7 +18,8 @@ Every response forbids framing and scripts (Content-Security-Policy). A status p
 ``poll_seconds`` refreshes the gauges, the dashboard and ``<state_dir>/operator.json`` (for
 ``mlanet status``), and folds the audit records written since the last poll into the message
 counters (every one of them, from the first, when the node starts: the counters are counts of the
-node's durable record). The dashboard's recent flow is read from the audit trail too.
+node's durable record). The dashboard's recent flow is read from the audit trail too. With
+``[database]`` each poll reads the replicas table once (the dashboard and /metrics show that read).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from mlanet.nodes.operator.dashboard import STYLESHEET, dashboard_page, login_pa
 from mlanet.nodes.operator.flow import FlowLog
 from mlanet.nodes.operator.links import LinkDiagnosis, LinkTracker
 from mlanet.nodes.operator.metrics import NodeMetrics
+from mlanet.nodes.operator.replicas import running_replicas
 from mlanet.nodes.operator.status import (
     NodeStatus,
     broker_view,
@@ -63,6 +65,7 @@ from mlanet.nodes.operator.status import (
 )
 from mlanet.nodes.runtime.observe import Observers
 from mlanet.nodes.runtime.receipts import RECEIPTED
+from mlanet.nodes.runtime.replicas import Replicas
 from mlanet.nodes.state.audit import AuditLog, AuditRecord
 from mlanet.nodes.state.db import DB_ERRORS
 from mlanet.nodes.state.journal import Journal
@@ -169,6 +172,11 @@ class RunningNode(Protocol):
 
     @property
     def ready(self) -> asyncio.Event: ...
+
+    @property
+    def replicas(self) -> Replicas:
+        """Its fellow replicas (none when it runs alone)."""
+        ...
 
 
 class OperatorSurface:
@@ -351,6 +359,8 @@ class OperatorSurface:
                 now,
                 running=True,
                 dashboard=self.url,
+                # one short read of the replicas table per poll, never per request
+                replicas=running_replicas(self.node.replicas),
             )
             self.status = status
             self.metrics.update(status)

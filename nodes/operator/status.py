@@ -14,7 +14,10 @@ The same :class:`~mlanet.nodes.operator.views.NodeStatus` feeds ``mlanet status`
 - the **directory** (key and directory expiry: when the node itself stops trusting them,
   ``nodes/directory/config.py`` ``directory_expiry``);
 - the **running node's link tracker** (last success, oldest waiting message; see
-  ``nodes/operator/links.py``), which the node writes to ``<state_dir>/operator.json`` each poll.
+  ``nodes/operator/links.py``), which the node writes to ``<state_dir>/operator.json`` each poll;
+- with ``[database]``, the **replicas** of the node as the database lists them
+  (``nodes/operator/replicas.py``): a short-lived read-only connection with a time limit; an
+  unreachable database is one line there, and the rest shows as always.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from mlanet.nodes.directory.book import DirectoryBook, effective_config
 from mlanet.nodes.directory.config import directory_expiry
 from mlanet.nodes.operator.alerts import compute_alerts
 from mlanet.nodes.operator.links import LinkDiagnosis, LinkView
+from mlanet.nodes.operator.replicas import outside_replicas, replica_lines
 from mlanet.nodes.operator.views import (
     Alert,
     ExpiryView,
@@ -52,6 +56,7 @@ from mlanet.nodes.operator.views import (
     QuarantineEntry,
     QuarantineView,
     ReceiptView,
+    ReplicasView,
     human_duration,
     iso,
 )
@@ -73,6 +78,7 @@ __all__ = [
     "QuarantineEntry",
     "QuarantineView",
     "ReceiptView",
+    "ReplicasView",
     "broker_view",
     "build_status",
     "collect",
@@ -297,9 +303,11 @@ def build_status(
     *,
     running: bool | None = None,
     dashboard: str | None = None,
+    replicas: ReplicasView | None = None,
 ) -> NodeStatus:
     """Assemble the status and its alerts from what was gathered. ``running`` is given by the
-    node itself; from outside, the node runs when its inbox has a consumer."""
+    node itself; from outside, the node runs when its inbox has a consumer. ``replicas``: as
+    the database lists them (None: the node runs alone)."""
     thresholds = config.operator.alerts
     notes = list(unavailable)
     if view.shovels is None:
@@ -315,7 +323,11 @@ def build_status(
     if store is None:
         notes.append("the node's state database cannot be read: receipts and quarantine reasons")
     quarantine = view.queues.get(QUARANTINE)
-    quarantined = _open_quarantine(config)
+    try:
+        quarantined = _open_quarantine(config)
+    except JournalError as exc:  # [database] out of reach: the rest still shows
+        quarantined = None
+        notes.append(f"the node's quarantine store cannot be read ({exc})")
     try:
         quarantine_now = quarantine_view(
             store,
@@ -343,6 +355,7 @@ def build_status(
         unavailable=notes,
         dashboard=dashboard,
         foreign=view.foreign,
+        replicas=replicas,
     )
     return replace(status, alerts=compute_alerts(status, config, now))
 
@@ -469,6 +482,7 @@ async def collect(config: NodeConfig, now: float) -> NodeStatus:
     if view.tls_refused and view.problem is not None:
         # not an outage: this config does not trust that broker; nothing it shows is sure
         raise TransportError(view.problem)
+    replicas = await outside_replicas(config.database)
     try:
         store = open_node_store(config, readonly=True) if node_store_exists(config) else None
     except JournalError:  # not upgraded yet (the node does it at start): said in the notes
@@ -487,6 +501,7 @@ async def collect(config: NodeConfig, now: float) -> NodeStatus:
             now,
             notes,
             dashboard=url if isinstance(url, str) else None,
+            replicas=replicas,
         )
     finally:
         if store is not None:
@@ -516,6 +531,7 @@ def render_text(status: NodeStatus) -> str:
     for alert in status.alerts:
         subject = f"{alert.subject}: " if alert.subject else ""
         lines.append(f"  {alert.severity.upper():<8} {alert.code:<17} {subject}{alert.text}")
+    lines += replica_lines(status.replicas)
     lines += ["", "LINKS"]
     if not status.links:
         lines.append("  (no peers configured)")

@@ -12,6 +12,7 @@ from typing import Any
 
 from mlanet.broker.management import QueueFigures
 from mlanet.nodes.operator.links import LinkView
+from mlanet.nodes.runtime.replicas import ReplicaRow
 
 __all__ = [
     "Alert",
@@ -22,6 +23,7 @@ __all__ = [
     "QuarantineEntry",
     "QuarantineView",
     "ReceiptView",
+    "ReplicasView",
     "human_duration",
     "iso",
 ]
@@ -96,6 +98,22 @@ class ExpiryView:
 
 
 @dataclass(frozen=True)
+class ReplicasView:
+    """The replicas of this network's node as its database lists them (``[database]``,
+    ``nodes/runtime/replicas.py``): every one that ever joined, by name."""
+
+    rows: tuple[ReplicaRow, ...] = ()
+    problem: str | None = None  # why they could not be read (then there are no rows)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "replicas": [{**row.to_json(), "started_at": iso(row.started_at)} for row in self.rows],
+            "lease_seconds": self.rows[0].lease if self.rows else None,
+            "problem": self.problem,
+        }
+
+
+@dataclass(frozen=True)
 class Alert:
     code: str  # node_down, link_down, peer_silent, quarantine_depth, own_failed, ...
     severity: str  # warning, critical
@@ -118,11 +136,13 @@ class NodeStatus:
     unavailable: list[str] = field(default_factory=list)  # what cannot be shown, and why
     foreign: list[str] = field(default_factory=list)  # on the node's vhost, not put by the node
     dashboard: str | None = None  # the running node's dashboard and /metrics
+    replicas: ReplicasView | None = None  # None: the node runs alone (no [database])
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form: timestamps as ISO 8601 UTC, durations in seconds."""
         raw = asdict(self)
         raw["at"] = iso(self.at)
+        raw["replicas"] = None if self.replicas is None else self.replicas.to_json()
         for link in raw["links"]:
             link["last_success"] = iso(link["last_success"])
             link["down_since"] = iso(link["down_since"])
