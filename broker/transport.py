@@ -777,6 +777,11 @@ class Transport:
             else:  # reconnecting: the wait for the channel is bounded too
                 confirmation = await _within(CONFIRM_WAIT + 1, publishing)
         except aio_pika.exceptions.DeliveryError as exc:
+            if isinstance(exc.frame, aiormq.spec.Basic.Nack):  # not returned: refused
+                raise TransportError(
+                    f"the broker refused the publish to {queue} (a full queue, or a quorum "
+                    "queue electing a new leader after a node was lost); it does not hold it"
+                ) from exc
             raise TransportError(f"broker could not route to {queue}") from exc
         except _BROKER_GONE as exc:
             raise TransportError(
