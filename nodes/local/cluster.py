@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Mapping
@@ -298,7 +299,10 @@ def _records(root: Path, raw: object) -> list[BrokerRecord]:
         except (KeyError, TypeError, ValueError):
             raise _record_error(root, f"node {index + 1} is not readable") from None
         expected = (root / f"node{index + 1}", root / "home", None)
-        if (record.spec.root, record.spec.home, record.spec.tls) != expected:
+        named = re.fullmatch(
+            rf"mlanet-cluster-[0-9a-f]{{6}}-{index + 1}@localhost", record.nodename
+        )
+        if (record.spec.root, record.spec.home, record.spec.tls) != expected or not named:
             raise _record_error(root, f"node {index + 1} is not one of this folder's nodes")
         found.append(record)
     return found

@@ -192,6 +192,11 @@ def test_a_record_that_points_outside_its_folder_or_is_not_one_is_refused(
     (root / "cluster.json").write_text(json.dumps(record), encoding="utf-8")
     with pytest.raises(LocalBrokerError, match="node 2 is not one of this folder's nodes"):
         LocalCluster.attach(root)
+    record["nodes"][1]["root"] = str(root / "node2")
+    record["nodes"][2]["nodename"] = "rabbit@localhost"  # the shared broker's node
+    (root / "cluster.json").write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(LocalBrokerError, match="node 3 is not one of this folder's nodes"):
+        LocalCluster.attach(root)
     for text, reason in [
         ("{", "JSONDecodeError"),
         ('{"kind": "x"}', "not written by mlanet cluster up"),
@@ -203,3 +208,33 @@ def test_a_record_that_points_outside_its_folder_or_is_not_one_is_refused(
             LocalCluster.attach(root)
     with pytest.raises(LocalBrokerError, match="no local cluster in"):
         LocalCluster.attach(tmp_path / "nothing")
+
+
+def test_the_cluster_commands_refuse_a_folder_that_holds_no_cluster_and_touch_nothing(
+    tmp_path: Path,
+) -> None:
+    """Each ends with one line: ``up`` refuses a folder in use, ``status`` and ``down`` a
+    folder without the record ``up`` writes (nothing removed), ``down`` a missing one is done."""
+    from typer.testing import CliRunner
+
+    from mlanet.nodes.cli.app import app
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine", encoding="utf-8")
+    runner = CliRunner()
+    up = runner.invoke(app, ["cluster", "up", "--root", str(mine)])
+    assert up.exit_code == 2
+    assert up.output == f"mlanet: {mine} is not an empty folder: give a new one\n"
+    status = runner.invoke(app, ["cluster", "status", "--root", str(mine)])
+    assert status.exit_code == 1
+    assert status.output.startswith(f"mlanet: no local cluster in {mine} (no cluster.json)")
+    assert len(status.output.splitlines()) == 1
+    down = runner.invoke(app, ["cluster", "down", "--root", str(mine)])
+    assert down.exit_code == 1
+    assert down.output.endswith("; nothing removed\n")
+    assert len(down.output.splitlines()) == 1
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    gone = runner.invoke(app, ["cluster", "down", "--root", str(tmp_path / "gone")])
+    assert gone.exit_code == 0
+    assert gone.output == f"no cluster in {tmp_path / 'gone'}: nothing to stop (removed already?)\n"
