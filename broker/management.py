@@ -7,6 +7,12 @@ to :class:`TransportError` at this edge; credentials never appear in an error te
 Every request gives up after ``timeout`` seconds (connecting included): an API that accepts
 the connection and never answers is a TransportError that names its address and what to check,
 as is an answer that is not JSON.
+
+A broker that is a cluster: the endpoint's ``fallback_urls`` are its other nodes' APIs. A
+request that cannot connect (refused, no answer to the connection within ``timeout``, a TLS
+handshake refused) is sent to the next one in turn; nothing was sent, so any request may be. The
+API that answered is asked first from then on. A request that was sent and got no answer is not
+sent again elsewhere.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class ManagementEndpoint:
     password: str = field(repr=False)
     verify: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
     server_name: str | None = None
+    fallback_urls: tuple[str, ...] = ()  # the cluster's other nodes' APIs, tried in order
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,11 @@ def _why(exc: httpx.HTTPError) -> str:
     return type(exc).__name__
 
 
+def _address(client: httpx.AsyncClient) -> str:
+    url = client.base_url
+    return f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+
+
 @functools.cache
 def _public_roots() -> ssl.SSLContext:
     """httpx's default verification (the public roots), built once per process: building it
@@ -214,18 +226,25 @@ class Management:
     ) -> None:
         self._timeout = timeout
         context = verify if verify is not None else endpoint.verify
-        self._client = httpx.AsyncClient(
-            base_url=endpoint.url.rstrip("/") + "/api",
-            auth=(endpoint.user, endpoint.password),
-            timeout=httpx.Timeout(timeout),
-            verify=context if context is not None else _public_roots(),
-        )
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=url.rstrip("/") + "/api",
+                auth=(endpoint.user, endpoint.password),
+                timeout=httpx.Timeout(timeout),
+                verify=context if context is not None else _public_roots(),
+            )
+            for url in (endpoint.url, *endpoint.fallback_urls)
+        ]
+        self._at = 0  # the API asked first: the one that answered last
         # httpcore checks this name (and sends it as SNI) instead of the URL's host
         self._extensions = (
             {"sni_hostname": endpoint.server_name} if endpoint.server_name is not None else None
         )
-        url = self._client.base_url
-        self.address = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the API asked first (what errors name)."""
+        return _address(self._clients[self._at])
 
     async def __aenter__(self) -> Self:
         return self
@@ -239,33 +258,57 @@ class Management:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     async def _request(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            # httpx's timeout is per read; this one bounds the whole request
-            async with asyncio.timeout(self._timeout * 2):
-                response = await self._client.request(
-                    method, path, json=body, extensions=self._extensions
-                )
-                for pause in _LISTING_RETRIES if method == "GET" else ():
-                    if response.status_code != 500:
-                        break
-                    # RabbitMQ builds a listing (users, vhosts) name by name, and one deleted
-                    # meanwhile fails the whole GET with 500 (rabbit_mgmt_wm_users: badmatch
-                    # not_found). A GET changes nothing: it is asked again, for up to 3 s.
-                    await asyncio.sleep(pause)
-                    response = await self._client.request(method, path, extensions=self._extensions)
-        except (httpx.TimeoutException, TimeoutError) as exc:
-            raise TransportError(
-                f"the management API at {self.address} did not answer within "
-                f"{self._timeout:g} s; {_CHECK}"
-            ) from exc
-        except httpx.HTTPError as exc:
-            check = "" if handshake_refusal(exc) is not None else f"; {_CHECK}"
-            raise TransportError(
-                f"cannot reach the management API at {self.address} ({_why(exc)}){check}"
-            ) from exc
+        count = len(self._clients)
+        for step in range(count):
+            at = (self._at + step) % count
+            try:
+                response = await self._exchange(self._clients[at], method, path, body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if step + 1 < count:
+                    continue  # nothing was sent: the cluster's next node
+                raise self._unreachable(exc, at) from exc
+            except (httpx.TimeoutException, TimeoutError) as exc:
+                raise TransportError(
+                    f"the management API at {_address(self._clients[at])} did not answer "
+                    f"within {self._timeout:g} s; {_CHECK}"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise self._unreachable(exc, at) from exc
+            self._at = at
+            return self._answer(method, path, response)
+        raise AssertionError("unreachable: the last API answers or raises")
+
+    def _unreachable(self, exc: httpx.HTTPError, at: int) -> TransportError:
+        check = "" if handshake_refusal(exc) is not None else f"; {_CHECK}"
+        where = _address(self._clients[at])
+        if len(self._clients) > 1:  # every one was tried: named in the order they were
+            where = " or ".join(
+                _address(self._clients[(at + 1 + step) % len(self._clients)])
+                for step in range(len(self._clients))
+            )
+        return TransportError(f"cannot reach the management API at {where} ({_why(exc)}){check}")
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, method: str, path: str, body: Any
+    ) -> httpx.Response:
+        # httpx's timeout is per read; this one bounds the whole request
+        async with asyncio.timeout(self._timeout * 2):
+            response = await client.request(method, path, json=body, extensions=self._extensions)
+            for pause in _LISTING_RETRIES if method == "GET" else ():
+                if response.status_code != 500:
+                    break
+                # RabbitMQ builds a listing (users, vhosts) name by name, and one deleted
+                # meanwhile fails the whole GET with 500 (rabbit_mgmt_wm_users: badmatch
+                # not_found). A GET changes nothing: it is asked again, for up to 3 s.
+                await asyncio.sleep(pause)
+                response = await client.request(method, path, extensions=self._extensions)
+        return response
+
+    def _answer(self, method: str, path: str, response: httpx.Response) -> Any:
         if response.status_code == 404 and method in ("GET", "DELETE"):
             return None
         if response.status_code >= 400:

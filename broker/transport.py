@@ -26,6 +26,16 @@ and a URL that names TLS files but is not ``amqps`` is refused. A failed handsha
 :class:`TransportError` whose one line says why (``broker/tls.py``'s reasons: unknown CA, wrong
 name, expired, refused); the connections a transport opens for itself (declarations, doors)
 use the same context.
+
+**A cluster.** ``cluster=host:port,host:port`` in the URL's query names the other nodes of the
+same RabbitMQ cluster (the node's ``[broker] cluster``). Every socket the transport opens goes
+to the first node that takes it within ``timeout`` seconds (refused, no answer, or a TLS
+handshake refused: the next one), the URL's own ``host:port`` first (:class:`_Failover`). The
+robust connection's next socket (after its connection dropped, or a handshake failed) starts at
+the node after the one it had: a node that was SIGKILLed, or accepts sockets and never answers,
+is tried last. Its short-lived connections (declarations) start at the node the robust
+connection is on; a door is a transport of its own that fails over the same way. Connecting
+gives up after ``timeout`` seconds per node, plus ``timeout`` for the handshake.
 """
 
 from __future__ import annotations
@@ -126,6 +136,23 @@ _TLS_KEYS = (
     "auth_mechanism",
 )
 _TLS_CHECK = "check the CA file (cacertfile) and the broker's name (server_name)"
+CLUSTER_KEY = "cluster"  # the query key that names the cluster's other nodes
+MAX_CLUSTER = 16
+
+
+def _cluster(value: str | None) -> tuple[tuple[str, int], ...]:
+    """The cluster's other nodes, ``host:port,host:port``; ConfigError for anything else."""
+    if not value:
+        return ()
+    found = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError("cluster= in a broker URL takes host:port,host:port")
+        found.append((host.strip("[]"), int(port)))
+    if len(found) > MAX_CLUSTER:
+        raise ConfigError(f"cluster= in a broker URL names more than {MAX_CLUSTER} nodes")
+    return tuple(found)
 
 
 def tls_query(
@@ -156,12 +183,12 @@ class _Tls:
 
 
 def _client_url(url: str) -> tuple[URL, _Tls | None]:
-    """What aiormq connects to (the TLS keys taken out of the query) and the TLS context the
-    URL asks for; ConfigError for an ``amqps`` URL without a usable CA file, one that would not
-    verify the broker, or TLS files on a plaintext URL."""
+    """What aiormq connects to (the TLS keys and the cluster taken out of the query) and the
+    TLS context the URL asks for; ConfigError for an ``amqps`` URL without a usable CA file, one
+    that would not verify the broker, or TLS files on a plaintext URL."""
     parsed = URL(url)
     query = parsed.query
-    rest = {k: v for k, v in query.items() if k not in _TLS_KEYS}
+    rest = {k: v for k, v in query.items() if k not in (*_TLS_KEYS, CLUSTER_KEY)}
     if parsed.scheme != "amqps":
         if any(key in query for key in _TLS_KEYS):
             raise ConfigError("a broker URL that names TLS files must be amqps://")
@@ -201,6 +228,56 @@ class _Named(aiormq.connection.TransportFactory):
         self, url: URL, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await self._inner.create(url, server_hostname=self._server_name, **kwargs)
+
+
+class _Failover(aiormq.connection.TransportFactory):
+    """Opens the socket (through ``inner``, or TCP/TLS as the URL's scheme says) to the first of
+    ``nodes`` that takes it within ``within`` seconds, trying them in turn from ``first``.
+    ``rotate``: the next socket starts at the node after the one this one went to (a new socket
+    is asked for only once the last one's connection dropped or its handshake failed)."""
+
+    def __init__(
+        self,
+        nodes: tuple[tuple[str, int], ...],
+        within: float,
+        inner: aiormq.connection.TransportFactory | None,
+        *,
+        first: int = 0,
+        rotate: bool = False,
+    ) -> None:
+        self.nodes = nodes
+        self._within = within
+        self._inner = inner
+        self._first = first
+        self._rotate = rotate
+        self.current: int | None = None  # the node the last socket went to
+
+    async def create(
+        self, url: URL, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        inner = self._inner
+        if inner is None:
+            plain = url.scheme != "amqps"
+            inner = (
+                aiormq.connection.TCPTransportFactory()
+                if plain
+                else aiormq.connection.TLSTransportFactory()
+            )
+        failure: BaseException = ConnectionRefusedError(errno.ECONNREFUSED, "no node")
+        for step in range(len(self.nodes)):
+            at = (self._first + step) % len(self.nodes)
+            host, port = self.nodes[at]
+            try:
+                async with asyncio.timeout(self._within):
+                    opened = await inner.create(url.with_host(host).with_port(port), **kwargs)
+            except (OSError, aiormq.exceptions.AMQPConnectionError) as exc:  # TimeoutError too
+                failure = exc
+                continue
+            self.current = at
+            if self._rotate:
+                self._first = (at + 1) % len(self.nodes)
+            return opened
+        raise failure
 
 
 def _why(exc: BaseException, timeout: float) -> str:
@@ -369,10 +446,16 @@ class Transport:
     def __init__(
         self, url: str, *, max_body: int | None = None, timeout: float = CONNECT_TIMEOUT
     ) -> None:
-        self._url = url  # as given (with_vhost keeps its TLS keys for a door)
+        self._url = url  # as given (with_vhost keeps its TLS keys and cluster for a door)
         self._connect_url, self._tls = _client_url(url)  # ConfigError: nothing to retry
         self._max_body = max_body  # no body above it is assembled: broker/amqp_decode.py
         self._timeout = timeout
+        own = (self._connect_url.host or "127.0.0.1", self._connect_url.port or 5672)
+        self._nodes = (own, *_cluster(URL(url).query.get(CLUSTER_KEY)))
+        # a socket per node tried within timeout, then the handshake: within timeout as well
+        self._connect_within = timeout * (len(self._nodes) + 1) if self._cluster else timeout
+        # the robust connection's sockets: each after a drop starts at the next node
+        self._failover = _Failover(self._nodes, timeout, self._factory(capped=True), rotate=True)
         self._connection: AbstractRobustConnection | None = None
         self._publish: aio_pika.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
@@ -386,9 +469,27 @@ class Transport:
         self._declarations: aio_pika.abc.AbstractConnection | None = None
 
     @property
+    def _cluster(self) -> bool:
+        return len(self._nodes) > 1
+
+    @property
     def address(self) -> str:
-        """``host:port`` of the broker (what errors name)."""
-        return broker_address(self._url)
+        """``host:port`` of the broker (what errors name): each node of a cluster's."""
+        if not self._cluster:
+            return broker_address(self._url)
+        named = [f"{host}:{port}" for host, port in self._nodes]
+        return f"{', '.join(named[:-1])} or {named[-1]}"
+
+    @property
+    def node(self) -> str | None:
+        """``host:port`` of the node the connection's last socket went to (None before it
+        connected): one of a cluster's nodes, after a failover another one."""
+        if self._connection is None:
+            return None
+        if not self._cluster:
+            return broker_address(self._url)
+        at = self._failover.current
+        return None if at is None else "{}:{}".format(*self._nodes[at])
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -416,15 +517,30 @@ class Transport:
     def _context(self) -> ssl.SSLContext | None:
         return self._tls.context if self._tls is not None else None
 
-    def _socket(self, connection: _C, *, capped: bool) -> _C:
-        """``connection`` (not yet opened) with its socket made this transport's way: checking
-        the configured server name in the broker's certificate, and, when ``capped``, with no
-        body above ``max_body`` assembled (on every reconnection too)."""
+    def _factory(self, *, capped: bool) -> aiormq.connection.TransportFactory | None:
+        """How a socket is opened: checking the configured server name in the broker's
+        certificate, and, when ``capped``, with no body above ``max_body`` assembled."""
         factory: aiormq.connection.TransportFactory | None = None
         if capped and self._max_body is not None:
             factory = BodyCap(self._max_body)
         if self._tls is not None and self._tls.server_name is not None:
             factory = _Named(self._tls.server_name, factory)
+        return factory
+
+    def _socket(self, connection: _C, *, capped: bool) -> _C:
+        """``connection`` (not yet opened) with its socket made this transport's way
+        (:meth:`_factory`, on every reconnection too); on a cluster, to the first node that
+        answers: the robust connection (``capped``) rotating after a drop, the others from the
+        node the robust connection is on."""
+        factory = self._factory(capped=capped)
+        if self._cluster:
+            factory = (
+                self._failover
+                if capped
+                else _Failover(
+                    self._nodes, self._timeout, factory, first=self._failover.current or 0
+                )
+            )
         if factory is not None:
             connection.kwargs["transport_factory"] = factory
         return connection
@@ -435,7 +551,7 @@ class Transport:
             aio_pika.Connection(self._connect_url, ssl_context=self._context()), capped=False
         )
         try:
-            await _within(self._timeout, connection.connect(timeout=self._timeout))
+            await _within(self._connect_within, connection.connect(timeout=self._connect_within))
         except BaseException:
             await _close_quietly(connection, self._timeout)
             raise
@@ -452,7 +568,7 @@ class Transport:
             capped=True,
         )
         try:
-            await _within(self._timeout, connection.connect(timeout=self._timeout))
+            await _within(self._connect_within, connection.connect(timeout=self._connect_within))
             channel = await _within(
                 self._timeout,
                 connection.channel(publisher_confirms=True, on_return_raises=True),
@@ -661,6 +777,11 @@ class Transport:
             else:  # reconnecting: the wait for the channel is bounded too
                 confirmation = await _within(CONFIRM_WAIT + 1, publishing)
         except aio_pika.exceptions.DeliveryError as exc:
+            if isinstance(exc.frame, aiormq.spec.Basic.Nack):  # not returned: refused
+                raise TransportError(
+                    f"the broker refused the publish to {queue} (a full queue, or a quorum "
+                    "queue electing a new leader after a node was lost); it does not hold it"
+                ) from exc
             raise TransportError(f"broker could not route to {queue}") from exc
         except _BROKER_GONE as exc:
             raise TransportError(

@@ -19,12 +19,12 @@ import stat
 import time
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import quote, urlencode, urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlanet.broker.errors import ConfigError
 from mlanet.broker.management import ManagementEndpoint
@@ -161,10 +161,31 @@ def _context(ca_file: Path, cert_file: Path | None, key_file: Path | None) -> ss
         raise ConfigError(f"[broker.tls]: {exc}") from exc
 
 
+def _cluster_node(value: str) -> str:
+    """``host:port`` of one of the cluster's other nodes."""
+    host, _, port = value.rpartition(":")
+    named = 0 < len(host) <= 253 and all(c.isascii() and (c.isalnum() or c in ".-") for c in host)
+    if not named or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{value!r} is not host:port (a name or IPv4 address, then a port)")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: port {port} is not 1-65535")
+    return value
+
+
+ClusterNode = Annotated[str, Field(max_length=260), AfterValidator(_cluster_node)]
+ClusterManagementUrl = Annotated[str, Field(pattern=r"^https?://[^\s@/]+(/[^\s]*)?$")]
+
+
 class BrokerConfig(_Config):
     """This network's own broker. With ``[broker.tls]`` the node speaks AMQPS (default port
     5671) and the management API is HTTPS (default ``https://<host>:15671``), both checked
-    against the same CA file; plaintext is never tried."""
+    against the same CA file; plaintext is never tried.
+
+    A broker that is a RabbitMQ cluster: ``cluster`` names its other nodes (``"host:port"``),
+    tried in order when ``host:port`` does not answer or the connection drops (the transport's
+    failover, ``broker/transport.py``), and ``cluster_management_urls`` their management APIs,
+    tried in order when ``management_url`` does not answer. With TLS every node's certificate
+    must name its host (or ``server_name``)."""
 
     host: str = "127.0.0.1"
     port: int = 5672
@@ -174,6 +195,8 @@ class BrokerConfig(_Config):
     management_url: str = "http://127.0.0.1:15672"
     heartbeat: int = Field(default=15, ge=1, le=600)
     tls: BrokerTls | None = None
+    cluster: tuple[ClusterNode, ...] = Field(default=(), max_length=16)
+    cluster_management_urls: tuple[ClusterManagementUrl, ...] = Field(default=(), max_length=16)
 
     @model_validator(mode="before")
     @classmethod
@@ -196,6 +219,11 @@ class BrokerConfig(_Config):
                 "cross the network in clear): the broker's management.ssl listener, e.g. "
                 f"https://{self.host}:{MANAGEMENT_TLS_PORT}"
             )
+        if any(urlsplit(url).scheme != "https" for url in self.cluster_management_urls):
+            raise ValueError(
+                "cluster_management_urls must be https:// when [broker.tls] is set, as "
+                "management_url is (each node's management.ssl listener)"
+            )
         if self.tls.login == "certificate" and self.tls.common_name() != self.user:
             raise ValueError(
                 f"the client certificate's common name is {self.tls.common_name()!r}, not "
@@ -205,11 +233,18 @@ class BrokerConfig(_Config):
         return self
 
     def management_endpoint(self, user: str, password: str) -> ManagementEndpoint:
-        """The management API as ``user``, checked against ``[broker.tls] ca_file`` when set."""
+        """The management API as ``user``, checked against ``[broker.tls] ca_file`` when set
+        (the cluster's other nodes' APIs tried in order when it does not answer)."""
+        others = self.cluster_management_urls
         if self.tls is None:
-            return ManagementEndpoint(self.management_url, user, password)
+            return ManagementEndpoint(self.management_url, user, password, fallback_urls=others)
         return ManagementEndpoint(
-            self.management_url, user, password, self.tls.context(), self.tls.server_name
+            self.management_url,
+            user,
+            password,
+            self.tls.context(),
+            self.tls.server_name,
+            fallback_urls=others,
         )
 
     def url(self, user: str, password: str, *, as_node: bool = False) -> str:
@@ -218,10 +253,13 @@ class BrokerConfig(_Config):
         client certificate and logs in by it (``login = "certificate"``); a contact point logs
         in with its own password."""
         tls = self.tls
+        # the cluster's other nodes: the transport fails over to them (broker/transport.py)
+        cluster = {"cluster": ",".join(self.cluster)} if self.cluster else {}
         if tls is None:
-            return _amqp_url(self.host, self.port, self.vhost, user, password, self.heartbeat)
+            url = _amqp_url(self.host, self.port, self.vhost, user, password, self.heartbeat)
+            return f"{url}&{urlencode(cluster)}" if cluster else url
         external = as_node and tls.login == "certificate"
-        query = {"heartbeat": str(self.heartbeat)}
+        query = {"heartbeat": str(self.heartbeat)} | cluster
         query |= tls.query(client_certificate=as_node, external=external)
         login = "" if external else f"{quote(user, safe='')}:{quote(password, safe='')}@"
         return f"amqps://{login}{self.host}:{self.port}/{quote(self.vhost, safe='')}?" + urlencode(

@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 from mlanet.broker import ConfigError, KeyRefused, MlanetError, RefusedMessage, generate_key_files
 from mlanet.broker.seal import generate_seal_key_files
+from mlanet.nodes.cli.cluster import cluster_app
 from mlanet.nodes.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_UNEXPECTED,
@@ -104,6 +105,7 @@ app.add_typer(operator_app, name="operator")
 app.add_typer(directory_app, name="directory")
 directory_app.add_typer(tls_app, name="tls")
 app.add_typer(contact_point_app, name="contact-point")
+app.add_typer(cluster_app, name="cluster")
 app.command("init")(init_command)
 keys_app.command("rotate")(keys_rotate)
 keys_app.command("rotate-encryption")(keys_rotate_encryption)

@@ -1,3 +1,4 @@
 """Networks on this machine: a local federation (``federation``), brokers of their own
 (``brokers``), a federation where each network runs its own broker, linked over mutual TLS
-(``own_brokers``), and the demo (``demo``)."""
+(``own_brokers``), a RabbitMQ cluster of three nodes (``cluster``), and the demo
+(``demo``)."""

@@ -16,6 +16,11 @@ Starting takes 6-10 s on a 2-core machine. Every wait has a deadline and ends in
 
 The administrator (``mlanet-admin``) gets a random password, written 0600 beside the config;
 it is the only user with a password at start.
+
+A node without TLS files (``LocalBrokerSpec.tls`` None) is for local development only: plaintext
+AMQP and the management API over HTTP, on the loopback interface, password logins. The nodes of
+a local cluster (``nodes/local/cluster.py``) are such nodes, sharing one ``HOME`` (one Erlang
+cookie) and pausing a minority side when the cluster splits.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from mlanet.broker.management import Management, ManagementEndpoint
 from mlanet.broker.tls import client_context, load_certificates
 
 __all__ = [
+    "ADMIN_USER",
     "BrokerRecord",
     "BrokerTlsFiles",
     "LocalBroker",
@@ -53,12 +59,8 @@ __all__ = [
 ]
 
 _SCRIPTS = Path("/usr/lib/rabbitmq/bin")
-PLUGINS = (
-    "rabbitmq_management",
-    "rabbitmq_shovel",
-    "rabbitmq_shovel_management",
-    "rabbitmq_auth_mechanism_ssl",
-)
+PLAINTEXT_PLUGINS = ("rabbitmq_management", "rabbitmq_shovel", "rabbitmq_shovel_management")
+PLUGINS = (*PLAINTEXT_PLUGINS, "rabbitmq_auth_mechanism_ssl")
 MAX_MESSAGE_SIZE = 327680  # mlanet's 256 KiB cap plus 64 KiB of hop records (docs/PROTOCOL.md)
 ADMIN_USER = "mlanet-admin"
 PID_FILE_WITHIN = 15.0  # seconds a launched node takes at most to write its pid file
@@ -84,17 +86,19 @@ class BrokerTlsFiles:
 
 @dataclass(frozen=True)
 class LocalBrokerSpec:
-    network: str
+    network: str  # whose broker (a network, or a local cluster's name): in names and errors
     root: Path  # the node's folders; removed by stop()
-    tls: BrokerTlsFiles
+    tls: BrokerTlsFiles | None  # None: plaintext AMQP and HTTP only (local development)
     plaintext: bool = False  # also a plaintext AMQP listener: for local development only
     fail_if_no_peer_cert: bool = True  # a TLS client without a certificate is refused
     nofile: int = 65536  # the open-file limit: quorum queues and connections hold files
+    home: Path | None = None  # HOME (its Erlang cookie) shared with other nodes; None: root/home
+    clustered: bool = False  # one of a cluster's nodes: a minority side pauses on a split
 
 
 @dataclass(frozen=True)
 class Ports:
-    amqps: int
+    amqps: int | None  # None: no TLS listener (a spec without TLS files)
     management: int
     dist: int
     amqp: int | None  # None: no plaintext listener
@@ -121,7 +125,9 @@ class BrokerRecord:
                 "dist": self.ports.dist,
                 "amqp": self.ports.amqp,
             },
-            "tls": {
+            "tls": None
+            if tls is None
+            else {
                 "server_ca": str(tls.server_ca),
                 "certfile": str(tls.certfile),
                 "keyfile": str(tls.keyfile),
@@ -129,17 +135,21 @@ class BrokerRecord:
             },
             "plaintext": self.spec.plaintext,
             "fail_if_no_peer_cert": self.spec.fail_if_no_peer_cert,
+            "home": None if self.spec.home is None else str(self.spec.home),
+            "clustered": self.spec.clustered,
         }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> BrokerRecord:
-        """The record ``to_json`` wrote (KeyError, TypeError or ValueError when it is not one)."""
-        ports, tls = raw["ports"], raw["tls"]
-        amqp = ports["amqp"]
+        """The record ``to_json`` wrote (KeyError, TypeError or ValueError when it is not one;
+        a record written before plaintext and clustered nodes existed reads as it was)."""
+        ports, tls, home = raw["ports"], raw["tls"], raw.get("home")
         spec = LocalBrokerSpec(
             str(raw["network"]),
             Path(str(raw["root"])),
-            BrokerTlsFiles(
+            None
+            if tls is None
+            else BrokerTlsFiles(
                 Path(str(tls["server_ca"])),
                 Path(str(tls["certfile"])),
                 Path(str(tls["keyfile"])),
@@ -147,17 +157,23 @@ class BrokerRecord:
             ),
             plaintext=bool(raw["plaintext"]),
             fail_if_no_peer_cert=bool(raw["fail_if_no_peer_cert"]),
+            home=None if home is None else Path(str(home)),
+            clustered=bool(raw.get("clustered", False)),
         )
         return cls(
             spec,
             str(raw["nodename"]),
             Ports(
-                int(ports["amqps"]),
+                _port(ports["amqps"]),
                 int(ports["management"]),
                 int(ports["dist"]),
-                None if amqp is None else int(amqp),
+                _port(ports["amqp"]),
             ),
         )
+
+
+def _port(value: object) -> int | None:
+    return None if value is None else int(str(value))
 
 
 def server_scripts() -> tuple[str, str]:
@@ -194,17 +210,54 @@ def process_alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie is dead, only not reaped yet
 
 
-def render_plugins() -> str:
-    return "[" + ",".join(PLUGINS) + "].\n"
+def render_plugins(*, tls: bool = True) -> str:
+    """The ``enabled_plugins`` file: without TLS, no certificate login plugin."""
+    return "[" + ",".join(PLUGINS if tls else PLAINTEXT_PLUGINS) + "].\n"
 
 
 def render_config(
     spec: LocalBrokerSpec, ports: Ports, admin_password: str, log_folder: Path
 ) -> str:
     """The node's ``rabbitmq.conf``: AMQPS with mutual TLS, EXTERNAL by common name, the
-    management API over HTTPS only, mlanet's message size cap."""
+    management API over HTTPS only, mlanet's message size cap. Without TLS files (local
+    development): plaintext AMQP and the management API over HTTP, on the loopback only."""
     tls = spec.tls
-    lines = [
+    lines = _plaintext_lines(spec, ports) if tls is None else _tls_lines(spec, tls, ports)
+    if spec.clustered:
+        lines += [
+            "# One of a cluster's nodes: a side that sees a minority of the nodes pauses (its",
+            "# clients fail over to the majority's nodes) until the cluster is whole again.",
+            "cluster_partition_handling = pause_minority",
+        ]
+    lines += [
+        "# The largest message: mlanet's 256 KiB cap plus 64 KiB for hop records.",
+        f"max_message_size = {MAX_MESSAGE_SIZE}",
+        "# The only user with a password at start; no guest.",
+        f"default_user = {ADMIN_USER}",
+        f"default_pass = {admin_password}",
+        "default_user_tags.administrator = true",
+        "log.console = false",
+        f"log.file = {log_folder / 'rabbit.log'}",
+        "log.file.level = info",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _plaintext_lines(spec: LocalBrokerSpec, ports: Ports) -> list[str]:
+    return [
+        f"# Generated by mlanet (nodes/local/brokers.py) for {spec.network}: local development.",
+        "# AMQP and the management API in plaintext, on the loopback interface only.",
+        f"listeners.tcp.1 = 127.0.0.1:{ports.amqp}",
+        "listeners.ssl = none",
+        "auth_mechanisms.1 = PLAIN",
+        "auth_mechanisms.2 = AMQPLAIN",
+        f"management.tcp.port = {ports.management}",
+        "management.tcp.ip = 127.0.0.1",
+    ]
+
+
+def _tls_lines(spec: LocalBrokerSpec, tls: BrokerTlsFiles, ports: Ports) -> list[str]:
+    return [
         "# Generated by mlanet (nodes/local/brokers.py) for the network "
         f"{spec.network}'s own broker.",
         "# AMQP: TLS only, unless plaintext was asked for (local development).",
@@ -231,17 +284,7 @@ def render_config(
         f"management.ssl.cacertfile = {tls.server_ca}",
         f"management.ssl.certfile = {tls.certfile}",
         f"management.ssl.keyfile = {tls.keyfile}",
-        "# The largest message: mlanet's 256 KiB cap plus 64 KiB for hop records.",
-        f"max_message_size = {MAX_MESSAGE_SIZE}",
-        "# The only user with a password at start; no guest.",
-        f"default_user = {ADMIN_USER}",
-        f"default_pass = {admin_password}",
-        "default_user_tags.administrator = true",
-        "log.console = false",
-        f"log.file = {log_folder / 'rabbit.log'}",
-        "log.file.level = info",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -262,13 +305,30 @@ class LocalBroker:
     """``async with LocalBroker(spec) as broker``: a started node, stopped and removed at the
     end."""
 
-    def __init__(self, spec: LocalBrokerSpec) -> None:
-        amqps, management, dist, amqp = free_ports(4)
+    def __init__(
+        self,
+        spec: LocalBrokerSpec,
+        *,
+        nodename: str | None = None,
+        ports: Ports | None = None,
+        admin_password: str | None = None,
+    ) -> None:
+        """Write the node's folder (nothing is started). ``nodename`` (default
+        ``mlanet-<network>-<random>@localhost``), ``ports`` (default: free ones) and
+        ``admin_password`` (default: a random one) are given for a cluster's nodes."""
+        if ports is None:
+            amqps, management, dist, amqp = free_ports(4)
+            ports = Ports(
+                amqps if spec.tls is not None else None,
+                management,
+                dist,
+                amqp if spec.plaintext or spec.tls is None else None,
+            )
         self._attach(
             spec,
-            f"mlanet-{spec.network}-{secrets.token_hex(3)}@localhost",
-            Ports(amqps, management, dist, amqp if spec.plaintext else None),
-            secrets.token_urlsafe(24),
+            nodename or f"mlanet-{spec.network}-{secrets.token_hex(3)}@localhost",
+            ports,
+            admin_password or secrets.token_urlsafe(24),
         )
         self._write_files()
 
@@ -277,8 +337,9 @@ class LocalBroker:
         self.root = spec.root
         self.nodename = nodename
         self.ports = ports
+        scheme = "http" if spec.tls is None else "https"
         self.admin = ManagementEndpoint(
-            f"https://127.0.0.1:{ports.management}", ADMIN_USER, password
+            f"{scheme}://127.0.0.1:{ports.management}", ADMIN_USER, password
         )
         self._launched = False  # start() ran in this process
         self._server, self._ctl = server_scripts()
@@ -314,8 +375,21 @@ class LocalBroker:
     def log_folder(self) -> Path:
         return self.root / "log"
 
+    @property
+    def home(self) -> Path:
+        """HOME of the node and its rabbitmqctl: where its Erlang cookie is."""
+        return self.spec.home if self.spec.home is not None else self.root / "home"
+
+    @property
+    def amqp_port(self) -> int:
+        """The port clients connect to: AMQPS, or plaintext AMQP on a node without TLS."""
+        port = self.ports.amqps if self.ports.amqps is not None else self.ports.amqp
+        if port is None:
+            raise LocalBrokerError(f"broker {self.nodename} has no AMQP listener")
+        return port
+
     def _write_files(self) -> None:
-        home = self.root / "home"
+        home = self.home
         for folder in (home, self.root / "mnesia", self.log_folder):
             folder.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
@@ -323,7 +397,9 @@ class LocalBroker:
         if not cookie.exists():
             _write_private(cookie, secrets.token_hex(20).upper())
             cookie.chmod(0o400)
-        (self.root / "enabled_plugins").write_text(render_plugins(), encoding="ascii")
+        (self.root / "enabled_plugins").write_text(
+            render_plugins(tls=self.spec.tls is not None), encoding="ascii"
+        )
         (self.root / "rabbitmq-env.conf").write_text("", encoding="ascii")
         _write_private(
             self.config_file,
@@ -332,7 +408,7 @@ class LocalBroker:
         _write_private(self.root / "admin.password", self.admin.password + "\n")
 
     def _environment(self) -> dict[str, str]:
-        home = self.root / "home"
+        home = self.home
         keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
         return {
             **keep,
@@ -353,11 +429,15 @@ class LocalBroker:
     # --- clients --------------------------------------------------------------------------------
     def server_context(self) -> ssl.SSLContext:
         """A context that trusts only this broker's CA (for the management API and probes)."""
+        if self.spec.tls is None:
+            raise LocalBrokerError(f"broker {self.nodename} has no TLS listener")
         return client_context(load_certificates(self.spec.tls.server_ca))
 
     def management(self, timeout: float = 10.0) -> Management:
-        """The management API as the administrator, over HTTPS checked against the broker's CA."""
-        return Management(self.admin, timeout=timeout, verify=self.server_context())
+        """The management API as the administrator, over HTTPS checked against the broker's CA
+        (over HTTP on a node without TLS)."""
+        verify = None if self.spec.tls is None else self.server_context()
+        return Management(self.admin, timeout=timeout, verify=verify)
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -379,8 +459,8 @@ class LocalBroker:
             return None
 
     async def start(self, within: float = 120.0) -> None:
-        """Start the node under the raised open-file limit and wait until it serves AMQPS and
-        the management API."""
+        """Start the node under the raised open-file limit and wait until it serves AMQPS (AMQP
+        without TLS) and the management API."""
         limit = _open_files_limit(self.spec.nofile)
         self._launched = True  # stop() waits for the pid file of a start it interrupted
         process = await asyncio.create_subprocess_exec(
@@ -418,14 +498,15 @@ class LocalBroker:
             while True:
                 try:
                     await api.overview()
-                    if await self._port_open(self.ports.amqps):
+                    if await self._port_open(self.amqp_port):
                         return
                 except TransportError:
                     pass  # not up yet
                 if loop.time() > deadline:
+                    amqp, http = ("AMQP", "HTTP") if self.spec.tls is None else ("AMQPS", "HTTPS")
                     raise LocalBrokerError(
-                        f"broker {self.nodename} did not serve AMQPS on :{self.ports.amqps} and "
-                        f"HTTPS on :{self.ports.management} within {within:.0f} s; see its log "
+                        f"broker {self.nodename} did not serve {amqp} on :{self.amqp_port} and "
+                        f"{http} on :{self.ports.management} within {within:.0f} s; see its log "
                         f"in {self.log_folder}"
                     )
                 await asyncio.sleep(0.25)

@@ -98,7 +98,7 @@ def _broker(
     )
     for _ in range(5):
         broker = LocalBroker(spec)
-        ports = {broker.ports.amqps, broker.ports.management, broker.ports.dist}
+        ports = {broker.amqp_port, broker.ports.management, broker.ports.dist}
         if not ports & taken:
             taken |= ports
             return broker
@@ -127,7 +127,9 @@ def prepare(
     taken: set[int] = set()
     made = {network: _broker(root, prefix, network, link_ca, taken) for network in nodes}
     sites = {
-        network: BrokerSite(broker.ports.amqps, broker.admin.url, _pem(broker.spec.tls.server_ca))
+        network: BrokerSite(
+            broker.amqp_port, broker.admin.url, _pem(root / network / TLS_FILES["ca"])
+        )
         for network, broker in made.items()
     }
     return build(
