@@ -27,6 +27,8 @@ from types import TracebackType
 
 import structlog
 
+from mlanet.nodes.logs import error_fields
+
 __all__ = ["COMMIT_EVERY", "GROUP_WAIT", "GroupCommit"]
 
 log = structlog.get_logger("mlanet.node")
@@ -99,7 +101,7 @@ class GroupCommit:
             try:
                 self._commit()
             except Exception as exc:  # the state cannot be written now: the next round retries
-                log.warning("commit_failed", error=str(exc))
+                log.warning("commit_failed", **error_fields(exc))
 
     def _flush_soon(self) -> None:
         if not self._soon:

@@ -96,7 +96,7 @@ class Supervisor:
         self.history.add("fault", "faults", reason=f"{key} paused")
         process.send_signal(signal.SIGSTOP)
         try:
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(seconds)  # the pause is the fault
         finally:
             process.send_signal(signal.SIGCONT)
         self.history.add("fault", "faults", reason=f"{key} resumed")

@@ -77,7 +77,7 @@ async def test_postgresql_restarted_under_load(
             await battery.at(4)
             battery.fault("PostgreSQL stopped")
             await postgres.stop()
-            await asyncio.sleep(2)
+            await asyncio.sleep(2)  # PostgreSQL stays down this long: the fault
             await postgres.start()
             battery.fault("PostgreSQL back")
 
@@ -106,7 +106,7 @@ async def test_the_replicas_cut_off_from_postgresql_for_seconds(
             await battery.at(4)
             battery.fault("PostgreSQL connections cut")
             proxy.cut()
-            await asyncio.sleep(5)
+            await asyncio.sleep(5)  # cut off this long: the fault
             proxy.heal()
             battery.fault("PostgreSQL reachable again")
 
