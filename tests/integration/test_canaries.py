@@ -25,7 +25,7 @@ from mlanet.broker.transport import QUARANTINE, SUBMIT, SUBMIT_EXCHANGE, Transpo
 from mlanet.nodes.cli.contact import read_inbox, submit
 from mlanet.nodes.config import NodeConfig
 from mlanet.nodes.local.federation import Federation, NodeProcesses
-from mlanet.nodes.state.quarantine_store import QUARANTINE_FILE
+from mlanet.nodes.state.quarantine_store import open_quarantine
 from mlanet.nodes.state.store import open_node_store
 from mlanet.schemas.submission import Submission
 from tests.integration.kit import (
@@ -290,9 +290,12 @@ async def _operator_pages(fed: Federation, network: str) -> str:
     return "\n".join(pages)
 
 
-def _table_text(cfg: NodeConfig, query: str) -> str:
-    """A query on the node's state, wherever it is (SQLite or PostgreSQL), as text."""
-    store = open_node_store(cfg, readonly=True)
+def _table_text(cfg: NodeConfig, query: str, *, quarantine: bool = False) -> str:
+    """A query on the node's state (or its quarantine), wherever it is (SQLite or PostgreSQL),
+    as text."""
+    store = (
+        open_quarantine(cfg, readonly=True) if quarantine else open_node_store(cfg, readonly=True)
+    )
     try:
         return "\n".join(repr(row) for row in store._db.execute(query))
     finally:
@@ -391,7 +394,7 @@ async def test_canaries_in_case_fields_reach_contact_points_and_nothing_else(
         assert "over_long_summary" in c.found_in(revealed.out)
         # every entry's metadata in the quarantine stores (the bodies are the messages)
         headers = "\n".join(
-            _table_text(config(fed, n).state_dir / QUARANTINE_FILE, "SELECT * FROM entries")
+            _table_text(config(fed, n), "SELECT * FROM entries", quarantine=True)
             for n in ("seajust", "casc")
         )
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import sys
 import time
 import uuid
@@ -22,8 +21,9 @@ from mlanet.broker.keys import b64u_encode
 from mlanet.broker.transport import QUARANTINE, Transport, peer_inbox
 from mlanet.nodes.cli.contact import read_inbox
 from mlanet.nodes.local.federation import Federation
-from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
+from mlanet.nodes.state.audit import AuditLog
 from mlanet.nodes.state.quarantine_store import open_quarantine
+from mlanet.nodes.state.store import open_node_store
 from tests.integration.kit import (
     amqp,
     config,
@@ -222,10 +222,10 @@ async def test_a_release_after_a_config_fix_is_delivered_with_its_original_sende
     shown = await mlanet(fed, "casc", "audit", "show", "--last", "3")
     assert "delivered" in shown.out
 
-    db = sqlite3.connect(config(fed, "casc").state_dir / AUDIT_FILE)
-    with db:  # make the refusal look like a different one
-        db.execute("UPDATE journal SET record=replace(record, 'unauthorised', 'bad_signature')")
-    db.close()
+    # make the refusal look like a different one, as whoever can write the state could
+    store = open_node_store(config(fed, "casc"))
+    store._db.execute("UPDATE journal SET record=replace(record, 'unauthorised', 'bad_signature')")
+    store.close()
     tampered = await mlanet(fed, "casc", "audit", "verify")
     assert tampered.code == 1
     assert "FAILED: record 1 altered" in tampered.out
