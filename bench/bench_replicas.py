@@ -20,12 +20,17 @@ not preloaded, so that two replicas that start a moment apart both work the whol
 is read from ``/proc`` (Linux only) before and after: the node processes', the PostgreSQL
 backends' of the replicas (the pids each replica records in its schema's ``replicas`` table,
 checked against ``pg_stat_activity``), the RabbitMQ node's Erlang VM (its ``os_pid`` from the
-management API; the broker serves whatever else runs on it too, so its figure is what it used
-above its rate in the ``--settle`` seconds before the clock), and the whole machine's
-(``/proc/stat``). The configurations are interleaved
-(the order rotates each round) and each is run ``--rounds`` times; the report gives each one's
-median and range, and the ratios two replicas / one replica and PostgreSQL one replica / SQLite
-as the median (and range) of the rounds' ratios.
+management API; counted above its rate in the ``--settle`` seconds before the clock, when no
+message moves), and the whole machine's (``/proc/stat``). The federation is on a RabbitMQ node
+of the bench's own (``tests/battery/rabbit.py``: its own name, ports and data, started for the
+run and stopped after), so that the broker's CPU is this bench's alone and other traffic on
+the shared broker does not queue with it; ``--shared-broker`` uses the one on :5672 instead
+(quicker to start; its CPU then includes whatever else it serves, and the figure swings with
+that).
+
+The configurations are interleaved (the order rotates each round) and each is run ``--rounds``
+times; the report gives each one's median and range, and the ratios two replicas / one replica
+and PostgreSQL one replica / SQLite as the median (and range) of the rounds' ratios.
 
 On a machine of a few cores that also runs the broker and PostgreSQL, two replicas cannot
 exceed the machine: the figures show what the coordination costs (claims, a shared database),
@@ -48,19 +53,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import aio_pika
 import bench_node
 import httpx
 import psycopg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from bench_node import ADMIN, LINKS, NETWORKS, amqp_url, process_cpu, queue_depth
+from bench_node import LINKS, NETWORKS, process_cpu, queue_depth
 
 from mlanet.broker import SignedMessage, load_signing_key
 from mlanet.broker.errors import MlanetError
-from mlanet.broker.management import Management
+from mlanet.broker.management import Management, ManagementEndpoint
 from mlanet.broker.transport import Transport, inbox_exchange, peer_inbox
 from mlanet.nodes.local import federation
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package
+from tests.battery.rabbit import ScratchBroker
 
 POSTGRES_URL = os.environ.get(
     "MLANET_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -68,6 +77,25 @@ POSTGRES_URL = os.environ.get(
 NODE = "casc"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TIME_LIMIT = 10  # seconds for each connection and each management or database request
+
+
+@dataclass(frozen=True)
+class Broker:
+    """The RabbitMQ node the federation is on: its AMQP port and its management API."""
+
+    port: int
+    admin: ManagementEndpoint
+    shared: bool
+
+    def url(self, vhost: str, user: str | None = None, password: str | None = None) -> str:
+        user, password = user or self.admin.user, password or self.admin.password
+        return (
+            f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/"
+            f"{quote(vhost, safe='')}"
+        )
+
+
+SHARED = Broker(5672, bench_node.ADMIN, shared=True)
 
 
 @dataclass(frozen=True)
@@ -98,7 +126,7 @@ class Run:
     seconds: float
     node_cpu: float  # the node processes (user + system)
     database_cpu: float | None  # the replicas' PostgreSQL backends; None for SQLite
-    broker_cpu: float  # the RabbitMQ node's Erlang VM (shared with whatever else uses it)
+    broker_cpu: float  # the RabbitMQ node's Erlang VM
     broker_idle: float  # its CPU seconds per second in the settle time before the clock
     machine_busy: float  # CPU seconds the whole machine was busy
     load: float  # one-minute load average at the end
@@ -123,8 +151,9 @@ class Run:
 
     @property
     def broker_us(self) -> float:
-        """The broker's CPU per message above what it used per second before the run (the
-        shared broker serves others too; their share is taken to be what it was then)."""
+        """The broker's CPU per message above its rate before the run (what it does with no
+        messages: its own timers, the nodes' periodic checks; on the shared broker also
+        whatever else it serves, taken to stay as it was)."""
         return self.per_message(self.broker_cpu - self.broker_idle * self.seconds)
 
     def line(self) -> str:
@@ -135,8 +164,9 @@ class Run:
         )
         return (
             f"    {self.setup.name:<26} {self.rate:6,.0f} msg/s  CPU per message (us): node"
-            f" {self.node_us:5,.0f}  {database}  RabbitMQ {self.broker_us:6,.0f}"
-            f"  | machine busy {self.machine_busy / self.seconds:.2f} of {os.cpu_count()} cores,"
+            f" {self.node_us:5,.0f}  {database}  RabbitMQ {self.broker_us:5,.0f}"
+            f" (idle {self.broker_idle:.0%} of a core)  | machine busy"
+            f" {self.machine_busy / self.seconds:.2f} of {os.cpu_count()} cores,"
             f" load {self.load:.1f}"
         )
 
@@ -165,14 +195,22 @@ def used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
-async def broker_pid() -> int:
-    """The pid of the RabbitMQ node behind the management API (its Erlang VM)."""
+async def broker_pid(admin: ManagementEndpoint, within: float = 30.0) -> int:
+    """The pid of the RabbitMQ node behind the management API (its Erlang VM; a node that has
+    just started lists it with its first statistics, within a few seconds)."""
+    deadline = time.perf_counter() + within
     async with httpx.AsyncClient(
-        base_url=ADMIN.url, auth=(ADMIN.user, ADMIN.password), timeout=TIME_LIMIT
+        base_url=admin.url, auth=(admin.user, admin.password), timeout=TIME_LIMIT
     ) as client:
-        overview = (await client.get("/api/overview")).raise_for_status().json()
-        nodes = (await client.get("/api/nodes")).raise_for_status().json()
-    pid = next((n.get("os_pid") for n in nodes if n.get("name") == overview.get("node")), None)
+        while True:
+            overview = (await client.get("/api/overview")).raise_for_status().json()
+            nodes = (await client.get("/api/nodes")).raise_for_status().json()
+            pid = next(
+                (n.get("os_pid") for n in nodes if n.get("name") == overview.get("node")), None
+            )
+            if pid is not None or time.perf_counter() > deadline:
+                break
+            await asyncio.sleep(0.5)
     if pid is None or not cpu_of([int(pid)]):
         raise RuntimeError("the RabbitMQ node's Erlang VM is not a process of this machine")
     return int(pid)
@@ -221,6 +259,7 @@ class Sink:
 @dataclass
 class Bench:
     fed: federation.Federation
+    broker: Broker
     configs: dict[str, str]  # store -> the text of casc's node.toml for it
     publish: AbstractChannel  # seajust's link user's confirming channel on casc's door
     watch: AbstractChannel  # an administrator's channel on casc's door for seajust
@@ -241,48 +280,56 @@ def node_configs(fed: federation.Federation, prefetch: int) -> dict[str, str]:
     return {"postgresql": written + limits, "sqlite": base + limits}
 
 
-async def declare_doors(fed: federation.Federation) -> None:
+async def declare_doors(fed: federation.Federation, broker: Broker) -> None:
     """The doors casc's links use, as the nodes declare them when they start: casc's inbox for
     seajust (watched before casc first runs), and casc's inboxes at seajust and ejn, where its
     shovels put what it sends them (no node runs there)."""
     for network, sender in (("casc", "seajust"), ("seajust", "casc"), ("ejn", "casc")):
-        async with Transport(amqp_url(fed.door(network, sender))) as door:
+        async with Transport(broker.url(fed.door(network, sender))) as door:
             await door.declare_inbox(sender)
 
 
 @contextlib.asynccontextmanager
-async def bench_federation(prefix: str, prefetch: int, database_url: str) -> AsyncIterator[Bench]:
-    """seajust - casc - ejn under ``prefix``, each node's state in a PostgreSQL schema of its
-    own; everything it provisions (vhosts, users, schemas) is removed at the end, also on
-    failure or Ctrl-C."""
-    with tempfile.TemporaryDirectory(prefix="mlanet-bench-") as folder:
-        fed = federation.build(
-            Path(folder), prefix=prefix, networks=NETWORKS, links=LINKS, database_url=database_url
+async def bench_federation(
+    folder: Path, prefix: str, prefetch: int, database_url: str, broker: Broker
+) -> AsyncIterator[Bench]:
+    """seajust - casc - ejn under ``prefix`` on ``broker``, each node's state in a PostgreSQL
+    schema of its own; everything it provisions (vhosts, users, schemas) is removed at the
+    end, also on failure or Ctrl-C."""
+    fed = federation.build(
+        folder,
+        prefix=prefix,
+        networks=NETWORKS,
+        links=LINKS,
+        port=broker.port,
+        management_url=broker.admin.url,
+        database_url=database_url,
+    )
+    configs = node_configs(fed, prefetch)
+    try:
+        await federation.provision(fed, broker.admin)
+        await declare_doors(fed, broker)
+        as_seajust = broker.url(
+            fed.door(NODE, "seajust"), fed.link_user("seajust"), fed.link_password("seajust")
         )
-        configs = node_configs(fed, prefetch)
-        try:
-            await federation.provision(fed, ADMIN)
-            await declare_doors(fed)
-            as_seajust = amqp_url(
-                fed.door(NODE, "seajust"), fed.link_user("seajust"), fed.link_password("seajust")
-            )
-            async with (
-                await aio_pika.connect(as_seajust, timeout=TIME_LIMIT) as seajust,
-                await aio_pika.connect(
-                    amqp_url(fed.door(NODE, "seajust")), timeout=TIME_LIMIT
-                ) as watcher,
-                await aio_pika.connect(amqp_url(fed.door("ejn", NODE)), timeout=TIME_LIMIT) as ejn,
-            ):
-                publish = await seajust.channel(publisher_confirms=True)
-                sink = Sink()
-                drain = await ejn.channel()
-                await drain.set_qos(prefetch_count=1000)
-                queue = await drain.get_queue(peer_inbox(NODE), ensure=False)
-                await queue.consume(sink.on_message, no_ack=True)
-                watch = await watcher.channel()
-                yield Bench(fed, configs, publish, watch, sink, await broker_pid())
-        finally:
-            await federation.teardown(fed, ADMIN)  # drops the schemas too
+        async with (
+            await aio_pika.connect(as_seajust, timeout=TIME_LIMIT) as seajust,
+            await aio_pika.connect(
+                broker.url(fed.door(NODE, "seajust")), timeout=TIME_LIMIT
+            ) as watcher,
+            await aio_pika.connect(broker.url(fed.door("ejn", NODE)), timeout=TIME_LIMIT) as ejn,
+        ):
+            publish = await seajust.channel(publisher_confirms=True)
+            sink = Sink()
+            drain = await ejn.channel()
+            await drain.set_qos(prefetch_count=1000)
+            queue = await drain.get_queue(peer_inbox(NODE), ensure=False)
+            await queue.consume(sink.on_message, no_ack=True)
+            watch = await watcher.channel()
+            beam = await broker_pid(broker.admin)
+            yield Bench(fed, broker, configs, publish, watch, sink, beam)
+    finally:
+        await federation.teardown(fed, broker.admin)  # drops the schemas too
 
 
 async def consumers(channel: AbstractChannel, queue: str) -> int:
@@ -315,7 +362,7 @@ async def run_once(bench: Bench, setup: Setup, batch: list[SignedMessage], settl
     if depth := await queue_depth(bench.watch, inbox):
         raise RuntimeError(f"casc's inbox holds {depth} messages before the run")
     bodies = [message.to_bytes() for message in batch]
-    processes = federation.NodeProcesses(fed, ADMIN)
+    processes = federation.NodeProcesses(fed, bench.broker.admin)
     try:
         for key in setup.keys:
             processes.start(key)
@@ -330,8 +377,7 @@ async def run_once(bench: Bench, setup: Setup, batch: list[SignedMessage], settl
         await until(consuming, "every process consuming casc's inbox", 30.0, processes)
         idle = process_cpu(bench.beam), time.perf_counter()
         await asyncio.sleep(settle)  # what a node does as it starts is not what is measured
-        idle_seconds = time.perf_counter() - idle[1]
-        broker_idle = (process_cpu(bench.beam) - idle[0]) / idle_seconds if settle else 0.0
+        broker_idle = (process_cpu(bench.beam) - idle[0]) / (time.perf_counter() - idle[1])
         bench.sink.expect({message.header.message_id for message in batch})
         pids = [process.pid for process in processes.processes.values()]
         backends = replica_backends(fed) if setup.store == "postgresql" else []
@@ -353,7 +399,7 @@ async def run_once(bench: Bench, setup: Setup, batch: list[SignedMessage], settl
         used(before[0], after[0]),
         used(before[1], after[1]) if setup.store == "postgresql" else None,
         after[2] - before[2],
-        broker_idle,
+        broker_idle if settle else 0.0,
         after[3] - before[3],
         os.getloadavg()[0],
     )
@@ -403,8 +449,7 @@ CAVEAT = (
     "On this machine ({cores} cores) the broker, PostgreSQL and the node processes share the"
     " cores: two replicas cannot exceed the machine. The ratio two replicas / one replica shows"
     " what coordinating two consumers costs here (claims, a shared database, more processes for"
-    " the cores), not the scale-out that replicas on machines of their own would give. RabbitMQ's"
-    " CPU is what it used above its rate in the seconds before each run (it may serve others)."
+    " the cores), not the scale-out that replicas on machines of their own would give."
 )
 
 
@@ -413,18 +458,36 @@ async def main(args: argparse.Namespace) -> None:
     with psycopg.connect(args.database, autocommit=True, connect_timeout=TIME_LIMIT) as db:
         row = db.execute("SHOW server_version").fetchone()
     postgres = "?" if row is None else str(row[0]).split()[0]
-    async with Management(ADMIN) as management:
-        rabbitmq = str((await management.overview()).get("rabbitmq_version", "?"))
+    async with contextlib.AsyncExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlanet-bench-")))
+        broker = SHARED
+        if not args.shared_broker:
+            own = await stack.enter_async_context(ScratchBroker(folder / "rabbit"))
+            broker = Broker(own.amqp_port, own.admin, shared=False)
+        async with Management(broker.admin) as management:
+            rabbitmq = str((await management.overview()).get("rabbitmq_version", "?"))
+        runs = await measure(args, folder / "federation", prefix, broker, postgres, rabbitmq)
+    report(runs)
+
+
+async def measure(
+    args: argparse.Namespace,
+    folder: Path,
+    prefix: str,
+    broker: Broker,
+    postgres: str,
+    rabbitmq: str,
+) -> dict[Setup, list[Run]]:
     print(
         f"mlanet replicas benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: casc relaying"
         f" {args.messages:,} facilitation requests seajust -> ejn per run, {args.rounds} rounds"
         f" of each configuration (interleaved); {os.cpu_count()} cores, load average"
         f" {os.getloadavg()[0]:.1f}; Python {platform.python_version()}, PostgreSQL {postgres},"
-        f" RabbitMQ {rabbitmq}"
+        f" RabbitMQ {rabbitmq} ({'the shared node' if broker.shared else 'a node of its own'})"
     )
     print(CAVEAT.format(cores=os.cpu_count()))
     runs: dict[Setup, list[Run]] = {setup: [] for setup in SETUPS}
-    async with bench_federation(prefix, args.prefetch, args.database) as bench:
+    async with bench_federation(folder, prefix, args.prefetch, args.database, broker) as bench:
         key = load_signing_key(bench.fed.root / "seajust" / "seajust.1.key")
         for round_ in range(args.rounds):
             print(f"round {round_ + 1}:")
@@ -433,7 +496,7 @@ async def main(args: argparse.Namespace) -> None:
                 run = await run_once(bench, setup, batch, args.settle)
                 runs[setup].append(run)
                 print(run.line(), flush=True)
-    report(runs)
+    return runs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -455,6 +518,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PostgreSQL URL, no password (default: MLANET_BENCH_POSTGRES or the local server)",
     )
     parser.add_argument("--prefix", help="the federation's prefix (default: a unique one)")
+    parser.add_argument(
+        "--shared-broker",
+        action="store_true",
+        help="use the RabbitMQ on :5672 (default: start one of the bench's own for the run)",
+    )
     return parser.parse_args(argv)
 
 

@@ -57,7 +57,7 @@ async def test_bench_replicas_runs_at_a_tiny_size_and_removes_what_it_made() -> 
     prefix = f"brep{uuid.uuid4().hex[:8]}"  # no '-': its schemas start with it too
     command = [sys.executable, str(ROOT / "bench" / "bench_replicas.py")]
     command += ["--messages", "40", "--rounds", "1", "--settle", "0", "--prefix", prefix]
-    command += ["--database", POSTGRES_URL]
+    command += ["--database", POSTGRES_URL, "--shared-broker"]
     process = await asyncio.create_subprocess_exec(
         *command, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
