@@ -459,6 +459,8 @@ class Node:
                 held=view.held.directory,
                 timing=self.observe.timing,
                 keyring=view.seal_keys,
+                # with replicas the record is read once the claim is held (_act), not twice
+                look_up=not self.replicas.shared,
             )
         except RefusedMessage as refused:
             if await self.keeper.salvage(self._ports, incoming.body, refused):

@@ -206,11 +206,13 @@ def judge(
     held: Directory | None = None,
     timing: Callable[[str, float], None] | None = None,
     keyring: SealKeyring | None = None,
+    look_up: bool = True,
 ) -> Accepted:
     """The steps after opening: authorise, provenance, dedupe, route, unseal and validate at
     the destination (with ``keyring``, this network's encryption keys). A refusal here
     is of a message its origin really signed: the node tells the origin
-    (``nodes/runtime/refusals.py``, ``docs/PROTOCOL.md`` section 10.1)."""
+    (``nodes/runtime/refusals.py``, ``docs/PROTOCOL.md`` section 10.1). Not ``look_up``: the
+    dedupe record is not read here (the caller reads it once it holds the message's claim)."""
     signed = directory if held is None else held
     started = time.perf_counter()
 
@@ -223,7 +225,7 @@ def judge(
 
     authorise(message, sender, config, now)
     provenance(message, config, signed, now)
-    duplicate = dedupe(message, store)
+    duplicate = dedupe(message, store) if look_up else None
     timed("authorise")
     routing = route(message.header, message.path, directory, config.routes, config.network)
     timed("route")

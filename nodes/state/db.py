@@ -229,7 +229,7 @@ class Postgres:
         conn = self._connection()
         was_open = conn.info.transaction_status != pq.TransactionStatus.IDLE
         try:
-            cursor = conn.execute(statement, tuple(parameters) or None, prepare=False)
+            cursor = conn.execute(statement, tuple(parameters) or None)  # prepared when repeated
             rows = cursor.fetchall() if cursor.description is not None else []
             return _Rows(rows, cursor.rowcount)
         except psycopg.Error:
