@@ -109,6 +109,7 @@ def test_an_archive_kept_in_the_node_state_is_adopted_for_its_own_contact_point_
 
     class _Config:
         state_dir = state
+        database = None  # SQLite: what an earlier version wrote is in the state folder
 
     class _Credentials:
         folder = tmp_path / "uz-cp-1"
