@@ -39,6 +39,11 @@ folders and calls :func:`build` with each network's :class:`BrokerSite` (the con
 carry ``[broker.tls]`` and ``[link.tls]`` and no plaintext allowance, the directory each
 broker's ``tls`` entry and the link CA), and ``federation.json`` records the brokers.
 :func:`provision_network` is one network's provisioning, on whichever broker is its own.
+
+One network on a RabbitMQ cluster of its own, the others on the shared broker (plaintext links):
+``build(clusters=...)`` with its :class:`~mlanet.nodes.local.sites.ClusterSite`
+(``nodes/local/sites.py``, which says which node the directory lists for peers' links);
+``provision`` and ``teardown`` reach the cluster with its administrator.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ from mlanet.broker.seal import generate_seal_key_files, seal_key_files
 from mlanet.broker.topology import door_vhost
 from mlanet.nodes.directory.contact_points import vouched_users, write_contact_point
 from mlanet.nodes.local.brokers import BrokerRecord
+from mlanet.nodes.local.sites import ClusterSite
 from mlanet.nodes.operator.auth import hash_password
 from mlanet.nodes.runtime.lifecycle import Lifecycle, Phase, read_lifecycle
 from mlanet.nodes.state import state_dir
@@ -185,6 +191,8 @@ class Federation:
     coordinator: str | None = COORDINATOR
     # Each network's own RabbitMQ node (nodes/local/own_brokers.py); empty: one shared broker.
     brokers: tuple[BrokerRecord, ...] = ()
+    # Networks on a RabbitMQ cluster of their own (nodes/local/sites.py), shared-broker mode.
+    clusters: tuple[ClusterSite, ...] = ()
     # Each node's state in this PostgreSQL database (a schema per network: ``schema``), shared
     # by its replicas; None: SQLite in each node's state folder.
     database_url: str | None = None
@@ -218,6 +226,7 @@ class Federation:
                 coordinator=None if raw["coordinator"] is None else str(raw["coordinator"]),
                 brokers=tuple(BrokerRecord.from_json(item) for item in raw.get("brokers", [])),
                 database_url=raw.get("database_url"),
+                clusters=tuple(ClusterSite.from_json(item) for item in raw.get("clusters", [])),
             )
             _check_prefix(federation.prefix)
         except OSError:
@@ -240,6 +249,7 @@ class Federation:
             "coordinator": self.coordinator,
             "brokers": [broker.to_json() for broker in self.brokers],
             "database_url": self.database_url,
+            "clusters": [site.to_json() for site in self.clusters],
         }
         (self.root / FEDERATION_FILE).write_text(
             json.dumps(fields, indent=2) + "\n", encoding="utf-8"
@@ -255,6 +265,10 @@ class Federation:
     def broker(self, network: str) -> BrokerRecord | None:
         """``network``'s own broker, or None when the federation shares one."""
         return next((b for b in self.brokers if b.spec.network == network), None)
+
+    def cluster(self, network: str) -> ClusterSite | None:
+        """The cluster ``network`` is on, or None when it is on the federation's broker."""
+        return next((site for site in self.clusters if site.network == network), None)
 
     def door(self, network: str, peer: str) -> str:
         """The vhost where ``peer``'s links land at ``network`` (``topology.door_vhost``)."""
@@ -368,6 +382,7 @@ def build(
     link_ca_pem: str | None = None,
     brokers: tuple[BrokerRecord, ...] = (),
     database_url: str | None = None,
+    clusters: tuple[ClusterSite, ...] = (),
 ) -> Federation:
     """Write keys, passwords, ``directory.json`` and ``<network>/node.toml`` under ``root``.
 
@@ -391,6 +406,10 @@ def build(
     of its own there (``[database]``), so that it can run as several replicas; ``teardown``
     drops the schemas.
 
+    With ``clusters`` (shared-broker mode only) each of those networks is on a RabbitMQ cluster
+    of its own: its config names the cluster's nodes, its directory entry the node peers' links
+    go to (``nodes/local/sites.py``).
+
     A folder that already records a federation with another prefix is refused (ConfigError):
     its vhosts may still be on the broker, and only its own record lets ``down`` remove them.
     """
@@ -405,6 +424,8 @@ def build(
         links.append((coordinator, next(iter(networks))))
     if sites is not None and (set(sites) != set(nodes) or link_ca_pem is None):
         raise ValueError("own brokers need a site for every node and the link CA")
+    if clusters and (sites is not None or not {site.network for site in clusters} <= set(nodes)):
+        raise ValueError("a cluster site is for a network of a shared-broker federation")
     federation = Federation(
         root,
         prefix,
@@ -415,6 +436,7 @@ def build(
         coordinator=coordinator,
         brokers=brokers,
         database_url=database_url,
+        clusters=clusters,
     )
     root.mkdir(parents=True, exist_ok=True)
     federation.record()  # first: whatever else fails, down knows what to remove
@@ -445,7 +467,7 @@ def build(
             f'signing_key = "{network}.1.key"\n'
             'directory = "../directory.json"\n'
             'state_dir = "state"\n\n'
-            + _broker_table(federation, network, host, port, management_url, site)
+            + _broker_table(federation, network, (host, port, management_url), site)
             + '\n[contact_points]\nkeys = "contact-points"\n'
             f"{peers}\n[receipts]\n{receipt_lines}{operator}"
             + _database_table(federation, network),
@@ -504,6 +526,9 @@ def _entry(
     if not sealing_private.exists():
         generate_seal_key_files(folder, network, "hpke:1")
     sealing = json.loads(sealing_public.read_text(encoding="ascii"))
+    host, port = federation.host, federation.port if site is None else site.port
+    if (on_cluster := federation.cluster(network)) is not None:
+        host, port = on_cluster.listed_address  # one node: peers' plaintext shovels name one
     for secret in (
         ("broker.password",) if site is not None else ("broker.password", "link.password")
     ):
@@ -521,8 +546,8 @@ def _entry(
         "keys": [{"key_id": public.key_id, "public_key": public.public_key}],
         "encryption_keys": [{"key_id": sealing["key_id"], "public_key": sealing["public_key"]}],
         "broker": {
-            "host": federation.host,
-            "port": federation.port if site is None else site.port,
+            "host": host,
+            "port": port,
             "vhost": federation.vhost(network),
         },
         "link_user": {
@@ -585,13 +610,17 @@ def _sign_directory(
 def _broker_table(
     federation: Federation,
     network: str,
-    host: str,
-    port: int,
-    management_url: str,
+    shared: tuple[str, int, str],
     site: BrokerSite | None,
 ) -> str:
-    """``[broker]``: the shared broker, or the network's own over TLS (``[broker.tls]``: its
-    CA, the name in its certificate; the node logs in with its password over TLS)."""
+    """``[broker]``: the shared broker (``shared``: host, port, management URL), the network's
+    cluster (its first node, and the others to fail over to), or the network's own broker over
+    TLS (``[broker.tls]``: its CA, the name in its certificate; the node logs in with its
+    password over TLS)."""
+    host, port, management_url = shared
+    on_cluster = federation.cluster(network)
+    if on_cluster is not None:
+        (host, port), management_url = on_cluster.first, on_cluster.management_urls[0]
     table = (
         "[broker]\n"
         f'host = "{host}"\nport = {port if site is None else site.port}\n'
@@ -599,6 +628,7 @@ def _broker_table(
         f'user = "{federation.user(network)}"\n'
         'password_file = "broker.password"\n'
         f'management_url = "{management_url if site is None else site.management_url}"\n'
+        + ("" if on_cluster is None else on_cluster.broker_lines())
     )
     if site is not None:
         table += (
@@ -636,11 +666,17 @@ async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
     """Create each network's vhost and node user, each of its contact points' users (from the
     hashes in its node's folder), and each link's door: a vhost per (network, peer) where the
     peer's link user may only write its one inbox exchange (from the directory's published
-    hash), as ``mlanet directory provision`` does for a network on a broker of its own."""
+    hash), as ``mlanet directory provision`` does for a network on a broker of its own. A
+    network on a cluster of its own is provisioned there, by the cluster's administrator."""
     directory = signed_directory(federation)
     async with Management(admin) as management:
         for network in federation.nodes:
-            await provision_network(management, federation, directory, network, admin.user)
+            if federation.cluster(network) is None:
+                await provision_network(management, federation, directory, network, admin.user)
+    for site in federation.clusters:
+        endpoint = site.admin()
+        async with Management(endpoint) as management:
+            await provision_network(management, federation, directory, site.network, endpoint.user)
 
 
 async def provision_network(
@@ -680,19 +716,28 @@ async def provision_network(
 async def teardown(federation: Federation, admin: ManagementEndpoint) -> None:
     """Delete the federation's vhosts and doors (their queues and shovels go with them) and
     users (its contact points' users are the ones its nodes' folders vouch for), and its
-    PostgreSQL schemas (with ``database_url``)."""
+    PostgreSQL schemas (with ``database_url``); those of a network on a cluster of its own
+    there, with the cluster's administrator."""
     drop_schemas(federation)
+    shared = [network for network in federation.nodes if federation.cluster(network) is None]
     async with Management(admin) as management:
-        contact_points = []
-        for network in federation.nodes:
-            for door in (await door_vhosts(management, federation.vhost(network))).values():
-                await management.delete_vhost(door)
-            await management.delete_vhost(federation.vhost(network))
-            await management.delete_user(federation.user(network))
-            await management.delete_user(federation.link_user(network))
-            keys = federation.contact_point_keys(network)
-            contact_points += [user.name for user in vouched_users(keys)]
-        await management.delete_users(contact_points)  # one request
+        await _remove(management, federation, shared)
+    for site in federation.clusters:
+        async with Management(site.admin()) as management:
+            await _remove(management, federation, [site.network])
+
+
+async def _remove(management: Management, federation: Federation, networks: list[str]) -> None:
+    """Delete ``networks``' vhosts, doors and users on the broker ``management`` administers,
+    and every link user of the federation there (peers' links log in where their doors are)."""
+    users = [federation.link_user(network) for network in federation.nodes]
+    for network in networks:
+        for door in (await door_vhosts(management, federation.vhost(network))).values():
+            await management.delete_vhost(door)
+        await management.delete_vhost(federation.vhost(network))
+        users.append(federation.user(network))
+        users += [user.name for user in vouched_users(federation.contact_point_keys(network))]
+    await management.delete_users(users)  # one request; absent ones skipped
 
 
 def replica_key(network: str, replica: str) -> str:

@@ -5,16 +5,19 @@ minutes each) is marked ``battery_long`` and deselected unless the marker expres
 ``./scripts/battery`` runs ``pytest -m battery_long tests/battery``. Every scenario runs on a
 RabbitMQ node of the battery's own (``rabbit.py``): one for the session, or a fresh one for a
 scenario that kills its broker or raises its alarms; the shared broker on :5672 is never loaded
-or faulted by the battery. At the end of a run that judged any scenario, the checker's tables
-are printed."""
+or faulted by the battery. A scenario with one network on a RabbitMQ cluster takes the
+``rabbit_cluster`` fixture: three nodes of the test's own (``nodes/local/cluster.py``). At the
+end of a run that judged any scenario, the checker's tables are printed."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from mlanet.nodes.local.cluster import LocalCluster
 from tests.battery.rabbit import ScratchBroker
 from tests.battery.scenario import REPORT
 
@@ -29,6 +32,14 @@ def battery_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch
         yield broker
     finally:
         asyncio.run(broker.stop())
+
+
+@pytest.fixture
+async def rabbit_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """A started, joined three-node RabbitMQ cluster in the test's folder (own names, ports,
+    cookie and data), stopped and removed after the test (~30 s to start on 2 cores)."""
+    async with LocalCluster.prepare(tmp_path / "cluster") as cluster:
+        yield cluster
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,7 +7,12 @@ period, and the checker's verdict.
         verdict = await battery.run(Load(lanes, rate=15, duration=8), faults=None)
     assert verdict.passed, verdict.table()
 
-``broker`` is a RabbitMQ node of the battery's own (``rabbit.ScratchBroker``).
+``broker`` is a RabbitMQ node of the battery's own (``rabbit.ScratchBroker``). With
+``Plan(on_cluster=network)`` and ``cluster=`` a started three-node cluster (the ``rabbit_cluster``
+fixture, ``nodes/local/cluster.py``), that network is on the cluster instead: its node (each
+replica) connects to node 1 first and fails over to nodes 2 and 3, the directory lists node 3
+for peers' links (``nodes/local/sites.py``), and its clients, reader and collector use the
+cluster too.
 
 Every verdict is also kept in :data:`REPORT`, which the battery's ``conftest.py`` prints at the
 end of the pytest run (the tables, the load figures).
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from mlanet.broker.topology import INBOX, SUBMIT, deliver_queue, out_queue, peer_inbox
 from mlanet.broker.transport import Transport
+from mlanet.nodes.local.cluster import LocalCluster
 from mlanet.nodes.local.federation import (
     EXAMPLE_NETWORKS,
     Federation,
@@ -32,6 +38,7 @@ from mlanet.nodes.local.federation import (
     replica_key,
     teardown,
 )
+from mlanet.nodes.local.sites import ClusterSite
 from mlanet.nodes.state.store import open_node_store
 from tests.battery.checker import Verdict, check
 from tests.battery.faults import BrokerControl, Supervisor, tune
@@ -73,6 +80,8 @@ class Plan:
     database_url: str | None = None
     replicas: Mapping[str, int] = field(default_factory=dict)
     lease: float | None = None  # the replicas' lease (default: the node's)
+    # This network's broker is the run's RabbitMQ cluster (Battery's ``cluster``).
+    on_cluster: str | None = None
 
     def processes(self, network: str) -> list[str]:
         """The node process keys of ``network``: its name, or one per replica."""
@@ -89,13 +98,22 @@ class Battery:
     """A run; an async context manager that removes everything it started."""
 
     def __init__(
-        self, name: str, root: Path, *, broker: BrokerControl, plan: Plan | None = None
+        self,
+        name: str,
+        root: Path,
+        *,
+        broker: BrokerControl,
+        plan: Plan | None = None,
+        cluster: LocalCluster | None = None,
     ) -> None:
         self.name = name
         self.root = root
         self.broker = broker
         self.admin = broker.admin
         self.plan = plan or Plan()
+        if (self.plan.on_cluster is None) != (cluster is None):
+            raise ValueError("Plan.on_cluster names the network that the cluster given is for")
+        self.cluster = cluster
         self.history = History(root / "history.jsonl")
         self.proxies: list[FaultProxy] = []
         self.clients: dict[str, Client] = {}
@@ -109,6 +127,9 @@ class Battery:
 
     # --- set-up and tear-down ------------------------------------------------------------------
     async def __aenter__(self) -> Battery:
+        clusters: tuple[ClusterSite, ...] = ()
+        if self.plan.on_cluster is not None and self.cluster is not None:
+            clusters = (ClusterSite.of(self.plan.on_cluster, self.cluster),)
         self.fed = build(
             self.root / "federation",
             prefix="b" + uuid.uuid4().hex[:10],
@@ -118,6 +139,7 @@ class Battery:
             management_url=self.admin.url,
             receipts=dict(self.plan.receipts),
             database_url=self.plan.database_url,
+            clusters=clusters,
         )
         for network in self.plan.networks:
             tune(

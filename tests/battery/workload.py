@@ -55,6 +55,7 @@ __all__ = [
     "Load",
     "Reader",
     "admin_url",
+    "admin_urls",
     "node_url",
     "reconcile",
     "request",
@@ -87,9 +88,12 @@ class Lane:
 
 
 def node_url(fed: Federation, network: str, *, port: int | None = None) -> str:
-    """The AMQP URL the network's own node uses (its user), optionally through another port."""
+    """The AMQP URL the network's own node uses (its user), optionally through another port;
+    for a network on a cluster, its node's URL (node 1, failing over to the others)."""
     cfg = config(fed, network)
     password = cfg.broker.password_file.read_text(encoding="utf-8").strip()
+    if fed.cluster(network) is not None and port is None:
+        return cfg.broker.url(cfg.broker.user, password)
     return (
         f"amqp://{quote(cfg.broker.user, safe='')}:{quote(password, safe='')}@"
         f"{fed.host}:{port or fed.port}/{quote(fed.vhost(network), safe='')}"
@@ -101,11 +105,24 @@ def admin_url(
     fed: Federation, network: str, admin: ManagementEndpoint, *, door: str | None = None
 ) -> str:
     """The administrator's URL of ``network``'s vhost, or of its peer ``door``'s door there."""
+    return admin_urls(fed, network, admin, door=door)[0]
+
+
+def admin_urls(
+    fed: Federation, network: str, admin: ManagementEndpoint, *, door: str | None = None
+) -> list[str]:
+    """:func:`admin_url` at each node of ``network``'s broker: the shared broker's one, or each
+    node of the cluster it is on (as the cluster's administrator, not ``admin``)."""
     vhost = fed.vhost(network) if door is None else fed.door(network, door)
-    return (
+    site = fed.cluster(network)
+    nodes = [f"{fed.host}:{fed.port}"] if site is None else list(site.nodes)
+    if site is not None:
+        admin = site.admin()
+    return [
         f"amqp://{quote(admin.user, safe='')}:{quote(admin.password, safe='')}@"
-        f"{fed.host}:{fed.port}/{quote(vhost, safe='')}"
-    )
+        f"{node}/{quote(vhost, safe='')}"
+        for node in nodes
+    ]
 
 
 def archive_path(fed: Federation, network: str) -> Path:
@@ -438,7 +455,7 @@ class Collector:
         for entry in taken:
             self._record(network, entry.body, entry.headers)
         found = len(taken)
-        connection = await aio_pika.connect(admin_url(self.fed, network, self.admin))
+        connection = await _connect_any(admin_urls(self.fed, network, self.admin))
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(QUARANTINE, passive=True)
@@ -454,6 +471,14 @@ class Collector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
         await self.sweep()
+
+
+async def _connect_any(urls: list[str]) -> aio_pika.abc.AbstractConnection:
+    """A connection to the first of ``urls`` (a cluster's nodes) that takes one."""
+    for url in urls[:-1]:
+        with contextlib.suppress(*BROKER_ERRORS):
+            return await aio_pika.connect(url, timeout=10)
+    return await aio_pika.connect(urls[-1], timeout=10)
 
 
 async def until(

@@ -238,3 +238,50 @@ def test_the_cluster_commands_refuse_a_folder_that_holds_no_cluster_and_touch_no
     gone = runner.invoke(app, ["cluster", "down", "--root", str(tmp_path / "gone")])
     assert gone.exit_code == 0
     assert gone.output == f"no cluster in {tmp_path / 'gone'}: nothing to stop (removed already?)\n"
+
+
+def test_a_federation_with_one_network_on_a_cluster_names_its_nodes_where_each_is_used(
+    tmp_path: Path,
+) -> None:
+    """CASC's config names node 1 and fails over to nodes 2 and 3; the directory lists node 3,
+    so SEAJust's link (a plaintext shovel: one URI, one node) goes there; the others stay on
+    the shared broker; ``federation.json`` keeps the site, so ``teardown`` finds the cluster."""
+    from mlanet.nodes.directory.book import effective_config, load_directory
+    from mlanet.nodes.local.federation import Federation, build, signed_directory
+    from mlanet.nodes.local.sites import ClusterSite
+    from mlanet.nodes.runtime.reconcile import expected_shovels
+
+    cluster = LocalCluster.prepare(tmp_path / "cluster")
+    site = ClusterSite.of("casc", cluster)
+    fed = build(tmp_path / "fed", prefix="t-cl", port=5999, clusters=(site,))
+    nodes, apis = cluster.amqp_addresses(), cluster.management_urls()
+
+    casc = load_config(fed.config_path("casc")).broker
+    assert f"{casc.host}:{casc.port}" == nodes[0]
+    assert casc.management_url == apis[0]
+    assert casc.cluster == tuple(nodes[1:])
+    assert casc.cluster_management_urls == tuple(apis[1:])
+    seajust = load_config(fed.config_path("seajust"))
+    assert (seajust.broker.host, seajust.broker.port, seajust.broker.cluster) == (
+        "127.0.0.1",
+        5999,
+        (),
+    )
+
+    listed = signed_directory(fed).network("casc")
+    assert listed is not None
+    assert f"{listed.broker.host}:{listed.broker.port}" == nodes[2]
+    directory = load_directory(seajust)
+    shovel = expected_shovels(effective_config(seajust, directory), directory)["mlanet-link-casc"]
+    assert isinstance(shovel.dest_uri, str)
+    assert f"@{nodes[2]}/" in shovel.dest_uri
+
+    again = Federation.load(fed.root)
+    assert again.cluster("casc") == site
+    assert again.cluster("seajust") is None
+    endpoint = site.admin()
+    assert endpoint.user == "mlanet-admin"
+    assert endpoint.password == (cluster.root / "admin.password").read_text("ascii").strip()
+    assert endpoint.fallback_urls == tuple(apis[1:])
+    with pytest.raises(ValueError, match="shared-broker federation"):
+        build(tmp_path / "other", prefix="t-cl2", clusters=(ClusterSite.of("nowhere", cluster),))
