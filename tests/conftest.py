@@ -40,6 +40,13 @@ def pytest_collection_modifyitems(
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+    # The long tier (the battery's full-scale scenarios, and the slowest integration tests) runs
+    # with ./scripts/battery (-m battery_long); the test command deselects it, visibly.
+    if "battery_long" not in (config.getoption("markexpr") or ""):
+        long_tier = [item for item in items if item.get_closest_marker("battery_long")]
+        if long_tier:
+            config.hook.pytest_deselected(items=long_tier)
+            items[:] = [item for item in items if not item.get_closest_marker("battery_long")]
     needs_broker = [item for item in items if "integration" in item.keywords]
     if needs_broker and (problem := _broker_problem()):
         pytest.exit(f"integration tests cannot run: {problem}. {_HOW}", returncode=3)

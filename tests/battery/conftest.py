@@ -1,8 +1,9 @@
 """The fault battery's tiers, its broker and its report.
 
 The fast tier runs with the default test command. The long tier (every scenario at full scale,
-minutes each) is marked ``battery_long`` and deselected unless the marker expression names it:
-``./scripts/battery`` runs ``pytest -m battery_long tests/battery``. Every scenario runs on a
+minutes each) is marked ``battery_long`` and deselected unless the marker expression names it
+(``tests/conftest.py``; a few slow integration tests are in it too): ``./scripts/battery``
+runs ``pytest -m battery_long tests/battery tests/integration``. Every scenario runs on a
 RabbitMQ node of the battery's own (``rabbit.py``): one for the session, or a fresh one for a
 scenario that kills its broker or raises its alarms; the shared broker on :5672 is never loaded
 or faulted by the battery. A scenario with one network on a RabbitMQ cluster takes the
@@ -40,15 +41,6 @@ async def rabbit_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     cookie and data), stopped and removed after the test (~30 s to start on 2 cores)."""
     async with LocalCluster.prepare(tmp_path / "cluster") as cluster:
         yield cluster
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "battery_long" in (config.getoption("markexpr") or ""):
-        return
-    long_tier = [item for item in items if item.get_closest_marker("battery_long")]
-    if long_tier:
-        config.hook.pytest_deselected(items=long_tier)
-        items[:] = [item for item in items if not item.get_closest_marker("battery_long")]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

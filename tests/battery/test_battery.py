@@ -43,6 +43,7 @@ async def test_a_relay_crashing_between_confirm_and_ack_loses_and_repeats_nothin
     assert verdict.unreceipted == 0, verdict.table()
 
 
+@pytest.mark.battery_long  # the long tier runs it at full scale
 @pytest.mark.timeout(400)
 async def test_the_broker_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path) -> None:
     """The federation's broker (a RabbitMQ node of this test's own) is SIGKILLed while requests

@@ -268,6 +268,7 @@ def _pids(folder: Path) -> dict[str, int]:
     return found
 
 
+@pytest.mark.battery_long  # six brokers started and stopped: ~45 s
 def test_init_own_brokers_leaves_them_running_and_down_removes_them(tmp_path: Path) -> None:
     """``mlanet federation init --own-brokers`` returns with a broker running for each of the
     six networks (each answering its management API over HTTPS), recorded in the folder;

@@ -185,6 +185,7 @@ async def test_a_peer_unreachable_over_tls_loses_nothing(setting: Setting) -> No
         await _exactly_once(setting, ids)
 
 
+@pytest.mark.battery_long  # ~30 s of flapping
 async def test_a_flapping_tls_link_loses_and_repeats_nothing(setting: Setting) -> None:
     """The link goes down for 2 s and up for 3 s, over and over, while SEAJust sends: every
     new TLS session is a full handshake, and every message arrives once, receipted."""
