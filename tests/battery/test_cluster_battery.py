@@ -143,8 +143,11 @@ async def test_one_rabbitmq_node_of_three_sigkilled_under_load(
         listed: list[Counter[tuple[str, str, str]]] = [Counter()]
 
         async def replicas_listed(node: LocalBroker) -> bool:
+            """The replicas in every door, and the peers' links connected (their shovels may
+            start after the nodes are ready)."""
             listed[0] = found = await _connections(node, fed)
-            return min(_replicas_in_doors(fed, found).values()) >= len(replicas)
+            links = [user for user, _, _ in found if user not in (fed.user(CASC), "none")]
+            return bool(links) and min(_replicas_in_doors(fed, found).values()) >= len(replicas)
 
         assert await until(lambda: replicas_listed(first), within=30, every=0.5), listed[0]
         before = listed[0]
