@@ -162,7 +162,6 @@ class Member:
         """``backends``: the PostgreSQL backend pids of the node's other connections (its
         stores), fenced with this one."""
         self.name = name
-        self._config = database
         self._lease = database.replica_lease_seconds
         self._backends = backends
         self._db = Postgres(database, purpose=f"replica {name}", lazy=True)  # connects at join

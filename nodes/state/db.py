@@ -34,7 +34,6 @@ from mlanet.nodes.config import DatabaseConfig
 
 __all__ = [
     "DB_ERRORS",
-    "Cursor",
     "Database",
     "Postgres",
     "advisory_key",
@@ -46,14 +45,6 @@ log = structlog.get_logger("mlanet.state")
 
 DB_ERRORS = (sqlite3.Error, psycopg.Error)
 Dialect = Literal["sqlite", "postgresql"]
-
-
-class Cursor(Protocol):
-    rowcount: int
-
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-    def __iter__(self) -> Iterator[Any]: ...
 
 
 class Database(Protocol):

@@ -50,7 +50,7 @@ from mlanet.nodes.state import state_dir
 from mlanet.nodes.state.db import DB_ERRORS, Database, Postgres
 from mlanet.nodes.state.journal import state_error
 from mlanet.nodes.state.quarantine import Claim, Entry, NotInQuarantine, Page, QuarantineBusy, Where
-from mlanet.nodes.state.schema import open_postgres
+from mlanet.nodes.state.schema import QUARANTINE_SCHEMA, open_postgres
 from mlanet.schemas.base import parse_timestamp
 from mlanet.schemas.header import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 
@@ -71,45 +71,6 @@ QUARANTINE_FILE = "quarantine.sqlite3"
 STALE_CLAIM = 120.0  # seconds: a command's claim on an entry older than this is taken over
 RECOUNT_EVERY = 1.0  # seconds: at most this often per peer, count its kept bodies again
 _MAX_BODY = 16 * 1024 * 1024  # what purge_after reads of a body (the largest message cap)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    via TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    at REAL NOT NULL,
-    size INTEGER NOT NULL,
-    body_sha256 TEXT NOT NULL,
-    returns INTEGER NOT NULL,
-    truncated_from INTEGER,
-    full_sha256 TEXT,
-    kept INTEGER NOT NULL,
-    copies INTEGER NOT NULL DEFAULT 1,
-    claimed_message_id TEXT NOT NULL,
-    claimed_origin TEXT NOT NULL,
-    claimed_destination TEXT NOT NULL,
-    claimed_kind TEXT NOT NULL,
-    taken_by TEXT,
-    taken_at REAL
-);
-CREATE INDEX IF NOT EXISTS entries_at ON entries (at);
-CREATE INDEX IF NOT EXISTS entries_reason ON entries (reason, at);
-CREATE INDEX IF NOT EXISTS entries_peer ON entries (peer, at);
-CREATE INDEX IF NOT EXISTS entries_kept ON entries (peer, kept, size);
-CREATE INDEX IF NOT EXISTS entries_taken ON entries (taken_by) WHERE taken_by IS NOT NULL;
-CREATE TABLE IF NOT EXISTS bodies (
-    id TEXT PRIMARY KEY,
-    body BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS retention (
-    id TEXT PRIMARY KEY,
-    purge_after REAL,
-    purged_at REAL
-);
-"""
 
 _COLUMNS = (
     "id, reason, detail, via, peer, at, size, body_sha256, returns, truncated_from, full_sha256,"
@@ -296,7 +257,7 @@ class QuarantineStore:
             self._db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(QUARANTINE_SCHEMA)
         self._db.execute("PRAGMA busy_timeout=10000")
         # the node's rows waiting for its group commit: entries, and bodies kept
         self._rows: list[tuple[object, ...]] = []
