@@ -399,7 +399,7 @@ class DatabaseConfig(_Config):
     # postgresql://user@host:port/dbname: a password in it is refused (password_file)
     url: str = Field(pattern=r"^postgres(ql)?://([^:@/]+@)?[^@/]+/[A-Za-z0-9_.-]+$")
     password_file: Path | None = None
-    # the PostgreSQL schema that holds this network's tables (one per network on a shared server)
+    # the schema of this network's tables, in a database (and role) no other network uses
     schema_name: str = Field(default="mlanet", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     statement_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
