@@ -68,7 +68,7 @@ from mlanet.nodes.runtime.replicas import Alone, Member, Replicas, default_repli
 from mlanet.nodes.runtime.seams import DirectoryView
 from mlanet.nodes.state import state_dir
 from mlanet.nodes.state.audit import AuditTrail
-from mlanet.nodes.state.db import DB_ERRORS, unavailable
+from mlanet.nodes.state.db import unavailable
 from mlanet.nodes.state.journal import StateUnavailable
 from mlanet.nodes.state.quarantine import claim, log_context
 from mlanet.nodes.state.quarantine_store import open_quarantine
@@ -238,8 +238,7 @@ class Node:
             async with AsyncExitStack() as stack:
                 stack.callback(self.store.close)  # closed last: after the consumers are gone
                 stack.callback(self.quarantined.close)
-                if isinstance(self.replicas, Member):
-                    stack.callback(self.replicas.leave)
+                stack.callback(self.replicas.leave)
                 stack.push_async_callback(self.transport.aclose)
                 stack.push_async_callback(self.reconciler.aclose)
                 if await self._start(stack):
@@ -294,8 +293,7 @@ class Node:
 
     async def _start_once(self, stack: AsyncExitStack) -> None:
         """One attempt: connect, declare, links, consumers, directory, operator surface."""
-        if isinstance(self.replicas, Member):
-            self._join()
+        self.replicas.join(self.keeper.book.version)  # (alone: nothing to join)
         await self.transport.connect()
         await self.transport.declare(self.links.topology())
         await self.ensure_links()
@@ -333,13 +331,10 @@ class Node:
                 group.create_task(self.commits.run(self._stop)),
                 group.create_task(self.links.keep(self._stop)),
                 group.create_task(self._purge(self._stop)),
+                group.create_task(
+                    self.replicas.run(self._stop, newer_directory=self._shared_directory)
+                ),
             ]
-            if isinstance(self.replicas, Member):
-                background.append(
-                    group.create_task(
-                        self.replicas.run(self._stop, newer_directory=self._shared_directory)
-                    )
-                )
             await self._stop.wait()
             self.ready.clear()
             self.lifecycle.enter(Phase.DRAINING)
@@ -388,35 +383,19 @@ class Node:
         await self.links.ensure_links()
 
     # --- fellow replicas (with [database]) --------------------------------------------------
-    def _join(self) -> None:
-        """Take this replica's place (retried like the broker while the database does not
-        answer)."""
-        assert isinstance(self.replicas, Member)
-        try:
-            self.replicas.join()
-        except DB_ERRORS as exc:
-            if not unavailable(exc):
-                raise
-            raise TransportError(
-                f"the node's database does not answer ({type(exc).__name__})"
-            ) from None
-        self.replicas.held_directory(self.keeper.book.version)
-
     def _directory_applied(self, version: int, body: bytes) -> None:
         """Every replica holds the directory one of them applied (``replicas.py``)."""
         self.replicas.share_directory(version, body)
 
     async def _shared_directory(self, version: int, body: bytes) -> None:
         if version <= self.keeper.book.version:
-            if isinstance(self.replicas, Member):
-                self.replicas.held_directory(version)
+            self.replicas.held_directory(version)
             return
         try:
             await self.keeper.apply(self._ports, body, REPLICA_SOURCE)
         except (RefusedMessage, TransportError) as exc:
             log.warning("shared_directory_not_applied", version=version, error=str(exc))
-        if isinstance(self.replicas, Member):
-            self.replicas.held_directory(version)
+        self.replicas.held_directory(version)
 
     # --- from peers -------------------------------------------------------------------------
     async def on_inbox(self, incoming: Incoming) -> None:

@@ -124,10 +124,16 @@ class Replicas(Protocol):
 
     shared: bool  # True: other processes may hold copies of the same messages
 
+    def join(self, directory_version: int) -> None: ...
+    def leave(self) -> None: ...
+    async def run(
+        self, stop: asyncio.Event, *, newer_directory: Callable[[int, bytes], Awaitable[None]]
+    ) -> None: ...
     async def claim(self, origin: str, message_id: str) -> bool: ...
     def release(self, origin: str, message_id: str) -> None: ...
     def holds(self, duty: str) -> bool: ...
     def share_directory(self, version: int, body: bytes) -> None: ...
+    def held_directory(self, version: int) -> None: ...
     def rows(self) -> list[ReplicaRow]: ...
 
 
@@ -135,6 +141,17 @@ class Alone:
     """A node with SQLite: one process; every duty is its own, nothing to claim."""
 
     shared = False
+
+    def join(self, directory_version: int) -> None:
+        return None
+
+    def leave(self) -> None:
+        return None
+
+    async def run(
+        self, stop: asyncio.Event, *, newer_directory: Callable[[int, bytes], Awaitable[None]]
+    ) -> None:
+        return None  # nobody to beat for
 
     async def claim(self, origin: str, message_id: str) -> bool:
         return False
@@ -146,6 +163,9 @@ class Alone:
         return True
 
     def share_directory(self, version: int, body: bytes) -> None:
+        return None
+
+    def held_directory(self, version: int) -> None:
         return None
 
     def rows(self) -> list[ReplicaRow]:
@@ -175,9 +195,22 @@ class Member:
         self.fenced_others = 0
 
     # --- membership ---------------------------------------------------------------------------
-    def join(self) -> None:
-        """Write this replica's row; refused when a live replica of another process holds the
-        name (two processes under one name would fence each other)."""
+    def join(self, directory_version: int = 0) -> None:
+        """Write this replica's row, holding directory ``directory_version``; TransportError
+        (the node's start retries) while the database does not answer, or while a live
+        replica of another process holds the name (two under one name would fence each
+        other)."""
+        try:
+            self._join()
+        except DB_ERRORS as exc:
+            if not unavailable(exc):
+                raise
+            raise TransportError(
+                f"the node's database does not answer ({type(exc).__name__})"
+            ) from None
+        self.held_directory(directory_version)
+
+    def _join(self) -> None:
         row = self._db.execute(
             "SELECT host, pid, state, EXTRACT(EPOCH FROM clock_timestamp()) - heartbeat_at"
             " FROM replicas WHERE name=?",
@@ -238,7 +271,7 @@ class Member:
         self._check_session()
         if updated != 1:  # fenced while it could not beat (or its row was removed): join again
             log.warning("replica_rejoined", replica=self.name)
-            self.join()
+            self._join()
 
     def fence(self) -> None:
         """End the database sessions of every replica whose heartbeat is older than the lease."""
