@@ -284,8 +284,9 @@ class Member:
             pids = [int(pid) for pid in str(backends).split(",") if pid.strip().isdigit()]
             for pid in pids:
                 # only sessions of mlanet (a reused pid is someone else's now)
+                # waits (up to 5 s) until the session is gone: its claims are free on return
                 self._db.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid=? AND"
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE pid=? AND"
                     " application_name LIKE 'mlanet %'",
                     (pid,),
                 )
