@@ -438,10 +438,16 @@ async def outside_links(
         reason = why or (shovel_state.reason if shovel_state else None)
         if known is not None:
             state = str(known.get("state", "unknown"))
+            down_since = _epoch(known.get("down_since"))
+            if state == "up" and shovel not in (None, "running"):
+                # the node saw it up at its last poll and the broker says otherwise now: down
+                # since then at most, not for a time nobody knows (a shovel restarting under
+                # load is not yet an outage; link_down_seconds decides when it is one)
+                state, down_since = "down", float(snapshot["written_at"]) if snapshot else now
             links.append(
                 LinkView(
                     peer=peer.network,
-                    state=state if shovel in (None, "running") or state != "up" else "down",
+                    state=state,
                     shovel=shovel,
                     reason=reason,
                     transport=transport,
@@ -449,7 +455,7 @@ async def outside_links(
                     last_success=_epoch(known.get("last_success")),
                     oldest_waiting=known.get("oldest_waiting"),
                     oldest_at_least=bool(known.get("oldest_at_least")),
-                    down_since=_epoch(known.get("down_since")),
+                    down_since=down_since,
                     unanswered_since=_epoch(known.get("unanswered_since")),
                     unanswered=int(known.get("unanswered") or 0),
                 )

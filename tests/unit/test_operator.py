@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from mlanet.broker import SigningKey
 from mlanet.broker.management import QueueFigures, ShovelState, shovel_states
+from mlanet.broker.topology import link_name
 from mlanet.nodes.cli.app import app
 from mlanet.nodes.config import NodeConfig, load_config
-from mlanet.nodes.directory.config import CoordinatorConfig
+from mlanet.nodes.directory.config import CoordinatorConfig, LinkConfig
 from mlanet.nodes.operator.auth import (
     Devices,
     LoginLimiter,
@@ -36,6 +37,7 @@ from mlanet.nodes.operator.status import (
     ReceiptView,
     build_status,
     compute_alerts,
+    outside_links,
     render_text,
 )
 from mlanet.nodes.runtime.observe import Flow
@@ -197,6 +199,25 @@ def test_link_down_alerts_only_after_the_threshold(tmp_path: Path) -> None:
         ("link_down", "critical", "casc")
     ]
     assert "for 61s" in old.alerts[0].text
+
+
+async def test_a_shovel_the_node_last_saw_up_is_down_since_that_poll_not_for_unknown_time(
+    tmp_path: Path,
+) -> None:
+    """``mlanet status`` joins the running node's snapshot with the broker's word now: a shovel
+    restarting under load between the node's poll and the command's is down since that poll at
+    most, so it alerts only once down past link_down_seconds (it used to alert at once)."""
+    config = _config(tmp_path, link_down_seconds=60)
+    plaintext = LinkConfig(user="u", password_file=tmp_path / "p", allow_plaintext=True)
+    config = config.model_copy(update={"link": plaintext})
+    written = NOW - 5
+    snapshot = {"written_at": written, "status": {"links": [{"peer": "casc", "state": "up"}]}}
+    view = BrokerView({}, {link_name("casc"): ShovelState(link_name("casc"), "stopped")}, None)
+    (link,), _ = await outside_links(config, _directory(), view, snapshot, NOW)
+    assert (link.state, link.down_since) == ("down", written)
+    assert _status(config, [link]).alerts == []
+    later = replace(link, down_since=NOW - 61)
+    assert [a.code for a in _status(config, [later]).alerts] == ["link_down"]
 
 
 def test_backlog_and_oldest_waiting_past_thresholds_alert(tmp_path: Path) -> None:
