@@ -50,7 +50,7 @@ from mlanet.nodes.state import state_dir
 from mlanet.nodes.state.db import DB_ERRORS, Database, Postgres
 from mlanet.nodes.state.journal import state_error
 from mlanet.nodes.state.quarantine import Claim, Entry, NotInQuarantine, Page, QuarantineBusy, Where
-from mlanet.nodes.state.schema import QUARANTINE_SCHEMA, open_postgres
+from mlanet.nodes.state.schema import QUARANTINE_SCHEMA, open_postgres, open_wal
 from mlanet.schemas.base import parse_timestamp
 from mlanet.schemas.header import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 
@@ -254,9 +254,7 @@ class QuarantineStore:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         else:
             state_dir.secure(path.parent)
-            self._db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = open_wal(path, 10000)
             self._db.executescript(QUARANTINE_SCHEMA)
         self._db.execute("PRAGMA busy_timeout=10000")
         # the node's rows waiting for its group commit: entries, and bodies kept

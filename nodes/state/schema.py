@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -281,9 +282,7 @@ def open_state(
                 raise JournalError(f"no journal at {path.name}")
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         else:
-            db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db = open_wal(path, busy_ms)
         db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version < SCHEMA_VERSION:
@@ -299,8 +298,29 @@ def open_state(
                 f"the node's state is from a later version ({version}, this one knows"
                 f" {SCHEMA_VERSION})"
             )
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot open the node's state ({type(exc).__name__})") from exc
+    except sqlite3.Error as exc:  # SQLite's reasons name files and locks, never content
+        raise JournalError(f"cannot open the node's state ({exc or type(exc).__name__})") from exc
+    return db
+
+
+def open_wal(path: Path, busy_ms: float) -> sqlite3.Connection:
+    """Open (or create, owner-only) a state database for writing, in WAL mode with
+    ``synchronous=NORMAL``. Switching a new file to WAL needs a lock that SQLite does not wait
+    for when another process is setting the same file up (two `mlanet inbox` at once on a new
+    archive): the switch is tried again until ``busy_ms`` have passed."""
+    db = sqlite3.connect(state_dir.private_file(path), isolation_level=None)
+    db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+    deadline = time.monotonic() + busy_ms / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                db.close()
+                raise
+            time.sleep(0.02)
+    db.execute("PRAGMA synchronous=NORMAL")
     return db
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -23,6 +26,8 @@ from mlanet.nodes.config import load_config
 from mlanet.nodes.directory.contact_points import Credentials
 from mlanet.nodes.local.federation import build
 from mlanet.nodes.state.audit import AUDIT_FILE, AuditLog
+from mlanet.nodes.state.quarantine_store import QuarantineStore
+from mlanet.nodes.state.schema import open_state
 from mlanet.nodes.state.state_dir import secure
 from mlanet.nodes.state.store import Store
 
@@ -164,3 +169,31 @@ def test_the_folders_init_writes_pass(tmp_path: Path) -> None:
     assert mode(folder) == 0o700
     open_archive(load_config(fed.config_path("seajust")), Credentials.load(folder)).close()
     assert mode(folder / ARCHIVE_FILE) == 0o600
+
+
+def test_commands_opening_a_new_state_file_at_once_all_open_it(tmp_path: Path) -> None:
+    """Two `mlanet inbox` at once on a new archive: switching a new file to WAL takes a lock
+    SQLite does not wait for, and one of them used to fail with "database is locked"; now each
+    of several openers at once gets the database (the node's state and the quarantine's)."""
+    secure(tmp_path)
+    openers = {"node.sqlite3": open_state, "quarantine.sqlite3": lambda p: QuarantineStore(p)._db}
+    failures: list[BaseException] = []
+    for round_ in range(15):
+        for name, open_it in openers.items():
+            path = tmp_path / f"{round_}-{name}"
+            start = threading.Barrier(3)
+
+            def one(path: Path = path, open_it: Any = open_it, start: Any = start) -> None:
+                start.wait()
+                try:
+                    open_it(path).close()
+                except BaseException as exc:
+                    failures.append(exc)
+
+            threads = [threading.Thread(target=one) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert failures == []
