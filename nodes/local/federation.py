@@ -670,14 +670,9 @@ async def provision(federation: Federation, admin: ManagementEndpoint) -> None:
     network on a cluster of its own is provisioned there, by the cluster's administrator."""
     directory = signed_directory(federation)
     async with Management(admin) as management:
-        # the networks at once: each is a few dozen requests the broker answers one by one
-        await asyncio.gather(
-            *(
-                provision_network(management, federation, directory, network, admin.user)
-                for network in federation.nodes
-                if federation.cluster(network) is None
-            )
-        )
+        for network in federation.nodes:
+            if federation.cluster(network) is None:
+                await provision_network(management, federation, directory, network, admin.user)
     for site in federation.clusters:
         endpoint = site.admin()
         async with Management(endpoint) as management:
@@ -736,11 +731,10 @@ async def _remove(management: Management, federation: Federation, networks: list
     """Delete ``networks``' vhosts, doors and users on the broker ``management`` administers,
     and every link user of the federation there (peers' links log in where their doors are)."""
     users = [federation.link_user(network) for network in federation.nodes]
-    vhosts = [federation.vhost(network) for network in networks]
-    for vhost in list(vhosts):
-        vhosts += (await door_vhosts(management, vhost)).values()
-    await asyncio.gather(*(management.delete_vhost(vhost) for vhost in vhosts))
     for network in networks:
+        for door in (await door_vhosts(management, federation.vhost(network))).values():
+            await management.delete_vhost(door)
+        await management.delete_vhost(federation.vhost(network))
         users.append(federation.user(network))
         users += [user.name for user in vouched_users(federation.contact_point_keys(network))]
     await management.delete_users(users)  # one request; absent ones skipped
