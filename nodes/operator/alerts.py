@@ -322,13 +322,25 @@ def _delivery_alerts(status: NodeStatus, config: NodeConfig) -> list[Alert]:
 
 def _replica_alerts(status: NodeStatus) -> list[Alert]:
     """A replica that is not stopped and not healthy (fenced, or its heartbeat older than the
-    lease): a warning while another replica is healthy, critical when none is."""
+    lease): a warning while another replica is healthy, critical when none is. And a database
+    other networks can reach (``database_exposure``): one warning naming each finding."""
     if status.replicas is None:
         return []
     live = [row for row in status.replicas.rows if row.state != "stopped"]
     unhealthy = [row for row in live if not row.healthy]
     severity = "critical" if len(unhealthy) == len(live) else "warning"
     found = []
+    if status.replicas.exposure:
+        found.append(
+            Alert(
+                "database_shared",
+                "warning",
+                "",
+                "another network could stall or fence this network's replicas: "
+                + "; ".join(status.replicas.exposure)
+                + " (give each network a database and a role of its own: OPERATIONS.md)",
+            )
+        )
     for row in unhealthy:
         beat = f"last heartbeat {human_duration(row.heartbeat_age)} ago, lease {row.lease:g} s"
         if row.state == "fenced":

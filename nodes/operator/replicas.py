@@ -21,7 +21,7 @@ import psycopg
 from mlanet.broker import MlanetError
 from mlanet.nodes.config import DatabaseConfig
 from mlanet.nodes.operator.views import ReplicasView, human_duration
-from mlanet.nodes.runtime.replicas import ReplicaRow, Replicas, read_replicas
+from mlanet.nodes.runtime.replicas import ReplicaRow, Replicas, database_exposure, read_replicas
 from mlanet.nodes.state.db import DB_ERRORS, Postgres, unavailable
 
 __all__ = ["READ_SECONDS", "outside_replicas", "replica_lines", "running_replicas"]
@@ -45,12 +45,12 @@ async def outside_replicas(database: DatabaseConfig | None) -> ReplicasView | No
     )
     limit = limited.connect_timeout_seconds + limited.statement_timeout_seconds + 1.0
     try:
-        rows = await asyncio.wait_for(_off_loop(lambda: _read(limited)), limit)
+        rows, exposure = await asyncio.wait_for(_off_loop(lambda: _read(limited)), limit)
     except TimeoutError:
         return ReplicasView(problem=f"the database did not answer within {limit:g} s")
     except (*DB_ERRORS, MlanetError) as exc:
         return ReplicasView(problem=_problem(exc, database))
-    return ReplicasView(tuple(rows))
+    return ReplicasView(tuple(rows), exposure=exposure)
 
 
 def running_replicas(replicas: Replicas) -> ReplicasView | None:
@@ -60,15 +60,15 @@ def running_replicas(replicas: Replicas) -> ReplicasView | None:
     if not replicas.shared:
         return None
     try:
-        return ReplicasView(tuple(replicas.rows()))
+        return ReplicasView(tuple(replicas.rows()), exposure=replicas.exposure())
     except DB_ERRORS as exc:
         return ReplicasView(problem=_problem(exc, None))
 
 
-def _read(database: DatabaseConfig) -> list[ReplicaRow]:
+def _read(database: DatabaseConfig) -> tuple[list[ReplicaRow], tuple[str, ...]]:
     db = Postgres(database, purpose="status", readonly=True)
     try:
-        return read_replicas(db, database.replica_lease_seconds)
+        return read_replicas(db, database.replica_lease_seconds), database_exposure(db)
     finally:
         db.close()
 

@@ -104,12 +104,15 @@ class ReplicasView:
 
     rows: tuple[ReplicaRow, ...] = ()
     problem: str | None = None  # why they could not be read (then there are no rows)
+    # what another network could use against the replicas in their database (database_exposure)
+    exposure: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "replicas": [{**row.to_json(), "started_at": iso(row.started_at)} for row in self.rows],
             "lease_seconds": self.rows[0].lease if self.rows else None,
             "problem": self.problem,
+            "exposure": list(self.exposure),
         }
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "Member",
     "ReplicaRow",
     "Replicas",
+    "database_exposure",
     "default_replica_name",
     "read_replicas",
     "replica_config",
@@ -119,6 +120,52 @@ def read_replicas(db: Postgres, lease: float) -> list[ReplicaRow]:
     ]
 
 
+# Who else can reach the locks and sessions the replicas rely on (OPERATIONS.md, "One database
+# and one role per network"): advisory locks are per database, so any role that may connect to
+# it can take a message's claim; a superuser or a member of pg_signal_backend can end any
+# session; another network's mlanet schema in the same database means its role connects here.
+_EXPOSURE = (
+    "SELECT has_database_privilege('public', current_database(), 'CONNECT'),"
+    " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),"
+    " pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),"
+    " ARRAY(SELECT r.rolname FROM pg_roles r WHERE r.rolcanlogin AND NOT r.rolsuper"
+    " AND r.rolname <> current_user AND r.rolname NOT LIKE 'pg\\_%'"
+    " AND has_database_privilege(r.oid, current_database(), 'CONNECT') ORDER BY 1),"
+    " ARRAY(SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid"
+    " WHERE c.relname = 'replicas' AND c.relkind = 'r' AND n.nspname <> ? ORDER BY 1),"
+    " current_database()"
+)
+
+
+def database_exposure(db: Postgres) -> tuple[str, ...]:
+    """What in the network's database another network could use against its replicas (hold
+    their claims, end their sessions), one finding each; empty when the database and the
+    role are the network's own as OPERATIONS.md asks."""
+    public, superuser, signal, roles, schemas, name = db.execute(_EXPOSURE, (db.schema,)).fetchone()
+    found = []
+    if schemas:
+        found.append(
+            f"database {name} also holds the state of {len(schemas)} other mlanet schema(s)"
+            f" ({', '.join(schemas[:3])}{', ...' if len(schemas) > 3 else ''}): their roles"
+            " connect here and can hold this network's claims"
+        )
+    if public:
+        found.append(
+            f"every role on the server may connect to database {name} (CONNECT is granted to"
+            f" PUBLIC): REVOKE CONNECT ON DATABASE {name} FROM PUBLIC"
+        )
+    elif roles:
+        found.append(
+            f"{len(roles)} other login role(s) may connect to database {name}"
+            f" ({', '.join(roles[:3])}{', ...' if len(roles) > 3 else ''})"
+        )
+    if superuser:
+        found.append("the node's role is a superuser: it can end any session on the server")
+    elif signal:
+        found.append("the node's role is in pg_signal_backend: it can end other roles' sessions")
+    return tuple(found)
+
+
 class Replicas(Protocol):
     """What the node asks of its fellow replicas (none, when it runs alone)."""
 
@@ -135,6 +182,7 @@ class Replicas(Protocol):
     def share_directory(self, version: int, body: bytes) -> None: ...
     def held_directory(self, version: int) -> None: ...
     def rows(self) -> list[ReplicaRow]: ...
+    def exposure(self) -> tuple[str, ...]: ...
 
 
 class Alone:
@@ -170,6 +218,9 @@ class Alone:
 
     def rows(self) -> list[ReplicaRow]:
         return []
+
+    def exposure(self) -> tuple[str, ...]:
+        return ()
 
 
 class Member:
@@ -299,6 +350,9 @@ class Member:
 
     def rows(self) -> list[ReplicaRow]:
         return read_replicas(self._db, self._lease)
+
+    def exposure(self) -> tuple[str, ...]:
+        return database_exposure(self._db)
 
     # --- claims ------------------------------------------------------------------------------
     async def claim(self, origin: str, message_id: str) -> bool:

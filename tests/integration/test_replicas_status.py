@@ -90,6 +90,14 @@ async def test_status_dashboard_and_metrics_show_each_replica_and_its_health(
             assert row["heartbeat_age_seconds"] <= document["replicas"]["lease_seconds"]
         assert document["replicas"]["problem"] is None
         assert _unhealthy_alerts(document) == []
+        # the local federation keeps its networks in one database every role may connect to,
+        # as its superuser: the operator is told another network could reach these claims
+        exposure = document["replicas"]["exposure"]
+        assert any("(CONNECT is granted to PUBLIC)" in finding for finding in exposure), exposure
+        assert any("superuser" in finding for finding in exposure), exposure
+        assert [a["severity"] for a in document["alerts"] if a["code"] == "database_shared"] == [
+            "warning"
+        ]
 
         # --- the dashboard of one of them shows both, and so do its gauges ------------------
         url = operator_url(first)
@@ -108,6 +116,7 @@ async def test_status_dashboard_and_metrics_show_each_replica_and_its_health(
                 "casc-a": True,
                 "casc-b": True,
             }
+            assert "database_shared" in {alert["code"] for alert in shown["alerts"]}
             page = (await client.get("/")).text
             section = page.split('id="replicas">', 1)[1].split("</section>", 1)[0]
             assert "<td>casc-a</td>" in section

@@ -118,7 +118,24 @@ def test_an_unreadable_replicas_table_is_one_line_and_no_alert(tmp_path: Path) -
         "replicas": [],
         "lease_seconds": None,
         "problem": "the database does not answer (refused)",
+        "exposure": [],
     }
+
+
+def test_a_database_other_networks_can_reach_is_one_warning_naming_each_finding(
+    tmp_path: Path,
+) -> None:
+    found = (
+        "every role on the server may connect to database shared (CONNECT is granted to PUBLIC)",
+        "the node's role is a superuser: it can end any session on the server",
+    )
+    status = _status(tmp_path, ReplicasView((_row("casc-a"),), exposure=found))
+    (alert,) = [a for a in status.alerts if a.code == "database_shared"]
+    assert (alert.severity, alert.subject) == ("warning", "")
+    assert all(finding in alert.text for finding in found)
+    assert "a database and a role of its own" in alert.text
+    assert status.to_json()["replicas"]["exposure"] == list(found)
+    assert [a for a in _status(tmp_path, ReplicasView((_row("casc-a"),))).alerts] == []
 
 
 def test_every_unhealthy_replica_is_a_warning_while_another_is_healthy(tmp_path: Path) -> None:
