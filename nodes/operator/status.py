@@ -443,7 +443,8 @@ async def outside_links(
                 # the node saw it up at its last poll and the broker says otherwise now: down
                 # since then at most, not for a time nobody knows (a shovel restarting under
                 # load is not yet an outage; link_down_seconds decides when it is one)
-                state, down_since = "down", float(snapshot["written_at"]) if snapshot else now
+                assert snapshot is not None  # tracked: the snapshot is fresh
+                state, down_since = "down", float(snapshot["written_at"])
             links.append(
                 LinkView(
                     peer=peer.network,

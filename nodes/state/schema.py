@@ -316,7 +316,7 @@ def open_wal(path: Path, busy_ms: float) -> sqlite3.Connection:
             db.execute("PRAGMA journal_mode=WAL")
             break
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
                 db.close()
                 raise
             time.sleep(0.02)

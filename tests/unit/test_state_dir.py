@@ -176,7 +176,7 @@ def test_commands_opening_a_new_state_file_at_once_all_open_it(tmp_path: Path) -
     SQLite does not wait for, and one of them used to fail with "database is locked"; now each
     of several openers at once gets the database (the node's state and the quarantine's)."""
     secure(tmp_path)
-    openers = {"node.sqlite3": open_state, "quarantine.sqlite3": lambda p: QuarantineStore(p)._db}
+    openers: dict[str, Any] = {"node.sqlite3": open_state, "quarantine.sqlite3": QuarantineStore}
     failures: list[BaseException] = []
     for round_ in range(15):
         for name, open_it in openers.items():
@@ -195,5 +195,6 @@ def test_commands_opening_a_new_state_file_at_once_all_open_it(tmp_path: Path) -
                 thread.start()
             for thread in threads:
                 thread.join()
-            assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert failures == []
